@@ -1,0 +1,482 @@
+"""The domain schema: document ids, which top-level maps each kind of document holds, typed records.
+
+Why one table per record kind rather than hand-written checks: the relay, every peer and the
+client's projections must agree exactly on what a valid record is, and a table is easy to read
+against DESIGN's "Documents" section and easy to extend in a new schema version.
+
+Schema versions: every record carries the schema version its author wrote (see ``records``); a
+document's version is the highest of its records'. That is CRDT-safe (a max never conflicts),
+unlike one ``schema`` key two offline writers could both set. A record from a *newer* version may
+carry fields this code does not know: they are kept (the signed bytes are never re-encoded) and
+exposed as ``extra``. A known field must still have its known type, and an enum value this
+version does not know is accepted only from a newer version, where it is treated as inert.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Final
+
+from crdt_core.errors import SchemaError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Category",
+    "DocId",
+    "DocKind",
+    "EventType",
+    "Reservation",
+    "ShopProfile",
+    "ShopSummary",
+    "SlotTemplate",
+    "StaffEntry",
+    "Stamp",
+    "StatusEvent",
+    "TypedRecord",
+    "UserProfile",
+    "parse_doc_id",
+    "parse_record",
+    "record_class",
+    "stamp_key",
+]
+
+SCHEMA_VERSION: Final = 1
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_HLC_RE = re.compile(r"\d{13}-\d{6}-[A-Za-z0-9_-]{1,64}\Z")
+_HHMM_RE = re.compile(r"([01]\d|2[0-3]):[0-5]\d\Z")
+CERTS_ROOT: Final = "certs"
+
+
+class DocKind(str, Enum):
+    CATALOG = "catalog"
+    SHOP = "shop"
+    BOOKINGS = "bookings"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class DocId:
+    kind: DocKind
+    shop_id: str | None = None
+    day: _dt.date | None = None
+    user_id: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind is DocKind.CATALOG:
+            return "catalog"
+        if self.kind is DocKind.SHOP:
+            return f"shop:{self.shop_id}"
+        if self.kind is DocKind.BOOKINGS:
+            assert self.day is not None
+            return f"bookings:{self.shop_id}:{self.day.isoformat()}"
+        return f"user:{self.user_id}"
+
+    @property
+    def roots(self) -> frozenset[str]:
+        return ROOTS[self.kind]
+
+    @classmethod
+    def catalog(cls) -> DocId:
+        return cls(DocKind.CATALOG)
+
+    @classmethod
+    def shop(cls, shop_id: str) -> DocId:
+        return parse_doc_id(f"shop:{shop_id}")
+
+    @classmethod
+    def bookings(cls, shop_id: str, day: _dt.date | str) -> DocId:
+        iso = day if isinstance(day, str) else day.isoformat()
+        return parse_doc_id(f"bookings:{shop_id}:{iso}")
+
+    @classmethod
+    def user(cls, user_id: str) -> DocId:
+        return parse_doc_id(f"user:{user_id}")
+
+
+def check_id(value: object, what: str = "id") -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise SchemaError(f"{what} must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+def parse_doc_id(text: object) -> DocId:
+    """Parse and check a document id; every other spelling is refused.
+
+    Raises:
+        SchemaError: unknown kind, malformed id or date.
+    """
+    if not isinstance(text, str) or len(text) > 200:
+        raise SchemaError("doc id must be a short string")
+    if text == "catalog":
+        return DocId(DocKind.CATALOG)
+    kind, _, rest = text.partition(":")
+    if kind == "shop":
+        return DocId(DocKind.SHOP, shop_id=check_id(rest, "shop id"))
+    if kind == "user":
+        return DocId(DocKind.USER, user_id=check_id(rest, "user id"))
+    if kind == "bookings":
+        shop, _, day = rest.partition(":")
+        check_id(shop, "shop id")
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+            raise SchemaError("bookings day must be YYYY-MM-DD")
+        try:
+            date = _dt.date.fromisoformat(day)
+        except ValueError:
+            raise SchemaError(f"no such day {day!r}") from None
+        return DocId(DocKind.BOOKINGS, shop_id=shop, day=date)
+    raise SchemaError(f"unknown document kind in {text!r}")
+
+
+# --- field specs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _F:
+    """One field: its Python type, whether required, and its bounds."""
+
+    name: str
+    type: str  # "str", "id", "hlc", "int", "float", "bool", "hhmm", "weekdays", "enum", "url"
+    required: bool = True
+    max_len: int = 200
+    lo: float | None = None
+    hi: float | None = None
+    enum: frozenset[str] | None = None
+
+
+def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
+    t = spec.type
+    where = f"field {spec.name!r}"
+    if t in ("str", "url"):
+        if not isinstance(value, str) or len(value) > spec.max_len:
+            raise SchemaError(f"{where} must be text of at most {spec.max_len} characters")
+        if t == "url" and value and not re.match(r"https?://", value):
+            raise SchemaError(f"{where} must be an http(s) URL")
+        return value
+    if t == "id":
+        return check_id(value, where)
+    if t == "hlc":
+        if not isinstance(value, str) or not _HLC_RE.match(value):
+            raise SchemaError(f"{where} must be an HLC timestamp string")
+        return value
+    if t == "hhmm":
+        if not isinstance(value, str) or not _HHMM_RE.match(value):
+            raise SchemaError(f"{where} must be HH:MM")
+        return value
+    if t == "int":
+        if type(value) is not int:
+            raise SchemaError(f"{where} must be an integer")
+    elif t == "float":
+        if type(value) not in (int, float) or value != value:
+            raise SchemaError(f"{where} must be a number")
+        value = float(value)
+    elif t == "bool":
+        if type(value) is not bool:
+            raise SchemaError(f"{where} must be true or false")
+        return value
+    elif t == "weekdays":
+        if not isinstance(value, list) or len(value) > 7 or any(type(d) is not int or not 0 <= d <= 6 for d in value):
+            raise SchemaError(f"{where} must be a list of weekday numbers 0-6")
+        return tuple(sorted(set(value)))
+    elif t == "enum":
+        assert spec.enum is not None
+        if not isinstance(value, str) or len(value) > 32:
+            raise SchemaError(f"{where} must be one of {sorted(spec.enum)}")
+        if value not in spec.enum and schema_version <= SCHEMA_VERSION:
+            raise SchemaError(f"{where} must be one of {sorted(spec.enum)}")
+        return value
+    else:  # pragma: no cover - a typo in the tables below
+        raise AssertionError(t)
+    if spec.lo is not None and value < spec.lo:
+        raise SchemaError(f"{where} must be at least {spec.lo}")
+    if spec.hi is not None and value > spec.hi:
+        raise SchemaError(f"{where} must be at most {spec.hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class TypedRecord:
+    """Base of every typed record; ``extra`` holds fields from newer schema versions."""
+
+    KIND: ClassVar[str] = ""
+    ROOT: ClassVar[str] = ""
+    FIELDS: ClassVar[tuple[_F, ...]] = ()
+    KEY_FIELD: ClassVar[str | None] = None
+    """The field the record's map key must equal (None: the key is a free record id)."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True, compare=False)
+    schema_version: int = field(default=SCHEMA_VERSION, kw_only=True, compare=False)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any], schema_version: int = SCHEMA_VERSION) -> TypedRecord:
+        known: dict[str, Any] = {}
+        for spec in cls.FIELDS:
+            if spec.name in fields:
+                known[spec.name] = _check_field(spec, fields[spec.name], schema_version)
+            elif spec.required:
+                raise SchemaError(f"{cls.KIND}: field {spec.name!r} is required")
+            else:
+                known[spec.name] = None
+        names = {s.name for s in cls.FIELDS}
+        extra = {k: v for k, v in fields.items() if k not in names}
+        if extra and schema_version <= SCHEMA_VERSION:
+            raise SchemaError(f"{cls.KIND}: unknown fields {sorted(extra)} in schema version {schema_version}")
+        return cls(**known, extra=extra, schema_version=schema_version)
+
+    def to_fields(self) -> dict[str, Any]:
+        """The field map to sign, without Nones (optional fields are simply absent)."""
+        out: dict[str, Any] = {}
+        for spec in self.FIELDS:
+            value = getattr(self, spec.name)
+            if value is None:
+                continue
+            out[spec.name] = list(value) if isinstance(value, tuple) else value
+        out.update(self.extra)
+        return out
+
+
+_NAME = _F("name", "str", max_len=120)
+_HLC = _F("hlc", "hlc")
+
+
+@dataclass(frozen=True)
+class Category(TypedRecord):
+    KIND: ClassVar[str] = "category"
+    ROOT: ClassVar[str] = "categories"
+    FIELDS: ClassVar[tuple[_F, ...]] = (_F("id", "id"), _NAME, _F("icon", "str", required=False, max_len=64), _HLC)
+    id: str
+    name: str
+    icon: str | None
+    hlc: str
+
+
+@dataclass(frozen=True)
+class ShopSummary(TypedRecord):
+    KIND: ClassVar[str] = "shop_summary"
+    ROOT: ClassVar[str] = "shops"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("id", "id"),
+        _NAME,
+        _F("category", "id"),
+        _F("location", "str", max_len=200),
+        _F("lat", "float", lo=-90, hi=90),
+        _F("lon", "float", lo=-180, hi=180),
+        _F("rating", "float", required=False, lo=0, hi=5),
+        _F("active", "bool"),
+        _HLC,
+    )
+    id: str
+    name: str
+    category: str
+    location: str
+    lat: float
+    lon: float
+    rating: float | None
+    active: bool
+    hlc: str
+
+
+@dataclass(frozen=True)
+class ShopProfile(TypedRecord):
+    KIND: ClassVar[str] = "shop_profile"
+    ROOT: ClassVar[str] = "profile"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _NAME,
+        _F("description", "str", max_len=2000),
+        _F("address", "str", max_len=300),
+        _F("lat", "float", lo=-90, hi=90),
+        _F("lon", "float", lo=-180, hi=180),
+        _F("image_url", "url", required=False, max_len=500),
+        _F("hours", "str", max_len=300),
+        _HLC,
+    )
+    name: str
+    description: str
+    address: str
+    lat: float
+    lon: float
+    image_url: str | None
+    hours: str
+    hlc: str
+
+
+@dataclass(frozen=True)
+class SlotTemplate(TypedRecord):
+    """A bookable slot of a shop, every day (or on ``weekdays``, 0 = Monday); newest HLC supersedes."""
+
+    KIND: ClassVar[str] = "slot"
+    ROOT: ClassVar[str] = "slots"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("id", "id"),
+        _F("service", "str", max_len=120),
+        _F("start", "hhmm"),
+        _F("duration", "int", lo=1, hi=24 * 60),
+        _F("capacity", "int", lo=0, hi=10_000),
+        _F("weekdays", "weekdays", required=False),
+        _F("active", "bool"),
+        _HLC,
+    )
+    id: str
+    service: str
+    start: str
+    duration: int
+    capacity: int
+    weekdays: tuple[int, ...] | None
+    active: bool
+    hlc: str
+
+    def capacity_on(self, day: _dt.date) -> int:
+        if not self.active:
+            return 0
+        if self.weekdays is not None and day.weekday() not in self.weekdays:
+            return 0
+        return self.capacity
+
+
+@dataclass(frozen=True)
+class StaffEntry(TypedRecord):
+    KIND: ClassVar[str] = "staff"
+    ROOT: ClassVar[str] = "staff"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("user", "id"),
+        _F("role", "enum", enum=frozenset({"staff", "owner"})),
+        _F("active", "bool"),
+        _HLC,
+    )
+    user: str
+    role: str
+    active: bool
+    hlc: str
+
+
+@dataclass(frozen=True)
+class Reservation(TypedRecord):
+    """A claim on a slot. Names the customer by opaque user id only (DESIGN: no PII in day docs)."""
+
+    KIND: ClassVar[str] = "reservation"
+    ROOT: ClassVar[str] = "reservations"
+    KEY_FIELD: ClassVar[str | None] = "id"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("id", "id"),
+        _F("slot", "id"),
+        _F("party", "int", lo=1, hi=100),
+        _F("customer", "id"),
+        _HLC,
+        _F("note", "str", required=False, max_len=500),
+    )
+    id: str
+    slot: str
+    party: int
+    customer: str
+    hlc: str
+    note: str | None = None
+
+
+class EventType(str, Enum):
+    CANCEL = "cancel"
+    CONFIRM = "confirm"
+    DECLINE = "decline"
+    NO_SHOW = "no_show"
+
+
+@dataclass(frozen=True)
+class StatusEvent(TypedRecord):
+    KIND: ClassVar[str] = "event"
+    ROOT: ClassVar[str] = "events"
+    KEY_FIELD: ClassVar[str | None] = "id"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("id", "id"),
+        _F("reservation", "id"),
+        _F("type", "enum", enum=frozenset(e.value for e in EventType)),
+        _F("by", "id"),
+        _HLC,
+        _F("reason", "str", required=False, max_len=500),
+    )
+    id: str
+    reservation: str
+    type: str
+    by: str
+    hlc: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Stamp(TypedRecord):
+    """The relay's sequence number for a claim: the order every replica ranks stamped claims in."""
+
+    KIND: ClassVar[str] = "stamp"
+    ROOT: ClassVar[str] = "stamps"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("no", "int", lo=1, hi=2**53),
+        _F("reservation", "id"),
+        _F("at", "int", lo=0, hi=2**53),
+    )
+    no: int
+    reservation: str
+    at: int
+
+
+@dataclass(frozen=True)
+class UserProfile(TypedRecord):
+    KIND: ClassVar[str] = "user_profile"
+    ROOT: ClassVar[str] = "profile"
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("display_name", "str", max_len=120),
+        _F("email", "str", required=False, max_len=254),
+        _F("phone", "str", required=False, max_len=40),
+        _F("locale", "str", required=False, max_len=20),
+        _HLC,
+    )
+    display_name: str
+    email: str | None
+    phone: str | None
+    locale: str | None
+    hlc: str
+
+
+def stamp_key(no: int) -> str:
+    """Stamps are keyed by their number, zero-padded so keys sort like numbers."""
+    return f"{no:016d}"
+
+
+_BY_DOC_AND_ROOT: dict[DocKind, dict[str, type[TypedRecord]]] = {
+    DocKind.CATALOG: {"categories": Category, "shops": ShopSummary},
+    DocKind.SHOP: {"profile": ShopProfile, "slots": SlotTemplate, "staff": StaffEntry},
+    DocKind.BOOKINGS: {"reservations": Reservation, "events": StatusEvent, "stamps": Stamp},
+    DocKind.USER: {"profile": UserProfile},
+}
+
+ROOTS: dict[DocKind, frozenset[str]] = {
+    kind: frozenset(roots) | {CERTS_ROOT} for kind, roots in _BY_DOC_AND_ROOT.items()
+}
+
+
+def record_class(kind: DocKind, root: str) -> type[TypedRecord]:
+    cls = _BY_DOC_AND_ROOT[kind].get(root)
+    if cls is None:
+        raise SchemaError(f"a {kind.value} document has no map {root!r}")
+    return cls
+
+
+def parse_record(
+    kind: DocKind, root: str, key: str, record_kind: str, fields: Mapping[str, Any], schema_version: int
+) -> TypedRecord:
+    """Type-check one record's fields for the map it is stored in.
+
+    Raises:
+        SchemaError: wrong map for the document, kind mismatch, bad field, or key not matching.
+    """
+    cls = record_class(kind, root)
+    if record_kind != cls.KIND:
+        raise SchemaError(f"a {record_kind!r} record cannot live in map {root!r}")
+    check_id(key, "record key") if cls is not Stamp else None
+    record = cls.from_fields(fields, schema_version)
+    if cls.KEY_FIELD is not None and getattr(record, cls.KEY_FIELD) != key:
+        raise SchemaError(f"{record_kind} stored under {key!r} but its {cls.KEY_FIELD} says otherwise")
+    if isinstance(record, Stamp) and key != stamp_key(record.no):
+        raise SchemaError(f"stamp {record.no} stored under key {key!r}")
+    return record

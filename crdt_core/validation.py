@@ -1,0 +1,383 @@
+"""Update validation: the writer rules every replica enforces, whoever carried the update.
+
+Why here and pure: the relay and a peer client that syncs with no relay must refuse exactly the
+same updates, or a peer could launder into the system what the relay would refuse (DESIGN,
+"Authorship"). Validation reads the update's bytes (``yupdate``), never applies it, so a refused
+update leaves the document exactly as it was, and a typical booking update costs one or two
+Ed25519 verifications rather than a document copy.
+
+The rules, in the order checked (first failure wins; one bad record refuses the whole update):
+
+1. The update is a well-formed Yjs v1 update that only *inserts new keys into top-level maps*:
+   no delete set (``deletion``), no overwrite of a key (``rewrite``, which Yjs encodes as an item
+   with an origin, or as a second item for an existing key), nothing else (``shape``).
+2. It does not skip any clock the document lacks (``missing_deps``): the sender must re-run the
+   state-vector exchange first. This also keeps a pending, unvalidated struct out of the engine.
+3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
+   map's kind with schema-valid fields (``schema``), stored under the key its id demands.
+4. Certificates (map ``certs``) verify against the trusted relay keys and sit under their id.
+5. Each record's signature verifies: relay-signed (stamps only, ``relay_only``) or signed by the
+   device key of a certificate present in the document or in the same update
+   (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
+   validity (``certificate_expired``).
+6. The author may write it (``forbidden``): DESIGN's writer table, see ``_check_rights``.
+7. At arrival (relay only, ``ArrivalPolicy``): no HLC from the future (``clock_skew``), none older
+   than the back-dating window (``backdated``), no revoked certificate (``revoked``), and rights
+   checked against the author's *current* roles too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from crdt_core.certs import Certificate, CertificateCache, cert_id_of
+from crdt_core.engine import Replica
+from crdt_core.errors import EngineError, SchemaError, SignatureError, ValidationError
+from crdt_core.hlc import Timestamp
+from crdt_core.records import Envelope, open_record, verify_envelope
+from crdt_core.schema import (
+    CERTS_ROOT,
+    Category,
+    DocId,
+    DocKind,
+    Reservation,
+    ShopProfile,
+    ShopSummary,
+    SlotTemplate,
+    StaffEntry,
+    Stamp,
+    StatusEvent,
+    TypedRecord,
+    UserProfile,
+    parse_doc_id,
+    parse_record,
+)
+from crdt_core.yupdate import decode_update
+
+__all__ = ["AcceptedRecord", "ArrivalPolicy", "Reason", "Rights", "ValidatedUpdate", "validate_update"]
+
+
+class Reason(str, Enum):
+    MALFORMED = "malformed"
+    DELETION = "deletion"
+    REWRITE = "rewrite"
+    SHAPE = "shape"
+    MISSING_DEPS = "missing_deps"
+    BAD_DOC = "bad_doc"
+    WRONG_MAP = "wrong_map"
+    SCHEMA = "schema"
+    BAD_CERTIFICATE = "bad_certificate"
+    UNKNOWN_CERTIFICATE = "unknown_certificate"
+    BAD_SIGNATURE = "bad_signature"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    RELAY_ONLY = "relay_only"
+    FORBIDDEN = "forbidden"
+    UNKNOWN_RESERVATION = "unknown_reservation"
+    CLOCK_SKEW = "clock_skew"
+    BACKDATED = "backdated"
+    REVOKED = "revoked"
+
+
+def _fail(reason: Reason, detail: str) -> ValidationError:
+    return ValidationError(reason.value, detail)
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What a user may write: roles and the shops they own or staff."""
+
+    user_id: str
+    admin: bool
+    owner_of: frozenset[str]
+    staff_of: frozenset[str]
+
+    @classmethod
+    def of(cls, cert: Certificate) -> Rights:
+        return cls(cert.user_id, cert.is_admin, cert.owner_of, cert.staff_of)
+
+    def narrowed(self, current: Rights | None) -> Rights:
+        """The rights both the certificate and the relay's current view grant (role removal bites now)."""
+        if current is None:
+            return Rights(self.user_id, False, frozenset(), frozenset())
+        return Rights(
+            self.user_id,
+            self.admin and current.admin,
+            self.owner_of & current.owner_of,
+            self.staff_of & current.staff_of,
+        )
+
+    def owns(self, shop: str | None) -> bool:
+        return shop is not None and shop in self.owner_of
+
+    def staffs(self, shop: str | None) -> bool:
+        return shop is not None and (shop in self.staff_of or shop in self.owner_of)
+
+
+@dataclass(frozen=True)
+class ArrivalPolicy:
+    """The relay's extra checks at the moment an update arrives (peers validate without one).
+
+    ``max_backdate_ms`` bounds what a stolen device can do after its owner notices: records stamped
+    older than the window are refused at arrival, so back-dating into an old certificate's
+    validity works only within the window.
+    """
+
+    now_ms: int
+    max_future_skew_ms: int = 60_000
+    max_backdate_ms: int | None = 30 * 24 * 3600 * 1000
+    is_revoked: Callable[[Certificate], bool] | None = None
+    current_rights: Callable[[str], Rights | None] | None = None
+
+
+@dataclass(frozen=True)
+class AcceptedRecord:
+    root: str
+    key: str
+    envelope: Envelope | None
+    """None for certificates, which are not envelopes."""
+    record: TypedRecord | Certificate
+    author: Certificate | None
+    """None for relay-signed records and certificates."""
+
+
+@dataclass
+class ValidatedUpdate:
+    doc_id: DocId
+    records: list[AcceptedRecord] = field(default_factory=list)
+
+    @property
+    def noop(self) -> bool:
+        """Nothing new: a re-send of what the document already holds."""
+        return not self.records
+
+    @property
+    def new_reservations(self) -> list[Reservation]:
+        return [r.record for r in self.records if isinstance(r.record, Reservation)]
+
+    @property
+    def new_stamps(self) -> list[Stamp]:
+        return [r.record for r in self.records if isinstance(r.record, Stamp)]
+
+
+def _hlc_ms(record: TypedRecord) -> int | None:
+    hlc = getattr(record, "hlc", None)
+    if hlc is None:
+        return None
+    return Timestamp.parse(hlc).wall_ms
+
+
+class _Batch:
+    """Lookups across the document and the update being validated."""
+
+    def __init__(self, replica: Replica, doc: DocId, certs: CertificateCache) -> None:
+        self.replica = replica
+        self.doc = doc
+        self.certs = certs
+        self.new_certs: dict[str, Certificate] = {}
+        self.new_reservations: dict[str, Reservation] = {}
+
+    def certificate(self, cert_id: str) -> Certificate | None:
+        if cert_id in self.new_certs:
+            return self.new_certs[cert_id]
+        raw = self.replica.get_bytes(CERTS_ROOT, cert_id)
+        if raw is None:
+            return None
+        return self.certs.verify(raw)
+
+    def reservation(self, res_id: str) -> Reservation | None:
+        if res_id in self.new_reservations:
+            return self.new_reservations[res_id]
+        raw = self.replica.get_bytes("reservations", res_id)
+        if raw is None:
+            return None
+        env = open_record(raw)
+        rec = parse_record(DocKind.BOOKINGS, "reservations", res_id, env.kind, env.fields, env.schema_version)
+        assert isinstance(rec, Reservation)
+        return rec
+
+
+def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch) -> None:
+    """DESIGN's writer table. Raises ValidationError(forbidden) when the author lacks the right."""
+    shop = doc.shop_id
+    if isinstance(record, Category):
+        ok = rights.admin
+    elif isinstance(record, ShopSummary):
+        ok = rights.admin or rights.owns(record.id)
+    elif isinstance(record, (ShopProfile, SlotTemplate)):
+        ok = rights.admin or rights.staffs(shop)
+    elif isinstance(record, StaffEntry):
+        ok = rights.admin or rights.owns(shop)
+    elif isinstance(record, Reservation):
+        ok = record.customer == rights.user_id
+        if not ok:
+            raise _fail(Reason.FORBIDDEN, f"reservation {record.id} is in another customer's name")
+    elif isinstance(record, StatusEvent):
+        if record.by != rights.user_id:
+            raise _fail(Reason.FORBIDDEN, f"event {record.id} names another author")
+        target = batch.reservation(record.reservation)
+        if target is None:
+            raise _fail(Reason.UNKNOWN_RESERVATION, f"event {record.id} refers to an unknown reservation")
+        if record.type == "cancel":
+            ok = target.customer == rights.user_id
+        elif record.type in ("confirm", "decline", "no_show"):
+            ok = rights.admin or rights.staffs(shop)
+        else:  # an event type from a newer schema: inert here, so only staff may write it
+            ok = rights.admin or rights.staffs(shop)
+    elif isinstance(record, UserProfile):
+        ok = doc.user_id == rights.user_id
+    else:  # Stamp is relay-only and handled before rights
+        ok = False
+    if not ok:
+        raise _fail(Reason.FORBIDDEN, f"{rights.user_id} may not write this {record.KIND} in {doc}")
+
+
+def validate_update(
+    doc_id: str | DocId,
+    replica: Replica,
+    update: bytes,
+    certs: CertificateCache,
+    policy: ArrivalPolicy | None = None,
+) -> ValidatedUpdate:
+    """Accept or refuse a whole update for ``replica`` (which is not modified).
+
+    Args:
+        certs: the trusted relay keys, with a cache of certificates already verified under them.
+        policy: arrival-time checks; the relay passes one, peers may pass None.
+
+    Returns:
+        What the update adds; ``noop`` when it adds nothing (a harmless re-send).
+
+    Raises:
+        ValidationError: with ``code`` one of ``Reason``; the caller must not apply the update.
+    """
+    try:
+        doc = doc_id if isinstance(doc_id, DocId) else parse_doc_id(doc_id)
+    except SchemaError as exc:
+        raise _fail(Reason.BAD_DOC, str(exc)) from None
+    try:
+        decoded = decode_update(update)
+    except EngineError as exc:
+        raise _fail(Reason.MALFORMED, str(exc)) from None
+    clocks = replica.state_clocks()
+    for other in decoded.others:
+        if other.clock + other.length <= clocks.get(other.client, 0):
+            continue  # already integrated: the engine ignores it
+        reason = Reason.REWRITE if "overwrites" in other.why else Reason.SHAPE
+        if "skip" in other.why:
+            reason = Reason.MISSING_DEPS
+        raise _fail(reason, f"struct {other.client}:{other.clock}: {other.why}")
+    if decoded.deletes:
+        raise _fail(Reason.DELETION, "records are never removed")
+    for client, (start, _end) in decoded.ranges.items():
+        if start > clocks.get(client, 0):
+            raise _fail(Reason.MISSING_DEPS, f"client {client} starts at {start}, document has {clocks.get(client, 0)}")
+
+    fresh = [ins for ins in decoded.inserts if ins.clock >= clocks.get(ins.client, 0)]
+    result = ValidatedUpdate(doc)
+    batch = _Batch(replica, doc, certs)
+    seen: set[tuple[str, str]] = set()
+    for ins in fresh:
+        if ins.root not in doc.roots:
+            raise _fail(Reason.WRONG_MAP, f"a {doc.kind.value} document has no map {ins.root!r}")
+        if (ins.root, ins.key) in seen or replica.has_key(ins.root, ins.key):
+            raise _fail(Reason.REWRITE, f"{ins.root}/{ins.key} already exists")
+        seen.add((ins.root, ins.key))
+        if not isinstance(ins.value, bytes):
+            raise _fail(Reason.SHAPE, f"{ins.root}/{ins.key} is not a binary record")
+
+    # Certificates first: records in the same update may be signed under them.
+    for ins in fresh:
+        if ins.root != CERTS_ROOT:
+            continue
+        try:
+            cert = certs.verify(ins.value)
+        except (SchemaError, SignatureError) as exc:
+            raise _fail(Reason.BAD_CERTIFICATE, str(exc)) from None
+        if ins.key != cert_id_of(ins.value):
+            raise _fail(Reason.BAD_CERTIFICATE, f"certificate stored under {ins.key!r}, not its id")
+        batch.new_certs[ins.key] = cert
+        result.records.append(AcceptedRecord(ins.root, ins.key, None, cert, None))
+
+    typed: list[tuple[str, str, Envelope, TypedRecord]] = []
+    for ins in fresh:
+        if ins.root == CERTS_ROOT:
+            continue
+        try:
+            env = open_record(ins.value)
+            rec = parse_record(doc.kind, ins.root, ins.key, env.kind, env.fields, env.schema_version)
+        except SchemaError as exc:
+            raise _fail(Reason.SCHEMA, f"{ins.root}/{ins.key}: {exc}") from None
+        if isinstance(rec, Reservation):
+            batch.new_reservations[rec.id] = rec
+        typed.append((ins.root, ins.key, env, rec))
+
+    for root, key, env, rec in typed:
+        author = _check_signature(str(doc), root, key, env, rec, batch, certs)
+        if author is None:
+            if not isinstance(rec, Stamp):
+                raise _fail(Reason.RELAY_ONLY, "the relay signs only stamps")
+            if batch.reservation(rec.reservation) is None:
+                raise _fail(Reason.UNKNOWN_RESERVATION, f"stamp {rec.no} for an unknown reservation")
+        else:
+            if isinstance(rec, Stamp):
+                raise _fail(Reason.RELAY_ONLY, "only the relay stamps")
+            rights = Rights.of(author)
+            if policy is not None:
+                _check_arrival(author, rec, policy)
+                if policy.current_rights is not None:
+                    rights = rights.narrowed(policy.current_rights(author.user_id))
+            _check_rights(doc, rec, rights, batch)
+        result.records.append(AcceptedRecord(root, key, env, rec, author))
+    return result
+
+
+def _check_signature(
+    doc_id: str,
+    root: str,
+    key: str,
+    env: Envelope,
+    rec: TypedRecord,
+    batch: _Batch,
+    certs: CertificateCache,
+) -> Certificate | None:
+    """Verify the record's signature; returns the author's certificate, or None if the relay signed."""
+    kid = env.relay_kid
+    if kid is not None:
+        relay_key = certs.trusted_keys.get(kid)
+        if relay_key is None:
+            raise _fail(Reason.BAD_SIGNATURE, f"{root}/{key} claims unknown relay key {kid!r}")
+        try:
+            verify_envelope(env, doc_id, key, relay_key)
+        except SignatureError as exc:
+            raise _fail(Reason.BAD_SIGNATURE, str(exc)) from None
+        return None
+    try:
+        author = batch.certificate(env.signer)
+    except (SchemaError, SignatureError) as exc:
+        raise _fail(Reason.BAD_CERTIFICATE, str(exc)) from None
+    if author is None:
+        raise _fail(Reason.UNKNOWN_CERTIFICATE, f"{root}/{key} is signed under a certificate not in the document")
+    try:
+        verify_envelope(env, doc_id, key, author.device_key)
+    except SignatureError as exc:
+        raise _fail(Reason.BAD_SIGNATURE, str(exc)) from None
+    at = _hlc_ms(rec)
+    if at is None or not author.valid_at(at):
+        raise _fail(Reason.CERTIFICATE_EXPIRED, f"{root}/{key} was written outside its certificate's validity")
+    return author
+
+
+def _check_arrival(author: Certificate, rec: TypedRecord, policy: ArrivalPolicy) -> None:
+    at = _hlc_ms(rec)
+    assert at is not None  # every device-signed record kind has an HLC; checked by _check_signature
+    if at - policy.now_ms > policy.max_future_skew_ms:
+        raise _fail(Reason.CLOCK_SKEW, f"record stamped {at - policy.now_ms} ms in the future")
+    if policy.max_backdate_ms is not None and policy.now_ms - at > policy.max_backdate_ms:
+        raise _fail(Reason.BACKDATED, "record older than the relay's back-dating window")
+    if policy.is_revoked is not None and policy.is_revoked(author):
+        raise _fail(Reason.REVOKED, f"certificate {author.cert_id} is revoked")
+
+
+RightsLookup = Mapping[str, Rights]

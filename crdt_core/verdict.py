@@ -1,0 +1,225 @@
+"""The booking verdict: who is confirmed and who waits, computed from merged data alone.
+
+Why a verdict and not a CRDT rule: capacity is not preserved by merging (two valid offline states
+can each hold the last seat), so documents hold *claims* and this pure function decides.
+
+**Order.** Stamped claims first, by stamp number (the relay's sequence; a claim stamped twice
+counts by its lowest stamp); then unstamped claims by (HLC, customer id, reservation id). Every
+replica computes the same order from the same records, whatever order they arrived in.
+
+**Status of a claim** (append-only events, never one overwritten key): the earliest of its
+``cancel``/``decline`` events by (HLC, event id) makes it cancelled or declined; otherwise a
+``no_show`` event makes it a no-show; otherwise it is active. A staff ``confirm`` does not move
+seats: it records that the shop acknowledged the booking (``staff_confirmed``). Events of types
+from a newer schema version are ignored.
+
+**Seats: strict first-come, first-served.** Walk the order; an active (or no-show) claim takes its
+party's seats while it fits; the first claim that does not fit, and every active claim after it,
+is waitlisted, in order. A large party therefore blocks smaller later ones. We chose that over
+letting later parties fill leftover seats because it is the rule under which *a cancellation can
+never demote anyone*: confirmed claims are always a prefix of the active order, and removing a
+claim from a prefix only lengthens it. With gap-filling, cancelling A(2) in [A(2) B(3) C(2)] at
+capacity 4 would promote B and demote the already-confirmed C. It is also the fair rule: nobody
+jumps the queue by booking a smaller party.
+
+**Seats held:** cancelled and declined claims hold none; a no-show keeps the seat it held (it was
+confirmed at the time; the past is not reshuffled).
+
+**Finality.** A claim is *final* when it is stamped and this replica holds every stamp from 1 up
+to its own (the gap-free prefix): nothing that arrives later can rank before it. A final confirmed
+claim changes only through its own cancellation, a staff decline, or a capacity cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from crdt_core.reader import BookingsState
+from crdt_core.schema import Reservation, StatusEvent
+
+__all__ = ["ClaimState", "ClaimVerdict", "SlotVerdict", "Verdict", "VerdictChange", "compute_verdict", "diff_verdicts"]
+
+
+class ClaimState(str, Enum):
+    CONFIRMED = "confirmed"
+    WAITLISTED = "waitlisted"
+    CANCELLED = "cancelled"
+    DECLINED = "declined"
+    NO_SHOW = "no_show"
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    reservation_id: str
+    slot: str
+    customer: str
+    party: int
+    state: ClaimState
+    position: int | None
+    """1-based place on the slot's waitlist, for waitlisted claims."""
+    stamp: int | None
+    final: bool
+    rank: int
+    """0-based place in the slot's claim order."""
+    staff_confirmed: bool
+    holds_seats: bool
+
+
+@dataclass(frozen=True)
+class SlotVerdict:
+    slot: str
+    capacity: int
+    seats_taken: int
+    claims: tuple[ClaimVerdict, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    slots: Mapping[str, SlotVerdict]
+    claims: Mapping[str, ClaimVerdict]
+    stamp_prefix: int
+    """Highest n such that stamps 1..n are all present."""
+
+    def for_customer(self, customer: str) -> list[ClaimVerdict]:
+        return [c for c in self.claims.values() if c.customer == customer]
+
+
+def _status(events: list[StatusEvent]) -> tuple[ClaimState | None, bool]:
+    """Returns (terminal state or None for active, staff_confirmed)."""
+    terminal: tuple[str, str, ClaimState] | None = None
+    no_show = False
+    confirmed = False
+    for ev in events:
+        if ev.type in ("cancel", "decline"):
+            state = ClaimState.CANCELLED if ev.type == "cancel" else ClaimState.DECLINED
+            rank = (ev.hlc, ev.id, state)
+            if terminal is None or rank[:2] < terminal[:2]:
+                terminal = rank
+        elif ev.type == "no_show":
+            no_show = True
+        elif ev.type == "confirm":
+            confirmed = True
+    if terminal is not None:
+        return terminal[2], confirmed
+    return (ClaimState.NO_SHOW if no_show else None), confirmed
+
+
+def claim_order(state: BookingsState) -> list[tuple[Reservation, int | None]]:
+    """Every reservation in verdict order, with its stamp number (None when unstamped)."""
+    stamp_of: dict[str, int] = {}
+    for no, stamp in state.stamps.items():
+        if stamp.reservation in state.reservations and no < stamp_of.get(stamp.reservation, no + 1):
+            stamp_of[stamp.reservation] = no
+    stamped = sorted((stamp_of[r.id], r) for r in state.reservations.values() if r.id in stamp_of)
+    tentative = sorted(
+        (r for r in state.reservations.values() if r.id not in stamp_of),
+        key=lambda r: (r.hlc, r.customer, r.id),
+    )
+    return [(r, no) for no, r in stamped] + [(r, None) for r in tentative]
+
+
+def stamp_prefix(stamps: Mapping[int, object]) -> int:
+    n = 0
+    while n + 1 in stamps:
+        n += 1
+    return n
+
+
+def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verdict:
+    """The verdict for one bookings document.
+
+    Args:
+        capacities: seats per slot id on this document's day (``SlotTemplate.capacity_on``); a slot
+            this replica knows no template for has capacity 0, so its claims wait until it does.
+    """
+    events_of: dict[str, list[StatusEvent]] = {}
+    for ev in state.events.values():
+        events_of.setdefault(ev.reservation, []).append(ev)
+    prefix = stamp_prefix(state.stamps)
+
+    by_slot: dict[str, list[tuple[Reservation, int | None]]] = {}
+    for res, no in claim_order(state):
+        by_slot.setdefault(res.slot, []).append((res, no))
+
+    slots: dict[str, SlotVerdict] = {}
+    claims: dict[str, ClaimVerdict] = {}
+    for slot in sorted(by_slot):
+        capacity = max(0, capacities.get(slot, 0))
+        left = capacity
+        blocked = False
+        waiting = 0
+        out: list[ClaimVerdict] = []
+        for rank, (res, no) in enumerate(by_slot[slot]):
+            terminal, staff_ok = _status(events_of.get(res.id, []))
+            position = None
+            holds = False
+            if terminal in (ClaimState.CANCELLED, ClaimState.DECLINED):
+                state_now = terminal
+            else:
+                if not blocked and res.party <= left:
+                    left -= res.party
+                    holds = True
+                    state_now = terminal or ClaimState.CONFIRMED
+                else:
+                    blocked = True
+                    waiting += 1
+                    position = waiting
+                    state_now = terminal or ClaimState.WAITLISTED
+            cv = ClaimVerdict(
+                reservation_id=res.id,
+                slot=slot,
+                customer=res.customer,
+                party=res.party,
+                state=state_now,
+                position=position if state_now is ClaimState.WAITLISTED else None,
+                stamp=no,
+                final=no is not None and no <= prefix,
+                rank=rank,
+                staff_confirmed=staff_ok,
+                holds_seats=holds,
+            )
+            out.append(cv)
+            claims[res.id] = cv
+        slots[slot] = SlotVerdict(slot, capacity, capacity - left, tuple(out))
+    return Verdict(slots=slots, claims=claims, stamp_prefix=prefix)
+
+
+@dataclass(frozen=True)
+class VerdictChange:
+    """A claim whose state changed between two verdicts: what a client notifies its user about."""
+
+    reservation_id: str
+    customer: str
+    before: ClaimState | None
+    after: ClaimState
+    kind: str
+    """``new``, ``confirmed``, ``promoted``, ``demoted``, ``cancelled``, ``declined``, ``no_show``,
+    ``final`` (same state, now final) or ``moved`` (waitlist position changed)."""
+
+
+def diff_verdicts(old: Verdict | None, new: Verdict) -> list[VerdictChange]:
+    """Name every reservation whose verdict changed, for notifications (promoted and demoted included)."""
+    changes: list[VerdictChange] = []
+    before_claims = old.claims if old is not None else {}
+    for rid in sorted(new.claims):
+        after = new.claims[rid]
+        before = before_claims.get(rid)
+        if before is None:
+            kind = "new"
+        elif before.state != after.state:
+            if after.state is ClaimState.CONFIRMED and before.state is ClaimState.WAITLISTED:
+                kind = "promoted"
+            elif after.state is ClaimState.WAITLISTED and before.state is ClaimState.CONFIRMED:
+                kind = "demoted"
+            else:
+                kind = after.state.value
+        elif after.final and not before.final:
+            kind = "final"
+        elif after.position != before.position:
+            kind = "moved"
+        else:
+            continue
+        changes.append(VerdictChange(rid, after.customer, before.state if before else None, after.state, kind))
+    return changes

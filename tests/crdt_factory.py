@@ -1,0 +1,65 @@
+"""Shared builders for crdt_core tests: a relay key, certified devices, fixed clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from crdt_core.authoring import Author
+from crdt_core.certs import CertificateCache, DeviceKey, SigningKey, issue_certificate, public_bytes
+from crdt_core.hlc import HybridClock
+
+#: A fixed "now" so tests never depend on the machine's clock.
+NOW_MS = 1_800_000_000_000
+HOUR_MS = 3_600_000
+
+
+def fixed_seed_key(seed: int) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed.to_bytes(32, "big"))
+
+
+@dataclass
+class World:
+    """A relay key and a set of certified devices, all deterministic."""
+
+    relay: SigningKey = field(default_factory=lambda: SigningKey("relay-k1", fixed_seed_key(1)))
+    now_ms: int = NOW_MS
+    _seed: int = 100
+
+    @property
+    def trusted(self) -> dict[str, bytes]:
+        return {self.relay.kid: self.relay.public}
+
+    def cache(self) -> CertificateCache:
+        return CertificateCache(self.trusted)
+
+    def device(
+        self,
+        user_id: str,
+        *,
+        roles: Sequence[str] = (),
+        owner_of: Sequence[str] = (),
+        staff_of: Sequence[str] = (),
+        valid_from_ms: int | None = None,
+        valid_until_ms: int | None = None,
+        signer: SigningKey | None = None,
+        clock_ms: int | None = None,
+    ) -> Author:
+        self._seed += 1
+        key = fixed_seed_key(self._seed)
+        cert = issue_certificate(
+            signer or self.relay,
+            user_id=user_id,
+            roles=list(roles),
+            owner_of=list(owner_of),
+            staff_of=list(staff_of),
+            device_public_key=public_bytes(key),
+            issued_at_ms=valid_from_ms if valid_from_ms is not None else self.now_ms - HOUR_MS,
+            expires_at_ms=valid_until_ms if valid_until_ms is not None else self.now_ms + 24 * HOUR_MS,
+        )
+        at = clock_ms if clock_ms is not None else self.now_ms
+        clock = HybridClock(user_id, physical_ms=lambda: at)
+        ids = iter(range(1, 10**9))
+        return Author(user_id, DeviceKey(key, cert), clock, id_factory=lambda: f"{user_id}-{next(ids)}")
