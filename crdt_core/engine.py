@@ -60,7 +60,7 @@ def _guard(what: str, exc: BaseException) -> EngineError:
 class Subscription:
     """Handle returned by :meth:`Replica.observe`; call :meth:`close` to stop observing."""
 
-    def __init__(self, doc: pycrdt.Doc, native: Any) -> None:
+    def __init__(self, doc: pycrdt.Doc[Any], native: Any) -> None:
         self._doc = doc
         self._native = native
         self._open = True
@@ -83,7 +83,7 @@ class Replica:
     def __init__(self, client_id: int | None = None) -> None:
         if client_id is not None and not 0 <= client_id < 2**53:
             raise EngineError(f"client id out of range: {client_id}")
-        self._doc = pycrdt.Doc(client_id=client_id)
+        self._doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
         self._maps: dict[str, pycrdt.Map[Any]] = {}
 
     # --- identity and whole-state encoding -------------------------------------------------

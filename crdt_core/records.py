@@ -64,7 +64,8 @@ def pack_fields(fields: dict[str, Any]) -> bytes:
 
 
 def _signed_message(doc_id: str, key: str, kind: str, fields_raw: bytes) -> bytes:
-    return RECORD_DOMAIN + msgpack.packb([doc_id, key, kind, fields_raw], use_bin_type=True)
+    body: bytes = msgpack.packb([doc_id, key, kind, fields_raw], use_bin_type=True)
+    return RECORD_DOMAIN + body
 
 
 def sign_record(

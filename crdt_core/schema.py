@@ -18,7 +18,7 @@ import datetime as _dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar, Final
 
 from crdt_core.errors import SchemaError
@@ -52,7 +52,7 @@ _HHMM_RE = re.compile(r"([01]\d|2[0-3]):[0-5]\d\Z")
 CERTS_ROOT: Final = "certs"
 
 
-class DocKind(str, Enum):
+class DocKind(StrEnum):
     CATALOG = "catalog"
     SHOP = "shop"
     BOOKINGS = "bookings"
@@ -179,7 +179,11 @@ def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
             raise SchemaError(f"{where} must be true or false")
         return value
     elif t == "weekdays":
-        if not isinstance(value, list) or len(value) > 7 or any(type(d) is not int or not 0 <= d <= 6 for d in value):
+        if (
+            not isinstance(value, list)
+            or len(value) > 7
+            or any(type(d) is not int or not 0 <= d <= 6 for d in value)
+        ):
             raise SchemaError(f"{where} must be a list of weekday numbers 0-6")
         return tuple(sorted(set(value)))
     elif t == "enum":
@@ -224,7 +228,9 @@ class TypedRecord:
         names = {s.name for s in cls.FIELDS}
         extra = {k: v for k, v in fields.items() if k not in names}
         if extra and schema_version <= SCHEMA_VERSION:
-            raise SchemaError(f"{cls.KIND}: unknown fields {sorted(extra)} in schema version {schema_version}")
+            raise SchemaError(
+                f"{cls.KIND}: unknown fields {sorted(extra)} in schema version {schema_version}"
+            )
         return cls(**known, extra=extra, schema_version=schema_version)
 
     def to_fields(self) -> dict[str, Any]:
@@ -247,7 +253,12 @@ _HLC = _F("hlc", "hlc")
 class Category(TypedRecord):
     KIND: ClassVar[str] = "category"
     ROOT: ClassVar[str] = "categories"
-    FIELDS: ClassVar[tuple[_F, ...]] = (_F("id", "id"), _NAME, _F("icon", "str", required=False, max_len=64), _HLC)
+    FIELDS: ClassVar[tuple[_F, ...]] = (
+        _F("id", "id"),
+        _NAME,
+        _F("icon", "str", required=False, max_len=64),
+        _HLC,
+    )
     id: str
     name: str
     icon: str | None
@@ -376,7 +387,7 @@ class Reservation(TypedRecord):
     note: str | None = None
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     CANCEL = "cancel"
     CONFIRM = "confirm"
     DECLINE = "decline"

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from crdt_core.certs import Certificate, CertificateCache, cert_id_of
 from crdt_core.engine import Replica
@@ -59,7 +59,7 @@ from crdt_core.yupdate import decode_update
 __all__ = ["AcceptedRecord", "ArrivalPolicy", "Reason", "Rights", "ValidatedUpdate", "validate_update"]
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     MALFORMED = "malformed"
     DELETION = "deletion"
     REWRITE = "rewrite"
@@ -272,7 +272,10 @@ def validate_update(
         raise _fail(Reason.DELETION, "records are never removed")
     for client, (start, _end) in decoded.ranges.items():
         if start > clocks.get(client, 0):
-            raise _fail(Reason.MISSING_DEPS, f"client {client} starts at {start}, document has {clocks.get(client, 0)}")
+            raise _fail(
+                Reason.MISSING_DEPS,
+                f"client {client} starts at {start}, document has {clocks.get(client, 0)}",
+            )
 
     fresh = [ins for ins in decoded.inserts if ins.clock >= clocks.get(ins.client, 0)]
     result = ValidatedUpdate(doc)
@@ -358,14 +361,18 @@ def _check_signature(
     except (SchemaError, SignatureError) as exc:
         raise _fail(Reason.BAD_CERTIFICATE, str(exc)) from None
     if author is None:
-        raise _fail(Reason.UNKNOWN_CERTIFICATE, f"{root}/{key} is signed under a certificate not in the document")
+        raise _fail(
+            Reason.UNKNOWN_CERTIFICATE, f"{root}/{key} is signed under a certificate not in the document"
+        )
     try:
         verify_envelope(env, doc_id, key, author.device_key)
     except SignatureError as exc:
         raise _fail(Reason.BAD_SIGNATURE, str(exc)) from None
     at = _hlc_ms(rec)
     if at is None or not author.valid_at(at):
-        raise _fail(Reason.CERTIFICATE_EXPIRED, f"{root}/{key} was written outside its certificate's validity")
+        raise _fail(
+            Reason.CERTIFICATE_EXPIRED, f"{root}/{key} was written outside its certificate's validity"
+        )
     return author
 
 

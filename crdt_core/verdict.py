@@ -34,15 +34,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from crdt_core.reader import BookingsState
 from crdt_core.schema import Reservation, StatusEvent
 
-__all__ = ["ClaimState", "ClaimVerdict", "SlotVerdict", "Verdict", "VerdictChange", "compute_verdict", "diff_verdicts"]
+__all__ = [
+    "ClaimState",
+    "ClaimVerdict",
+    "SlotVerdict",
+    "Verdict",
+    "VerdictChange",
+    "compute_verdict",
+    "diff_verdicts",
+]
 
 
-class ClaimState(str, Enum):
+class ClaimState(StrEnum):
     CONFIRMED = "confirmed"
     WAITLISTED = "waitlisted"
     CANCELLED = "cancelled"
@@ -155,6 +163,7 @@ def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verd
             terminal, staff_ok = _status(events_of.get(res.id, []))
             position = None
             holds = False
+            state_now: ClaimState
             if terminal in (ClaimState.CANCELLED, ClaimState.DECLINED):
                 state_now = terminal
             else:
@@ -221,5 +230,7 @@ def diff_verdicts(old: Verdict | None, new: Verdict) -> list[VerdictChange]:
             kind = "moved"
         else:
             continue
-        changes.append(VerdictChange(rid, after.customer, before.state if before else None, after.state, kind))
+        changes.append(
+            VerdictChange(rid, after.customer, before.state if before else None, after.state, kind)
+        )
     return changes
