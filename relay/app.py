@@ -1,0 +1,196 @@
+"""The relay's FastAPI application: one process, one port, REST and (later) the sync websocket.
+
+``create_app(config)`` builds the app; its lifespan opens the components in order and closes
+them in reverse:
+
+1. auth: data directory and epoch, signing keys, the SQLite account store, tokens, the account
+   service and its ``account_events`` poller (operator CLI changes reach the server this way);
+2. extensions (:class:`RelayExtension`), in the order given: the document store and the
+   websocket endpoint ``/api/v1/sync`` plug in here. An extension adds its routes in
+   ``install`` (called by ``create_app``, before the app starts) and opens/closes its resources
+   in ``start``/``stop``; it finds everything else on the :class:`RelayContext`
+   (``app.state.relay``): ``ctx.tokens.verify_access``, ``ctx.hooks`` (revocation and disable
+   callbacks), ``ctx.keys`` (signing), ``ctx.metrics``, ``ctx.epoch``, ``ctx.config``.
+
+Shutdown: on SIGTERM the CLI calls :meth:`RelayContext.begin_shutdown` (sets ``ctx.stopping``,
+``/healthz`` turns 503) before uvicorn stops accepting; extensions are stopped first, so they can
+flush and tell clients to come back while the account store is still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+
+from relay.accounts import AccountService, AccountStore, AuthComponents, AuthHooks, open_auth
+from relay.config import RelayConfig
+from relay.http_api import (
+    MAX_AUTH_BODY_BYTES,
+    SERVER_VERSION,
+    BodyLimitMiddleware,
+    HealthCheck,
+    HttpMetricsMiddleware,
+    Limiters,
+    auth_router,
+    install_error_handlers,
+    ops_router,
+)
+from relay.keys import KeyStore
+from relay.logging import get_logger, log_event
+from relay.metrics import MetricsRegistry
+from relay.tokens import TokenService
+
+log = get_logger("relay.app")
+
+
+class RelayExtension(Protocol):
+    """A component plugged into the relay app (the sync websocket, the document store)."""
+
+    name: str
+
+    def install(self, app: FastAPI, ctx: RelayContext) -> None:
+        """Add routes/middleware. Called once by ``create_app``, before startup."""
+        ...
+
+    async def start(self, ctx: RelayContext) -> None:
+        """Open resources; auth components are already open."""
+        ...
+
+    async def stop(self, ctx: RelayContext) -> None:
+        """Flush and close; called in reverse order, before auth closes."""
+        ...
+
+
+@dataclass
+class RelayContext:
+    """Shared state of one relay app, at ``app.state.relay``."""
+
+    config: RelayConfig
+    metrics: MetricsRegistry
+    hooks: AuthHooks
+    limiters: Limiters
+    extensions: list[RelayExtension]
+    auth: AuthComponents | None = None
+    epoch: str = ""
+    ready: bool = False
+    started_at: float = field(default_factory=time.time)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    health_checks: list[HealthCheck] = field(default_factory=list)
+    # Free slots for extensions to publish objects to each other (e.g. "docstore").
+    components: dict[str, Any] = field(default_factory=dict)
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _require_auth(self) -> AuthComponents:
+        if self.auth is None:
+            raise RuntimeError("relay components are not started")
+        return self.auth
+
+    @property
+    def accounts(self) -> AccountService:
+        return self._require_auth().service
+
+    @property
+    def tokens(self) -> TokenService:
+        return self._require_auth().tokens
+
+    @property
+    def keys(self) -> KeyStore:
+        return self._require_auth().keys
+
+    @property
+    def account_store(self) -> AccountStore:
+        return self._require_auth().store
+
+    def begin_shutdown(self) -> None:
+        """Mark the relay as stopping. Safe to call from a signal handler or another thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.stopping.set)
+
+
+def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
+    """Extensions every relay runs. The document store and the sync websocket endpoint
+    (``/api/v1/sync``) are registered here once they exist, e.g.
+    ``return [SyncExtension(config)]``."""
+    return []
+
+
+def create_app(
+    config: RelayConfig,
+    *,
+    extensions: Sequence[RelayExtension] | None = None,
+    metrics: MetricsRegistry | None = None,
+) -> FastAPI:
+    """Build the relay app. ``extensions=None`` means the built-in ones."""
+    metrics = metrics or MetricsRegistry()
+    exts = list(_builtin_extensions(config) if extensions is None else extensions)
+    ctx = RelayContext(
+        config=config,
+        metrics=metrics,
+        hooks=AuthHooks(),
+        limiters=Limiters.from_config(config),
+        extensions=exts,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx._loop = asyncio.get_running_loop()
+        ctx.stopping = asyncio.Event()
+        ctx.auth = await open_auth(config, metrics=metrics, hooks=ctx.hooks)
+        ctx.epoch = ctx.auth.epoch
+        poller_stop = asyncio.Event()
+        poller = asyncio.create_task(ctx.accounts.run_event_poller(poller_stop), name="account-events")
+        started: list[RelayExtension] = []
+        try:
+            for ext in exts:
+                await ext.start(ctx)
+                started.append(ext)
+            ctx.ready = True
+            log_event(
+                log,
+                "relay started",
+                version=SERVER_VERSION,
+                epoch=ctx.epoch,
+                data_dir=str(config.data_dir),
+                active_kid=ctx.keys.active_kid,
+                extensions=[e.name for e in exts],
+            )
+            yield
+        finally:
+            ctx.ready = False
+            ctx.stopping.set()
+            for ext in reversed(started):
+                try:
+                    await ext.stop(ctx)
+                except Exception:
+                    log.exception("extension stop failed", extra={"extension": ext.name})
+            poller_stop.set()
+            await poller
+            await ctx.auth.aclose()
+            log_event(log, "relay stopped")
+
+    app = FastAPI(
+        title="QuickSlot Sync relay",
+        version=SERVER_VERSION,
+        description="Accounts, tokens and operations endpoints of the QuickSlot Sync relay.",
+        lifespan=lifespan,
+    )
+    app.state.relay = ctx
+    install_error_handlers(app)
+    app.include_router(auth_router)
+    app.include_router(ops_router)
+    _uptime = metrics.gauge("relay_uptime_seconds", "Seconds since the relay app was created")
+    _uptime.set_function(lambda: time.time() - ctx.started_at)
+    metrics.gauge("relay_build_info", "Relay version", ["version"]).labels(version=SERVER_VERSION).set(1)
+    for ext in exts:
+        ext.install(app, ctx)
+    # Middleware wraps everything added above; the websocket scope passes straight through.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_AUTH_BODY_BYTES)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return app

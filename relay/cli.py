@@ -1,0 +1,480 @@
+"""``quickslot-relay``: run the relay and administer its accounts and keys.
+
+Operators run these commands on the relay host; the admin commands open the relay's SQLite file
+and key directory directly (no network, no admin API to secure). Changes that running servers
+must act on (a disabled user's sessions, revoked families, a key rotation) are recorded in the
+``account_events`` table, which every server polls about once a second.
+
+Exit codes: 0 success, 1 failure (message on stderr; with ``--json`` also an ``{"error": ...}``
+object on stdout), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from relay.config import DB_FILENAME, RateLimit, RateLimits, RelayConfig, SmtpSettings, prepare_data_dir
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_DATA_DIR = os.environ.get("QUICKSLOT_RELAY_DATA", "relay-data")
+
+#: A stats section: given the config, return name -> value (printed by ``stats``).
+StatsProvider = Callable[[RelayConfig], Awaitable[Mapping[str, Any]]]
+
+
+def _stats_providers() -> dict[str, StatsProvider]:
+    """Extra ``stats`` sections beside ``accounts``. The document store registers its own here
+    (e.g. ``{"documents": relay.store.stats}``: document count, log bytes, snapshot bytes)."""
+    return {}
+
+
+class CliError(Exception):
+    """A failure to report to the operator (exit code 1)."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _rate(text: str) -> RateLimit:
+    try:
+        return RateLimit.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _smtp(text: str) -> SmtpSettings:
+    try:
+        return SmtpSettings.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options every command takes, accepted before or after the command name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help=f"relay data directory (default: $QUICKSLOT_RELAY_DATA or {DEFAULT_DATA_DIR})",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help="log level (default INFO)")
+
+    hashing = argparse.ArgumentParser(add_help=False)
+    d = RelayConfig()
+    hashing.add_argument(
+        "--argon2-memory-kib", type=_positive_int, default=d.argon2_memory_kib, metavar="KIB"
+    )
+    hashing.add_argument("--argon2-iterations", type=_positive_int, default=d.argon2_iterations, metavar="N")
+    hashing.add_argument("--argon2-lanes", type=_positive_int, default=d.argon2_lanes, metavar="N")
+    hashing.add_argument(
+        "--password-min-length", type=_positive_int, default=d.password_min_length, metavar="N"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="quickslot-relay", description="QuickSlot Sync relay: serve, and administer users and keys."
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path(DEFAULT_DATA_DIR), metavar="DIR", help="data directory"
+    )
+    parser.add_argument("--json", action="store_true", default=False, help="machine-readable output")
+    parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve", parents=[common, hashing], help="run the relay (HTTP + websocket, one port)"
+    )
+    serve.add_argument("--host", default=d.host)
+    serve.add_argument("--port", type=int, default=d.port)
+    serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM); needs --keyfile")
+    serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM); needs --certfile")
+    serve.add_argument("--smtp", type=_smtp, metavar="HOST:PORT", help="send mail through this SMTP server")
+    serve.add_argument("--smtp-starttls", action="store_true", help="use STARTTLS with --smtp")
+    serve.add_argument("--mail-from", default=d.mail_from, metavar="ADDR")
+    serve.add_argument("--public-url", default=None, metavar="URL", help="base URL put into reset mails")
+    serve.add_argument("--access-ttl", type=_positive_int, default=d.access_ttl_s, metavar="S")
+    serve.add_argument("--refresh-ttl", type=_positive_int, default=d.refresh_ttl_s, metavar="S")
+    serve.add_argument("--cert-ttl", type=_positive_int, default=d.certificate_ttl_s, metavar="S")
+    serve.add_argument("--reset-ttl", type=_positive_int, default=d.reset_ttl_s, metavar="S")
+    serve.add_argument("--issuer", default=d.issuer)
+    serve.add_argument("--audience", default=d.audience)
+    rl = d.rate_limits
+    serve.add_argument("--login-rate-account", type=_rate, default=rl.login_account, metavar="N/S")
+    serve.add_argument("--login-rate-address", type=_rate, default=rl.login_address, metavar="N/S")
+    serve.add_argument("--register-rate-address", type=_rate, default=rl.register_address, metavar="N/S")
+    serve.add_argument("--reset-rate-account", type=_rate, default=rl.reset_account, metavar="N/S")
+    serve.add_argument("--reset-rate-address", type=_rate, default=rl.reset_address, metavar="N/S")
+    serve.add_argument("--events-poll", type=float, default=d.events_poll_s, metavar="S")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="trust X-Forwarded-For from these proxies (default: trust no proxy)",
+    )
+
+    user = sub.add_parser("user", help="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = user_sub.add_parser("add", parents=[common, hashing], help="create an account")
+    add.add_argument("email")
+    add.add_argument("--name", help="display name (default: the part of the email before @)")
+    add.add_argument("--admin", action="store_true", help="grant the admin role")
+    add.add_argument(
+        "--password-stdin", action="store_true", required=True, help="read the password from stdin"
+    )
+    user_sub.add_parser("list", parents=[common], help="list accounts")
+    disable = user_sub.add_parser("disable", parents=[common], help="disable an account and end its sessions")
+    disable.add_argument("email")
+    enable = user_sub.add_parser("enable", parents=[common], help="re-enable a disabled account")
+    enable.add_argument("email")
+    grant = user_sub.add_parser("grant", parents=[common], help="grant a shop relation or the admin role")
+    grant.add_argument("email")
+    what = grant.add_mutually_exclusive_group(required=True)
+    what.add_argument("--owner", metavar="SHOP", help="make the user an owner of SHOP")
+    what.add_argument("--staff", metavar="SHOP", help="make the user staff of SHOP")
+    what.add_argument("--admin", action="store_true", help="grant the admin role")
+
+    keys = sub.add_parser("keys", help="manage signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_sub.add_parser("rotate", parents=[common], help="add a new active signing key")
+    keys_sub.add_parser("list", parents=[common], help="list signing keys")
+
+    sub.add_parser("stats", parents=[common], help="account (and document) statistics")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> RelayConfig:
+    base = RelayConfig(data_dir=args.data, log_level=args.log_level)
+    if hasattr(args, "argon2_memory_kib"):
+        base = replace(
+            base,
+            argon2_memory_kib=args.argon2_memory_kib,
+            argon2_iterations=args.argon2_iterations,
+            argon2_lanes=args.argon2_lanes,
+            password_min_length=args.password_min_length,
+        )
+    if args.command != "serve":
+        return base
+    smtp = args.smtp
+    if smtp is not None and args.smtp_starttls:
+        smtp = replace(smtp, starttls=True)
+    return replace(
+        base,
+        host=args.host,
+        port=args.port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        smtp=smtp,
+        mail_from=args.mail_from,
+        public_url=args.public_url,
+        access_ttl_s=args.access_ttl,
+        refresh_ttl_s=args.refresh_ttl,
+        certificate_ttl_s=args.cert_ttl,
+        reset_ttl_s=args.reset_ttl,
+        issuer=args.issuer,
+        audience=args.audience,
+        events_poll_s=args.events_poll,
+        rate_limits=RateLimits(
+            login_account=args.login_rate_account,
+            login_address=args.login_rate_address,
+            register_address=args.register_rate_address,
+            reset_account=args.reset_rate_account,
+            reset_address=args.reset_rate_address,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# serve
+
+
+def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int:
+    """Run uvicorn (websockets implementation) until SIGTERM/SIGINT; graceful shutdown."""
+    import uvicorn
+
+    from relay.app import create_app
+
+    app = create_app(config)
+    ctx = app.state.relay
+
+    class RelayServer(uvicorn.Server):
+        """Tells the relay it is stopping as soon as the signal arrives, before uvicorn waits
+        for connections to drain, so extensions can say goodbye to clients promptly."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            ctx.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        ws="websockets",
+        lifespan="on",
+        log_config=None,
+        access_log=True,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        ssl_certfile=str(config.certfile) if config.certfile else None,
+        ssl_keyfile=str(config.keyfile) if config.keyfile else None,
+        timeout_graceful_shutdown=int(config.graceful_shutdown_s),
+        server_header=False,
+    )
+    server = RelayServer(uv_config)
+    # uvicorn handles SIGTERM/SIGINT while serving, then restores the previous handlers and
+    # re-raises the signal. With the defaults that would kill the process after a clean
+    # shutdown (exit -15); these no-op handlers make a completed graceful shutdown exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits 1 (bind failed) or 3 (app startup failed)
+        return EXIT_FAILURE if e.code else EXIT_OK
+    return EXIT_OK if server.started else EXIT_FAILURE
+
+
+# --------------------------------------------------------------------------------------------
+# admin commands
+
+
+def _require_data_dir(config: RelayConfig) -> None:
+    if not (config.data_dir / DB_FILENAME).exists():
+        raise CliError(f"no relay data in {config.data_dir} (start the relay or 'user add' first)", "no_data")
+
+
+async def _with_auth(config: RelayConfig, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    from relay.accounts import open_auth
+
+    auth = await open_auth(config, origin=f"cli:{os.getpid()}", warm_up=False)
+    try:
+        return await fn(auth)
+    finally:
+        await auth.aclose()
+
+
+def _user_row(user: Any) -> dict[str, Any]:
+    row: dict[str, Any] = user.public()
+    row["created_at"] = _iso(row["created_at"])
+    return row
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _read_password() -> str:
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        raise CliError("no password on stdin", "no_password")
+    return password
+
+
+async def _user_add(auth: Any, args: argparse.Namespace, password: str) -> dict[str, Any]:
+    name = args.name or args.email.split("@", 1)[0]
+    roles = ["admin"] if args.admin else []
+    user = await auth.service.register(args.email, password, name, roles=roles)
+    return _user_row(user)
+
+
+async def _user_list(auth: Any) -> list[dict[str, Any]]:
+    return [_user_row(u) for u in await auth.store.list_users()]
+
+
+async def _keys_rotate(auth: Any) -> dict[str, Any]:
+    previous = auth.keys.active_kid
+    kid = await asyncio.to_thread(auth.keys.rotate)
+    await auth.service.record_keys_rotated()
+    return {"active_kid": kid, "retired_kid": previous}
+
+
+def _keys_list(config: RelayConfig) -> list[dict[str, Any]]:
+    from relay.keys import KeyStore
+
+    store = KeyStore.open(config.keys_dir, create=False)
+    return [
+        {
+            "kid": k.kid,
+            "active": k.kid == store.active_kid,
+            "created_at": _iso(k.created_at),
+            "retired_at": _iso(k.retired_at),
+        }
+        for k in store.keys()
+    ]
+
+
+async def _stats(auth: Any, config: RelayConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"epoch": auth.epoch, "accounts": await auth.store.counts(now=time.time())}
+    for name, provider in _stats_providers().items():
+        out[name] = dict(await provider(config))
+    return out
+
+
+def run(args: argparse.Namespace) -> Any:
+    """Execute a parsed command; returns the JSON-able result (or raises :class:`CliError`)."""
+    from relay.accounts import AccountError
+
+    config = _config(args)
+    try:
+        if args.command == "user":
+            if args.user_command == "add":
+                password = _read_password()
+                return asyncio.run(_with_auth(config, lambda a: _user_add(a, args, password)))
+            _require_data_dir(config)
+            if args.user_command == "list":
+                return asyncio.run(_with_auth(config, _user_list))
+            if args.user_command in ("disable", "enable"):
+                disabled = args.user_command == "disable"
+                user = asyncio.run(_with_auth(config, lambda a: a.service.set_disabled(args.email, disabled)))
+                return _user_row(user)
+            if args.user_command == "grant":
+                user = asyncio.run(
+                    _with_auth(
+                        config,
+                        lambda a: a.service.grant(
+                            args.email,
+                            role="admin" if args.admin else None,
+                            owner=args.owner,
+                            staff=args.staff,
+                        ),
+                    )
+                )
+                return _user_row(user)
+        if args.command == "keys":
+            _require_data_dir(config)
+            if args.keys_command == "rotate":
+                return asyncio.run(_with_auth(config, _keys_rotate))
+            return _keys_list(config)
+        if args.command == "stats":
+            _require_data_dir(config)
+            return asyncio.run(_with_auth(config, lambda a: _stats(a, config)))
+    except AccountError as e:
+        raise CliError(e.message, e.code) from None
+    raise CliError(f"unknown command {args.command}", "usage")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def _print_human(args: argparse.Namespace, result: Any) -> None:
+    if args.command == "user" and args.user_command == "list":
+        rows = result
+        if not rows:
+            print("no users")
+            return
+        headers = ["EMAIL", "NAME", "ROLES", "OWNER OF", "STAFF OF", "STATUS", "ID"]
+        table = [
+            [
+                r["email"],
+                r["display_name"],
+                ",".join(r["roles"]) or "-",
+                ",".join(r["owner_of"]) or "-",
+                ",".join(r["staff_of"]) or "-",
+                "disabled" if r["disabled"] else "active",
+                r["id"],
+            ]
+            for r in rows
+        ]
+        widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+        for row in [headers, *table]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return
+    if args.command == "user":
+        verb = {"add": "added", "disable": "disabled", "enable": "enabled", "grant": "updated"}[
+            args.user_command
+        ]
+        extra = []
+        if result["roles"]:
+            extra.append("roles: " + ",".join(result["roles"]))
+        if result["owner_of"]:
+            extra.append("owner of: " + ",".join(result["owner_of"]))
+        if result["staff_of"]:
+            extra.append("staff of: " + ",".join(result["staff_of"]))
+        suffix = f" ({'; '.join(extra)})" if extra else ""
+        print(f"{verb} {result['email']} [{result['id']}]{suffix}")
+        return
+    if args.command == "keys" and args.keys_command == "rotate":
+        print(f"new active key {result['active_kid']} (retired {result['retired_kid']})")
+        return
+    if args.command == "keys":
+        for k in result:
+            state = "active" if k["active"] else f"retired {k['retired_at']}"
+            print(f"{k['kid']}  created {k['created_at']}  {state}")
+        return
+    if args.command == "stats":
+        print(f"epoch: {result['epoch']}")
+        for section, values in result.items():
+            if isinstance(values, Mapping):
+                print(f"{section}:")
+                for key, value in values.items():
+                    print(f"  {key}: {value}")
+        return
+    print(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from relay.logging import configure_logging
+
+        try:
+            config = _config(args)
+        except ValueError as e:
+            parser.error(str(e))
+        configure_logging(config.log_level)
+        try:
+            prepare_data_dir(config)  # fail early and plainly on an unusable data directory
+        except OSError as e:
+            print(
+                f"quickslot-relay: error: cannot use data directory {config.data_dir}: {e}", file=sys.stderr
+            )
+            return EXIT_FAILURE
+        return serve(config, forwarded_allow_ips=args.forwarded_allow_ips)
+    try:
+        result = run(args)
+    except CliError as e:
+        if args.json:
+            print(json.dumps({"error": {"code": e.code, "message": str(e)}}))
+        print(f"quickslot-relay: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as e:
+        parser.error(str(e))
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        _print_human(args, result)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Relay configuration and the on-disk layout of a relay's data directory.
+
+One frozen dataclass carries every knob so the CLI, the app factory and the tests build the relay
+the same way; `dataclasses.replace` derives variants (tests lower the Argon2 cost that way).
+
+Data directory layout (created on first start by :func:`prepare_data_dir`)::
+
+    DIR/relay.sqlite3   one SQLite file (WAL) shared by every relay component, each with its own
+                        tables (accounts and tokens use the ``account_``/``auth_`` prefixes)
+    DIR/keys/           Ed25519 signing keys (dir 0700, private key files 0600)
+    DIR/mail/           outgoing mail written as .eml files when no SMTP server is configured
+    DIR/epoch           random id of this data directory; clients compare it to notice a relay
+                        that was reset or restored from a backup
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Version of the sync wire protocol this relay speaks (reported by ``/api/v1/sync/status``).
+SYNC_PROTOCOL_VERSION = 1
+
+DB_FILENAME = "relay.sqlite3"
+KEYS_DIRNAME = "keys"
+MAIL_DIRNAME = "mail"
+EPOCH_FILENAME = "epoch"
+
+# RFC 9106 section 4, "second recommended option" (the first needs 2 GiB per hash, too much for a
+# relay that must stay responsive): Argon2id, t=3 passes, p=4 lanes, m=64 MiB. It is also above
+# the OWASP Password Storage Cheat Sheet minimums (m=19 MiB, t=2, p=1).
+ARGON2_DEFAULT_MEMORY_KIB = 64 * 1024
+ARGON2_DEFAULT_ITERATIONS = 3
+ARGON2_DEFAULT_LANES = 4
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``capacity`` attempts at once, refilled evenly over ``window_s`` seconds."""
+
+    capacity: int
+    window_s: float
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """Parse ``COUNT/SECONDS`` (e.g. ``10/300``), the form the CLI flags take."""
+        count, sep, window = text.partition("/")
+        if not sep:
+            raise ValueError(f"rate limit must look like COUNT/SECONDS, got {text!r}")
+        limit = cls(int(count), float(window))
+        if limit.capacity < 1 or limit.window_s <= 0:
+            raise ValueError(f"rate limit must be positive, got {text!r}")
+        return limit
+
+    def __str__(self) -> str:
+        return f"{self.capacity}/{self.window_s:g}"
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per-purpose limits. Keys are normalised emails (account) or client IP addresses."""
+
+    login_account: RateLimit = RateLimit(10, 300.0)
+    login_address: RateLimit = RateLimit(30, 60.0)
+    register_address: RateLimit = RateLimit(10, 600.0)
+    reset_account: RateLimit = RateLimit(3, 900.0)
+    reset_address: RateLimit = RateLimit(10, 600.0)
+    # Bound on how many distinct keys one limiter remembers (memory stays bounded under a flood
+    # of spoofed emails); the least recently used keys are forgotten first.
+    max_keys: int = 100_000
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where password-reset mail goes when SMTP is configured (plain SMTP, optional STARTTLS)."""
+
+    host: str
+    port: int = 25
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout_s: float = 10.0
+
+    @classmethod
+    def parse(cls, text: str) -> SmtpSettings:
+        """Parse the ``HOST:PORT`` form of ``--smtp``."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"--smtp must look like HOST:PORT, got {text!r}")
+        return cls(host=host.strip("[]"), port=int(port))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything the relay needs to start. Defaults are the production values."""
+
+    data_dir: Path = Path("relay-data")
+    host: str = "127.0.0.1"
+    port: int = 8765
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+    # Tokens (the original QuickSlot design: 30 minutes and 7 days).
+    access_ttl_s: int = 30 * 60
+    refresh_ttl_s: int = 7 * 24 * 3600
+    issuer: str = "quickslot-relay"
+    audience: str = "quickslot-sync"
+    clock_skew_s: int = 30
+    # Device certificates outlive an access token so an offline device keeps signing records; a
+    # device offline longer than the refresh TTL has to log in again anyway.
+    certificate_ttl_s: int = 7 * 24 * 3600
+
+    # Passwords.
+    argon2_memory_kib: int = ARGON2_DEFAULT_MEMORY_KIB
+    argon2_iterations: int = ARGON2_DEFAULT_ITERATIONS
+    argon2_lanes: int = ARGON2_DEFAULT_LANES
+    # Each Argon2 hash holds argon2_memory_kib of RAM; this caps the hashes running at once.
+    hash_concurrency: int = max(1, min(4, os.cpu_count() or 1))
+    password_min_length: int = 10
+    password_max_length: int = 1024
+
+    # Password reset and mail.
+    reset_ttl_s: int = 30 * 60
+    smtp: SmtpSettings | None = None
+    mail_from: str = "QuickSlot <no-reply@quickslot.invalid>"
+    public_url: str | None = None
+
+    rate_limits: RateLimits = RateLimits()
+
+    # How often the server polls ``account_events`` for changes made by the operator CLI.
+    events_poll_s: float = 1.0
+    sqlite_busy_timeout_ms: int = 5000
+    log_level: str = "INFO"
+    graceful_shutdown_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.access_ttl_s <= 0 or self.refresh_ttl_s <= 0 or self.certificate_ttl_s <= 0:
+            raise ValueError("token and certificate lifetimes must be positive")
+        if (
+            self.argon2_lanes < 1
+            or self.argon2_iterations < 1
+            or self.argon2_memory_kib < 8 * self.argon2_lanes
+        ):
+            raise ValueError("Argon2 needs lanes >= 1, iterations >= 1 and memory >= 8 KiB per lane")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("--certfile and --keyfile go together")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_FILENAME
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / KEYS_DIRNAME
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / MAIL_DIRNAME
+
+    @property
+    def epoch_path(self) -> Path:
+        return self.data_dir / EPOCH_FILENAME
+
+
+def prepare_data_dir(config: RelayConfig) -> str:
+    """Create the data directory layout if missing and return its epoch id.
+
+    Safe to call from the server and the CLI at once: directories are created with ``exist_ok``
+    and the epoch file is created with ``O_EXCL``, so exactly one random epoch wins.
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.keys_dir.mkdir(exist_ok=True, mode=0o700)
+    os.chmod(config.keys_dir, 0o700)
+    config.mail_dir.mkdir(exist_ok=True, mode=0o700)
+    # Pre-create the database owner-only (it holds password hashes); SQLite gives its -wal and
+    # -shm files the same permissions.
+    try:
+        os.close(os.open(config.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    return load_or_create_epoch(config.epoch_path)
+
+
+def load_or_create_epoch(path: Path) -> str:
+    """Return the epoch stored at ``path``, creating a random one on first use.
+
+    The new epoch is written to a temporary file and hard-linked into place, which either
+    publishes a complete file or fails because another process won the race; no reader ever
+    sees a half-written epoch.
+    """
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(16) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    epoch = path.read_text(encoding="ascii").strip()
+    if not epoch:
+        raise RuntimeError(f"epoch file {path} is empty; restore it or delete the data directory")
+    return epoch

@@ -1,0 +1,62 @@
+"""Device certificates issued at login and refresh (DESIGN, "Authorship").
+
+The client generates an Ed25519 device key and presents the public half; the relay answers with a
+certificate, signed with its active key, binding that device key to the user's id, roles and
+shops, so any replica can check the user's records offline. The certificate format belongs to
+``crdt_core.certs`` (pure, shared with peers); this module only gathers the user's current rights
+and calls it. ``crdt_core.certs`` is imported lazily: until it exists, no certificate is issued
+and login still works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from relay.keys import KeyStore, b64url_decode
+
+if TYPE_CHECKING:
+    from relay.accounts import User
+
+DEVICE_KEY_BYTES = 32
+
+
+def parse_device_public_key(text: str) -> bytes:
+    """Decode a base64url Ed25519 public key (32 bytes); ``ValueError`` if it is not one."""
+    raw = b64url_decode(text)
+    if len(raw) != DEVICE_KEY_BYTES:
+        raise ValueError("a device public key is 32 bytes (Ed25519)")
+    Ed25519PublicKey.from_public_bytes(raw)
+    return raw
+
+
+def issue_device_certificate(
+    user: User,
+    device_public_key: bytes,
+    *,
+    keys: KeyStore,
+    ttl_s: int,
+    now: float | None = None,
+) -> bytes | None:
+    """Certificate bytes for ``device_public_key`` of ``user``, or ``None`` if the certificate
+    module is not available yet."""
+    try:
+        certs = importlib.import_module("crdt_core.certs")
+        issue = certs.issue_certificate
+    except (ImportError, AttributeError):
+        return None
+    issued_at_ms = int((time.time() if now is None else now) * 1000)
+    cert = issue(
+        keys.signing_key(),
+        user_id=user.user_id,
+        roles=list(user.roles),
+        owner_of=list(user.owner_of),
+        staff_of=list(user.staff_of),
+        device_public_key=device_public_key,
+        issued_at_ms=issued_at_ms,
+        expires_at_ms=issued_at_ms + ttl_s * 1000,
+    )
+    return bytes(cert)

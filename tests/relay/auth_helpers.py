@@ -1,0 +1,197 @@
+"""Helpers for the auth tests: a real relay process on a free loopback port, and the CLI.
+
+The relay runs as ``python -m relay.cli serve`` in a subprocess (real sockets, real files); the
+fixture waits for ``/healthz`` and stops it with SIGTERM, checking that it exits cleanly. Argon2
+runs with a test-only low cost (``FAST_HASH_ARGS``: 1 MiB, 1 pass, 1 lane) to keep the suite fast;
+the default cost is asserted separately in ``test_auth_passwords.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+FAST_HASH_ARGS = ["--argon2-memory-kib", "1024", "--argon2-iterations", "1", "--argon2-lanes", "1"]
+PASSWORD = "correct horse battery staple"
+# Every test talks from 127.0.0.1, so per-address limits are raised where rate limiting is not
+# what the module tests.
+GENEROUS_LIMITS = [
+    "--login-rate-address", "10000/60", "--login-rate-account", "10000/60",
+    "--register-rate-address", "10000/60", "--reset-rate-address", "10000/60",
+    "--reset-rate-account", "10000/60",
+]  # fmt: skip
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("QUICKSLOT_RELAY_DATA", None)
+    return env
+
+
+class RelayProcess:
+    """A relay subprocess; use as a context manager."""
+
+    def __init__(
+        self, data_dir: Path, *extra: str, host: str = "127.0.0.1", tls: tuple[Path, Path] | None = None
+    ):
+        self.data_dir = data_dir
+        self.extra = list(extra)
+        self.host = host
+        self.tls = tls
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-relay.log"
+        self.returncode: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        for _attempt in range(3):
+            self.port = free_port(self.host)
+            args = [
+                sys.executable, "-m", "relay.cli", "serve",
+                "--host", self.host, "--port", str(self.port), "--data", str(self.data_dir),
+                *FAST_HASH_ARGS, *self.extra,
+            ]  # fmt: skip
+            if self.tls:
+                args += ["--certfile", str(self.tls[0]), "--keyfile", str(self.tls[1])]
+            log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+            self.proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=log, stderr=log)
+            log.close()
+            if self._wait_healthy(timeout):
+                return self
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"relay did not become healthy:\n{self.log_text()[-4000:]}")
+        raise RuntimeError(f"relay failed to start:\n{self.log_text()[-4000:]}")
+
+    def _wait_healthy(self, timeout: float) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        verify: Any = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                r = httpx.get(f"{self.base_url}/healthz", timeout=1.0, verify=verify)
+                if r.status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait; returns the exit code (kills after ``timeout``)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, local_address: str | None = None) -> httpx.Client:
+        transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+        return httpx.Client(base_url=self.base_url, timeout=10.0, transport=transport)
+
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        code = self.stop()
+        assert code == 0, f"relay exited with {code}:\n{self.log_text()[-4000:]}"
+
+    # -- conveniences --------------------------------------------------------------------------
+
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.data_dir / "relay.sqlite3", timeout=10)
+        conn.isolation_level = None
+        return conn
+
+
+def run_cli(
+    *args: str, data_dir: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "relay.cli", *args]
+    if data_dir is not None:
+        cmd += ["--data", str(data_dir)]
+    return subprocess.run(cmd, cwd=REPO, env=_env(), input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def cli_json(*args: str, data_dir: Path, stdin: str | None = None) -> Any:
+    result = run_cli(*args, "--json", data_dir=data_dir, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+_counter = 0
+
+
+def unique_email(prefix: str = "user") -> str:
+    global _counter
+    _counter += 1
+    return f"{prefix}{_counter}-{os.getpid()}-{time.monotonic_ns()}@example.com"
+
+
+def register(
+    client: httpx.Client, email: str, password: str = PASSWORD, name: str = "Test User"
+) -> dict[str, Any]:
+    r = client.post(
+        "/api/v1/auth/register", json={"email": email, "password": password, "display_name": name}
+    )
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def login(client: httpx.Client, email: str, password: str = PASSWORD, **extra: Any) -> dict[str, Any]:
+    r = client.post("/api/v1/auth/login", json={"email": email, "password": password, **extra})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
