@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck fmt clean thorough
+.PHONY: demo test lint typecheck fmt clean thorough bench bench-quick
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -22,10 +22,16 @@ test: $(STAMP)
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks run --quick
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check crdt_core
-	$(BIN)/mypy crdt_core relay client tests
+	$(BIN)/mypy crdt_core relay client benchmarks tests
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -71,6 +71,18 @@ class Subscription:
             self._open = False
 
 
+class _UpdateSlot:
+    """Receives each transaction's update; deliberately holds no reference to its replica."""
+
+    __slots__ = ("update",)
+
+    def __init__(self) -> None:
+        self.update = EMPTY_UPDATE
+
+    def __call__(self, event: Any) -> None:
+        self.update = bytes(event.update)
+
+
 class Replica:
     """One CRDT document held by one replica.
 
@@ -78,13 +90,25 @@ class Replica:
     (random 53-bit ints are what Yjs uses) and never reuse one across two live copies of a doc.
     """
 
-    __slots__ = ("_doc", "_maps")
+    __slots__ = ("_doc", "_maps", "_captured", "_capture_sub")
 
     def __init__(self, client_id: int | None = None) -> None:
         if client_id is not None and not 0 <= client_id < 2**53:
             raise EngineError(f"client id out of range: {client_id}")
         self._doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
         self._maps: dict[str, pycrdt.Map[Any]] = {}
+        self._captured = _UpdateSlot()
+        self._capture_sub: Any = None
+
+    def __del__(self) -> None:
+        # pycrdt keeps a document's observers alive from Rust, which Python's collector cannot
+        # see: a document with an observer is never freed. Dropping ours frees the document.
+        sub = getattr(self, "_capture_sub", None)
+        if sub is not None:
+            try:
+                self._doc.unobserve(sub)
+            except BaseException:  # noqa: BLE001 - interpreter shutdown; nothing left to free
+                pass
 
     # --- identity and whole-state encoding -------------------------------------------------
 
@@ -187,14 +211,33 @@ class Replica:
     # --- local writes ------------------------------------------------------------------------
 
     def write(self, entries: Iterable[tuple[str, str, bytes]]) -> bytes:
-        """Write ``(root, key, bytes)`` entries in one transaction; returns that transaction's update."""
-        before = self._doc.get_state()
+        """Write ``(root, key, bytes)`` entries in one transaction; returns that transaction's update.
+
+        Every entry is checked before the transaction opens: Yrs transactions do not roll back,
+        so a bad entry found half-way would leave the earlier ones written.
+        """
+        batch: list[tuple[str, str, bytes]] = []
+        for root, key, value in entries:
+            if not isinstance(value, (bytes, bytearray)):
+                raise EngineError("values are bytes; encode them first")
+            if not (isinstance(root, str) and isinstance(key, str)):
+                raise EngineError("map names and keys are strings")
+            batch.append((root, key, bytes(value)))
+        if not batch:
+            return EMPTY_UPDATE
+        # The update comes from a document observer (Yrs encodes it at commit, from the
+        # transaction's own changes). ``get_update(get_state())`` around the transaction gave the
+        # same bytes but cost time linear in the document: 13 us per write at 100 records, 39 us
+        # at 10,000 (benchmarks, local_writes). The observer is attached on the first local write,
+        # so replicas that only apply remote updates never pay for encoding them again; it holds
+        # no reference to this replica, so ``__del__`` can drop it (see there).
+        if self._capture_sub is None:
+            self._capture_sub = self._doc.observe(self._captured)
+        self._captured.update = EMPTY_UPDATE
         with self._doc.transaction():
-            for root, key, value in entries:
-                if not isinstance(value, (bytes, bytearray)):
-                    raise EngineError("values are bytes; encode them first")
-                self._map(root)[key] = bytes(value)
-        return bytes(self._doc.get_update(before))
+            for root, key, value in batch:
+                self._map(root)[key] = value
+        return self._captured.update
 
     def set_value(self, root: str, key: str, value: Any) -> bytes:
         """Store a plain value (ints stay ints) as msgpack bytes; returns the update."""
