@@ -1,0 +1,1158 @@
+"""The offline half of the client: :class:`LocalClient`, an async library API over one profile.
+
+Why a library first: the CLI, the sync engine, the peer server and an embedding app all drive the
+same operations, and every one of them must keep the same invariants:
+
+* **A local change is one SQLite transaction** holding the document update, its outbox entry,
+  the projection rows it changes and the clock reading it used. A crash (even SIGKILL) leaves
+  either all of them or none, so nothing is ever queued that the document lacks, or written
+  to the document and never queued.
+* **Memory never runs ahead of disk.** Documents are loaded (snapshot + log replay through
+  :class:`crdt_core.engine.Replica`) and kept in memory. A write mutates the in-memory replica
+  inside the transaction; if the transaction fails, that replica is dropped and reloaded from disk
+  on next use.
+* **Several processes may share a profile** (``quickslot book`` while ``quickslot sync --watch``
+  runs). Each write transaction first catches up with what other processes committed
+  (``PRAGMA data_version`` says whether anyone did), so a process never signs on top of, nor
+  compacts away, a state it has not seen.
+* **Every local transaction writes under a fresh random Yjs client id** (see ``_FreshWriter``),
+  so each outbox entry is a self-contained update: a rejected entry never makes the entries
+  behind it unacceptable, and two processes (or a profile restored from a backup) can never reuse
+  one client's clock values for different content.
+* **Everything that arrives is validated** with ``crdt_core.validation.validate_update`` against
+  the relay keys cached at login, whoever carried it. What a peer handed over is also queued for
+  the relay (store-and-forward), because the relay may not have it yet.
+* **Verdicts are recomputed once per batch**, and changes to the user's own reservations are
+  returned and emitted as :mod:`client.events`.
+* **The HLC never goes backwards**, across restarts and processes: its last reading is stored in
+  ``meta`` in every write transaction.
+
+No networking here; the sync engine drives :meth:`LocalClient.apply_remote_batch`,
+:meth:`LocalClient.diff`, the outbox methods and the cursors in :attr:`LocalClient.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import json
+import logging
+import os
+import secrets as _random
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client import projections as proj
+from client.events import BookingRejected, ClientEvent, LoggedOut, booking_event
+from client.projections import (
+    CategoryRow,
+    ProjectedRecord,
+    ReservationRow,
+    ShopDetail,
+    SlotAvailability,
+    SlotRow,
+    StaffRow,
+)
+from client.secrets import SecretStore
+from client.store import (
+    DB_FILE,
+    DEFAULT_COMPACT_MIN_BYTES,
+    AppendResult,
+    OutboxCounts,
+    OutboxEntry,
+    Store,
+    Tx,
+)
+from crdt_core.authoring import Author, new_id
+from crdt_core.certs import Certificate, CertificateCache, DeviceKey, parse_certificate, public_bytes
+from crdt_core.engine import EngineError, Replica
+from crdt_core.errors import ClockSkewError, SchemaError, SignatureError, ValidationError
+from crdt_core.hlc import HybridClock, Timestamp
+from crdt_core.reader import BookingsState, read_bookings, read_map, slot_templates
+from crdt_core.schema import (
+    CERTS_ROOT,
+    SCHEMA_VERSION,
+    Category,
+    DocId,
+    DocKind,
+    EventType,
+    Reservation,
+    ShopProfile,
+    ShopSummary,
+    SlotTemplate,
+    StaffEntry,
+    Stamp,
+    StatusEvent,
+    TypedRecord,
+    check_id,
+    parse_doc_id,
+    parse_record,
+)
+from crdt_core.validation import Rights, validate_update
+from crdt_core.verdict import ClaimState, Verdict, VerdictChange, compute_verdict
+
+__all__ = [
+    "BatchFailure",
+    "BatchResult",
+    "ClientError",
+    "Identity",
+    "InvalidRequest",
+    "LocalClient",
+    "NotAllowed",
+    "NotFound",
+    "NotLoggedIn",
+]
+
+log = logging.getLogger(__name__)
+
+_META_NODE = "hlc_node"
+_META_HLC = "hlc_last"
+_META_USER = "user_id"
+_META_CERT = "certificate"
+_META_RELAY_KEYS = "relay_keys"
+_EVENT_QUEUE_SIZE = 10_000
+
+
+class ClientError(Exception):
+    """Base of the errors the local client raises on purpose (messages are for the user)."""
+
+
+class NotLoggedIn(ClientError):
+    """No identity (or no relay keys, or the certificate expired): log in again."""
+
+
+class NotAllowed(ClientError):
+    """The user's certificate does not grant this action (the relay would refuse it)."""
+
+
+class NotFound(ClientError):
+    """No such shop, slot or reservation on this replica (sync first?)."""
+
+
+class InvalidRequest(ClientError, ValueError):
+    """An argument breaks the schema (an id, a party size, a time...)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this profile signs as: set at login, cleared at logout."""
+
+    user_id: str
+    device: DeviceKey = field(repr=False)
+    certificate: Certificate = field(repr=False)
+    relay_keys: Mapping[str, bytes] = field(repr=False)
+
+    @property
+    def rights(self) -> Rights:
+        return Rights.of(self.certificate)
+
+
+@dataclass(frozen=True)
+class BatchFailure:
+    index: int
+    doc_id: str
+    error: ValidationError
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What :meth:`LocalClient.apply_remote_batch` did: the user's verdict changes and the refusals.
+
+    A refused update is skipped whole (nothing of it is applied); the others are applied. An
+    update refused with ``missing_deps`` after the whole batch was tried means the sender must
+    re-run the state-vector exchange.
+    """
+
+    changes: list[VerdictChange]
+    failed: list[BatchFailure]
+    applied: int
+
+
+class _FreshWriter(Replica):
+    """An empty document under a fresh Yjs client id, for one local transaction's records.
+
+    Why not write into the loaded replica directly: Yjs numbers each client's structs
+    consecutively, and an update that starts past what the receiver holds of its client is
+    refused (``missing_deps``). If all of a session's writes shared one client id, a write the
+    relay rejects would leave a hole that makes every later entry for that document unacceptable
+    too: a rejection would block the queue. Under a fresh client id per transaction, each outbox
+    entry is self-contained (map keys are never overwritten, so a new record depends on no other
+    struct), and a rejected one blocks nothing. The cost is one state-vector entry per local
+    transaction of that document.
+
+    ``has_key`` answers for the real document, so ``Author.put`` embeds the certificate only when
+    the document lacks it (re-writing an existing key would be refused as ``rewrite``). Client ids
+    are 53 random bits, so a collision needs ~10^8 writers on one document to become likely.
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, base: Replica) -> None:
+        super().__init__(_random.randbits(53))
+        self._base = base
+
+    def has_key(self, root: str, key: str) -> bool:
+        return self._base.has_key(root, key)
+
+
+@dataclass
+class _Loaded:
+    """A document in memory, and how far into the stored log it has been replayed.
+
+    ``bookings`` caches a bookings document's parsed records (the verdict's input), kept current
+    by adding each transaction's new records, so a booking costs O(new records) of parsing rather
+    than re-reading the whole day; it is dropped whenever the replica changes another way.
+    """
+
+    replica: Replica
+    generation: int
+    upto: int
+    version: int
+    bookings: BookingsState | None = None
+
+
+@dataclass
+class _Work:
+    """The state of one write transaction of the client, finished by ``LocalClient._finish``."""
+
+    tx: Tx
+    local: bool
+    dirty: set[str] = field(default_factory=set)
+    touched: dict[str, list[ProjectedRecord]] = field(default_factory=dict)
+    appended: dict[str, AppendResult] = field(default_factory=dict)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    changes: list[VerdictChange] = field(default_factory=list)
+    events: list[ClientEvent] = field(default_factory=list)
+
+
+def _system_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+def _as_day(day: _dt.date | str) -> _dt.date:
+    if isinstance(day, _dt.date):
+        return day
+    try:
+        return _dt.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"not a day (YYYY-MM-DD): {day!r}") from None
+
+
+def _id(value: str, what: str) -> str:
+    try:
+        return check_id(value, what)
+    except SchemaError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+class LocalClient:
+    """One profile, opened: browsing, booking and staff/owner actions, all offline; see the module doc."""
+
+    def __init__(
+        self,
+        store: Store,
+        secret_store: SecretStore,
+        profile_dir: Path,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.secrets = secret_store
+        self.profile_dir = profile_dir
+        self._now_ms = now_ms
+        self._client_id = _random.randbits(53)
+        self._clock = HybridClock("unset", physical_ms=now_ms)
+        self._clock_saved = ""
+        self._identity: Identity | None = None
+        self._author: Author | None = None
+        self._certs: CertificateCache | None = None
+        self._docs: dict[str, _Loaded] = {}
+        self._verdicts: dict[str, Verdict] = {}
+        self._templates: dict[str, dict[str, SlotTemplate]] = {}
+        self._data_version: int | None = None
+        self.events: asyncio.Queue[ClientEvent] = asyncio.Queue(maxsize=_EVENT_QUEUE_SIZE)
+        self.dropped_events = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        profile_dir: str | os.PathLike[str],
+        *,
+        now_ms: Callable[[], int] | None = None,
+        secret_store: SecretStore | None = None,
+        compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+    ) -> LocalClient:
+        """Open (creating if needed) the profile in ``profile_dir`` (mode 0700 when created).
+
+        Args:
+            now_ms: the wall clock (ms); tests pass a fixed one so certificates stay valid.
+            secret_store: where tokens and the device key live (default: keyring, else a 0600 file).
+        """
+        profile = Path(profile_dir)
+        profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        clock = now_ms or _system_ms
+        store = await Store.open(profile / DB_FILE, now_ms=clock, compact_min_bytes=compact_min_bytes)
+        try:
+            secrets_at_rest = secret_store
+            if secrets_at_rest is None:
+                secrets_at_rest = await asyncio.to_thread(SecretStore, profile)
+            client = cls(store, secrets_at_rest, profile, clock)
+            await client._restore()
+        except BaseException:
+            await store.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        await self.store.close()
+        self._docs.clear()
+        self._verdicts.clear()
+        self._templates.clear()
+
+    async def __aenter__(self) -> LocalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _restore(self) -> None:
+        """Read the clock, the relay keys and the identity back from ``meta`` and the secrets."""
+        async with self.store.transaction() as tx:
+            node = await tx.get_meta(_META_NODE)
+            if node is None:
+                node = "d" + _random.token_hex(6)
+                await tx.set_meta(_META_NODE, node)
+            last_text = await tx.get_meta(_META_HLC)
+            user_id = await tx.get_meta(_META_USER)
+            cert_text = await tx.get_meta(_META_CERT)
+            keys_text = await tx.get_meta(_META_RELAY_KEYS)
+        last = Timestamp.parse(last_text) if last_text else None
+        if last is not None and last.node != node:
+            last = Timestamp(last.wall_ms, last.counter, node)
+        self._clock = HybridClock(node, physical_ms=self._now_ms, last=last)
+        self._clock_saved = last_text or ""
+        if keys_text:
+            keys = {kid: base64.b64decode(v) for kid, v in json.loads(keys_text).items()}
+            self._certs = CertificateCache(keys)
+        if user_id and cert_text and self._certs is not None:
+            private = await asyncio.to_thread(self.secrets.device_key)
+            if private is None:
+                log.warning("profile %s has an identity but no device key: log in again", self.profile_dir)
+                return
+            device = DeviceKey(private, base64.b64decode(cert_text))
+            try:
+                self._adopt(user_id, device, self._certs.trusted_keys)
+            except ClientError as exc:
+                log.warning("stored identity unusable (%s): log in again", exc)
+
+    # --- identity ------------------------------------------------------------------------------
+
+    def _adopt(self, user_id: str, device: DeviceKey, relay_keys: Mapping[str, bytes]) -> Identity:
+        try:
+            cert = parse_certificate(device.certificate, relay_keys)
+        except (SchemaError, SignatureError) as exc:
+            raise InvalidRequest(f"certificate does not verify: {exc}") from None
+        if cert.user_id != user_id:
+            raise InvalidRequest("certificate is for another user")
+        if cert.device_key != public_bytes(device.private):
+            raise InvalidRequest("certificate is for another device key")
+        identity = Identity(user_id, device, cert, dict(relay_keys))
+        self._identity = identity
+        self._author = Author(user_id, device, self._clock)
+        return identity
+
+    @property
+    def identity(self) -> Identity | None:
+        return self._identity
+
+    @property
+    def user_id(self) -> str | None:
+        return None if self._identity is None else self._identity.user_id
+
+    @property
+    def relay_keys(self) -> dict[str, bytes]:
+        return {} if self._certs is None else dict(self._certs.trusted_keys)
+
+    async def set_relay_keys(self, relay_keys: Mapping[str, bytes]) -> None:
+        """Cache the relay's public keys (``/.well-known/jwks.json``); every update is checked with them."""
+        keys = {str(k): bytes(v) for k, v in relay_keys.items()}
+        async with self.store.transaction() as tx:
+            await tx.set_meta(
+                _META_RELAY_KEYS, json.dumps({k: base64.b64encode(v).decode() for k, v in keys.items()})
+            )
+        self._certs = CertificateCache(keys)
+
+    async def set_identity(
+        self, user_id: str, device: DeviceKey, relay_keys: Mapping[str, bytes]
+    ) -> Identity:
+        """Adopt a login: the device key (kept in the secret store) and its relay-issued certificate."""
+        keys = {str(k): bytes(v) for k, v in relay_keys.items()}
+        identity = self._adopt(user_id, device, keys)
+        await asyncio.to_thread(self.secrets.set_device_key, device.private)
+        async with self.store.transaction() as tx:
+            await tx.set_meta(_META_USER, user_id)
+            await tx.set_meta(_META_CERT, base64.b64encode(device.certificate).decode())
+            await tx.set_meta(
+                _META_RELAY_KEYS, json.dumps({k: base64.b64encode(v).decode() for k, v in keys.items()})
+            )
+        self._certs = CertificateCache(keys)
+        log.info("profile %s now signs as %s (certificate %s)", self.profile_dir, user_id, device.cert_id)
+        return identity
+
+    async def logout(self, reason: str = "logged out") -> None:
+        """Forget the tokens and the device key; the local data (and queued changes) stay."""
+        await asyncio.to_thread(self.secrets.clear)
+        async with self.store.transaction() as tx:
+            await tx.delete_meta(_META_USER)
+            await tx.delete_meta(_META_CERT)
+        self._identity = None
+        self._author = None
+        self.emit(LoggedOut(at_ms=self._now_ms(), reason=reason))
+
+    def _require_author(self) -> tuple[Author, Identity]:
+        if self._author is None or self._identity is None:
+            raise NotLoggedIn("not logged in")
+        return self._author, self._identity
+
+    def _require_certs(self) -> CertificateCache:
+        if self._certs is None:
+            raise NotLoggedIn("no relay keys cached: log in first")
+        return self._certs
+
+    # --- events --------------------------------------------------------------------------------
+
+    def emit(self, event: ClientEvent) -> None:
+        """Queue an event for the app; when nobody reads, the oldest are dropped (and counted)."""
+        while True:
+            try:
+                self.events.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                self.events.get_nowait()
+                self.dropped_events += 1
+
+    # --- documents in memory -------------------------------------------------------------------
+
+    async def _catch_up(self, tx: Tx) -> None:
+        """Apply what other processes committed since our last transaction (cheap when nobody did)."""
+        version = await tx.data_version()
+        if version == self._data_version:
+            return
+        first = self._data_version is None
+        self._data_version = version
+        stored = await tx.get_meta(_META_HLC)
+        if stored:
+            self._observe(stored)  # another process may have used the clock since we read it
+        if first:
+            return  # nothing loaded yet: documents are read fresh from disk when first used
+        self._verdicts.clear()
+        self._templates.clear()
+        if self._docs:
+            current = await tx.doc_versions(self._docs)
+            for doc_id, loaded in list(self._docs.items()):
+                now = current.get(doc_id)
+                if now is None or now == (loaded.generation, loaded.version):
+                    continue
+                delta = await tx.doc_since(doc_id, loaded.generation, loaded.upto)
+                if delta is None:
+                    continue
+                try:
+                    if delta.snapshot:
+                        loaded.replica.apply_update(delta.snapshot)
+                    for update_id, payload in delta.updates:
+                        loaded.replica.apply_update(payload)
+                        loaded.upto = max(loaded.upto, update_id)
+                except EngineError:
+                    self._docs.pop(doc_id, None)
+                    raise
+                loaded.generation, loaded.version = delta.generation, delta.version
+                loaded.bookings = None
+
+    def _observe(self, hlc: str) -> None:
+        try:
+            self._clock.observe(hlc)
+        except (ClockSkewError, SchemaError):
+            pass  # a remote clock far ahead is not adopted (crdt_core.hlc); the record stays valid
+
+    async def _load(self, tx: Tx, doc_id: str) -> _Loaded:
+        loaded = self._docs.get(doc_id)
+        if loaded is not None:
+            return loaded
+        replica = Replica(self._client_id)
+        stored = await tx.load_doc(doc_id)
+        generation = upto = version = 0
+        if stored is not None:
+            try:
+                if stored.snapshot:
+                    replica.apply_update(stored.snapshot)
+                for update_id, payload in stored.updates:
+                    replica.apply_update(payload)
+                    upto = update_id
+            except EngineError as exc:
+                raise ClientError(f"document {doc_id} is corrupt in {self.store.path}: {exc}") from None
+            generation, version = stored.generation, stored.version
+        loaded = _Loaded(replica, generation, upto, version)
+        self._docs[doc_id] = loaded
+        return loaded
+
+    async def _shop_templates(self, tx: Tx, shop_id: str) -> dict[str, SlotTemplate]:
+        cached = self._templates.get(shop_id)
+        if cached is None:
+            doc = DocId.shop(shop_id)
+            cached = slot_templates((await self._load(tx, str(doc))).replica, doc)
+            self._templates[shop_id] = cached
+        return cached
+
+    # --- transactions --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self, *, local: bool) -> AsyncIterator[_Work]:
+        """One client write transaction; on failure the replicas it touched are dropped from memory."""
+        work: _Work | None = None
+        try:
+            async with self.store.transaction() as tx:
+                work = _Work(tx, local)
+                await self._catch_up(tx)
+                yield work
+                await self._finish(work)
+        except BaseException:
+            if work is not None:
+                for doc_id in work.dirty:
+                    self._docs.pop(doc_id, None)
+                    self._verdicts.pop(doc_id, None)
+                self._templates.clear()
+            raise
+        self._verdicts.update(work.verdicts)
+        for event in work.events:
+            self.emit(event)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Tx]:
+        async with self.store.read() as tx:
+            await self._catch_up(tx)
+            yield tx
+
+    async def _finish(self, work: _Work) -> None:
+        """Projections and verdicts, compaction, and the clock: the tail of every write transaction."""
+        await self._project(work)
+        for doc_id, appended in work.appended.items():
+            if work.tx.needs_compaction(appended):
+                loaded = self._docs[doc_id]
+                loaded.generation, loaded.version = await work.tx.compact(
+                    doc_id, loaded.replica.encode_state()
+                )
+        stamp = self._clock.last.encode()
+        if stamp != self._clock_saved:
+            await work.tx.set_meta(_META_HLC, stamp)
+            self._clock_saved = stamp
+
+    async def _project(self, work: _Work) -> None:
+        tx = work.tx
+        bookings: set[str] = set()
+        for doc_id, records in work.touched.items():
+            doc = parse_doc_id(doc_id)
+            if doc.kind is DocKind.BOOKINGS:
+                bookings.add(doc_id)
+            elif doc.kind in (DocKind.CATALOG, DocKind.SHOP):
+                slots_changed = await proj.project_records(tx, doc, records)
+                if doc.kind is DocKind.SHOP and slots_changed:
+                    assert doc.shop_id is not None
+                    self._templates.pop(doc.shop_id, None)
+                    bookings.update(await tx.held_docs(f"bookings:{doc.shop_id}:"))
+        me = self.user_id
+        now = self._now_ms()
+        for doc_id in sorted(bookings):
+            doc = parse_doc_id(doc_id)
+            assert doc.shop_id is not None and doc.day is not None
+            state = self._bookings_state(await self._load(tx, doc_id), doc, work.touched.get(doc_id, ()))
+            templates = await self._shop_templates(tx, doc.shop_id)
+            verdict = compute_verdict(state, proj.capacities_on(templates, doc.day))
+            baseline = work.verdicts.get(doc_id) or self._verdicts.get(doc_id)
+            changes = await proj.project_bookings(tx, doc, state, verdict, baseline)
+            work.verdicts[doc_id] = verdict
+            for change in changes:
+                if change.customer != me:
+                    continue
+                work.changes.append(change)
+                event = booking_event(
+                    change, verdict.claims[change.reservation_id], doc, now, local=work.local
+                )
+                if event is not None:
+                    work.events.append(event)
+
+    @staticmethod
+    def _bookings_state(loaded: _Loaded, doc: DocId, added: Iterable[ProjectedRecord]) -> BookingsState:
+        """The document's parsed claims: the cache plus ``added`` (already applied), or a full read."""
+        state = loaded.bookings
+        if state is None:
+            state = loaded.bookings = read_bookings(loaded.replica, doc)
+            return state
+        for _root, key, rec in added:
+            if isinstance(rec, Reservation):
+                state.reservations[key] = rec
+            elif isinstance(rec, StatusEvent):
+                state.events[key] = rec
+            elif isinstance(rec, Stamp):
+                state.stamps[rec.no] = rec
+        return state
+
+    async def _put(
+        self,
+        work: _Work,
+        doc: DocId,
+        records: Sequence[TypedRecord],
+        entity: tuple[str, str, str],
+    ) -> int:
+        """Sign ``records`` into ``doc`` and queue the update (the only local-write path). Returns the id."""
+        author, identity = self._require_author()
+        did = str(doc)
+        pairs: list[tuple[TypedRecord, str]] = []
+        for rec in records:
+            key = getattr(rec, rec.KEY_FIELD) if rec.KEY_FIELD else new_id()
+            try:
+                parse_record(doc.kind, rec.ROOT, key, rec.KIND, rec.to_fields(), SCHEMA_VERSION)
+            except SchemaError as exc:
+                raise InvalidRequest(str(exc)) from None
+            hlc = getattr(rec, "hlc", None)
+            if hlc is not None and not identity.certificate.valid_at(Timestamp.parse(hlc).wall_ms):
+                raise NotLoggedIn("the device certificate is not valid now: log in again")
+            pairs.append((rec, key))
+        loaded = await self._load(work.tx, did)
+        work.dirty.add(did)
+        update = author.put(_FreshWriter(loaded.replica), doc, pairs)
+        loaded.replica.apply_update(update)
+        appended = await work.tx.append_update(did, update, "local")
+        loaded.upto, loaded.version = appended.update_id, appended.version
+        work.appended[did] = appended
+        work.touched.setdefault(did, []).extend((rec.ROOT, key, rec) for rec, key in pairs)
+        entity_type, entity_id, operation = entity
+        return await work.tx.enqueue(entity_type, entity_id, operation, update, did)
+
+    # --- browsing (projections: plain indexed queries, offline) --------------------------------
+
+    async def categories(self) -> list[CategoryRow]:
+        async with self.store.read() as tx:
+            return await proj.query_categories(tx)
+
+    async def shops(
+        self, category: str | None = None, *, include_inactive: bool = False
+    ) -> list[proj.ShopRow]:
+        async with self.store.read() as tx:
+            return await proj.query_shops(tx, category, include_inactive)
+
+    async def shop(self, shop_id: str, *, subscribe: bool = True) -> ShopDetail | None:
+        """A shop's catalog entry, profile, slots and staff; browsing it subscribes to its document."""
+        _id(shop_id, "shop id")
+        if subscribe:
+            async with self.store.transaction() as tx:
+                await tx.subscribe(f"shop:{shop_id}", "browsed")
+        async with self.store.read() as tx:
+            return await proj.query_shop(tx, shop_id)
+
+    async def slots(
+        self, shop_id: str, day: _dt.date | str, *, subscribe: bool = True
+    ) -> list[SlotAvailability]:
+        """The slots offered on ``day`` with seats left per this replica's verdict.
+
+        Browsing a day subscribes to it (and to the shop), so the next sync fetches its bookings.
+        """
+        d = _as_day(day)
+        doc = DocId.bookings(_id(shop_id, "shop id"), d)
+        if subscribe:
+            async with self.store.transaction() as tx:
+                await tx.subscribe(str(doc), "browsed")
+                await tx.subscribe(f"shop:{shop_id}", "browsed")
+        async with self.store.read() as tx:
+            known = bool(await tx.fetchone("SELECT 1 FROM documents WHERE doc_id = ?", (str(doc),)))
+            return await proj.query_slot_availability(tx, shop_id, d, known)
+
+    async def reservations(self) -> list[ReservationRow]:
+        """The user's own reservations with their verdict on this replica."""
+        me = self.user_id
+        if me is None:
+            return []
+        async with self.store.read() as tx:
+            return await proj.query_my_reservations(tx, me)
+
+    async def day_reservations(self, shop_id: str, day: _dt.date | str) -> list[ReservationRow]:
+        """Every reservation of one shop's day (the staff view)."""
+        async with self.store.read() as tx:
+            return await proj.query_day_reservations(tx, shop_id, _as_day(day))
+
+    async def reservation(self, reservation_id: str) -> ReservationRow | None:
+        async with self.store.read() as tx:
+            rows = await proj.query_reservation(tx, reservation_id)
+        return self._pick(rows)
+
+    def _pick(self, rows: list[ReservationRow]) -> ReservationRow | None:
+        """A reservation id may (in theory) appear in two documents; prefer the user's own."""
+        if not rows:
+            return None
+        mine = [r for r in rows if r.customer == self.user_id]
+        return (mine or rows)[0]
+
+    # --- booking and status events ---------------------------------------------------------------
+
+    async def book(
+        self,
+        shop_id: str,
+        day: _dt.date | str,
+        slot_id: str,
+        party: int = 1,
+        note: str | None = None,
+    ) -> ReservationRow:
+        """Book offline: sign a reservation, write it and its outbox entry in one transaction.
+
+        Returns the reservation with its *tentative* verdict on this replica; the relay's stamp
+        (or a claim that ranks earlier) may change it later, which is reported as an event.
+
+        Raises:
+            NotFound: the slot is unknown here (the shop's document is not synced yet).
+            InvalidRequest: the slot is not offered that day, or the party does not fit it.
+        """
+        author, _ = self._require_author()
+        d = _as_day(day)
+        doc = DocId.bookings(_id(shop_id, "shop id"), d)
+        _id(slot_id, "slot id")
+        if type(party) is not int or not 1 <= party <= 100:
+            raise InvalidRequest("party must be a whole number from 1 to 100")
+        res_id = new_id()
+        async with self._write(local=True) as work:
+            template = (await self._shop_templates(work.tx, shop_id)).get(slot_id)
+            if template is None:
+                raise NotFound(f"no slot {slot_id!r} known for shop {shop_id!r}; sync the shop first")
+            capacity = template.capacity_on(d)
+            if capacity <= 0:
+                raise InvalidRequest(f"slot {slot_id!r} is not offered on {d.isoformat()}")
+            if party > capacity:
+                raise InvalidRequest(f"a party of {party} cannot fit slot {slot_id!r} ({capacity} seats)")
+            res = Reservation(
+                id=res_id, slot=slot_id, party=party, customer=author.user_id, hlc=author.hlc(), note=note
+            )
+            await self._put(work, doc, [res], ("reservation", res.id, "create"))
+            await work.tx.subscribe(str(doc), "booking")
+            await work.tx.subscribe(f"shop:{shop_id}", "booking")
+        return await self._reservation_in(str(doc), res_id)
+
+    async def _reservation_in(self, doc_id: str, reservation_id: str) -> ReservationRow:
+        async with self.store.read() as tx:
+            rows = [r for r in await proj.query_reservation(tx, reservation_id) if r.doc_id == doc_id]
+        if not rows:
+            raise NotFound(f"reservation {reservation_id} vanished")  # pragma: no cover - same transaction
+        return rows[0]
+
+    async def cancel(self, reservation_id: str, reason: str | None = None) -> ReservationRow:
+        """Cancel one of the user's reservations (an append-only ``cancel`` event)."""
+        return await self._status_event(reservation_id, EventType.CANCEL, reason)
+
+    async def confirm(self, reservation_id: str) -> ReservationRow:
+        """Staff: acknowledge a booking (it moves no seats; see ``crdt_core.verdict``)."""
+        return await self._status_event(reservation_id, EventType.CONFIRM, None)
+
+    async def decline(self, reservation_id: str, reason: str | None = None) -> ReservationRow:
+        return await self._status_event(reservation_id, EventType.DECLINE, reason)
+
+    async def no_show(self, reservation_id: str) -> ReservationRow:
+        return await self._status_event(reservation_id, EventType.NO_SHOW, None)
+
+    async def _status_event(self, reservation_id: str, kind: EventType, reason: str | None) -> ReservationRow:
+        author, identity = self._require_author()
+        _id(reservation_id, "reservation id")
+        async with self._write(local=True) as work:
+            row = self._pick(await proj.query_reservation(work.tx, reservation_id))
+            if row is None:
+                raise NotFound(f"no reservation {reservation_id!r} here")
+            if kind is EventType.CANCEL:
+                if row.customer != author.user_id:
+                    raise NotAllowed("only the customer can cancel a reservation")
+                if row.state in (ClaimState.CANCELLED, ClaimState.DECLINED):
+                    raise InvalidRequest(f"reservation {reservation_id} is already {row.state.value}")
+            elif not (identity.rights.admin or identity.rights.staffs(row.shop_id)):
+                raise NotAllowed(f"only staff of {row.shop_id} can {kind.value.replace('_', '-')} a booking")
+            event = StatusEvent(
+                id=new_id(),
+                reservation=reservation_id,
+                type=kind.value,
+                by=author.user_id,
+                hlc=author.hlc(),
+                reason=reason,
+            )
+            await self._put(
+                work, parse_doc_id(row.doc_id), [event], ("reservation", reservation_id, kind.value)
+            )
+            doc_id = row.doc_id
+        return await self._reservation_in(doc_id, reservation_id)
+
+    # --- owners and admins ---------------------------------------------------------------------
+
+    async def add_category(self, category_id: str, name: str, icon: str | None = None) -> CategoryRow:
+        author, identity = self._require_author()
+        if not identity.rights.admin:
+            raise NotAllowed("only admins add categories")
+        async with self._write(local=True) as work:
+            rec = Category(id=_id(category_id, "category id"), name=name, icon=icon, hlc=author.hlc())
+            await self._put(work, DocId.catalog(), [rec], ("category", category_id, "create"))
+        return CategoryRow(category_id, name, icon)
+
+    async def create_shop(
+        self,
+        shop_id: str,
+        *,
+        name: str,
+        category: str,
+        location: str,
+        lat: float,
+        lon: float,
+        description: str = "",
+        address: str | None = None,
+        hours: str = "",
+        image_url: str | None = None,
+        rating: float | None = None,
+        active: bool = True,
+    ) -> ShopDetail:
+        """Owner or admin: the shop's catalog entry and its profile, two documents, one transaction."""
+        author, identity = self._require_author()
+        _id(shop_id, "shop id")
+        if not (identity.rights.admin or identity.rights.owns(shop_id)):
+            raise NotAllowed(f"only the owner of {shop_id} or an admin can create it")
+        async with self._write(local=True) as work:
+            hlc = author.hlc()
+            summary = ShopSummary(
+                id=shop_id, name=name, category=category, location=location, lat=lat, lon=lon,
+                rating=rating, active=active, hlc=hlc,
+            )  # fmt: skip
+            profile = ShopProfile(
+                name=name, description=description, address=location if address is None else address,
+                lat=lat, lon=lon, image_url=image_url, hours=hours, hlc=hlc,
+            )  # fmt: skip
+            await self._put(work, DocId.catalog(), [summary], ("shop", shop_id, "create"))
+            await self._put(work, DocId.shop(shop_id), [profile], ("shop", shop_id, "create"))
+            await work.tx.subscribe(f"shop:{shop_id}", "owner")
+        detail = await self.shop(shop_id, subscribe=False)
+        assert detail is not None
+        return detail
+
+    async def edit_shop(
+        self,
+        shop_id: str,
+        *,
+        name: str | None = None,
+        category: str | None = None,
+        location: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        rating: float | None = None,
+        active: bool | None = None,
+        description: str | None = None,
+        address: str | None = None,
+        hours: str | None = None,
+        image_url: str | None = None,
+    ) -> ShopDetail:
+        """Write new catalog and/or profile records for the fields given (newest record wins)."""
+        author, identity = self._require_author()
+        _id(shop_id, "shop id")
+        summary_fields = {"name": name, "category": category, "location": location, "lat": lat, "lon": lon,
+                          "rating": rating, "active": active}  # fmt: skip
+        profile_fields = {"name": name, "description": description, "address": address, "lat": lat,
+                          "lon": lon, "image_url": image_url, "hours": hours}  # fmt: skip
+        summary_changes = {k: v for k, v in summary_fields.items() if v is not None}
+        profile_changes = {k: v for k, v in profile_fields.items() if v is not None}
+        if {"category", "location", "rating", "active"} & summary_changes.keys() and not (
+            identity.rights.admin or identity.rights.owns(shop_id)
+        ):
+            raise NotAllowed(f"only the owner of {shop_id} or an admin can change its catalog entry")
+        if not (identity.rights.admin or identity.rights.staffs(shop_id)):
+            raise NotAllowed(f"only staff of {shop_id} can edit it")
+        owner = identity.rights.admin or identity.rights.owns(shop_id)
+        async with self._write(local=True) as work:
+            current = await proj.query_shop(work.tx, shop_id)
+            if current is None or (current.summary is None and current.profile is None):
+                raise NotFound(f"no shop {shop_id!r} here")
+            hlc = author.hlc()
+            if summary_changes and owner and current.summary is not None:
+                base = current.summary
+                merged: dict[str, Any] = {
+                    "id": shop_id, "name": base.name, "category": base.category, "location": base.location,
+                    "lat": base.lat, "lon": base.lon, "rating": base.rating, "active": base.active,
+                }  # fmt: skip
+                merged.update(summary_changes)
+                rec = ShopSummary(**merged, hlc=hlc)
+                await self._put(work, DocId.catalog(), [rec], ("shop", shop_id, "update"))
+            if profile_changes:
+                p = current.profile
+                s = current.summary
+                merged = {
+                    "name": p.name if p else (s.name if s else shop_id),
+                    "description": p.description if p else "",
+                    "address": p.address if p else (s.location if s else ""),
+                    "lat": p.lat if p else (s.lat if s else 0.0),
+                    "lon": p.lon if p else (s.lon if s else 0.0),
+                    "image_url": p.image_url if p else None,
+                    "hours": p.hours if p else "",
+                }
+                merged.update(profile_changes)
+                await self._put(
+                    work, DocId.shop(shop_id), [ShopProfile(**merged, hlc=hlc)], ("shop", shop_id, "update")
+                )
+        detail = await self.shop(shop_id, subscribe=False)
+        assert detail is not None
+        return detail
+
+    async def add_slot(
+        self,
+        shop_id: str,
+        slot_id: str,
+        *,
+        service: str,
+        start: str,
+        duration: int,
+        capacity: int,
+        weekdays: Iterable[int] | None = None,
+        active: bool = True,
+    ) -> SlotRow:
+        """Staff, owner or admin: offer a slot, or change one (same id; the newest template wins)."""
+        author, identity = self._require_author()
+        _id(shop_id, "shop id")
+        if not (identity.rights.admin or identity.rights.staffs(shop_id)):
+            raise NotAllowed(f"only staff of {shop_id} can change its slots")
+        days = None if weekdays is None else tuple(sorted(set(weekdays)))
+        async with self._write(local=True) as work:
+            rec = SlotTemplate(
+                id=_id(slot_id, "slot id"), service=service, start=start, duration=duration,
+                capacity=capacity, weekdays=days, active=active, hlc=author.hlc(),
+            )  # fmt: skip
+            await self._put(work, DocId.shop(shop_id), [rec], ("slot", slot_id, "create"))
+        return SlotRow(shop_id, slot_id, service, start, duration, capacity, days, active)
+
+    async def add_staff(
+        self, shop_id: str, user_id: str, role: str = "staff", active: bool = True
+    ) -> StaffRow:
+        """Owner or admin: name a staff member (or co-owner); ``active=False`` removes them."""
+        author, identity = self._require_author()
+        _id(shop_id, "shop id")
+        if not (identity.rights.admin or identity.rights.owns(shop_id)):
+            raise NotAllowed(f"only the owner of {shop_id} or an admin can change its staff")
+        async with self._write(local=True) as work:
+            rec = StaffEntry(user=_id(user_id, "user id"), role=role, active=active, hlc=author.hlc())
+            await self._put(work, DocId.shop(shop_id), [rec], ("staff", user_id, "create"))
+        return StaffRow(shop_id, user_id, role, active)
+
+    # --- remote updates --------------------------------------------------------------------------
+
+    async def apply_remote(
+        self, doc_id: str, update: bytes, *, from_peer: bool = False
+    ) -> list[VerdictChange]:
+        """Validate and apply one update received from the relay (or a peer, ``from_peer=True``).
+
+        Returns the verdict changes of the user's own reservations.
+
+        Raises:
+            ValidationError: the update breaks a writer rule (``.code``); nothing was applied.
+        """
+        result = await self.apply_remote_batch([(doc_id, update)], from_peer=from_peer)
+        if result.failed:
+            raise result.failed[0].error
+        return result.changes
+
+    async def apply_remote_batch(
+        self, updates: Iterable[tuple[str, bytes]], *, from_peer: bool = False
+    ) -> BatchResult:
+        """Validate and apply many updates in one transaction, recomputing each verdict once.
+
+        Each update is validated against the document as the earlier ones left it; one that
+        depends on a later one in the batch (``missing_deps``) is retried after the others. What a
+        peer sent is also queued for the relay (``operation = 'forward'``): the relay may not have
+        it, and it validates and stamps it whoever carried it.
+        """
+        certs = self._require_certs()
+        items = [(str(d), bytes(u)) for d, u in updates]
+        failed: dict[int, BatchFailure] = {}
+        applied = 0
+        origin = "peer" if from_peer else "remote"
+        async with self._write(local=False) as work:
+            todo = list(range(len(items)))
+            while todo:
+                retry: list[int] = []
+                progress = False
+                for index in todo:
+                    raw_doc, update = items[index]
+                    try:
+                        doc = parse_doc_id(raw_doc)
+                    except SchemaError as exc:
+                        failed[index] = BatchFailure(index, raw_doc, ValidationError("bad_doc", str(exc)))
+                        continue
+                    did = str(doc)
+                    loaded = await self._load(work.tx, did)
+                    try:
+                        validated = validate_update(doc, loaded.replica, update, certs)
+                    except ValidationError as exc:
+                        failed[index] = BatchFailure(index, did, exc)
+                        if exc.code == "missing_deps":
+                            retry.append(index)
+                        continue
+                    failed.pop(index, None)
+                    progress = True
+                    if validated.noop:
+                        continue
+                    work.dirty.add(did)
+                    try:
+                        loaded.replica.apply_update(update)
+                    except EngineError as exc:  # validated, so not expected; the replica is unchanged
+                        failed[index] = BatchFailure(index, did, ValidationError("malformed", str(exc)))
+                        continue
+                    appended = await work.tx.append_update(did, update, origin)
+                    loaded.upto, loaded.version = appended.update_id, appended.version
+                    work.appended[did] = appended
+                    if from_peer:
+                        await work.tx.enqueue("update", did, "forward", update, did)
+                    records = work.touched.setdefault(did, [])
+                    newest = ""
+                    for accepted in validated.records:
+                        if isinstance(accepted.record, TypedRecord):
+                            records.append((accepted.root, accepted.key, accepted.record))
+                            newest = max(newest, getattr(accepted.record, "hlc", None) or "")
+                    if newest:
+                        self._observe(newest)
+                    applied += 1
+                todo = retry if progress else []
+        changes = work.changes
+        return BatchResult(changes, [failed[i] for i in sorted(failed)], applied)
+
+    # --- sync helpers --------------------------------------------------------------------------
+
+    async def state_vector(self, doc_id: str) -> bytes:
+        """This replica's state vector of a document (empty if it holds none of it)."""
+        did = str(parse_doc_id(doc_id))
+        async with self._read() as tx:
+            return (await self._load(tx, did)).replica.state_vector()
+
+    async def diff(self, doc_id: str, state_vector: bytes) -> bytes:
+        """What a peer holding ``state_vector`` lacks of a document (Yjs sync step 2)."""
+        did = str(parse_doc_id(doc_id))
+        async with self._read() as tx:
+            return (await self._load(tx, did)).replica.diff(state_vector)
+
+    async def document(self, doc_id: str) -> dict[str, dict[str, bytes]]:
+        """A document's raw maps (for convergence checks and debugging)."""
+        did = str(parse_doc_id(doc_id))
+        async with self._read() as tx:
+            return (await self._load(tx, did)).replica.to_py()
+
+    async def verdict(self, shop_id: str, day: _dt.date | str) -> Verdict:
+        """The full verdict of one bookings document on this replica."""
+        d = _as_day(day)
+        doc = DocId.bookings(shop_id, d)
+        async with self._read() as tx:
+            state = self._bookings_state(await self._load(tx, str(doc)), doc, ())
+            templates = await self._shop_templates(tx, shop_id)
+            return compute_verdict(state, proj.capacities_on(templates, d))
+
+    async def held_docs(self) -> list[str]:
+        return await self.store.held_docs()
+
+    async def subscribe(self, doc_id: str, reason: str = "manual") -> None:
+        did = str(parse_doc_id(doc_id))
+        async with self.store.transaction() as tx:
+            await tx.subscribe(did, reason)
+
+    async def unsubscribe(self, doc_id: str, reason: str | None = None) -> None:
+        async with self.store.transaction() as tx:
+            await tx.unsubscribe(doc_id, reason)
+
+    async def follow(self, shop_id: str) -> None:
+        await self.subscribe(f"shop:{_id(shop_id, 'shop id')}", "follow")
+
+    async def unfollow(self, shop_id: str) -> None:
+        await self.unsubscribe(f"shop:{shop_id}", "follow")
+
+    async def subscribed_docs(self) -> list[str]:
+        """Selective sync: the documents this client keeps up to date.
+
+        The catalog; the shops the user owns or staffs (per certificate and staff records), follows
+        or browsed; the days of the user's own bookings and the days browsed; the user's own doc.
+        """
+        docs = {"catalog"}
+        docs.update(await self.store.subscriptions())
+        identity = self._identity
+        if identity is not None:
+            docs.add(f"user:{identity.user_id}")
+            for shop in identity.certificate.owner_of | identity.certificate.staff_of:
+                docs.add(f"shop:{shop}")
+            async with self.store.read() as tx:
+                for (shop,) in await tx.fetchall(
+                    "SELECT shop_id FROM staff WHERE user_id = ? AND active = 1", (identity.user_id,)
+                ):
+                    docs.add(f"shop:{shop}")
+                for (doc_id,) in await tx.fetchall(
+                    "SELECT DISTINCT doc_id FROM reservations WHERE customer = ?", (identity.user_id,)
+                ):
+                    docs.add(doc_id)
+        return sorted(docs)
+
+    # --- outbox (for the sync engine) ------------------------------------------------------------
+
+    async def pending_entries(self, limit: int | None = None) -> list[OutboxEntry]:
+        return await self.store.pending_entries(limit)
+
+    async def rejected_entries(self) -> list[OutboxEntry]:
+        return await self.store.rejected_entries()
+
+    async def outbox_counts(self) -> OutboxCounts:
+        return await self.store.outbox_counts()
+
+    async def mark_acked(self, entry_id: int) -> bool:
+        return await self.store.mark_acked(entry_id)
+
+    async def mark_retry(self, entry_id: int, error: str) -> bool:
+        return await self.store.mark_retry(entry_id, error)
+
+    async def mark_rejected(self, entry_id: int, code: str, reason: str) -> OutboxEntry | None:
+        """Set an entry aside as refused by the relay, flag its reservation, and tell the user."""
+        async with self.store.transaction() as tx:
+            before = await tx.outbox_entry(entry_id)
+            if before is None or before.state != "pending":
+                return before  # unknown, or already set aside: nothing new to tell
+            entry = await tx.mark_rejected(entry_id, code, reason[:1000])
+            if entry is not None and entry.entity_type == "reservation" and entry.operation == "create":
+                await proj.mark_reservation_rejected(tx, entry.doc_id, entry.entity_id, code, reason[:1000])
+        if entry is not None:
+            self.emit(
+                BookingRejected(
+                    at_ms=self._now_ms(),
+                    entry_id=entry.id,
+                    entity_type=entry.entity_type,
+                    entity_id=entry.entity_id,
+                    operation=entry.operation,
+                    doc_id=entry.doc_id,
+                    code=code,
+                    reason=reason,
+                )
+            )
+        return entry
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    async def rebuild_projections(self) -> None:
+        """Recreate every projection row from the documents alone (after a migration, or to check).
+
+        Emits no events: every claim is "new" against the empty baseline, which ``local=True``
+        keeps quiet.
+        """
+        async with self._write(local=True) as work:
+            await proj.clear_projections(work.tx)
+            self._verdicts.clear()
+            for doc_id in await work.tx.held_docs():
+                doc = parse_doc_id(doc_id)
+                replica = (await self._load(work.tx, doc_id)).replica
+                records: list[ProjectedRecord] = []
+                for root in sorted(doc.roots - {CERTS_ROOT}):
+                    records.extend((root, key, rec) for key, rec in read_map(replica, doc, root).items())
+                work.touched[doc_id] = records
+            work.verdicts.update({d: Verdict(slots={}, claims={}, stamp_prefix=0) for d in work.touched})
