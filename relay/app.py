@@ -115,10 +115,10 @@ class RelayContext:
 
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
-    """Extensions every relay runs. The document store and the sync websocket endpoint
-    (``/api/v1/sync``) are registered here once they exist, e.g.
-    ``return [SyncExtension(config)]``."""
-    return []
+    """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``."""
+    from relay.sync_endpoint import SyncExtension  # imports relay.app: keep the cycle lazy
+
+    return [SyncExtension(config)]
 
 
 def create_app(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from relay.config import DB_FILENAME, RateLimit, RateLimits, RelayConfig, SmtpSettings, prepare_data_dir
+from relay.config import (
+    DB_FILENAME,
+    RateLimit,
+    RateLimits,
+    RelayConfig,
+    SmtpSettings,
+    SyncLimits,
+    prepare_data_dir,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_DATA_DIR = os.environ.get("QUICKSLOT_RELAY_DATA", "relay-data")
@@ -34,9 +43,59 @@ StatsProvider = Callable[[RelayConfig], Awaitable[Mapping[str, Any]]]
 
 
 def _stats_providers() -> dict[str, StatsProvider]:
-    """Extra ``stats`` sections beside ``accounts``. The document store registers its own here
-    (e.g. ``{"documents": relay.store.stats}``: document count, log bytes, snapshot bytes)."""
-    return {}
+    """Extra ``stats`` sections beside ``accounts``: the document store's sizes."""
+    return {"documents": _document_stats}
+
+
+async def _document_stats(config: RelayConfig) -> Mapping[str, Any]:
+    from relay.store.sqlite import SQLiteDocumentStore
+
+    store = await SQLiteDocumentStore.open(config.data_dir, auto_compact=False)
+    try:
+        st = await store.stats()
+        return {
+            "documents": st.documents,
+            "log_rows": st.log_rows,
+            "log_bytes": st.log_bytes,
+            "snapshot_bytes": st.snapshot_bytes,
+        }
+    finally:
+        await store.close()
+
+
+SERVE_LOCK = "serve.lock"
+
+
+def _hold_serve_lock(data_dir: Path) -> Any:
+    """Held for as long as ``serve`` runs, so offline maintenance can tell the relay is up."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / SERVE_LOCK, "a+")  # noqa: SIM115 - lives as long as the server
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise CliError(f"another relay is already serving {data_dir}", "busy") from None
+    return handle
+
+
+async def _compact(config: RelayConfig) -> dict[str, Any]:
+    """Fold every document's log into its snapshot. The running relay compacts by itself (when a
+    log outgrows its snapshot); this is for maintenance while it is stopped, since the server
+    keeps each document's head in memory."""
+    from relay.store.sqlite import SQLiteDocumentStore
+
+    lock = _hold_serve_lock(config.data_dir)
+    try:
+        store = await SQLiteDocumentStore.open(config.data_dir, auto_compact=False)
+        try:
+            results = await store.compact_all()
+            return {"compacted": len(results), "documents": [dataclasses.asdict(r) for r in results]}
+        finally:
+            await store.close()
+    finally:
+        lock.close()
 
 
 class CliError(Exception):
@@ -132,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reset-rate-account", type=_rate, default=rl.reset_account, metavar="N/S")
     serve.add_argument("--reset-rate-address", type=_rate, default=rl.reset_address, metavar="N/S")
     serve.add_argument("--events-poll", type=float, default=d.events_poll_s, metavar="S")
+    sl = d.sync
+    sync = serve.add_argument_group("sync limits")
+    sync.add_argument("--max-message", type=_positive_int, default=sl.max_message, metavar="BYTES")
+    sync.add_argument(
+        "--max-docs", type=_positive_int, default=sl.max_docs, metavar="N", help="per connection"
+    )
+    sync.add_argument("--max-doc-bytes", type=_positive_int, default=sl.max_doc_bytes, metavar="BYTES")
+    sync.add_argument(
+        "--sync-rate", type=float, default=sl.rate_per_s, metavar="N", help="updates/s per connection"
+    )
+    sync.add_argument("--sync-burst", type=_positive_int, default=sl.burst, metavar="N")
+    sync.add_argument("--max-connections", type=_positive_int, default=sl.max_connections, metavar="N")
+    sync.add_argument("--send-queue-bytes", type=_positive_int, default=sl.send_queue_bytes, metavar="BYTES")
+    sync.add_argument("--auth-deadline", type=float, default=sl.auth_deadline_s, metavar="S")
+    sync.add_argument("--idle-unload", type=float, default=sl.idle_unload_s, metavar="S")
     serve.add_argument(
         "--forwarded-allow-ips",
         default=None,
@@ -166,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", parents=[common], help="list signing keys")
 
     sub.add_parser("stats", parents=[common], help="account (and document) statistics")
+    sub.add_parser("compact", parents=[common], help="compact every document (relay stopped)")
     return parser
 
 
@@ -200,6 +275,17 @@ def _config(args: argparse.Namespace) -> RelayConfig:
         issuer=args.issuer,
         audience=args.audience,
         events_poll_s=args.events_poll,
+        sync=SyncLimits(
+            max_message=args.max_message,
+            max_docs=args.max_docs,
+            max_doc_bytes=args.max_doc_bytes,
+            rate_per_s=args.sync_rate,
+            burst=args.sync_burst,
+            max_connections=args.max_connections,
+            send_queue_bytes=args.send_queue_bytes,
+            auth_deadline_s=args.auth_deadline,
+            idle_unload_s=args.idle_unload,
+        ),
         rate_limits=RateLimits(
             login_account=args.login_rate_account,
             login_address=args.login_rate_address,
@@ -220,6 +306,7 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
 
     from relay.app import create_app
 
+    lock = _hold_serve_lock(config.data_dir)  # noqa: F841 - held until the process exits
     app = create_app(config)
     ctx = app.state.relay
 
@@ -235,7 +322,10 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
         app,
         host=config.host,
         port=config.port,
-        ws="websockets",
+        ws="websockets-sansio",
+        # Frames over the sync protocol's message limit are refused by the websocket layer
+        # itself (close 1009) before a byte of them is parsed.
+        ws_max_size=config.sync.max_message,
         lifespan="on",
         log_config=None,
         access_log=True,
@@ -376,6 +466,9 @@ def run(args: argparse.Namespace) -> Any:
         if args.command == "stats":
             _require_data_dir(config)
             return asyncio.run(_with_auth(config, lambda a: _stats(a, config)))
+        if args.command == "compact":
+            _require_data_dir(config)
+            return asyncio.run(_compact(config))
     except AccountError as e:
         raise CliError(e.message, e.code) from None
     raise CliError(f"unknown command {args.command}", "usage")  # pragma: no cover
@@ -430,6 +523,9 @@ def _print_human(args: argparse.Namespace, result: Any) -> None:
             state = "active" if k["active"] else f"retired {k['retired_at']}"
             print(f"{k['kid']}  created {k['created_at']}  {state}")
         return
+    if args.command == "compact":
+        print(f"compacted {result['compacted']} document(s)")
+        return
     if args.command == "stats":
         print(f"epoch: {result['epoch']}")
         for section, values in result.items():
@@ -459,7 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"quickslot-relay: error: cannot use data directory {config.data_dir}: {e}", file=sys.stderr
             )
             return EXIT_FAILURE
-        return serve(config, forwarded_allow_ips=args.forwarded_allow_ips)
+        try:
+            return serve(config, forwarded_allow_ips=args.forwarded_allow_ips)
+        except CliError as e:
+            print(f"quickslot-relay: error: {e}", file=sys.stderr)
+            return EXIT_FAILURE
     try:
         result = run(args)
     except CliError as e:

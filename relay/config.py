@@ -93,6 +93,37 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class SyncLimits:
+    """Limits of the sync websocket, each with a default and a ``serve`` flag."""
+
+    max_message: int = 1024 * 1024
+    max_docs: int = 256
+    max_doc_bytes: int = 32 * 1024 * 1024
+    rate_per_s: float = 100.0
+    burst: int = 400
+    max_connections: int = 10_000
+    send_queue_bytes: int = 8 * 1024 * 1024
+    auth_deadline_s: float = 5.0
+    preauth_max_bytes: int = 16 * 1024
+    flood_strikes: int = 50
+    """Rate-limited updates in a row after which the connection is closed with 4029."""
+
+    idle_unload_s: float = 300.0
+    """Unload a document nobody subscribed to or wrote for this long."""
+    max_loaded_docs: int = 10_000
+
+    def announce(self) -> dict[str, int]:
+        """The limits a client is told in ``welcome`` (names from ``crdt_core.messages.Limit``)."""
+        return {
+            "max_message": self.max_message,
+            "max_docs": self.max_docs,
+            "max_doc": self.max_doc_bytes,
+            "rate": int(self.rate_per_s),
+            "burst": self.burst,
+        }
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     """Everything the relay needs to start. Defaults are the production values."""
 
@@ -132,6 +163,7 @@ class RelayConfig:
     # How often the server polls ``account_events`` for changes made by the operator CLI.
     events_poll_s: float = 1.0
     sqlite_busy_timeout_ms: int = 5000
+    sync: SyncLimits = SyncLimits()
     log_level: str = "INFO"
     graceful_shutdown_s: float = 5.0
 

@@ -1,0 +1,786 @@
+"""The relay's loaded documents: load on first use, apply and store updates in order, unload when idle.
+
+Why this module is careful: the worst bugs of y-websocket and Hocuspocus lived exactly here. A
+document was loaded twice by two first users (one copy's updates were lost), an update arrived
+while the document was loading and was applied to a copy that was then replaced, or a document
+was unloaded (and its persistence flushed) while an update was still being written, so the next
+load missed it. The rules below make each of those impossible, and the tests in
+``tests/relay/test_documents_*.py`` force each interleaving with events.
+
+Theory of operation
+-------------------
+* Every document has one :class:`_Entry` with an ``asyncio.Lock`` and a state: ``NEW`` (in the
+  table, not loaded yet), ``LOADED``, ``UNLOADED`` (dropped; whoever still holds it must look the
+  document up again). The table never holds two entries for one document.
+* Everything that touches a document's replica runs under its lock: loading, validating and
+  applying an update, reading, unloading. Whoever finds no entry inserts a ``NEW`` one without
+  awaiting in between, so two first uses share it; the first to get the lock loads, the others
+  wait on the lock and then see ``LOADED``: one load, and an update that arrives while loading
+  waits and is applied after.
+* Writing is pipelined: under the lock an update is validated (caller's ``check``), applied to the
+  replica, the relay's own update is built (``build_extra``, e.g. booking stamps, with stamp numbers
+  from the document's counter), and both are *ordered* in the store's group-commit queue; then the
+  lock is released and the caller awaits the commit. So the next update of the same document can
+  be validated against the new state and share the same commit, and nothing interleaves between
+  validate, apply, stamp and ordering.
+* Because the replica can be ahead of the disk, every *read* (state vector, catch-up diff) first
+  waits, under the lock, for the document's last ordered commit: nobody is ever shown an update or
+  a stamp that is not durable (a crash would otherwise re-issue a stamp number someone has seen).
+  A no-op update (a re-send) waits for the same barrier before it is acknowledged, because the
+  data it duplicates may still be in flight.
+* Unloading takes the lock, waits for the last ordered commit, re-checks that nobody used or pinned
+  the document meanwhile, and only then drops it. An update that was waiting for the lock finds the
+  entry ``UNLOADED``, looks the document up again and loads it from the store, which by then holds
+  every committed update.
+* If a commit fails, the replica holds an update the disk does not: the entry is marked poisoned
+  and the next user drops and reloads it (after the remaining commits settle). Each load uses a
+  fresh random client id, so the relay's own writes never reuse CRDT clocks that a lost,
+  unacknowledged write may already have handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica, diff_update
+from relay.store.base import AppendResult, DocumentStore, StoreError, check_doc_id
+
+__all__ = [
+    "Applied",
+    "CapacityError",
+    "DocumentManager",
+    "ManagerClosedError",
+    "ManagerStats",
+    "Pin",
+    "StampSequence",
+]
+
+log = logging.getLogger("quickslot.relay.documents")
+
+X = TypeVar("X")
+T = TypeVar("T")
+
+
+class CapacityError(Exception):
+    """No room to load another document: every loaded document is pinned or busy.
+
+    Transient: the websocket layer reports "overloaded, try again later".
+    """
+
+
+class ManagerClosedError(Exception):
+    """The manager is shutting down."""
+
+
+class StampSequence:
+    """Stamp numbers handed to ``build_extra``: consecutive from the document's next stamp.
+
+    Numbers taken here are stored as allocated in the same transaction as the update that
+    carries them, so stamps stay gap-free per document.
+    """
+
+    __slots__ = ("base", "count", "_open")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.count = 0
+        self._open = True
+
+    def next(self) -> int:
+        if not self._open:
+            raise RuntimeError("stamp numbers can only be taken inside build_extra")
+        number = self.base + self.count
+        self.count += 1
+        return number
+
+    @property
+    def allocated(self) -> range:
+        return range(self.base, self.base + self.count)
+
+    def close(self) -> None:
+        self._open = False
+
+
+#: ``check(replica, update) -> X``: validate an incoming update against the current document.
+#: Raise to refuse it (nothing is applied or stored). Must not modify the replica.
+Check = Callable[[Replica, bytes], X]
+#: ``build_extra(replica, checked, stamps) -> update | None``: the relay's own update to store in
+#: the same transaction (e.g. the stamp records of new booking claims). ``replica`` already holds
+#: the incoming update; take stamp numbers with ``stamps.next()``. It must be idempotent with
+#: respect to the document (stamp only claims that hold no stamp yet): the same claim can come
+#: back inside *different* update bytes (carried by another peer, merged with other records),
+#: which is new to the store but not to the claim.
+BuildExtra = Callable[[Replica, X, StampSequence], bytes | None]
+#: ``on_durable(result, checked, extra)``: called once the append committed, in seq order,
+#: synchronously in the event loop (never for a no-op or a failed commit).
+OnDurable = Callable[[AppendResult, X | None, bytes | None], None]
+
+
+def _durable_callback(
+    doc_id: str, on_durable: OnDurable[X], checked: X | None, extra: bytes | None
+) -> Callable[[asyncio.Future[AppendResult]], None]:
+    def fire(future: asyncio.Future[AppendResult]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        try:
+            on_durable(future.result(), checked, extra)
+        except Exception:
+            log.exception("on_durable callback failed for %s", doc_id)
+
+    return fire
+
+
+@dataclass(frozen=True, slots=True)
+class Applied(Generic[X]):
+    """The outcome of :meth:`DocumentManager.submit`, returned once it is durable.
+
+    Forward ``update`` (when ``update_seq`` is set) and ``extra`` (when set) to subscribers, in
+    seq order; both are already in the store.
+    """
+
+    doc_id: str
+    #: The document's seq after this submission (for a no-op: its durable seq when acknowledged).
+    seq: int
+    #: The seq of the incoming update; ``None`` when it was a no-op (nothing stored).
+    update_seq: int | None
+    #: The relay's own update (e.g. stamps) and its seq, if ``build_extra`` made one.
+    extra: bytes | None = None
+    extra_seq: int | None = None
+    #: The stamp numbers given out (stored with ``extra``).
+    stamps: range = range(0)
+    #: What ``check`` returned (``None`` for a no-op, which is not checked).
+    checked: X | None = None
+
+    @property
+    def noop(self) -> bool:
+        return self.update_seq is None and self.extra_seq is None
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerStats:
+    """For the relay's metrics: gauges first, then counters since the manager started."""
+
+    loaded: int
+    loaded_bytes: int
+    pinned: int
+    loads: int
+    unloads: int
+    evictions: int
+    noops: int
+    reloads_after_failure: int
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    LOADED = "loaded"
+    UNLOADED = "unloaded"
+
+
+NEW = _State.NEW
+LOADED = _State.LOADED
+UNLOADED = _State.UNLOADED
+
+
+class _Entry:
+    __slots__ = (
+        "doc_id",
+        "lock",
+        "state",
+        "replica",
+        "seq",
+        "next_stamp",
+        "size",
+        "last_used",
+        "inflight",
+        "poisoned",
+        "parked",
+    )
+
+    def __init__(self, doc_id: str, now: float) -> None:
+        self.doc_id = doc_id
+        self.lock = asyncio.Lock()
+        self.state = NEW
+        self.replica: Replica | None = None
+        #: Highest *committed* seq (the replica may be ahead while commits are in flight).
+        self.seq = 0
+        #: Next stamp number to hand out (ahead of the store while commits are in flight).
+        self.next_stamp = 0
+        #: Approximate memory: bytes of stored updates that make up the replica.
+        self.size = 0
+        self.last_used = now
+        #: Appends ordered for this document and not yet settled (see ``_settle``).
+        self.inflight: list[asyncio.Future[AppendResult]] = []
+        self.poisoned = False
+        #: Digests of stored updates that did not move the state vector (see ``_is_noop``).
+        self.parked: dict[bytes, None] = {}
+
+    def park(self, update: bytes) -> None:
+        self.parked[_digest(update)] = None
+        if len(self.parked) > _MAX_PARKED:
+            del self.parked[next(iter(self.parked))]
+
+
+#: How many parked-update digests one document remembers (oldest forgotten first).
+_MAX_PARKED = 4096
+
+
+def _digest(update: bytes) -> bytes:
+    return hashlib.blake2b(update, digest_size=16).digest()
+
+
+class Pin:
+    """Keeps a document from being unloaded while a subscriber holds it. Release exactly once.
+
+    Usable as a context manager. Pinning does not load the document; the first read does.
+    """
+
+    __slots__ = ("_manager", "doc_id", "_held")
+
+    def __init__(self, manager: DocumentManager, doc_id: str) -> None:
+        self._manager = manager
+        self.doc_id = doc_id
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._manager._unpin(self.doc_id)
+
+    def __enter__(self) -> Pin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _no_check(replica: Replica, update: bytes) -> None:
+    return None
+
+
+def _is_noop(entry: _Entry, update: bytes, state_vector: bytes) -> bool:
+    """Whether ``update`` adds nothing to the document (a re-send), decided *before* applying it.
+
+    Not "the state vector did not move": an update whose dependencies have not arrived yet (a
+    carrier forwarded a device's later update first) is parked by the engine without integrating,
+    yet it is new and must be stored, or it is acknowledged and then lost with the next reload;
+    and Yrs still adds a zero clock for its client to the state vector, so the comparison is not
+    even stable. Instead:
+
+    * the update's diff against the current state vector is empty: every struct in it is
+      already integrated (and it deletes nothing); or
+    * it is byte-for-byte an update this document stored earlier that did not fully integrate
+      (a parked update sent again); remembered by digest, rebuilt when loading.
+
+    A re-send that is neither (e.g. a parked update re-encoded differently, or one forgotten by
+    compaction) is stored once more: a harmless duplicate row, never a loss.
+    """
+    if diff_update(update, state_vector) == EMPTY_UPDATE:
+        return True
+    return bool(entry.parked) and _digest(update) in entry.parked
+
+
+def _integrated(replica: Replica, update: bytes) -> bool:
+    """Whether everything in ``update`` (just applied) is now covered by the state vector."""
+    return diff_update(update, replica.state_vector()) == EMPTY_UPDATE
+
+
+class DocumentManager:
+    """The relay's in-memory documents, backed by a :class:`relay.store.base.DocumentStore`.
+
+    Args:
+        store: where documents are loaded from and updates are appended to.
+        idle_seconds: unload a document nobody has used (and nobody pins) for this long.
+        sweep_interval: how often :meth:`start`'s background task looks for idle documents.
+        max_documents: at most this many documents loaded at once (pinned ones included).
+        max_bytes: at most about this many bytes of documents loaded (their stored size; the
+            engine's memory is a small multiple of it). Least recently used unpinned documents
+            are unloaded to make room; if none can be, loading another raises
+            :class:`CapacityError`.
+        highest_stamp: ``highest_stamp(replica) -> int``, the highest stamp number present in a
+            freshly loaded document (0 if none). A relay restored from an older backup continues
+            numbering after it, so it never hands out a number that clients already hold.
+        capacity_wait: how long loading waits for room (every loaded document busy or pinned)
+            before raising :class:`CapacityError`.
+        clock: monotonic seconds, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        *,
+        idle_seconds: float = 300.0,
+        sweep_interval: float | None = None,
+        max_documents: int = 10_000,
+        max_bytes: int = 512 * 1024 * 1024,
+        highest_stamp: Callable[[Replica], int] | None = None,
+        capacity_wait: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_documents < 1 or max_bytes < 1 or idle_seconds < 0:
+            raise ValueError("max_documents and max_bytes must be >= 1, idle_seconds >= 0")
+        self._store = store
+        self.idle_seconds = idle_seconds
+        self.sweep_interval = sweep_interval if sweep_interval is not None else max(idle_seconds / 4, 0.05)
+        self.max_documents = max_documents
+        self.max_bytes = max_bytes
+        self._highest_stamp = highest_stamp
+        self.capacity_wait = capacity_wait
+        self._clock = clock
+        #: Set whenever a document may have become evictable (a lock released, a doc dropped).
+        self._room = asyncio.Event()
+        self._entries: dict[str, _Entry] = {}
+        self._pins: dict[str, int] = {}
+        self._loaded_bytes = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        # counters
+        self._loads = 0
+        self._unloads = 0
+        self._evictions = 0
+        self._noops = 0
+        self._reloads = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the idle sweeper (optional: :meth:`unload_idle` can be called directly instead)."""
+        if self._sweeper is None and not self._closing:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="relay-doc-sweeper")
+
+    async def close(self) -> None:
+        """Refuse new work and wait for every ordered commit; the store stays open (its owner closes it)."""
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        await asyncio.gather(*list(self._background), return_exceptions=True)
+        for entry in list(self._entries.values()):
+            async with entry.lock:
+                await self._drain(entry)
+                self._drop(entry)
+
+    async def __aenter__(self) -> DocumentManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- writing -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        doc_id: str,
+        update: bytes,
+        check: Check[X],
+        build_extra: BuildExtra[X] | None = None,
+        on_durable: OnDurable[X] | None = None,
+    ) -> Applied[X]:
+        """Validate, apply and durably store one incoming update (plus the relay's own update).
+
+        Under the document's lock, in this order, with no other update of the document between:
+
+        1. a no-op (an update that adds nothing, e.g. a re-send; see :func:`_is_noop`) stops
+           here: nothing is checked or stored; it is acknowledged, with the current seq, once
+           everything ordered before it is durable;
+        2. ``check(replica, update)``: raise to refuse; nothing is applied or stored;
+        3. the update is applied (:class:`EngineError` if the engine refuses it; the document is
+           unchanged and nothing is stored);
+        4. ``build_extra(replica, checked, stamps)`` builds the relay's update, taking stamp
+           numbers from ``stamps``;
+        5. both are ordered in the store as one append (one transaction, consecutive seqs, the
+           stamp counter advanced in it).
+
+        Then, without the lock, this waits for the commit and returns the seqs.
+
+        Raises:
+            EngineError: the update is not a valid update; nothing changed.
+            StoreError: the commit failed; the update is not stored (the document is reloaded
+                from the store on next use, so memory does not keep what the disk lost).
+            CapacityError, ManagerClosedError: transient; retry later.
+            Whatever ``check`` or ``build_extra`` raise.
+        """
+        if not isinstance(update, (bytes, bytearray, memoryview)):
+            raise EngineError(f"update must be bytes, not {type(update).__name__}")
+        update = bytes(update)
+        barrier: list[asyncio.Future[AppendResult]] = []
+        commit: asyncio.Future[AppendResult] | None = None
+        checked: X | None = None
+        extra: bytes | None = None
+        async with self._locked(doc_id) as entry:
+            replica = entry.replica
+            assert replica is not None
+            if _is_noop(entry, update, replica.state_vector()):
+                barrier = list(entry.inflight)
+            else:
+                checked = check(replica, update)
+                replica.apply_update(update)
+                if not _integrated(replica, update):
+                    entry.park(update)
+                stamps = StampSequence(entry.next_stamp)
+                try:
+                    built = None if build_extra is None else build_extra(replica, checked, stamps)
+                    stamps.close()
+                    if built is not None:
+                        extra = bytes(built)
+                        # Idempotent if build_extra wrote through this replica already.
+                        replica.apply_update(extra)
+                    elif stamps.count:
+                        raise ValueError("build_extra took stamp numbers but returned no update")
+                    updates = [update] if extra is None else [update, extra]
+                    commit = asyncio.ensure_future(
+                        self._store.enqueue_append(
+                            doc_id,
+                            updates,
+                            stamp_base=stamps.base if stamps.count else None,
+                            stamp_count=stamps.count,
+                        )
+                    )
+                except BaseException:
+                    # The replica already holds what will not be stored: reload it on next use.
+                    self._poison(entry)
+                    raise
+                entry.next_stamp += stamps.count
+                self._track(entry, commit)
+                if on_durable is not None:
+                    # Attached under the lock, so callbacks run in commit (= seq) order: the
+                    # relay acknowledges and fans out in exactly the order updates are stored.
+                    commit.add_done_callback(_durable_callback(doc_id, on_durable, checked, extra))
+                grown = sum(len(u) for u in updates)
+                entry.size += grown
+                self._loaded_bytes += grown
+        if commit is None:
+            self._noops += 1
+            if barrier:
+                await asyncio.wait(barrier)
+                for future in barrier:
+                    if not self._settle(entry, future):
+                        raise StoreError(f"{doc_id}: the update this one repeats failed to commit")
+            return Applied(doc_id=doc_id, seq=entry.seq, update_seq=None)
+        if self._loaded_bytes > self.max_bytes:
+            self._spawn(self._make_room(for_new=False))
+        try:
+            result = await asyncio.shield(commit)
+        finally:
+            if commit.done():
+                self._settle(entry, commit)
+        return Applied(
+            doc_id=doc_id,
+            seq=result.seq,
+            update_seq=result.seqs[0],
+            extra=extra,
+            extra_seq=result.seqs[1] if extra is not None else None,
+            stamps=result.stamps,
+            checked=checked,
+        )
+
+    async def apply(self, doc_id: str, update: bytes) -> Applied[None]:
+        """:meth:`submit` with no check and no relay update (an update already validated)."""
+        return await self.submit(doc_id, update, _no_check)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def read(self, doc_id: str, fn: Callable[[Replica, int], T]) -> T:
+        """Run ``fn(replica, seq)`` on the durable state of the document, under its lock.
+
+        Every update ordered before this call is committed before ``fn`` runs, and none is
+        applied while it runs, so ``seq`` is exactly the state ``fn`` sees. Use it to register a
+        subscriber atomically with its catch-up diff. ``fn`` must not modify the replica.
+        """
+        async with self._locked(doc_id, settle=True) as entry:
+            assert entry.replica is not None
+            return fn(entry.replica, entry.seq)
+
+    async def state_vector(self, doc_id: str) -> tuple[bytes, int]:
+        """The document's durable state vector and seq (sync step 1)."""
+        return await self.read(doc_id, lambda replica, seq: (replica.state_vector(), seq))
+
+    async def diff(self, doc_id: str, state_vector: bytes) -> tuple[bytes, int]:
+        """Exactly what a peer at ``state_vector`` lacks, and the seq it brings the peer to.
+
+        Raises:
+            EngineError: ``state_vector`` is not a valid state vector.
+        """
+        return await self.read(doc_id, lambda replica, seq: (replica.diff(state_vector), seq))
+
+    # --- pinning, unloading, memory ----------------------------------------------------------
+
+    def pin(self, doc_id: str) -> Pin:
+        """Mark the document in use (a subscriber) so it is not unloaded until released."""
+        check_doc_id(doc_id)
+        self._pins[doc_id] = self._pins.get(doc_id, 0) + 1
+        return Pin(self, doc_id)
+
+    def _unpin(self, doc_id: str) -> None:
+        left = self._pins.get(doc_id, 0) - 1
+        if left > 0:
+            self._pins[doc_id] = left
+        else:
+            self._pins.pop(doc_id, None)
+        entry = self._entries.get(doc_id)
+        if entry is not None:
+            entry.last_used = self._clock()  # the idle time starts when the last subscriber leaves
+
+    def is_loaded(self, doc_id: str) -> bool:
+        entry = self._entries.get(doc_id)
+        return entry is not None and entry.state is LOADED
+
+    @property
+    def loaded_count(self) -> int:
+        return sum(1 for entry in self._entries.values() if entry.state is LOADED)
+
+    @property
+    def loaded_bytes(self) -> int:
+        return self._loaded_bytes
+
+    def stats(self) -> ManagerStats:
+        return ManagerStats(
+            loaded=self.loaded_count,
+            loaded_bytes=self._loaded_bytes,
+            pinned=len(self._pins),
+            loads=self._loads,
+            unloads=self._unloads,
+            evictions=self._evictions,
+            noops=self._noops,
+            reloads_after_failure=self._reloads,
+        )
+
+    async def unload(self, doc_id: str, *, force: bool = False) -> bool:
+        """Unload now, after its commits settle, unless it is pinned or used meanwhile.
+
+        ``force`` unloads even a pinned document (pins survive; the next use reloads it).
+        Returns whether it was unloaded.
+        """
+        entry = self._entries.get(doc_id)
+        if entry is None:
+            return False
+        return await self._unload_entry(entry, seen=None if force else entry.last_used)
+
+    async def unload_idle(self) -> int:
+        """Unload every unpinned document idle for ``idle_seconds``; returns how many."""
+        cutoff = self._clock() - self.idle_seconds
+        candidates = [
+            (entry, entry.last_used)
+            for entry in self._entries.values()
+            if entry.state is LOADED
+            and (entry.poisoned or (entry.last_used <= cutoff and not self._pins.get(entry.doc_id)))
+            and not entry.lock.locked()
+        ]
+        unloaded = 0
+        for entry, seen in candidates:
+            if await self._unload_entry(entry, seen=None if entry.poisoned else seen):
+                unloaded += 1
+        return unloaded
+
+    # --- internals: the per-document state machine -------------------------------------------
+
+    @asynccontextmanager
+    async def _locked(self, doc_id: str, *, settle: bool = False) -> AsyncIterator[_Entry]:
+        """Yield the document's entry, loaded and locked (optionally with its commits settled)."""
+        check_doc_id(doc_id)
+        while True:
+            if self._closing:
+                raise ManagerClosedError("the relay is shutting down")
+            entry = await self._entry_for(doc_id)
+            try:
+                async with entry.lock:
+                    if entry.state is UNLOADED:
+                        continue  # dropped while we waited for the lock: look it up again
+                    if entry.state is NEW:
+                        try:
+                            await self._load(entry)
+                        except BaseException:
+                            self._drop(entry)
+                            raise
+                    if settle:
+                        await self._drain(entry)
+                    if entry.poisoned:
+                        await self._drain(entry)
+                        self._drop(entry)
+                        self._reloads += 1
+                        continue
+                    entry.last_used = self._clock()
+                    yield entry
+                    return
+            finally:
+                self._room.set()  # this entry may be evictable now: wake loads waiting for room
+
+    async def _entry_for(self, doc_id: str) -> _Entry:
+        entry = self._entries.get(doc_id)
+        if entry is not None:
+            return entry
+        if self._full():
+            # A burst can find every slot busy (loading, or mid-update) for a moment: wait a
+            # bounded time for one to become evictable before telling the client to come back.
+            loop = asyncio.get_running_loop()  # real time: ``self._clock`` only ages documents
+            deadline = loop.time() + self.capacity_wait
+            while True:
+                self._room.clear()
+                await self._make_room(for_new=True)
+                entry = self._entries.get(doc_id)
+                if entry is not None:
+                    return entry
+                if not self._full():
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._closing:
+                    raise CapacityError(
+                        f"cannot load {doc_id}: {len(self._entries)} documents and"
+                        f" {self._loaded_bytes} bytes loaded, none of them unloadable"
+                    )
+                try:
+                    await asyncio.wait_for(self._room.wait(), timeout=remaining)
+                except TimeoutError:
+                    pass
+        # No await between the lookup above and this insert: concurrent first uses share it.
+        entry = _Entry(doc_id, self._clock())
+        self._entries[doc_id] = entry
+        return entry
+
+    async def _load(self, entry: _Entry) -> None:
+        stored = await self._store.load(entry.doc_id)
+        replica = Replica()  # fresh random client id: see the module docstring
+        if stored.snapshot is not None:
+            try:
+                replica.apply_update(stored.snapshot)
+            except EngineError as exc:
+                raise StoreError(f"{entry.doc_id}: stored snapshot is unreadable: {exc}") from None
+        for seq, update in stored.updates:
+            try:
+                replica.apply_update(update)
+                if not _integrated(replica, update):
+                    entry.park(update)
+            except EngineError as exc:  # never stored by us; skip damage rather than lose the doc
+                log.error("! %s: stored update %d is unreadable and skipped: %s", entry.doc_id, seq, exc)
+        next_stamp = stored.next_stamp
+        if self._highest_stamp is not None:
+            floor = self._highest_stamp(replica) + 1
+            if floor > next_stamp:
+                log.warning(
+                    "= %s: stamps continue after %d found in the document (store said %d)",
+                    entry.doc_id,
+                    floor - 1,
+                    next_stamp,
+                )
+                next_stamp = await self._store.set_stamp_floor(entry.doc_id, floor)
+        entry.replica = replica
+        entry.seq = stored.seq
+        entry.next_stamp = next_stamp
+        entry.size = stored.stored_bytes
+        entry.state = LOADED
+        self._loaded_bytes += entry.size
+        self._loads += 1
+
+    def _track(self, entry: _Entry, commit: asyncio.Future[AppendResult]) -> None:
+        still_running = [commit]
+        for future in entry.inflight:
+            if future.done():
+                self._settle(entry, future)
+            else:
+                still_running.append(future)
+        entry.inflight = still_running
+        # Settle promptly even if nobody waits (so the sweeper sees a poisoned entry); but a
+        # done-callback runs one loop step *after* the future completes, so whoever needs the
+        # outcome right away (drain, no-op barrier, the submitter) also calls _settle itself.
+        commit.add_done_callback(lambda future: self._settle(entry, future))
+
+    def _settle(self, entry: _Entry, future: asyncio.Future[AppendResult]) -> bool:
+        """Fold a finished commit into the entry (idempotent); returns whether it succeeded."""
+        if future.cancelled() or future.exception() is not None:
+            self._poison(entry)
+            return False
+        entry.seq = max(entry.seq, future.result().seq)
+        return True
+
+    def _poison(self, entry: _Entry) -> None:
+        if not entry.poisoned:
+            entry.poisoned = True
+            log.warning("! %s: memory is ahead of the store; reloading on next use", entry.doc_id)
+
+    async def _drain(self, entry: _Entry) -> None:
+        """Wait until every append ordered for ``entry`` has committed or failed (lock held).
+
+        With the lock held nothing new is ordered, so afterwards ``entry.seq`` is the durable seq
+        the replica holds, or ``entry.poisoned`` says the replica is ahead of the disk.
+        """
+        pending = entry.inflight
+        if pending:
+            await asyncio.wait(pending)
+            for future in pending:
+                self._settle(entry, future)
+            entry.inflight = []
+
+    def _drop(self, entry: _Entry) -> None:
+        self._room.set()
+        if entry.state is LOADED:
+            self._loaded_bytes -= entry.size
+        entry.state = UNLOADED
+        entry.replica = None
+        if self._entries.get(entry.doc_id) is entry:
+            del self._entries[entry.doc_id]
+
+    async def _unload_entry(self, entry: _Entry, *, seen: float | None) -> bool:
+        """Unload ``entry``; with ``seen`` set, only if unpinned and unused since ``seen``."""
+
+        def still_wanted() -> bool:
+            return seen is not None and (bool(self._pins.get(entry.doc_id)) or entry.last_used > seen)
+
+        async with entry.lock:
+            if entry.state is not LOADED or still_wanted():
+                return False
+            await self._drain(entry)
+            # A pin may have arrived while the commits settled (pinning takes no lock).
+            if still_wanted():
+                return False
+            self._drop(entry)
+            self._unloads += 1
+            return True
+
+    def _full(self) -> bool:
+        return len(self._entries) >= self.max_documents or self._loaded_bytes >= self.max_bytes
+
+    async def _make_room(self, *, for_new: bool) -> None:
+        """Unload least recently used, unpinned, idle-right-now documents until under the limits."""
+
+        def over() -> bool:
+            return self._full() if for_new else self._loaded_bytes > self.max_bytes
+
+        candidates = sorted(
+            (
+                entry
+                for entry in self._entries.values()
+                if entry.state is LOADED and not self._pins.get(entry.doc_id) and not entry.lock.locked()
+            ),
+            key=lambda entry: entry.last_used,
+        )
+        for entry in candidates:
+            if not over():
+                return
+            if await self._unload_entry(entry, seen=entry.last_used):
+                self._evictions += 1
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._closing:
+            coro.close()
+            return
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.unload_idle()
+            except Exception:
+                log.exception("! idle sweep failed")

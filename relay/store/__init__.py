@@ -1,0 +1,38 @@
+"""Durable storage of the relay's documents: the interface and its SQLite implementation.
+
+``DocumentStore`` (:mod:`relay.store.base`) is what the rest of the relay depends on;
+``SQLiteDocumentStore`` (:mod:`relay.store.sqlite`) is the embedded default, one file per data
+directory. A PostgreSQL store for several relay nodes plugs in behind the same protocol.
+"""
+
+from __future__ import annotations
+
+from relay.store.base import (
+    FIRST_STAMP as FIRST_STAMP,
+    AppendResult as AppendResult,
+    CompactionResult as CompactionResult,
+    DocumentStore as DocumentStore,
+    StampConflictError as StampConflictError,
+    StoreClosedError as StoreClosedError,
+    StoredDocument as StoredDocument,
+    StoreError as StoreError,
+    StoreStats as StoreStats,
+    load_or_create_epoch as load_or_create_epoch,
+    should_compact as should_compact,
+)
+from relay.store.sqlite import SQLiteDocumentStore as SQLiteDocumentStore
+
+__all__ = [
+    "FIRST_STAMP",
+    "AppendResult",
+    "CompactionResult",
+    "DocumentStore",
+    "SQLiteDocumentStore",
+    "StampConflictError",
+    "StoreClosedError",
+    "StoreError",
+    "StoreStats",
+    "StoredDocument",
+    "load_or_create_epoch",
+    "should_compact",
+]

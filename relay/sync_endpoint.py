@@ -1,0 +1,138 @@
+"""The sync websocket ``/api/v1/sync`` and the document store, plugged into the relay app.
+
+Why an extension: the app factory (``relay.app``) owns accounts and tokens and opens extensions
+after them and closes them before them, so on SIGTERM the hub can still tell every client to
+come back (close 1001) and the store can finish its commits while accounts are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from relay.app import RelayContext
+from relay.config import RelayConfig, SyncLimits
+from relay.documents import DocumentManager
+from relay.logging import get_logger, log_event
+from relay.rights import RightsCache
+from relay.store.sqlite import SQLiteDocumentStore
+from relay.sync_hub import SyncHub, highest_stamp
+
+log = get_logger("relay.sync")
+
+
+class AsgiTransport:
+    """Adapts Starlette's websocket to the hub's :class:`relay.sync_hub.Transport`."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def recv(self) -> bytes | str | None:
+        try:
+            message = await self.ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        data: bytes | None = message.get("bytes")
+        if data is not None:
+            return data
+        text: str | None = message.get("text")
+        return text if text is not None else b""
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+
+def bearer_token(headers: Any) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+class SyncExtension:
+    name = "sync"
+
+    def __init__(self, config: RelayConfig, limits: SyncLimits | None = None) -> None:
+        self.config = config
+        self.limits = limits or config.sync
+        self.store: SQLiteDocumentStore | None = None
+        self.manager: DocumentManager | None = None
+        self.hub: SyncHub | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def install(self, app: FastAPI, ctx: RelayContext) -> None:
+        @app.websocket("/api/v1/sync")
+        async def sync_socket(ws: WebSocket) -> None:
+            hub = self.hub
+            await ws.accept()
+            if hub is None:
+                await ws.close(1013, "relay starting: try again shortly")
+                return
+            await hub.serve(AsgiTransport(ws), bearer_token(ws.headers))
+
+    async def start(self, ctx: RelayContext) -> None:
+        self.store = await SQLiteDocumentStore.open(self.config.data_dir)
+        self.manager = DocumentManager(
+            self.store,
+            highest_stamp=highest_stamp,
+            idle_seconds=self.limits.idle_unload_s,
+            max_documents=self.limits.max_loaded_docs,
+        )
+        await self.manager.start()
+        rights = RightsCache()
+        await rights.load(ctx.account_store)
+        keys = ctx.keys
+        hub = SyncHub(
+            manager=self.manager,
+            tokens=ctx.tokens,
+            rights=rights,
+            signing_key=keys.signing_key,
+            trusted_keys=keys.public_keys,
+            epoch=self.store.epoch,
+            metrics=ctx.metrics,
+            limits=self.limits,
+        )
+        manager = self.manager
+        loaded = ctx.metrics.gauge("quickslot_loaded_documents", "Documents loaded in memory")
+        loaded.set_function(lambda: float(manager.loaded_count))
+
+        async def on_changed(user_id: str) -> None:
+            await rights.refresh(ctx.account_store, user_id)
+
+        ctx.hooks.on_family_revoked.append(hub.family_revoked)
+        ctx.hooks.on_user_disabled.append(hub.user_disabled)
+        ctx.hooks.on_user_changed.append(on_changed)
+        ctx.components["sync_hub"] = hub
+        ctx.components["docstore"] = self.store
+        self.hub = hub
+
+        async def say_goodbye_on_stop() -> None:
+            # uvicorn waits for open websockets to end before it runs the lifespan shutdown, so
+            # the hub must react to the signal itself: close every client with 1001 at once.
+            await ctx.stopping.wait()
+            await hub.shutdown()
+
+        self._watcher = asyncio.create_task(say_goodbye_on_stop(), name="sync-stop-watcher")
+        log_event(log, "sync started", epoch=self.store.epoch)
+
+    async def stop(self, ctx: RelayContext) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self.hub is not None:
+            await self.hub.shutdown()
+        if self.manager is not None:
+            await self.manager.close()
+        if self.store is not None:
+            await self.store.close()
+        log_event(log, "sync stopped")

@@ -1,0 +1,508 @@
+"""The relay's sync service: authenticate, authorise, validate, store, stamp, acknowledge, fan out.
+
+Theory of operation
+-------------------
+Each websocket is a :class:`SyncConnection`: a sans-I/O :class:`crdt_core.protocol.RelayProtocol`
+plus a bounded send queue drained by one writer task. The hub feeds received frames to the
+protocol and handles its events; everything the protocol wants to send is moved to the queue
+right away, before the next ``await``, so answers and the live stream never overtake each other.
+
+* **Subscribe** (sync step 1): read rights by the connection's identity; then, under the
+  document's lock (``DocumentManager.read``, which first waits for every ordered commit), the
+  diff against the client's state vector is computed and the connection is registered as a
+  subscriber at that sequence number, in one synchronous step: no live update can fall between.
+* **Update**: under the document's lock (``DocumentManager.submit``) the update is validated by
+  crdt_core (the same rules every peer runs), applied, the relay stamps each new reservation with
+  the document's next stamp numbers (a relay-signed record in its own update), and both updates
+  are ordered into one group commit. When it commits, a callback (run in commit order, so in
+  sequence order) acknowledges the sender and fans the bytes out: the update to every other live
+  subscriber, the stamp update to every live subscriber, the sender included. Nothing is shown to
+  anyone before it is durable, and nothing rejected is stored or forwarded.
+* **Fan-out** encodes each outgoing message once and appends the same bytes to each subscriber's
+  queue: no task and no protocol work per recipient beyond a set lookup.
+* **Slow consumers**: a queue over its byte budget closes the connection with 1013 ("try again
+  later"); the client reconnects and catches up by state vector, and the relay's memory per
+  connection stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from crdt_core.authoring import write_stamps
+from crdt_core.certs import CertificateCache, SigningKey
+from crdt_core.engine import Replica
+from crdt_core.errors import EngineError, ValidationError
+from crdt_core.messages import CloseCode, ErrorCode, encode_stamp, encode_update
+from crdt_core.protocol import (
+    AuthRequested,
+    RelayProtocol,
+    SubscribeRequested,
+    UnsubscribeRequested,
+    UpdateSubmitted,
+)
+from crdt_core.schema import parse_doc_id
+from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
+from relay.config import SyncLimits
+from relay.documents import CapacityError, DocumentManager, ManagerClosedError, Pin, StampSequence
+from relay.metrics import MetricsRegistry
+from relay.rights import RightsCache
+from relay.store.base import AppendResult, StoreError
+from relay.tokens import Claims, TokenError, TokenExpired, TokenRevoked
+
+log = logging.getLogger("quickslot.relay.sync")
+
+SERVER_NAME = "quickslot-relay/0.1"
+
+
+class Transport(Protocol):
+    """What the hub needs of a websocket, so it runs under ASGI or straight on ``websockets``."""
+
+    async def recv(self) -> bytes | str | None:
+        """The next message; None when the peer has gone."""
+        ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class TokenVerifier(Protocol):
+    def verify_access(self, token: str) -> Claims: ...
+
+
+class _Bucket:
+    """Token bucket for updates per connection."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class SyncConnection:
+    """One websocket: its protocol state, identity, pins and bounded send queue."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, hub: SyncHub, transport: Transport, header_token: str | None) -> None:
+        self.id = next(self._ids)
+        self.hub = hub
+        self.transport = transport
+        self.proto = RelayProtocol(
+            header_auth=header_token is not None, max_message_size=hub.limits.max_message
+        )
+        self.header_token = header_token
+        self.claims: Claims | None = None
+        self.pins: dict[str, Pin] = {}
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wakeup = asyncio.Event()
+        self.closing: tuple[int, str] | None = None
+        self.bucket = _Bucket(hub.limits.rate_per_s, hub.limits.burst)
+        self.strikes = 0
+        self.expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def user(self) -> str | None:
+        return self.claims.sub if self.claims else None
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        """Queue bytes for the writer; a consumer over its budget is cut off, never buffered forever."""
+        if self.closing is not None:
+            return
+        if self.queued_bytes + len(data) > self.hub.limits.send_queue_bytes:
+            self.hub.metrics_slow.inc()
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect and catch up")
+            return
+        self.queue.append(data)
+        self.queued_bytes += len(data)
+        self.wakeup.set()
+
+    def flush(self) -> None:
+        """Move everything the protocol produced to the queue; honour a close it asked for."""
+        for data in self.proto.data_to_send():
+            self.push(data)
+        if self.proto.close_expected() and self.closing is None:
+            self.close(self.proto.close_code or CloseCode.PROTOCOL_VIOLATION, self.proto.close_reason or "")
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (int(code), reason)
+            self.wakeup.set()
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                while self.queue:
+                    data = self.queue.popleft()
+                    self.queued_bytes -= len(data)
+                    await self.transport.send(data)
+                    self.hub.bytes_out.inc(len(data))
+                if self.closing is not None:
+                    code, reason = self.closing
+                    with contextlib.suppress(Exception):
+                        await self.transport.close(code, reason)
+                    return
+        except Exception:  # the socket went away under us; the reader sees it too
+            if self.closing is None:
+                self.closing = (CloseCode.GOING_AWAY, "")
+
+
+class SyncHub:
+    """Every connection and subscription of one relay process."""
+
+    def __init__(
+        self,
+        *,
+        manager: DocumentManager,
+        tokens: TokenVerifier,
+        rights: RightsCache,
+        signing_key: Callable[[], SigningKey],
+        trusted_keys: Callable[[], dict[str, bytes]],
+        epoch: str,
+        metrics: MetricsRegistry,
+        limits: SyncLimits | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.manager = manager
+        self.tokens = tokens
+        self.rights = rights
+        self.signing_key = signing_key
+        self._trusted_keys = trusted_keys
+        self.epoch = epoch
+        self.limits = limits or SyncLimits()
+        self.clock_ms = clock_ms
+        self.connections: set[SyncConnection] = set()
+        self.subscribers: dict[str, dict[SyncConnection, int]] = {}
+        self._certs = CertificateCache(trusted_keys())
+        self.stopping = False
+        m = metrics
+        self.gauge_conns = m.gauge("quickslot_connections", "Open sync websocket connections")
+        self.gauge_conns.set_function(lambda: float(len(self.connections)))
+        self.updates_in = m.counter("quickslot_updates_in_total", "Updates received from clients")
+        self.updates_out = m.counter("quickslot_updates_out_total", "Update deliveries to subscribers")
+        self.bytes_in = m.counter("quickslot_sync_bytes_in_total", "Bytes received on sync websockets")
+        self.bytes_out = m.counter("quickslot_sync_bytes_out_total", "Bytes sent on sync websockets")
+        self.rejections = m.counter("quickslot_rejections_total", "Refused updates by reason", ["reason"])
+        self.auth_failures = m.counter("quickslot_sync_auth_failures_total", "Sync auth failures", ["code"])
+        self.ack_latency = m.histogram("quickslot_ack_latency_seconds", "Update received to ack sent")
+        self.stamps_issued = m.counter("quickslot_stamps_total", "Booking claims stamped")
+        self.metrics_slow = m.counter("quickslot_slow_consumers_total", "Connections cut for falling behind")
+
+    # --- trust -----------------------------------------------------------------------------------
+
+    def certs(self) -> CertificateCache:
+        """The certificate cache, rebuilt when the relay's key set changes (keys rotate)."""
+        keys = self._trusted_keys()
+        if keys != self._certs.trusted_keys:
+            self._certs = CertificateCache(keys)
+        return self._certs
+
+    # --- connection lifecycle --------------------------------------------------------------------
+
+    async def serve(self, transport: Transport, header_token: str | None = None) -> None:
+        """Run one connection until it closes. Never raises for anything the peer sends."""
+        conn = SyncConnection(self, transport, header_token)
+        if self.stopping:
+            await transport.close(CloseCode.GOING_AWAY, "relay restarting: come back shortly")
+            return
+        if len(self.connections) >= self.limits.max_connections:
+            await transport.close(CloseCode.TRY_AGAIN_LATER, "relay full: try again later")
+            return
+        self.connections.add(conn)
+        writer = asyncio.create_task(conn.writer(), name=f"sync-writer-{conn.id}")
+        try:
+            if header_token is not None:
+                self._authenticate(conn, header_token)
+            await self._read_loop(conn)
+        finally:
+            self._drop(conn)
+            if conn.closing is None:
+                conn.close(CloseCode.NORMAL, "")
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(writer, timeout=2.0)
+            writer.cancel()
+
+    async def _read_loop(self, conn: SyncConnection) -> None:
+        deadline = time.monotonic() + self.limits.auth_deadline_s
+        while conn.closing is None:
+            timeout = None if conn.claims is not None else max(0.0, deadline - time.monotonic())
+            try:
+                data = await asyncio.wait_for(conn.transport.recv(), timeout)
+            except TimeoutError:
+                self.auth_failures.labels("timeout").inc()
+                conn.close(CloseCode.AUTH_TIMEOUT, "authenticate first, within the deadline")
+                return
+            if data is None:
+                return
+            if isinstance(data, str):
+                conn.close(CloseCode.PROTOCOL_VIOLATION, "binary frames only")
+                return
+            if conn.claims is None and len(data) > self.limits.preauth_max_bytes:
+                conn.close(CloseCode.TOO_BIG, "first message too big")
+                return
+            self.bytes_in.inc(len(data))
+            conn.proto.receive_message(data)
+            conn.flush()
+            for event in conn.proto.events_received():
+                await self._handle(conn, event)
+                if conn.closing is not None:
+                    return
+
+    async def _handle(self, conn: SyncConnection, event: object) -> None:
+        if isinstance(event, AuthRequested):
+            self._authenticate(conn, event.token)
+        elif isinstance(event, SubscribeRequested):
+            await self._subscribe(conn, event.doc, event.sv)
+        elif isinstance(event, UpdateSubmitted):
+            await self._update(conn, event.doc, event.uid, event.update)
+        elif isinstance(event, UnsubscribeRequested):
+            self._unsubscribe(conn, event.doc)
+
+    def _authenticate(self, conn: SyncConnection, token: str) -> None:
+        try:
+            claims = self.tokens.verify_access(token)
+        except TokenExpired:
+            self.auth_failures.labels("expired").inc()
+            conn.proto.reject_auth(CloseCode.TOKEN_EXPIRED, "access token expired: refresh and reconnect")
+        except TokenRevoked:
+            self.auth_failures.labels("revoked").inc()
+            conn.proto.reject_auth(CloseCode.SESSION_REVOKED, "session revoked: log in again")
+        except TokenError:
+            self.auth_failures.labels("invalid").inc()
+            conn.proto.reject_auth(CloseCode.AUTH_FAILED, "authentication failed")
+        else:
+            if self.rights.current(claims.sub) is None:
+                conn.proto.reject_auth(CloseCode.ACCOUNT_DISABLED, "account disabled")
+            else:
+                conn.claims = claims
+                conn.proto.accept_auth(claims.sub, self.epoch, SERVER_NAME, self.limits.announce())
+                delay = claims.exp - time.time()
+                conn.expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, conn)
+        conn.flush()
+
+    def _expire(self, conn: SyncConnection) -> None:
+        conn.close(CloseCode.TOKEN_EXPIRED, "access token expired: refresh and reconnect")
+
+    def _drop(self, conn: SyncConnection) -> None:
+        self.connections.discard(conn)
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        for doc, pin in list(conn.pins.items()):
+            subs = self.subscribers.get(doc)
+            if subs is not None:
+                subs.pop(conn, None)
+                if not subs:
+                    del self.subscribers[doc]
+            pin.release()
+        conn.pins.clear()
+
+    # --- subscribe -------------------------------------------------------------------------------
+
+    async def _subscribe(self, conn: SyncConnection, doc: str, sv: bytes) -> None:
+        user = conn.user
+        assert user is not None
+        try:
+            parse_doc_id(doc)
+        except ValueError as exc:
+            conn.proto.send_error(ErrorCode.BAD_DOC, str(exc), doc=doc)
+            conn.flush()
+            return
+        if not self.rights.can_read(user, doc):
+            self.rejections.labels("forbidden_read").inc()
+            conn.proto.send_error(ErrorCode.FORBIDDEN, "no read access to this document", doc=doc)
+            conn.flush()
+            return
+        if doc not in conn.pins:
+            conn.pins[doc] = self.manager.pin(doc)
+
+        def register(replica: Replica, seq: int) -> None:
+            try:
+                diff = replica.diff(sv)
+            except EngineError:
+                conn.proto.send_error(ErrorCode.BAD_DOC, "state vector does not decode", doc=doc)
+                conn.flush()
+                return
+            self.subscribers.setdefault(doc, {})[conn] = seq
+            conn.proto.send_sync(doc, diff, replica.state_vector(), seq)
+            conn.flush()
+
+        try:
+            await self.manager.read(doc, register)
+        except (CapacityError, ManagerClosedError, StoreError) as exc:
+            conn.proto.send_error(ErrorCode.INTERNAL, f"try again: {type(exc).__name__}", doc=doc, retry=True)
+            conn.flush()
+
+    def _unsubscribe(self, conn: SyncConnection, doc: str) -> None:
+        subs = self.subscribers.get(doc)
+        if subs is not None:
+            subs.pop(conn, None)
+            if not subs:
+                del self.subscribers[doc]
+        pin = conn.pins.pop(doc, None)
+        if pin is not None:
+            pin.release()
+
+    # --- updates ---------------------------------------------------------------------------------
+
+    def _check(self, doc: str) -> Callable[[Replica, bytes], ValidatedUpdate]:
+        def check(replica: Replica, update: bytes) -> ValidatedUpdate:
+            policy = ArrivalPolicy(
+                now_ms=self.clock_ms(),
+                is_revoked=self.rights.is_revoked,
+                current_rights=self.rights.current,
+            )
+            return validate_update(doc, replica, update, self.certs(), policy)
+
+        return check
+
+    def _stamper(self, doc: str) -> Callable[[Replica, ValidatedUpdate, StampSequence], bytes | None]:
+        def build(replica: Replica, checked: ValidatedUpdate, stamps: StampSequence) -> bytes | None:
+            claims = [r.id for r in checked.new_reservations]
+            if not claims:
+                return None
+            numbers = [stamps.next() for _ in claims]
+            _, update = write_stamps(replica, doc, self.signing_key(), claims, numbers[0], self.clock_ms())
+            return update
+
+        return build
+
+    async def _update(self, conn: SyncConnection, doc: str, uid: int, update: bytes) -> None:
+        started = time.monotonic()
+        self.updates_in.inc()
+        if not conn.bucket.take():
+            conn.strikes += 1
+            if conn.strikes >= self.limits.flood_strikes:
+                conn.close(CloseCode.TOO_FAST, "too many updates: slow down")
+                return
+            conn.proto.send_error(ErrorCode.RATE_LIMITED, "too many updates: retry later", doc=doc, uid=uid)
+            conn.flush()
+            return
+        conn.strikes = 0
+        if doc not in self.subscribers or conn not in self.subscribers[doc]:
+            # The protocol admits updates for subscribed docs only; a doc whose sync answer was an
+            # error (forbidden, bad doc) never got registered here.
+            conn.proto.send_error(ErrorCode.FORBIDDEN, "not subscribed to this document", doc=doc, uid=uid)
+            conn.flush()
+            return
+
+        def on_durable(result: AppendResult, checked: ValidatedUpdate | None, extra: bytes | None) -> None:
+            self._publish(conn, doc, uid, update, result, checked, extra, started)
+
+        try:
+            applied = await self.manager.submit(
+                doc, update, self._check(doc), self._stamper(doc), on_durable=on_durable
+            )
+        except ValidationError as exc:
+            self.rejections.labels(exc.code).inc()
+            code = ErrorCode.MISSING_DEPS if exc.code == "missing_deps" else ErrorCode.REJECTED
+            conn.proto.send_error(code, f"{exc.code}: {exc.detail}"[:400], doc=doc, uid=uid)
+            conn.flush()
+        except EngineError as exc:
+            self.rejections.labels("malformed").inc()
+            conn.proto.send_error(ErrorCode.REJECTED, f"malformed: {exc}"[:400], doc=doc, uid=uid)
+            conn.flush()
+        except (CapacityError, ManagerClosedError, StoreError) as exc:
+            conn.proto.send_error(
+                ErrorCode.INTERNAL, f"not stored, retry: {type(exc).__name__}", doc=doc, uid=uid
+            )
+            conn.flush()
+        else:
+            if applied.update_seq is None and conn.closing is None and conn.proto.is_live(doc):
+                # A re-send of what the relay already holds: acknowledge it once that is durable.
+                conn.proto.ack(doc, uid, applied.seq)
+                conn.flush()
+
+    def _publish(
+        self,
+        sender: SyncConnection,
+        doc: str,
+        uid: int,
+        update: bytes,
+        result: AppendResult,
+        checked: ValidatedUpdate | None,
+        extra: bytes | None,
+        started: float,
+    ) -> None:
+        """Runs in commit order: ack the sender, then fan the durable bytes out."""
+        subs = self.subscribers.get(doc, {})
+        update_seq = result.seqs[0]
+        if sender.closing is None and sender.proto.is_live(doc):
+            sender.proto.ack(doc, uid, update_seq)
+            sender.flush()
+            self.ack_latency.observe(time.monotonic() - started)
+        data = encode_update(doc, update, update_seq)
+        delivered = 0
+        for conn, base in subs.items():
+            if conn is not sender and update_seq > base and conn.proto.is_live(doc):
+                conn.push(data)
+                delivered += 1
+        if extra is not None and checked is not None and len(result.seqs) > 1:
+            stamp_seq = result.seqs[1]
+            claimed = [r.id for r in checked.new_reservations]
+            stamps = list(zip(result.stamps, claimed, strict=False))
+            self.stamps_issued.inc(len(stamps))
+            stamp_data = encode_stamp(doc, stamp_seq, extra, stamps)
+            for conn, base in subs.items():
+                if stamp_seq > base and conn.proto.is_live(doc):
+                    conn.push(stamp_data)
+                    delivered += 1
+        self.updates_out.inc(delivered)
+
+    # --- revocation --------------------------------------------------------------------------------
+
+    def close_where(self, predicate: Callable[[SyncConnection], bool], code: int, reason: str) -> int:
+        n = 0
+        for conn in list(self.connections):
+            if predicate(conn):
+                conn.close(code, reason)
+                n += 1
+        return n
+
+    def family_revoked(self, family_id: str, user_id: str) -> None:
+        self.close_where(
+            lambda c: c.claims is not None and c.claims.fam == family_id,
+            CloseCode.SESSION_REVOKED,
+            "session revoked: log in again",
+        )
+
+    def user_disabled(self, user_id: str) -> None:
+        self.rights.mark_disabled(user_id)
+        self.close_where(lambda c: c.user == user_id, CloseCode.ACCOUNT_DISABLED, "account disabled")
+
+    async def shutdown(self, grace_s: float = 3.0) -> None:
+        """Stop accepting, tell every client to come back, give writers a moment to flush."""
+        self.stopping = True
+        self.close_where(lambda c: True, CloseCode.GOING_AWAY, "relay restarting: come back shortly")
+        deadline = time.monotonic() + grace_s
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+def highest_stamp(replica: Replica) -> int:
+    """The highest stamp number a loaded document holds, so numbering continues after a restore."""
+    if "stamps" not in replica.roots():
+        return 0
+    return max((int(key) for key in replica.keys("stamps") if key.isdigit()), default=0)

@@ -1,0 +1,302 @@
+"""The sync websocket end to end: a real relay process, real websockets, real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crdt_core.authoring import write_stamps
+from crdt_core.certs import SigningKey
+from crdt_core.engine import Replica
+from crdt_core.messages import CloseCode, ErrorCode
+from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
+from crdt_core.reader import read_bookings
+from crdt_core.schema import SlotTemplate
+from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, cli_json
+from tests.relay.sync_helpers import Account, SyncClient, new_account
+
+DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+SHOP = "shop1"
+DOC = f"bookings:{SHOP}:{DAY}"
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    data = tmp_path_factory.mktemp("relay-sync") / "data"
+    with RelayProcess(data, *GENEROUS_LIMITS) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def http(relay: RelayProcess) -> Iterator[httpx.Client]:
+    with relay.client() as client:
+        yield client
+
+
+async def test_booking_is_stored_acked_stamped_and_fanned_out(
+    relay: RelayProcess, http: httpx.Client
+) -> None:
+    alice, bob = new_account(relay, http), new_account(relay, http)
+    ca = await SyncClient.connect(relay, alice.access)
+    cb = await SyncClient.connect(relay, bob.access, header=False)
+    ra, rb = Replica(), Replica()
+    assert isinstance(await ca.subscribe(DOC, ra), DocSynced)
+    assert isinstance(await cb.subscribe(DOC, rb), DocSynced)
+
+    res, update = alice.author.book(ra, DOC, "s1", 2)
+    answer = await ca.push(DOC, update)
+    assert isinstance(answer, Acked), answer
+    stamp = await ca.next_event(StampReceived)
+    assert [r for _, r in stamp.stamps] == [res.id]
+    ra.apply_update(stamp.update)
+
+    got = await cb.next_event(UpdateReceived)
+    rb.apply_update(got.update)
+    rb.apply_update((await cb.next_event(StampReceived)).update)
+    assert rb.to_py() == ra.to_py()
+    state = read_bookings(rb, DOC)
+    assert state.reservations[res.id].customer == alice.user_id
+    assert [s.reservation for s in state.stamps.values()] == [res.id]
+
+    # A re-send is harmless: acked again, nothing new stored or forwarded.
+    again = await ca.push(DOC, update)
+    assert isinstance(again, Acked)
+    assert again.seq <= stamp.seq
+    await ca.close()
+    await cb.close()
+
+
+async def test_rejections_keep_the_connection_and_store_nothing(
+    relay: RelayProcess, http: httpx.Client
+) -> None:
+    mallory, victim, watcher = new_account(relay, http), new_account(relay, http), new_account(relay, http)
+    doc = f"bookings:shop2:{DAY}"
+    cm = await SyncClient.connect(relay, mallory.access)
+    cw = await SyncClient.connect(relay, watcher.access)
+    rm, rw = Replica(), Replica()
+    await cm.subscribe(doc, rm)
+    await cw.subscribe(doc, rw)
+    await cw.drain_into(rw, quiet=0.2)
+
+    # 1. A reservation in someone else's name (mallory signs, names the victim).
+    from crdt_core.schema import Reservation
+
+    forged = Reservation(id="forged1", slot="s1", party=1, customer=victim.user_id, hlc=mallory.author.hlc())
+    scratch = Replica()
+    scratch.apply_update(rm.encode_state())
+    bad = mallory.author.put(scratch, doc, [(forged, None)])
+    answer = await cm.push(doc, bad)
+    assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED
+    assert answer.reason.startswith("forbidden")
+
+    # 2. A forged stamp (signed by a key the relay does not hold).
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    res, ok_update = mallory.author.book(rm, doc, "s1", 1)
+    assert isinstance(await cm.push(doc, ok_update), Acked)
+    await cm.drain_into(rm, quiet=0.3)
+    fake_relay = SigningKey("not-the-relay", Ed25519PrivateKey.generate())
+    scratch = Replica()
+    scratch.apply_update(rm.encode_state())
+    _, fake = write_stamps(scratch, doc, fake_relay, [res.id], 99, 0)
+    answer = await cm.push(doc, fake)
+    assert isinstance(answer, ErrorReceived) and answer.reason.startswith("bad_signature")
+
+    # 3. A deletion / rewrite of an existing record.
+    scratch = Replica()
+    scratch.apply_update(rm.encode_state())
+    rewrite = scratch.write([("reservations", res.id, b"tampered")])
+    answer = await cm.push(doc, rewrite)
+    assert isinstance(answer, ErrorReceived) and answer.reason.startswith("rewrite")
+
+    # 4. Garbage that is not an update at all.
+    answer = await cm.push(doc, b"\x01\x02\x03")
+    assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED
+
+    # The connection still works: a valid booking goes through.
+    _, good = mallory.author.book(rm, doc, "s1", 1)
+    assert isinstance(await cm.push(doc, good), Acked)
+
+    # The watcher saw only the two valid bookings and their stamps, never a rejected record.
+    await cw.drain_into(rw, quiet=0.5)
+    state = read_bookings(rw, doc)
+    assert "forged1" not in state.reservations
+    assert len(state.reservations) == 2 and len(state.stamps) == 2
+    assert sorted(state.stamps) == [1, 2]
+    await cm.close()
+    await cw.close()
+
+
+async def test_user_doc_of_another_user_is_forbidden(relay: RelayProcess, http: httpx.Client) -> None:
+    a, b = new_account(relay, http), new_account(relay, http)
+    ca = await SyncClient.connect(relay, a.access)
+    answer = await ca.subscribe(f"user:{b.user_id}", Replica())
+    assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.FORBIDDEN
+    mine = await ca.subscribe(f"user:{a.user_id}", Replica())
+    assert isinstance(mine, DocSynced)
+    await ca.close()
+
+
+async def test_booking_carried_by_another_user_is_accepted_and_stamped(
+    relay: RelayProcess, http: httpx.Client
+) -> None:
+    customer, carrier = new_account(relay, http), new_account(relay, http)
+    doc = f"bookings:{SHOP}:{(dt.date.today() + dt.timedelta(days=4)).isoformat()}"
+    phone = Replica()
+    res, _ = customer.author.book(phone, doc, "s1", 1)  # offline, never connects
+    tablet = Replica()
+    tablet.apply_update(phone.encode_state())  # peer sync in the shop
+    ct = await SyncClient.connect(relay, carrier.access)
+    synced = await ct.subscribe(doc, tablet)
+    assert isinstance(synced, DocSynced)
+    answer = await ct.push(doc, tablet.diff(synced.relay_sv))
+    assert isinstance(answer, Acked), answer
+    stamp = await ct.next_event(StampReceived)
+    assert [rid for _, rid in stamp.stamps] == [res.id]
+    await ct.close()
+
+
+async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client) -> None:
+    owner, stranger = new_account(relay, http), new_account(relay, http)
+    cli_json("user", "grant", owner.email, "--owner", "shopx", data_dir=relay.data_dir)
+    await asyncio.sleep(1.5)  # the server picks up CLI changes by polling account events
+    from tests.relay.sync_helpers import login_device
+
+    owner = login_device(relay, http, owner.email)  # a new certificate carries the grant
+    doc = "shop:shopx"
+    tmpl = SlotTemplate(
+        id="s1", service="cut", start="10:00", duration=30, capacity=2, weekdays=None, active=True,
+        hlc=stranger.author.hlc(),
+    )  # fmt: skip
+    cs = await SyncClient.connect(relay, stranger.access)
+    rs = Replica()
+    await cs.subscribe(doc, rs)
+    answer = await cs.push(doc, stranger.author.put(rs, doc, [(tmpl, None)]))
+    assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden")
+    co = await SyncClient.connect(relay, owner.access)
+    ro = Replica()
+    await co.subscribe(doc, ro)
+    tmpl2 = SlotTemplate(
+        id="s1", service="cut", start="10:00", duration=30, capacity=2, weekdays=None, active=True,
+        hlc=owner.author.hlc(),
+    )  # fmt: skip
+    answer = await co.push(doc, owner.author.put(ro, doc, [(tmpl2, None)]))
+    assert isinstance(answer, Acked), answer
+    await cs.close()
+    await co.close()
+
+
+async def test_hostile_frames_close_only_the_offender(relay: RelayProcess, http: httpx.Client) -> None:
+    good = new_account(relay, http)
+    cg = await SyncClient.connect(relay, good.access)
+    rg = Replica()
+    await cg.subscribe(DOC, rg)
+    payloads: list[bytes | str] = [
+        b"\x00\xff\xfe garbage",
+        b"\x85\xa1v\x01",  # truncated msgpack map
+        b"\xdb\xff\xff\xff\xff",  # str32 declaring 4 GiB
+        "a text frame",
+    ]
+    for payload in payloads:
+        bad = await SyncClient.connect(relay, good.access)
+        await bad.send_raw(payload)
+        code, _ = await asyncio.wait_for(bad.closed, 10)
+        assert code in (CloseCode.PROTOCOL_VIOLATION, CloseCode.TOO_BIG), (payload, code)
+        await bad.close()
+    # Unauthenticated: garbage first message, and a client that never authenticates.
+    anon = await SyncClient.connect(relay, None)
+    await anon.send_raw(b"\x92\x01\x02")
+    code, _ = await asyncio.wait_for(anon.closed, 10)
+    assert code in (CloseCode.PROTOCOL_VIOLATION, CloseCode.AUTH_FAILED)
+    silent = await SyncClient.connect(relay, None)
+    code, _ = await asyncio.wait_for(silent.closed, 15)
+    assert code == CloseCode.AUTH_TIMEOUT
+    # Bad token.
+    forged = await SyncClient.connect(relay, "not.a.jwt")
+    code, _ = await asyncio.wait_for(forged.closed, 10)
+    assert code == CloseCode.AUTH_FAILED
+    # The relay and the good client are fine.
+    assert httpx.get(f"{relay.base_url}/healthz").status_code == 200
+    _, update = good.author.book(rg, DOC, "s2", 1)
+    assert isinstance(await cg.push(DOC, update), Acked)
+    await cg.close()
+
+
+async def test_oversized_frame_is_refused(relay: RelayProcess, http: httpx.Client) -> None:
+    acct = new_account(relay, http)
+    c = await SyncClient.connect(relay, acct.access)
+    await c.send_raw(b"\x00" * (2 * 1024 * 1024))
+    code, _ = await asyncio.wait_for(c.closed, 10)
+    assert code == CloseCode.TOO_BIG
+    assert httpx.get(f"{relay.base_url}/healthz").status_code == 200
+
+
+async def test_flood_is_rate_limited(relay: RelayProcess, http: httpx.Client) -> None:
+    acct = new_account(relay, http)
+    c = await SyncClient.connect(relay, acct.access)
+    r = Replica()
+    await c.subscribe(DOC, r)
+    _, update = acct.author.book(r, DOC, "s3", 1)
+    limited = 0
+    closed = False
+    for _ in range(3000):
+        if c.closed.done():
+            closed = True
+            break
+        c._uid += 1
+        c.proto.send_update(DOC, c._uid, update)
+        try:
+            await c.flush()
+        except Exception:
+            closed = True
+            break
+    await asyncio.sleep(1.0)
+    while not c.events.empty():
+        ev = c.events.get_nowait()
+        if isinstance(ev, ErrorReceived) and ev.code == ErrorCode.RATE_LIMITED:
+            limited += 1
+    assert limited > 0 or closed or c.closed.done()
+    assert httpx.get(f"{relay.base_url}/healthz").status_code == 200
+    await c.close()
+
+
+def test_relay_restart_keeps_acked_bookings(tmp_path: Path) -> None:
+    async def book_some(relay: RelayProcess, http: httpx.Client) -> tuple[Account, dict[str, bytes]]:
+        acct = new_account(relay, http)
+        c = await SyncClient.connect(relay, acct.access)
+        r = Replica()
+        await c.subscribe(DOC, r)
+        for i in range(5):
+            _, u = acct.author.book(r, DOC, f"s{i}", 1)
+            assert isinstance(await c.push(DOC, u), Acked)
+        await c.drain_into(r, quiet=0.3)
+        await c.close()
+        return acct, r.to_py()["reservations"]
+
+    async def fetch(relay: RelayProcess, acct: Account) -> Replica:
+        c = await SyncClient.connect(relay, acct.access)
+        r = Replica()
+        await c.subscribe(DOC, r)
+        await c.close()
+        return r
+
+    data = tmp_path / "data"
+    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    try:
+        with relay.client() as http:
+            acct, sent = asyncio.run(book_some(relay, http))
+    finally:
+        relay.proc.kill()  # type: ignore[union-attr]
+        relay.proc.wait()  # type: ignore[union-attr]
+    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    try:
+        again = asyncio.run(fetch(relay, acct))
+        assert again.to_py()["reservations"] == sent
+        assert len(read_bookings(again, DOC).stamps) == 5
+    finally:
+        assert relay.stop() == 0
