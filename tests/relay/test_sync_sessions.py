@@ -20,7 +20,10 @@ DOC = "bookings:shop1:2030-01-15"
 
 
 async def test_expired_access_token_closes_4001_and_refresh_lets_back_in(tmp_path: Path) -> None:
-    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--access-ttl", "2") as relay, relay.client() as http:
+    with (
+        RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--access-ttl", "2") as relay,
+        relay.client() as http,
+    ):
         acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
         assert isinstance(await c.subscribe(DOC, Replica()), DocSynced)
@@ -75,7 +78,9 @@ async def test_sigterm_tells_clients_to_come_back(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10
 
 
-async def _writer(relay: RelayProcess, acct_access: str, author: object, acked: list[str], stop: asyncio.Event) -> None:
+async def _writer(
+    relay: RelayProcess, acct_access: str, author: object, acked: list[str], stop: asyncio.Event
+) -> None:
     """Books as fast as acks come back until the relay dies; records every acknowledged booking."""
     try:
         c = await SyncClient.connect(relay, acct_access)
@@ -102,22 +107,22 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_booking(tmp_path: Path)
     relay = RelayProcess(data, *GENEROUS_LIMITS).start()
     with relay.client() as http:
         accounts = [new_account(relay, http) for _ in range(3)]
-    for round_no in range(kills):
 
-        async def run_round() -> None:
-            stop = asyncio.Event()
-            tasks = []
-            with relay.client() as http:
-                for acct in accounts:
-                    fresh = login_device(relay, http, acct.email)
-                    tasks.append(asyncio.create_task(_writer(relay, fresh.access, fresh.author, acked, stop)))
-            await asyncio.sleep(rng.uniform(0.3, 1.2))
-            relay.proc.kill()  # type: ignore[union-attr]  # SIGKILL mid-traffic
-            await asyncio.sleep(0.2)
-            stop.set()
-            await asyncio.wait(tasks, timeout=15)
+    async def run_round(relay: RelayProcess) -> None:
+        stop = asyncio.Event()
+        tasks = []
+        with relay.client() as http:
+            for acct in accounts:
+                fresh = login_device(relay, http, acct.email)
+                tasks.append(asyncio.create_task(_writer(relay, fresh.access, fresh.author, acked, stop)))
+        await asyncio.sleep(rng.uniform(0.3, 1.2))
+        relay.proc.kill()  # type: ignore[union-attr]  # SIGKILL mid-traffic
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait(tasks, timeout=15)
 
-        asyncio.run(run_round())
+    for _ in range(kills):
+        asyncio.run(run_round(relay))
         relay.proc.wait()  # type: ignore[union-attr]
         relay = RelayProcess(data, *GENEROUS_LIMITS).start()
     assert acked, "no booking was acknowledged: the test proved nothing"
