@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from relay.accounts import User
 
 DEVICE_KEY_BYTES = 32
+CLOCK_SLACK_MS = 5 * 60 * 1000
 
 
 def parse_device_public_key(text: str) -> bytes:
@@ -48,7 +49,9 @@ def issue_device_certificate(
         issue = certs.issue_certificate
     except (ImportError, AttributeError):
         return None
-    issued_at_ms = int((time.time() if now is None else now) * 1000)
+    # Back-dated by the allowed clock skew: a device whose clock runs a little behind the relay's
+    # must not write records that fall before its certificate's start (certificate_expired).
+    issued_at_ms = int((time.time() if now is None else now) * 1000) - CLOCK_SLACK_MS
     cert = issue(
         keys.signing_key(),
         user_id=user.user_id,

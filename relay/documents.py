@@ -535,6 +535,11 @@ class DocumentManager:
         entry = self._entries.get(doc_id)
         return entry is not None and entry.state is LOADED
 
+    def doc_bytes(self, doc_id: str) -> int:
+        """The stored size of a loaded document (0 if not loaded): for the relay's size limit."""
+        entry = self._entries.get(doc_id)
+        return entry.size if entry is not None and entry.state is LOADED else 0
+
     @property
     def loaded_count(self) -> int:
         return sum(1 for entry in self._entries.values() if entry.state is LOADED)

@@ -82,7 +82,23 @@ class SyncExtension:
             await hub.serve(AsgiTransport(ws), bearer_token(ws.headers))
 
     async def start(self, ctx: RelayContext) -> None:
-        self.store = await SQLiteDocumentStore.open(self.config.data_dir)
+        commit_latency = ctx.metrics.histogram(
+            "quickslot_commit_latency_seconds", "Group commit duration (one transaction)"
+        )
+        commit_batch = ctx.metrics.histogram(
+            "quickslot_commit_batch_size",
+            "Appends per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+
+        def on_commit(batch: int, seconds: float) -> None:
+            commit_latency.observe(seconds)
+            commit_batch.observe(batch)
+
+        self.store = await SQLiteDocumentStore.open(self.config.data_dir, on_commit=on_commit)
+        store = self.store
+        compactions = ctx.metrics.gauge("quickslot_compactions", "Compactions since start")
+        compactions.set_function(lambda: float(store.compactions_done))
         self.manager = DocumentManager(
             self.store,
             highest_stamp=highest_stamp,

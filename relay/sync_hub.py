@@ -401,6 +401,11 @@ class SyncHub:
             conn.flush()
             return
         conn.strikes = 0
+        if self.manager.doc_bytes(doc) + len(update) > self.limits.max_doc_bytes:
+            self.rejections.labels("doc_too_large").inc()
+            conn.proto.send_error(ErrorCode.DOC_TOO_LARGE, "document at its size limit", doc=doc, uid=uid)
+            conn.flush()
+            return
         if doc not in self.subscribers or conn not in self.subscribers[doc]:
             # The protocol admits updates for subscribed docs only; a doc whose sync answer was an
             # error (forbidden, bad doc) never got registered here.

@@ -447,6 +447,11 @@ class SQLiteDocumentStore:
             raise StoreClosedError("store is closed")
         self._queue.put_nowait(job)
 
+    @property
+    def compactions_done(self) -> int:
+        """Compactions committed since this store was opened (for the relay's metrics)."""
+        return self._compacted
+
     # --- compaction --------------------------------------------------------------------------
 
     async def compact(self, doc_id: str) -> CompactionResult | None:

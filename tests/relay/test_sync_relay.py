@@ -191,7 +191,16 @@ async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client
     await co.close()
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 async def test_hostile_frames_close_only_the_offender(relay: RelayProcess, http: httpx.Client) -> None:
+    assert relay.proc is not None
+    rss_before = rss_bytes(relay.proc.pid)
     good = new_account(relay, http)
     cg = await SyncClient.connect(relay, good.access)
     rg = Replica()
@@ -220,6 +229,15 @@ async def test_hostile_frames_close_only_the_offender(relay: RelayProcess, http:
     forged = await SyncClient.connect(relay, "not.a.jwt")
     code, _ = await asyncio.wait_for(forged.closed, 10)
     assert code == CloseCode.AUTH_FAILED
+    # Many rounds of garbage from many connections: memory stays bounded.
+    for _ in range(5):
+        batch = [await SyncClient.connect(relay, good.access) for _ in range(20)]
+        for bad in batch:
+            await bad.send_raw(b"\xdd\xff\xff\xff\xff" + b"\x00" * 1000)
+        for bad in batch:
+            await asyncio.wait_for(bad.closed, 10)
+            await bad.close()
+    assert rss_bytes(relay.proc.pid) - rss_before < 64 * 1024 * 1024
     # The relay and the good client are fine.
     assert httpx.get(f"{relay.base_url}/healthz").status_code == 200
     _, update = good.author.book(rg, DOC, "s2", 1)
@@ -300,3 +318,22 @@ def test_relay_restart_keeps_acked_bookings(tmp_path: Path) -> None:
         assert len(read_bookings(again, DOC).stamps) == 5
     finally:
         assert relay.stop() == 0
+
+
+def test_metrics_cover_the_sync_path(relay: RelayProcess) -> None:
+    text = httpx.get(f"{relay.base_url}/metrics").text
+    for name in (
+        "quickslot_connections",
+        "quickslot_loaded_documents",
+        "quickslot_updates_in_total",
+        "quickslot_updates_out_total",
+        "quickslot_sync_bytes_in_total",
+        "quickslot_rejections_total",
+        "quickslot_ack_latency_seconds_bucket",
+        "quickslot_commit_latency_seconds_bucket",
+        "quickslot_compactions",
+        "quickslot_stamps_total",
+        "quickslot_sync_auth_failures_total",
+    ):
+        assert name in text, name
+    assert 'quickslot_rejections_total{reason="forbidden"}' in text

@@ -188,3 +188,23 @@ async def test_operator_stats_and_compact(tmp_path: Path) -> None:
         assert fresh.to_py()["reservations"] == replica.to_py()["reservations"]
     finally:
         assert relay.stop() == 0
+
+
+async def test_document_size_limit(tmp_path: Path) -> None:
+    from crdt_core.messages import ErrorCode
+    from crdt_core.protocol import ErrorReceived
+
+    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--max-doc-bytes", "4000") as relay:
+        with relay.client() as http:
+            acct = new_account(relay, http)
+        c = await SyncClient.connect(relay, acct.access)
+        replica = Replica()
+        await c.subscribe(DOC, replica)
+        answers = []
+        for i in range(20):
+            _, update = acct.author.book(replica, DOC, f"s{i}", 1)
+            answers.append(await c.push(DOC, update))
+        assert isinstance(answers[0], Acked)
+        refused = [a for a in answers if isinstance(a, ErrorReceived)]
+        assert refused and all(a.code == ErrorCode.DOC_TOO_LARGE for a in refused)
+        await c.close()
