@@ -23,7 +23,7 @@ __all__ = ["HybridClock", "Timestamp"]
 
 _MAX_WALL = 10**13 - 1
 _MAX_COUNTER = 999_999
-_RE = re.compile(r"(\d{13})-(\d{6})-([A-Za-z0-9_-]{1,64})\Z")
+_RE = re.compile(r"([0-9]{13})-([0-9]{6})-([A-Za-z0-9_-]{1,64})\Z")
 
 
 @dataclass(frozen=True, order=True, slots=True)

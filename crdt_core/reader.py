@@ -34,6 +34,8 @@ T = TypeVar("T", bound=TypedRecord)
 def read_map(replica: Replica, doc: DocId, root: str) -> dict[str, TypedRecord]:
     """Every parseable record of one map, by key."""
     out: dict[str, TypedRecord] = {}
+    if root not in replica.roots():  # reading a missing map would create it (pycrdt's Doc.get)
+        return out
     for key, raw in replica.items(root):
         try:
             env = open_record(raw)
@@ -46,7 +48,7 @@ def read_map(replica: Replica, doc: DocId, root: str) -> dict[str, TypedRecord]:
 def schema_version_of(replica: Replica, doc: DocId) -> int:
     """The document's schema version: the highest its records were written in (0 if empty)."""
     best = 0
-    for root in doc.roots - {CERTS_ROOT}:
+    for root in (doc.roots - {CERTS_ROOT}) & set(replica.roots()):
         for _, raw in replica.items(root):
             try:
                 best = max(best, open_record(raw).schema_version)

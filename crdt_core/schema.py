@@ -47,8 +47,8 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-_HLC_RE = re.compile(r"\d{13}-\d{6}-[A-Za-z0-9_-]{1,64}\Z")
-_HHMM_RE = re.compile(r"([01]\d|2[0-3]):[0-5]\d\Z")
+_HLC_RE = re.compile(r"[0-9]{13}-[0-9]{6}-[A-Za-z0-9_-]{1,64}\Z")
+_HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 CERTS_ROOT: Final = "certs"
 
 
@@ -122,7 +122,7 @@ def parse_doc_id(text: object) -> DocId:
     if kind == "bookings":
         shop, _, day = rest.partition(":")
         check_id(shop, "shop id")
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
             raise SchemaError("bookings day must be YYYY-MM-DD")
         try:
             date = _dt.date.fromisoformat(day)

@@ -54,7 +54,7 @@ from crdt_core.schema import (
     parse_doc_id,
     parse_record,
 )
-from crdt_core.yupdate import decode_update
+from crdt_core.yupdate import DecodedUpdate, decode_update
 
 __all__ = ["AcceptedRecord", "ArrivalPolicy", "Reason", "Rights", "ValidatedUpdate", "validate_update"]
 
@@ -177,11 +177,20 @@ class _Batch:
         self.certs = certs
         self.new_certs: dict[str, Certificate] = {}
         self.new_reservations: dict[str, Reservation] = {}
+        # Reading a map the document lacks would create it (pycrdt's ``Doc.get``), visibly changing
+        # a replica that validation must leave untouched; so only maps it already has are read.
+        self.roots = frozenset(replica.roots())
+
+    def get_bytes(self, root: str, key: str) -> bytes | None:
+        return self.replica.get_bytes(root, key) if root in self.roots else None
+
+    def has_key(self, root: str, key: str) -> bool:
+        return root in self.roots and self.replica.has_key(root, key)
 
     def certificate(self, cert_id: str) -> Certificate | None:
         if cert_id in self.new_certs:
             return self.new_certs[cert_id]
-        raw = self.replica.get_bytes(CERTS_ROOT, cert_id)
+        raw = self.get_bytes(CERTS_ROOT, cert_id)
         if raw is None:
             return None
         return self.certs.verify(raw)
@@ -189,7 +198,7 @@ class _Batch:
     def reservation(self, res_id: str) -> Reservation | None:
         if res_id in self.new_reservations:
             return self.new_reservations[res_id]
-        raw = self.replica.get_bytes("reservations", res_id)
+        raw = self.get_bytes("reservations", res_id)
         if raw is None:
             return None
         env = open_record(raw)
@@ -260,6 +269,7 @@ def validate_update(
         decoded = decode_update(update)
     except EngineError as exc:
         raise _fail(Reason.MALFORMED, str(exc)) from None
+    _check_struct_runs(decoded)
     clocks = replica.state_clocks()
     for other in decoded.others:
         if other.clock + other.length <= clocks.get(other.client, 0):
@@ -284,7 +294,7 @@ def validate_update(
     for ins in fresh:
         if ins.root not in doc.roots:
             raise _fail(Reason.WRONG_MAP, f"a {doc.kind.value} document has no map {ins.root!r}")
-        if (ins.root, ins.key) in seen or replica.has_key(ins.root, ins.key):
+        if (ins.root, ins.key) in seen or batch.has_key(ins.root, ins.key):
             raise _fail(Reason.REWRITE, f"{ins.root}/{ins.key} already exists")
         seen.add((ins.root, ins.key))
         if not isinstance(ins.value, bytes):
@@ -317,6 +327,10 @@ def validate_update(
         typed.append((ins.root, ins.key, env, rec))
 
     for root, key, env, rec in typed:
+        if isinstance(rec, Stamp) and env.relay_kid is None:
+            # before the signature check: a stamp has no HLC, so a device-signed one would otherwise
+            # be reported as ``certificate_expired`` instead of what it is
+            raise _fail(Reason.RELAY_ONLY, "only the relay stamps")
         author = _check_signature(str(doc), root, key, env, rec, batch, certs)
         if author is None:
             if not isinstance(rec, Stamp):
@@ -324,8 +338,6 @@ def validate_update(
             if batch.reservation(rec.reservation) is None:
                 raise _fail(Reason.UNKNOWN_RESERVATION, f"stamp {rec.no} for an unknown reservation")
         else:
-            if isinstance(rec, Stamp):
-                raise _fail(Reason.RELAY_ONLY, "only the relay stamps")
             rights = Rights.of(author)
             if policy is not None:
                 _check_arrival(author, rec, policy)
@@ -334,6 +346,30 @@ def validate_update(
             _check_rights(doc, rec, rights, batch)
         result.records.append(AcceptedRecord(root, key, env, rec, author))
     return result
+
+
+def _check_struct_runs(decoded: DecodedUpdate) -> None:
+    """Each client's structs in one update must form one gap-free run of clocks, never overlapping.
+
+    An honest encoder writes one block per client. A crafted update can list a client twice: two
+    blocks claiming the same clocks make pycrdt 0.14 store garbage bytes under a validated key, and
+    a second block after a gap slips past the ``missing_deps`` check (which sees only the merged
+    range) and makes the engine integrate structs out of order.
+    """
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for ins in decoded.inserts:
+        runs.setdefault(ins.client, []).append((ins.clock, 1))
+    for other in decoded.others:
+        runs.setdefault(other.client, []).append((other.clock, other.length))
+    for client, spans in runs.items():
+        spans.sort()
+        expected = spans[0][0]
+        for clock, length in spans:
+            if clock != expected:
+                raise _fail(
+                    Reason.MALFORMED, f"client {client}'s structs overlap or leave a gap at clock {clock}"
+                )
+            expected = clock + length
 
 
 def _check_signature(

@@ -173,9 +173,10 @@ def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verd
                     state_now = terminal or ClaimState.CONFIRMED
                 else:
                     blocked = True
-                    waiting += 1
-                    position = waiting
                     state_now = terminal or ClaimState.WAITLISTED
+                    if state_now is ClaimState.WAITLISTED:  # a blocked no-show is not in the queue
+                        waiting += 1
+                        position = waiting
             cv = ClaimVerdict(
                 reservation_id=res.id,
                 slot=slot,
