@@ -158,8 +158,19 @@ class Replica:
             self._maps[root] = found
         return found
 
+    def _existing(self, root: str) -> pycrdt.Map[Any] | None:
+        """The map if the document has it. Reads go through here: pycrdt's ``Doc.get`` creates a
+        missing root, so a plain read would change what ``roots()`` and ``to_py()`` report."""
+        found = self._maps.get(root)
+        if found is not None:
+            return found
+        if root not in self._doc.keys():
+            return None
+        return self._map(root)
+
     def get_bytes(self, root: str, key: str) -> bytes | None:
-        value = self._map(root).get(key)
+        m = self._existing(root)
+        value = None if m is None else m.get(key)
         if value is None:
             return None
         if isinstance(value, (bytes, bytearray)):
@@ -168,18 +179,24 @@ class Replica:
 
     def items(self, root: str) -> Iterator[tuple[str, bytes]]:
         """Every ``(key, bytes)`` of one top-level map; non-bytes values are skipped."""
-        for key, value in self._map(root).items():
+        m = self._existing(root)
+        if m is None:
+            return
+        for key, value in m.items():
             if isinstance(value, (bytes, bytearray)):
                 yield key, bytes(value)
 
     def keys(self, root: str) -> set[str]:
-        return set(self._map(root).keys())
+        m = self._existing(root)
+        return set() if m is None else set(m.keys())
 
     def has_key(self, root: str, key: str) -> bool:
-        return key in self._map(root)
+        m = self._existing(root)
+        return m is not None and key in m
 
     def size(self, root: str) -> int:
-        return len(self._map(root))
+        m = self._existing(root)
+        return 0 if m is None else len(m)
 
     def get_value(self, root: str, key: str) -> Any:
         """A value written with :meth:`set_value`, with the exact type it was written with.
@@ -188,7 +205,8 @@ class Replica:
         as the engine returns them; integral doubles are turned back into ints, because every
         Yjs writer encodes integers that way.
         """
-        value = self._map(root).get(key)
+        m = self._existing(root)
+        value = None if m is None else m.get(key)
         if isinstance(value, (bytes, bytearray)):
             try:
                 return msgpack.unpackb(bytes(value), raw=False, strict_map_key=True)

@@ -581,3 +581,18 @@ def test_msgpack_is_the_value_encoding() -> None:
     r = Replica(1)
     r.set_value("v", "k", {"a": 1})
     assert r.get_bytes("v", "k") == msgpack.packb({"a": 1}, use_bin_type=True)
+
+
+def test_reads_never_create_maps() -> None:
+    replica = Replica(5)
+    assert replica.get_bytes("nope", "k") is None
+    assert list(replica.items("nope")) == []
+    assert replica.keys("nope") == set() and not replica.has_key("nope", "k") and replica.size("nope") == 0
+    assert replica.get_value("nope", "k") is None
+    assert replica.roots() == [] and replica.to_py() == {}
+    replica.write([("m", "k", b"v")])
+    assert replica.roots() == ["m"] and replica.get_bytes("m", "k") == b"v"
+    # A map that arrives through a remote update is readable without a local write.
+    other = Replica(6)
+    other.apply_update(replica.encode_state())
+    assert other.get_bytes("m", "k") == b"v" and other.keys("m") == {"k"}
