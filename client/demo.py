@@ -16,8 +16,8 @@ Exits non-zero if any invariant fails.
 from __future__ import annotations
 
 import sys
-from datetime import date
 from collections.abc import Iterable
+from datetime import date
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

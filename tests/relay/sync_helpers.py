@@ -138,6 +138,7 @@ class SyncClient:
         self.proto.subscribe(doc, replica.state_vector())
         await self.flush()
         event = await self.next_event((DocSynced, ErrorReceived))
+        assert isinstance(event, (DocSynced, ErrorReceived))
         if isinstance(event, DocSynced):
             replica.apply_update(event.update)
         return event
