@@ -4,18 +4,17 @@ The client generates an Ed25519 device key and presents the public half; the rel
 certificate, signed with its active key, binding that device key to the user's id, roles and
 shops, so any replica can check the user's records offline. The certificate format belongs to
 ``crdt_core.certs`` (pure, shared with peers); this module only gathers the user's current rights
-and calls it. ``crdt_core.certs`` is imported lazily: until it exists, no certificate is issued
-and login still works.
+and calls it.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from crdt_core.certs import issue_certificate
 from relay.keys import KeyStore, b64url_decode
 
 if TYPE_CHECKING:
@@ -44,15 +43,10 @@ def issue_device_certificate(
 ) -> bytes | None:
     """Certificate bytes for ``device_public_key`` of ``user``, or ``None`` if the certificate
     module is not available yet."""
-    try:
-        certs = importlib.import_module("crdt_core.certs")
-        issue = certs.issue_certificate
-    except (ImportError, AttributeError):
-        return None
     # Back-dated by the allowed clock skew: a device whose clock runs a little behind the relay's
     # must not write records that fall before its certificate's start (certificate_expired).
     issued_at_ms = int((time.time() if now is None else now) * 1000) - CLOCK_SLACK_MS
-    cert = issue(
+    cert = issue_certificate(
         keys.signing_key(),
         user_id=user.user_id,
         roles=list(user.roles),

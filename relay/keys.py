@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import time
@@ -35,6 +34,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from crdt_core.certs import SigningKey
 
 MANIFEST = "manifest.json"
 LOCKFILE = ".lock"
@@ -203,12 +204,10 @@ class KeyStore:
         ordered = sorted(self._public.values(), key=lambda k: (k.kid != self.active_kid, -k.created_at))
         return {"keys": [info.jwk() for info in ordered]}
 
-    def signing_key(self) -> Any:
-        """The active key as a ``crdt_core.certs.SigningKey`` (imported lazily: that module is
-        written separately, and this keeps the relay importable without it)."""
-        certs = importlib.import_module("crdt_core.certs")
+    def signing_key(self) -> SigningKey:
+        """The active key as crdt_core sees it: it signs device certificates and stamps."""
         key = self.active
-        return certs.SigningKey(kid=key.kid, private=key.private)
+        return SigningKey(kid=key.kid, private=key.private)
 
     # -- rotating --------------------------------------------------------------------------------
 
