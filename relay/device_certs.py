@@ -40,9 +40,8 @@ def issue_device_certificate(
     keys: KeyStore,
     ttl_s: int,
     now: float | None = None,
-) -> bytes | None:
-    """Certificate bytes for ``device_public_key`` of ``user``, or ``None`` if the certificate
-    module is not available yet."""
+) -> bytes:
+    """Certificate bytes binding ``device_public_key`` to ``user`` and the user's current rights."""
     # Back-dated by the allowed clock skew: a device whose clock runs a little behind the relay's
     # must not write records that fall before its certificate's start (certificate_expired).
     issued_at_ms = int((time.time() if now is None else now) * 1000) - CLOCK_SLACK_MS
