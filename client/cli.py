@@ -1,0 +1,897 @@
+"""``quickslot``: the command line of the offline-first client.
+
+Usage: ``quickslot [--home DIR] [--json] COMMAND ...`` (``--home``/``--json`` may also follow the
+command). The profile lives in ``--home``, else ``$QUICKSLOT_HOME``, else ``~/.quickslot``. The
+relay URL given to ``register``/``login`` is remembered in the profile (``cli.json``, no secrets);
+tokens and the device key stay in the secret store (keyring, or a 0600 file;
+``$QUICKSLOT_SECRETS=file`` forces the file). Passwords are read with ``--password-stdin`` (first
+line of stdin) or a prompt; no password or token is ever printed.
+
+Every command is a thin call into :class:`client.local.LocalClient`,
+:class:`client.auth.AuthClient` or :class:`client.sync.SyncService`. Browsing and booking work
+offline; a booking is queued and goes out on the next ``sync`` (that is not an error: exit 0,
+``"queued": true``).
+
+Exit codes (:data:`EXIT_CODES`):
+
+* 0 ok; 1 unexpected failure;
+* 2 usage error (bad arguments, an id or value the schema refuses);
+* 3 authentication needed (not logged in, wrong credentials, session revoked: log in again);
+* 4 rejected (the relay refused: email taken, a queued change set aside, not allowed, not found);
+* 5 relay unreachable (``sync``, ``login``, ``register``; never ``book``, which queues).
+
+JSON output (``--json``): one object on stdout per command, whose required keys and types are
+:data:`SCHEMAS` (a type spec is a type, a tuple of types meaning "one of", ``None`` meaning
+null, a dict for a nested object and a one-element list for an array of that spec). Keys may be
+added in later versions; none listed will be removed or change type. On failure the object is
+``SCHEMAS["error"]``: ``{"error": {"code", "message", "exit_code"}}``. ``sync --watch --json``
+prints one ``SCHEMAS["event"]`` object per line (events of :mod:`client.events`, ``to_dict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+from client.auth import AuthClient, AuthError, LoginRequired, RelayUnavailable, http_base
+from client.events import (
+    BookingEvent,
+    BookingRejected,
+    ClientEvent,
+    LoggedOut,
+    RelayReachable,
+    RelayUnreachable,
+    Synced,
+)
+from client.local import ClientError, InvalidRequest, LocalClient, NotAllowed, NotFound, NotLoggedIn
+from client.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvailability, SlotRow, StaffRow
+from client.secrets import SecretStore
+from client.store import OutboxEntry
+from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService, SyncStopped, SyncSummary
+
+__all__ = ["EXIT_CODES", "SCHEMAS", "CliError", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_REJECTED = 4
+EXIT_UNREACHABLE = 5
+EXIT_CODES: dict[str, int] = {
+    "ok": EXIT_OK,
+    "failure": EXIT_FAILURE,
+    "usage": EXIT_USAGE,
+    "auth": EXIT_AUTH,
+    "rejected": EXIT_REJECTED,
+    "unreachable": EXIT_UNREACHABLE,
+}
+
+CONFIG_FILE = "cli.json"
+
+# --- JSON schemas ---------------------------------------------------------------------------------
+
+_S = str
+_OS = (str, None)
+_OI = (int, None)
+_NUM = (int, float)
+
+CATEGORY: dict[str, Any] = {"id": _S, "name": _S, "icon": _OS}
+SHOP_ROW: dict[str, Any] = {
+    "id": _S, "name": _S, "category": _S, "location": _S, "lat": _NUM, "lon": _NUM,
+    "rating": (int, float, None), "active": bool,
+}  # fmt: skip
+PROFILE: dict[str, Any] = {
+    "name": _S, "description": _S, "address": _S, "lat": _NUM, "lon": _NUM, "image_url": _OS, "hours": _S,
+}  # fmt: skip
+SLOT: dict[str, Any] = {
+    "shop_id": _S, "slot_id": _S, "service": _S, "start": _S, "duration": int, "capacity": int,
+    "weekdays": ([int], None), "active": bool,
+}  # fmt: skip
+STAFF: dict[str, Any] = {"shop_id": _S, "user_id": _S, "role": _S, "active": bool}
+SHOP_DETAIL: dict[str, Any] = {
+    "shop_id": _S, "summary": (SHOP_ROW, None), "profile": (PROFILE, None), "slots": [SLOT], "staff": [STAFF],
+}  # fmt: skip
+AVAILABILITY: dict[str, Any] = {
+    "slot_id": _S, "service": _S, "start": _S, "duration": int, "capacity": int, "seats_taken": int,
+    "seats_left": int, "waitlisted": int, "known": bool,
+}  # fmt: skip
+RESERVATION: dict[str, Any] = {
+    "reservation_id": _S, "shop_id": _S, "day": _S, "slot_id": _S, "customer": _S, "party": int,
+    "note": _OS, "state": _S, "waitlist_position": _OI, "final": bool, "stamp": _OI,
+    "staff_confirmed": bool, "holds_seats": bool, "rejected_code": _OS, "rejected_reason": _OS,
+    "start": _OS, "service": _OS,
+}  # fmt: skip
+EVENT: dict[str, Any] = {"type": _S, "at_ms": int}
+ENTRY: dict[str, Any] = {
+    "id": int, "state": _S, "entity_type": _S, "entity_id": _S, "operation": _S, "doc_id": _S,
+    "created_ms": int, "retry_count": int, "last_error": _OS, "reject_code": _OS, "reject_reason": _OS,
+}  # fmt: skip
+CHANGE: dict[str, Any] = {"reservation": RESERVATION, "queued": bool, "message": _S}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "error": {"error": {"code": _S, "message": _S, "exit_code": int}},
+    "event": EVENT,
+    "register": {"user_id": _S, "email": _S, "relay": _S},
+    "login": {"user_id": _S, "email": _S, "relay": _S, "cert_id": _S},
+    "logout": {"logged_out": bool, "relay": _OS},
+    "whoami": {
+        "user_id": _S,
+        "email": _OS,
+        "relay": _OS,
+        "admin": bool,
+        "owner_of": [_S],
+        "staff_of": [_S],
+        "certificate_expires_ms": int,
+    },  # fmt: skip
+    "categories": {"categories": [CATEGORY]},
+    "shops": {"category": _OS, "shops": [SHOP_ROW]},
+    "shop show": SHOP_DETAIL,
+    "slots": {"shop_id": _S, "day": _S, "known": bool, "slots": [AVAILABILITY]},
+    "book": CHANGE,
+    "cancel": CHANGE,
+    "confirm": CHANGE,
+    "decline": CHANGE,
+    "no-show": CHANGE,
+    "reservations": {"reservations": [RESERVATION]},
+    "sync": {
+        "relay": _S,
+        "epoch": _S,
+        "epoch_changed": bool,
+        "docs": [_S],
+        "applied": int,
+        "sent": int,
+        "acked": int,
+        "rejected": [{"entry_id": int, "code": _S, "reason": _S}],
+        "pending": int,
+        "events": [EVENT],
+    },  # fmt: skip
+    "status": {
+        "logged_in": bool,
+        "user_id": _OS,
+        "relay": _OS,
+        "relay_reachable": (bool, None),
+        "queue_size": int,
+        "pending": int,
+        "rejected": int,
+        "entries": [ENTRY],
+        "last_sync_ms": _OI,
+    },  # fmt: skip
+    "shop create": {**SHOP_DETAIL, "queued": bool},
+    "shop edit": {**SHOP_DETAIL, "queued": bool},
+    "slot add": {"slot": SLOT, "queued": bool},
+    "staff add": {"staff": STAFF, "queued": bool},
+    "category add": {"category": CATEGORY, "queued": bool},
+}
+
+
+class CliError(Exception):
+    """A failure to report with an exit code (and a stable ``code`` for ``--json``)."""
+
+    def __init__(self, exit_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.code = code
+        self.message = message
+
+
+# --- converting rows to JSON ------------------------------------------------------------------------
+
+
+def _category(row: CategoryRow) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "icon": row.icon}
+
+
+def _slot(row: SlotRow) -> dict[str, Any]:
+    return {
+        "shop_id": row.shop_id, "slot_id": row.slot_id, "service": row.service, "start": row.start,
+        "duration": row.duration, "capacity": row.capacity,
+        "weekdays": None if row.weekdays is None else list(row.weekdays), "active": row.active,
+    }  # fmt: skip
+
+
+def _staff(row: StaffRow) -> dict[str, Any]:
+    return {"shop_id": row.shop_id, "user_id": row.user_id, "role": row.role, "active": row.active}
+
+
+def _shop_row(row: Any) -> dict[str, Any]:
+    return {k: getattr(row, k) for k in SHOP_ROW}
+
+
+def _shop_detail(detail: ShopDetail) -> dict[str, Any]:
+    return {
+        "shop_id": detail.shop_id,
+        "summary": None if detail.summary is None else _shop_row(detail.summary),
+        "profile": None if detail.profile is None else {k: getattr(detail.profile, k) for k in PROFILE},
+        "slots": [_slot(s) for s in detail.slots],
+        "staff": [_staff(s) for s in detail.staff],
+    }
+
+
+def _availability(row: SlotAvailability) -> dict[str, Any]:
+    return {k: getattr(row, k) for k in AVAILABILITY}
+
+
+def _reservation(row: ReservationRow) -> dict[str, Any]:
+    out = {k: getattr(row, k) for k in RESERVATION}
+    out["state"] = row.state.value
+    return out
+
+
+def _entry(entry: OutboxEntry) -> dict[str, Any]:
+    return {k: getattr(entry, k) for k in ENTRY}
+
+
+# --- human output ------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "(none)") -> str:
+    """An aligned plain-text table of ``columns`` of ``rows`` (headers upper-cased)."""
+    if not rows:
+        return empty
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    headers = [c.upper() for c in columns]
+    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for line in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def describe_event(event: ClientEvent) -> str:
+    """One line telling the user what happened."""
+    if isinstance(event, BookingEvent):
+        where = f"{event.shop_id} {event.day} {event.slot_id}"
+        text = f"your booking {event.reservation_id} ({where}) is now {event.state.value} ({event.kind})"
+        if event.position is not None and event.state.value == "waitlisted":
+            text += f", waitlist position {event.position}"
+        return text + (", final" if event.final and event.kind != "final" else "")
+    if isinstance(event, BookingRejected):
+        return (
+            f"the relay rejected your {event.entity_type} {event.entity_id} ({event.operation}): "
+            f"{event.code}: {event.reason}"
+        )
+    if isinstance(event, Synced):
+        return f"synced {len(event.docs)} documents with {event.relay_url}; {event.pending} changes pending"
+    if isinstance(event, RelayUnreachable):
+        return f"relay {event.relay_url} unreachable: {event.error}"
+    if isinstance(event, RelayReachable):
+        return f"relay {event.relay_url} reachable again"
+    if isinstance(event, LoggedOut):
+        return f"logged out ({event.reason}): log in again"
+    return event.type
+
+
+# --- the profile ----------------------------------------------------------------------------------------
+
+
+def default_home() -> Path:
+    env = os.environ.get("QUICKSLOT_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".quickslot"
+
+
+def _read_config(home: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((home / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_config(home: Path, **changes: Any) -> None:
+    config = _read_config(home)
+    config.update(changes)
+    path = home / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Ctx:
+    """What a command runs with: the opened profile and the parsed arguments."""
+
+    args: argparse.Namespace
+    home: Path
+    local: LocalClient
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return _read_config(self.home)
+
+    def relay(self, required: bool = True) -> str | None:
+        url = getattr(self.args, "relay", None) or self.config.get("relay")
+        if url is None and required:
+            raise CliError(EXIT_AUTH, "no_relay", "no relay known for this profile: log in with --relay URL")
+        return None if url is None else http_base(str(url))
+
+    def auth(self) -> AuthClient:
+        url = self.relay()
+        assert url is not None
+        return AuthClient(self.local, url)
+
+    def require_login(self) -> None:
+        if self.local.identity is None:
+            raise CliError(EXIT_AUTH, "not_logged_in", "not logged in: run `quickslot login`")
+
+
+def _secret_store(home: Path) -> SecretStore:
+    backend = os.environ.get("QUICKSLOT_SECRETS", "auto")
+    if backend not in ("auto", "keyring", "file"):
+        raise CliError(EXIT_USAGE, "bad_env", "QUICKSLOT_SECRETS must be auto, keyring or file")
+    return SecretStore(home, backend=backend)  # type: ignore[arg-type]
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise CliError(EXIT_USAGE, "no_password", "--password-stdin: no password on stdin")
+        return line
+    if not sys.stdin.isatty():
+        raise CliError(EXIT_USAGE, "no_password", "no terminal to prompt on: use --password-stdin")
+    return getpass.getpass("password: ")
+
+
+def _email(args: argparse.Namespace) -> str:
+    if args.email:
+        return str(args.email)
+    if not sys.stdin.isatty() or args.password_stdin:
+        raise CliError(EXIT_USAGE, "no_email", "--email is required")
+    return input("email: ").strip()
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+Result = tuple[dict[str, Any], str]
+"""A command's JSON object and its human rendering."""
+
+
+async def cmd_register(ctx: Ctx) -> Result:
+    email = _email(ctx.args)
+    password = _password(ctx.args)
+    auth = ctx.auth()
+    name = ctx.args.name or email.split("@", 1)[0]
+    body = await auth.register(email, password, name)
+    _write_config(ctx.home, relay=auth.base_url)
+    data = {"user_id": str(body.get("id", "")), "email": email, "relay": auth.base_url}
+    return data, f"registered {email} ({data['user_id']}) at {auth.base_url}; now run `quickslot login`"
+
+
+async def cmd_login(ctx: Ctx) -> Result:
+    email = _email(ctx.args)
+    password = _password(ctx.args)
+    auth = ctx.auth()
+    result = await auth.login(email, password)
+    _write_config(ctx.home, relay=auth.base_url, email=result.email, user_id=result.user_id)
+    data = {
+        "user_id": result.user_id,
+        "email": result.email,
+        "relay": auth.base_url,
+        "cert_id": result.cert_id,
+    }
+    return data, f"logged in as {result.email} ({result.user_id}) at {auth.base_url}"
+
+
+async def cmd_logout(ctx: Ctx) -> Result:
+    relay = ctx.relay(required=False)
+    if relay is not None:
+        await AuthClient(ctx.local, relay).logout()
+    else:
+        await ctx.local.logout("logged out")
+    _write_config(ctx.home, email=None, user_id=None)
+    return {"logged_out": True, "relay": relay}, "logged out (tokens and device key removed)"
+
+
+async def cmd_whoami(ctx: Ctx) -> Result:
+    ctx.require_login()
+    identity = ctx.local.identity
+    assert identity is not None
+    cert = identity.certificate
+    data = {
+        "user_id": identity.user_id,
+        "email": ctx.config.get("email"),
+        "relay": ctx.relay(required=False),
+        "admin": cert.is_admin,
+        "owner_of": sorted(cert.owner_of),
+        "staff_of": sorted(cert.staff_of),
+        "certificate_expires_ms": cert.expires_at_ms,
+    }
+    roles = ["admin"] if cert.is_admin else []
+    roles += [f"owner of {s}" for s in sorted(cert.owner_of)] + [
+        f"staff of {s}" for s in sorted(cert.staff_of)
+    ]
+    text = f"{data['email'] or identity.user_id} ({identity.user_id}) at {data['relay'] or '-'}"
+    return data, text + (f"; {', '.join(roles)}" if roles else "")
+
+
+async def cmd_categories(ctx: Ctx) -> Result:
+    rows = [_category(c) for c in await ctx.local.categories()]
+    return {"categories": rows}, table(rows, ["id", "name", "icon"], "(no categories: sync first?)")
+
+
+async def cmd_shops(ctx: Ctx) -> Result:
+    rows = [_shop_row(s) for s in await ctx.local.shops(ctx.args.category)]
+    human = table(rows, ["id", "name", "category", "location", "rating"], "(no shops: sync first?)")
+    return {"category": ctx.args.category, "shops": rows}, human
+
+
+async def cmd_shop_show(ctx: Ctx) -> Result:
+    detail = await ctx.local.shop(ctx.args.shop)
+    if detail is None or (detail.summary is None and detail.profile is None):
+        raise NotFound(f"no shop {ctx.args.shop!r} here (subscribed now: run `quickslot sync`)")
+    data = _shop_detail(detail)
+    head = detail.summary or detail.profile
+    lines = [f"{detail.shop_id}: {getattr(head, 'name', '')}"]
+    if detail.summary is not None:
+        lines.append(f"category {detail.summary.category}, {detail.summary.location}")
+    if detail.profile is not None and detail.profile.description:
+        lines.append(detail.profile.description)
+    lines += ["", table(data["slots"], ["slot_id", "service", "start", "duration", "capacity", "active"])]
+    if data["staff"]:
+        lines += ["", table(data["staff"], ["user_id", "role", "active"])]
+    return data, "\n".join(lines)
+
+
+async def cmd_slots(ctx: Ctx) -> Result:
+    rows = await ctx.local.slots(ctx.args.shop, ctx.args.date)
+    data_rows = [_availability(r) for r in rows]
+    known = all(r.known for r in rows) if rows else False
+    human = table(
+        data_rows,
+        ["slot_id", "service", "start", "duration", "capacity", "seats_left", "waitlisted"],
+        "(no slots that day: sync the shop first?)",
+    )
+    if not known:
+        human += "\n(no bookings of this day known here yet; `quickslot sync` fetches them)"
+    return {"shop_id": ctx.args.shop, "day": ctx.args.date, "known": known, "slots": data_rows}, human
+
+
+def _change(row: ReservationRow, verb: str) -> Result:
+    message = f"{verb} {row.reservation_id}: queued, goes to the relay on the next `quickslot sync`"
+    data = {"reservation": _reservation(row), "queued": True, "message": message}
+    state = row.state.value + ("" if row.final else " (tentative)")
+    return data, f"{message}\nstate here: {state}"
+
+
+async def cmd_book(ctx: Ctx) -> Result:
+    ctx.require_login()
+    row = await ctx.local.book(ctx.args.shop, ctx.args.date, ctx.args.slot, party=ctx.args.party)
+    return _change(row, "booked")
+
+
+async def cmd_cancel(ctx: Ctx) -> Result:
+    ctx.require_login()
+    return _change(await ctx.local.cancel(ctx.args.reservation, ctx.args.reason), "cancelled")
+
+
+async def cmd_confirm(ctx: Ctx) -> Result:
+    ctx.require_login()
+    return _change(await ctx.local.confirm(ctx.args.reservation), "confirmed")
+
+
+async def cmd_decline(ctx: Ctx) -> Result:
+    ctx.require_login()
+    return _change(await ctx.local.decline(ctx.args.reservation, ctx.args.reason), "declined")
+
+
+async def cmd_no_show(ctx: Ctx) -> Result:
+    ctx.require_login()
+    return _change(await ctx.local.no_show(ctx.args.reservation), "marked no-show")
+
+
+async def cmd_reservations(ctx: Ctx) -> Result:
+    ctx.require_login()
+    rows = [_reservation(r) for r in await ctx.local.reservations()]
+    human = table(
+        rows, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
+        "(no reservations)",
+    )  # fmt: skip
+    return {"reservations": rows}, human
+
+
+def _drain(local: LocalClient) -> list[ClientEvent]:
+    out: list[ClientEvent] = []
+    while not local.events.empty():
+        out.append(local.events.get_nowait())
+    return out
+
+
+def _service(ctx: Ctx) -> SyncService:
+    ctx.require_login()
+    url = ctx.relay()
+    assert url is not None
+    return SyncService(ctx.local, url, backoff_initial_s=0.5, backoff_max_s=30.0)
+
+
+async def cmd_sync(ctx: Ctx) -> Result:
+    svc = _service(ctx)
+    if ctx.args.watch:
+        return await _watch(ctx, svc)
+    _drain(ctx.local)
+    try:
+        summary: SyncSummary = await svc.sync_once()
+    finally:
+        if svc.last_sync_ms is not None:
+            _write_config(ctx.home, last_sync_ms=svc.last_sync_ms)
+    events = _drain(ctx.local)
+    data = {
+        "relay": summary.relay_url, "epoch": summary.epoch, "epoch_changed": summary.epoch_changed,
+        "docs": list(summary.docs), "applied": summary.applied, "sent": summary.sent,
+        "acked": summary.acked,
+        "rejected": [{"entry_id": i, "code": c, "reason": r} for i, c, r in summary.rejected],
+        "pending": summary.pending, "events": [e.to_dict() for e in events],
+    }  # fmt: skip
+    lines = [describe_event(e) for e in events if not isinstance(e, Synced | RelayReachable)]
+    lines.append(
+        f"synced {len(summary.docs)} documents: {summary.applied} updates in, {summary.acked} changes "
+        f"accepted, {len(summary.rejected)} rejected, {summary.pending} pending"
+    )
+    if summary.rejected:
+        ctx.args.exit_code = EXIT_REJECTED
+    return data, "\n".join(lines)
+
+
+async def _watch(ctx: Ctx, svc: SyncService) -> Result:
+    """Stay in sync until SIGINT/SIGTERM, printing each event as a line (JSON lines with --json)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, svc.stop)
+    task = asyncio.create_task(svc.run())
+    logged_out = False
+
+    def show(event: ClientEvent) -> None:
+        nonlocal logged_out
+        logged_out = logged_out or isinstance(event, LoggedOut)
+        line = json.dumps(event.to_dict(), default=str) if ctx.args.json else describe_event(event)
+        print(line, flush=True)
+        if isinstance(event, Synced):
+            _write_config(ctx.home, last_sync_ms=event.at_ms)
+
+    if not ctx.args.json:
+        print(f"watching {svc.relay_url} (Ctrl-C to stop)", flush=True)
+    while not task.done():
+        getter = asyncio.ensure_future(ctx.local.events.get())
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            show(getter.result())
+        else:
+            getter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getter
+    for event in _drain(ctx.local):
+        show(event)
+    await task
+    if logged_out:
+        raise CliError(EXIT_AUTH, "login_required", "the relay ended the session: log in again")
+    ctx.args.streamed = True
+    return {}, ""
+
+
+async def _reachable(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=2.0) as http:
+            return (await http.get("/healthz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def cmd_status(ctx: Ctx) -> Result:
+    relay = ctx.relay(required=False)
+    counts = await ctx.local.outbox_counts()
+    entries = await ctx.local.pending_entries() + await ctx.local.rejected_entries()
+    reachable = None if relay is None else await _reachable(relay)
+    raw_last = ctx.config.get("last_sync_ms")
+    last = raw_last if isinstance(raw_last, int) else None
+    data = {
+        "logged_in": ctx.local.identity is not None, "user_id": ctx.local.user_id, "relay": relay,
+        "relay_reachable": reachable, "queue_size": counts.total, "pending": counts.pending,
+        "rejected": counts.rejected, "entries": [_entry(e) for e in entries],
+        "last_sync_ms": last,
+    }  # fmt: skip
+    when = "never" if last is None else _dt.datetime.fromtimestamp(last / 1000).isoformat(" ", "seconds")
+    lines = [
+        f"user:      {ctx.local.user_id or '(not logged in)'}",
+        f"relay:     {relay or '-'} ({'reachable' if reachable else 'unreachable' if relay else 'unknown'})",
+        f"queue:     {counts.total} ({counts.pending} pending, {counts.rejected} rejected)",
+        f"last sync: {when}",
+    ]
+    if entries:
+        rows = [
+            {**_entry(e), "why": e.reject_reason or e.last_error, "entity": f"{e.entity_type} {e.entity_id}"}
+            for e in entries
+        ]
+        lines += ["", table(rows, ["id", "state", "entity", "operation", "doc_id", "retry_count", "why"])]
+    return data, "\n".join(lines)
+
+
+async def cmd_shop_create(ctx: Ctx) -> Result:
+    ctx.require_login()
+    a = ctx.args
+    detail = await ctx.local.create_shop(
+        a.shop, name=a.name, category=a.category, location=a.location, lat=a.lat, lon=a.lon,
+        description=a.description, address=a.address, hours=a.hours,
+    )  # fmt: skip
+    return {**_shop_detail(detail), "queued": True}, f"shop {a.shop} created (queued for the relay)"
+
+
+_EDIT_FIELDS = ("name", "category", "location", "lat", "lon", "rating", "active", "description", "address",
+                "hours", "image_url")  # fmt: skip
+
+
+async def cmd_shop_edit(ctx: Ctx) -> Result:
+    ctx.require_login()
+    changes = {f: getattr(ctx.args, f) for f in _EDIT_FIELDS if getattr(ctx.args, f) is not None}
+    if not changes:
+        raise CliError(EXIT_USAGE, "usage", "shop edit: give at least one --field to change")
+    detail = await ctx.local.edit_shop(ctx.args.shop, **changes)
+    text = f"shop {ctx.args.shop} updated ({', '.join(sorted(changes))}; queued for the relay)"
+    return {**_shop_detail(detail), "queued": True}, text
+
+
+async def cmd_slot_add(ctx: Ctx) -> Result:
+    ctx.require_login()
+    a = ctx.args
+    row = await ctx.local.add_slot(
+        a.shop, a.slot, service=a.service, start=a.start, duration=a.duration, capacity=a.capacity,
+        weekdays=a.weekdays,
+    )  # fmt: skip
+    return {"slot": _slot(row), "queued": True}, f"slot {a.slot} of {a.shop} saved (queued for the relay)"
+
+
+async def cmd_staff_add(ctx: Ctx) -> Result:
+    ctx.require_login()
+    row = await ctx.local.add_staff(ctx.args.shop, ctx.args.user_id, role=ctx.args.role)
+    return {
+        "staff": _staff(row),
+        "queued": True,
+    }, f"{row.user_id} is now {row.role} of {row.shop_id} (queued)"
+
+
+async def cmd_category_add(ctx: Ctx) -> Result:
+    ctx.require_login()
+    row = await ctx.local.add_category(ctx.args.id, ctx.args.name, ctx.args.icon)
+    return {"category": _category(row), "queued": True}, f"category {row.id} added (queued for the relay)"
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(EXIT_USAGE, "usage", f"{self.prog}: {message}")
+
+
+def _weekdays(text: str) -> list[int]:
+    try:
+        return [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("weekdays: comma-separated numbers (0 = Monday)") from None
+
+
+def _day(text: str) -> str:
+    try:
+        return _dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError("expected yes or no")
+
+
+Handler = Callable[[Ctx], Awaitable[Result]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="profile directory")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    parser = _Parser(prog="quickslot", description="QuickSlot Sync: offline-first booking client.")
+    parser.add_argument("--home", type=Path, default=None, help="profile directory ($QUICKSLOT_HOME)")
+    parser.add_argument("--json", action="store_true", default=False, help="stable JSON output")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, handler: Handler, help_text: str, schema: str | None = None, **kw: Any) -> Any:
+        p = sub.add_parser(name, parents=[common], help=help_text, **kw)
+        p.set_defaults(handler=handler, schema=schema or name)
+        return p
+
+    def account(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--relay", help="relay URL (remembered in the profile)")
+        p.add_argument("--email")
+        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    p = add("register", cmd_register, "create an account at a relay")
+    account(p)
+    p.add_argument("--name", help="display name (default: the email's local part)")
+    account(add("login", cmd_login, "log in (a fresh device key and certificate)"))
+    add("logout", cmd_logout, "log out and forget tokens and device key")
+    add("whoami", cmd_whoami, "who this profile signs as")
+    add("categories", cmd_categories, "list the categories")
+    p = add("shops", cmd_shops, "list shops")
+    p.add_argument("--category")
+
+    shop = add("shop", cmd_shop_show, "show, create or edit a shop")
+    shop_sub = shop.add_subparsers(dest="shop_command", required=True, parser_class=_Parser)
+
+    def shop_add(name: str, handler: Handler, help_text: str) -> Any:
+        p = shop_sub.add_parser(name, parents=[common], help=help_text)
+        p.set_defaults(handler=handler, schema=f"shop {name}")
+        p.add_argument("shop")
+        return p
+
+    shop_add("show", cmd_shop_show, "a shop's details, slots and staff")
+    p = shop_add("create", cmd_shop_create, "owner/admin: create a shop")
+    p.add_argument("--name", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--location", default="")
+    p.add_argument("--lat", type=float, default=0.0)
+    p.add_argument("--lon", type=float, default=0.0)
+    p.add_argument("--description", default="")
+    p.add_argument("--address")
+    p.add_argument("--hours", default="")
+    p = shop_add("edit", cmd_shop_edit, "staff/owner: change a shop's fields")
+    for f in ("name", "category", "location", "description", "address", "hours", "image-url"):
+        p.add_argument(f"--{f}")
+    for f in ("lat", "lon", "rating"):
+        p.add_argument(f"--{f}", type=float)
+    p.add_argument("--active", type=_bool, metavar="yes|no")
+
+    p = add("slots", cmd_slots, "a shop's slots on a day, with seats left")
+    p.add_argument("shop")
+    p.add_argument("date", type=_day)
+    p = add("book", cmd_book, "book a slot (works offline: queued until the next sync)")
+    p.add_argument("shop")
+    p.add_argument("date", type=_day)
+    p.add_argument("slot")
+    p.add_argument("--party", type=int, default=1)
+    for name, handler, has_reason in (
+        ("cancel", cmd_cancel, True), ("confirm", cmd_confirm, False),
+        ("decline", cmd_decline, True), ("no-show", cmd_no_show, False),
+    ):  # fmt: skip
+        p = add(name, handler, f"{name} a reservation")
+        p.add_argument("reservation")
+        if has_reason:
+            p.add_argument("--reason")
+    add("reservations", cmd_reservations, "your reservations and their state")
+    p = add("sync", cmd_sync, "sync with the relay once (or --watch until interrupted)")
+    p.add_argument("--watch", action="store_true", help="stay connected, printing events as lines")
+    add("status", cmd_status, "queue, rejected changes, last sync, relay reachability")
+
+    p = add("slot", cmd_slot_add, "staff/owner: add or change a slot")
+    slot_sub = p.add_subparsers(dest="slot_command", required=True, parser_class=_Parser)
+    p = slot_sub.add_parser("add", parents=[common], help="offer a slot (same id: replace it)")
+    p.set_defaults(handler=cmd_slot_add, schema="slot add")
+    p.add_argument("shop")
+    p.add_argument("slot")
+    p.add_argument("--service", required=True)
+    p.add_argument("--start", required=True, metavar="HH:MM")
+    p.add_argument("--duration", type=int, required=True, metavar="MIN")
+    p.add_argument("--capacity", type=int, required=True)
+    p.add_argument("--weekdays", type=_weekdays, help="e.g. 0,1,2,3,4 (default: every day)")
+
+    p = add("staff", cmd_staff_add, "owner: name staff")
+    staff_sub = p.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
+    p = staff_sub.add_parser("add", parents=[common], help="name a staff member (or co-owner)")
+    p.set_defaults(handler=cmd_staff_add, schema="staff add")
+    p.add_argument("shop")
+    p.add_argument("user_id")
+    p.add_argument("--role", default="staff", choices=["staff", "owner"])
+
+    p = add("category", cmd_category_add, "admin: add a category")
+    cat_sub = p.add_subparsers(dest="category_command", required=True, parser_class=_Parser)
+    p = cat_sub.add_parser("add", parents=[common], help="add a category")
+    p.set_defaults(handler=cmd_category_add, schema="category add")
+    p.add_argument("id")
+    p.add_argument("name")
+    p.add_argument("--icon")
+    return parser
+
+
+# --- running -----------------------------------------------------------------------------------------------
+
+
+def _classify(exc: BaseException) -> CliError | None:
+    """The exit code and error code of a library exception (None: unexpected)."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, LoginRequired | SyncLoginRequired | NotLoggedIn):
+        return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
+    if isinstance(exc, AuthError):
+        if exc.status == 401:
+            return CliError(EXIT_AUTH, exc.code, f"{exc.code}: {exc.message or 'authentication failed'}")
+        if exc.status in (400, 422):
+            return CliError(EXIT_USAGE, exc.code, str(exc))
+        return CliError(EXIT_REJECTED, exc.code, str(exc))
+    if isinstance(exc, RelayUnavailable | SyncRelayUnreachable):
+        return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
+    if isinstance(exc, SyncStopped):
+        return CliError(EXIT_REJECTED, "relay_stopped", str(exc))
+    if isinstance(exc, InvalidRequest):
+        return CliError(EXIT_USAGE, "invalid", str(exc))
+    if isinstance(exc, NotAllowed):
+        return CliError(EXIT_REJECTED, "not_allowed", str(exc))
+    if isinstance(exc, NotFound):
+        return CliError(EXIT_REJECTED, "not_found", str(exc))
+    if isinstance(exc, ClientError):
+        return CliError(EXIT_FAILURE, "client_error", str(exc))
+    return None
+
+
+def _fail(err: CliError, as_json: bool) -> int:
+    if as_json:
+        payload = {"error": {"code": err.code, "message": err.message, "exit_code": err.exit_code}}
+        print(json.dumps(payload))
+    print(f"quickslot: {err.message}", file=sys.stderr)
+    return err.exit_code
+
+
+async def _run(args: argparse.Namespace) -> int:
+    home = Path(args.home).expanduser() if args.home else default_home()
+    local = await LocalClient.open(home, secret_store=await asyncio.to_thread(_secret_store, home))
+    try:
+        ctx = Ctx(args, home, local)
+        args.exit_code = EXIT_OK
+        args.streamed = False
+        data, human = await args.handler(ctx)
+        if not args.streamed:
+            print(json.dumps(data, default=str) if args.json else human, flush=True)
+        return int(args.exit_code)
+    finally:
+        await local.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (``quickslot = "client.cli:main"``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="quickslot: %(message)s")
+    # The sync service's connection warnings are reported by the commands themselves.
+    logging.getLogger("client.sync").setLevel(logging.ERROR)
+    started = time.monotonic()
+    try:
+        args = build_parser().parse_args(argv)
+        as_json = bool(args.json)
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an exit code
+        err = _classify(exc)
+        if err is None:
+            logging.getLogger(__name__).debug("failed after %.2fs", time.monotonic() - started, exc_info=True)
+            err = CliError(EXIT_FAILURE, "internal", f"{type(exc).__name__}: {exc}")
+        return _fail(err, as_json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
