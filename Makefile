@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck fmt clean thorough bench bench-quick
+.PHONY: demo demo-offline test lint typecheck fmt clean thorough bench bench-quick
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python -m client.demo_e2e
+
+demo-offline: $(STAMP)
 	$(BIN)/python -m client.demo
 
 test: $(STAMP)
