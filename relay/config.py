@@ -16,7 +16,6 @@ Data directory layout (created on first start by :func:`prepare_data_dir`)::
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,25 +215,10 @@ def prepare_data_dir(config: RelayConfig) -> str:
 
 
 def load_or_create_epoch(path: Path) -> str:
-    """Return the epoch stored at ``path``, creating a random one on first use.
+    """The epoch stored at ``path``; one rule for the accounts and the document store, which both
+    read it (``relay.store.base.load_or_create_epoch`` writes it atomically on first use)."""
+    from relay.store.base import load_or_create_epoch as store_epoch
 
-    The new epoch is written to a temporary file and hard-linked into place, which either
-    publishes a complete file or fails because another process won the race; no reader ever
-    sees a half-written epoch.
-    """
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(16) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    epoch = path.read_text(encoding="ascii").strip()
-    if not epoch:
-        raise RuntimeError(f"epoch file {path} is empty; restore it or delete the data directory")
-    return epoch
+    if path.name != "epoch":
+        raise ValueError(f"the epoch file is DIR/epoch, not {path}")
+    return store_epoch(path.parent)
