@@ -326,6 +326,9 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
         # Frames over the sync protocol's message limit are refused by the websocket layer
         # itself (close 1009) before a byte of them is parsed.
         ws_max_size=config.sync.max_message,
+        # Compressing every fan-out frame for every subscriber cost the relay ~40% of its CPU per
+        # delivery and its p99 latency at 50 clients went 5.8 ms -> 95 ms (benchmarks, relay suite).
+        ws_per_message_deflate=False,
         lifespan="on",
         log_config=None,
         access_log=True,

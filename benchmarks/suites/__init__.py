@@ -40,4 +40,11 @@ def _crdt() -> Suite:
     )
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"crdt": _crdt}
+def _relay() -> Suite:
+    from benchmarks.suites import relay
+
+    built: Suite = relay.suite()
+    return built
+
+
+SUITES: dict[str, Callable[[], Suite]] = {"crdt": _crdt, "relay": _relay}

@@ -1,0 +1,82 @@
+"""Install the y-websocket server (Node) into the suite's cache, ``bench-results/.node``.
+
+Why the suite installs it itself: issue 6 asks for baselines "installed by the suite", and the
+npm packages are not project files (``bench-results/`` is ignored by git). The first run calls
+``npm install`` once (a few seconds); later runs find the cache and skip it.
+
+Which package: y-websocket 3.x no longer ships a server (``npm view y-websocket bin`` is empty);
+the server moved to ``@y/websocket-server``. Its newest releases (0.1.2 and later) require the
+Yjs 14 prerelease; 0.1.1 is the last one on stable Yjs 13, the Yjs that pycrdt and y-py
+interoperate with and the one deployed y-websocket servers run, so that is the one pinned here.
+Its ``utils.js`` imports ``y-leveldb`` unconditionally (used only with ``YPERSISTENCE``), so that
+optional dependency is installed too; ``ws`` is the version range the package declares.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+__all__ = ["PACKAGES", "NodeUnavailable", "ensure_y_websocket", "installed_versions"]
+
+PACKAGES = {
+    "@y/websocket-server": "0.1.1",
+    "yjs": "^13.6.0",
+    "ws": "^6.2.1",
+    "y-leveldb": "^0.1.0",
+}
+
+
+class NodeUnavailable(RuntimeError):
+    """Node or npm is missing, or the install failed: the y-websocket baseline is skipped."""
+
+
+def _module_dir(cache: Path) -> Path:
+    return cache / "node_modules"
+
+
+def installed_versions(cache: Path) -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        pkg = _module_dir(cache) / name / "package.json"
+        try:
+            out[name] = json.loads(pkg.read_text(encoding="utf-8"))["version"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
+
+
+def ensure_y_websocket(cache: Path, timeout: float = 300.0) -> Path:
+    """Return the ``node_modules`` directory holding @y/websocket-server, installing it if needed.
+
+    Raises:
+        NodeUnavailable: no ``node``/``npm`` on PATH, or ``npm install`` failed.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise NodeUnavailable("node and npm are not both on PATH")
+    cache.mkdir(parents=True, exist_ok=True)
+    if set(installed_versions(cache)) == set(PACKAGES):
+        return _module_dir(cache)
+    manifest = cache / "package.json"
+    if not manifest.exists():
+        manifest.write_text(json.dumps({"name": "quickslot-bench-node", "private": True}) + "\n")
+    specs = [f"{name}@{version}" for name, version in PACKAGES.items()]
+    try:
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--no-save", "--ignore-scripts", *specs],
+            cwd=cache,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NodeUnavailable(f"npm install failed: {exc}") from exc
+    if done.returncode != 0 or set(installed_versions(cache)) != set(PACKAGES):
+        raise NodeUnavailable(
+            f"npm install failed ({done.returncode}): {(done.stderr or done.stdout)[-800:]}"
+        )
+    return _module_dir(cache)

@@ -1,0 +1,451 @@
+"""The servers the relay suite compares, each started as a real process on a free loopback port.
+
+* ``quickslot``: the relay itself, ``python -m relay.cli serve`` (uvicorn, FastAPI's websocket,
+  SQLite with ``synchronous=FULL``: it acknowledges only durable updates), with the sync limits
+  raised through its own flags so the benchmark measures work, not rate limiting.
+* ``quickslot direct no-deflate``: the same ``SyncHub`` served straight from ``websockets``
+  (:mod:`benchmarks.relay_bench.direct_server`), reading accounts and keys from the relay's data
+  directory, with its own document store: DESIGN's ASGI-versus-direct experiment. Its clients do
+  not offer permessage-deflate, so it compares with the ``quickslot no-deflate`` lane (the ASGI
+  relay, same clients): the transport is the only difference.
+* ``quickslot direct batched no-deflate``: the same, writing every frame a connection has
+  queued in one event-loop turn with one syscall (what serving from ``websockets`` makes
+  possible and ASGI does not).
+* ``y-websocket``: the reference Yjs server on Node (:mod:`benchmarks.relay_bench.node` installs
+  it), in-memory only.
+* ``pycrdt-websocket``: pycrdt's ``WebsocketServer`` under uvicorn, in-memory only.
+
+A subject that cannot run here (no Node, pycrdt-websocket not installable) is *unavailable*: the
+suite reports it as such and goes on with the others. QuickSlot itself must always run.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from benchmarks.relay_bench.loadgen import Dialect
+from benchmarks.relay_bench.node import NodeUnavailable, ensure_y_websocket, installed_versions
+from benchmarks.relay_bench.payloads import Identity
+from benchmarks.relay_bench.procs import ServerProcess, free_port
+
+__all__ = [
+    "BASELINE",
+    "SUBJECTS",
+    "PycrdtWebsocket",
+    "QuickSlotAsgi",
+    "QuickSlotDirect",
+    "Subject",
+    "Unavailable",
+    "YWebsocket",
+    "ensure_pycrdt_websocket",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINES = REPO / "benchmarks" / "baselines"
+NODE_CACHE = REPO / "bench-results" / ".node"
+
+QUICKSLOT, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET = (
+    "quickslot", "quickslot direct no-deflate", "y-websocket", "pycrdt-websocket"
+)  # fmt: skip
+BATCHED = "quickslot direct batched no-deflate"
+SUBJECTS = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
+BASELINE = Y_WEBSOCKET
+
+#: Test-only Argon2 cost (1 MiB, 1 pass): account setup is not what the suite measures.
+FAST_HASH_ARGS = ["--argon2-memory-kib", "1024", "--argon2-iterations", "1", "--argon2-lanes", "1"]
+#: Every benchmark client comes from 127.0.0.1, so the per-address auth limits are raised.
+AUTH_LIMIT_ARGS = [
+    "--login-rate-address", "1000000/60", "--login-rate-account", "1000000/60",
+    "--register-rate-address", "1000000/60",
+]  # fmt: skip
+#: Sync limits raised for measuring: updates per second and burst per connection, documents per
+#: connection, connections, and a send queue deep enough for a 10,000-update catch-up burst.
+SYNC_LIMIT_ARGS = [
+    "--sync-rate", "1000000", "--sync-burst", "1000000", "--max-docs", "100000",
+    "--max-connections", "100000", "--send-queue-bytes", str(256 * 1024 * 1024),
+    "--idle-unload", "86400", "--max-message", str(4 * 1024 * 1024),
+]  # fmt: skip
+PASSWORD = "benchmark password 1"
+
+
+class Unavailable(RuntimeError):
+    """This subject cannot run on this machine (the reason is reported in the results)."""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("QUICKSLOT_RELAY_DATA", None)
+    env.pop("YPERSISTENCE", None)
+    return env
+
+
+def ensure_pycrdt_websocket() -> str:
+    """Return pycrdt-websocket's version, installing it into this interpreter's env if missing.
+
+    Raises:
+        Unavailable: pip could not install it.
+    """
+    if importlib.util.find_spec("pycrdt.websocket") is None:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "pycrdt-websocket"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise Unavailable(f"pip install pycrdt-websocket failed: {exc}") from exc
+        importlib.invalidate_caches()
+        if done.returncode != 0 or importlib.util.find_spec("pycrdt.websocket") is None:
+            raise Unavailable(f"pip install pycrdt-websocket failed: {(done.stderr or done.stdout)[-500:]}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pycrdt-websocket")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Subject(ABC):
+    """One server under test; ``process`` is the PID whose CPU and memory are measured."""
+
+    name: str
+    dialect: Dialect
+    process: ServerProcess
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    def stop(self) -> int | None:
+        return self.process.stop() if getattr(self, "process", None) is not None else None
+
+    @abstractmethod
+    def url(self, doc: str) -> str: ...
+
+    def version(self) -> str:
+        return ""
+
+    def token(self, client: int) -> str | None:
+        return None
+
+
+# --- QuickSlot ------------------------------------------------------------------------------------
+
+
+def _post(base: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class QuickSlotAsgi(Subject):
+    name = QUICKSLOT
+    dialect: Dialect = "quickslot"
+
+    def __init__(self, workdir: Path, *, extra_args: list[str] | None = None) -> None:
+        super().__init__(workdir)
+        self.data = workdir / "quickslot-data"
+        self.extra_args = extra_args or []
+        self.identities: list[Identity] = []
+
+    def start(self) -> None:
+        self.port = free_port()
+        argv = [
+            sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--data", str(self.data), "--log-level", "WARNING",
+            *FAST_HASH_ARGS, *AUTH_LIMIT_ARGS, *SYNC_LIMIT_ARGS, *self.extra_args,
+        ]  # fmt: skip
+        self.process = ServerProcess(
+            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / "quickslot.log"
+        ).start()
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:  # noqa: S310
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"relay not healthy:\n{self.process.log_tail()}")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, doc: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/sync"
+
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("quickslot-sync")
+        except PackageNotFoundError:
+            return "dev"
+
+    def ensure_identities(self, n: int) -> list[Identity]:
+        """Register and log in accounts until there are ``n``, each with a certified device key."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from crdt_core.authoring import Author
+        from crdt_core.certs import DeviceKey, public_bytes
+        from crdt_core.hlc import HybridClock
+
+        while len(self.identities) < n:
+            i = len(self.identities)
+            email = f"bench{i}-{os.getpid()}@example.com"
+            status, body = _post(
+                self.base,
+                "/api/v1/auth/register",
+                {"email": email, "password": PASSWORD, "display_name": f"B{i}"},
+            )
+            if status not in (201, 409):
+                raise RuntimeError(f"register failed: {status} {body}")
+            key = Ed25519PrivateKey.generate()
+            status, body = _post(
+                self.base,
+                "/api/v1/auth/login",
+                {"email": email, "password": PASSWORD, "device_public_key": _b64url(public_bytes(key))},
+            )
+            if status != 200:
+                raise RuntimeError(f"login failed: {status} {body}")
+            user_id = body["user"]["id"]
+            cert = _b64url_decode(body["device_certificate"])
+            author = Author(user_id, DeviceKey(key, cert), HybridClock(user_id[:32]))
+            self.identities.append(Identity(user_id, email, body["access_token"], author))
+        return self.identities[:n]
+
+    def token(self, client: int) -> str | None:
+        return self.identities[client].access
+
+    def metric(self, name: str) -> float | None:
+        """One unlabelled value from ``/metrics`` (e.g. ``quickslot_loaded_documents``)."""
+        try:
+            with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as r:  # noqa: S310
+                text = r.read().decode()
+        except (OSError, urllib.error.URLError):
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+
+class QuickSlotDirect(Subject):
+    """Needs a running :class:`QuickSlotAsgi` for its accounts, keys and identities."""
+
+    name = DIRECT
+    dialect: Dialect = "quickslot"
+
+    def __init__(
+        self, workdir: Path, relay: QuickSlotAsgi, *, name: str = DIRECT, extra_args: list[str] | None = None
+    ) -> None:
+        super().__init__(workdir)
+        self.name = name
+        self.relay = relay
+        self.extra_args = extra_args or []
+        self.tag = "".join(c for c in name if c.isalnum())
+
+    def start(self) -> None:
+        self.port = free_port()
+        limits = [a for a in SYNC_LIMIT_ARGS]
+        argv = [
+            sys.executable, "-m", "benchmarks.relay_bench.direct_server", "--host", "127.0.0.1",
+            "--port", str(self.port), "--data", str(self.relay.data),
+            "--docs", str(self.workdir / f"{self.tag}-docs"), *limits, *self.extra_args,
+        ]  # fmt: skip
+        self.process = ServerProcess(
+            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / f"{self.tag}.log"
+        ).start()
+
+    def url(self, doc: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/sync"
+
+    def version(self) -> str:
+        return self.relay.version()
+
+    def token(self, client: int) -> str | None:
+        return self.relay.token(client)
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+
+class YWebsocket(Subject):
+    name = Y_WEBSOCKET
+    dialect: Dialect = "yjs"
+
+    def start(self) -> None:
+        try:
+            modules = ensure_y_websocket(NODE_CACHE)
+        except NodeUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+        self.port = free_port()
+        argv = [
+            "node",
+            str(BASELINES / "y_websocket_server.mjs"),
+            "--modules",
+            str(modules),
+            "--port",
+            str(self.port),
+        ]
+        self.process = ServerProcess(
+            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / "y-websocket.log"
+        ).start()
+
+    def url(self, doc: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/{doc}"
+
+    def version(self) -> str:
+        v = installed_versions(NODE_CACHE)
+        server = v.get("@y/websocket-server", "?")
+        return f"@y/websocket-server {server}, yjs {v.get('yjs', '?')}, ws {v.get('ws', '?')}"
+
+
+class PycrdtWebsocket(Subject):
+    name = PYCRDT_WEBSOCKET
+    dialect: Dialect = "yjs"
+
+    def start(self) -> None:
+        self._version = ensure_pycrdt_websocket()
+        self.port = free_port()
+        argv = [sys.executable, str(BASELINES / "pycrdt_websocket_server.py"), "--port", str(self.port)]
+        self.process = ServerProcess(
+            self.name,
+            argv,
+            port=self.port,
+            cwd=REPO,
+            env=_env(),
+            log_path=self.workdir / "pycrdt-websocket.log",
+        ).start()
+
+    def url(self, doc: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/{doc}"
+
+    def version(self) -> str:
+        return f"pycrdt-websocket {getattr(self, '_version', '?')}"
+
+
+# --- a run's servers --------------------------------------------------------------------------------
+
+NO_DEFLATE = "quickslot no-deflate"
+
+
+class Lane:
+    """A named subject of a workload: a server plus how clients talk to it.
+
+    ``quickslot no-deflate`` is the ``quickslot`` server driven by clients that do not offer
+    permessage-deflate (so no compression is negotiated): the same process, a different lane.
+    """
+
+    def __init__(self, name: str, subject: Subject, compression: bool = True) -> None:
+        self.name = name
+        self.subject = subject
+        self.compression = compression
+
+
+class Fleet:
+    """Start the servers a workload compares (QuickSlot first: the direct server needs its data
+    directory), remember which are unavailable and why, and stop them all by PID at the end."""
+
+    def __init__(self, workdir: Path, lanes: tuple[str, ...]) -> None:
+        self.workdir = workdir
+        self.wanted = lanes
+        self.lanes: dict[str, Lane] = {}
+        self.unavailable: dict[str, str] = {}
+        self.relay: QuickSlotAsgi | None = None
+        self._started: list[Subject] = []
+        self.exit_codes: dict[str, int | None] = {}
+
+    def start(self) -> Fleet:
+        relay = QuickSlotAsgi(self.workdir)
+        relay.start()  # QuickSlot must run: a failure here is the workload's error
+        self._started.append(relay)
+        self.relay = relay
+        for name in self.wanted:
+            if name == QUICKSLOT:
+                self.lanes[name] = Lane(name, relay)
+            elif name == NO_DEFLATE:
+                self.lanes[name] = Lane(name, relay, compression=False)
+            else:
+                subject: Subject
+                compression = True
+                if name == DIRECT:
+                    subject = QuickSlotDirect(self.workdir, relay)
+                    compression = False
+                elif name == BATCHED:
+                    subject = QuickSlotDirect(
+                        self.workdir, relay, name=BATCHED, extra_args=["--batch-writes"]
+                    )
+                    compression = False
+                elif name == Y_WEBSOCKET:
+                    subject = YWebsocket(self.workdir)
+                elif name == PYCRDT_WEBSOCKET:
+                    subject = PycrdtWebsocket(self.workdir)
+                else:
+                    raise ValueError(f"unknown subject {name}")
+                try:
+                    subject.start()
+                except Unavailable as exc:
+                    self.unavailable[name] = str(exc)
+                    continue
+                except Exception as exc:  # a baseline that will not start is reported, not fatal
+                    if name in (DIRECT, BATCHED):
+                        raise
+                    self.unavailable[name] = f"failed to start: {exc}"[:500]
+                    continue
+                self._started.append(subject)
+                self.lanes[name] = Lane(name, subject, compression=compression)
+        return self
+
+    def versions(self) -> dict[str, str]:
+        return {name: lane.subject.version() for name, lane in self.lanes.items()}
+
+    def stop(self) -> None:
+        for subject in reversed(self._started):
+            self.exit_codes[subject.name] = subject.stop()
+        self._started.clear()
+
+    def __enter__(self) -> Fleet:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,205 @@
+"""The relay benchmark suite itself: a tiny run must start real servers and produce sane output.
+
+Why a test: the relay suite starts processes, installs a Node baseline and drives websocket
+clients from worker processes; any refactor of the relay (flags, protocol, the hub's pieces the
+direct server reuses) could silently break it (issue 6: "so the harness itself cannot silently
+break"). This asserts structure and sanity, never a time. QuickSlot's own lanes always run; the
+baseline checks skip, with the reason, where Node/npm or pycrdt-websocket cannot be had.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.harness import Progress, RunConfig
+from benchmarks.relay_bench import experiments as ex, servers
+from benchmarks.relay_bench.node import NodeUnavailable
+from benchmarks.relay_bench.payloads import (
+    YJS_UPDATE,
+    YjsWriter,
+    marker,
+    marker_of,
+    parse_marker,
+    read_varuint,
+    varuint,
+    yjs_message,
+    yjs_payload,
+)
+from benchmarks.relay_bench.table import headline
+from benchmarks.report import load_run
+from benchmarks.runner import run
+from benchmarks.suites import SUITES, relay as relay_suite
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+QUICKSLOT_LANES = (servers.QUICKSLOT, servers.NO_DEFLATE, servers.DIRECT)
+FANOUT_ONLY = (servers.BATCHED,)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    assert "relay" in SUITES
+    out = tmp_path_factory.mktemp("relay-bench")
+    stream = io.StringIO()
+    config = RunConfig(suites=("relay",), scale="tiny", repeat=1, command="test relay tiny")
+    data = run(config, out, Progress(stream=stream))
+    return out, data, stream.getvalue()
+
+
+def _rows(data: dict[str, Any], subject: str) -> list[dict[str, Any]]:
+    return [r for r in data["results"] if r["subject"] == subject]
+
+
+def test_every_workload_ran_quickslot_and_its_lanes(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    _, data, _ = tiny_run
+    names = [w.name for w in relay_suite.workloads({})]
+    assert list(data["workloads"]) == names
+    for r in data["results"]:
+        assert r["status"] != "error", (r["workload"], r["subject"], r["note"])
+    for name in names:
+        lanes: tuple[str, ...] = (servers.QUICKSLOT,)
+        if name.startswith("docs"):
+            lanes = QUICKSLOT_LANES
+        elif name.startswith("fanout"):
+            lanes = QUICKSLOT_LANES + FANOUT_ONLY
+        for lane in lanes:
+            (row,) = [r for r in data["results"] if r["workload"] == name and r["subject"] == lane]
+            assert row["status"] == "ok", (name, lane, row["note"])
+            assert row["samples"] and all(s > 0 and math.isfinite(s) for s in row["samples"])
+            assert row["stats"]["p99"] >= row["stats"]["p50"] > 0
+
+
+def test_fanout_rounds_delivered_everything_and_measured_the_server(
+    tiny_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, data, _ = tiny_run
+    for r in data["results"]:
+        if r["workload"] != "fanout_cpu" or r["status"] != "ok":
+            continue
+        shape = r["extra"]["shape"]
+        assert shape["deliveries"] == shape["clients"] * shape["updates_per_client"] * (shape["clients"] - 1)
+        for rnd in r["extra"]["rounds"]:
+            assert rnd["complete"] and rnd["deliveries"] == rnd["expected_deliveries"] == shape["deliveries"]
+            assert rnd["server_cpu_s"] > 0 and rnd["peak_rss"] > 10 * 2**20
+            assert rnd["bytes_sent"] > 0 and rnd["bytes_recv"] > rnd["bytes_sent"]
+            assert 0 < rnd["latency"]["p50"] <= rnd["latency"]["p99"] < 30
+            assert "kept" not in rnd["latency"]
+            assert rnd["notes"] == []
+    (p50,) = [
+        r for r in data["results"] if r["workload"] == "fanout_p50" and r["subject"] == servers.QUICKSLOT
+    ]
+    assert 0 < len(p50["extra"]["latency_samples"]) <= ex.LATENCY_SAMPLES_KEPT
+    # QuickSlot's updates really were validated and stamped: the catch-up answer held every record.
+    (catch,) = [
+        r for r in data["results"] if r["workload"] == "catch_up" and r["subject"] == servers.QUICKSLOT
+    ]
+    assert catch["extra"]["records"] == catch["size"] and catch["extra"]["sync_bytes"] > 0
+    (idle,) = [
+        r for r in data["results"] if r["workload"] == "idle_memory" and r["subject"] == servers.QUICKSLOT
+    ]
+    assert idle["extra"]["loaded_documents"] is None or idle["extra"]["loaded_documents"] >= idle["size"]
+
+
+def test_json_markdown_plots_and_headline_table(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    out, data, progress = tiny_run
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert saved["config"]["suites"] == ["relay"] and saved["config"]["scale"] == "tiny"
+    assert saved["machine"]["cpu_count"] and "load_average" in saved["machine"]
+    assert len(saved["targets"]) == len(relay_suite.TARGETS)
+    assert all(t["met"] is None for t in saved["targets"])  # tiny sizes never judge a target
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    for name, meta in data["workloads"].items():
+        assert meta["title"] in summary
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        assert f"relay/{name} n=" in progress
+    assert "fan-out n=" in progress and "round 1/1" in progress
+    table = headline(load_run(out))
+    assert "### Fan-out" in table and "### Memory per idle loaded document" in table
+    assert servers.QUICKSLOT in table and servers.DIRECT in table
+
+
+def _baseline_or_skip(data: dict[str, Any], subject: str) -> list[dict[str, Any]]:
+    rows = _rows(data, subject)
+    assert rows, subject
+    unavailable = [r for r in rows if r["status"] == "unsupported"]
+    if unavailable:
+        assert all(r["note"].startswith("unavailable: ") for r in unavailable)
+        pytest.skip(f"{subject} {unavailable[0]['note']}")
+    return rows
+
+
+def test_y_websocket_baseline_ran_and_ratios_use_it(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("y-websocket baseline needs node and npm on PATH")
+    _, data, _ = tiny_run
+    rows = _baseline_or_skip(data, servers.Y_WEBSOCKET)
+    assert all(r["status"] == "ok" for r in rows), [(r["workload"], r["note"]) for r in rows]
+    assert "@y/websocket-server" in rows[0]["extra"]["version"]
+    ratios = {(r["workload"], r["subject"]): r for r in data["ratios"]}
+    for name in data["workloads"]:
+        assert data["workloads"][name]["baseline"] == servers.Y_WEBSOCKET
+        assert ratios[(name, servers.Y_WEBSOCKET)]["ratio"] == 1.0
+        quick = ratios[(name, servers.QUICKSLOT)]["ratio"]
+        assert quick is not None and quick > 0 and math.isfinite(quick)
+
+
+def test_pycrdt_websocket_baseline_ran(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    _, data, _ = tiny_run
+    rows = _baseline_or_skip(data, servers.PYCRDT_WEBSOCKET)
+    assert all(r["status"] == "ok" for r in rows), [(r["workload"], r["note"]) for r in rows]
+    assert rows[0]["extra"]["version"].startswith("pycrdt-websocket ")
+
+
+def test_a_missing_baseline_is_reported_unavailable_and_quickslot_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_node(cache: Path, timeout: float = 0) -> Path:
+        raise NodeUnavailable("node and npm are not both on PATH")
+
+    monkeypatch.setattr(servers, "ensure_y_websocket", no_node)
+    with servers.Fleet(tmp_path, (servers.QUICKSLOT, servers.Y_WEBSOCKET)) as fleet:
+        assert fleet.unavailable == {servers.Y_WEBSOCKET: "node and npm are not both on PATH"}
+        assert list(fleet.lanes) == [servers.QUICKSLOT]
+        assert fleet.relay is not None and fleet.relay.process.alive()
+        (identity,) = fleet.relay.ensure_identities(1)
+        assert identity.access
+    assert fleet.exit_codes[servers.QUICKSLOT] == 0  # stopped by PID with SIGTERM, cleanly
+
+
+def test_an_incomplete_fanout_is_reported_as_diverged_not_timed() -> None:
+    config = RunConfig(suites=("relay",), scale="tiny", repeat=1)
+    shape = ex.FanoutShape(4, 5, 10.0)
+    done = {
+        "complete": True, "deliveries": 60, "expected_deliveries": 60, "throughput_per_s": 100.0,
+        "offered_per_s": 120.0, "server_cpu_s": 0.1, "cpu_per_delivery_s": 0.1 / 60, "peak_rss": 1,
+        "bytes_sent": 1, "bytes_recv": 2, "update_bytes_median": 300, "notes": [],
+        "latency": {"n": 60, "p50": 0.001, "p99": 0.002},
+    }  # fmt: skip
+    lost = {**done, "complete": False, "deliveries": 41, "notes": ["2 connections closed by the server"]}
+    fake = relay_suite.FanoutRun(shape, rounds={servers.QUICKSLOT: [lost], servers.Y_WEBSOCKET: [done]})
+    fake.unavailable = {n: "not in this test" for n in relay_suite.FANOUT_LANES if n not in fake.rounds}
+    config.__dict__["_relay_experiments"] = {("fanout", 4): fake}
+    (cpu,) = [w for w in relay_suite.workloads({}) if w.name == "fanout_cpu"]
+    rows = {r.subject: r for r in cpu.run(4, config, Progress(enabled=False))}
+    assert rows[servers.QUICKSLOT].status == "diverged" and rows[servers.QUICKSLOT].samples == []
+    assert "41 of 60" in rows[servers.QUICKSLOT].note
+    assert rows[servers.Y_WEBSOCKET].status == "ok" and rows[servers.Y_WEBSOCKET].samples == [0.1 / 60]
+    assert rows[servers.PYCRDT_WEBSOCKET].status == "unsupported"
+
+
+def test_markers_and_yjs_framing_round_trip() -> None:
+    mark = marker(123, 45_678).encode()
+    assert parse_marker(b"xx" + mark + b"yy", 2) == (123, 45_678)
+    for n in (0, 1, 127, 128, 300, 2**21 + 5):
+        assert read_varuint(varuint(n) + b"\xff", 0) == (n, len(varuint(n)))
+    update = b"\x01\x02" + mark + b"\x00" * 300
+    message = yjs_message(YJS_UPDATE, update)
+    assert message[:2] == b"\x00\x02" and yjs_payload(message) == update
+    writer = YjsWriter(client_id=7, value_size=300)
+    assert marker_of(writer.update(9, 3)) == (9, 3)
