@@ -26,10 +26,10 @@ thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks run
+	$(BIN)/python -m benchmarks run --suite crdt,relay
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks run --quick
+	$(BIN)/python -m benchmarks run --suite crdt,relay --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

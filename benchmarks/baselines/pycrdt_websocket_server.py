@@ -2,7 +2,9 @@
 
 pycrdt-websocket's ``WebsocketServer`` (one ``YRoom`` per path, y-protocols sync) behind its
 ``ASGIServer`` on uvicorn with the same websocket implementation the QuickSlot relay uses
-(``websockets-sansio``), so the two differ in what they do per message, not in the socket layer.
+(``websockets-sansio``) and, like the relay, without permessage-deflate (uvicorn's default is on;
+compressing every frame for every recipient would dominate its CPU), so the two differ in what
+they do per message, not in the socket layer.
 Rooms are kept when their last client leaves (``auto_clean_rooms=False``): the suite measures
 idle loaded documents, and pycrdt-websocket without a store would otherwise forget them.
 It persists nothing (no YStore), like the y-websocket baseline.
@@ -28,6 +30,7 @@ async def main(host: str, port: int) -> None:
         host=host,
         port=port,
         ws="websockets-sansio",
+        ws_per_message_deflate=False,
         lifespan="on",
         log_level="warning",
         access_log=False,

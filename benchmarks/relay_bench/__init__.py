@@ -10,7 +10,7 @@
 * :mod:`.experiments`: fan-out, many documents, catch-up, idle documents;
 * :mod:`.procs`: processes, ports, ``/proc`` readings.
 
-``python -m benchmarks.relay_bench run [--quick]`` runs the suite through the standard runner
-(until the suite is registered in ``benchmarks/suites/__init__.py``, this entry registers it);
-``python -m benchmarks.relay_bench table DIR`` prints the headline table of a saved run.
+``python -m benchmarks run --suite relay [--quick]`` runs the suite (registered in
+``benchmarks/suites/__init__.py``; ``python -m benchmarks.relay_bench run`` is the same);
+``python -m benchmarks.relay_bench table DIR`` prints the headline tables of a saved run.
 """

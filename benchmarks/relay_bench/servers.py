@@ -3,14 +3,14 @@
 * ``quickslot``: the relay itself, ``python -m relay.cli serve`` (uvicorn, FastAPI's websocket,
   SQLite with ``synchronous=FULL``: it acknowledges only durable updates), with the sync limits
   raised through its own flags so the benchmark measures work, not rate limiting.
-* ``quickslot direct no-deflate``: the same ``SyncHub`` served straight from ``websockets``
+* ``quickslot direct``: the same ``SyncHub`` served straight from ``websockets``
   (:mod:`benchmarks.relay_bench.direct_server`), reading accounts and keys from the relay's data
-  directory, with its own document store: DESIGN's ASGI-versus-direct experiment. Its clients do
-  not offer permessage-deflate, so it compares with the ``quickslot no-deflate`` lane (the ASGI
-  relay, same clients): the transport is the only difference.
-* ``quickslot direct batched no-deflate``: the same, writing every frame a connection has
-  queued in one event-loop turn with one syscall (what serving from ``websockets`` makes
-  possible and ASGI does not).
+  directory, with its own document store: DESIGN's ASGI-versus-direct experiment. Like the relay
+  (``relay/cli.py`` serves with ``ws_per_message_deflate=False``), it refuses permessage-deflate,
+  so the transport is the only difference.
+* ``quickslot direct batched``: the same, writing every frame a connection has queued in one
+  event-loop turn with one syscall (what serving from ``websockets`` makes possible and ASGI
+  does not).
 * ``y-websocket``: the reference Yjs server on Node (:mod:`benchmarks.relay_bench.node` installs
   it), in-memory only.
 * ``pycrdt-websocket``: pycrdt's ``WebsocketServer`` under uvicorn, in-memory only.
@@ -55,10 +55,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "benchmarks" / "baselines"
 NODE_CACHE = REPO / "bench-results" / ".node"
 
-QUICKSLOT, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET = (
-    "quickslot", "quickslot direct no-deflate", "y-websocket", "pycrdt-websocket"
-)  # fmt: skip
-BATCHED = "quickslot direct batched no-deflate"
+QUICKSLOT, DIRECT, BATCHED = "quickslot", "quickslot direct", "quickslot direct batched"
+Y_WEBSOCKET, PYCRDT_WEBSOCKET = "y-websocket", "pycrdt-websocket"
 SUBJECTS = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
 BASELINE = Y_WEBSOCKET
 
@@ -362,15 +360,11 @@ class PycrdtWebsocket(Subject):
 
 # --- a run's servers --------------------------------------------------------------------------------
 
-NO_DEFLATE = "quickslot no-deflate"
-
 
 class Lane:
-    """A named subject of a workload: a server plus how clients talk to it.
-
-    ``quickslot no-deflate`` is the ``quickslot`` server driven by clients that do not offer
-    permessage-deflate (so no compression is negotiated): the same process, a different lane.
-    """
+    """A named subject of a workload: a server plus how clients talk to it (``compression``:
+    whether they offer permessage-deflate; they do, as websockets and browsers do by default,
+    and each server's own configuration decides)."""
 
     def __init__(self, name: str, subject: Subject, compression: bool = True) -> None:
         self.name = name
@@ -399,19 +393,14 @@ class Fleet:
         for name in self.wanted:
             if name == QUICKSLOT:
                 self.lanes[name] = Lane(name, relay)
-            elif name == NO_DEFLATE:
-                self.lanes[name] = Lane(name, relay, compression=False)
             else:
                 subject: Subject
-                compression = True
                 if name == DIRECT:
-                    subject = QuickSlotDirect(self.workdir, relay)
-                    compression = False
+                    subject = QuickSlotDirect(self.workdir, relay, extra_args=["--no-deflate"])
                 elif name == BATCHED:
                     subject = QuickSlotDirect(
-                        self.workdir, relay, name=BATCHED, extra_args=["--batch-writes"]
+                        self.workdir, relay, name=BATCHED, extra_args=["--no-deflate", "--batch-writes"]
                     )
-                    compression = False
                 elif name == Y_WEBSOCKET:
                     subject = YWebsocket(self.workdir)
                 elif name == PYCRDT_WEBSOCKET:
@@ -429,7 +418,7 @@ class Fleet:
                     self.unavailable[name] = f"failed to start: {exc}"[:500]
                     continue
                 self._started.append(subject)
-                self.lanes[name] = Lane(name, subject, compression=compression)
+                self.lanes[name] = Lane(name, subject)
         return self
 
     def versions(self) -> dict[str, str]:

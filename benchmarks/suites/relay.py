@@ -21,15 +21,15 @@ relay's validation, stamping, durable group commit and fan-out are what is measu
 servers get map inserts of a byte string of the same size. y-websocket and pycrdt-websocket
 persist nothing; QuickSlot acknowledges only what SQLite has committed (``synchronous=FULL``).
 
-Subjects: ``quickslot`` (``python -m relay.cli serve``), ``quickslot no-deflate`` (the same
-process, driven by clients that do not offer permessage-deflate), ``quickslot direct no-deflate``
-(the same ``SyncHub`` on the ``websockets`` library without ASGI, DESIGN's experiment: compare it
-with ``quickslot no-deflate``, the transport being the only difference), ``quickslot direct
-batched no-deflate`` (the same, writing each connection's queued frames with one syscall per
-event-loop turn, which only the direct server can do; fan-out only), the baseline
-``y-websocket`` and ``pycrdt-websocket``. Clients otherwise offer permessage-deflate, as the
-``websockets`` library and browsers do by default; uvicorn accepts it (QuickSlot,
-pycrdt-websocket), y-websocket's ``ws`` server declines it.
+Subjects: ``quickslot`` (``python -m relay.cli serve``), ``quickslot direct`` (the same
+``SyncHub`` on the ``websockets`` library without ASGI: DESIGN's experiment, the transport being
+the only difference), ``quickslot direct batched`` (the same, writing each connection's queued
+frames with one syscall per event-loop turn, which only the direct server can do; fan-out only),
+the baseline ``y-websocket`` and ``pycrdt-websocket``. Clients offer permessage-deflate, as the
+``websockets`` library and browsers do by default; no server here accepts it (the relay serves
+with ``ws_per_message_deflate=False`` since this suite measured what it cost: 125 against 73 µs
+of CPU per delivery and a p99 of 95 against 5.8 ms at 50 clients; y-websocket's ``ws`` server
+declines it by default; the pycrdt-websocket script turns it off in uvicorn likewise).
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ from benchmarks.relay_bench.servers import (
     BASELINE,
     BATCHED,
     DIRECT,
-    NO_DEFLATE,
     PYCRDT_WEBSOCKET,
     QUICKSLOT,
     Y_WEBSOCKET,
@@ -75,8 +74,8 @@ suite_description = (
     "(issue 4's Measure section)"
 )
 
-FANOUT_LANES = (QUICKSLOT, NO_DEFLATE, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
-DOCS_LANES = (QUICKSLOT, NO_DEFLATE, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
+FANOUT_LANES = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
+DOCS_LANES = (QUICKSLOT, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
 MEMORY_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
 #: Rounds per subject are capped: each round is seconds of live traffic with thousands of samples.
 MAX_ROUNDS = 3
