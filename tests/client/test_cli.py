@@ -24,11 +24,9 @@ import pytest
 
 from client.cli import SCHEMAS
 from tests.relay.auth_helpers import (
-    FAST_HASH_ARGS,
-    GENEROUS_LIMITS,
     PASSWORD,
     REPO,
-    RelayProcess,
+    FixedPortRelay,
     _env,
     free_port,
     run_cli,
@@ -134,32 +132,6 @@ class Cli:
         assert login["user_id"] == reg["user_id"] and login["relay"] == relay_url
         assert PASSWORD not in json.dumps(login)
         return str(login["user_id"])
-
-
-class FixedPortRelay(RelayProcess):
-    """A relay that comes back on the same port after a stop (the profiles remember the URL)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir, *GENEROUS_LIMITS)
-        self.fixed_port = free_port()
-
-    def start(self, timeout: float = 30.0) -> RelayProcess:
-        self.port = self.fixed_port
-        for _attempt in range(20):
-            args = [
-                sys.executable, "-m", "relay.cli", "serve", "--host", self.host, "--port", str(self.port),
-                "--data", str(self.data_dir), *FAST_HASH_ARGS, *self.extra,
-            ]  # fmt: skip
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=log, stderr=log)
-            if self._wait_healthy(timeout):
-                return self
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"relay did not start:\n{self.log_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")

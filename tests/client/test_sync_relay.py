@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -35,14 +33,11 @@ from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
 from tests.relay.auth_helpers import (
-    FAST_HASH_ARGS,
     GENEROUS_LIMITS,
     PASSWORD,
-    REPO,
+    FixedPortRelay,
     RelayProcess,
-    _env,
     cli_json,
-    free_port,
     unique_email,
 )
 
@@ -50,32 +45,6 @@ DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
 
 OPENED: list[LocalClient] = []
-
-
-class FixedPortRelay(RelayProcess):
-    """A relay that always listens on the same port, so clients see it "come back"."""
-
-    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
-        super().__init__(data_dir, *GENEROUS_LIMITS, *extra)
-        self.fixed_port = port or free_port()
-
-    def start(self, timeout: float = 30.0) -> RelayProcess:
-        self.port = self.fixed_port
-        for _attempt in range(20):
-            args = [
-                sys.executable, "-m", "relay.cli", "serve", "--host", self.host, "--port", str(self.port),
-                "--data", str(self.data_dir), *FAST_HASH_ARGS, *self.extra,
-            ]  # fmt: skip
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=log, stderr=log)
-            if self._wait_healthy(timeout):
-                return self
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-                break
-            time.sleep(0.2)  # the port may still be held by the previous process
-        raise RuntimeError(f"relay did not start on port {self.port}:\n{self.log_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")

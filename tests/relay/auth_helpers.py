@@ -195,3 +195,29 @@ def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+class FixedPortRelay(RelayProcess):
+    """A relay that always listens on the same port, so clients see it "come back"."""
+
+    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+        super().__init__(data_dir, *GENEROUS_LIMITS, *extra)
+        self.fixed_port = port or free_port()
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        self.port = self.fixed_port
+        for _attempt in range(20):
+            args = [
+                sys.executable, "-m", "relay.cli", "serve", "--host", self.host, "--port", str(self.port),
+                "--data", str(self.data_dir), *FAST_HASH_ARGS, *self.extra,
+            ]  # fmt: skip
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=log, stderr=log)
+            if self._wait_healthy(timeout):
+                return self
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+                break
+            time.sleep(0.2)  # the port may still be held by the previous process
+        raise RuntimeError(f"relay did not start on port {self.port}:\n{self.log_text()[-4000:]}")
