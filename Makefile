@@ -25,11 +25,18 @@ test: $(STAMP)
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks run --suite crdt,relay
+# The optional baselines (y-py, loro, pycrdt-websocket by pip; yjs by npm into bench-results/.node).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -c "from benchmarks.adapters.yjs_adapter import ensure_yjs; ensure_yjs()" || echo "yjs baseline unavailable (no node/npm): skipped"
+	touch $(BENCH_STAMP)
 
-bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks run --suite crdt,relay --quick
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks run --suite engine,domain,relay,client
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks run --suite engine,domain,relay,client --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

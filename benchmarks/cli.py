@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.adapters import ADAPTERS, load_adapters
+from benchmarks.adapters import ADAPTERS, close_adapters, load_adapters
 from benchmarks.harness import Progress, RunConfig, Scale
 from benchmarks.report import load_run, write_report
 from benchmarks.runner import default_out_dir, run
-from benchmarks.suites import SUITES
+from benchmarks.suites import ALIASES, SUITES
 
 __all__ = ["main"]
 
@@ -31,10 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="run benchmark suites and write JSON, markdown and plots")
-    p_run.add_argument("--suite", default="crdt", help=f"comma-separated suites ({', '.join(SUITES)})")
+    aliases = ", ".join(f"{a} = {'+'.join(real)}" for a, real in ALIASES.items())
+    p_run.add_argument(
+        "--suite",
+        default="engine,domain",
+        help=f"comma-separated suites ({', '.join(SUITES)}; aliases: {aliases}); default engine,domain",
+    )
     scale = p_run.add_mutually_exclusive_group()
     scale.add_argument(
-        "--quick", action="store_true", help="smaller sizes and 2 repeats: minutes, not tens of"
+        "--quick",
+        action="store_true",
+        help="smaller sizes, trace prefixes only, 2 repeats: minutes, not tens of",
     )
     scale.add_argument("--tiny", action="store_true", help="smoke-test sizes (checks the harness, not speed)")
     p_run.add_argument(
@@ -70,6 +77,9 @@ def _list() -> int:
         print(f"  {name} {adapter.version()}: {adapter.notes}")
     for name, why in missing.items():
         print(f"  {name}: unavailable, {why}")
+    for alias, real in ALIASES.items():
+        print(f"alias {alias}: {', '.join(real)}")
+    close_adapters(adapters)
     for suite_name, factory in SUITES.items():
         suite = factory()
         print(f"suite {suite_name}: {suite.description}")

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar
 __all__ = [
     "Check",
     "Diverged",
+    "TimedOut",
     "Progress",
     "Result",
     "RunConfig",
@@ -45,10 +46,16 @@ OK = "ok"
 DIVERGED = "diverged"
 UNSUPPORTED = "unsupported"
 ERROR = "error"
+TIMEOUT = "timeout"
+"""A subject that exceeded its time limit: reported as a result (how far it got), not a crash."""
 
 
 class Diverged(Exception):
     """A convergence or equality check failed: the subject's result is wrong, so its time is void."""
+
+
+class TimedOut(Exception):
+    """A run exceeded the subject's time limit; the subject is reported as ``timeout``."""
 
 
 Check = Callable[[Any], None]
@@ -204,16 +211,23 @@ class Trial:
     check: Check | None = None
     ops: int = 1
     """Operations per run; samples are stored per operation."""
+    clock: Callable[[], float] = time.perf_counter
+    """Where the timed region is read from: the engine adapter's clock (Node's own for Yjs)."""
 
 
-def _timed_once(setup: Callable[[], T], run: Callable[[T], Any], check: Check | None) -> float:
+def _timed_once(
+    setup: Callable[[], T],
+    run: Callable[[T], Any],
+    check: Check | None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     state = setup()
     gc.collect()
     gc.disable()
     try:
-        t0 = time.perf_counter()
+        t0 = clock()
         out = run(state)
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
     finally:
         gc.enable()
     if check is not None:
@@ -221,28 +235,57 @@ def _timed_once(setup: Callable[[], T], run: Callable[[T], Any], check: Check | 
     return elapsed
 
 
-def run_trials(trials: Sequence[Trial], repeat: int, progress: Progress, warmup: int = 1) -> list[Result]:
-    """Run every trial ``warmup + repeat`` times, interleaved; a failed check voids that trial only."""
+def run_trials(
+    trials: Sequence[Trial],
+    repeat: int,
+    progress: Progress,
+    warmup: int = 1,
+    limit_s: float | None = None,
+    budget_s: float | None = None,
+) -> list[Result]:
+    """Run every trial ``warmup + repeat`` times, interleaved; a failed check voids that trial only.
+
+    ``limit_s``: a trial one of whose runs took longer stops there; it keeps the samples it has
+    and ``extra["over_limit_s"]`` says so, which the workloads use to skip that subject at larger
+    sizes (reported as ``timeout``) instead of spending minutes on a superlinear engine.
+    ``budget_s``: a trial whose runs so far add up to more stops sampling early (at least one
+    sample), with a note; the rest of the trials go on.
+    """
     from benchmarks.adapters import Unsupported
 
     active = list(trials)
+    spent = {id(t): 0.0 for t in trials}
     for round_no in range(warmup + repeat):
         # Rotate the order every round: whichever trial runs right after another's big
         # allocations pays for it (page faults, cold caches), so no subject should always be first.
         shift = round_no % len(active) if active else 0
         for trial in active[shift:] + active[:shift]:
+            result = trial.result
             try:
-                elapsed = _timed_once(trial.setup, trial.run, trial.check)
+                elapsed = _timed_once(trial.setup, trial.run, trial.check, trial.clock)
             except Diverged as exc:
-                trial.result.status, trial.result.note, trial.result.samples = DIVERGED, str(exc), []
+                result.status, result.note, result.samples = DIVERGED, str(exc), []
                 active.remove(trial)
                 continue
             except Unsupported as exc:
-                trial.result.status, trial.result.note, trial.result.samples = UNSUPPORTED, str(exc), []
+                result.status, result.note, result.samples = UNSUPPORTED, str(exc), []
                 active.remove(trial)
                 continue
-            if round_no >= warmup:
-                trial.result.samples.append(elapsed / trial.ops)
+            except TimedOut as exc:
+                result.status, result.note, result.samples = TIMEOUT, str(exc), []
+                active.remove(trial)
+                continue
+            spent[id(trial)] += elapsed
+            if round_no >= warmup or limit_s is not None and elapsed > limit_s:
+                # A warm-up run over the limit is the only sample there will be: keep it.
+                result.samples.append(elapsed / trial.ops)
+            if limit_s is not None and elapsed > limit_s:
+                result.extra["over_limit_s"] = limit_s
+                result.note = f"one run took {elapsed:.1f} s, over the {limit_s:g} s limit: sampling stopped"
+                active.remove(trial)
+            elif budget_s is not None and spent[id(trial)] > budget_s and result.samples:
+                result.note = f"{len(result.samples)} samples: the {budget_s:g} s budget was spent"
+                active.remove(trial)
     for trial in trials:
         progress.result(trial.result)
     return [trial.result for trial in trials]

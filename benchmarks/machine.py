@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["load_average", "machine_info"]
 
-_DISTRIBUTIONS = ("quickslot-sync", "pycrdt", "y-py", "msgpack", "cryptography", "matplotlib")
+_DISTRIBUTIONS = ("quickslot-sync", "pycrdt", "y-py", "loro", "msgpack", "cryptography", "matplotlib")
 
 
 def load_average() -> list[float] | None:

@@ -11,6 +11,7 @@ is faster (or smaller) than the baseline.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,18 @@ def render_markdown(data: dict[str, Any], plots: Iterable[str] = ()) -> str:
         "Machine: " + _machine_line(data),
         "",
     ]
+    if data.get("engines"):
+        lines += ["Engines:", ""]
+        for name, engine_version in data["engines"].items():
+            note = data.get("engine_notes", {}).get(name, "")
+            lines.append(f"* `{name}` {engine_version}" + (f": {note}" if note else ""))
+        lines.append("")
     if data.get("engines_skipped"):
         skipped = ", ".join(f"{k} ({v})" for k, v in data["engines_skipped"].items())
         lines += [f"Engines skipped: {skipped}.", ""]
+    attributions = sorted({m["attribution"] for m in data["workloads"].values() if m.get("attribution")})
+    for text in attributions:
+        lines += [f"Data: {text}", ""]
     lines += [
         "Ratios are medians over the baseline's median at the same size, in the same run: below 1x "
         "is faster (or smaller). `diverged` means the engine's result failed the workload's "
@@ -151,10 +161,14 @@ def render_markdown(data: dict[str, Any], plots: Iterable[str] = ()) -> str:
 
     ratios = {(r["workload"], r["size"], r["subject"]): r for r in data.get("ratios", [])}
     results = _results(data)
+    suite_seen: str | None = None
     for name, meta in data["workloads"].items():
         rows = [r for r in results if r.workload == name]
         if not rows:
             continue
+        if meta.get("suite") and meta["suite"] != suite_seen:
+            suite_seen = meta["suite"]
+            lines += [f"# Suite `{suite_seen}`", ""]
         baseline = meta.get("baseline")
         lines += [f"## {meta['title']}", "", f"`{name}`: {meta['description']}", ""]
         if baseline:
@@ -187,6 +201,10 @@ def render_markdown(data: dict[str, Any], plots: Iterable[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def _median(values: list[float]) -> float:
+    return float(stats(values)["median"])
+
+
 def _extra_note(r: Result) -> str:
     e = r.extra
     bits = []
@@ -199,6 +217,29 @@ def _extra_note(r: Result) -> str:
     if e.get("merge_seconds"):
         merge = sorted(e["merge_seconds"])[len(e["merge_seconds"]) // 2]
         bits.append(f"merge_updates alone {fmt_seconds(merge)}")
+    if e.get("merge_phase_seconds"):
+        bits.append(f"merging {fmt_seconds(_median(e['merge_phase_seconds']))}")
+    if e.get("sync_seconds"):
+        bits.append(f"sync alone {fmt_seconds(_median(e['sync_seconds']))}")
+    if "update_bytes_per_edit" in e:
+        bits.append(f"{e['update_bytes_per_edit']:.0f} B/update")
+    if "update_bytes_per_client" in e:
+        bits.append(f"{e['update_bytes_per_client']:.0f} B/update")
+    if "doc_bytes" in e:
+        bits.append(f"document {e['doc_bytes']:,} B")
+    if "proof" in e:
+        bits.append(f"content proved by {e['proof']}")
+    if "confirmed" in e and "waitlisted" in e:
+        bits.append(
+            f"{e['confirmed']:,} confirmed, {e['waitlisted']:,} waitlisted "
+            f"({e['seats']:,} seats for {e['seats_asked']:,} asked)"
+        )
+    if "compaction_ratio" in e:
+        bits.append(
+            f"log/compacted {e['compaction_ratio']:.3f}x; fold {fmt_seconds(min(e['fold_seconds']))}"
+        )
+    if "updates" in e:
+        bits.append(f"{e['updates']:,} updates")
     if e.get("read_seconds") and e.get("compute_seconds"):
         read = sorted(e["read_seconds"])[len(e["read_seconds"]) // 2]
         compute = sorted(e["compute_seconds"])[len(e["compute_seconds"]) // 2]
@@ -247,7 +288,7 @@ def render_plots(data: dict[str, Any], out_dir: Path) -> list[str]:
                 points = sorted((r.size, stats(r.samples)) for r in rows if r.subject == subject)
                 xs = [p[0] for p in points]
                 line = ax.plot(xs, [p[1]["median"] * scale for p in points], marker="o", label=subject)
-                if name == "validation":
+                if name in ("validation", "booking"):  # latency workloads with a p99 target
                     ax.plot(
                         xs,
                         [p[1]["p99"] * scale for p in points],
@@ -257,8 +298,16 @@ def render_plots(data: dict[str, Any], out_dir: Path) -> list[str]:
                     )
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("n (reservations or updates, log)")
-            ax.set_ylabel(f"median {unit} (log)")
+            ax.set_xlabel("n (log): reservations, edits, clients or updates", fontsize=8)
+            ax.set_ylabel(f"median {unit} (log)", fontsize=8)
+            if rows[0].metric == "time":
+                ax.annotate(
+                    "per-op cost: flat = linear growth, rising = superlinear",
+                    xy=(0.01, 0.01),
+                    xycoords="axes fraction",
+                    fontsize=6,
+                    color="0.4",
+                )
         else:
             medians = [
                 stats(next(r for r in rows if r.subject == s).samples)["median"] * scale for s in subjects
@@ -266,13 +315,17 @@ def render_plots(data: dict[str, Any], out_dir: Path) -> list[str]:
             ax.barh(subjects, medians)
             ax.set_xlabel(f"median {unit}, n={sizes[0]:,}")
             ax.invert_yaxis()
-        ax.set_title(meta["title"], fontsize=9)
+        ax.set_title(textwrap.fill(meta["title"], 80), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if len(sizes) > 1:
             ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{name}.png", pil_kwargs={"optimize": True})
+        # Fixed margins, not tight_layout: measuring every label's extent took most of the report's
+        # time (seconds per run), and the harness test renders every plot.
+        longest = max(len(s) for s in subjects) if len(sizes) == 1 else 0
+        left = max(0.11, min(0.6, 0.04 + 0.0095 * longest))
+        fig.subplots_adjust(left=left, right=0.97, top=0.86, bottom=0.14)
+        fig.savefig(out_dir / f"{name}.png")
         plt.close(fig)
         written.append(f"{name}.png")
 
@@ -282,7 +335,12 @@ def render_plots(data: dict[str, Any], out_dir: Path) -> list[str]:
         for r in ratio_rows:
             largest[r["workload"]] = max(largest.get(r["workload"], 0), r["size"])
         picked = [
-            r for r in ratio_rows if r["size"] == largest[r["workload"]] and r["subject"] != r["baseline"]
+            r
+            for r in ratio_rows
+            if r["size"] == largest[r["workload"]]
+            and r["subject"] != r["baseline"]
+            # A zero baseline (or subject) median has no ratio to draw on a log axis.
+            and r["ratio"]
         ]
         if picked:
             fig, ax = plt.subplots(figsize=(8, 0.9 + 0.25 * len(picked)), dpi=80)
@@ -298,7 +356,7 @@ def render_plots(data: dict[str, Any], out_dir: Path) -> list[str]:
             ax.tick_params(labelsize=7)
             ax.grid(True, axis="x", which="both", alpha=0.3)
             fig.tight_layout()
-            fig.savefig(out_dir / "ratios.png", pil_kwargs={"optimize": True})
+            fig.savefig(out_dir / "ratios.png")
             plt.close(fig)
             written.append("ratios.png")
     return written

@@ -13,7 +13,11 @@ login ceremony. Keeping the ceremony here means the secrets are handled in one p
   logged; a refresh token is **rotated** on every refresh (the relay revokes the whole family if
   a spent one is presented again), so the new pair is stored before anything else happens;
 * a refresh the relay refuses (401/403) clears the secrets: the only way out is to log in again,
-  and keeping a dead token would only make every later attempt fail the same way.
+  and keeping a dead token would only make every later attempt fail the same way;
+* a certificate the client does not trust (no CA for it, or a ``--pin`` mismatch, see
+  :mod:`client.tls`) is :class:`RelayInsecure`, not "unreachable": waiting will not fix it, it may
+  be an attack, and the user must be told which. It still subclasses :class:`RelayUnavailable`,
+  so code that only retries later stays correct (and never falls back to plain HTTP).
 """
 
 from __future__ import annotations
@@ -22,19 +26,25 @@ import asyncio
 import base64
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.local import LocalClient
+from client.tls import tls_failure
 from crdt_core.certs import DeviceKey, public_bytes
+
+if TYPE_CHECKING:
+    # httpx is imported where a request is made: most CLI commands never talk HTTP, and every
+    # one of them would otherwise pay ~0.1 s of start-up for it.
+    import httpx
 
 __all__ = [
     "AuthClient",
     "AuthError",
     "LoginRequired",
     "LoginResult",
+    "RelayInsecure",
     "RelayUnavailable",
     "fetch_relay_keys",
     "http_base",
@@ -61,6 +71,18 @@ class LoginRequired(AuthError):
 
 class RelayUnavailable(Exception):
     """The relay could not be reached over HTTP (connection refused, timeout, 5xx)."""
+
+
+class RelayInsecure(RelayUnavailable):
+    """The relay's TLS certificate failed the check (untrusted, or no pin matched): nothing was sent."""
+
+
+def unavailable(exc: httpx.TransportError) -> RelayUnavailable:
+    """The error to raise for a failed request: :class:`RelayInsecure` when TLS verification failed."""
+    insecure = tls_failure(exc)
+    if insecure is not None:
+        return RelayInsecure(insecure)
+    return RelayUnavailable(str(exc) or type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -114,10 +136,12 @@ async def fetch_relay_keys(http: httpx.AsyncClient) -> dict[str, bytes]:
 
     Only OKP/Ed25519 keys are taken: nothing else can have signed a certificate or a stamp.
     """
+    import httpx
+
     try:
         response = await http.get("/.well-known/jwks.json")
     except httpx.TransportError as exc:
-        raise RelayUnavailable(str(exc) or type(exc).__name__) from exc
+        raise unavailable(exc) from exc
     if response.status_code != 200:
         code, message = _error(response)
         raise AuthError(response.status_code, code, message)
@@ -138,7 +162,8 @@ class AuthClient:
     Args:
         local: the opened profile; its secret store holds the tokens and the device key.
         relay_url: the relay (``http(s)://`` or ``ws(s)://``; the HTTP base is derived).
-        verify: passed to httpx (``False``, a CA bundle path or an ``ssl.SSLContext``).
+        verify: passed to httpx: True (system CAs) or an ``ssl.SSLContext``, e.g.
+            :meth:`client.tls.TlsSettings.verify` for a CA file and pins.
     """
 
     def __init__(
@@ -156,16 +181,20 @@ class AuthClient:
         self._refresh_lock = asyncio.Lock()
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx
+
         return httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout, verify=self._verify)
 
     async def _post(
         self, http: httpx.AsyncClient, path: str, body: dict[str, Any] | None = None, token: str | None = None
     ) -> httpx.Response:
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             response = await http.post(path, json=body, headers=headers)
         except httpx.TransportError as exc:
-            raise RelayUnavailable(str(exc) or type(exc).__name__) from exc
+            raise unavailable(exc) from exc
         if response.status_code >= 500:
             raise RelayUnavailable(f"relay answered {response.status_code}")
         return response

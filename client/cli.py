@@ -18,7 +18,15 @@ Exit codes (:data:`EXIT_CODES`):
 * 2 usage error (bad arguments, an id or value the schema refuses);
 * 3 authentication needed (not logged in, wrong credentials, session revoked: log in again);
 * 4 rejected (the relay refused: email taken, a queued change set aside, not allowed, not found);
-* 5 relay unreachable (``sync``, ``login``, ``register``; never ``book``, which queues).
+* 5 relay unreachable (``sync``, ``login``, ``register``; never ``book``, which queues), or for
+  ``peer sync`` the peer unreachable;
+* 6 relay insecure: its TLS certificate is not trusted, or matches no ``--pin`` (nothing was sent;
+  retrying will not help, and it may be an attack: check the relay's certificate or the pin).
+
+TLS (``https://``/``wss://`` relays): ``register``/``login`` take ``--cafile PATH`` (a CA bundle
+to trust instead of the system's; copied into the profile) and ``--pin sha256//BASE64`` (the
+SHA-256 of the relay certificate's public key, curl's ``--pinnedpubkey`` format; repeatable; see
+:mod:`client.tls`). The choice is stored in the profile and used by every later command.
 
 JSON output (``--json``): one object on stdout per command, whose required keys and types are
 :data:`SCHEMAS` (a type spec is a type, a tuple of types meaning "one of", ``None`` meaning
@@ -44,9 +52,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import httpx
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from client.auth import AuthClient, AuthError, LoginRequired, RelayUnavailable, http_base
 from client.events import (
@@ -62,7 +68,13 @@ from client.local import ClientError, InvalidRequest, LocalClient, NotAllowed, N
 from client.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvailability, SlotRow, StaffRow
 from client.secrets import SecretStore
 from client.store import OutboxEntry
-from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService, SyncStopped, SyncSummary
+
+if TYPE_CHECKING:
+    from client.sync import SyncService, SyncSummary
+    from client.tls import TlsSettings
+
+# Start-up time is paid by every command (``make demo`` runs ~70 of them): websockets, the sync
+# protocol and httpx are imported by the commands that talk to the relay, not here.
 
 __all__ = ["EXIT_CODES", "SCHEMAS", "CliError", "main"]
 
@@ -72,6 +84,7 @@ EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_REJECTED = 4
 EXIT_UNREACHABLE = 5
+EXIT_INSECURE = 6
 EXIT_CODES: dict[str, int] = {
     "ok": EXIT_OK,
     "failure": EXIT_FAILURE,
@@ -79,9 +92,12 @@ EXIT_CODES: dict[str, int] = {
     "auth": EXIT_AUTH,
     "rejected": EXIT_REJECTED,
     "unreachable": EXIT_UNREACHABLE,
+    "insecure": EXIT_INSECURE,
 }
 
 CONFIG_FILE = "cli.json"
+#: The ``--cafile`` given at login, copied into the profile so later commands do not depend on it.
+RELAY_CA_FILE = "relay-ca.pem"
 
 # --- JSON schemas ---------------------------------------------------------------------------------
 
@@ -122,6 +138,7 @@ ENTRY: dict[str, Any] = {
     "created_ms": int, "retry_count": int, "last_error": _OS, "reject_code": _OS, "reject_reason": _OS,
 }  # fmt: skip
 CHANGE: dict[str, Any] = {"reservation": RESERVATION, "queued": bool, "message": _S}
+PEER_ROW: dict[str, Any] = {"doc": _S, "code": _S, "reason": _S}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "error": {"error": {"code": _S, "message": _S, "exit_code": int}},
@@ -176,6 +193,23 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "slot add": {"slot": SLOT, "queued": bool},
     "staff add": {"staff": STAFF, "queued": bool},
     "category add": {"category": CATEGORY, "queued": bool},
+    # Peer sync (docs/peer.md). ``peer sync`` exits 3 when the peer refused our credentials (log in
+    # again while online), 4 when the peer failed our checks or an update was refused either way,
+    # 5 when the peer is unreachable. ``peer serve --json`` prints one "peer serve" object per line.
+    "peer sync": {
+        "peer": _S,
+        "peer_user": _S,
+        "docs": [_S],
+        "refused_docs": [PEER_ROW],
+        "received": int,
+        "sent": int,
+        "rejected": [PEER_ROW],
+        "refused": [PEER_ROW],
+        "diverged": [_S],
+        "pending": int,
+        "events": [EVENT],
+    },  # fmt: skip
+    "peer serve": EVENT,
 }
 
 
@@ -332,7 +366,47 @@ class Ctx:
     def auth(self) -> AuthClient:
         url = self.relay()
         assert url is not None
-        return AuthClient(self.local, url)
+        return AuthClient(self.local, url, verify=self.tls().verify())
+
+    def tls(self) -> TlsSettings:
+        """How to trust the relay: ``--cafile``/``--pin`` when given, else what login stored.
+
+        Naming a different relay without them starts from the defaults (the system's CAs), so a
+        pin never leaks onto a relay it was not meant for.
+        """
+        from client.tls import TlsSettings
+
+        cafile = getattr(self.args, "cafile", None)
+        pins = getattr(self.args, "pin", None) or []
+        given = getattr(self.args, "relay", None)
+        try:
+            if cafile is not None or pins:
+                settings = TlsSettings.create(cafile, pins)
+            elif given and http_base(str(given)) != self.config.get("relay"):
+                settings = TlsSettings()
+            else:
+                settings = TlsSettings.from_config(self.config.get("tls"), base=self.home)
+            url = self.relay(required=False)
+            if url is not None:
+                settings.check_url(url)
+        except ValueError as exc:
+            raise CliError(EXIT_USAGE, "bad_tls", str(exc)) from None
+        return settings
+
+    def remember_tls(self) -> dict[str, Any]:
+        """The TLS settings to store in the profile (a ``--cafile`` is copied into it first, and
+        stored relative to it, so the profile does not depend on where the file came from)."""
+        settings = self.tls()
+        config = settings.to_config()
+        if getattr(self.args, "cafile", None) is not None and settings.cafile is not None:
+            target = self.home / RELAY_CA_FILE
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(settings.cafile.read_bytes())
+            os.replace(tmp, target)
+            config["cafile"] = RELAY_CA_FILE
+        elif settings.cafile is not None and settings.cafile.parent == self.home:
+            config["cafile"] = settings.cafile.name  # kept from an earlier login
+        return config
 
     def require_login(self) -> None:
         if self.local.identity is None:
@@ -377,7 +451,7 @@ async def cmd_register(ctx: Ctx) -> Result:
     auth = ctx.auth()
     name = ctx.args.name or email.split("@", 1)[0]
     body = await auth.register(email, password, name)
-    _write_config(ctx.home, relay=auth.base_url)
+    _write_config(ctx.home, relay=auth.base_url, tls=ctx.remember_tls())
     data = {"user_id": str(body.get("id", "")), "email": email, "relay": auth.base_url}
     return data, f"registered {email} ({data['user_id']}) at {auth.base_url}; now run `quickslot login`"
 
@@ -387,7 +461,9 @@ async def cmd_login(ctx: Ctx) -> Result:
     password = _password(ctx.args)
     auth = ctx.auth()
     result = await auth.login(email, password)
-    _write_config(ctx.home, relay=auth.base_url, email=result.email, user_id=result.user_id)
+    _write_config(
+        ctx.home, relay=auth.base_url, email=result.email, user_id=result.user_id, tls=ctx.remember_tls()
+    )
     data = {
         "user_id": result.user_id,
         "email": result.email,
@@ -400,7 +476,7 @@ async def cmd_login(ctx: Ctx) -> Result:
 async def cmd_logout(ctx: Ctx) -> Result:
     relay = ctx.relay(required=False)
     if relay is not None:
-        await AuthClient(ctx.local, relay).logout()
+        await ctx.auth().logout()
     else:
         await ctx.local.logout("logged out")
     _write_config(ctx.home, email=None, user_id=None)
@@ -522,10 +598,14 @@ def _drain(local: LocalClient) -> list[ClientEvent]:
 
 
 def _service(ctx: Ctx) -> SyncService:
+    from client.sync import SyncService
+
     ctx.require_login()
     url = ctx.relay()
     assert url is not None
-    return SyncService(ctx.local, url, backoff_initial_s=0.5, backoff_max_s=30.0)
+    return SyncService(
+        ctx.local, url, ssl_context=ctx.tls().ssl_context(), backoff_initial_s=0.5, backoff_max_s=30.0
+    )
 
 
 async def cmd_sync(ctx: Ctx) -> Result:
@@ -593,9 +673,11 @@ async def _watch(ctx: Ctx, svc: SyncService) -> Result:
     return {}, ""
 
 
-async def _reachable(url: str) -> bool:
+async def _reachable(url: str, verify: Any = True) -> bool:
+    import httpx
+
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=2.0) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=2.0, verify=verify) as http:
             return (await http.get("/healthz")).status_code == 200
     except httpx.HTTPError:
         return False
@@ -605,7 +687,7 @@ async def cmd_status(ctx: Ctx) -> Result:
     relay = ctx.relay(required=False)
     counts = await ctx.local.outbox_counts()
     entries = await ctx.local.pending_entries() + await ctx.local.rejected_entries()
-    reachable = None if relay is None else await _reachable(relay)
+    reachable = None if relay is None else await _reachable(relay, ctx.tls().verify())
     raw_last = ctx.config.get("last_sync_ms")
     last = raw_last if isinstance(raw_last, int) else None
     data = {
@@ -679,6 +761,106 @@ async def cmd_category_add(ctx: Ctx) -> Result:
     return {"category": _category(row), "queued": True}, f"category {row.id} added (queued for the relay)"
 
 
+def _peer_error(exc: Exception) -> CliError:
+    """The exit code of a failed peer exchange (see the ``peer sync`` schema's comment)."""
+    from client.peer import PeerRefusedUs, PeerUnreachable, PeerUntrusted
+    from client.peer_auth import PeerAuthError
+
+    if isinstance(exc, PeerAuthError):
+        return CliError(EXIT_AUTH, "login_required", exc.reason)
+    if isinstance(exc, PeerRefusedUs):
+        return CliError(EXIT_AUTH, "peer_refused_us", f"the peer refused this device's credentials: {exc}")
+    if isinstance(exc, PeerUntrusted):
+        return CliError(EXIT_REJECTED, "peer_untrusted", str(exc))
+    if isinstance(exc, PeerUnreachable):
+        return CliError(EXIT_UNREACHABLE, "peer_unreachable", str(exc))
+    return CliError(EXIT_FAILURE, "peer_failed", str(exc))
+
+
+async def cmd_peer_sync(ctx: Ctx) -> Result:
+    """One exchange with a peer; nothing it acks leaves the outbox (only the relay's acks do)."""
+    from client.peer import PeerError, describe, peer_sync
+    from client.peer_auth import PeerAuthError
+
+    ctx.require_login()
+    url = str(ctx.args.url)
+    if not url.startswith(("ws://", "wss://")):
+        raise CliError(EXIT_USAGE, "usage", f"peer sync: not a ws:// or wss:// URL: {url!r}")
+    _drain(ctx.local)
+    try:
+        summary = await peer_sync(ctx.local, url, timeout_s=ctx.args.timeout)
+    except (PeerAuthError, PeerError) as exc:
+        raise _peer_error(exc) from exc
+    events = _drain(ctx.local)
+    pending = (await ctx.local.outbox_counts()).pending
+    data = {**describe(summary), "pending": pending, "events": [e.to_dict() for e in events]}
+    lines = [describe_event(e) for e in events]
+    lines += [f"the peer refused an update of {d}: {c}: {r}" for d, c, r in summary.rejected]
+    lines += [f"refused an update of {d} from the peer: {c}: {r}" for d, c, r in summary.refused]
+    lines += [
+        f"{d} differs from the peer's copy although both hold the same updates: a device signed "
+        "two versions of one update (equivocation)"
+        for d in summary.diverged
+    ]
+    lines.append(
+        f"exchanged {len(summary.docs)} documents with {summary.peer_user} at {url}: {summary.received} "
+        f"updates in, {summary.sent} stored by the peer; {pending} changes wait for the relay "
+        "(bookings stay tentative until the relay stamps them)"
+    )
+    if summary.rejected or summary.refused or summary.diverged:
+        ctx.args.exit_code = EXIT_REJECTED
+    return data, "\n".join(lines)
+
+
+async def cmd_peer_serve(ctx: Ctx) -> Result:
+    """Accept peers until SIGINT/SIGTERM, printing one structured line per event."""
+    from client.peer_auth import PeerAuthError
+    from client.peer_server import PeerServer
+
+    ctx.require_login()
+    as_json = bool(ctx.args.json)
+
+    def emit(kind: str, fields: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps({"type": kind, "at_ms": int(time.time() * 1000), **fields}), flush=True)
+        else:
+            print(" ".join([kind, *(f"{k}={v}" for k, v in fields.items())]), flush=True)
+
+    server = PeerServer(ctx.local, host=ctx.args.host, port=ctx.args.port, log=emit)
+    try:
+        await server.start()
+    except PeerAuthError as exc:
+        raise _peer_error(exc) from exc
+    except OSError as exc:
+        where = f"{ctx.args.host}:{ctx.args.port}"
+        raise CliError(EXIT_FAILURE, "listen_failed", f"cannot listen on {where}: {exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            getter = asyncio.ensure_future(ctx.local.events.get())
+            await asyncio.wait({getter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+                break
+            event = getter.result()
+            if as_json:
+                print(json.dumps(event.to_dict(), default=str), flush=True)
+            else:
+                print(describe_event(event), flush=True)
+    finally:
+        stopping.cancel()
+        await server.stop()
+    ctx.args.streamed = True
+    return {}, ""
+
+
 # --- parsing ---------------------------------------------------------------------------------------------
 
 
@@ -699,6 +881,16 @@ def _day(text: str) -> str:
         return _dt.date.fromisoformat(text).isoformat()
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0-65535): {text!r}")
+    return port
 
 
 def _bool(text: str) -> bool:
@@ -730,6 +922,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--relay", help="relay URL (remembered in the profile)")
         p.add_argument("--email")
         p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        p.add_argument(
+            "--cafile", metavar="PATH", help="https relays: trust this CA bundle (remembered in the profile)"
+        )
+        p.add_argument(
+            "--pin",
+            action="append",
+            metavar="sha256//BASE64",
+            help="https relays: require this public-key pin (SHA-256 of the certificate's "
+            "SubjectPublicKeyInfo, as curl --pinnedpubkey; repeatable; remembered)",
+        )
 
     p = add("register", cmd_register, "create an account at a relay")
     account(p)
@@ -815,6 +1017,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("name")
     p.add_argument("--icon")
+
+    p = add("peer", cmd_peer_sync, "sync with another client directly, with no relay")
+    peer_sub = p.add_subparsers(dest="peer_command", required=True, parser_class=_Parser)
+    p = peer_sub.add_parser("serve", parents=[common], help="accept peers until interrupted")
+    p.set_defaults(handler=cmd_peer_serve, schema="peer serve")
+    p.add_argument("--port", type=_port, required=True, help="0 picks a free port (printed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p = peer_sub.add_parser("sync", parents=[common], help="one exchange with a peer at ws://HOST:PORT")
+    p.set_defaults(handler=cmd_peer_sync, schema="peer sync")
+    p.add_argument("url", help="ws://HOST:PORT of a `quickslot peer serve`")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S")
     return parser
 
 
@@ -825,7 +1038,20 @@ def _classify(exc: BaseException) -> CliError | None:
     """The exit code and error code of a library exception (None: unexpected)."""
     if isinstance(exc, CliError):
         return exc
-    if isinstance(exc, LoginRequired | SyncLoginRequired | NotLoggedIn):
+    # A failed certificate check is not an outage (client.tls is loaded by whatever made one).
+    tls = sys.modules.get("client.tls")
+    if tls is not None and tls.tls_failure(exc) is not None:
+        return CliError(EXIT_INSECURE, "relay_insecure", f"relay failed the TLS check: {exc}")
+    # client.sync is imported only by the commands that sync: if it is not loaded, none of its
+    # exceptions can have been raised.
+    sync = sys.modules.get("client.sync")
+    if sync is not None and isinstance(exc, sync.SyncLoginRequired):
+        return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
+    if sync is not None and isinstance(exc, sync.SyncRelayUnreachable):
+        return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
+    if sync is not None and isinstance(exc, sync.SyncStopped):
+        return CliError(EXIT_REJECTED, "relay_stopped", str(exc))
+    if isinstance(exc, LoginRequired | NotLoggedIn):
         return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
     if isinstance(exc, AuthError):
         if exc.status == 401:
@@ -833,10 +1059,8 @@ def _classify(exc: BaseException) -> CliError | None:
         if exc.status in (400, 422):
             return CliError(EXIT_USAGE, exc.code, str(exc))
         return CliError(EXIT_REJECTED, exc.code, str(exc))
-    if isinstance(exc, RelayUnavailable | SyncRelayUnreachable):
+    if isinstance(exc, RelayUnavailable):
         return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
-    if isinstance(exc, SyncStopped):
-        return CliError(EXIT_REJECTED, "relay_stopped", str(exc))
     if isinstance(exc, InvalidRequest):
         return CliError(EXIT_USAGE, "invalid", str(exc))
     if isinstance(exc, NotAllowed):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -342,12 +342,22 @@ async def baseline_verdict(tx: Tx, doc_id: str) -> Verdict:
 
 
 async def project_bookings(
-    tx: Tx, doc: DocId, state: BookingsState, verdict: Verdict, baseline: Verdict | None
+    tx: Tx,
+    doc: DocId,
+    state: BookingsState,
+    verdict: Verdict,
+    baseline: Verdict | None,
+    slots: Collection[str] | None = None,
+    changed: Collection[str] | None = None,
 ) -> list[VerdictChange]:
     """Write the reservation rows whose verdict changed and the day's seat usage.
 
     Args:
         baseline: the verdict last projected for this document (None: read it from the rows).
+        slots: the only slots whose verdict can differ from ``baseline`` (None: any). The others
+            are not even compared, so a booking costs O(its slot) rather than O(document).
+        changed: with ``slots``, the only claims that can differ from ``baseline`` (the verdict
+            was extended by them, ``client.local._appended``): the rest are not compared either.
 
     Returns:
         Every :class:`VerdictChange` between ``baseline`` and ``verdict``, for every customer.
@@ -358,10 +368,20 @@ async def project_bookings(
     assert doc.shop_id is not None and doc.day is not None
     day = doc.day.isoformat()
     now = tx.now_ms()
+    if slots is None:
+        slot_verdicts = list(verdict.slots.values())
+        claims: Mapping[str, ClaimVerdict] = verdict.claims
+    else:
+        slot_verdicts = [verdict.slots[s] for s in sorted(slots) if s in verdict.slots]
+        if changed is None:
+            claims = {c.reservation_id: c for sv in slot_verdicts for c in sv.claims}
+        else:
+            claims = {rid: verdict.claims[rid] for rid in changed}
     rows: list[tuple[Any, ...]] = []
-    for rid, claim in verdict.claims.items():
+    for rid, claim in claims.items():
         before = baseline.claims.get(rid)
-        if before is not None and _claim_key(before) == _claim_key(claim):
+        # ``is``: an incrementally recomputed verdict keeps the unchanged claims' objects.
+        if before is claim or (before is not None and _claim_key(before) == _claim_key(claim)):
             continue
         res = state.reservations[rid]
         rows.append(
@@ -369,7 +389,9 @@ async def project_bookings(
              claim.state.value, claim.position, int(claim.final), claim.stamp, int(claim.staff_confirmed),
              int(claim.holds_seats), now)
         )  # fmt: skip
-    await tx.executemany(
+    # Deferred (``Tx.defer_many``): nothing reads these rows back in the transaction before
+    # COMMIT carries them, so they cost no trip of their own to the SQLite thread.
+    tx.defer_many(
         "INSERT INTO reservations(doc_id, reservation_id, shop_id, day, slot_id, customer, party, note, hlc, "
         "state, waitlist_position, final, stamp, staff_confirmed, holds_seats, updated_ms) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -380,24 +402,32 @@ async def project_bookings(
         rows,
     )
     usage = []
-    for slot in verdict.slots.values():
-        confirmed = sum(1 for c in slot.claims if c.state is ClaimState.CONFIRMED)
-        waiting = sum(1 for c in slot.claims if c.state is ClaimState.WAITLISTED)
+    for slot in slot_verdicts:
+        states = [c.state for c in slot.claims]  # counted in C: this runs for every booking
+        confirmed = states.count(ClaimState.CONFIRMED)
+        waiting = states.count(ClaimState.WAITLISTED)
         usage.append((doc.shop_id, day, slot.slot, slot.capacity, slot.seats_taken, confirmed, waiting))
-    await tx.executemany(
+    tx.defer_many(
         "INSERT INTO slot_usage(shop_id, day, slot_id, capacity, seats_taken, confirmed, waitlisted) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(shop_id, day, slot_id) DO UPDATE SET "
         "capacity = excluded.capacity, seats_taken = excluded.seats_taken, confirmed = excluded.confirmed, "
         "waitlisted = excluded.waitlisted",
         usage,
     )
-    return diff_verdicts(baseline, verdict)
+    if slots is None:
+        return diff_verdicts(baseline, verdict)
+    return diff_verdicts(baseline, Verdict(slots={}, claims=claims, stamp_prefix=verdict.stamp_prefix))
 
 
 async def mark_reservation_rejected(tx: Tx, doc_id: str, reservation_id: str, code: str, reason: str) -> None:
-    """Show on the reservation that the relay refused it (it will never be stamped)."""
+    """Show on the reservation that the relay refused it (it will never be stamped).
+
+    The row stays, so the user sees the refusal and its reason; it holds no seats, because the
+    verdict now leaves the refused claim out (``LocalClient._bookings_state``) and no later
+    projection rewrites its row.
+    """
     await tx.execute(
-        "UPDATE reservations SET rejected_code = ?, rejected_reason = ? "
+        "UPDATE reservations SET rejected_code = ?, rejected_reason = ?, holds_seats = 0 "
         "WHERE doc_id = ? AND reservation_id = ?",
         (code, reason, doc_id, reservation_id),
     )

@@ -19,13 +19,27 @@ Why it is shaped this way:
 * **The sync exchange repairs everything else.** After each ``sync`` answer the local diff
   against the relay's state vector is sent as an extra update (not an outbox entry): it carries
   whatever the relay lacks, e.g. after the relay lost data (new epoch) or when another process
-  wrote the profile. If the relay refuses it (it may contain a record the relay rejects), the
-  outbox entries still carry each local write individually, so it is only logged.
+  wrote the profile. A refused update stays in the local document (a CRDT cannot take it back),
+  so the diff leaves out the Yjs clients of every refused update (``Store.rejected_clients``:
+  each local transaction writes under a fresh client id, so a client id names one update);
+  otherwise one refusal would make the relay refuse the whole diff of that document on every
+  sync from then on. If the relay still refuses the diff, the outbox entries carry each local
+  write individually; the refusal is logged and reported in ``SyncSummary.repair_refused``.
+* **A refused update may have carried this device's certificate** (the first write of a device
+  into a document embeds it; later writes rely on the document having it). The certificate is
+  then sent alone, at the very clocks it has locally (so the local document does not change), and
+  an entry refused as ``unknown_certificate`` meanwhile is retried instead of set aside.
 * **Closes follow** :func:`crdt_core.messages.close_action`: refresh the token and reconnect at
   once (4001), log in again (4003/4010: tokens cleared, ``LoggedOut``), stop (1008/4002/4011...),
   or reconnect with exponential backoff and jitter. An unreachable relay is reported once
   (``RelayUnreachable``) and retried from 0.2 s doubling to 30 s; the queued bookings go out by
-  themselves when it answers again.
+  themselves when it answers again. A transient close of a working connection (above all the
+  relay's ``1001 relay restarting``) is reported the same way, with ``retry_in_s``, even when the
+  relay is back before the first retry, and ``RelayReachable`` follows the reconnect: an app
+  learns that its live view paused.
+* **TLS failures are not outages.** An untrusted certificate or a pin mismatch
+  (:mod:`client.tls`) raises :class:`SyncRelayInsecure` from :meth:`SyncService.sync_once`; the
+  handshake aborts before the token is sent, and nothing ever falls back to plain ``ws://``.
 """
 
 from __future__ import annotations
@@ -42,11 +56,12 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from client.auth import AuthClient, LoginRequired, RelayUnavailable, http_base
+from client.auth import AuthClient, LoginRequired, RelayInsecure, RelayUnavailable, http_base
 from client.events import RelayReachable, RelayUnreachable, Synced
 from client.local import LocalClient
-from client.store import OutboxEntry
-from crdt_core.errors import LocalProtocolError
+from client.store import OutboxEntry, RejectedClient
+from client.tls import tls_failure
+from crdt_core.errors import EngineError, LocalProtocolError
 from crdt_core.messages import CloseAction, CloseCode, ErrorCode, close_action
 from crdt_core.protocol import (
     Acked,
@@ -61,10 +76,12 @@ from crdt_core.protocol import (
     UpdateReceived,
     Welcomed,
 )
+from crdt_core.yupdate import decode_state_vector, encode_state_vector
 
 __all__ = [
     "SyncError",
     "SyncLoginRequired",
+    "SyncRelayInsecure",
     "SyncRelayUnreachable",
     "SyncService",
     "SyncStopped",
@@ -81,6 +98,8 @@ _EXTRA_UID_BASE = 1 << 62
 #: The relay's ``sync`` carries a whole document's missing state; accept large downloads.
 _MAX_DOWNLOAD = 64 * 1024 * 1024
 _SUBSCRIBED = (DocState.SYNCING, DocState.LIVE, DocState.STALE)
+#: Re-sends of an entry refused as ``unknown_certificate`` after its certificate was sent alone.
+_CERT_RETRIES = 3
 
 
 class SyncError(Exception):
@@ -93,6 +112,14 @@ class SyncError(Exception):
 
 class SyncRelayUnreachable(SyncError):
     """The relay did not answer (refused, timed out, dropped): local changes stay queued."""
+
+
+class SyncRelayInsecure(SyncRelayUnreachable):
+    """The relay failed the TLS check (untrusted certificate, pin mismatch): nothing was sent to it.
+
+    A subclass of :class:`SyncRelayUnreachable` so that loops which retry later stay correct; the
+    CLI tells it apart (its own exit status), because waiting does not fix it.
+    """
 
 
 class SyncLoginRequired(SyncError):
@@ -116,6 +143,8 @@ class SyncSummary:
     sent: int = 0
     acked: int = 0
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    #: Repair updates (catch-up diffs, certificates sent alone) the relay refused: doc -> reason.
+    repair_refused: dict[str, str] = field(default_factory=dict)
     retrying: int = 0
     pending: int = 0
     refreshed: int = 0
@@ -166,6 +195,10 @@ class _Session:
         self._reader = asyncio.create_task(self._read(), name="quickslot-sync-reader")
         self._processor = asyncio.create_task(self._process(), name="quickslot-sync-processor")
         self._next_extra = _EXTRA_UID_BASE
+        #: What each in-flight extra update was (for the log when the relay refuses one).
+        self.extras: dict[int, str] = {}
+        #: (doc, client id) of certificates already sent alone on this connection.
+        self.certs_sent: set[tuple[str, int]] = set()
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -326,25 +359,71 @@ class _Session:
             for failure in result.failed:
                 log.warning("catch-up of %s refused locally: %s", failure.doc_id, failure.error)
         await self._save_cursor(event.doc)
-        diff = await self.local.diff(event.doc, event.relay_sv)
-        if (
-            diff != _EMPTY_UPDATE
-            and self.proto.state is ConnState.OPEN
-            and self.proto.doc_state(event.doc) in _SUBSCRIBED
-        ):
-            uid = self._next_extra
-            self._next_extra += 1
+        relay_sv = event.relay_sv
+        rejected = await self.local.store.rejected_clients(event.doc)
+        if rejected:
             try:
-                self.proto.send_update(event.doc, uid, diff)
-            except LocalProtocolError as exc:
-                log.info(
-                    "local state of %s not sent as one update (%s); the outbox carries it", event.doc, exc
-                )
-            else:
-                self.inflight[uid] = event.doc
+                clocks = decode_state_vector(relay_sv)
+            except EngineError as exc:
+                log.warning("relay state vector of %s unreadable (%s); no catch-up diff", event.doc, exc)
+                return
+            # Certificates first: the diff may hold records signed under them.
+            await self._send_certs(event.doc, rejected, clocks)
+            for refused in rejected:
+                clocks[refused.client_id] = max(clocks.get(refused.client_id, 0), refused.end_clock)
+            relay_sv = encode_state_vector(clocks)
+        diff = await self.local.diff(event.doc, relay_sv)
+        self._send_extra(event.doc, diff, "catch-up diff")
+
+    def _send_extra(self, doc: str, update: bytes, what: str) -> bool:
+        """Send a repair update that is not an outbox entry (its uid lives above every entry id)."""
+        if (
+            update == _EMPTY_UPDATE
+            or self.proto.state is not ConnState.OPEN
+            or self.proto.doc_state(doc) not in _SUBSCRIBED
+        ):
+            return False
+        uid = self._next_extra
+        self._next_extra += 1
+        try:
+            self.proto.send_update(doc, uid, update)
+        except LocalProtocolError as exc:
+            log.info("%s of %s not sent as one update (%s); the outbox carries it", what, doc, exc)
+            return False
+        self.inflight[uid] = doc
+        self.extras[uid] = what
+        return True
+
+    async def _send_certs(
+        self,
+        doc: str,
+        rejected: list[RejectedClient] | None = None,
+        relay_clocks: dict[int, int] | None = None,
+    ) -> bool:
+        """Send alone the certificates that refused updates of ``doc`` carried; once per connection.
+
+        Skips those the relay's state vector (``relay_clocks``) shows it holds. Returns whether
+        ``doc`` has any such certificate at all (then an ``unknown_certificate`` refusal of a later
+        entry is worth a retry).
+        """
+        if rejected is None:
+            rejected = await self.local.store.rejected_clients(doc)
+        found = False
+        for refused in rejected:
+            if refused.certs is None:
+                continue
+            found = True
+            if (doc, refused.client_id) in self.certs_sent:
+                continue
+            if relay_clocks is not None and relay_clocks.get(refused.client_id, 0) >= refused.certs_end:
+                continue
+            if self._send_extra(doc, refused.certs, "certificate"):
+                self.certs_sent.add((doc, refused.client_id))
+        return found
 
     async def _on_acked(self, event: Acked) -> None:
         self.inflight.pop(event.uid, None)
+        self.extras.pop(event.uid, None)
         await self._save_cursor(event.doc)
         if event.uid >= _EXTRA_UID_BASE:
             return
@@ -365,13 +444,31 @@ class _Session:
             return
         self.inflight.pop(event.uid, None)
         if event.uid >= _EXTRA_UID_BASE:
-            log.info("relay refused the catch-up diff of %s (%s: %s)", event.doc, event.code, event.reason)
+            what = self.extras.pop(event.uid, "repair update")
+            log.info("relay refused the %s of %s (%s: %s)", what, event.doc, event.code, event.reason)
+            if event.doc is not None:
+                self.summary.repair_refused[event.doc] = f"{event.code}: {event.reason}"
             return
         if not event.retry:
+            if (
+                event.code == ErrorCode.REJECTED
+                and event.reason.startswith("unknown_certificate")
+                and event.doc is not None
+                and self.svc._attempts.get(event.uid, 0) < _CERT_RETRIES
+                and await self._send_certs(event.doc)
+            ):
+                # Signed under a certificate whose carrier the relay refused; that certificate
+                # has now gone out alone, ahead of the re-send.
+                await self.local.mark_retry(event.uid, f"{event.code}: {event.reason}")
+                self.svc._schedule_retry(event.uid)
+                self.svc.retry_count += 1
+                return
             entry = await self.local.mark_rejected(event.uid, event.code, event.reason)
             if entry is not None:
                 self.summary.rejected.append((event.uid, event.code, event.reason))
             self.svc._forget_retry(event.uid)
+            if event.doc is not None:
+                await self._send_certs(event.doc)  # entries behind it may be signed under them
             return
         await self.local.mark_retry(event.uid, f"{event.code}: {event.reason}")
         self.svc._schedule_retry(event.uid)
@@ -589,7 +686,8 @@ class SyncService:
                     additional_headers={"Authorization": f"Bearer {token}"},
                     max_size=_MAX_DOWNLOAD,
                     open_timeout=self.connect_timeout_s,
-                    ssl=self.ssl_context if self.ws_url.startswith("wss://") else None,
+                    # wss:// with no context of ours: the system's CAs (None would be a ValueError).
+                    ssl=(self.ssl_context or True) if self.ws_url.startswith("wss://") else None,
                     ping_interval=20,
                     ping_timeout=20,
                 )
@@ -599,16 +697,15 @@ class SyncService:
                     continue
                 raise SyncRelayUnreachable(f"handshake refused: {exc}") from exc
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
+                insecure = tls_failure(exc)
+                if insecure is not None:
+                    raise SyncRelayInsecure(insecure) from exc
                 raise SyncRelayUnreachable(str(exc) or type(exc).__name__) from exc
             session = _Session(self, ws, summary)
             try:
                 await session.await_welcome(self.connect_timeout_s)
             except _Closed as closed:
                 await session.close()
-                if session.synced:  # the connection worked: a new failure starts a new backoff
-                    backoff = self.backoff_initial_s
-                if closed.code == CloseCode.TOO_FAST:  # 4029: "reconnect after a longer backoff"
-                    backoff = min(backoff * 4, self.backoff_max_s)
                 if close_action(closed.code) is CloseAction.REFRESH_TOKEN:
                     await self._refresh(summary)
                     continue
@@ -623,6 +720,8 @@ class SyncService:
         except LoginRequired as exc:
             await self._logged_out()
             raise SyncLoginRequired(f"log in again ({exc.code})") from exc
+        except RelayInsecure as exc:
+            raise SyncRelayInsecure(str(exc)) from exc
         except RelayUnavailable as exc:
             raise SyncRelayUnreachable(f"token refresh failed: {exc}") from exc
         self.refresh_count += 1
@@ -707,6 +806,8 @@ class SyncService:
                 await self._handle_fatal_close(closed)
                 if close_action(closed.code) is CloseAction.REFRESH_TOKEN:
                     await self._refresh(summary)
+                else:
+                    self._report_dropped(closed, 0.0)
                 summary.reconnects += 1
                 continue
             except TimeoutError as exc:
@@ -729,9 +830,16 @@ class SyncService:
         """Stay in sync until :meth:`stop`: reconnect with backoff, refresh tokens, retry on timers.
 
         Returns normally after :meth:`stop`, after a permanent close (an error event is emitted)
-        or when the user must log in again (``LoggedOut`` is emitted).
+        or when the user must log in again (``LoggedOut`` is emitted). A :meth:`stop` that comes
+        before the task got to run still ends it (the request is cleared when ``run`` returns, not
+        when it starts, so it cannot be lost), and the next ``run`` starts afresh.
         """
-        self._stop.clear()
+        try:
+            await self._run()
+        finally:
+            self._stop.clear()
+
+    async def _run(self) -> None:
         backoff = self.backoff_initial_s
         while not self._stop.is_set():
             summary = SyncSummary(self.relay_url)
@@ -750,6 +858,7 @@ class SyncService:
                     return
                 delay = self._jitter(backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
+                self._report_dropped(closed, delay)
                 await self._sleep(delay)
                 continue
             self._report_reachable()
@@ -774,11 +883,15 @@ class SyncService:
                     continue  # at once, with the new token
                 if not await self._after_close(closed):
                     return
-                await self._sleep(self._jitter(backoff))
+                delay = self._jitter(backoff)
+                self._report_dropped(closed, delay)
+                await self._sleep(delay)
                 backoff = min(backoff * 2, self.backoff_max_s)
             except TimeoutError:
                 await session.close(1001, "timed out")
-                await self._sleep(self._jitter(backoff))
+                delay = self._jitter(backoff)
+                self._report_unreachable("the relay stopped answering; reconnecting", delay)
+                await self._sleep(delay)
             finally:
                 self.connected.clear()
                 self._session = None
@@ -853,6 +966,18 @@ class SyncService:
                 at_ms=int(time.time() * 1000), relay_url=self.relay_url, error=error, retry_in_s=retry_in
             )
         )
+
+    def _report_dropped(self, closed: _Closed, retry_in: float) -> None:
+        """A working connection ended with a transient close: tell the app its live view paused.
+
+        Why an event even when the relay comes back at once: after ``1001 relay restarting`` the
+        app's data is stale until the reconnect, and a restart is exactly when users notice.
+        """
+        if closed.code == CloseCode.GOING_AWAY:
+            what = f"relay going away ({closed.code} {closed.reason or 'restarting'})"
+        else:
+            what = f"connection closed ({closed.code} {closed.reason})".replace(" )", ")")
+        self._report_unreachable(f"{what}; reconnecting", retry_in)
 
     def _report_reachable(self) -> None:
         if self._unreachable_reported:

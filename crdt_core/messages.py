@@ -48,6 +48,8 @@ __all__ = [
     "MAX_ID_LEN",
     "MAX_INT",
     "MAX_LIMITS",
+    "MAX_OFFER",
+    "MAX_PROOF_LEN",
     "MAX_REASON_LEN",
     "MAX_STAMPS",
     "MAX_TEXT_LEN",
@@ -55,17 +57,20 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Auth",
+    "Challenge",
     "ClientMessage",
     "ClientUpdate",
     "CloseAction",
     "CloseCode",
     "ErrorCode",
     "ErrorMessage",
+    "Hello",
     "Limit",
     "Message",
     "RelayMessage",
     "RelayUpdate",
     "Stamp",
+    "Stamped",
     "Subscribe",
     "Sync",
     "Unsubscribe",
@@ -73,6 +78,7 @@ __all__ = [
     "close_action",
     "decode",
     "encode_stamp",
+    "encode_stamped",
     "encode_update",
     "is_retryable_close",
     "is_retryable_error",
@@ -97,6 +103,12 @@ MAX_CODE_LEN: Final = 64
 MAX_REASON_LEN: Final = 1024
 MAX_LIMITS: Final = 64
 MAX_STAMPS: Final = 4096
+#: Peer mode: most doc ids a peer's ``welcome`` offers, and bounds of the handshake's bytes.
+MAX_OFFER: Final = 4096
+MAX_PROOF_LEN: Final = 128
+MAX_CERT_LEN: Final = 4096
+MIN_NONCE_LEN: Final = 16
+MAX_NONCE_LEN: Final = 64
 #: Top-level entries, unknown ones included: bounds the decoder's loop.
 MAX_FIELDS: Final = 32
 
@@ -235,6 +247,9 @@ class Limit(enum.StrEnum):
     RATE = "rate"
     #: Updates a connection may send in a burst above ``rate``.
     BURST = "burst"
+    #: Updates of one connection the relay works on at once (received, not yet answered); it
+    #: reads nothing more from the connection until one is answered (backpressure, not an error).
+    MAX_INFLIGHT = "max_inflight"
 
 
 # --- field validation ------------------------------------------------------------------------------
@@ -282,12 +297,36 @@ def _check_text(name: str, value: object, max_len: int, *, allow_empty: bool) ->
         raise CodecError(f"{name} must not contain control characters: {_show(value)}")
 
 
+def _check_sized_bytes(name: str, value: object, min_len: int, max_len: int) -> None:
+    if type(value) is not bytes:
+        raise CodecError(f"{name} must be bytes, not {type(value).__name__}")
+    if not min_len <= len(value) <= max_len:
+        raise CodecError(f"{name} must be {min_len}..{max_len} bytes long")
+
+
 def _check_bytes(name: str, value: object) -> None:
     if type(value) is not bytes:
         raise CodecError(f"{name} must be bytes, not {type(value).__name__}")
     if not value:
         # No Yjs v1 update or state vector is empty (the empty ones are 00 00 and 00).
         raise CodecError(f"{name} must not be empty")
+
+
+def _check_stamps(value: object) -> tuple[tuple[int, str], ...]:
+    """``(stamp number, reservation id)`` pairs, at most :data:`MAX_STAMPS`; returns them as tuples."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise CodecError(f"stamps must be a sequence, not {type(value).__name__}")
+    if len(value) > MAX_STAMPS:
+        raise CodecError(f"more than {MAX_STAMPS} stamps in one message")
+    pairs: list[tuple[int, str]] = []
+    for entry in value:
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise CodecError(f"a stamp is a (number, reservation id) pair: {_show(entry)}")
+        number, reservation = entry
+        _check_int("stamp number", number)
+        _check_id("reservation id", reservation)
+        pairs.append((number, reservation))
+    return tuple(pairs)
 
 
 def _plain_str(value: object) -> object:
@@ -338,12 +377,50 @@ class Auth(_Message):
     """client → relay: the access token, for clients that cannot set an Authorization header."""
 
     TYPE: ClassVar[str] = "auth"
-    FIELDS: ClassVar[tuple[str, ...]] = ("token",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("token", "proof")
 
     token: str
+    #: Peer mode only: the device key's signature over the handshake transcript (docs/peer.md).
+    proof: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_id("token", self.token, MAX_TOKEN_LEN)
+        if self.proof is not None:
+            _check_sized_bytes("proof", self.proof, 1, MAX_PROOF_LEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_Message):
+    """dialer → acceptor, peer mode only, the first message: a fresh nonce and the dialer's
+    relay-issued device certificate. No token yet: it is only revealed to a proven peer."""
+
+    TYPE: ClassVar[str] = "hello"
+    FIELDS: ClassVar[tuple[str, ...]] = ("nonce", "cert")
+
+    nonce: bytes
+    cert: bytes
+
+    def __post_init__(self) -> None:
+        _check_sized_bytes("nonce", self.nonce, MIN_NONCE_LEN, MAX_NONCE_LEN)
+        _check_sized_bytes("cert", self.cert, 1, MAX_CERT_LEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(_Message):
+    """acceptor → dialer, peer mode only, the answer to ``hello``: the acceptor's own nonce and
+    certificate, and its device key's signature over the transcript (it proves itself first)."""
+
+    TYPE: ClassVar[str] = "challenge"
+    FIELDS: ClassVar[tuple[str, ...]] = ("nonce", "cert", "proof")
+
+    nonce: bytes
+    cert: bytes
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        _check_sized_bytes("nonce", self.nonce, MIN_NONCE_LEN, MAX_NONCE_LEN)
+        _check_sized_bytes("cert", self.cert, 1, MAX_CERT_LEN)
+        _check_sized_bytes("proof", self.proof, 1, MAX_PROOF_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +476,7 @@ class Welcome(_Message):
     """relay → client: authentication succeeded; the connection is open."""
 
     TYPE: ClassVar[str] = "welcome"
-    FIELDS: ClassVar[tuple[str, ...]] = ("user", "epoch", "server", "limits")
+    FIELDS: ClassVar[tuple[str, ...]] = ("user", "epoch", "server", "limits", "token", "docs")
 
     user: str
     #: Changes when the relay's storage was reset or restored: sequence numbers a client kept
@@ -407,8 +484,20 @@ class Welcome(_Message):
     epoch: str
     server: str
     limits: dict[str, int]
+    #: Peer mode only: the acceptor's own access token, revealed once the dialer proved itself.
+    token: str | None = None
+    #: Peer mode only: documents the acceptor holds that the dialer may want (docs/peer.md).
+    docs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.token is not None:
+            _check_id("token", self.token, MAX_TOKEN_LEN)
+        if self.docs is not None:
+            if isinstance(self.docs, (str, bytes)) or not isinstance(self.docs, Sequence):
+                raise CodecError(f"docs must be a sequence, not {type(self.docs).__name__}")
+            if len(self.docs) > MAX_OFFER:
+                raise CodecError(f"more than {MAX_OFFER} docs offered")
+            object.__setattr__(self, "docs", tuple(_check_id("doc", d) for d in self.docs))
         _check_id("user", self.user)
         _check_id("epoch", self.epoch)
         _check_text("server", self.server, MAX_TEXT_LEN, allow_empty=False)
@@ -424,7 +513,8 @@ class Welcome(_Message):
         object.__setattr__(self, "limits", limits)  # a private copy: the message is frozen
 
     def __hash__(self) -> int:
-        return hash((self.user, self.epoch, self.server, tuple(sorted(self.limits.items()))))
+        limits = tuple(sorted(self.limits.items()))
+        return hash((self.user, self.epoch, self.server, limits, self.token, self.docs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +522,7 @@ class Sync(_Message):
     """relay → client: the answer to ``sub`` (Yjs sync step 2), which makes the doc live."""
 
     TYPE: ClassVar[str] = "sync"
-    FIELDS: ClassVar[tuple[str, ...]] = ("doc", "update", "sv", "seq")
+    FIELDS: ClassVar[tuple[str, ...]] = ("doc", "update", "sv", "seq", "digest")
 
     doc: str
     #: Everything the relay holds that the client's state vector lacks (Yjs v1 update).
@@ -441,12 +531,17 @@ class Sync(_Message):
     sv: bytes
     #: The document's sequence number covered by ``update``; live messages continue from it.
     seq: int
+    #: Peer mode only: a digest of the sender's document content, so two peers whose state
+    #: vectors agree can tell whether their contents do too (equivocation, docs/peer.md).
+    digest: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_id("doc", self.doc)
         _check_bytes("update", self.update)
         _check_bytes("sv", self.sv)
         _check_int("seq", self.seq)
+        if self.digest is not None:
+            _check_sized_bytes("digest", self.digest, 1, MAX_PROOF_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,19 +596,53 @@ class Stamp(_Message):
         _check_id("doc", self.doc)
         _check_int("seq", self.seq)
         _check_bytes("update", self.update)
-        if isinstance(self.stamps, (str, bytes)) or not isinstance(self.stamps, Sequence):
-            raise CodecError(f"stamps must be a sequence, not {type(self.stamps).__name__}")
-        if len(self.stamps) > MAX_STAMPS:
-            raise CodecError(f"more than {MAX_STAMPS} stamps in one message")
-        pairs: list[tuple[int, str]] = []
-        for entry in self.stamps:
-            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-                raise CodecError(f"a stamp is a (number, reservation id) pair: {_show(entry)}")
-            number, reservation = entry
-            _check_int("stamp number", number)
-            _check_id("reservation id", reservation)
-            pairs.append((number, reservation))
-        object.__setattr__(self, "stamps", tuple(pairs))
+        object.__setattr__(self, "stamps", _check_stamps(self.stamps))
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped(_Message):
+    """relay → client: an update stored as ``seq`` and the relay's stamps for the booking claims
+    it carried, stored as ``seq + 1``, in one message (what ``upd`` or ``ack`` followed by
+    ``stamp`` say in two).
+
+    Exactly one of ``uid`` and ``update``: with ``uid`` it answers the receiver's own update
+    ``uid`` (an ``ack`` at ``seq``; the update itself is not sent back); with ``update`` it is
+    someone else's update (an ``upd`` at ``seq``). Either way ``stamp`` is the stamp update
+    stored as ``seq + 1`` (the authoritative copy; ``stamps`` summarises it).
+    """
+
+    TYPE: ClassVar[str] = "stamped"
+    FIELDS: ClassVar[tuple[str, ...]] = ("doc", "seq", "uid", "update", "stamp", "stamps")
+
+    doc: str
+    #: The update's sequence number; the stamp update's is ``seq + 1``.
+    seq: int
+    #: The stamp records as a Yjs v1 update.
+    stamp: bytes
+    #: ``(stamp number, reservation id)`` for each claim stamped by ``stamp``.
+    stamps: tuple[tuple[int, str], ...]
+    #: The receiver's own update this answers (then ``update`` is absent).
+    uid: int | None = None
+    #: Someone else's update (then ``uid`` is absent).
+    update: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _check_id("doc", self.doc)
+        _check_int("seq", self.seq)
+        if self.seq >= MAX_INT:
+            raise CodecError("seq must leave room for the stamp update's seq + 1")
+        if (self.uid is None) == (self.update is None):
+            raise CodecError("a stamped carries exactly one of 'uid' (an ack) or 'update' (someone else's)")
+        _check_optional_int("uid", self.uid)
+        if self.update is not None:
+            _check_bytes("update", self.update)
+        _check_bytes("stamp", self.stamp)
+        object.__setattr__(self, "stamps", _check_stamps(self.stamps))
+
+    @property
+    def stamp_seq(self) -> int:
+        """The stamp update's sequence number."""
+        return self.seq + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,8 +676,8 @@ class ErrorMessage(_Message):
             raise CodecError(f"retry must be a bool, not {type(self.retry).__name__}")
 
 
-ClientMessage: TypeAlias = Auth | Subscribe | ClientUpdate | Unsubscribe
-RelayMessage: TypeAlias = Welcome | Sync | RelayUpdate | Ack | Stamp | ErrorMessage
+ClientMessage: TypeAlias = Auth | Subscribe | ClientUpdate | Unsubscribe | Hello
+RelayMessage: TypeAlias = Welcome | Sync | RelayUpdate | Ack | Stamp | Stamped | ErrorMessage | Challenge
 Message: TypeAlias = ClientMessage | RelayMessage
 
 
@@ -567,6 +696,15 @@ def encode_update(doc: str, update: bytes, seq: int) -> bytes:
 def encode_stamp(doc: str, seq: int, update: bytes, stamps: Sequence[tuple[int, str]]) -> bytes:
     """The wire bytes of a ``stamp`` message, built once and fanned out like :func:`encode_update`."""
     return Stamp(doc, seq, update, tuple(stamps)).to_wire()
+
+
+def encode_stamped(
+    doc: str, seq: int, update: bytes, stamp: bytes, stamps: Sequence[tuple[int, str]]
+) -> bytes:
+    """The wire bytes of a ``stamped`` for everyone but the update's sender (who gets the ``uid``
+    form, :meth:`crdt_core.protocol.RelayProtocol.ack_stamped`): one message per recipient for a
+    booking and its stamps, built once and fanned out like :func:`encode_update`."""
+    return Stamped(doc, seq, stamp, tuple(stamps), update=update).to_wire()
 
 
 # --- decoding --------------------------------------------------------------------------------------
@@ -620,14 +758,32 @@ _FIELD_FAMILY: Final[dict[str, int]] = {
     "limits": _MAP,
     "seq": _INT,
     "stamps": _ARRAY,
+    "stamp": _BIN,
     "code": _STR,
     "reason": _STR,
     "retry": _BOOL,
+    "nonce": _BIN,
+    "cert": _BIN,
+    "proof": _BIN,
+    "docs": _ARRAY,
+    "digest": _BIN,
 }
 
-_TYPES: Final[dict[str, type[Message]]] = {
+_TYPES: Final[dict[str, type[Message]]] = {  # "upd": below
     cls.TYPE: cls
-    for cls in (Auth, Subscribe, Unsubscribe, Welcome, Sync, Ack, Stamp, ErrorMessage)  # "upd": below
+    for cls in (
+        Auth,
+        Subscribe,
+        Unsubscribe,
+        Welcome,
+        Sync,
+        Ack,
+        Stamp,
+        Stamped,
+        ErrorMessage,
+        Hello,
+        Challenge,
+    )
 }
 _REQUIRED: Final[dict[type[Message], tuple[str, ...]]] = {
     Auth: ("token",),
@@ -639,7 +795,10 @@ _REQUIRED: Final[dict[type[Message], tuple[str, ...]]] = {
     RelayUpdate: ("doc", "update", "seq"),
     Ack: ("doc", "uid", "seq"),
     Stamp: ("doc", "seq", "update", "stamps"),
+    Stamped: ("doc", "seq", "stamp", "stamps"),
     ErrorMessage: ("code", "reason", "retry"),
+    Hello: ("nonce", "cert"),
+    Challenge: ("nonce", "cert", "proof"),
 }
 
 
@@ -705,6 +864,12 @@ class _Reader:
             out.append((number, self.value(_STR, "a reservation id")))
         return out
 
+    def ids(self) -> list[str]:
+        count = self.unpacker.read_array_header()
+        if count > MAX_OFFER:
+            raise CodecError(f"{count} docs, more than {MAX_OFFER}")
+        return [self.value(_STR, "a doc id") for _ in range(count)]
+
     def at_end(self) -> bool:
         position: int = self.unpacker.tell()
         return position == len(self.data)
@@ -736,7 +901,7 @@ def _read_fields(data: bytes) -> dict[str, Any]:
         elif family == _MAP:
             fields[name] = reader.limits()
         elif family == _ARRAY:
-            fields[name] = reader.stamps()
+            fields[name] = reader.ids() if name == "docs" else reader.stamps()
         else:
             fields[name] = reader.unpacker.unpack()
     if not reader.at_end():

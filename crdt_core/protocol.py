@@ -29,12 +29,23 @@ call :meth:`ClientProtocol.resync` with its current state vector. The message th
 gap is still delivered after the :class:`GapDetected` event.
 
 Fan-out (relay side): a live update goes to many connections. The relay encodes it once with
-:func:`encode_update` (or :func:`encode_stamp`) and calls :meth:`RelayProtocol.send_live` on
-each subscriber with the same bytes: one set lookup and one list append per recipient. A shell
+:func:`encode_update` (or :func:`encode_stamped` for a booking with its stamps, or
+:func:`encode_stamp`) and calls :meth:`RelayProtocol.send_live` on each subscriber with the same
+bytes: one set lookup and one list append per recipient. The booking's sender gets its ack and
+the stamps in one message too (:meth:`RelayProtocol.ack_stamped`); the client machine turns a
+``stamped`` into the same events as the two messages it replaces (:class:`Acked` or
+:class:`UpdateReceived`, then :class:`StampReceived`), so shells need not know it exists. A shell
 that writes straight to its transports instead (``websockets.broadcast``) may skip ``send_live``
 and test :meth:`RelayProtocol.is_live` itself, provided it always drains :meth:`data_to_send`
 before it yields to the event loop, so a ``sync`` answer never overtakes or trails the live
 stream it starts.
+
+Peer mode (``peer=True`` on both roles, docs/peer.md): two clients with no relay run the same
+machines, the side that accepted the connection in the relay's role. Before the ``auth`` message
+they run a mutual proof-of-possession handshake (``hello`` → ``challenge`` → ``auth`` with a
+``proof``), so neither reveals its access token to a side that has not proven it holds a
+relay-certified device key. A peer never stamps: the acceptor cannot send ``stamp`` and the
+dialer treats one as a protocol violation. Acks mean "stored by that peer", not by a relay.
 """
 
 from __future__ import annotations
@@ -52,20 +63,24 @@ from crdt_core.messages import (
     MAX_REASON_LEN,
     Ack,
     Auth,
+    Challenge,
     ClientUpdate,
     CloseCode,
     ErrorCode,
     ErrorMessage,
+    Hello,
     Limit,
     Message,
     RelayUpdate,
     Stamp,
+    Stamped,
     Subscribe,
     Sync,
     Unsubscribe,
     Welcome,
     decode,
     encode_stamp,
+    encode_stamped,
     encode_update,
     is_retryable_error,
 )
@@ -76,11 +91,15 @@ from crdt_core.state import (
     ConnState,
     DocMachine,
     DocState,
+    PeerEvent,
+    PeerMachine,
+    PeerPhase,
 )
 
 __all__ = [
     "Acked",
     "AuthRequested",
+    "ChallengeReceived",
     "ClientEvent",
     "ClientProtocol",
     "ConnState",
@@ -90,6 +109,7 @@ __all__ = [
     "ErrorReceived",
     "Event",
     "GapDetected",
+    "HelloReceived",
     "RelayEvent",
     "RelayProtocol",
     "StampReceived",
@@ -99,6 +119,7 @@ __all__ = [
     "UpdateSubmitted",
     "Welcomed",
     "encode_stamp",
+    "encode_stamped",
     "encode_update",
 ]
 
@@ -139,6 +160,20 @@ class Welcomed:
     epoch: str
     server: str
     limits: dict[str, int]
+    #: Peer mode: the acceptor's access token (verify it before subscribing anything).
+    token: str | None = None
+    #: Peer mode: documents the acceptor offers (it holds them and the dialer may read them).
+    docs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeReceived:
+    """Peer mode, dialer: the acceptor's nonce, certificate and proof. Verify them, then call
+    ``authenticate(token, proof)`` with this side's proof, or ``close(4003, reason)``."""
+
+    nonce: bytes
+    cert: bytes
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +185,8 @@ class DocSynced:
     update: bytes
     relay_sv: bytes
     seq: int
+    #: Peer mode: the acceptor's content digest (compare it when the state vectors agree).
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +241,19 @@ class ErrorReceived:
 
 @dataclass(frozen=True, slots=True)
 class AuthRequested:
-    """Verify ``token``, then call ``accept_auth`` or ``reject_auth``."""
+    """Verify ``token`` (and in peer mode ``proof``), then call ``accept_auth`` or ``reject_auth``."""
 
     token: str
+    proof: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    """Peer mode, acceptor: the dialer's nonce and certificate. Verify the certificate, then call
+    ``challenge(nonce, cert, proof)`` with this side's own, or ``reject_auth``."""
+
+    nonce: bytes
+    cert: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +282,18 @@ class UnsubscribeRequested:
 
 
 ClientEvent: TypeAlias = (
-    Welcomed | DocSynced | UpdateReceived | Acked | StampReceived | GapDetected | ErrorReceived
+    Welcomed
+    | DocSynced
+    | UpdateReceived
+    | Acked
+    | StampReceived
+    | GapDetected
+    | ErrorReceived
+    | ChallengeReceived
 )
-RelayEvent: TypeAlias = AuthRequested | SubscribeRequested | UpdateSubmitted | UnsubscribeRequested
+RelayEvent: TypeAlias = (
+    AuthRequested | SubscribeRequested | UpdateSubmitted | UnsubscribeRequested | HelloReceived
+)
 Event: TypeAlias = ClientEvent | RelayEvent
 
 _E = TypeVar("_E")
@@ -406,10 +462,18 @@ class ClientProtocol(_Connection[ClientEvent]):
             the welcome without calling :meth:`authenticate`.
         max_message_size: largest message accepted from the relay (a ``sync`` carries a whole
             document's missing state, so this follows the relay's document limit).
+        peer: peer mode (the other side is a peer, not a relay): :meth:`hello` first, then
+            :class:`ChallengeReceived`, then :meth:`authenticate` with a proof; ``stamp`` is refused.
     """
 
-    def __init__(self, *, header_auth: bool = False, max_message_size: int = DEFAULT_MAX_DOWNLOAD) -> None:
+    def __init__(
+        self, *, header_auth: bool = False, max_message_size: int = DEFAULT_MAX_DOWNLOAD, peer: bool = False
+    ) -> None:
+        if peer and header_auth:
+            raise LocalProtocolError("peer mode authenticates with messages, not a header")
         super().__init__(header_auth=header_auth, max_message_size=max_message_size)
+        #: The peer handshake's phase; None outside peer mode.
+        self._peer = PeerMachine() if peer else None
         self._pending: dict[int, str] = {}
         self._sent_auth = header_auth
         #: The relay's welcome, once received.
@@ -433,9 +497,15 @@ class ClientProtocol(_Connection[ClientEvent]):
             return None
         return self.welcome.limits.get(Limit.MAX_MESSAGE)
 
+    @property
+    def peer(self) -> bool:
+        return self._peer is not None
+
     def deadlines(self) -> frozenset[Deadline]:
         if self._conn.state is AUTHENTICATING:
             return frozenset({Deadline.AUTH})
+        if self._conn.state is AWAIT_AUTH and self._peer is not None and self._peer.phase is PeerPhase.HELLO:
+            return frozenset({Deadline.AUTH})  # the hello is out, the challenge is due
         if self._conn.state is OPEN and (self._pending or self._docs.any_pending()):
             return frozenset({Deadline.RESPONSE})
         return frozenset()
@@ -450,15 +520,38 @@ class ClientProtocol(_Connection[ClientEvent]):
 
     # --- sending ---------------------------------------------------------------------------------
 
-    def authenticate(self, token: str) -> None:
-        """Send the access token as the first message (when no header could carry it).
+    def hello(self, nonce: bytes, cert: bytes) -> None:
+        """Peer mode: open the handshake with a fresh nonce and this device's certificate.
 
         Raises:
-            LocalProtocolError: already authenticated (or header auth), or a malformed token.
+            LocalProtocolError: not in peer mode, already sent, or invalid arguments.
+        """
+        if self._peer is None or self._conn.state is not AWAIT_AUTH or not self._peer.allows(PeerEvent.HELLO):
+            raise LocalProtocolError("hello is the first message of a peer-mode connection only")
+        data = _wire(lambda: Hello(nonce, cert))
+        self._peer.process(PeerEvent.HELLO)
+        self._out.append(data)
+
+    def authenticate(self, token: str, proof: bytes | None = None) -> None:
+        """Send the access token as the first message (when no header could carry it).
+
+        In peer mode it follows the challenge and carries ``proof``, this device key's signature
+        over the handshake transcript.
+
+        Raises:
+            LocalProtocolError: already authenticated (or header auth), a malformed token, or in
+                peer mode: no challenge received yet, or no proof.
         """
         if self._sent_auth or not self._conn.allows(ConnEvent.AUTH):
             raise LocalProtocolError(f"can't authenticate when the connection is {self._conn.state.name}")
-        data = _wire(lambda: Auth(token))
+        if self._peer is not None:
+            if self._peer.phase is not PeerPhase.CHALLENGED:
+                raise LocalProtocolError("peer mode: authenticate only after the challenge")
+            if proof is None:
+                raise LocalProtocolError("peer mode: authenticate needs a proof")
+        elif proof is not None:
+            raise LocalProtocolError("a proof is only sent in peer mode")
+        data = _wire(lambda: Auth(token, proof))
         self._conn.process(ConnEvent.AUTH)
         self._sent_auth = True
         self._out.append(data)
@@ -527,8 +620,17 @@ class ClientProtocol(_Connection[ClientEvent]):
     def _handle(self, message: Message) -> None:
         if isinstance(message, Welcome):
             self._conn.process(ConnEvent.WELCOME)
-            self.welcome = Welcomed(message.user, message.epoch, message.server, dict(message.limits))
+            token, docs = (message.token, message.docs or ()) if self._peer is not None else (None, ())
+            self.welcome = Welcomed(
+                message.user, message.epoch, message.server, dict(message.limits), token, tuple(docs)
+            )
             self._events.append(self.welcome)
+            return
+        if isinstance(message, Challenge):
+            if self._peer is None or self._conn.state is not AWAIT_AUTH:
+                raise RemoteProtocolError("challenge outside a peer handshake", CloseCode.PROTOCOL_VIOLATION)
+            self._peer.process(PeerEvent.CHALLENGE)  # LocalProtocolError (-> 4002) unless after hello
+            self._events.append(ChallengeReceived(message.nonce, message.cert, message.proof))
             return
         if self._conn.state is not OPEN:
             raise RemoteProtocolError(f"{message.TYPE} before welcome", CloseCode.PROTOCOL_VIOLATION)
@@ -537,10 +639,14 @@ class ClientProtocol(_Connection[ClientEvent]):
         elif isinstance(message, RelayUpdate):
             self._on_live(message.doc, message.seq, UpdateReceived(message.doc, message.update, message.seq))
         elif isinstance(message, Stamp):
+            if self._peer is not None:
+                raise RemoteProtocolError("a peer never stamps", CloseCode.PROTOCOL_VIOLATION)
             event = StampReceived(message.doc, message.update, message.seq, message.stamps)
             self._on_live(message.doc, message.seq, event)
         elif isinstance(message, Ack):
             self._on_ack(message)
+        elif isinstance(message, Stamped):
+            self._on_stamped(message)
         elif isinstance(message, ErrorMessage):
             self._on_error(message)
         else:
@@ -558,7 +664,8 @@ class ClientProtocol(_Connection[ClientEvent]):
         if self._docs.answer(doc) is LIVE:
             self._docs.set_last_seq(doc, message.seq)
         if not was_draining:  # a tombstone absorbs answers to subscriptions the shell dropped
-            self._events.append(DocSynced(doc, message.update, message.sv, message.seq))
+            digest = message.digest if self._peer is not None else None
+            self._events.append(DocSynced(doc, message.update, message.sv, message.seq, digest))
 
     def _on_live(self, doc: str, seq: int, event: UpdateReceived | StampReceived) -> None:
         state = self._docs.state(doc)
@@ -583,6 +690,20 @@ class ClientProtocol(_Connection[ClientEvent]):
         if self._docs.state(doc) is LIVE:
             self._track(doc, message.seq)
         self._events.append(Acked(doc, message.uid, message.seq))
+
+    def _on_stamped(self, message: Stamped) -> None:
+        """An update (or the ack of ours) at ``seq`` and its stamp update at ``seq + 1``: the same
+        events, cursor moves and checks as ``upd``/``ack`` followed by ``stamp``."""
+        if self._peer is not None:
+            raise RemoteProtocolError("a peer never stamps", CloseCode.PROTOCOL_VIOLATION)
+        doc = message.doc
+        stamp = StampReceived(doc, message.stamp, message.stamp_seq, message.stamps)
+        if message.uid is not None:
+            self._on_ack(Ack(doc, message.uid, message.seq))  # raises before changing anything
+        else:
+            assert message.update is not None  # the codec admits exactly one of uid and update
+            self._on_live(doc, message.seq, UpdateReceived(doc, message.update, message.seq))
+        self._on_live(doc, message.stamp_seq, stamp)
 
     def _on_error(self, message: ErrorMessage) -> None:
         if message.uid is not None:
@@ -633,10 +754,19 @@ class RelayProtocol(_Connection[RelayEvent]):
             starts waiting for :meth:`accept_auth`/:meth:`reject_auth` instead of an ``auth``.
         max_message_size: largest message accepted from the client; :meth:`accept_auth` may
             change it through the ``max_message`` limit, which is always announced.
+        peer: peer mode (this side is a peer accepting another, not a relay): the connection
+            opens with :class:`HelloReceived`, answered by :meth:`challenge`; :meth:`send_stamp`
+            is refused.
     """
 
-    def __init__(self, *, header_auth: bool = False, max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self, *, header_auth: bool = False, max_message_size: int = DEFAULT_MAX_MESSAGE, peer: bool = False
+    ) -> None:
+        if peer and header_auth:
+            raise LocalProtocolError("peer mode authenticates with messages, not a header")
         super().__init__(header_auth=header_auth, max_message_size=max_message_size)
+        #: The peer handshake's phase; None outside peer mode.
+        self._peer = PeerMachine() if peer else None
         self._unanswered: dict[int, str] = {}
         self._max_docs: int | None = None
         #: The welcome sent, once the connection is open (user, epoch, limits).
@@ -667,18 +797,50 @@ class RelayProtocol(_Connection[RelayEvent]):
 
     # --- authentication ----------------------------------------------------------------------------
 
-    def accept_auth(self, user: str, epoch: str, server: str, limits: Mapping[str, int]) -> None:
+    @property
+    def peer(self) -> bool:
+        return self._peer is not None
+
+    def challenge(self, nonce: bytes, cert: bytes, proof: bytes) -> None:
+        """Peer mode: answer the dialer's hello with this side's nonce, certificate and proof.
+
+        Raises:
+            LocalProtocolError: not in peer mode, no hello awaiting an answer, or invalid arguments.
+        """
+        peer = self._peer
+        if peer is None or self._conn.state is not AWAIT_AUTH or not peer.allows(PeerEvent.CHALLENGE):
+            raise LocalProtocolError("a challenge answers the hello of a peer-mode connection only")
+        data = _wire(lambda: Challenge(nonce, cert, proof))
+        peer.process(PeerEvent.CHALLENGE)
+        self._out.append(data)
+
+    def accept_auth(
+        self,
+        user: str,
+        epoch: str,
+        server: str,
+        limits: Mapping[str, int],
+        *,
+        token: str | None = None,
+        docs: Sequence[str] | None = None,
+    ) -> None:
         """Open the connection and send the welcome.
+
+        Args:
+            token: peer mode: this side's access token, for the dialer to verify.
+            docs: peer mode: the documents offered to the dialer.
 
         Raises:
             LocalProtocolError: no authentication is pending, or the arguments are invalid.
         """
         if not self._conn.allows(ConnEvent.WELCOME):
             raise LocalProtocolError(f"can't accept auth when the connection is {self._conn.state.name}")
+        if self._peer is None and (token is not None or docs is not None):
+            raise LocalProtocolError("a welcome carries a token or an offer in peer mode only")
         announced = dict(limits)
         announced.setdefault(Limit.MAX_MESSAGE, self.max_message_size)
         try:
-            welcome = Welcome(user, epoch, server, announced)
+            welcome = Welcome(user, epoch, server, announced, token, None if docs is None else tuple(docs))
         except CodecError as exc:
             raise LocalProtocolError(str(exc)) from exc
         if welcome.limits[Limit.MAX_MESSAGE] < 64:
@@ -693,17 +855,24 @@ class RelayProtocol(_Connection[RelayEvent]):
     def reject_auth(self, code: int, reason: str) -> None:
         """Refuse the token: close with ``code`` (4001 expired, 4003 invalid, 4010, 4011).
 
+        In peer mode it may also refuse the hello (a bad certificate) before any challenge.
+
         Raises:
             LocalProtocolError: the connection is already open or closing.
         """
-        if self._conn.state is not AUTHENTICATING:
+        hello_pending = (
+            self._peer is not None and self._conn.state is AWAIT_AUTH and self._peer.phase is PeerPhase.HELLO
+        )
+        if self._conn.state is not AUTHENTICATING and not hello_pending:
             raise LocalProtocolError(f"can't reject auth when the connection is {self._conn.state.name}")
         self.close(code, reason)
 
     # --- answering -----------------------------------------------------------------------------------
 
-    def send_sync(self, doc: str, update: bytes, sv: bytes, seq: int) -> None:
+    def send_sync(self, doc: str, update: bytes, sv: bytes, seq: int, digest: bytes | None = None) -> None:
         """Answer the oldest pending ``sub`` of ``doc`` with sync step 2; the doc becomes live.
+
+        ``digest`` (peer mode only) summarises this side's content of the doc.
 
         Compute ``update`` and read ``seq`` without yielding to other work on the doc, so every
         update up to ``seq`` is in ``update`` and every later one reaches the fan-out after this
@@ -715,7 +884,9 @@ class RelayProtocol(_Connection[RelayEvent]):
         self._require_open("send a sync")
         if self._docs.pending(doc) == 0:
             raise LocalProtocolError(f"no pending sub of {doc!r} to answer")
-        data = _wire(lambda: Sync(doc, update, sv, seq))
+        if digest is not None and self._peer is None:
+            raise LocalProtocolError("a sync carries a digest in peer mode only")
+        data = _wire(lambda: Sync(doc, update, sv, seq, digest))
         self._docs.answer(doc)
         self._out.append(data)
 
@@ -730,6 +901,38 @@ class RelayProtocol(_Connection[RelayEvent]):
         data = _wire(lambda: Ack(doc, uid, seq))
         del self._unanswered[uid]
         self._out.append(data)
+
+    def ack_stamped(
+        self, doc: str, uid: int, seq: int, stamp: bytes, stamps: Sequence[tuple[int, str]]
+    ) -> bool:
+        """:meth:`ack` the update ``uid`` as ``seq`` together with the relay's stamp update for the
+        claims it carried, stored as ``seq + 1``: one ``stamped`` message instead of ``ack`` and
+        ``stamp``. Only after the commit of both. If the doc is not live on this connection the
+        stamps are left out (a plain ``ack``; the client gets them from its next ``sync``).
+
+        Returns:
+            Whether the stamps were included.
+
+        Raises:
+            LocalProtocolError: not OPEN, ``uid`` not unanswered or sent for another doc, peer
+                mode (a peer never stamps), or invalid arguments.
+        """
+        self._require_open("ack")
+        self._take_uid(doc, uid)
+        if self._peer is not None:
+            raise LocalProtocolError("a peer never stamps: only the relay does")
+        live = doc in self._docs.live
+        if live:
+            data = _wire(lambda: Stamped(doc, seq, stamp, tuple(stamps), uid=uid))
+        else:
+            data = _wire(lambda: Ack(doc, uid, seq))
+        del self._unanswered[uid]
+        self._out.append(data)
+        return live
+
+    def is_unanswered(self, uid: int) -> bool:
+        """Whether the update ``uid`` awaits its ``ack`` or ``err`` on this open connection. O(1)."""
+        return uid in self._unanswered and self._conn.state is OPEN
 
     def send_error(
         self,
@@ -784,7 +987,9 @@ class RelayProtocol(_Connection[RelayEvent]):
         return self.send_live(doc, data)
 
     def send_stamp(self, doc: str, seq: int, update: bytes, stamps: Sequence[tuple[int, str]]) -> bool:
-        """Encode and queue one stamp message (see :meth:`send_update`)."""
+        """Encode and queue one stamp message (see :meth:`send_update`). Never in peer mode."""
+        if self._peer is not None:
+            raise LocalProtocolError("a peer never stamps: only the relay does")
         try:
             data = encode_stamp(doc, seq, update, stamps)
         except CodecError as exc:
@@ -795,6 +1000,9 @@ class RelayProtocol(_Connection[RelayEvent]):
 
     def _handle(self, message: Message) -> None:
         state = self._conn.state
+        if state is AWAIT_AUTH and self._peer is not None:
+            self._handle_peer_handshake(message)
+            return
         if state is AWAIT_AUTH:
             if not isinstance(message, Auth):
                 raise RemoteProtocolError(
@@ -820,6 +1028,26 @@ class RelayProtocol(_Connection[RelayEvent]):
             raise RemoteProtocolError(
                 f"{message.TYPE} is a relay-to-client message", CloseCode.PROTOCOL_VIOLATION
             )
+
+    def _handle_peer_handshake(self, message: Message) -> None:
+        assert self._peer is not None
+        phase = self._peer.phase
+        if phase is PeerPhase.START:
+            if not isinstance(message, Hello):
+                raise RemoteProtocolError(
+                    f"a peer connection opens with hello, not {message.TYPE}", CloseCode.PROTOCOL_VIOLATION
+                )
+            self._peer.process(PeerEvent.HELLO)
+            self._events.append(HelloReceived(message.nonce, message.cert))
+        elif phase is PeerPhase.HELLO:
+            raise RemoteProtocolError(f"{message.TYPE} before the challenge", CloseCode.PROTOCOL_VIOLATION)
+        else:
+            if not isinstance(message, Auth) or message.proof is None:
+                raise RemoteProtocolError(
+                    "after the challenge a peer sends auth with a proof", CloseCode.PROTOCOL_VIOLATION
+                )
+            self._conn.process(ConnEvent.AUTH)
+            self._events.append(AuthRequested(message.token, message.proof))
 
     def _on_subscribe(self, message: Subscribe) -> None:
         doc = message.doc

@@ -37,6 +37,15 @@ resync after a gap); the doc is not LIVE again until every pending answer has ar
 
 STALE is only ever reached on the client: it saw a gap in the sequence numbers and must resync.
 The relay never fires ``GAP``.
+
+The peer handshake machine (peer mode only, docs/peer.md), run inside AWAIT_AUTH before the
+``auth`` message, by both roles in the same way (the dialer fires ``HELLO`` when it sends the
+``hello`` and ``CHALLENGE`` when it receives the ``challenge``; the acceptor the other way round)::
+
+    START --HELLO--> HELLO --CHALLENGE--> CHALLENGED
+
+The connection's ``AUTH`` event is allowed in peer mode only from CHALLENGED: a token is never
+sent to, nor accepted from, a side that has not proven possession of its device key yet.
 """
 
 from __future__ import annotations
@@ -56,6 +65,10 @@ __all__ = [
     "DocEvent",
     "DocMachine",
     "DocState",
+    "PEER_TRANSITIONS",
+    "PeerEvent",
+    "PeerMachine",
+    "PeerPhase",
 ]
 
 
@@ -263,3 +276,45 @@ class DocMachine:
         self._docs.clear()
         self.live.clear()
         self._pending_total = self._subscribed_total = 0
+
+
+class PeerPhase(enum.Enum):
+    START = "START"
+    HELLO = "HELLO"
+    CHALLENGED = "CHALLENGED"
+
+
+class PeerEvent(enum.Enum):
+    HELLO = "HELLO"
+    CHALLENGE = "CHALLENGE"
+
+
+PEER_TRANSITIONS: Final[dict[PeerPhase, dict[PeerEvent, PeerPhase]]] = {
+    PeerPhase.START: {PeerEvent.HELLO: PeerPhase.HELLO},
+    PeerPhase.HELLO: {PeerEvent.CHALLENGE: PeerPhase.CHALLENGED},
+    PeerPhase.CHALLENGED: {},
+}
+
+
+class PeerMachine:
+    """Where a peer-mode connection is in the mutual-proof handshake; only :meth:`process` changes it."""
+
+    __slots__ = ("phase",)
+
+    def __init__(self) -> None:
+        self.phase = PeerPhase.START
+
+    def allows(self, event: PeerEvent) -> bool:
+        return event in PEER_TRANSITIONS[self.phase]
+
+    def process(self, event: PeerEvent) -> PeerPhase:
+        """Apply ``event``.
+
+        Raises:
+            LocalProtocolError: the table has no such transition; the phase is unchanged.
+        """
+        target = PEER_TRANSITIONS[self.phase].get(event)
+        if target is None:
+            raise LocalProtocolError(f"can't handle {event.name} in peer handshake phase {self.phase.name}")
+        self.phase = target
+        return target

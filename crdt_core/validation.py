@@ -177,19 +177,25 @@ class _Batch:
         self.certs = certs
         self.new_certs: dict[str, Certificate] = {}
         self.new_reservations: dict[str, Reservation] = {}
-        # Reading a map the document lacks would create it (pycrdt's ``Doc.get``), visibly changing
-        # a replica that validation must leave untouched; so only maps it already has are read.
-        self.roots = frozenset(replica.roots())
+        # Reads never create a missing map (``Replica``'s reads check first), so validation
+        # leaves the replica untouched without listing its roots (which costs a Python object
+        # per root on every update).
 
     def get_bytes(self, root: str, key: str) -> bytes | None:
-        return self.replica.get_bytes(root, key) if root in self.roots else None
+        return self.replica.get_bytes(root, key)
 
     def has_key(self, root: str, key: str) -> bool:
-        return root in self.roots and self.replica.has_key(root, key)
+        return self.replica.has_key(root, key)
 
     def certificate(self, cert_id: str) -> Certificate | None:
         if cert_id in self.new_certs:
             return self.new_certs[cert_id]
+        # A certificate is stored under its id, the hash of its exact bytes (checked when it
+        # arrived, rule 4), so one the cache verified under this id is the one the document
+        # holds: no need to read and hash its bytes again.
+        cached = self.certs.get(cert_id)
+        if cached is not None:
+            return cached if self.has_key(CERTS_ROOT, cert_id) else None
         raw = self.get_bytes(CERTS_ROOT, cert_id)
         if raw is None:
             return None

@@ -20,9 +20,10 @@ Theory of operation
 * Writing is pipelined: under the lock an update is validated (caller's ``check``), applied to the
   replica, the relay's own update is built (``build_extra``, e.g. booking stamps, with stamp numbers
   from the document's counter), and both are *ordered* in the store's group-commit queue; then the
-  lock is released and the caller awaits the commit. So the next update of the same document can
-  be validated against the new state and share the same commit, and nothing interleaves between
-  validate, apply, stamp and ordering.
+  lock is released (:meth:`DocumentManager.order` returns here, with an :class:`Ordered` handle)
+  and the caller awaits the commit or is called back when it is done. So the next update of the
+  same document, or of the same connection, can be validated against the new state and share the
+  same commit, and nothing interleaves between validate, apply, stamp and ordering.
 * Because the replica can be ahead of the disk, every *read* (state vector, catch-up diff) first
   waits, under the lock, for the document's last ordered commit: nobody is ever shown an update or
   a stamp that is not durable (a crash would otherwise re-issue a stamp number someone has seen).
@@ -59,6 +60,7 @@ __all__ = [
     "DocumentManager",
     "ManagerClosedError",
     "ManagerStats",
+    "Ordered",
     "Pin",
     "StampSequence",
 ]
@@ -80,6 +82,15 @@ class ManagerClosedError(Exception):
     """The manager is shutting down."""
 
 
+def _log_floor_failure(doc_id: str) -> Callable[[asyncio.Future[int]], None]:
+    def done(future: asyncio.Future[int]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            # The append queued right behind it fails its stamp_base check and reports to its caller.
+            log.error("! %s: raising the stamp counter failed: %s", doc_id, future.exception())
+
+    return done
+
+
 class StampSequence:
     """Stamp numbers handed to ``build_extra``: consecutive from the document's next stamp.
 
@@ -93,6 +104,17 @@ class StampSequence:
         self.base = base
         self.count = 0
         self._open = True
+
+    def carried(self, highest: int) -> None:
+        """Stamps up to ``highest`` arrived inside the update itself: hand out numbers after them.
+
+        Why: after a restore from backup, clients send back stamps the relay issued before the
+        loss. Numbering on from the restored counter would write a new stamp under a key a
+        carried stamp already holds, a rewrite every replica refuses for good.
+        """
+        if not self._open or self.count:
+            raise RuntimeError("carried stamps must be declared before any number is taken")
+        self.base = max(self.base, highest + 1)
 
     def next(self) -> int:
         if not self._open:
@@ -162,6 +184,100 @@ class Applied(Generic[X]):
     @property
     def noop(self) -> bool:
         return self.update_seq is None and self.extra_seq is None
+
+
+class Ordered(Generic[X]):
+    """An update validated, applied and ordered in the store, whose commit may still be running.
+
+    What :meth:`DocumentManager.order` returns. :meth:`wait` gives the :class:`Applied` once it is
+    durable; :meth:`add_done_callback` calls back instead (no task needed), with the ``Applied``
+    or the exception :meth:`wait` would raise. Callbacks of one document's updates run in the
+    order the updates were ordered. ``on_durable`` (given to ``order``) runs before them.
+    """
+
+    __slots__ = ("doc_id", "commit", "checked", "extra", "_barrier", "_seq", "_manager", "_entry")
+
+    def __init__(
+        self,
+        manager: DocumentManager,
+        entry: _Entry,
+        commit: asyncio.Future[AppendResult] | None,
+        barrier: list[asyncio.Future[AppendResult]],
+        checked: X | None,
+        extra: bytes | None,
+    ) -> None:
+        self.doc_id = entry.doc_id
+        #: The store's commit of this update (``None`` for a no-op: nothing is stored).
+        self.commit = commit
+        self.checked = checked
+        self.extra = extra
+        #: A no-op waits for every commit of its document ordered before it (what it repeats).
+        self._barrier = barrier
+        self._seq = entry.seq
+        self._manager = manager
+        self._entry = entry
+
+    @property
+    def noop(self) -> bool:
+        return self.commit is None
+
+    def _outcome(self) -> Applied[X] | BaseException:
+        """The outcome; only once the commit (or, for a no-op, every barrier commit) is done."""
+        entry = self._entry
+        if self.commit is None:
+            for future in self._barrier:
+                if not self._manager._settle(entry, future):
+                    return StoreError(f"{self.doc_id}: the update this one repeats failed to commit")
+            seq = max((f.result().seq for f in self._barrier), default=self._seq)
+            return Applied(doc_id=self.doc_id, seq=max(seq, self._seq), update_seq=None)
+        commit = self.commit
+        if not self._manager._settle(entry, commit):
+            if commit.cancelled():
+                return StoreError(f"{self.doc_id}: the commit was cancelled")
+            exc = commit.exception()
+            assert exc is not None
+            return exc
+        result = commit.result()
+        return Applied(
+            doc_id=self.doc_id,
+            seq=result.seq,
+            update_seq=result.seqs[0],
+            extra=self.extra,
+            extra_seq=result.seqs[1] if self.extra is not None else None,
+            stamps=result.stamps,
+            checked=self.checked,
+        )
+
+    async def wait(self) -> Applied[X]:
+        """The outcome once durable. Cancelling the wait never cancels the commit.
+
+        Raises:
+            StoreError: the commit failed (or, for a no-op, a commit it repeats failed).
+        """
+        pending = [self.commit] if self.commit is not None else self._barrier
+        if pending:
+            await asyncio.wait([asyncio.shield(f) for f in pending])
+        outcome = self._outcome()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def add_done_callback(self, fn: Callable[[Applied[X] | BaseException], None]) -> None:
+        """Call ``fn(outcome)`` in the event loop once the outcome is known (never synchronously)."""
+        pending = [self.commit] if self.commit is not None else list(self._barrier)
+        loop = asyncio.get_running_loop()
+        if not pending:
+            loop.call_soon(lambda: fn(self._outcome()))
+            return
+        left = [len(pending)]
+
+        def one_done(_future: asyncio.Future[AppendResult]) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                fn(self._outcome())
+
+        for future in pending:
+            future.add_done_callback(one_done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +504,28 @@ class DocumentManager:
     ) -> Applied[X]:
         """Validate, apply and durably store one incoming update (plus the relay's own update).
 
+        :meth:`order`, then wait for the commit (:meth:`Ordered.wait`).
+
+        Raises:
+            EngineError: the update is not a valid update; nothing changed.
+            StoreError: the commit failed; the update is not stored (the document is reloaded
+                from the store on next use, so memory does not keep what the disk lost).
+            CapacityError, ManagerClosedError: transient; retry later.
+            Whatever ``check`` or ``build_extra`` raise.
+        """
+        ordered = await self.order(doc_id, update, check, build_extra, on_durable)
+        return await ordered.wait()
+
+    async def order(
+        self,
+        doc_id: str,
+        update: bytes,
+        check: Check[X],
+        build_extra: BuildExtra[X] | None = None,
+        on_durable: OnDurable[X] | None = None,
+    ) -> Ordered[X]:
+        """Validate, apply and order one incoming update (plus the relay's own update) for storing.
+
         Under the document's lock, in this order, with no other update of the document between:
 
         1. a no-op (an update that adds nothing, e.g. a re-send; see :func:`_is_noop`) stops
@@ -401,12 +539,14 @@ class DocumentManager:
         5. both are ordered in the store as one append (one transaction, consecutive seqs, the
            stamp counter advanced in it).
 
-        Then, without the lock, this waits for the commit and returns the seqs.
+        Returns once ordered, *before* the commit: the caller can go on with its next update
+        while this one commits, and learns the outcome from the :class:`Ordered` handle.
+        Appends are committed in the order they were ordered, so one caller's updates are
+        durable in the order it submitted them.
 
         Raises:
             EngineError: the update is not a valid update; nothing changed.
-            StoreError: the commit failed; the update is not stored (the document is reloaded
-                from the store on next use, so memory does not keep what the disk lost).
+            StoreError: the store refused to order it (closing); nothing is stored.
             CapacityError, ManagerClosedError: transient; retry later.
             Whatever ``check`` or ``build_extra`` raise.
         """
@@ -438,6 +578,12 @@ class DocumentManager:
                     elif stamps.count:
                         raise ValueError("build_extra took stamp numbers but returned no update")
                     updates = [update] if extra is None else [update, extra]
+                    if stamps.base > entry.next_stamp:
+                        # Ordered before the append in the same writer queue, so the store's
+                        # counter moves past the carried stamps before it checks stamp_base.
+                        floor = self._store.enqueue_stamp_floor(doc_id, stamps.base)
+                        floor.add_done_callback(_log_floor_failure(doc_id))
+                        entry.next_stamp = stamps.base
                     commit = asyncio.ensure_future(
                         self._store.enqueue_append(
                             doc_id,
@@ -459,30 +605,12 @@ class DocumentManager:
                 grown = sum(len(u) for u in updates)
                 entry.size += grown
                 self._loaded_bytes += grown
+            ordered = Ordered(self, entry, commit, barrier, checked, extra)
         if commit is None:
             self._noops += 1
-            if barrier:
-                await asyncio.wait(barrier)
-                for future in barrier:
-                    if not self._settle(entry, future):
-                        raise StoreError(f"{doc_id}: the update this one repeats failed to commit")
-            return Applied(doc_id=doc_id, seq=entry.seq, update_seq=None)
-        if self._loaded_bytes > self.max_bytes:
+        elif self._loaded_bytes > self.max_bytes:
             self._spawn(self._make_room(for_new=False))
-        try:
-            result = await asyncio.shield(commit)
-        finally:
-            if commit.done():
-                self._settle(entry, commit)
-        return Applied(
-            doc_id=doc_id,
-            seq=result.seq,
-            update_seq=result.seqs[0],
-            extra=extra,
-            extra_seq=result.seqs[1] if extra is not None else None,
-            stamps=result.stamps,
-            checked=checked,
-        )
+        return ordered
 
     async def apply(self, doc_id: str, update: bytes) -> Applied[None]:
         """:meth:`submit` with no check and no relay update (an update already validated)."""

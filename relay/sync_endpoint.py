@@ -3,12 +3,22 @@
 Why an extension: the app factory (``relay.app``) owns accounts and tokens and opens extensions
 after them and closes them before them, so on SIGTERM the hub can still tell every client to
 come back (close 1001) and the store can finish its commits while accounts are open.
+
+Socket writes: an ASGI ``websocket.send`` event is one frame and one ``write`` syscall, and on
+loopback most of a delivery's CPU is that syscall and the layers above it (Starlette's state
+checks, uvicorn's send). So :class:`AsgiTransport` has a ``send_many`` that, when the server is
+uvicorn's ``websockets-sansio`` implementation (the one ``relay.cli`` runs), frames every queued
+message with that connection's own ``websockets`` protocol object and writes them with one
+``transport.write``, honouring the same flow control (``writable``) and state checks as uvicorn's
+``send``. On any other ASGI server, or if uvicorn's internals ever change shape, it falls back to
+one ``websocket.send`` per message (:func:`_uvicorn_sansio`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -25,11 +35,31 @@ from relay.sync_hub import SyncHub, highest_stamp
 log = get_logger("relay.sync")
 
 
+def _uvicorn_sansio(ws: WebSocket) -> Any | None:
+    """uvicorn's ``WebSocketsSansIOProtocol`` behind ``ws``, if that is what serves it, else None.
+
+    Starlette keeps the ASGI ``receive`` callable it was given; under uvicorn's sans-I/O websocket
+    implementation (and no middleware wrapping ``receive`` for websockets, as in this app) that is
+    the protocol's bound ``receive`` method. Every attribute ``send_many`` touches is checked.
+    """
+    proto = getattr(getattr(ws, "_receive", None), "__self__", None)
+    if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    needed = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete")
+    if not all(hasattr(proto, name) for name in needed):
+        return None
+    conn = proto.conn
+    if not (callable(getattr(conn, "send_binary", None)) and callable(getattr(conn, "data_to_send", None))):
+        return None
+    return proto
+
+
 class AsgiTransport:
     """Adapts Starlette's websocket to the hub's :class:`relay.sync_hub.Transport`."""
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self._sansio = _uvicorn_sansio(ws)
 
     async def recv(self) -> bytes | str | None:
         try:
@@ -47,6 +77,41 @@ class AsgiTransport:
     async def send(self, data: bytes) -> None:
         await self.ws.send_bytes(data)
 
+    def write_now(self, items: list[bytes]) -> bool:
+        """Frame and write ``items`` at once, with one socket write, if the socket is open and not
+        paused by flow control; False (nothing written) otherwise, or off uvicorn's sans-I/O."""
+        proto = self._sansio
+        if (
+            proto is None
+            or not proto.writable.is_set()
+            or proto.disconnected
+            or proto.close_sent
+            or not proto.handshake_complete
+        ):
+            return False
+        conn = proto.conn
+        for data in items:
+            conn.send_binary(data)
+        proto.transport.write(b"".join(conn.data_to_send()))
+        return True
+
+    async def send_many(self, items: list[bytes]) -> None:
+        """Send ``items`` in order, as one socket write when the server allows (module docstring)."""
+        proto = self._sansio
+        if proto is None:
+            for data in items:
+                await self.ws.send_bytes(data)
+            return
+        await proto.writable.wait()  # uvicorn's flow control: paused while the socket is full
+        if proto.disconnected or proto.close_sent or not proto.handshake_complete:
+            for data in items:  # let the ordinary path raise (or refuse) as it would
+                await self.ws.send_bytes(data)
+            return
+        conn = proto.conn
+        for data in items:
+            conn.send_binary(data)
+        proto.transport.write(b"".join(conn.data_to_send()))
+
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
@@ -60,6 +125,11 @@ def bearer_token(headers: Any) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 
 
+#: The cyclic GC's first threshold while the relay serves (CPython's default is 700; see
+#: :meth:`SyncExtension.start`).
+GC_GEN0_THRESHOLD = 50_000
+
+
 class SyncExtension:
     name = "sync"
 
@@ -70,6 +140,7 @@ class SyncExtension:
         self.manager: DocumentManager | None = None
         self.hub: SyncHub | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._gc_threshold: tuple[int, int, int] | None = None
 
     def install(self, app: FastAPI, ctx: RelayContext) -> None:
         @app.websocket("/api/v1/sync")
@@ -140,9 +211,31 @@ class SyncExtension:
             await hub.shutdown()
 
         self._watcher = asyncio.create_task(say_goodbye_on_stop(), name="sync-stop-watcher")
+        self._tune_gc()
         log_event(log, "sync started", epoch=self.store.epoch)
 
+    def _tune_gc(self) -> None:
+        """Make CPython's cyclic GC run less often while serving.
+
+        Why: a relay holds hundreds of thousands of long-lived objects (connections, loaded
+        documents, the app) and allocates a few thousand short-lived ones per update, nearly all
+        freed by reference counting. With the default thresholds (700, 10, 10) a full collection,
+        which walks every tracked object, ran every few dozen updates: 11% of the event loop's
+        time in a py-spy profile of 500 documents x 20 updates. Objects alive now (the app,
+        modules, the accounts) move to the permanent generation (``gc.freeze``), and the young
+        generation collects after 50,000 allocations instead of 700; cycles are still collected.
+        """
+        self._gc_threshold = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        _, gen1, gen2 = self._gc_threshold
+        gc.set_threshold(max(GC_GEN0_THRESHOLD, self._gc_threshold[0]), gen1, gen2)
+
     async def stop(self, ctx: RelayContext) -> None:
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
+            gc.unfreeze()
+            self._gc_threshold = None
         if self._watcher is not None:
             self._watcher.cancel()
         if self.hub is not None:

@@ -11,15 +11,26 @@ right away, before the next ``await``, so answers and the live stream never over
   document's lock (``DocumentManager.read``, which first waits for every ordered commit), the
   diff against the client's state vector is computed and the connection is registered as a
   subscriber at that sequence number, in one synchronous step: no live update can fall between.
-* **Update**: under the document's lock (``DocumentManager.submit``) the update is validated by
+* **Update**: under the document's lock (``DocumentManager.order``) the update is validated by
   crdt_core (the same rules every peer runs), applied, the relay stamps each new reservation with
   the document's next stamp numbers (a relay-signed record in its own update), and both updates
   are ordered into one group commit. When it commits, a callback (run in commit order, so in
   sequence order) acknowledges the sender and fans the bytes out: the update to every other live
-  subscriber, the stamp update to every live subscriber, the sender included. Nothing is shown to
-  anyone before it is durable, and nothing rejected is stored or forwarded.
+  subscriber, and with it, in the same ``stamped`` message, the stamp update (the sender's ack
+  carries the stamps likewise). Nothing is shown to anyone before it is durable, and nothing
+  rejected is stored or forwarded.
+* **Pipelining**: the read loop does not wait for a commit. Once an update is ordered it reads,
+  validates and orders the next one, so one connection's outbox flush shares group commits
+  instead of paying one commit latency per update. Acks still go out only after the commit, in
+  commit order (which is the order the connection sent them). At most ``max_inflight`` updates
+  of a connection are ordered and unanswered; at the bound the loop stops reading that socket
+  until one is answered (TCP backpressure; nothing is refused).
 * **Fan-out** encodes each outgoing message once and appends the same bytes to each subscriber's
-  queue: no task and no protocol work per recipient beyond a set lookup.
+  queue: no task and no protocol work per recipient beyond a set lookup. Where the transport can
+  write without waiting (``write_now``), one callback per event-loop turn writes every
+  connection that got messages in that turn, all of a connection's messages with one socket
+  write, with no task switch per recipient; a connection whose socket is full (flow control), or
+  a transport without ``write_now``, is written by its own writer task, which waits.
 * **Slow consumers**: a queue over its byte budget closes the connection with 1013 ("try again
   later"); the client reconnects and catches up by state vector, and the relay's memory per
   connection stays bounded.
@@ -40,7 +51,7 @@ from crdt_core.authoring import write_stamps
 from crdt_core.certs import CertificateCache, SigningKey
 from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, ValidationError
-from crdt_core.messages import CloseCode, ErrorCode, encode_stamp, encode_update
+from crdt_core.messages import MAX_STAMPS, CloseCode, ErrorCode, Limit, encode_stamped, encode_update
 from crdt_core.protocol import (
     AuthRequested,
     RelayProtocol,
@@ -51,7 +62,14 @@ from crdt_core.protocol import (
 from crdt_core.schema import parse_doc_id
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
 from relay.config import SyncLimits
-from relay.documents import CapacityError, DocumentManager, ManagerClosedError, Pin, StampSequence
+from relay.documents import (
+    Applied,
+    CapacityError,
+    DocumentManager,
+    ManagerClosedError,
+    Pin,
+    StampSequence,
+)
 from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
 from relay.store.base import AppendResult, StoreError
@@ -60,6 +78,9 @@ from relay.tokens import Claims, TokenError, TokenExpired, TokenRevoked
 log = logging.getLogger("quickslot.relay.sync")
 
 SERVER_NAME = "quickslot-relay/0.1"
+
+#: Updates of one connection ordered and not yet answered, at most (see "Pipelining" above).
+DEFAULT_MAX_INFLIGHT = 64
 
 
 class Transport(Protocol):
@@ -72,6 +93,11 @@ class Transport(Protocol):
     async def send(self, data: bytes) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+    # Optional: ``async def send_many(self, items: list[bytes]) -> None`` sends several messages
+    # with one socket write; the writer uses it when the transport has it. And
+    # ``def write_now(self, items: list[bytes]) -> bool`` writes them at once if the socket takes
+    # them without waiting, else returns False (the writer task then sends them).
 
 
 class TokenVerifier(Protocol):
@@ -119,6 +145,14 @@ class SyncConnection:
         self.bucket = _Bucket(hub.limits.rate_per_s, hub.limits.burst)
         self.strikes = 0
         self.expiry: asyncio.TimerHandle | None = None
+        #: Updates ordered and not yet answered, and the event the read loop waits on at the bound.
+        self.inflight = 0
+        self.room = asyncio.Event()
+        self.write_now: Callable[[list[bytes]], bool] | None = getattr(transport, "write_now", None)
+        #: Queued for the hub's end-of-turn flush (``SyncHub._flush_dirty``).
+        self.dirty = False
+        #: The writer task is sending: it owns the queue's order until it is done.
+        self.sending = False
 
     @property
     def user(self) -> str | None:
@@ -136,7 +170,30 @@ class SyncConnection:
             return
         self.queue.append(data)
         self.queued_bytes += len(data)
-        self.wakeup.set()
+        if self.write_now is None:
+            self.wakeup.set()
+        elif not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+
+    def write_queued(self) -> None:
+        """Write everything queued now if the transport takes it without waiting; else wake the
+        writer task (socket full, closing, or the writer mid-send: it keeps the order)."""
+        if not self.queue:
+            return
+        if self.sending or self.closing is not None or self.write_now is None:
+            self.wakeup.set()
+            return
+        try:
+            written = self.write_now(list(self.queue))
+        except Exception:  # the socket went away: the writer task meets it the ordinary way
+            written = False
+        if not written:
+            self.wakeup.set()
+            return
+        self.queue.clear()
+        sent, self.queued_bytes = self.queued_bytes, 0
+        self.hub.bytes_out.inc(sent)
 
     def flush(self) -> None:
         """Move everything the protocol produced to the queue; honour a close it asked for."""
@@ -151,15 +208,27 @@ class SyncConnection:
             self.wakeup.set()
 
     async def writer(self) -> None:
+        send_many = getattr(self.transport, "send_many", None)
         try:
             while True:
                 await self.wakeup.wait()
                 self.wakeup.clear()
                 while self.queue:
+                    self.sending = True
+                    if send_many is not None:
+                        # Everything queued so far in one call: one socket write on transports
+                        # that can, instead of one per message.
+                        batch = list(self.queue)
+                        self.queue.clear()
+                        sent, self.queued_bytes = self.queued_bytes, 0
+                        await send_many(batch)
+                        self.hub.bytes_out.inc(sent)
+                        continue
                     data = self.queue.popleft()
                     self.queued_bytes -= len(data)
                     await self.transport.send(data)
                     self.hub.bytes_out.inc(len(data))
+                self.sending = False
                 if self.closing is not None:
                     code, reason = self.closing
                     with contextlib.suppress(Exception):
@@ -185,7 +254,10 @@ class SyncHub:
         metrics: MetricsRegistry,
         limits: SyncLimits | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
     ) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
         self.manager = manager
         self.tokens = tokens
         self.rights = rights
@@ -193,9 +265,12 @@ class SyncHub:
         self._trusted_keys = trusted_keys
         self.epoch = epoch
         self.limits = limits or SyncLimits()
+        self.max_inflight = max_inflight
         self.clock_ms = clock_ms
         self.connections: set[SyncConnection] = set()
         self.subscribers: dict[str, dict[SyncConnection, int]] = {}
+        #: Connections with messages queued in this event-loop turn (see "Fan-out" above).
+        self._dirty: list[SyncConnection] = []
         self._certs = CertificateCache(trusted_keys())
         self.stopping = False
         m = metrics
@@ -210,6 +285,20 @@ class SyncHub:
         self.ack_latency = m.histogram("quickslot_ack_latency_seconds", "Update received to ack sent")
         self.stamps_issued = m.counter("quickslot_stamps_total", "Booking claims stamped")
         self.metrics_slow = m.counter("quickslot_slow_consumers_total", "Connections cut for falling behind")
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def _mark_dirty(self, conn: SyncConnection) -> None:
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        self._dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        """Once per event-loop turn: write what this turn queued, connection by connection."""
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.dirty = False
+            conn.write_queued()
 
     # --- trust -----------------------------------------------------------------------------------
 
@@ -248,6 +337,11 @@ class SyncHub:
     async def _read_loop(self, conn: SyncConnection) -> None:
         deadline = time.monotonic() + self.limits.auth_deadline_s
         while conn.closing is None:
+            if conn.inflight >= self.max_inflight:
+                # Backpressure: read nothing more until one of this connection's updates is answered.
+                conn.room.clear()
+                await conn.room.wait()
+                continue
             timeout = None if conn.claims is not None else max(0.0, deadline - time.monotonic())
             try:
                 data = await asyncio.wait_for(conn.transport.recv(), timeout)
@@ -298,7 +392,8 @@ class SyncHub:
                 conn.proto.reject_auth(CloseCode.ACCOUNT_DISABLED, "account disabled")
             else:
                 conn.claims = claims
-                conn.proto.accept_auth(claims.sub, self.epoch, SERVER_NAME, self.limits.announce())
+                limits = {**self.limits.announce(), Limit.MAX_INFLIGHT: self.max_inflight}
+                conn.proto.accept_auth(claims.sub, self.epoch, SERVER_NAME, limits)
                 delay = claims.exp - time.time()
                 conn.expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, conn)
         conn.flush()
@@ -380,7 +475,14 @@ class SyncHub:
 
     def _stamper(self, doc: str) -> Callable[[Replica, ValidatedUpdate, StampSequence], bytes | None]:
         def build(replica: Replica, checked: ValidatedUpdate, stamps: StampSequence) -> bytes | None:
-            claims = [r.id for r in checked.new_reservations]
+            carried = checked.new_stamps
+            if carried:
+                # A client re-sending what a restored relay lost brings the stamps with the claims.
+                stamps.carried(max(s.no for s in carried))
+                already = {s.reservation for s in carried}
+                claims = [r.id for r in checked.new_reservations if r.id not in already]
+            else:
+                claims = [r.id for r in checked.new_reservations]
             if not claims:
                 return None
             numbers = [stamps.next() for _ in claims]
@@ -417,7 +519,7 @@ class SyncHub:
             self._publish(conn, doc, uid, update, result, checked, extra, started)
 
         try:
-            applied = await self.manager.submit(
+            ordered = await self.manager.order(
                 doc, update, self._check(doc), self._stamper(doc), on_durable=on_durable
             )
         except ValidationError as exc:
@@ -425,20 +527,41 @@ class SyncHub:
             code = ErrorCode.MISSING_DEPS if exc.code == "missing_deps" else ErrorCode.REJECTED
             conn.proto.send_error(code, f"{exc.code}: {exc.detail}"[:400], doc=doc, uid=uid)
             conn.flush()
+            return
         except EngineError as exc:
             self.rejections.labels("malformed").inc()
             conn.proto.send_error(ErrorCode.REJECTED, f"malformed: {exc}"[:400], doc=doc, uid=uid)
             conn.flush()
+            return
         except (CapacityError, ManagerClosedError, StoreError) as exc:
             conn.proto.send_error(
                 ErrorCode.INTERNAL, f"not stored, retry: {type(exc).__name__}", doc=doc, uid=uid
             )
             conn.flush()
+            return
+        # Ordered: the commit runs while the read loop goes on. ``_publish`` answers a stored
+        # update when it is durable; ``_settled`` answers the rest (a no-op, a failed commit).
+        conn.inflight += 1
+        ordered.add_done_callback(lambda outcome: self._settled(conn, doc, uid, outcome))
+
+    def _settled(
+        self, conn: SyncConnection, doc: str, uid: int, outcome: Applied[ValidatedUpdate] | BaseException
+    ) -> None:
+        """Runs once an ordered update's outcome is known (after ``_publish`` for a stored one)."""
+        conn.inflight -= 1
+        conn.room.set()
+        if not conn.proto.is_unanswered(uid):
+            return  # answered by _publish, or the connection is gone
+        if isinstance(outcome, BaseException):
+            conn.proto.send_error(
+                ErrorCode.INTERNAL, f"not stored, retry: {type(outcome).__name__}", doc=doc, uid=uid
+            )
         else:
-            if applied.update_seq is None and conn.closing is None and conn.proto.is_live(doc):
-                # A re-send of what the relay already holds: acknowledge it once that is durable.
-                conn.proto.ack(doc, uid, applied.seq)
-                conn.flush()
+            # A re-send of what the relay already holds, now durable (or, should _publish have
+            # failed, the update itself): acknowledge it.
+            seq = outcome.update_seq if outcome.update_seq is not None else outcome.seq
+            conn.proto.ack(doc, uid, seq)
+        conn.flush()
 
     def _publish(
         self,
@@ -451,29 +574,43 @@ class SyncHub:
         extra: bytes | None,
         started: float,
     ) -> None:
-        """Runs in commit order: ack the sender, then fan the durable bytes out."""
+        """Runs in commit order: ack the sender, then fan the durable bytes out.
+
+        A booking and its stamps (stored as ``seq`` and ``seq + 1``) travel as one ``stamped``
+        message per recipient: ack and stamps to the sender, update and stamps to the others.
+        """
         subs = self.subscribers.get(doc, {})
         update_seq = result.seqs[0]
-        if sender.closing is None and sender.proto.is_live(doc):
-            sender.proto.ack(doc, uid, update_seq)
-            sender.flush()
-            self.ack_latency.observe(time.monotonic() - started)
-        data = encode_update(doc, update, update_seq)
-        delivered = 0
-        for conn, base in subs.items():
-            if conn is not sender and update_seq > base and conn.proto.is_live(doc):
-                conn.push(data)
-                delivered += 1
-        if extra is not None and checked is not None and len(result.seqs) > 1:
-            stamp_seq = result.seqs[1]
+        stamps: list[tuple[int, str]] = []
+        stamp_update = extra if checked is not None and len(result.seqs) > 1 else None
+        if stamp_update is not None:
+            assert checked is not None
             claimed = [r.id for r in checked.new_reservations]
             stamps = list(zip(result.stamps, claimed, strict=False))
             self.stamps_issued.inc(len(stamps))
-            stamp_data = encode_stamp(doc, stamp_seq, extra, stamps)
-            for conn, base in subs.items():
-                if stamp_seq > base and conn.proto.is_live(doc):
-                    conn.push(stamp_data)
+            if len(stamps) > MAX_STAMPS:
+                # More than one message may summarise: send the update alone; subscribers see the
+                # stamps' seq missing at their next message and resync, which brings them.
+                stamp_update, stamps = None, []
+        delivered = 0
+        if sender.proto.is_unanswered(uid):
+            base = subs.get(sender)
+            if stamp_update is not None and base is not None and update_seq > base:
+                # (Not live on the doc, e.g. resyncing: a plain ack; the sync brings the stamps.)
+                if sender.proto.ack_stamped(doc, uid, update_seq, stamp_update, stamps):
                     delivered += 1
+            else:
+                sender.proto.ack(doc, uid, update_seq)
+            sender.flush()
+            self.ack_latency.observe(time.monotonic() - started)
+        if stamp_update is not None:
+            data = encode_stamped(doc, update_seq, update, stamp_update, stamps)
+        else:
+            data = encode_update(doc, update, update_seq)
+        for conn, base in subs.items():
+            if conn is not sender and update_seq > base and conn.proto.is_live(doc):
+                conn.push(data)
+                delivered += 1 if stamp_update is None else 2
         self.updates_out.inc(delivered)
 
     # --- revocation --------------------------------------------------------------------------------

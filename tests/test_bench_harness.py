@@ -1,9 +1,14 @@
-"""The benchmark harness itself: a tiny run of the crdt suite must produce sane, complete output.
+"""The benchmark harness itself: a tiny run of the engine and domain suites must produce sane output.
 
 Why a test: benchmarks only run by hand, so a refactor could silently break them (issue 6, "so
 the harness itself cannot silently break"). This asserts structure and sanity (every workload and
 engine present, ratios positive, plots written, an engine that disagrees reported as diverged),
 never a time: timings on a shared CI box say nothing.
+
+Engines: crdt_core and pycrdt always run; y-py, loro and Yjs run when installed (the test never
+installs anything: ``QUICKSLOT_BENCH_NO_INSTALL``), and otherwise appear as skipped with the
+reason. The trace workloads replay tiny generated traces (``tests/bench_tiny_traces.py``), so the
+real data is not needed and the run stays fast.
 """
 
 from __future__ import annotations
@@ -17,24 +22,37 @@ from typing import Any
 
 import pytest
 
-from benchmarks.adapters import Entry, load_adapters
+from benchmarks.adapters import ADAPTERS, Entry, load_adapters
 from benchmarks.adapters.core_adapter import CrdtCoreAdapter
 from benchmarks.cli import main
 from benchmarks.harness import Progress, RunConfig, percentile
 from benchmarks.report import load_run, render_markdown, write_report
 from benchmarks.runner import run
-from benchmarks.suites import SUITES
+from benchmarks.suites import SUITES, expand
 from benchmarks.suites.crdt import ApplyUpdates, LocalWrites
 from crdt_core.engine import Replica
+from tests.bench_tiny_traces import write_tiny_traces
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUITE_NAMES = ("engine", "domain")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+def tiny_env(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Tiny traces and no installs, for this module (workers inherit the environment)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("QUICKSLOT_BENCH_DATA", str(write_tiny_traces(tmp_path_factory.mktemp("traces"))))
+    patch.setenv("QUICKSLOT_BENCH_NO_INSTALL", "1")
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_env: None) -> tuple[Path, dict[str, Any], str]:
     out = tmp_path_factory.mktemp("bench")
     stream = io.StringIO()
-    data = run(RunConfig(scale="tiny", repeat=1, command="test tiny"), out, Progress(stream=stream))
+    config = RunConfig(suites=("crdt",), scale="tiny", repeat=1, command="test tiny")
+    data = run(config, out, Progress(stream=stream))
     return out, data, stream.getvalue()
 
 
@@ -52,15 +70,19 @@ def test_json_has_every_section_and_the_machine(tiny_run: tuple[Path, dict[str, 
     assert machine["versions"]["pycrdt"]
     assert {"pycrdt", "crdt_core"} <= set(saved["engines"])
     assert saved["config"]["scale"] == "tiny"
+    assert saved["config"]["suites"] == list(SUITE_NAMES) == expand(["crdt"])  # the alias expanded
+    assert set(machine["load_average_by_suite"]) == set(SUITE_NAMES)
+    # Every known engine either ran or says why it did not.
+    assert set(saved["engines"]) | set(saved["engines_skipped"]) == set(ADAPTERS)
+    assert all(why for why in saved["engines_skipped"].values())
 
 
 def test_every_workload_ran_every_engine_and_nothing_diverged(
     tiny_run: tuple[Path, dict[str, Any], str],
 ) -> None:
     _, data, _ = tiny_run
-    suite = SUITES["crdt"]()
-    adapters, _ = load_adapters()
-    names = [w.name for w in suite.build(adapters)]
+    adapters, _ = load_adapters(list(data["engines"]))
+    names = [w.name for s in SUITE_NAMES for w in SUITES[s]().build(adapters)]
     assert list(data["workloads"]) == names
     results = data["results"]
     for name in names:
@@ -72,6 +94,14 @@ def test_every_workload_ran_every_engine_and_nothing_diverged(
     ]
     for engine in data["engines"]:
         assert any(r["engine"] == engine for r in engine_rows), engine
+    text_prefixes = ("b1_", "b2_", "b3_many_clients_text", "b3_trace", "b4_")
+    text_workloads = {name for name in names if name.startswith(text_prefixes)}
+    for name in text_workloads:
+        for engine in data["engines"]:
+            rows = [r for r in results if r["workload"] == name and r["engine"] == engine]
+            assert rows, (name, engine)
+            if engine == "crdt_core":  # no text type: reported, never timed
+                assert {r["status"] for r in rows} == {"unsupported"}
     for r in results:
         assert r["status"] in ("ok", "unsupported"), (r["workload"], r["subject"], r["status"], r["note"])
         if r["status"] == "unsupported":
@@ -79,8 +109,14 @@ def test_every_workload_ran_every_engine_and_nothing_diverged(
             continue
         assert r["samples"] and all(s > 0 and math.isfinite(s) for s in r["samples"])
         assert r["stats"]["p99"] >= r["stats"]["p50"] > 0
-    # The only unsupported operation is y-py's missing merge_updates.
-    assert {r["subject"] for r in results if r["status"] == "unsupported"} <= {"y-py merged"}
+    # Unsupported: merging without a document (y-py, loro) and text in crdt_core, nothing else.
+    unsupported = {(r["workload"], r["subject"]) for r in results if r["status"] == "unsupported"}
+    assert {s for w, s in unsupported if w == "apply_updates"} <= {"y-py merged", "loro merged"}
+    assert {s for w, s in unsupported if w != "apply_updates"} <= {"crdt_core"}
+    # Every trace replay proved its content.
+    for r in results:
+        if r["workload"].startswith(("b4_", "b3_trace")) and r["status"] == "ok":
+            assert r["extra"]["proof"] and len(r["extra"]["sha256"]) == 64
 
 
 def test_ratios_are_present_and_positive(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
@@ -138,8 +174,8 @@ def test_report_rebuilds_the_same_summary_from_json(
 
 def test_progress_is_reported_while_running(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
     _, data, progress = tiny_run
-    for name in data["workloads"]:
-        assert f"crdt/{name} n=" in progress
+    for name, meta in data["workloads"].items():
+        assert f"{meta['suite']}/{name} n=" in progress
     assert "wrote " in progress and "engines:" in progress
 
 
@@ -168,10 +204,14 @@ def test_an_engine_that_disagrees_is_reported_as_diverged() -> None:
     assert {r.status for r in results} == {"diverged"}
 
 
-def test_cli_list_and_a_tiny_cli_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_list_and_a_tiny_cli_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_env: None
+) -> None:
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
-    assert "suite crdt" in listing and "local_writes" in listing and "pycrdt" in listing
+    for text in ("suite engine", "suite domain", "local_writes", "b4_automerge_trace", "storm", "pycrdt"):
+        assert text in listing
+    assert "alias crdt" in listing
     out = tmp_path / "cli"
     assert (
         main(["run", "--tiny", "--workload", "verdict,bytes_per_reservation", "--out", str(out), "--quiet"])
@@ -179,6 +219,7 @@ def test_cli_list_and_a_tiny_cli_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     data = load_run(out)
     assert list(data["workloads"]) == ["verdict", "bytes_per_reservation"]
+    assert data["config"]["suites"] == ["engine", "domain"]  # the default is every engine suite
     assert data["command"].startswith("quickslot-bench run --tiny")
     assert main(["report", str(out), "--no-plots"]) == 0
     assert main(["run", "--suite", "nope", "--out", str(tmp_path / "x"), "--quiet"]) == 2

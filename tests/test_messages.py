@@ -28,6 +28,7 @@ from crdt_core.messages import (
     Message,
     RelayUpdate,
     Stamp,
+    Stamped,
     Subscribe,
     Sync,
     Unsubscribe,
@@ -35,6 +36,7 @@ from crdt_core.messages import (
     close_action,
     decode,
     encode_stamp,
+    encode_stamped,
     encode_update,
     is_retryable_close,
     is_retryable_error,
@@ -72,6 +74,22 @@ any_message: st.SearchStrategy[Message] = st.one_of(
         seq=ints,
         update=payloads,
         stamps=st.lists(st.tuples(ints, ascii_ids), max_size=6).map(tuple),
+    ),
+    st.builds(
+        Stamped,
+        doc=doc_ids,
+        seq=ints.filter(lambda n: n < MAX_INT),
+        stamp=payloads,
+        stamps=st.lists(st.tuples(ints, ascii_ids), max_size=6).map(tuple),
+        uid=ints,
+    ),
+    st.builds(
+        Stamped,
+        doc=doc_ids,
+        seq=ints.filter(lambda n: n < MAX_INT),
+        stamp=payloads,
+        stamps=st.lists(st.tuples(ints, ascii_ids), max_size=6).map(tuple),
+        update=payloads,
     ),
     st.builds(
         ErrorMessage,
@@ -143,6 +161,30 @@ def test_upd_direction_follows_the_id_field() -> None:
     assert_rejected(raw({"v": 1, "t": "upd", "doc": "d", "update": b"\0\0"}), "exactly one")
 
 
+def test_stamped_carries_exactly_one_of_uid_or_update() -> None:
+    base = {"v": 1, "t": "stamped", "doc": "d", "seq": 4, "stamp": b"\1\2", "stamps": [[1, "r1"]]}
+    assert decode(raw({**base, "uid": 9})) == Stamped("d", 4, b"\1\2", ((1, "r1"),), uid=9)
+    assert decode(raw({**base, "update": b"\0\0"})) == Stamped("d", 4, b"\1\2", ((1, "r1"),), update=b"\0\0")
+    assert_rejected(raw({**base, "uid": 9, "update": b"\0\0"}), "exactly one")
+    assert_rejected(raw(base), "exactly one")
+    assert decode(raw({**base, "uid": 9, "update": None})) == Stamped("d", 4, b"\1\2", ((1, "r1"),), uid=9)
+    for name in ("doc", "seq", "stamp", "stamps"):
+        assert_rejected(raw({k: v for k, v in {**base, "uid": 9}.items() if k != name}), f"without '{name}'")
+    assert_rejected(raw({**base, "uid": 9, "stamp": b""}), "must not be empty")
+    assert_rejected(raw({**base, "uid": 9, "stamp": "x"}), "must be bin, not str")
+    assert_rejected(raw({**base, "uid": 9, "stamps": [[1, "r", 2]]}), "pair")
+    assert_rejected(raw({**base, "uid": 9, "stamps": [[1, "r"]] * (MAX_STAMPS + 1)}), "more than")
+    # The stamp update's seq is seq + 1, so seq itself must leave room for it.
+    assert_rejected(raw({**base, "uid": 9, "seq": MAX_INT}), "room")
+    assert Stamped("d", MAX_INT - 1, b"\1", (), uid=1).stamp_seq == MAX_INT
+    with pytest.raises(CodecError, match="exactly one"):
+        Stamped("d", 1, b"\1", ())
+    with pytest.raises(CodecError, match="update must be bytes"):
+        Stamped("d", 1, b"\1", (), update=bytearray(b"\0"))  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match="uid must be an int, not bool"):
+        Stamped("d", 1, b"\1", (), uid=True)
+
+
 def test_from_wire_insists_on_the_type() -> None:
     with pytest.raises(CodecError, match="expected a Ack"):
         Ack.from_wire(Unsubscribe("d").to_wire())
@@ -161,8 +203,14 @@ def test_encoders_for_the_fan_out_match_the_messages() -> None:
         encode_stamp("d", 3, b"\1", [(1, "r1"), (2, "r2")])
         == Stamp("d", 3, b"\1", ((1, "r1"), (2, "r2"))).to_wire()
     )
+    assert (
+        encode_stamped("d", 3, b"\1\2", b"\3", [(1, "r1")])
+        == Stamped("d", 3, b"\3", ((1, "r1"),), update=b"\1\2").to_wire()
+    )
     with pytest.raises(CodecError):
         encode_update("not a doc", b"\1", 1)
+    with pytest.raises(CodecError):
+        encode_stamped("d", 3, b"\1", b"", [])
 
 
 # --- construction validates ---------------------------------------------------------------------
@@ -398,6 +446,9 @@ def hostile_inputs() -> dict[str, bytes]:
         + b"\x80" * budget,
         "stamps of maps": b"\x85\xa1v\x01\xa1t\xa5stamp\xa3doc\xa1d\xa3seq\x01\xa6stamps\xdc\x10\x00"
         + b"\x80" * budget,
+        "stamped stamps of maps": b"\x85\xa1v\x01\xa1t\xa7stamped\xa3doc\xa1d\xa3seq\x01"
+        + b"\xa6stamps\xdc\x10\x00"
+        + b"\x80" * budget,
     }
 
 
@@ -448,7 +499,9 @@ field_names = st.sampled_from(sorted(messages._FIELD_FAMILY) + ["extra"])
 
 
 @given(
-    st.sampled_from(["auth", "sub", "upd", "unsub", "welcome", "sync", "ack", "stamp", "err", "x"]),
+    st.sampled_from(
+        ["auth", "sub", "upd", "unsub", "welcome", "sync", "ack", "stamp", "stamped", "err", "x"]
+    ),
     st.dictionaries(field_names, msgpack_values, max_size=8),
 )
 def test_structured_garbage_only_raises_codec_error(kind: str, body: dict[str, Any]) -> None:
@@ -493,6 +546,8 @@ CORPUS: list[Message] = [
     RelayUpdate("shop:s1", b"\x01\x02\x03", 44),
     Ack("shop:s1", 17, 45),
     Stamp("bookings:s1:2025-06-01", 46, b"\x01\x02", ((1, "r-1"), (2, "r-2"))),
+    Stamped("bookings:s1:2025-06-01", 47, b"\x01\x02", ((3, "r-3"),), uid=18),
+    Stamped("bookings:s1:2025-06-01", 49, b"\x01\x02", ((4, "r-4"),), update=b"\x01\x01\x9a\x05\x00"),
     ErrorMessage("rejected", "bad_signature: record r-1", "shop:s1", 17, False),
 ]
 

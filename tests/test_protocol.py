@@ -20,12 +20,14 @@ from crdt_core.messages import (
     ErrorMessage,
     Limit,
     RelayUpdate,
+    Stamped,
     Subscribe,
     Sync,
     Unsubscribe,
     Welcome,
     close_action,
     decode,
+    encode_stamped,
     encode_update,
 )
 from crdt_core.protocol import (
@@ -884,3 +886,115 @@ def test_relay_send_update_validates_its_arguments() -> None:
     pair.subscribe_live("d")
     with pytest.raises(LocalProtocolError, match="seq"):
         pair.relay.send_update("d", b"\x01", -1)
+
+
+# --- stamped: a booking and its stamps in one message ------------------------------------------
+
+
+def test_stamped_to_the_sender_is_its_ack_then_the_stamp() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    pair.client.send_update("d", 1, b"\x01\x02")
+    pair.send("client")
+    assert pair.relay.ack_stamped("d", 1, 11, b"\x03", [(1, "r1")]) is True
+    assert pair.send("relay") == [Acked("d", 1, 11), StampReceived("d", b"\x03", 12, ((1, "r1"),))]
+    assert pair.wire[-1] == ("relay", Stamped("d", 11, b"\x03", ((1, "r1"),), uid=1))
+    assert pair.client.last_seq("d") == 12
+    assert pair.client.pending_uids == frozenset() and pair.relay.unanswered_uids == frozenset()
+    assert not pair.relay.is_unanswered(1)
+
+
+def test_stamped_fan_out_is_an_update_then_the_stamp() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    data = encode_stamped("d", 11, b"\x01\x02", b"\x03", [(1, "r1"), (2, "r2")])
+    assert pair.relay.send_live("d", data) is True
+    assert pair.send("relay") == [
+        UpdateReceived("d", b"\x01\x02", 11),
+        StampReceived("d", b"\x03", 12, ((1, "r1"), (2, "r2"))),
+    ]
+    assert pair.client.last_seq("d") == 12
+
+
+def test_stamped_after_a_gap_reports_the_gap_then_delivers_both() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    pair.relay.send_live("d", encode_stamped("d", 13, b"\x01\x02", b"\x03", [(1, "r1")]))
+    assert pair.send("relay") == [
+        GapDetected("d", 11, 13),
+        UpdateReceived("d", b"\x01\x02", 13),
+        StampReceived("d", b"\x03", 14, ((1, "r1"),)),
+    ]
+    assert pair.client.doc_state("d") is DocState.STALE
+
+
+def test_stamped_is_a_plain_ack_when_the_doc_is_not_live() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    pair.client.send_update("d", 1, b"\x01\x02")
+    pair.client.resync("d", SV0)  # the sender is syncing again: the stamps reach it in the sync
+    pair.send("client")
+    assert pair.relay.ack_stamped("d", 1, 11, b"\x03", [(1, "r1")]) is False
+    assert pair.send("relay") == [Acked("d", 1, 11)]
+    assert pair.wire[-1] == ("relay", Ack("d", 1, 11))
+
+
+def test_stamped_for_an_update_that_is_not_pending_is_a_violation() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    pair.client.receive_message(Stamped("d", 11, b"\x03", ((1, "r1"),), uid=5).to_wire())
+    closed_with(pair.client, CloseCode.PROTOCOL_VIOLATION)
+    assert pair.client.events_received() == []
+    with pytest.raises(LocalProtocolError, match="not awaiting"):
+        opened().relay.ack_stamped("d", 5, 11, b"\x03", [])
+
+
+def test_stamped_across_an_unsubscribe_is_ignored() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    pair.client.unsubscribe("d")
+    pair.client.receive_message(encode_stamped("d", 11, b"\x01", b"\x03", [(1, "r1")]))
+    assert pair.client.events_received() == [] and not pair.client.close_expected()
+
+
+def test_ack_stamped_validates_its_arguments_before_answering() -> None:
+    pair = opened()
+    pair.subscribe_live("d", seq=10)
+    pair.client.send_update("d", 1, b"\x01")
+    pair.send("client")
+    with pytest.raises(LocalProtocolError, match="not empty|must not be empty"):
+        pair.relay.ack_stamped("d", 1, 11, b"", [(1, "r1")])
+    with pytest.raises(LocalProtocolError, match="room"):
+        pair.relay.ack_stamped("d", 1, 2**63 - 1, b"\x03", [(1, "r1")])
+    assert pair.relay.is_unanswered(1)  # nothing was answered by the failed calls
+    pair.relay.ack("d", 1, 11)
+    assert pair.send("relay") == [Acked("d", 1, 11)]
+
+
+def test_a_peer_never_sends_or_accepts_stamped() -> None:
+    client, relay = ClientProtocol(peer=True), RelayProtocol(peer=True)
+
+    def carry(src: ClientProtocol | RelayProtocol, dst: ClientProtocol | RelayProtocol) -> list[Any]:
+        for data in src.data_to_send():
+            dst.receive_message(data)
+        return list(dst.events_received())
+
+    client.hello(b"n" * 16, b"cert-a")
+    carry(client, relay)
+    relay.challenge(b"m" * 16, b"cert-b", b"proof-b")
+    carry(relay, client)
+    client.authenticate("token-a", b"proof-a")
+    carry(client, relay)
+    relay.accept_auth("u1", "epoch-1", "peer/test", LIMITS)
+    carry(relay, client)
+    client.subscribe("d", SV0)
+    carry(client, relay)
+    relay.send_sync("d", UPD0, SV0, 0)
+    carry(relay, client)
+    client.send_update("d", 1, b"\x01")
+    carry(client, relay)
+    with pytest.raises(LocalProtocolError, match="never stamps"):
+        relay.ack_stamped("d", 1, 1, b"\x03", [(1, "r1")])
+    assert relay.is_unanswered(1)
+    client.receive_message(encode_stamped("d", 1, b"\x01", b"\x03", [(1, "r1")]))
+    closed_with(client, CloseCode.PROTOCOL_VIOLATION)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from benchmarks.adapters import Entry
+from benchmarks.adapters import BaseAdapter, Entry
 from crdt_core import __version__ as _core_version
 from crdt_core.engine import Replica, merge_updates
 
 __all__ = ["CrdtCoreAdapter"]
 
 
-class CrdtCoreAdapter:
+class CrdtCoreAdapter(BaseAdapter):
     name = "crdt_core"
-    notes = "crdt_core.engine.Replica (pycrdt underneath); writes pre-signed record bytes"
+    notes = (
+        "crdt_core.engine.Replica (pycrdt underneath); writes pre-signed record bytes; "
+        "no text type (QuickSlot documents are maps), so text workloads report it unsupported"
+    )
 
     def version(self) -> str:
         return _core_version

@@ -15,7 +15,7 @@ from typing import Any
 
 import pycrdt
 
-from benchmarks.adapters import Entry
+from benchmarks.adapters import BaseAdapter, Entry, Patch
 
 __all__ = ["PycrdtAdapter", "PycrdtDoc"]
 
@@ -33,11 +33,12 @@ class _Slot:
 
 
 class PycrdtDoc:
-    __slots__ = ("doc", "maps", "slot", "sub")
+    __slots__ = ("doc", "maps", "slot", "sub", "texts")
 
     def __init__(self, client_id: int) -> None:
         self.doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
         self.maps: dict[str, pycrdt.Map[Any]] = {}
+        self.texts: dict[str, pycrdt.Text] = {}
         self.slot = _Slot()
         self.sub: Any = None
 
@@ -56,9 +57,21 @@ class PycrdtDoc:
             found = self.maps[root] = self.doc.get(root, type=pycrdt.Map)
         return found
 
+    def text(self, root: str) -> pycrdt.Text:
+        found = self.texts.get(root)
+        if found is None:
+            found = self.texts[root] = self.doc.get(root, type=pycrdt.Text)
+        return found
 
-class PycrdtAdapter:
+    def observe(self) -> None:
+        if self.sub is None:
+            self.sub = self.doc.observe(self.slot)
+        self.slot.update = b"\x00\x00"
+
+
+class PycrdtAdapter(BaseAdapter):
     name = "pycrdt"
+    supports_text = True
     notes = "raw pycrdt Doc/Map; each write's update captured by a document observer"
 
     def version(self) -> str:
@@ -68,13 +81,41 @@ class PycrdtAdapter:
         return PycrdtDoc(client_id)
 
     def write(self, doc: PycrdtDoc, entries: Sequence[Entry]) -> bytes:
-        if doc.sub is None:
-            doc.sub = doc.doc.observe(doc.slot)
-        doc.slot.update = b"\x00\x00"
+        doc.observe()
         with doc.doc.transaction():
             for root, key, value in entries:
                 doc.map(root)[key] = value
         return bytes(doc.slot.update)
+
+    def edit_text(self, doc: PycrdtDoc, root: str, patches: Sequence[Patch]) -> bytes:
+        doc.observe()
+        text = doc.text(root)
+        with doc.doc.transaction():
+            for pos, delete, insert in patches:
+                if delete:
+                    del text[pos : pos + delete]
+                if insert:
+                    text.insert(pos, insert)
+        return bytes(doc.slot.update)
+
+    def edit_many(
+        self, doc: PycrdtDoc, root: str, transactions: Sequence[Sequence[Patch]], keep_updates: bool = True
+    ) -> list[bytes]:
+        if keep_updates:
+            return super().edit_many(doc, root, transactions, keep_updates)
+        # No observer when nobody wants the updates: a trace replay measures the edits alone.
+        text, transaction = doc.text(root), doc.doc.transaction
+        for patches in transactions:
+            with transaction():
+                for pos, delete, insert in patches:
+                    if delete:
+                        del text[pos : pos + delete]
+                    if insert:
+                        text.insert(pos, insert)
+        return []
+
+    def text(self, doc: PycrdtDoc, root: str) -> str:
+        return str(doc.text(root))
 
     def encode_state(self, doc: PycrdtDoc) -> bytes:
         return bytes(doc.doc.get_update())

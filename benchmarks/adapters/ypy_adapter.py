@@ -20,17 +20,18 @@ from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from typing import Any
 
-from benchmarks.adapters import Entry, Unsupported
+from benchmarks.adapters import BaseAdapter, Entry, Patch, Unsupported
 
 __all__ = ["YpyAdapter"]
 
 
 class YpyDoc:
-    __slots__ = ("doc", "maps", "last_update", "observing", "_sub")
+    __slots__ = ("doc", "maps", "texts", "last_update", "observing", "_sub")
 
     def __init__(self, y: Any, client_id: int) -> None:
         self.doc = y.YDoc(client_id=client_id)
         self.maps: dict[str, Any] = {}
+        self.texts: dict[str, Any] = {}
         self.last_update = b""
         self.observing = False
         self._sub: Any = None
@@ -41,12 +42,25 @@ class YpyDoc:
             found = self.maps[root] = self.doc.get_map(root)
         return found
 
+    def text(self, root: str) -> Any:
+        found = self.texts.get(root)
+        if found is None:
+            found = self.texts[root] = self.doc.get_text(root)
+        return found
+
+    def observe(self) -> None:
+        if not self.observing:
+            self._sub = self.doc.observe_after_transaction(self.on_transaction)
+            self.observing = True
+        self.last_update = b"\x00\x00"
+
     def on_transaction(self, event: Any) -> None:
         self.last_update = event.get_update()
 
 
-class YpyAdapter:
+class YpyAdapter(BaseAdapter):
     name = "y-py"
+    supports_text = True
     notes = "y-py YDoc/YMap; values stored as base64 text (y-py cannot write binary); no merge_updates"
 
     def __init__(self) -> None:
@@ -61,14 +75,38 @@ class YpyAdapter:
         return YpyDoc(self._y, client_id)
 
     def write(self, doc: YpyDoc, entries: Sequence[Entry]) -> bytes:
-        if not doc.observing:
-            doc._sub = doc.doc.observe_after_transaction(doc.on_transaction)
-            doc.observing = True
-        doc.last_update = b"\x00\x00"
+        doc.observe()
         with doc.doc.begin_transaction() as txn:
             for root, key, value in entries:
                 doc.map(root).set(txn, key, base64.b64encode(value).decode("ascii"))
         return bytes(doc.last_update)
+
+    def edit_text(self, doc: YpyDoc, root: str, patches: Sequence[Patch]) -> bytes:
+        doc.observe()
+        self._edit(doc, root, patches)
+        return bytes(doc.last_update)
+
+    @staticmethod
+    def _edit(doc: YpyDoc, root: str, patches: Sequence[Patch]) -> None:
+        text = doc.text(root)
+        with doc.doc.begin_transaction() as txn:
+            for pos, delete, insert in patches:
+                if delete:
+                    text.delete_range(txn, pos, delete)
+                if insert:
+                    text.insert(txn, pos, insert)
+
+    def edit_many(
+        self, doc: YpyDoc, root: str, transactions: Sequence[Sequence[Patch]], keep_updates: bool = True
+    ) -> list[bytes]:
+        if keep_updates:
+            return super().edit_many(doc, root, transactions, keep_updates)
+        for patches in transactions:  # no observer when nobody wants the updates
+            self._edit(doc, root, patches)
+        return []
+
+    def text(self, doc: YpyDoc, root: str) -> str:
+        return str(doc.text(root))
 
     def encode_state(self, doc: YpyDoc) -> bytes:
         return bytes(self._y.encode_state_as_update(doc.doc))

@@ -15,11 +15,12 @@ from typing import Any
 
 from benchmarks.harness import percentile
 from benchmarks.relay_bench.loadgen import ClientSpec, Send, WorkerSpec
-from benchmarks.relay_bench.orchestrate import run_catchup, run_phase, split
+from benchmarks.relay_bench.orchestrate import run_catchup, run_idle, run_phase, split
 from benchmarks.relay_bench.payloads import (
     YJS_UPDATE,
     Identity,
     YjsWriter,
+    hocuspocus_message,
     marker_of,
     quickslot_update_message,
     quickslot_updates,
@@ -68,6 +69,8 @@ def yjs_pool(
 def wire(dialect: str, doc: str, updates: list[bytes], first_uid: int = 1) -> list[bytes]:
     if dialect == "quickslot":
         return [quickslot_update_message(doc, first_uid + i, u) for i, u in enumerate(updates)]
+    if dialect == "hocuspocus":
+        return [hocuspocus_message(doc, yjs_message(YJS_UPDATE, u)) for u in updates]
     return [yjs_message(YJS_UPDATE, u) for u in updates]
 
 
@@ -433,3 +436,38 @@ def catch_up(
         "memory": subject.process.memory(),
         "notes": [f"{len(res['failed'])} failed: {res['failed'][0][1]}"] if res["failed"] else [],
     }
+
+
+# --- idle connections -------------------------------------------------------------------------------
+
+
+def idle_connections(
+    subject: Subject, docs: list[str], n: int, *, accounts: int, idle_s: float, warm_docs: list[str]
+) -> dict[str, Any]:
+    """``n`` connections, round-robin over ``docs``, each authenticated and subscribed (synced),
+    then idle for ``idle_s``: the server's RSS per connection and its CPU while nothing happens.
+
+    No permessage-deflate (a zlib context per connection would be the clients' choice, not the
+    server's cost). The first connection of each document connects alone (pycrdt-websocket's
+    room race, see ``ClientSpec.stage``). QuickSlot connections use ``accounts`` accounts.
+    """
+
+    def spec(names: list[str], count: int, first_idx: int) -> WorkerSpec:
+        clients = [
+            ClientSpec(
+                idx=first_idx + i,
+                dialect=subject.dialect,
+                url=subject.url(names[i % len(names)]),
+                token=subject.token(i % accounts),
+                docs=[names[i % len(names)]],
+                stage=0 if i < len(names) else 1,
+            )  # fmt: skip
+            for i in range(count)
+        ]
+        return WorkerSpec("live", clients, compression=False, deadline_s=60)
+
+    # A warm-up: the first connections of a fresh server allocate what every later one reuses
+    # (code paths, JIT, pools), and a young Node heap shrinks at its first collections, which
+    # would be counted against the connections.
+    run_idle(subject.process, spec(warm_docs, 2 * len(warm_docs), 290_000), 0.0, settle_s=1.0)
+    return run_idle(subject.process, spec(docs, n, 300_000), idle_s)

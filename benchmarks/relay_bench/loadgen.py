@@ -12,7 +12,8 @@ benchmarks.relay_bench.loadgen SPEC OUT``, and talks to it with one line at a ti
     suite  -> EXIT                          close the connections and exit
 
 Two dialects: ``quickslot`` (docs/protocol.md: msgpack messages, header authentication,
-multiplexed documents, ``ack`` after durable storage, ``stamp`` messages) and ``yjs`` (the
+multiplexed documents, ``ack`` after durable storage, a booking and its stamps in one ``stamped``
+message, older relays' separate ``stamp`` messages) and ``yjs`` (the
 y-protocols sync protocol of y-websocket and pycrdt-websocket: one document per websocket,
 sync step 1/2, updates as ``[0, 2, update]``; those servers echo an update to its sender too,
 which the closed-loop mode uses as its acknowledgement).
@@ -41,17 +42,22 @@ from websockets.asyncio.client import ClientConnection
 from benchmarks.relay_bench.payloads import (
     EMPTY_SV,
     EMPTY_UPDATE,
+    HP_SYNC,
+    HP_SYNC_REPLY,
     MARK,
     YJS_STEP1,
     YJS_STEP2,
     YJS_SYNC,
     YJS_UPDATE,
+    hocuspocus_auth,
+    hocuspocus_message,
     parse_marker,
     quickslot_subscribe_message,
+    strip_hocuspocus,
     yjs_message,
 )
 
-Dialect = Literal["quickslot", "yjs"]
+Dialect = Literal["quickslot", "yjs", "hocuspocus"]
 
 
 @dataclass
@@ -160,6 +166,15 @@ class Client:
                 data = quickslot_subscribe_message(doc, EMPTY_SV)
                 await ws.send(data)
                 self.bytes_sent += len(data)
+        elif self.spec.dialect == "hocuspocus":
+            # The auth message first (no auth hook: any token passes), then sync step 1; the
+            # server queues the second until the first is handled.
+            doc = self.spec.docs[0]
+            self.sync_started = time.monotonic_ns()
+            step1 = hocuspocus_message(doc, yjs_message(YJS_STEP1, EMPTY_SV))
+            for data in (hocuspocus_auth(doc, "bench"), step1):
+                await ws.send(data)
+                self.bytes_sent += len(data)
         else:
             self.sync_started = time.monotonic_ns()
             data = yjs_message(YJS_STEP1, EMPTY_SV)
@@ -172,7 +187,9 @@ class Client:
     async def _read(self) -> None:
         ws = self.ws
         assert ws is not None
-        handle = self._on_quickslot if self.spec.dialect == "quickslot" else self._on_yjs
+        handle = {"quickslot": self._on_quickslot, "yjs": self._on_yjs, "hocuspocus": self._on_hocuspocus}[
+            self.spec.dialect
+        ]
         try:
             async for data in ws:
                 if isinstance(data, str):
@@ -219,6 +236,15 @@ class Client:
             self._delivery(m["update"])
         elif t == "ack":
             self._answered()
+        elif t == "stamped":
+            # A booking and its stamps in one message: the ack of ours (``uid``), or someone
+            # else's update; either way the stamps count as received.
+            self.stamps += 1
+            if m.get("uid") is not None:
+                self._answered()
+            else:
+                self._delivery(m["update"])
+                self._check_done()
         elif t == "stamp":
             self.stamps += 1
             self._check_done()
@@ -240,7 +266,13 @@ class Client:
             self.sync_done = time.monotonic_ns()
             self.synced.set()
 
-    async def _on_yjs(self, data: bytes) -> None:
+    async def _on_hocuspocus(self, data: bytes) -> None:
+        inner = strip_hocuspocus(data)
+        if len(inner) < 2 or inner[0] not in (HP_SYNC, HP_SYNC_REPLY):
+            return  # auth answer, sync status, awareness
+        await self._on_yjs(bytes((YJS_SYNC,)) + inner[1:], prefix=self.spec.docs[0])
+
+    async def _on_yjs(self, data: bytes, prefix: str | None = None) -> None:
         if len(data) < 2 or data[0] != YJS_SYNC:
             return  # awareness
         kind = data[1]
@@ -257,6 +289,8 @@ class Client:
         elif kind == YJS_STEP1:
             # The server asks for what we hold: nothing the server lacks at this point.
             reply = yjs_message(YJS_STEP2, EMPTY_UPDATE)
+            if prefix is not None:
+                reply = hocuspocus_message(prefix, reply)
             assert self.ws is not None
             await self.ws.send(reply)
             self.bytes_sent += len(reply)

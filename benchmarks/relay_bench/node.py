@@ -10,6 +10,11 @@ Yjs 14 prerelease; 0.1.1 is the last one on stable Yjs 13, the Yjs that pycrdt a
 interoperate with and the one deployed y-websocket servers run, so that is the one pinned here.
 Its ``utils.js`` imports ``y-leveldb`` unconditionally (used only with ``YPERSISTENCE``), so that
 optional dependency is installed too; ``ws`` is the version range the package declares.
+
+Hocuspocus (``@hocuspocus/server``, issue 6's second Node baseline) goes into its own directory,
+``bench-results/.node/hocuspocus``: it needs ``ws`` 8 where the y-websocket server pins ``ws`` 6,
+and ``npm install --no-save`` of one set into a shared ``node_modules`` would prune the other.
+3.4.4 is pinned: the 4.x releases require Node 22, and 3.x is the line deployed on Node 20.
 """
 
 from __future__ import annotations
@@ -19,13 +24,27 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["PACKAGES", "NodeUnavailable", "ensure_y_websocket", "installed_versions"]
+__all__ = [
+    "HOCUSPOCUS_PACKAGES",
+    "PACKAGES",
+    "NodeUnavailable",
+    "ensure_hocuspocus",
+    "ensure_y_websocket",
+    "installed_versions",
+]
 
 PACKAGES = {
     "@y/websocket-server": "0.1.1",
     "yjs": "^13.6.0",
     "ws": "^6.2.1",
     "y-leveldb": "^0.1.0",
+}
+
+
+HOCUSPOCUS_PACKAGES = {
+    "@hocuspocus/server": "3.4.4",
+    "yjs": "^13.6.8",
+    "y-protocols": "^1.0.6",
 }
 
 
@@ -37,9 +56,9 @@ def _module_dir(cache: Path) -> Path:
     return cache / "node_modules"
 
 
-def installed_versions(cache: Path) -> dict[str, str]:
+def installed_versions(cache: Path, packages: dict[str, str] | None = None) -> dict[str, str]:
     out = {}
-    for name in PACKAGES:
+    for name in PACKAGES if packages is None else packages:
         pkg = _module_dir(cache) / name / "package.json"
         try:
             out[name] = json.loads(pkg.read_text(encoding="utf-8"))["version"]
@@ -54,16 +73,29 @@ def ensure_y_websocket(cache: Path, timeout: float = 300.0) -> Path:
     Raises:
         NodeUnavailable: no ``node``/``npm`` on PATH, or ``npm install`` failed.
     """
+    return _ensure(cache, PACKAGES, timeout)
+
+
+def ensure_hocuspocus(cache: Path, timeout: float = 300.0) -> Path:
+    """Return the ``node_modules`` directory holding @hocuspocus/server (``cache/hocuspocus``).
+
+    Raises:
+        NodeUnavailable: no ``node``/``npm`` on PATH, or ``npm install`` failed.
+    """
+    return _ensure(cache / "hocuspocus", HOCUSPOCUS_PACKAGES, timeout)
+
+
+def _ensure(cache: Path, packages: dict[str, str], timeout: float) -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         raise NodeUnavailable("node and npm are not both on PATH")
     cache.mkdir(parents=True, exist_ok=True)
-    if set(installed_versions(cache)) == set(PACKAGES):
+    if set(installed_versions(cache, packages)) == set(packages):
         return _module_dir(cache)
     manifest = cache / "package.json"
     if not manifest.exists():
         manifest.write_text(json.dumps({"name": "quickslot-bench-node", "private": True}) + "\n")
-    specs = [f"{name}@{version}" for name, version in PACKAGES.items()]
+    specs = [f"{name}@{version}" for name, version in packages.items()]
     try:
         done = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--no-save", "--ignore-scripts", *specs],
@@ -75,7 +107,7 @@ def ensure_y_websocket(cache: Path, timeout: float = 300.0) -> Path:
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise NodeUnavailable(f"npm install failed: {exc}") from exc
-    if done.returncode != 0 or set(installed_versions(cache)) != set(PACKAGES):
+    if done.returncode != 0 or set(installed_versions(cache, packages)) != set(packages):
         raise NodeUnavailable(
             f"npm install failed ({done.returncode}): {(done.stderr or done.stdout)[-800:]}"
         )

@@ -193,3 +193,44 @@ def split(items: list[Any], parts: int) -> list[list[Any]]:
     """Round-robin ``items`` into at most ``parts`` non-empty lists."""
     parts = max(1, min(parts, len(items)))
     return [items[i::parts] for i in range(parts)]
+
+
+def run_idle(server: ServerProcess, spec: WorkerSpec, idle_s: float, settle_s: float = 2.0) -> dict[str, Any]:
+    """Open every client of ``spec`` (connected, authenticated, synced), then leave them idle.
+
+    Returns the server's RSS before the first connection and after ``settle_s`` with all of them
+    open, and its CPU seconds over the following ``idle_s`` (nothing sent by the clients; the
+    server's own keepalive pings and timers are what it spends then).
+    """
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        memory0 = server.memory()
+        cpu0 = server.cpu()
+        w = _Worker(spec, Path(tmp), 0)
+        try:
+            ready = w.expect("READY", 300.0)
+            connect_cpu = server.cpu().seconds_since(cpu0)
+            time.sleep(settle_s)
+            memory1 = server.memory()
+            cpu1 = server.cpu()
+            time.sleep(idle_s)
+            idle_cpu = server.cpu().seconds_since(cpu1)
+            memory2 = server.memory()
+            w.say(f"GO {time.monotonic_ns()}")
+            flags = w.expect("DONE", 120.0)
+            results = w.results()
+        finally:
+            w.close()
+    connected, failed = (int(ready[0]), int(ready[1])) if len(ready) >= 2 else (0, len(spec.clients))
+    return {
+        "connected": connected,
+        "failed": failed,
+        "rss_before": memory0.get("rss"),
+        "rss_connected": memory1.get("rss"),
+        "rss_after_idle": memory2.get("rss"),
+        "connect_cpu_s": connect_cpu,
+        "idle_cpu_s": idle_cpu,
+        "idle_s": idle_s,
+        "complete": bool(flags and flags[0] == "1") and failed == 0 and not results["closed"],
+        "closed": results["closed"][:3],
+        "errors": results["errors"][:3],
+    }

@@ -73,6 +73,32 @@ def yjs_message(kind: int, payload: bytes) -> bytes:
     return bytes((YJS_SYNC, kind)) + varuint(len(payload)) + payload
 
 
+# --- Hocuspocus framing: the document name in front of every y-protocols message ------------------
+
+HP_SYNC, HP_AWARENESS, HP_AUTH, HP_SYNC_REPLY, HP_SYNC_STATUS = 0, 1, 2, 4, 8
+
+
+def varstring(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return varuint(len(raw)) + raw
+
+
+def hocuspocus_message(doc: str, yjs_msg: bytes) -> bytes:
+    """A Hocuspocus message: ``varString(doc)`` then a y-protocols message (its type first)."""
+    return varstring(doc) + yjs_msg
+
+
+def hocuspocus_auth(doc: str, token: str) -> bytes:
+    """The auth message a Hocuspocus provider sends first: ``[doc, Auth, Token, token]``."""
+    return varstring(doc) + bytes((HP_AUTH, 0)) + varstring(token)
+
+
+def strip_hocuspocus(message: bytes) -> bytes:
+    """The y-protocols message after a Hocuspocus message's document name."""
+    length, pos = read_varuint(message, 0)
+    return message[pos + length :]
+
+
 def read_varuint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:

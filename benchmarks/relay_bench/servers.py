@@ -14,6 +14,9 @@
 * ``y-websocket``: the reference Yjs server on Node (:mod:`benchmarks.relay_bench.node` installs
   it), in-memory only.
 * ``pycrdt-websocket``: pycrdt's ``WebsocketServer`` under uvicorn, in-memory only.
+* ``hocuspocus``: ``@hocuspocus/server`` 3.4 on Node (issue 6's second Node baseline), in-memory
+  only, no auth hook; it drops a document when its last connection closes, so it takes part in
+  the live workloads (fan-out, many documents, idle connections), not in catch-up or idle memory.
 
 A subject that cannot run here (no Node, pycrdt-websocket not installable) is *unavailable*: the
 suite reports it as such and goes on with the others. QuickSlot itself must always run.
@@ -35,13 +38,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.relay_bench.loadgen import Dialect
-from benchmarks.relay_bench.node import NodeUnavailable, ensure_y_websocket, installed_versions
+from benchmarks.relay_bench.node import (
+    HOCUSPOCUS_PACKAGES,
+    NodeUnavailable,
+    ensure_hocuspocus,
+    ensure_y_websocket,
+    installed_versions,
+)
 from benchmarks.relay_bench.payloads import Identity
 from benchmarks.relay_bench.procs import ServerProcess, free_port
 
 __all__ = [
     "BASELINE",
     "SUBJECTS",
+    "Hocuspocus",
     "PycrdtWebsocket",
     "QuickSlotAsgi",
     "QuickSlotDirect",
@@ -56,8 +66,8 @@ BASELINES = REPO / "benchmarks" / "baselines"
 NODE_CACHE = REPO / "bench-results" / ".node"
 
 QUICKSLOT, DIRECT, BATCHED = "quickslot", "quickslot direct", "quickslot direct batched"
-Y_WEBSOCKET, PYCRDT_WEBSOCKET = "y-websocket", "pycrdt-websocket"
-SUBJECTS = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
+Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS = "y-websocket", "pycrdt-websocket", "hocuspocus"
+SUBJECTS = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
 BASELINE = Y_WEBSOCKET
 
 #: Test-only Argon2 cost (1 MiB, 1 pass): account setup is not what the suite measures.
@@ -334,6 +344,36 @@ class YWebsocket(Subject):
         return f"@y/websocket-server {server}, yjs {v.get('yjs', '?')}, ws {v.get('ws', '?')}"
 
 
+class Hocuspocus(Subject):
+    name = HOCUSPOCUS
+    dialect: Dialect = "hocuspocus"
+
+    def start(self) -> None:
+        try:
+            modules = ensure_hocuspocus(NODE_CACHE)
+        except NodeUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+        self.port = free_port()
+        argv = [
+            "node",
+            str(BASELINES / "hocuspocus_server.mjs"),
+            "--modules",
+            str(modules),
+            "--port",
+            str(self.port),
+        ]
+        self.process = ServerProcess(
+            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / "hocuspocus.log"
+        ).start()
+
+    def url(self, doc: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/{doc}"
+
+    def version(self) -> str:
+        v = installed_versions(NODE_CACHE / "hocuspocus", HOCUSPOCUS_PACKAGES)
+        return f"@hocuspocus/server {v.get('@hocuspocus/server', '?')}, yjs {v.get('yjs', '?')}"
+
+
 class PycrdtWebsocket(Subject):
     name = PYCRDT_WEBSOCKET
     dialect: Dialect = "yjs"
@@ -405,6 +445,8 @@ class Fleet:
                     subject = YWebsocket(self.workdir)
                 elif name == PYCRDT_WEBSOCKET:
                     subject = PycrdtWebsocket(self.workdir)
+                elif name == HOCUSPOCUS:
+                    subject = Hocuspocus(self.workdir)
                 else:
                     raise ValueError(f"unknown subject {name}")
                 try:

@@ -162,4 +162,18 @@ def headline(data: dict[str, Any]) -> str:
         lambda v: f"{v / 1024:,.1f} KiB",
         "RSS per document",
     )
+    lines += _simple(
+        data,
+        "idle_conn_memory",
+        "Idle connections: memory per connection",
+        lambda v: f"{v / 1024:,.1f} KiB",
+        "RSS per connection",
+    )
+    lines += _simple(
+        data,
+        "idle_conn_cpu",
+        "Idle connections: CPU per connection per second of idle",
+        _us,
+        "CPU per connection-second",
+    )
     return "\n".join(lines)

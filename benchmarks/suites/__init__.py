@@ -1,18 +1,20 @@
 """Benchmark suites by name. A suite is a list of workloads built for the available adapters.
 
 Why a registry: ``--suite`` picks suites by name and ``list`` shows them; the relay and client
-suites of issue 6 plug in here as they land, without touching the runner.
+suites of issue 6 plug in here as they land, without touching the runner. ``ALIASES`` keeps old
+names working: ``crdt`` (issue 3's suite) is now ``engine`` plus ``domain``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.util
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.adapters import EngineAdapter
 from benchmarks.harness import Target, Workload
 
-__all__ = ["SUITES", "Suite"]
+__all__ = ["ALIASES", "SUITES", "Suite", "expand"]
 
 
 class Suite:
@@ -22,29 +24,55 @@ class Suite:
         description: str,
         build: Callable[[dict[str, EngineAdapter[Any]]], list[Workload]],
         targets: tuple[Target, ...] = (),
+        uses_engines: bool = True,
     ) -> None:
         self.name = name
         self.description = description
         self.build = build
         self.targets = targets
+        self.uses_engines = uses_engines
+        """Whether the suite measures the engine adapters (the runner starts Node only if one does)."""
 
 
-def _crdt() -> Suite:
-    from benchmarks.suites import crdt
+def _engine() -> Suite:
+    from benchmarks.suites import engine
 
-    return Suite(
-        "crdt",
-        "engine and domain costs of crdt_core against raw pycrdt and y-py (issue 3's Measure section)",
-        crdt.workloads,
-        crdt.TARGETS,
-    )
+    return Suite("engine", engine.suite_description, engine.workloads, engine.TARGETS)
+
+
+def _domain() -> Suite:
+    from benchmarks.suites import domain
+
+    return Suite("domain", domain.suite_description, domain.workloads, domain.TARGETS)
 
 
 def _relay() -> Suite:
     from benchmarks.suites import relay
 
     built: Suite = relay.suite()
+    built.uses_engines = False  # it runs servers, not the engine adapters
     return built
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"crdt": _crdt, "relay": _relay}
+def _client() -> Suite:
+    from benchmarks.suites import client  # type: ignore[attr-defined,unused-ignore]
+
+    built: Suite = client.suite()
+    return built
+
+
+SUITES: dict[str, Callable[[], Suite]] = {"engine": _engine, "domain": _domain, "relay": _relay}
+if importlib.util.find_spec("benchmarks.suites.client") is not None:
+    SUITES["client"] = _client
+
+ALIASES: dict[str, tuple[str, ...]] = {"crdt": ("engine", "domain")}
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    """Suite names with aliases replaced by what they stand for, each once, in order."""
+    out: list[str] = []
+    for name in names:
+        for real in ALIASES.get(name, (name,)):
+            if real not in out:
+                out.append(real)
+    return out

@@ -10,7 +10,9 @@ Why these workloads (issue 4's "Measure" section, issue 6's relay suite, DESIGN'
   document, as fast as each server acknowledges (QuickSlot: its durable ``ack``; the Yjs
   servers: the echo of the update they broadcast back to the sender);
 * **catch-up**: a client subscribes to a document with a 10,000-update history;
-* **idle memory**: N documents loaded and left idle, RSS growth per document.
+* **idle memory**: N documents loaded and left idle, RSS growth per document;
+* **idle connections** (issue 6): N connections open, authenticated and subscribed, then idle;
+  the server's RSS per connection and its CPU while nothing happens.
 
 Every server runs as its own process on loopback, all in the same run, and subjects are
 interleaved round by round (the harness's convention) so machine load falls on all alike. Only
@@ -25,7 +27,9 @@ Subjects: ``quickslot`` (``python -m relay.cli serve``), ``quickslot direct`` (t
 ``SyncHub`` on the ``websockets`` library without ASGI: DESIGN's experiment, the transport being
 the only difference), ``quickslot direct batched`` (the same, writing each connection's queued
 frames with one syscall per event-loop turn, which only the direct server can do; fan-out only),
-the baseline ``y-websocket`` and ``pycrdt-websocket``. Clients offer permessage-deflate, as the
+the baseline ``y-websocket``, ``pycrdt-websocket`` and ``hocuspocus`` (``@hocuspocus/server`` on Node,
+in the live workloads only: it drops a document when its last connection closes). Clients offer
+permessage-deflate, as the
 ``websockets`` library and browsers do by default; no server here accepts it (the relay serves
 with ``ws_per_message_deflate=False`` since this suite measured what it cost: 125 against 73 µs
 of CPU per delivery and a p99 of 95 against 5.8 ms at 50 clients; y-websocket's ``ws`` server
@@ -61,6 +65,7 @@ from benchmarks.relay_bench.servers import (
     BASELINE,
     BATCHED,
     DIRECT,
+    HOCUSPOCUS,
     PYCRDT_WEBSOCKET,
     QUICKSLOT,
     Y_WEBSOCKET,
@@ -74,9 +79,10 @@ suite_description = (
     "(issue 4's Measure section)"
 )
 
-FANOUT_LANES = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
-DOCS_LANES = (QUICKSLOT, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
+FANOUT_LANES = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
+DOCS_LANES = (QUICKSLOT, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
 MEMORY_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
+IDLE_CONN_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
 #: Rounds per subject are capped: each round is seconds of live traffic with thousands of samples.
 MAX_ROUNDS = 3
 
@@ -108,16 +114,20 @@ class Shapes:
     catchup: list[int]
     catchup_samples: int
     idle: list[int]
+    idle_conns: list[int] = field(default_factory=lambda: [1_000])
+    idle_conn_seconds: float = 15.0
 
 
 SCALE_SHAPES: dict[Scale, Shapes] = {
     "tiny": Shapes(
         fanout={4: ex.FanoutShape(4, 5, 10.0)},
         docs=[10], per_doc=5, catchup=[200], catchup_samples=2, idle=[40],
+        idle_conns=[200], idle_conn_seconds=2.0,
     ),
     "quick": Shapes(
         fanout={10: ex.FanoutShape(10, 16, 10.0), 50: ex.FanoutShape(50, 5, 3.0)},
         docs=[100], per_doc=20, catchup=[2_000], catchup_samples=4, idle=[500],
+        idle_conns=[500], idle_conn_seconds=5.0,
     ),
     "full": Shapes(
         fanout={
@@ -400,7 +410,7 @@ def _fanout_workloads() -> list[Any]:
             "Fan-out: relay CPU per delivered update",
             _FANOUT_DESC + "Sample: the server process's CPU time (all threads, /proc) over the round "
             "divided by the deliveries, one per round. QuickSlot's CPU includes validating, stamping, "
-            "committing (fsync), its acks and stamp messages; the Yjs servers echo every update to its "
+            "committing (fsync), its acks and `stamped` messages; the Yjs servers echo every update to its "
             "sender.",
             "delivery",
             _cpu_per_delivery,
@@ -776,9 +786,138 @@ class IdleMemory:
         return out
 
 
+# --- idle connections -------------------------------------------------------------------------------
+
+IDLE_CONN_DOCS = 100
+
+
+def _idle_conn_run(size: int, config: RunConfig, progress: Progress) -> dict[str, Any]:
+    key = ("idle_conns", size)
+    cached = _cache(config).get(key)
+    if cached is not None:
+        assert isinstance(cached, dict)
+        return cached
+    idle_s = SCALE_SHAPES[config.scale].idle_conn_seconds
+    run: dict[str, Any] = {"rows": {}, "unavailable": {}, "failed": {}, "versions": {}}
+    with _Workdir() as workdir, Fleet(workdir, IDLE_CONN_LANES) as fleet:
+        assert fleet.relay is not None
+        run["unavailable"] = dict(fleet.unavailable)
+        run["versions"] = fleet.versions()
+        fleet.relay.ensure_identities(DOCS_ACCOUNTS)
+        for name in IDLE_CONN_LANES:
+            if name not in fleet.lanes:
+                continue
+            lane = fleet.lanes[name]
+            docs = [bookings_doc(f"idleconn{size}k{k}") for k in range(min(IDLE_CONN_DOCS, size))]
+            try:
+                warm = [bookings_doc(f"idlewarm{size}k{k}") for k in range(10)]
+                res = ex.idle_connections(
+                    lane.subject, docs, size, accounts=DOCS_ACCOUNTS, idle_s=idle_s, warm_docs=warm
+                )
+            except Exception as exc:
+                run["failed"][name] = f"{type(exc).__name__}: {exc}"[:600]
+                progress.say(f"  idle connections n={size} {name}: FAILED {run['failed'][name]}")
+                continue
+            run["rows"][name] = res
+            grown = (res["rss_connected"] or 0) - (res["rss_before"] or 0)
+            progress.say(
+                f"  idle connections n={size:,} {name}: {res['connected']:,} connected, "
+                f"RSS +{grown / 2**20:.1f} MB ({grown / size / 1024:.1f} KiB/connection), "
+                f"idle CPU {res['idle_cpu_s'] * 1e3:.0f} ms over {res['idle_s']:.0f} s"
+            )
+    _cache(config)[key] = run
+    return run
+
+
+@dataclass
+class _IdleConnWorkload:
+    name: str
+    title: str
+    description: str
+    metric: str
+    unit: str
+    op: str
+    pick: Callable[[dict[str, Any], int], float]
+    baseline: str | None = BASELINE
+
+    def sizes(self, scale: Scale) -> list[int]:
+        return SCALE_SHAPES[scale].idle_conns
+
+    def run(self, size: int, config: RunConfig, progress: Progress) -> list[Result]:
+        run = _idle_conn_run(size, config, progress)
+        out: list[Result] = []
+        for name in IDLE_CONN_LANES:
+            r = Result(self.name, name, name, size, self.metric, self.unit, self.op, 1)  # type: ignore[arg-type]
+            r.extra["version"] = run["versions"].get(name, "")
+            if name in run["unavailable"]:
+                r.status, r.note = UNSUPPORTED, f"unavailable: {run['unavailable'][name]}"
+            elif name in run["failed"]:
+                r.status, r.note = DIVERGED, f"failed: {run['failed'][name]}"
+            else:
+                res = run["rows"][name]
+                r.extra.update(res)
+                if not res["complete"] or res["connected"] < size or res["rss_connected"] is None:
+                    r.status = DIVERGED
+                    r.note = (
+                        f"incomplete: {res['connected']:,} of {size:,} connected; "
+                        f"closed {res['closed']}; errors {res['errors']}"
+                    )[:600]
+                elif self.metric == "bytes" and self.pick(res, size) <= 0:
+                    # Node's and CPython's heaps move by megabytes on their own: at small N the
+                    # connections' cost can be below that noise, which is no measurement.
+                    r.status = DIVERGED
+                    r.note = (
+                        f"no RSS growth measured ({_mb(res['rss_before'])} -> {_mb(res['rss_connected'])}): "
+                        "below the allocator's noise at this N"
+                    )
+                else:
+                    r.samples = [self.pick(res, size)]
+                    grown = (res["rss_connected"] or 0) - (res["rss_before"] or 0)
+                    r.note = (
+                        f"RSS {_mb(res['rss_before'])} -> {_mb(res['rss_connected'])} "
+                        f"(+{grown / size / 1024:.1f} KiB/connection); "
+                        f"idle CPU {res['idle_cpu_s'] * 1e3:.0f} ms over {res['idle_s']:.0f} s "
+                        f"({res['idle_cpu_s'] / res['idle_s'] * 100:.2f}% of a core); "
+                        f"connecting took {res['connect_cpu_s']:.2f} s CPU"
+                    )
+            out.append(r)
+            progress.result(r)
+        return out
+
+
+def _idle_conn_workloads() -> list[Any]:
+    desc = (
+        "N websocket connections (100 documents, round-robin), each authenticated (QuickSlot: a JWT "
+        "in the header; Hocuspocus: its auth message) and subscribed with the sync exchange done, "
+        "no permessage-deflate; then nothing is sent for a while. "
+    )
+    return [
+        _IdleConnWorkload(
+            "idle_conn_memory",
+            "Idle connections: server memory per connection",
+            desc + "Sample: the server's RSS with every connection open (2 s after the last one "
+            "synced) minus its RSS before the first, divided by N.",
+            "bytes",
+            "B/connection",
+            "connection",
+            lambda res, n: max(0, (res["rss_connected"] or 0) - (res["rss_before"] or 0)) / n,
+        ),
+        _IdleConnWorkload(
+            "idle_conn_cpu",
+            "Idle connections: server CPU per connection per second of idle",
+            desc + "Sample: the server's CPU time (all threads) over the idle period divided by N and "
+            "by its length: what keeping a connection open costs (timers, keepalive pings).",
+            "time",
+            "s/op",
+            "connection-second",
+            lambda res, n: res["idle_cpu_s"] / n / res["idle_s"],
+        ),
+    ]
+
+
 def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
     """The relay suite ignores the engine adapters: its subjects are servers."""
-    return [*_fanout_workloads(), *_docs_workloads(), CatchUp(), IdleMemory()]
+    return [*_fanout_workloads(), *_docs_workloads(), CatchUp(), IdleMemory(), *_idle_conn_workloads()]
 
 
 def suite() -> Any:

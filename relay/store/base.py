@@ -31,6 +31,7 @@ Theory of operation (every implementation must keep these promises):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -190,6 +191,10 @@ class DocumentStore(Protocol):
         stamp_count: int = 0,
     ) -> AppendResult:
         """``await enqueue_append(...)``: returns only after the commit."""
+        ...
+
+    def enqueue_stamp_floor(self, doc_id: str, next_stamp: int) -> asyncio.Future[int]:
+        """Order a ``set_stamp_floor`` now, behind every append already queued; resolves at commit."""
         ...
 
     async def set_stamp_floor(self, doc_id: str, next_stamp: int) -> int:

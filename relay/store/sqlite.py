@@ -22,6 +22,12 @@ commit is in flight the next requests pile up in the queue and share the next co
 load, a lone request commits at once (no timer, no added latency). If a batch fails, each request
 is retried alone so one bad request cannot fail its neighbours.
 
+The whole transaction (BEGIN, reading the heads, the inserts, COMMIT and its fsync) is *one*
+call into the writer's own thread, a plain ``sqlite3`` connection that only that thread uses:
+not one round trip per statement through aiosqlite, each of which waits for a turn of a busy
+event loop, so durability latency no longer grows with the relay's fan-out load. Readers (loads,
+stats) keep their aiosqlite connections.
+
 Compaction reads a consistent view (one SQL statement: snapshot, log after it and head), folds it
 by applying it to a scratch document off the event loop, and hands the result to the writer,
 which in one transaction checks that nobody compacted meanwhile, writes the snapshot and deletes
@@ -35,9 +41,10 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import aiosqlite
 
@@ -123,6 +130,8 @@ INSERT INTO doc_snapshot (doc_id, data, covered_seq, created) VALUES (?, ?, ?, ?
 ON CONFLICT (doc_id) DO UPDATE SET
     data = excluded.data, covered_seq = excluded.covered_seq, created = excluded.created
 """
+
+_T = TypeVar("_T")
 
 Synchronous = Literal["FULL", "NORMAL"]
 #: ``on_commit(requests_in_batch, seconds)``: a hook for the commit-latency histogram.
@@ -228,7 +237,9 @@ class SQLiteDocumentStore:
         self._reader_count = readers
         self._on_commit = on_commit
         self._epoch: str | None = None
-        self._writer: aiosqlite.Connection | None = None
+        #: The writer's plain sqlite3 connection, used only from ``_writer_thread``'s one thread.
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = 0
         self._queue: asyncio.Queue[_Job | _Stop] = asyncio.Queue()
@@ -264,25 +275,50 @@ class SQLiteDocumentStore:
             raise StoreError("store already started")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._epoch = await asyncio.to_thread(load_or_create_epoch, self.directory)
-        writer = await self._connect()
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store-writer")
         try:
-            mode = await self._pragma(writer, "journal_mode=WAL")
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot switch to WAL (journal_mode={mode})")
-            await writer.execute(f"PRAGMA synchronous={self.synchronous}")
-            await self._create_schema(writer)
-            for _ in range(self._reader_count):
-                reader = await self._connect()
-                await reader.execute("PRAGMA query_only=1")
-                self._readers.append(reader)
+            writer = await self._in_writer(self._open_writer)
+            try:
+                for _ in range(self._reader_count):
+                    reader = await self._connect()
+                    await reader.execute("PRAGMA query_only=1")
+                    self._readers.append(reader)
+            except BaseException:
+                await self._in_writer(writer.close)
+                raise
         except BaseException:
-            await writer.close()
             for reader in self._readers:
                 await reader.close()
             self._readers.clear()
+            self._writer_thread.shutdown(wait=False)
+            self._writer_thread = None
             raise
         self._writer = writer
         self._writer_task = asyncio.create_task(self._run_writer(), name="relay-store-writer")
+
+    async def _in_writer(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn(*args)`` in the writer's thread (the only thread that touches its connection)."""
+        if self._writer_thread is None:
+            raise StoreClosedError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, fn, *args)
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """In the writer thread: connect, WAL, the durability level, the schema."""
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's implicit
+        # transactions would start a deferred one, which can fail to upgrade to a write lock).
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            row = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            mode = None if row is None else row[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL (journal_mode={mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._create_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def close(self) -> None:
         """Stop taking work, commit everything already ordered, close the connections."""
@@ -298,10 +334,15 @@ class SQLiteDocumentStore:
             if self._writer_task is not None:
                 self._queue.put_nowait(_STOP)
                 await self._writer_task
-            for conn in [*self._readers, *([self._writer] if self._writer else [])]:
+            for conn in self._readers:
                 await conn.close()
             self._readers.clear()
-            self._writer = None
+            if self._writer is not None:
+                await self._in_writer(self._writer.close)
+                self._writer = None
+            if self._writer_thread is not None:
+                self._writer_thread.shutdown(wait=True)
+                self._writer_thread = None
         finally:
             self._closed.set()
 
@@ -318,30 +359,23 @@ class SQLiteDocumentStore:
         await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         return conn
 
-    @staticmethod
-    async def _pragma(conn: aiosqlite.Connection, pragma: str) -> object:
-        async with conn.execute(f"PRAGMA {pragma}") as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
-
-    async def _create_schema(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
-                    await conn.execute(statement)
-            async with conn.execute("SELECT version FROM doc_schema WHERE id = 1") as cursor:
-                row = await cursor.fetchone()
+                    conn.execute(statement)
+            row = conn.execute("SELECT version FROM doc_schema WHERE id = 1").fetchone()
             if row is None:
-                await conn.execute("INSERT INTO doc_schema (id, version) VALUES (1, ?)", (SCHEMA_VERSION,))
+                conn.execute("INSERT INTO doc_schema (id, version) VALUES (1, ?)", (SCHEMA_VERSION,))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} has document schema {row[0]}, newer than this relay's {SCHEMA_VERSION}"
                 )
-            await conn.execute("COMMIT")
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
             raise
 
     def _reader(self) -> aiosqlite.Connection:
@@ -434,13 +468,16 @@ class SQLiteDocumentStore:
         # already ordered and will commit; others may be awaiting the same future).
         return await asyncio.shield(future)
 
-    async def set_stamp_floor(self, doc_id: str, next_stamp: int) -> int:
+    def enqueue_stamp_floor(self, doc_id: str, next_stamp: int) -> asyncio.Future[int]:
         check_doc_id(doc_id)
         if next_stamp < FIRST_STAMP:
             raise ValueError(f"next_stamp must be >= {FIRST_STAMP}")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._enqueue(_Floor(doc_id, next_stamp, future))
-        return await asyncio.shield(future)
+        return future
+
+    async def set_stamp_floor(self, doc_id: str, next_stamp: int) -> int:
+        return await asyncio.shield(self.enqueue_stamp_floor(doc_id, next_stamp))
 
     def _enqueue(self, job: _Job) -> None:
         if self._closing or self._writer_task is None:
@@ -565,101 +602,134 @@ class SQLiteDocumentStore:
         conn = self._writer
         if conn is None:
             raise StoreClosedError("store is closed")
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            heads = await self._read_heads(conn, {job.doc_id for job in batch})
-            now = time.time()
-            log_rows: list[tuple[str, int, bytes, float]] = []
-            touched: dict[str, _Head] = {}
-            appended: set[str] = set()
-            outcomes: list[_Outcome] = []
-            for job in batch:
-                head = heads.setdefault(job.doc_id, _Head(job.doc_id))
-                if isinstance(job, _Append):
-                    if job.stamp_count and job.stamp_base != head.next_stamp:
-                        outcomes.append(
-                            StampConflictError(
-                                f"{job.doc_id}: stamp base {job.stamp_base},"
-                                f" but the next stamp is {head.next_stamp}"
-                            )
-                        )
-                        continue
-                    first = head.seq + 1
-                    for offset, update in enumerate(job.updates):
-                        log_rows.append((job.doc_id, first + offset, update, now))
-                    count = len(job.updates)
-                    head.seq += count
-                    head.log_rows += count
-                    head.log_bytes += sum(len(u) for u in job.updates)
-                    stamps = range(head.next_stamp, head.next_stamp + job.stamp_count)
-                    head.next_stamp += job.stamp_count
-                    outcomes.append(AppendResult(seqs=tuple(range(first, first + count)), stamps=stamps))
-                    appended.add(job.doc_id)
-                elif isinstance(job, _Floor):
-                    head.next_stamp = max(head.next_stamp, job.next_stamp)
-                    outcomes.append(head.next_stamp)
-                else:
-                    outcomes.append(await self._write_compaction(conn, head, job, now))
-                touched[job.doc_id] = head
-            if log_rows:
-                await conn.executemany(_INSERT_LOG, log_rows)
-            if touched:
-                await conn.executemany(_UPSERT_HEAD, [head.row(now) for head in touched.values()])
-            await conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    await conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("! rollback failed")
-            raise
+        # The jobs' futures belong to the event loop: hand the thread plain data only.
+        work = [_plain(job) for job in batch]
+        outcomes, heads = await self._in_writer(_run_transaction, conn, work, time.time())
         self._commits += 1
         self._appends += sum(1 for job in batch if isinstance(job, _Append))
         self._compacted += sum(1 for outcome in outcomes if isinstance(outcome, CompactionResult))
         self._largest_batch = max(self._largest_batch, len(batch))
         if self.auto_compact:
-            for doc_id in appended:
-                head = heads[doc_id]
+            for doc_id, head in heads.items():
                 if should_compact(head.log_bytes, head.snapshot_bytes, self.compact_min_bytes):
                     self._schedule_compaction(doc_id)
         return outcomes
 
-    @staticmethod
-    async def _read_heads(conn: aiosqlite.Connection, doc_ids: set[str]) -> dict[str, _Head]:
-        ids = sorted(doc_ids)
-        marks = ",".join("?" * len(ids))
-        rows = await conn.execute_fetchall(
-            "SELECT doc_id, seq, next_stamp, log_rows, log_bytes, snapshot_seq, snapshot_bytes"
-            f" FROM doc_head WHERE doc_id IN ({marks})",
-            ids,
-        )
-        return {str(row[0]): _Head(str(row[0]), *(int(v) for v in row[1:])) for row in rows}
 
-    @staticmethod
-    async def _write_compaction(
-        conn: aiosqlite.Connection, head: _Head, job: _CompactWrite, now: float
-    ) -> CompactionResult | None:
-        if head.snapshot_seq != job.base_snapshot_seq or not head.snapshot_seq < job.covered_seq <= head.seq:
-            return None  # another compaction got there first; its snapshot stands
-        async with conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(length(data)), 0) FROM doc_log WHERE doc_id = ? AND seq <= ?",
-            (job.doc_id, job.covered_seq),
-        ) as cursor:
-            row = await cursor.fetchone()
-        removed_rows, removed_bytes = (int(row[0]), int(row[1])) if row else (0, 0)
-        await conn.execute(_UPSERT_SNAPSHOT, (job.doc_id, job.snapshot, job.covered_seq, now))
-        await conn.execute("DELETE FROM doc_log WHERE doc_id = ? AND seq <= ?", (job.doc_id, job.covered_seq))
-        head.log_rows -= removed_rows
-        head.log_bytes -= removed_bytes
-        head.snapshot_seq = job.covered_seq
-        head.snapshot_bytes = len(job.snapshot)
-        return CompactionResult(
-            doc_id=job.doc_id,
-            covered_seq=job.covered_seq,
-            snapshot_bytes=len(job.snapshot),
-            removed_rows=removed_rows,
-            removed_bytes=removed_bytes,
-        )
+def _plain(job: _Job) -> tuple[object, ...]:
+    """A job as plain data for the writer thread (no futures cross threads)."""
+    if isinstance(job, _Append):
+        return ("append", job.doc_id, job.updates, job.stamp_base, job.stamp_count)
+    if isinstance(job, _Floor):
+        return ("floor", job.doc_id, job.next_stamp)
+    return ("compact", job.doc_id, job.snapshot, job.covered_seq, job.base_snapshot_seq)
+
+
+def _run_transaction(
+    conn: sqlite3.Connection, work: list[tuple[object, ...]], now: float
+) -> tuple[list[_Outcome], dict[str, _Head]]:
+    """In the writer thread: the whole group commit, BEGIN to COMMIT (and its fsync), or nothing.
+
+    Returns each job's outcome and the heads of the documents that got appends (for the
+    compaction rule).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        heads = _read_heads(conn, {str(item[1]) for item in work})
+        log_rows: list[tuple[str, int, bytes, float]] = []
+        touched: dict[str, _Head] = {}
+        appended: dict[str, _Head] = {}
+        outcomes: list[_Outcome] = []
+        for item in work:
+            kind, doc_id = item[0], str(item[1])
+            head = heads.setdefault(doc_id, _Head(doc_id))
+            if kind == "append":
+                _, _, updates, stamp_base, stamp_count = item
+                assert isinstance(updates, tuple) and isinstance(stamp_count, int)
+                if stamp_count and stamp_base != head.next_stamp:
+                    outcomes.append(
+                        StampConflictError(
+                            f"{doc_id}: stamp base {stamp_base}, but the next stamp is {head.next_stamp}"
+                        )
+                    )
+                    continue
+                first = head.seq + 1
+                for offset, update in enumerate(updates):
+                    log_rows.append((doc_id, first + offset, update, now))
+                count = len(updates)
+                head.seq += count
+                head.log_rows += count
+                head.log_bytes += sum(len(u) for u in updates)
+                stamps = range(head.next_stamp, head.next_stamp + stamp_count)
+                head.next_stamp += stamp_count
+                outcomes.append(AppendResult(seqs=tuple(range(first, first + count)), stamps=stamps))
+                appended[doc_id] = head
+            elif kind == "floor":
+                next_stamp = item[2]
+                assert isinstance(next_stamp, int)
+                head.next_stamp = max(head.next_stamp, next_stamp)
+                outcomes.append(head.next_stamp)
+            else:
+                _, _, snapshot, covered_seq, base_snapshot_seq = item
+                assert isinstance(snapshot, bytes) and isinstance(covered_seq, int)
+                assert isinstance(base_snapshot_seq, int)
+                outcomes.append(_write_compaction(conn, head, snapshot, covered_seq, base_snapshot_seq, now))
+            touched[doc_id] = head
+        if log_rows:
+            conn.executemany(_INSERT_LOG, log_rows)
+        if touched:
+            conn.executemany(_UPSERT_HEAD, [head.row(now) for head in touched.values()])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("! rollback failed")
+        raise
+    return outcomes, appended
+
+
+def _read_heads(conn: sqlite3.Connection, doc_ids: set[str]) -> dict[str, _Head]:
+    ids = sorted(doc_ids)
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        "SELECT doc_id, seq, next_stamp, log_rows, log_bytes, snapshot_seq, snapshot_bytes"
+        f" FROM doc_head WHERE doc_id IN ({marks})",
+        ids,
+    ).fetchall()
+    return {str(row[0]): _Head(str(row[0]), *(int(v) for v in row[1:])) for row in rows}
+
+
+def _write_compaction(
+    conn: sqlite3.Connection,
+    head: _Head,
+    snapshot: bytes,
+    covered_seq: int,
+    base_snapshot_seq: int,
+    now: float,
+) -> CompactionResult | None:
+    doc_id = head.doc_id
+    if head.snapshot_seq != base_snapshot_seq or not head.snapshot_seq < covered_seq <= head.seq:
+        return None  # another compaction got there first; its snapshot stands
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(length(data)), 0) FROM doc_log WHERE doc_id = ? AND seq <= ?",
+        (doc_id, covered_seq),
+    ).fetchone()
+    removed_rows, removed_bytes = (int(row[0]), int(row[1])) if row else (0, 0)
+    conn.execute(_UPSERT_SNAPSHOT, (doc_id, snapshot, covered_seq, now))
+    conn.execute("DELETE FROM doc_log WHERE doc_id = ? AND seq <= ?", (doc_id, covered_seq))
+    head.log_rows -= removed_rows
+    head.log_bytes -= removed_bytes
+    head.snapshot_seq = covered_seq
+    head.snapshot_bytes = len(snapshot)
+    return CompactionResult(
+        doc_id=doc_id,
+        covered_seq=covered_seq,
+        snapshot_bytes=len(snapshot),
+        removed_rows=removed_rows,
+        removed_bytes=removed_bytes,
+    )
 
 
 def _settle(job: _Job, outcome: _Outcome) -> None:

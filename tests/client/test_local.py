@@ -98,6 +98,8 @@ async def test_offline_book_writes_document_outbox_and_projection_together(
         2,
         "window seat",
     )
+    # book() answers from memory (no read-back transaction): exactly the row it committed.
+    assert res == await alice.reservation(res.reservation_id)
     assert res.start == "10:00" and res.service == "haircut"
 
     (entry,) = await alice.pending_entries()
@@ -626,3 +628,45 @@ async def test_identity_must_match_its_certificate(tmp_path: Path, world: World)
     )
     assert DocId.catalog().kind.value == "catalog"
     await client.close()
+
+
+async def test_a_booking_after_another_process_committed_is_redone_not_lost(
+    tmp_path: Path, world: World, relay: FakeRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``book`` writes optimistically (no catch-up trip first); a commit by another connection to
+    the same profile is noticed under the write lock, that attempt rolls back, and the booking is
+    made again on top of what the other process wrote: nothing lost, nothing queued twice."""
+    await setup_shop(tmp_path, world, relay, capacity=3)
+    alice = await customer(tmp_path, world, relay, "alice")
+    twin = await open_profile(tmp_path / "alice", world, "u-alice")  # a second process, in effect
+    stale: list[bool] = []
+    real = local_mod._unchanged_since
+
+    def spy(conn: Any, data_version: int) -> None:
+        try:
+            real(conn, data_version)
+        except local_mod._Stale:
+            stale.append(True)
+            raise
+
+    monkeypatch.setattr(local_mod, "_unchanged_since", spy)
+    booked = [
+        await alice.book(SHOP, DAY, "cut-10"),
+        await twin.book(SHOP, DAY, "cut-10"),
+        await alice.book(SHOP, DAY, "cut-10"),
+        await twin.book(SHOP, DAY, "cut-10"),
+    ]
+    assert len(stale) >= 2  # alice's second and twin's second booking were redone
+    ids = {r.reservation_id for r in booked}
+    assert [r.state for r in booked] == [ClaimState.CONFIRMED] * 3 + [ClaimState.WAITLISTED]
+    for client in (alice, twin):
+        verdict = await client.verdict(SHOP, DAY)
+        assert set(verdict.claims) == ids
+        assert verdict == compute_verdict(
+            read_bookings(client._docs[f"bookings:{SHOP}:{DAY}"].replica, f"bookings:{SHOP}:{DAY}"),
+            {"cut-10": 3},
+        )
+        assert {e.entity_id for e in await client.pending_entries()} == ids
+        assert {r.reservation_id: r.state for r in await client.reservations()} == {
+            r.reservation_id: r.state for r in booked
+        }

@@ -43,7 +43,31 @@ async def test_settings_wal_full_busy_timeout_and_migrations(tmp_path: Path) -> 
     async with store.read() as tx:
         rows = await tx.fetchall("SELECT version, name FROM schema_migrations")
     await store.close()
-    assert rows == [(1, "initial")]
+    assert rows == [(1, "initial"), (2, "rejected_clients"), (3, "doc_snapshots")]
+
+
+async def test_schema_3_moves_inline_snapshots_out_of_the_documents_row(tmp_path: Path) -> None:
+    """A file written before schema 3 keeps its documents: the snapshot moves to doc_snapshots."""
+    store = await open_store(tmp_path)
+    async with store.transaction() as tx:
+        await tx.append_update("catalog", b"\x01\x02", "local")
+        await tx.append_update("catalog", b"\x03", "local")
+    await store.close()
+    with sqlite3.connect(tmp_path / DB_FILE) as db:  # what a schema-2 client left behind
+        db.execute("DROP TABLE doc_snapshots")
+        db.execute("DELETE FROM schema_migrations WHERE version = 3")
+        db.execute("UPDATE documents SET snapshot = x'cafe', snapshot_bytes = 2, generation = 1")
+    store = await open_store(tmp_path)
+    try:
+        async with store.read() as tx:
+            inline = await tx.fetchone("SELECT length(snapshot) FROM documents WHERE doc_id = 'catalog'")
+            stored = await tx.load_doc("catalog")
+            delta = await tx.doc_since("catalog", 0, 0)
+        assert inline == (0,)
+        assert stored is not None and stored.snapshot == b"\xca\xfe" and len(stored.updates) == 2
+        assert delta is not None and delta.snapshot == b"\xca\xfe" and delta.generation == 1
+    finally:
+        await store.close()
 
 
 async def test_refuses_a_file_from_a_newer_client(tmp_path: Path) -> None:

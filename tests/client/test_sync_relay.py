@@ -244,6 +244,23 @@ async def test_expiring_access_tokens_are_refreshed_silently(tmp_path: Path) -> 
         assert dave.identity is not None and dave.secrets.tokens() is not None
         assert len(await dave.day_reservations(shop, DAY)) == 4
 
+        # A stolen refresh token: someone else rotates it first. Dave's next refresh presents the
+        # spent token, the relay revokes the whole family, and Dave is told to log in again.
+        tokens = dave.secrets.tokens()
+        assert tokens is not None
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            stolen = await http.post("/api/v1/auth/refresh", json={"refresh_token": tokens.refresh.reveal()})
+            assert stolen.status_code == 200, stolen.text
+        await asyncio.sleep(2.2)  # Dave's access token expires: his next sync has to refresh
+        await dave.book(shop, DAY, SLOT)
+        drain(dave)
+        with pytest.raises(SyncLoginRequired):
+            await svc.sync_once()
+        (event,) = [e for e in drain(dave) if isinstance(e, LoggedOut)]
+        assert event.reason == "log in again"
+        assert dave.secrets.tokens() is None and dave.identity is None
+        assert (await dave.outbox_counts()).pending == 1  # the booking waits for the next login
+
 
 async def test_a_rejected_entry_is_terminal_and_does_not_block_the_next(
     relay: FixedPortRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -282,6 +299,15 @@ async def test_a_rejected_entry_is_terminal_and_does_not_block_the_next(
     assert set(rows) == {first.reservation_id, second.reservation_id}
     assert rows[first.reservation_id].state is ClaimState.CONFIRMED  # the forged confirm never landed
     assert not rows[first.reservation_id].staff_confirmed
+    # The refused confirm stays in Erin's document (a CRDT cannot drop it), yet the catch-up diff
+    # of later syncs leaves it out, so the relay accepts them, and later bookings still flow.
+    again = await svc.sync_once()
+    assert again.repair_refused == {} and again.rejected == [], again
+    third = await erin.book(shop, DAY, SLOT)
+    later = await svc.sync_once()
+    assert later.repair_refused == {} and later.rejected == [] and later.pending == 0, later
+    await service(owner, relay, owner_auth).sync_once()
+    assert third.reservation_id in {r.reservation_id for r in await owner.day_reservations(shop, DAY)}
 
 
 async def test_last_seat_contention_tells_the_loser(relay: FixedPortRelay, tmp_path: Path) -> None:

@@ -103,6 +103,9 @@ class GatedStore:
     ) -> AppendResult:
         return await self.enqueue_append(doc_id, updates, stamp_base=stamp_base, stamp_count=stamp_count)
 
+    def enqueue_stamp_floor(self, doc_id: str, next_stamp: int) -> asyncio.Future[int]:
+        return self.inner.enqueue_stamp_floor(doc_id, next_stamp)
+
     async def set_stamp_floor(self, doc_id: str, next_stamp: int) -> int:
         return await self.inner.set_stamp_floor(doc_id, next_stamp)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -337,3 +338,61 @@ def test_metrics_cover_the_sync_path(relay: RelayProcess) -> None:
     ):
         assert name in text, name
     assert 'quickslot_rejections_total{reason="forbidden"}' in text
+
+
+def test_restored_relay_keeps_carried_stamps_and_numbers_after_them(tmp_path: Path) -> None:
+    """A relay restored from an older backup gets its lost stamps back from a client.
+
+    Regression: it used to stamp the carried claims again, from its restored counter, writing a
+    new stamp under a key a carried stamp held; every replica then refused the document.
+    """
+    data, backup = tmp_path / "data", tmp_path / "backup"
+
+    async def book(relay: RelayProcess, acct: Account, replica: Replica, slots: list[str]) -> None:
+        c = await SyncClient.connect(relay, acct.access)
+        await c.subscribe(DOC, replica)
+        for slot in slots:
+            _, u = acct.author.book(replica, DOC, slot, 1)
+            assert isinstance(await c.push(DOC, u), Acked)
+            replica.apply_update((await c.next_event(StampReceived)).update)
+        await c.close()
+
+    async def restore_from(relay: RelayProcess, acct: Account, held: Replica) -> Replica:
+        c = await SyncClient.connect(relay, acct.access)
+        fresh = Replica()
+        await c.subscribe(DOC, fresh)
+        answer = await c.push(DOC, held.diff(fresh.state_vector()))
+        assert isinstance(answer, Acked), answer
+        _, u = acct.author.book(held, DOC, "s9", 1)
+        assert isinstance(await c.push(DOC, u), Acked)
+        await c.drain_into(held, quiet=0.3)
+        await c.close()
+        check = Replica()
+        c = await SyncClient.connect(relay, acct.access)
+        await c.subscribe(DOC, check)
+        await c.close()
+        return check
+
+    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    held = Replica()
+    with relay.client() as http:
+        acct = new_account(relay, http)
+    asyncio.run(book(relay, acct, held, ["s1", "s2"]))
+    assert relay.stop() == 0
+    shutil.copytree(data, backup)
+    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    asyncio.run(book(relay, acct, held, ["s3", "s4", "s5"]))
+    assert relay.stop() == 0
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)
+    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    try:
+        restored = asyncio.run(restore_from(relay, acct, held))
+    finally:
+        assert relay.stop() == 0
+    state = read_bookings(restored, DOC)
+    assert len(state.reservations) == 6
+    by_no = {no: s.reservation for no, s in ((s.no, s) for s in state.stamps.values())}
+    assert sorted(by_no) == [1, 2, 3, 4, 5, 6], by_no
+    assert sorted(by_no.values()) == sorted(state.reservations)
+    assert restored.to_py() == held.to_py()

@@ -1,0 +1,174 @@
+"""What peer sync does with the bytes a peer sends: split per writer, check, apply, forward.
+
+Why split an update per Yjs client id before applying it: every local transaction of a QuickSlot
+client writes under a fresh client id (``client.local._FreshWriter``), so one client id's structs
+are exactly one author transaction, and exactly the outbox entry its author queued. A peer's
+``sync`` answer or diff bundles many of them. Validated whole, one record this replica refuses
+would refuse everything else with it; forwarded whole, one record the *relay* refuses (a clock
+from the future, a revoked device) would keep every innocent booking in the bundle from reaching
+it. Split, each transaction is accepted or refused on its own, here and at the relay, exactly as
+if its author had sent it. Splitting costs one engine diff per halving level (O(n log k)).
+
+Why check for equivocation: the engine ignores a struct whose (client, clock) it already holds, so
+a device that signs *different* records under one Yjs id and hands one version to each peer makes
+replicas that never converge, silently. Comparing the incoming value at an already-integrated id
+with the one held costs a map lookup per such struct; a mismatch refuses the update with
+``equivocation`` and names the signer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+
+import msgpack
+
+from client.local import LocalClient
+from crdt_core.engine import EMPTY_UPDATE, Replica, diff_update
+from crdt_core.errors import EngineError, SchemaError
+from crdt_core.records import open_record
+from crdt_core.schema import CERTS_ROOT
+from crdt_core.yupdate import decode_update, encode_state_vector
+
+__all__ = ["PeerApply", "apply_from_peer", "content_digest", "find_equivocation", "split_by_writer"]
+
+#: Refusals that a later part of the same batch can cure (its certificate, its reservation, the
+#: structs it continues); they are retried while the batch makes progress.
+_ORDER_DEPENDENT = frozenset({"missing_deps", "unknown_certificate", "unknown_reservation"})
+#: Parts that others depend on first: certificates, then reservations, then events, then stamps.
+_RANK = {CERTS_ROOT: 0, "events": 2, "stamps": 3}
+
+
+def split_by_writer(update: bytes) -> list[bytes]:
+    """One update per Yjs client id of ``update``, certificates and records before what needs them.
+
+    An update that does not decode, deletes anything or has a single writer is returned as is:
+    validation refuses the first two whole, and the last needs no split.
+    """
+    try:
+        decoded = decode_update(update)
+    except EngineError:
+        return [update]
+    if decoded.deletes or len(decoded.ranges) <= 1:
+        return [update]
+    ranges = decoded.ranges
+    rank: dict[int, int] = {}
+    for ins in decoded.inserts:
+        rank[ins.client] = min(rank.get(ins.client, 9), _RANK.get(ins.root, 1))
+    parts: list[tuple[int, int, bytes]] = []
+
+    def split(data: bytes, clients: list[int]) -> None:
+        if len(clients) == 1:
+            parts.append((rank.get(clients[0], 9), clients[0], data))
+            return
+        half = len(clients) // 2
+        for side, other in ((clients[:half], clients[half:]), (clients[half:], clients[:half])):
+            known = {c: ranges[c][0] for c in side} | {c: ranges[c][1] for c in other}
+            split(diff_update(data, encode_state_vector(known)), side)
+
+    try:
+        split(update, sorted(ranges))
+    except EngineError:
+        return [update]
+    return [data for _rank, _client, data in sorted(parts)]
+
+
+def find_equivocation(replica: Replica, update: bytes) -> str | None:
+    """Whether ``update`` claims a Yjs id this replica holds with different content.
+
+    Returns a description naming the id, the key and the signer, or None. Read-only.
+    """
+    try:
+        decoded = decode_update(update)
+    except EngineError:
+        return None  # validation reports it as malformed
+    clocks = replica.state_clocks()
+    for ins in decoded.inserts:
+        if ins.clock >= clocks.get(ins.client, 0):
+            continue  # new here: validation decides
+        try:
+            held = replica.get_bytes(ins.root, ins.key)
+        except EngineError:
+            held = None
+        if held == ins.value:
+            continue
+        signer = "unknown signer"
+        if isinstance(ins.value, bytes):
+            try:
+                signer = f"signed by {open_record(ins.value).signer}"
+            except SchemaError:
+                pass
+        return (
+            f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key}, {signer}) is held here "
+            "with different content"
+        )
+    return None
+
+
+def content_digest(replica: Replica) -> bytes:
+    """A digest of a document's content (every map's keys and values), independent of how the
+    replica came to hold it: two honest replicas with equal state vectors have equal digests."""
+    outer = hashlib.sha256()
+    for root in sorted(replica.roots()):
+        for key, value in sorted(replica.items(root)):
+            outer.update(msgpack.packb([root, key, hashlib.sha256(value).digest()]))
+    return outer.digest()
+
+
+@dataclass
+class PeerApply:
+    """What :func:`apply_from_peer` did: parts stored, and those refused with a reason."""
+
+    applied: int = 0
+    stored_docs: set[str] = field(default_factory=set)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(doc id, reason code, detail)`` per refused part."""
+
+
+async def apply_from_peer(
+    local: LocalClient, updates: Iterable[tuple[str, bytes]], *, split: bool = True
+) -> PeerApply:
+    """Validate and apply what a peer sent, one writer at a time; queue it for the relay.
+
+    Each stored part becomes its own ``forward`` outbox entry (``apply_remote_batch`` with
+    ``from_peer=True``), so the relay judges each author's transaction on its own. Parts refused
+    for an order dependency are retried while a round makes progress.
+
+    Args:
+        split: False to take each update whole, as the acceptor does for an ``upd`` it must
+            answer with one ``ack`` or one ``err`` (the dialer already sends one writer per update).
+    """
+    report = PeerApply()
+    todo: list[tuple[str, bytes]] = []
+    for doc, update in updates:
+        if update == EMPTY_UPDATE:
+            continue
+        for part in split_by_writer(update) if split else [update]:
+            try:
+                clash = await local.inspect(doc, partial(find_equivocation, update=part))
+            except (SchemaError, ValueError) as exc:
+                report.refused.append((doc, "bad_doc", str(exc)))
+                continue
+            if clash is not None:
+                report.refused.append((doc, "equivocation", clash))
+            else:
+                todo.append((doc, part))
+    while todo:
+        result = await local.apply_remote_batch(todo, from_peer=True)
+        report.applied += result.applied
+        failed = {f.index: f for f in result.failed}
+        report.stored_docs.update(doc for i, (doc, _) in enumerate(todo) if i not in failed)
+        retry = [todo[i] for i, f in failed.items() if f.error.code in _ORDER_DEPENDENT]
+        final = [f for f in result.failed if f.error.code not in _ORDER_DEPENDENT]
+        report.refused.extend((f.doc_id, f.error.code, f.error.detail) for f in final)
+        if len(failed) == len(todo):  # no progress: what is left stays refused
+            report.refused.extend(
+                (f.doc_id, f.error.code, f.error.detail)
+                for f in result.failed
+                if f.error.code in _ORDER_DEPENDENT
+            )
+            break
+        todo = retry
+    return report
