@@ -30,6 +30,7 @@ from tests.relay.auth_helpers import (
     _env,
     free_port,
     run_cli,
+    serving_fixed_port_relay,
     unique_email,
 )
 
@@ -136,10 +137,7 @@ class Cli:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    process = FixedPortRelay(tmp_path_factory.mktemp("clirelay") / "data")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("clirelay"))
 
 
 # --- tests ---------------------------------------------------------------------------------------------

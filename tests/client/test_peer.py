@@ -85,6 +85,7 @@ from tests.relay.auth_helpers import (
     _env,
     cli_json,
     free_port,
+    serving_fixed_port_relay,
     unique_email,
 )
 
@@ -668,10 +669,7 @@ async def test_peer_sync_cli_exit_codes(tmp_path: Path, world: World) -> None:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    process = FixedPortRelay(tmp_path_factory.mktemp("peerrelay") / "data")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("peerrelay"))
 
 
 async def account(

@@ -18,25 +18,22 @@ from client.local import LocalClient
 from crdt_core.authoring import new_id
 from crdt_core.schema import DocId, Reservation
 from crdt_core.verdict import ClaimState, Verdict
-from tests.client.test_sync_relay import OPENED, SLOT, accounts, open_shop, service
-from tests.relay.auth_helpers import FixedPortRelay
+from tests.client import OPENED, close_all
+from tests.client.test_sync_relay import SLOT, accounts, open_shop, service
+from tests.relay.auth_helpers import FixedPortRelay, serving_fixed_port_relay
 
 DAY = (_dt.date.today() + _dt.timedelta(days=41)).isoformat()
 
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    process = FixedPortRelay(tmp_path_factory.mktemp("rejected_verdict") / "data")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("rejected_verdict"))
 
 
 @pytest.fixture(autouse=True)
 async def _close_profiles() -> AsyncIterator[None]:
     yield
-    while OPENED:
-        await OPENED.pop().close()
+    await close_all()
 
 
 async def forge_booking(local: LocalClient, shop: str, customer: str, party: int) -> str:

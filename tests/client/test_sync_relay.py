@@ -32,34 +32,31 @@ from client.secrets import SecretStore
 from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
+from tests.client import OPENED, close_all
 from tests.relay.auth_helpers import (
     GENEROUS_LIMITS,
     PASSWORD,
     FixedPortRelay,
     RelayProcess,
     cli_json,
+    serving_fixed_port_relay,
     unique_email,
 )
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
 
-OPENED: list[LocalClient] = []
 
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    process = FixedPortRelay(tmp_path_factory.mktemp("relay") / "data")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("relay"))
 
 
 @pytest.fixture(autouse=True)
 async def _close_profiles() -> AsyncIterator[None]:
     yield
-    while OPENED:
-        await OPENED.pop().close()
+    await close_all()
 
 
 def drain(local: LocalClient) -> list[ClientEvent]:

@@ -46,11 +46,17 @@ from crdt_core.reader import read_bookings
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
 from crdt_core.yupdate import decode_state_vector, encode_state_vector
-from tests.client import DAY as OFFLINE_DAY, SHOP as OFFLINE_SHOP, close_all, open_profile as offline_profile
+from tests.client import (
+    DAY as OFFLINE_DAY,
+    OPENED,
+    SHOP as OFFLINE_SHOP,
+    close_all,
+    open_profile as offline_profile,
+)
 from tests.client.test_cli import Cli
-from tests.client.test_sync_relay import OPENED, accounts, drain, open_profile, open_shop, service
+from tests.client.test_sync_relay import accounts, drain, open_profile, open_shop, service
 from tests.crdt_factory import World
-from tests.relay.auth_helpers import REPO, FixedPortRelay, _env
+from tests.relay.auth_helpers import REPO, FixedPortRelay, _env, serving_fixed_port_relay
 
 FIRST_DAY = _dt.date.today() + _dt.timedelta(days=40)
 SLOT = "cut-10"
@@ -62,17 +68,12 @@ def day(offset: int) -> str:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    process = FixedPortRelay(tmp_path_factory.mktemp("reliability") / "data")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("reliability"))
 
 
 @pytest.fixture(autouse=True)
 async def _close_profiles() -> AsyncIterator[None]:
     yield
-    while OPENED:
-        await OPENED.pop().close()
     await close_all()
 
 
@@ -290,8 +291,7 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
         shutil.copytree(root / "backup", relay.data_dir)
         (relay.data_dir / "epoch").unlink()
         relay.start()
-        while OPENED:
-            await OPENED.pop().close()
+        await close_all()
         return Restored(relay, shop, d, {n: root / n for n in names}, first_epoch, stamps, a2.reservation_id)
 
     try:
@@ -381,8 +381,7 @@ def replicas(relay: FixedPortRelay, tmp_path_factory: pytest.TempPathFactory) ->
             local, auth = people[name]
             await local.follow(shop)
             await service(local, relay, auth).sync_once()
-        while OPENED:
-            await OPENED.pop().close()
+        await close_all()
         return Replicas(relay, shop, {name: root / name for name in ("owner", *CUSTOMERS)})
 
     return asyncio.run(setup())

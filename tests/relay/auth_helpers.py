@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,13 @@ class FixedPortRelay(RelayProcess):
                 break
             time.sleep(0.2)  # the port may still be held by the previous process
         raise RuntimeError(f"relay did not start on port {self.port}:\n{self.log_text()[-4000:]}")
+
+
+def serving_fixed_port_relay(root: Path) -> Iterator[FixedPortRelay]:
+    """Body of a test module's relay fixture: start one under ``root``, stop it after the module."""
+    process = FixedPortRelay(root / "data")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
