@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--send-queue-bytes", type=_positive_int, default=sl.send_queue_bytes, metavar="BYTES")
     sync.add_argument("--auth-deadline", type=float, default=sl.auth_deadline_s, metavar="S")
     sync.add_argument("--idle-unload", type=float, default=sl.idle_unload_s, metavar="S")
+    sync.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=sl.max_inflight,
+        metavar="N",
+        help="unacknowledged updates per connection before the relay stops reading it",
+    )
     serve.add_argument(
         "--forwarded-allow-ips",
         default=None,
@@ -285,6 +292,7 @@ def _config(args: argparse.Namespace) -> RelayConfig:
             send_queue_bytes=args.send_queue_bytes,
             auth_deadline_s=args.auth_deadline,
             idle_unload_s=args.idle_unload,
+            max_inflight=args.max_inflight,
         ),
         rate_limits=RateLimits(
             login_account=args.login_rate_account,

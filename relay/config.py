@@ -110,6 +110,9 @@ class SyncLimits:
     idle_unload_s: float = 300.0
     """Unload a document nobody subscribed to or wrote for this long."""
     max_loaded_docs: int = 10_000
+    max_inflight: int = 64
+    """Updates one connection may have received and not yet had acknowledged; at the bound the
+    relay stops reading that socket (backpressure). Announced in ``welcome``."""
 
     def announce(self) -> dict[str, int]:
         """The limits a client is told in ``welcome`` (names from ``crdt_core.messages.Limit``)."""

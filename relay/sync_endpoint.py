@@ -189,6 +189,7 @@ class SyncExtension:
             epoch=self.store.epoch,
             metrics=ctx.metrics,
             limits=self.limits,
+            max_inflight=self.limits.max_inflight,
         )
         manager = self.manager
         loaded = ctx.metrics.gauge("quickslot_loaded_documents", "Documents loaded in memory")

@@ -80,7 +80,7 @@ log = logging.getLogger("quickslot.relay.sync")
 SERVER_NAME = "quickslot-relay/0.1"
 
 #: Updates of one connection ordered and not yet answered, at most (see "Pipelining" above).
-DEFAULT_MAX_INFLIGHT = 64
+DEFAULT_MAX_INFLIGHT = SyncLimits.max_inflight
 
 
 class Transport(Protocol):

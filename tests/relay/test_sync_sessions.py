@@ -208,3 +208,27 @@ async def test_document_size_limit(tmp_path: Path) -> None:
         refused = [a for a in answers if isinstance(a, ErrorReceived)]
         assert refused and all(a.code == ErrorCode.DOC_TOO_LARGE for a in refused)
         await c.close()
+
+
+async def test_max_inflight_flag_reaches_the_welcome(tmp_path: Path) -> None:
+    from crdt_core.messages import Limit
+
+    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--max-inflight", "3") as relay:
+        with relay.client() as http:
+            acct = new_account(relay, http)
+        c = await SyncClient.connect(relay, acct.access)
+        welcome = c.proto.welcome
+        assert welcome is not None and welcome.limits[Limit.MAX_INFLIGHT] == 3
+        # The bound slows a pipelined flush down; it never refuses one.
+        replica = Replica()
+        await c.subscribe(DOC, replica)
+        updates = [acct.author.book(replica, DOC, f"s{i}", 1)[1] for i in range(12)]
+        for uid, update in enumerate(updates, start=1):
+            c.proto.send_update(DOC, uid, update)
+        await c.flush()
+        acked: list[int] = []
+        while len(acked) < len(updates):
+            event = await c.next_event((Acked,))
+            acked.append(event.uid)
+        assert acked == list(range(1, 13))
+        await c.close()
