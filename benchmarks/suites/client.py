@@ -29,7 +29,6 @@ import asyncio
 import gc
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from benchmarks.harness import (
     fmt_seconds,
 )
 from benchmarks.relay_bench.servers import QuickSlotAsgi
+from benchmarks.suites.common import scratch_dir
 
 __all__ = ["TARGETS", "suite", "suite_description", "workloads"]
 
@@ -98,17 +98,6 @@ def _rotate(items: Sequence[str], shift: int) -> list[str]:
 
 def _warmup(config: RunConfig) -> int:
     return 0 if config.scale == "tiny" else 1
-
-
-class _Workdir:
-    """A temporary directory on the same file system as a real profile (fsync costs alike)."""
-
-    def __enter__(self) -> Path:
-        self.path = Path(tempfile.mkdtemp(prefix="quickslot-client-bench-"))
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 async def _timed(call: Callable[[], Any], cpu: list[float] | None = None) -> float:
@@ -258,7 +247,7 @@ class BookingLatency:
         results = {s: Result(self.name, s, "client", size, "time", "s/op", "booking", 1) for s in subjects}
         firsts: dict[str, list[float]] = {s: [] for s in subjects}
         cpus: dict[str, list[float]] = {s: [] for s in subjects}
-        with _Workdir() as root:
+        with scratch_dir("quickslot-client-bench-") as root:
             t0 = time.perf_counter()
             built = asyncio.run(world.build_profile(root / "profile", reservations=size, shops=10))
             plain.build(root / "plain.db", reservations=size, shops=10)
@@ -415,7 +404,7 @@ class ShopBrowsing:
         passes = 1 if config.scale == "tiny" else 5
         subjects = (SHOPS, PLAIN_SHOPS)
         results = {s: Result(self.name, s, "client", size, "time", "s/op", "query", 1) for s in subjects}
-        with _Workdir() as root:
+        with scratch_dir("quickslot-client-bench-") as root:
             t0 = time.perf_counter()
             built = asyncio.run(world.build_profile(root / "profile", reservations=0, shops=size))
             plain.build(root / "plain.db", reservations=0, shops=size)
@@ -471,7 +460,7 @@ class CatchUp:
         samples_wanted = 2 if config.scale == "tiny" else max(3, min(config.repeat, 5))
         subjects = (SYNC, VALIDATE, PYCRDT)
         results = {s: Result(self.name, s, "client", size, "time", "s/op", "catch-up", 1) for s in subjects}
-        with _Workdir() as root:
+        with scratch_dir("quickslot-client-bench-") as root:
             relay = QuickSlotAsgi(root / "relay", extra_args=catchup.RELAY_ARGS)
             relay.start()
             try:

@@ -7,7 +7,10 @@ limit, reporting it as ``timeout`` rather than spending the run on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from benchmarks.adapters import EngineAdapter, Unsupported
@@ -104,3 +107,14 @@ class LimitTracker:
         template.status = TIMEOUT
         template.note = self.stopped[template.subject]
         return template
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A scratch directory for one workload's servers, profiles and stores, removed afterwards.
+
+    Under the system temp directory, which is where a real profile's or relay's files would sit
+    on this machine, so fsync costs alike; cleanup ignores files a killed server left behind.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as path:
+        yield Path(path)

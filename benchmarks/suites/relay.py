@@ -39,11 +39,8 @@ declines it by default; the pycrdt-websocket script turns it off in uvicorn like
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from benchmarks.adapters import EngineAdapter
@@ -71,6 +68,7 @@ from benchmarks.relay_bench.servers import (
     Y_WEBSOCKET,
     Fleet,
 )
+from benchmarks.suites.common import scratch_dir
 
 __all__ = ["SCALE_SHAPES", "TARGETS", "suite_description", "workloads"]
 
@@ -168,17 +166,6 @@ def _versions_note(fleet: Fleet, name: str) -> str:
     return lane.subject.version() if lane else ""
 
 
-class _Workdir:
-    """A temporary directory for one fleet's data, logs and the direct server's store."""
-
-    def __enter__(self) -> Path:
-        self.path = Path(tempfile.mkdtemp(prefix="quickslot-relay-bench-"))
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
 def _unavailable_rows(fleet: Fleet, lanes: Sequence[str], make: Callable[[str], Result]) -> list[Result]:
     rows = []
     for name in lanes:
@@ -228,7 +215,7 @@ def _fanout_run(size: int, config: RunConfig, progress: Progress) -> FanoutRun:
     run = FanoutRun(shape)
     rng = random.Random(size)
     workers = 2 if shape.clients >= 100 else 1
-    with _Workdir() as workdir, Fleet(workdir, FANOUT_LANES) as fleet:
+    with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, FANOUT_LANES) as fleet:
         assert fleet.relay is not None
         run.unavailable = dict(fleet.unavailable)
         run.versions = fleet.versions()
@@ -465,7 +452,7 @@ def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
     per_doc = SCALE_SHAPES[config.scale].per_doc
     run = DocsRun()
     rng = random.Random(size)
-    with _Workdir() as workdir, Fleet(workdir, DOCS_LANES) as fleet:
+    with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, DOCS_LANES) as fleet:
         assert fleet.relay is not None
         run.unavailable = dict(fleet.unavailable)
         run.versions = fleet.versions()
@@ -627,7 +614,7 @@ class CatchUp:
         samples = SCALE_SHAPES[config.scale].catchup_samples
         per_writer = max(1, size // CATCHUP_WRITERS)
         out: list[Result] = []
-        with _Workdir() as workdir, Fleet(workdir, MEMORY_LANES) as fleet:
+        with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, MEMORY_LANES) as fleet:
             assert fleet.relay is not None
             ids = fleet.relay.ensure_identities(CATCHUP_WRITERS + samples)
             doc = bookings_doc(f"catchup{size}")
@@ -725,7 +712,7 @@ class IdleMemory:
 
         out: list[Result] = []
         warm_n = 20
-        with _Workdir() as workdir, Fleet(workdir, MEMORY_LANES) as fleet:
+        with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, MEMORY_LANES) as fleet:
             assert fleet.relay is not None
             ids = fleet.relay.ensure_identities(DOCS_ACCOUNTS)
             docs = [bookings_doc(f"idle{k}") for k in range(warm_n + size)]
@@ -799,7 +786,7 @@ def _idle_conn_run(size: int, config: RunConfig, progress: Progress) -> dict[str
         return cached
     idle_s = SCALE_SHAPES[config.scale].idle_conn_seconds
     run: dict[str, Any] = {"rows": {}, "unavailable": {}, "failed": {}, "versions": {}}
-    with _Workdir() as workdir, Fleet(workdir, IDLE_CONN_LANES) as fleet:
+    with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, IDLE_CONN_LANES) as fleet:
         assert fleet.relay is not None
         run["unavailable"] = dict(fleet.unavailable)
         run["versions"] = fleet.versions()
