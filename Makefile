@@ -20,6 +20,7 @@ demo-offline: $(STAMP)
 	$(BIN)/python -m client.demo
 
 test: $(STAMP)
+	tools/ensure-servers
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q
 
 thorough: $(STAMP)
