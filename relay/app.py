@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,10 +81,14 @@ class RelayContext:
     ready: bool = False
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Run when a stop signal arrives, before the web server closes its connections (see
+    #: :meth:`begin_shutdown`); the sync extension tells its clients to come back here.
+    goodbyes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Free slots for extensions to publish objects to each other (e.g. "docstore").
     components: dict[str, Any] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
+    _goodbye_task: asyncio.Task[None] | None = None
 
     def _require_auth(self) -> AuthComponents:
         if self.auth is None:
@@ -107,11 +111,40 @@ class RelayContext:
     def account_store(self) -> AccountStore:
         return self._require_auth().store
 
-    def begin_shutdown(self) -> None:
-        """Mark the relay as stopping. Safe to call from a signal handler or another thread."""
+    def begin_shutdown(self, then: Callable[[], None] | None = None, *, within_s: float = 5.0) -> None:
+        """Mark the relay as stopping, say goodbye to clients, then call ``then``.
+
+        Safe to call from a signal handler or another thread. Why ``then``: uvicorn's own shutdown
+        closes every websocket with 1012; a client must see the relay's 1001 ("restarting, come
+        back shortly") first, so the CLI passes uvicorn's exit as ``then`` and it runs only once
+        every goodbye has finished (or ``within_s`` has passed, so a stuck goodbye cannot keep the
+        process alive).
+        """
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.stopping.set)
+        if loop is None or loop.is_closed():
+            if then is not None:
+                then()
+            return
+        loop.call_soon_threadsafe(self._start_goodbyes, then, within_s)
+
+    def _start_goodbyes(self, then: Callable[[], None] | None, within_s: float) -> None:
+        self.stopping.set()
+        task = asyncio.get_running_loop().create_task(self._say_goodbyes(then, within_s))
+        self._goodbye_task = task
+
+    async def _say_goodbyes(self, then: Callable[[], None] | None, within_s: float) -> None:
+        try:
+            if self.goodbyes:
+                waiters = [asyncio.ensure_future(goodbye()) for goodbye in self.goodbyes]
+                done, pending = await asyncio.wait(waiters, timeout=within_s)
+                for task in pending:
+                    task.cancel()
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("goodbye failed", exc_info=task.exception())
+        finally:
+            if then is not None:
+                then()
 
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:

@@ -322,9 +322,17 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
         """Tells the relay it is stopping as soon as the signal arrives, before uvicorn waits
         for connections to drain, so extensions can say goodbye to clients promptly."""
 
+        saying_goodbye = False
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            ctx.begin_shutdown()
-            super().handle_exit(sig, frame)
+            # A second signal while the relay says goodbye goes straight to uvicorn (which treats
+            # it as "exit now"); the first one lets the relay close its clients with 1001 before
+            # uvicorn closes the remaining websockets with 1012.
+            if self.saying_goodbye or self.should_exit:
+                super().handle_exit(sig, frame)
+                return
+            self.saying_goodbye = True
+            ctx.begin_shutdown(then=lambda: uvicorn.Server.handle_exit(self, sig, frame))
 
     uv_config = uvicorn.Config(
         app,

@@ -211,6 +211,9 @@ class SyncExtension:
             await ctx.stopping.wait()
             await hub.shutdown()
 
+        # The CLI's signal handler runs the goodbyes before uvicorn's own shutdown (which would
+        # close clients with 1012); the watcher covers a relay stopped any other way.
+        ctx.goodbyes.append(hub.shutdown)
         self._watcher = asyncio.create_task(say_goodbye_on_stop(), name="sync-stop-watcher")
         self._tune_gc()
         log_event(log, "sync started", epoch=self.store.epoch)
