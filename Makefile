@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Most tests wait on real relay processes, sockets and fsyncs, so two workers fit two cores; a
+# module stays on one worker (its module-scoped relay is started once).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: demo demo-offline test lint typecheck fmt clean thorough bench bench-quick
 
@@ -21,7 +24,7 @@ demo-offline: $(STAMP)
 
 test: $(STAMP)
 	tools/ensure-servers
-	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
