@@ -41,7 +41,7 @@ import logging
 import os
 import secrets as _random
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +238,24 @@ class _Work:
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     changes: list[VerdictChange] = field(default_factory=list)
     events: list[ClientEvent] = field(default_factory=list)
+    #: Statements to run after the projection, still inside the transaction.
+    epilogue: list[Callable[[Tx], Awaitable[None]]] = field(default_factory=list)
+
+
+_RESERVATION_COLUMNS = (
+    "doc_id, reservation_id, shop_id, day, slot_id, customer, party, note, hlc, state, waitlist_position, "
+    "final, stamp, staff_confirmed, holds_seats, rejected_code, rejected_reason, updated_ms"
+)
+
+
+async def _restore_refused_rows(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
+    for row in rows:
+        await tx.execute(
+            f"INSERT INTO reservations({_RESERVATION_COLUMNS}) VALUES ({', '.join('?' * 18)}) "
+            "ON CONFLICT(doc_id, reservation_id) DO UPDATE SET holds_seats = 0, "
+            "rejected_code = excluded.rejected_code, rejected_reason = excluded.rejected_reason",
+            (*row[:14], 0, *row[15:]),
+        )
 
 
 def _system_ms() -> int:
@@ -648,6 +666,8 @@ class LocalClient:
                     await self._catch_up(tx)
                 yield work
                 await self._finish(work)
+                for step in work.epilogue:
+                    await step(tx)
         except BaseException:
             if work is not None:
                 for doc_id in work.dirty:
@@ -1415,6 +1435,13 @@ class LocalClient:
         keeps quiet.
         """
         async with self._write(local=True) as work:
+            # A claim the relay refused is in the document but not in the verdict, so projecting
+            # the documents alone would drop its row; the refusal (kept on the row, from the
+            # outbox) is what tells the user. Those rows go back as they were, holding no seats.
+            refused = await work.tx.fetchall(
+                f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE rejected_code IS NOT NULL"
+            )
+            work.epilogue.append(lambda tx: _restore_refused_rows(tx, refused))
             await proj.clear_projections(work.tx)
             self._verdicts.clear()
             for doc_id in await work.tx.held_docs():

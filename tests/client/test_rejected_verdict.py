@@ -103,3 +103,12 @@ async def test_a_refused_booking_leaves_its_authors_verdict(relay: FixedPortRela
     OPENED.append(reopened)
     assert without(await reopened.verdict(shop, DAY), forged) == without(bob_view, forged)
     assert forged not in (await reopened.verdict(shop, DAY)).claims
+
+    # Rebuilding the projections from the documents keeps the refused row and its reason (the
+    # reason lives in the outbox, not in the document), and still counts no seats for it.
+    await reopened.rebuild_projections()
+    row = await reopened.reservation(forged)
+    assert row is not None and row.rejected_code == "rejected" and not row.holds_seats, row
+    (slot,) = [s for s in await reopened.slots(shop, DAY) if s.slot_id == SLOT]
+    assert slot.seats_taken == 3, slot
+    assert without(await reopened.verdict(shop, DAY), forged) == without(bob_view, forged)
