@@ -3,8 +3,9 @@
 ``create_app(config)`` builds the app; its lifespan opens the components in order and closes
 them in reverse:
 
-1. auth: data directory and epoch, signing keys, the SQLite account store, tokens, the account
-   service and its ``account_events`` poller (operator CLI changes reach the server this way);
+1. auth: data directory and epoch, signing keys, the account store (SQLite, or PostgreSQL with
+   ``store_url``, which also brings shared rate limiters), tokens, the account service and its
+   ``account_events`` reader (operator CLI and other nodes' changes reach the server this way);
 2. extensions (:class:`RelayExtension`), in the order given: the document store and the
    websocket endpoint ``/api/v1/sync`` plug in here. An extension adds its routes in
    ``install`` (called by ``create_app``, before the app starts) and opens/closes its resources
@@ -177,6 +178,8 @@ def create_app(
         ctx.stopping = asyncio.Event()
         ctx.auth = await open_auth(config, metrics=metrics, hooks=ctx.hooks)
         ctx.epoch = ctx.auth.epoch
+        if ctx.auth.limiter_factory is not None:  # shared store: every node draws from one budget
+            ctx.limiters = Limiters.from_config(config, ctx.auth.limiter_factory)
         poller_stop = asyncio.Event()
         poller = asyncio.create_task(ctx.accounts.run_event_poller(poller_stop), name="account-events")
         started: list[RelayExtension] = []

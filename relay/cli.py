@@ -1,9 +1,11 @@
 """``quickslot-relay``: run the relay and administer its accounts and keys.
 
 Operators run these commands on the relay host; the admin commands open the relay's SQLite file
-and key directory directly (no network, no admin API to secure). Changes that running servers
-must act on (a disabled user's sessions, revoked families, a key rotation) are recorded in the
-``account_events`` table, which every server polls about once a second.
+and key directory directly (no network, no admin API to secure), or with ``--store`` the shared
+PostgreSQL database, from any host that reaches it. Changes that running servers must act on (a
+disabled user's sessions, revoked families, a key rotation) are recorded in the
+``account_events`` table, which every server polls about once a second (and, on PostgreSQL, is
+woken for at once by NOTIFY).
 
 Exit codes: 0 success, 1 failure (message on stderr; with ``--json`` also an ``{"error": ...}``
 object on stdout), 2 usage error.
@@ -37,6 +39,9 @@ from relay.config import (
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_DATA_DIR = os.environ.get("QUICKSLOT_RELAY_DATA", "relay-data")
+# Read at parse time (not import time) so tests and wrappers can set them per invocation.
+STORE_ENV = "QUICKSLOT_RELAY_STORE"
+STORE_REPLICA_ENV = "QUICKSLOT_RELAY_STORE_REPLICA"
 
 #: A stats section: given the config, return name -> value (printed by ``stats``).
 StatsProvider = Callable[[RelayConfig], Awaitable[Mapping[str, Any]]]
@@ -48,9 +53,9 @@ def _stats_providers() -> dict[str, StatsProvider]:
 
 
 async def _document_stats(config: RelayConfig) -> Mapping[str, Any]:
-    from relay.store.sqlite import SQLiteDocumentStore
+    from relay.store.open import open_document_store
 
-    store = await SQLiteDocumentStore.open(config.data_dir, auto_compact=False)
+    store = await open_document_store(config, auto_compact=False)
     try:
         st = await store.stats()
         return {
@@ -83,12 +88,14 @@ def _hold_serve_lock(data_dir: Path) -> Any:
 async def _compact(config: RelayConfig) -> dict[str, Any]:
     """Fold every document's log into its snapshot. The running relay compacts by itself (when a
     log outgrows its snapshot); this is for maintenance while it is stopped, since the server
-    keeps each document's head in memory."""
-    from relay.store.sqlite import SQLiteDocumentStore
+    keeps each document's head in memory. On a PostgreSQL store (``--store``) it is also safe
+    while other nodes serve: each compaction locks the document's head row in the database and
+    deletes only the rows its snapshot covers (relay/store/postgres.py)."""
+    from relay.store.open import open_document_store
 
     lock = _hold_serve_lock(config.data_dir)
     try:
-        store = await SQLiteDocumentStore.open(config.data_dir, auto_compact=False)
+        store = await open_document_store(config, auto_compact=False)
         try:
             results = await store.compact_all()
             return {"compacted": len(results), "documents": [dataclasses.asdict(r) for r in results]}
@@ -145,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
     common.add_argument("--log-level", default=argparse.SUPPRESS, help="log level (default INFO)")
+    common.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=f"postgresql:// URL of a shared store (default: ${STORE_ENV}, else SQLite in --data)",
+    )
+    common.add_argument(
+        "--store-replica",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=f"postgresql:// URL of a replica of --store to read from (default: ${STORE_REPLICA_ENV})",
+    )
 
     hashing = argparse.ArgumentParser(add_help=False)
     d = RelayConfig()
@@ -165,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", default=False, help="machine-readable output")
     parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    parser.add_argument(
+        "--store", default=os.environ.get(STORE_ENV) or None, metavar="URL", help="shared PostgreSQL store"
+    )
+    parser.add_argument(
+        "--store-replica",
+        default=os.environ.get(STORE_REPLICA_ENV) or None,
+        metavar="URL",
+        help="streaming replica of --store",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser(
@@ -214,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="unacknowledged updates per connection before the relay stops reading it",
     )
     serve.add_argument(
+        "--redis",
+        default=os.environ.get("QUICKSLOT_RELAY_REDIS") or None,
+        metavar="URL",
+        help="redis:// URL whose streams carry updates between relay nodes sharing --store"
+        " (default: $QUICKSLOT_RELAY_REDIS, else none: a single node)",
+    )
+    serve.add_argument(
         "--forwarded-allow-ips",
         default=None,
         metavar="IPS",
@@ -252,7 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> RelayConfig:
-    base = RelayConfig(data_dir=args.data, log_level=args.log_level)
+    base = RelayConfig(
+        data_dir=args.data,
+        log_level=args.log_level,
+        store_url=args.store,
+        store_replica_url=args.store_replica,
+    )
     if hasattr(args, "argon2_memory_kib"):
         base = replace(
             base,
@@ -294,6 +334,7 @@ def _config(args: argparse.Namespace) -> RelayConfig:
             idle_unload_s=args.idle_unload,
             max_inflight=args.max_inflight,
         ),
+        redis_url=args.redis,
         rate_limits=RateLimits(
             login_account=args.login_rate_account,
             login_address=args.login_rate_address,
@@ -308,13 +349,43 @@ def _config(args: argparse.Namespace) -> RelayConfig:
 # serve
 
 
+def _fit_open_files(config: RelayConfig) -> RelayConfig:
+    """Raise the open-file limit for ``--max-connections``, or lower that to fit (relay.fdlimit)."""
+    import logging
+
+    from relay.fdlimit import RESERVED_FDS, fit_connections
+    from relay.logging import log_event
+
+    fit = fit_connections(config.sync.max_connections)
+    logger = logging.getLogger("relay.serve")
+    if fit.raised_from is not None:
+        log_event(logger, "open_file_limit_raised", soft_before=fit.raised_from, soft=fit.soft_limit)
+    if fit.max_connections < config.sync.max_connections:
+        log_event(
+            logger,
+            "max_connections_lowered",
+            logging.WARNING,
+            configured=config.sync.max_connections,
+            max_connections=fit.max_connections,
+            open_file_limit=fit.soft_limit,
+            reserved=RESERVED_FDS,
+            hint="raise the hard limit (ulimit -Hn, LimitNOFILE=) to allow more connections",
+        )
+        config = replace(config, sync=replace(config.sync, max_connections=fit.max_connections))
+    return config
+
+
 def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int:
     """Run uvicorn (websockets implementation) until SIGTERM/SIGINT; graceful shutdown."""
+    import socket
+
     import uvicorn
 
     from relay.app import create_app
+    from relay.fdlimit import AcceptErrorThrottle
 
     lock = _hold_serve_lock(config.data_dir)  # noqa: F841 - held until the process exits
+    config = _fit_open_files(config)
     app = create_app(config)
     ctx = app.state.relay
 
@@ -323,6 +394,10 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
         for connections to drain, so extensions can say goodbye to clients promptly."""
 
         saying_goodbye = False
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            AcceptErrorThrottle.install(asyncio.get_running_loop())  # see relay.fdlimit
+            await super().serve(sockets)
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             # A second signal while the relay says goodbye goes straight to uvicorn (which treats
@@ -373,6 +448,8 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
 
 
 def _require_data_dir(config: RelayConfig) -> None:
+    if config.store_url is not None:
+        return  # the data is in the database; connecting tells whether it is there
     if not (config.data_dir / DB_FILENAME).exists():
         raise CliError(f"no relay data in {config.data_dir} (start the relay or 'user add' first)", "no_data")
 
@@ -420,15 +497,22 @@ async def _user_list(auth: Any) -> list[dict[str, Any]]:
 
 async def _keys_rotate(auth: Any) -> dict[str, Any]:
     previous = auth.keys.active_kid
-    kid = await asyncio.to_thread(auth.keys.rotate)
+    kid = await auth.keys.rotate_async()
     await auth.service.record_keys_rotated()
     return {"active_kid": kid, "retired_kid": previous}
+
+
+async def _loaded_keys(auth: Any) -> Any:
+    return auth.keys
 
 
 def _keys_list(config: RelayConfig) -> list[dict[str, Any]]:
     from relay.keys import KeyStore
 
-    store = KeyStore.open(config.keys_dir, create=False)
+    if config.store_url is not None:  # keys live in the database (relay.keys_pg)
+        store = asyncio.run(_with_auth(config, _loaded_keys))
+    else:
+        store = KeyStore.open(config.keys_dir, create=False)
     return [
         {
             "kid": k.kid,

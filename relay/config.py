@@ -169,6 +169,17 @@ class RelayConfig:
     log_level: str = "INFO"
     graceful_shutdown_s: float = 5.0
 
+    # Where documents (and, with the PostgreSQL store, accounts and tokens) live. ``None`` is the
+    # embedded SQLite file in ``data_dir``; a ``postgresql://`` URL puts them in that database,
+    # which several relay nodes can share (the scale-out setup).
+    store_url: str | None = field(default=None, repr=False)
+    # A streaming replica of ``store_url``'s database: document loads and operator statistics
+    # read from it (a lagging replica is caught up from the primary, never served stale).
+    store_replica_url: str | None = field(default=None, repr=False)
+    # Several nodes on one store: ``redis://`` URL of the Redis whose streams carry each node's
+    # commits to the others (relay.fanout). ``None``: one node, no fan-out beyond itself.
+    redis_url: str | None = field(default=None, repr=False)
+
     def __post_init__(self) -> None:
         if self.access_ttl_s <= 0 or self.refresh_ttl_s <= 0 or self.certificate_ttl_s <= 0:
             raise ValueError("token and certificate lifetimes must be positive")
@@ -180,6 +191,16 @@ class RelayConfig:
             raise ValueError("Argon2 needs lanes >= 1, iterations >= 1 and memory >= 8 KiB per lane")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("--certfile and --keyfile go together")
+        for flag, url in (("--store", self.store_url), ("--store-replica", self.store_replica_url)):
+            if url is not None and not is_postgres_url(url):
+                raise ValueError(f"{flag} must be a postgresql:// URL")
+        if self.store_replica_url is not None and self.store_url is None:
+            raise ValueError("--store-replica needs --store (the primary it replicates)")
+        if self.redis_url is not None:
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("--redis must be a redis://, rediss:// or unix:// URL")
+            if self.store_url is None:
+                raise ValueError("--redis needs --store: nodes that fan out to each other share one store")
 
     @property
     def db_path(self) -> Path:
@@ -196,6 +217,22 @@ class RelayConfig:
     @property
     def epoch_path(self) -> Path:
         return self.data_dir / EPOCH_FILENAME
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database (the schemes libpq and asyncpg accept)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without its password, for logs and error messages."""
+    if url is None:
+        return None
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
 
 
 def prepare_data_dir(config: RelayConfig) -> str:

@@ -37,6 +37,40 @@ Theory of operation
   and the next user drops and reloads it (after the remaining commits settle). Each load uses a
   fresh random client id, so the relay's own writes never reuse CRDT clocks that a lost,
   unacknowledged write may already have handed out.
+
+Several nodes (one shared store, a fan-out between nodes)
+---------------------------------------------------------
+With several relay nodes on one store, a document's seqs are handed out by the store's commits,
+which interleave between nodes: this node may commit seq 9 while seq 8 (another node's) is still
+on its way through the fan-out. So a loaded entry integrates seqs *in order*:
+
+* ``entry.seq`` is the highest seq up to which every seq is in the replica and has been handed
+  to ``on_durable`` (the hub's acks and deliveries). A commit whose first seq is not
+  ``entry.seq + 1`` waits in ``entry.waiting`` (with its ``on_durable`` call) until the missing
+  seqs arrive, so subscribers see every document's seqs in order whichever node stored them.
+  With one node, commits are always the next seq and nothing ever waits.
+* Another node's commit (:meth:`DocumentManager.remote_commit`) is applied to the replica
+  without storing it (it is stored already) when its turn comes, synchronously, in the event
+  loop: every holder of the lock does its replica work without awaiting in between, so this
+  never lands in the middle of a validate-apply-stamp step. While an entry loads or refreshes,
+  remote commits only wait; afterwards those the store already covered are dropped.
+* A missing seq that has not arrived after ``gap_wait`` (a lost fan-out entry), a poisoned entry
+  that subscribers hold (e.g. the store refused a stamp base another node had used:
+  :class:`relay.store.base.StampConflictError`), or a fan-out reset leads to a *refresh*: under
+  the lock, after the commits settle, the entry's waiting local commits are handed on, the
+  document is reloaded from the store in place, and ``on_catchup(doc, diff, seq)`` gives the hub
+  what the old replica lacked, to send as one update at the store's seq: a subscriber that
+  missed anything sees a gap there and resyncs by state vector (docs/protocol.md 5.6). After a
+  poisoned entry's refresh the seqs it gained are not caught up at once: they are on their way
+  through the fan-out (``entry.expect``) and are handed on one by one as usual, each booking with
+  its ``stamped`` summary; only what has not come after ``gap_wait`` is caught up so.
+* Nothing is ordered on top of a stamping append still in flight. Another node may have used
+  its stamp base first; the store then refuses it, and an update ordered after it (often the
+  same client's next one, which depends on it) would otherwise be stored without it: stored
+  with missing dependencies, and forwarded so to every client. So the next update of that
+  document waits for the stamping commit; if it failed, the lock is released once (whoever
+  queued meanwhile, e.g. the refused update ordered again, goes first) and the document is
+  refreshed. One node alone never conflicts and never waits.
 """
 
 from __future__ import annotations
@@ -46,13 +80,13 @@ import enum
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica, diff_update
-from relay.store.base import AppendResult, DocumentStore, StoreError, check_doc_id
+from relay.store.base import AppendResult, DocumentStore, StoredDocument, StoreError, check_doc_id
 
 __all__ = [
     "Applied",
@@ -146,18 +180,40 @@ BuildExtra = Callable[[Replica, X, StampSequence], bytes | None]
 OnDurable = Callable[[AppendResult, X | None, bytes | None], None]
 
 
+#: ``on_commit(result, checked, extra)``: called as soon as the append committed, before it is
+#: integrated in seq order (the fan-out publishes here, so other nodes never wait on this one).
+OnCommit = Callable[[AppendResult, X | None, bytes | None], None]
+
+
 def _durable_callback(
     doc_id: str, on_durable: OnDurable[X], checked: X | None, extra: bytes | None
-) -> Callable[[asyncio.Future[AppendResult]], None]:
-    def fire(future: asyncio.Future[AppendResult]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
+) -> Callable[[AppendResult], None]:
+    def fire(result: AppendResult) -> None:
         try:
-            on_durable(future.result(), checked, extra)
+            on_durable(result, checked, extra)
         except Exception:
             log.exception("on_durable callback failed for %s", doc_id)
 
     return fire
+
+
+def _call(doc_id: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("delivery callback failed for %s", doc_id)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A committed append waiting for the seqs before it (see "Several nodes")."""
+
+    last: int
+    #: Another node's updates, applied when their turn comes; ``None`` for this node's own
+    #: commit (already in the replica since it was ordered).
+    updates: tuple[bytes, ...] | None
+    next_stamp: int
+    deliver: Callable[[], None] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +348,8 @@ class ManagerStats:
     evictions: int
     noops: int
     reloads_after_failure: int
+    remote_applied: int = 0
+    refreshes: int = 0
 
 
 class _State(enum.Enum):
@@ -318,6 +376,11 @@ class _Entry:
         "inflight",
         "poisoned",
         "parked",
+        "waiting",
+        "gap_timer",
+        "refreshing",
+        "stamp_commit",
+        "expect",
     )
 
     def __init__(self, doc_id: str, now: float) -> None:
@@ -325,7 +388,8 @@ class _Entry:
         self.lock = asyncio.Lock()
         self.state = NEW
         self.replica: Replica | None = None
-        #: Highest *committed* seq (the replica may be ahead while commits are in flight).
+        #: Every seq up to this one is in the replica and handed on (``on_durable``); the replica
+        #: may be ahead while commits are in flight or wait for an earlier seq.
         self.seq = 0
         #: Next stamp number to hand out (ahead of the store while commits are in flight).
         self.next_stamp = 0
@@ -337,6 +401,17 @@ class _Entry:
         self.poisoned = False
         #: Digests of stored updates that did not move the state vector (see ``_is_noop``).
         self.parked: dict[bytes, None] = {}
+        #: Commits waiting for the seqs before them, by first seq (see "Several nodes").
+        self.waiting: dict[int, _Waiting] = {}
+        self.gap_timer: asyncio.TimerHandle | None = None
+        #: Reloading from the store in place: remote commits wait rather than apply.
+        self.refreshing = False
+        #: The last append that allocated stamps (see "Several nodes": nothing is ordered on top
+        #: of one still in flight).
+        self.stamp_commit: asyncio.Future[AppendResult] | None = None
+        #: A refresh without catch-up saw the store at this seq: the seqs up to it are on their
+        #: way through the fan-out and are delivered as they come (or, if not, a gap refresh).
+        self.expect = 0
 
     def park(self, update: bytes) -> None:
         self.parked[_digest(update)] = None
@@ -426,6 +501,12 @@ class DocumentManager:
         capacity_wait: how long loading waits for room (every loaded document busy or pinned)
             before raising :class:`CapacityError`.
         clock: monotonic seconds, injectable for tests.
+        gap_wait: with several nodes, how long a missing seq may stay missing before the
+            document is refreshed from the store (see "Several nodes").
+
+    ``on_catchup(doc, update, seq)``, set by the hub when several nodes share the store: after a
+    refresh brought the document from ``entry.seq`` to ``seq``, ``update`` is what the old replica
+    lacked. Setting it also makes a poisoned document that subscribers hold refresh in place.
     """
 
     def __init__(
@@ -439,6 +520,7 @@ class DocumentManager:
         highest_stamp: Callable[[Replica], int] | None = None,
         capacity_wait: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        gap_wait: float = 1.0,
     ) -> None:
         if max_documents < 1 or max_bytes < 1 or idle_seconds < 0:
             raise ValueError("max_documents and max_bytes must be >= 1, idle_seconds >= 0")
@@ -450,6 +532,10 @@ class DocumentManager:
         self._highest_stamp = highest_stamp
         self.capacity_wait = capacity_wait
         self._clock = clock
+        self.gap_wait = gap_wait
+        self.on_catchup: Callable[[str, bytes, int], None] | None = None
+        #: Refreshes running at once (a fan-out reset refreshes every loaded document).
+        self._refresh_slots = asyncio.Semaphore(8)
         #: Set whenever a document may have become evictable (a lock released, a doc dropped).
         self._room = asyncio.Event()
         self._entries: dict[str, _Entry] = {}
@@ -464,6 +550,8 @@ class DocumentManager:
         self._evictions = 0
         self._noops = 0
         self._reloads = 0
+        self._remote_applied = 0
+        self._refreshes = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -523,14 +611,18 @@ class DocumentManager:
         check: Check[X],
         build_extra: BuildExtra[X] | None = None,
         on_durable: OnDurable[X] | None = None,
+        on_commit: OnCommit[X] | None = None,
+        check_resend: Callable[[Replica, bytes], None] | None = None,
     ) -> Ordered[X]:
         """Validate, apply and order one incoming update (plus the relay's own update) for storing.
 
         Under the document's lock, in this order, with no other update of the document between:
 
         1. a no-op (an update that adds nothing, e.g. a re-send; see :func:`_is_noop`) stops
-           here: nothing is checked or stored; it is acknowledged, with the current seq, once
-           everything ordered before it is durable;
+           here: nothing is stored; ``check_resend(replica, update)`` may refuse it (raise: a
+           "re-send" whose content differs from what the document holds at those Yjs ids);
+           otherwise it is acknowledged, with the current seq, once everything ordered before
+           it is durable;
         2. ``check(replica, update)``: raise to refuse; nothing is applied or stored;
         3. the update is applied (:class:`EngineError` if the engine refuses it; the document is
            unchanged and nothing is stored);
@@ -557,10 +649,12 @@ class DocumentManager:
         commit: asyncio.Future[AppendResult] | None = None
         checked: X | None = None
         extra: bytes | None = None
-        async with self._locked(doc_id) as entry:
+        async with self._locked(doc_id, after_stamps=True) as entry:
             replica = entry.replica
             assert replica is not None
             if _is_noop(entry, update, replica.state_vector()):
+                if check_resend is not None:
+                    check_resend(replica, update)
                 barrier = list(entry.inflight)
             else:
                 checked = check(replica, update)
@@ -597,11 +691,17 @@ class DocumentManager:
                     self._poison(entry)
                     raise
                 entry.next_stamp += stamps.count
-                self._track(entry, commit)
+                if stamps.count:
+                    entry.stamp_commit = commit
+                # Attached under the lock, so callbacks run in commit (= seq) order: the relay
+                # acknowledges and fans out in exactly the order updates are stored.
+                deliver: Callable[[AppendResult], None] | None = None
+                announce: Callable[[AppendResult], None] | None = None
                 if on_durable is not None:
-                    # Attached under the lock, so callbacks run in commit (= seq) order: the
-                    # relay acknowledges and fans out in exactly the order updates are stored.
-                    commit.add_done_callback(_durable_callback(doc_id, on_durable, checked, extra))
+                    deliver = _durable_callback(doc_id, on_durable, checked, extra)
+                if on_commit is not None:
+                    announce = _durable_callback(doc_id, on_commit, checked, extra)
+                self._track(entry, commit, deliver, announce)
                 grown = sum(len(u) for u in updates)
                 entry.size += grown
                 self._loaded_bytes += grown
@@ -615,6 +715,169 @@ class DocumentManager:
     async def apply(self, doc_id: str, update: bytes) -> Applied[None]:
         """:meth:`submit` with no check and no relay update (an update already validated)."""
         return await self.submit(doc_id, update, _no_check)
+
+    # --- other nodes (see "Several nodes") ------------------------------------------------------
+
+    def remote_commit(
+        self,
+        doc_id: str,
+        seq: int,
+        updates: Sequence[bytes],
+        next_stamp: int = 0,
+        deliver: Callable[[], None] | None = None,
+    ) -> bool:
+        """Another node stored ``updates`` as ``seq..``: take them into the loaded replica in seq order.
+
+        Nothing is stored (they are). ``deliver`` runs when their turn comes (the hub forwards
+        them to subscribers then). A document that is not loaded is left alone: its next load
+        reads them from the store. Returns whether the commit was taken (not loaded, already
+        covered or a duplicate: ``False``). Synchronous; never raises for a bad update (logged).
+        """
+        entry = self._entries.get(doc_id)
+        if entry is None or entry.state is UNLOADED or not updates:
+            return False
+        last = seq + len(updates) - 1
+        settled = entry.state is LOADED and not entry.refreshing
+        if (settled and last <= entry.seq) or seq in entry.waiting:
+            return False
+        entry.waiting[seq] = _Waiting(last, tuple(updates), next_stamp, deliver)
+        if settled:
+            self._advance(entry)
+        return True
+
+    def _advance(self, entry: _Entry) -> None:
+        """Integrate waiting commits while the next seq is there; watch for a gap otherwise."""
+        waiting = entry.waiting
+        while True:
+            item = waiting.pop(entry.seq + 1, None)
+            if item is None:
+                break
+            if item.updates is not None:
+                self._apply_remote(entry, item)
+            entry.seq = item.last
+            if item.deliver is not None:
+                _call(entry.doc_id, item.deliver)
+        for first in [first for first in waiting if first <= entry.seq]:
+            item = waiting.pop(first)  # covered by a refresh (or a duplicate)
+            if item.updates is None and item.deliver is not None:
+                _call(entry.doc_id, item.deliver)
+        if entry.expect <= entry.seq:
+            entry.expect = 0
+        if waiting or entry.expect:
+            if entry.gap_timer is None:
+                entry.gap_timer = asyncio.get_running_loop().call_later(
+                    self.gap_wait, self._gap_expired, entry, entry.seq
+                )
+        elif entry.gap_timer is not None:
+            entry.gap_timer.cancel()
+            entry.gap_timer = None
+
+    def _apply_remote(self, entry: _Entry, item: _Waiting) -> None:
+        replica = entry.replica
+        assert replica is not None and item.updates is not None
+        for update in item.updates:
+            if entry.expect and diff_update(update, replica.state_vector()) == EMPTY_UPDATE:
+                continue  # already in the replica a refresh read from the store
+            try:
+                replica.apply_update(update)
+            except EngineError as exc:  # stored by another node; the store keeps it either way
+                log.error("! %s: another node's update does not apply: %s", entry.doc_id, exc)
+                continue
+            if not _integrated(replica, update):
+                entry.park(update)
+            entry.size += len(update)
+            self._loaded_bytes += len(update)
+        entry.next_stamp = max(entry.next_stamp, item.next_stamp)
+        self._remote_applied += 1
+
+    def _gap_expired(self, entry: _Entry, seen: int) -> None:
+        entry.gap_timer = None
+        if entry.state is not LOADED or not (entry.waiting or entry.expect):
+            return
+        if entry.seq != seen:  # progress since: give the rest its own wait
+            entry.gap_timer = asyncio.get_running_loop().call_later(
+                self.gap_wait, self._gap_expired, entry, entry.seq
+            )
+            return
+        log.warning(
+            "= %s: seq %d did not arrive within %.1fs; reloading from the store",
+            entry.doc_id,
+            entry.seq + 1,
+            self.gap_wait,
+        )
+        self._spawn(self._refresh_if(entry.doc_id, gap_only=True))
+
+    def refresh_all(self) -> int:
+        """Reload every loaded document from the store in the background (fan-out entries may be
+        lost: Redis restarted or trimmed past this node). Returns how many are queued."""
+        docs = [entry.doc_id for entry in self._entries.values() if entry.state is LOADED]
+        for doc_id in docs:
+            self._spawn(self._refresh_if(doc_id, gap_only=False))
+        return len(docs)
+
+    async def _refresh_if(self, doc_id: str, *, gap_only: bool) -> None:
+        try:
+            async with self._refresh_slots:
+                if not self.is_loaded(doc_id):
+                    return  # unloaded meanwhile: its next load reads the store anyway
+                async with self._locked(doc_id, settle=True) as entry:
+                    if gap_only and not (entry.waiting or entry.expect):
+                        return  # filled (or refreshed) while we waited for the lock
+                    await self._refresh(entry)
+        except (StoreError, CapacityError, ManagerClosedError) as exc:
+            log.warning("! %s: refresh failed: %s", doc_id, exc)
+            left = self._entries.get(doc_id)
+            pending = left is not None and (left.waiting or left.expect)
+            if left is not None and left.state is LOADED and pending and left.gap_timer is None:
+                left.gap_timer = asyncio.get_running_loop().call_later(
+                    self.gap_wait, self._gap_expired, left, left.seq
+                )
+
+    async def _refresh(self, entry: _Entry, *, catch_up: bool = True) -> None:
+        """Reload ``entry`` from the store in place (lock held, commits settled). See "Several nodes".
+
+        ``catch_up=False`` (a poisoned entry: a refused stamp base, a failed commit): the replica
+        is reloaded, but the seqs it gained are left to arrive through the fan-out and be handed
+        on as usual (applying them again changes nothing), so subscribers get each one, with its
+        stamps, rather than one difference; ``gap_wait`` later, whatever did not come is caught up.
+        """
+        replica = entry.replica
+        assert replica is not None and entry.state is LOADED
+        old_sv = replica.state_vector()
+        old_seq = entry.seq
+        # This node's own commits waiting on a gap are durable: answer and deliver them now
+        # (recipients see the gap and resync); the others' commits are in what the store returns.
+        for first in sorted(entry.waiting):
+            item = entry.waiting[first]
+            if item.updates is None:
+                del entry.waiting[first]
+                if item.deliver is not None:
+                    _call(entry.doc_id, item.deliver)
+        entry.refreshing = True
+        try:
+            fresh, parked, next_stamp, stored = await self._read_store(entry.doc_id)
+        finally:
+            entry.refreshing = False
+        catchup = fresh.diff(old_sv)
+        self._loaded_bytes += stored.stored_bytes - entry.size
+        entry.replica = fresh
+        entry.parked = parked
+        entry.size = stored.stored_bytes
+        entry.next_stamp = next_stamp
+        entry.poisoned = False
+        self._refreshes += 1
+        self._loads += 1
+        if not catch_up and stored.seq > old_seq:
+            entry.expect = max(entry.expect, stored.seq)
+            self._advance(entry)
+            return
+        entry.seq = max(stored.seq, old_seq)
+        entry.expect = 0
+        on_catchup = self.on_catchup
+        if stored.seq > old_seq and on_catchup is not None:
+            doc_id, seq = entry.doc_id, stored.seq
+            _call(doc_id, lambda: on_catchup(doc_id, catchup, seq))
+        self._advance(entry)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -686,6 +949,8 @@ class DocumentManager:
             evictions=self._evictions,
             noops=self._noops,
             reloads_after_failure=self._reloads,
+            remote_applied=self._remote_applied,
+            refreshes=self._refreshes,
         )
 
     async def unload(self, doc_id: str, *, force: bool = False) -> bool:
@@ -718,8 +983,11 @@ class DocumentManager:
     # --- internals: the per-document state machine -------------------------------------------
 
     @asynccontextmanager
-    async def _locked(self, doc_id: str, *, settle: bool = False) -> AsyncIterator[_Entry]:
-        """Yield the document's entry, loaded and locked (optionally with its commits settled)."""
+    async def _locked(
+        self, doc_id: str, *, settle: bool = False, after_stamps: bool = False
+    ) -> AsyncIterator[_Entry]:
+        """Yield the document's entry, loaded and locked (optionally with its commits settled, or,
+        with several nodes, ``after_stamps``: with no stamping append in flight)."""
         check_doc_id(doc_id)
         while True:
             if self._closing:
@@ -737,11 +1005,21 @@ class DocumentManager:
                             raise
                     if settle:
                         await self._drain(entry)
+                    elif after_stamps and self.on_catchup is not None:
+                        stamping = entry.stamp_commit
+                        if stamping is not None and not stamping.done():
+                            await self._drain(entry)
+                            if entry.poisoned:
+                                continue  # let whoever queued meanwhile go first (see above)
                     if entry.poisoned:
                         await self._drain(entry)
-                        self._drop(entry)
                         self._reloads += 1
-                        continue
+                        if self.on_catchup is not None and self._pins.get(doc_id):
+                            # Subscribers hold it: reload in place, so they keep their place.
+                            await self._refresh(entry, catch_up=False)
+                        else:
+                            self._drop(entry)
+                            continue
                     entry.last_used = self._clock()
                     yield entry
                     return
@@ -781,40 +1059,55 @@ class DocumentManager:
         return entry
 
     async def _load(self, entry: _Entry) -> None:
-        stored = await self._store.load(entry.doc_id)
-        replica = Replica()  # fresh random client id: see the module docstring
-        if stored.snapshot is not None:
-            try:
-                replica.apply_update(stored.snapshot)
-            except EngineError as exc:
-                raise StoreError(f"{entry.doc_id}: stored snapshot is unreadable: {exc}") from None
-        for seq, update in stored.updates:
-            try:
-                replica.apply_update(update)
-                if not _integrated(replica, update):
-                    entry.park(update)
-            except EngineError as exc:  # never stored by us; skip damage rather than lose the doc
-                log.error("! %s: stored update %d is unreadable and skipped: %s", entry.doc_id, seq, exc)
-        next_stamp = stored.next_stamp
-        if self._highest_stamp is not None:
-            floor = self._highest_stamp(replica) + 1
-            if floor > next_stamp:
-                log.warning(
-                    "= %s: stamps continue after %d found in the document (store said %d)",
-                    entry.doc_id,
-                    floor - 1,
-                    next_stamp,
-                )
-                next_stamp = await self._store.set_stamp_floor(entry.doc_id, floor)
+        replica, parked, next_stamp, stored = await self._read_store(entry.doc_id)
         entry.replica = replica
+        entry.parked = parked
         entry.seq = stored.seq
         entry.next_stamp = next_stamp
         entry.size = stored.stored_bytes
         entry.state = LOADED
         self._loaded_bytes += entry.size
         self._loads += 1
+        if entry.waiting:  # other nodes' commits that arrived while it loaded
+            self._advance(entry)
 
-    def _track(self, entry: _Entry, commit: asyncio.Future[AppendResult]) -> None:
+    async def _read_store(self, doc_id: str) -> tuple[Replica, dict[bytes, None], int, StoredDocument]:
+        """A fresh replica of the stored document, its parked digests and its next stamp."""
+        stored = await self._store.load(doc_id)
+        replica = Replica()  # fresh random client id: see the module docstring
+        holder = _Entry(doc_id, 0.0)  # only for its parked-digest bookkeeping
+        if stored.snapshot is not None:
+            try:
+                replica.apply_update(stored.snapshot)
+            except EngineError as exc:
+                raise StoreError(f"{doc_id}: stored snapshot is unreadable: {exc}") from None
+        for seq, update in stored.updates:
+            try:
+                replica.apply_update(update)
+                if not _integrated(replica, update):
+                    holder.park(update)
+            except EngineError as exc:  # never stored by us; skip damage rather than lose the doc
+                log.error("! %s: stored update %d is unreadable and skipped: %s", doc_id, seq, exc)
+        next_stamp = stored.next_stamp
+        if self._highest_stamp is not None:
+            floor = self._highest_stamp(replica) + 1
+            if floor > next_stamp:
+                log.warning(
+                    "= %s: stamps continue after %d found in the document (store said %d)",
+                    doc_id,
+                    floor - 1,
+                    next_stamp,
+                )
+                next_stamp = await self._store.set_stamp_floor(doc_id, floor)
+        return replica, holder.parked, next_stamp, stored
+
+    def _track(
+        self,
+        entry: _Entry,
+        commit: asyncio.Future[AppendResult],
+        deliver: Callable[[AppendResult], None] | None,
+        announce: Callable[[AppendResult], None] | None,
+    ) -> None:
         still_running = [commit]
         for future in entry.inflight:
             if future.done():
@@ -825,14 +1118,41 @@ class DocumentManager:
         # Settle promptly even if nobody waits (so the sweeper sees a poisoned entry); but a
         # done-callback runs one loop step *after* the future completes, so whoever needs the
         # outcome right away (drain, no-op barrier, the submitter) also calls _settle itself.
-        commit.add_done_callback(lambda future: self._settle(entry, future))
+        # This is the commit's first callback, so it runs before anyone awaiting the commit wakes.
+        commit.add_done_callback(lambda future: self._committed(entry, future, deliver, announce))
+
+    def _committed(
+        self,
+        entry: _Entry,
+        future: asyncio.Future[AppendResult],
+        deliver: Callable[[AppendResult], None] | None,
+        announce: Callable[[AppendResult], None] | None,
+    ) -> None:
+        if not self._settle(entry, future):
+            return
+        result = future.result()
+        if announce is not None:
+            announce(result)
+        call = None if deliver is None else (lambda: deliver(result))
+        first = result.seqs[0]
+        if entry.state is not LOADED or first <= entry.seq:
+            # Dropped meanwhile (nothing left to order against), or covered by a refresh.
+            if call is not None:
+                call()
+            return
+        if first == entry.seq + 1 and not entry.waiting:  # always, with one node
+            entry.seq = result.seq
+            if call is not None:
+                call()
+            return
+        entry.waiting[first] = _Waiting(result.seq, None, 0, call)
+        self._advance(entry)
 
     def _settle(self, entry: _Entry, future: asyncio.Future[AppendResult]) -> bool:
         """Fold a finished commit into the entry (idempotent); returns whether it succeeded."""
         if future.cancelled() or future.exception() is not None:
             self._poison(entry)
             return False
-        entry.seq = max(entry.seq, future.result().seq)
         return True
 
     def _poison(self, entry: _Entry) -> None:
@@ -854,6 +1174,14 @@ class DocumentManager:
             entry.inflight = []
 
     def _drop(self, entry: _Entry) -> None:
+        if entry.gap_timer is not None:
+            entry.gap_timer.cancel()
+            entry.gap_timer = None
+        waiting, entry.waiting = entry.waiting, {}
+        for first in sorted(waiting):  # this node's acknowledgements must still go out
+            item = waiting[first]
+            if item.updates is None and item.deliver is not None:
+                _call(entry.doc_id, item.deliver)
         self._room.set()
         if entry.state is LOADED:
             self._loaded_bytes -= entry.size

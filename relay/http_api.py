@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.accounts import AccountError, InvalidEmail, Session, normalize_email
-from relay.config import SYNC_PROTOCOL_VERSION, RelayConfig
+from relay.config import SYNC_PROTOCOL_VERSION, RateLimit, RelayConfig
 from relay.device_certs import parse_device_public_key
 from relay.keys import b64url
 from relay.logging import get_logger
@@ -253,18 +253,23 @@ class Limiters:
     reset_address: RateLimiter
 
     @classmethod
-    def from_config(cls, config: RelayConfig) -> Limiters:
+    def from_config(
+        cls, config: RelayConfig, factory: Callable[[str, RateLimit], RateLimiter] | None = None
+    ) -> Limiters:
+        """In-memory buckets, or ``factory(purpose, limit)`` ones (shared across nodes)."""
         rl = config.rate_limits
 
-        def make(limit: Any) -> RateLimiter:
+        def make(purpose: str, limit: RateLimit) -> RateLimiter:
+            if factory is not None:
+                return factory(purpose, limit)
             return TokenBucketLimiter(limit, max_keys=rl.max_keys)
 
         return cls(
-            login_account=make(rl.login_account),
-            login_address=make(rl.login_address),
-            register_address=make(rl.register_address),
-            reset_account=make(rl.reset_account),
-            reset_address=make(rl.reset_address),
+            login_account=make("login_account", rl.login_account),
+            login_address=make("login_address", rl.login_address),
+            register_address=make("register_address", rl.register_address),
+            reset_account=make("reset_account", rl.reset_account),
+            reset_address=make("reset_address", rl.reset_address),
         )
 
 
@@ -279,10 +284,10 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _enforce(ctx: RelayContext, scope: str, *checks: tuple[RateLimiter, str]) -> None:
+async def _enforce(ctx: RelayContext, scope: str, *checks: tuple[RateLimiter, str]) -> None:
     """Hit each limiter in turn; stop at (and report) the first that refuses."""
     for limiter, key in checks:
-        decision = limiter.hit(key)
+        decision = await limiter.take(key)
         if not decision.allowed:
             ctx.metrics.counter(
                 "relay_rate_limited_total", "Requests refused by a rate limit", ["scope"]
@@ -445,7 +450,7 @@ auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=_ERRORS)
 @auth_router.post("/register", status_code=201, response_model=UserOut)
 async def register(body: RegisterIn, request: Request, ctx: CtxDep) -> UserOut:
     """Create an account (email, password, display name)."""
-    _enforce(ctx, "register_address", (ctx.limiters.register_address, _client_address(request)))
+    await _enforce(ctx, "register_address", (ctx.limiters.register_address, _client_address(request)))
     user = await ctx.accounts.register(body.email, body.password, body.display_name)
     return UserOut(**user.public())
 
@@ -455,7 +460,7 @@ async def login(body: LoginIn, request: Request, ctx: CtxDep) -> TokenOut:
     """Exchange email and password for an access/refresh token pair (and a device certificate
     when ``device_public_key`` is given)."""
     device_key = _device_key(body.device_public_key)
-    _enforce(
+    await _enforce(
         ctx,
         "login",
         (ctx.limiters.login_address, _client_address(request)),
@@ -491,7 +496,7 @@ async def logout(claims: ClaimsDep, ctx: CtxDep) -> Response:
 @auth_router.post("/password-reset/request", status_code=202, response_model=StatusOut)
 async def password_reset_request(body: ResetRequestIn, request: Request, ctx: CtxDep) -> StatusOut:
     """Mail a single-use reset token if the account exists. Always 202, whether it does or not."""
-    _enforce(
+    await _enforce(
         ctx,
         "password_reset",
         (ctx.limiters.reset_address, _client_address(request)),
@@ -504,7 +509,7 @@ async def password_reset_request(body: ResetRequestIn, request: Request, ctx: Ct
 @auth_router.post("/password-reset/confirm", response_model=StatusOut)
 async def password_reset_confirm(body: ResetConfirmIn, request: Request, ctx: CtxDep) -> StatusOut:
     """Set a new password with a reset token; every session of the account is revoked."""
-    _enforce(ctx, "password_reset", (ctx.limiters.reset_address, _client_address(request)))
+    await _enforce(ctx, "password_reset", (ctx.limiters.reset_address, _client_address(request)))
     await ctx.accounts.confirm_password_reset(body.token, body.new_password)
     return StatusOut(status="password_changed")
 

@@ -20,6 +20,7 @@ operator CLI can rotate while the server runs; the server reloads on the ``keys_
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fcntl
 import hashlib
@@ -155,10 +156,16 @@ class KeyStore:
         private = self._load_private(active_kid)
         if raw_public(private.public_key()) != public[active_kid].public:
             raise KeyStoreError(f"private key file for {active_kid} does not match the manifest")
-        self._public = public
-        self._active = ActiveKey(kid=active_kid, private=private)
+        self._install(public, ActiveKey(kid=active_kid, private=private))
         # Only a successful load counts, so reload_if_changed retries after a failure.
         self._manifest_stamp = stamp
+
+    def _install(self, public: dict[str, PublicKeyInfo], active: ActiveKey) -> None:
+        """Swap in a loaded key set at once (readers never see half of one)."""
+        if active.kid not in public or raw_public(active.private.public_key()) != public[active.kid].public:
+            raise KeyStoreError(f"the private key of {active.kid} does not match its public key")
+        self._public = public
+        self._active = active
 
     def reload_if_changed(self) -> bool:
         """Reload when the manifest file changed on disk; cheap enough to call every second."""
@@ -171,6 +178,18 @@ class KeyStore:
             return False
         self.reload()
         return True
+
+    # -- async face (what the server and the CLI call; the PostgreSQL key store overrides it) -----
+
+    async def reload_async(self) -> None:
+        """:meth:`reload` off the event loop (it takes a file lock)."""
+        await asyncio.to_thread(self.reload)
+
+    async def reload_if_changed_async(self) -> bool:
+        return await asyncio.to_thread(self.reload_if_changed)
+
+    async def rotate_async(self) -> str:
+        return await asyncio.to_thread(self.rotate)
 
     # -- using -----------------------------------------------------------------------------------
 

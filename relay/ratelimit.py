@@ -6,7 +6,10 @@ many accounts). A token bucket needs two numbers per key, refills smoothly and g
 ``Retry-After``. Memory stays bounded: only ``max_keys`` keys are remembered and the least
 recently used are dropped first (dropping a key only forgives it, it never blocks anyone).
 
-Several relay nodes would share a limiter in Redis; :class:`RateLimiter` is the seam for that.
+Several relay nodes must share their buckets, or an attacker multiplies the budget by the
+number of nodes behind the load balancer: with a PostgreSQL store the buckets live in the
+database (``relay.ratelimit_pg``). :class:`RateLimiter` is the seam; its :meth:`~RateLimiter.take`
+is async for that reason, and the in-memory limiter (one node) answers it without waiting.
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ class RateDecision:
 class RateLimiter(Protocol):
     """Counts attempts per key."""
 
-    def hit(self, key: str, cost: float = 1.0) -> RateDecision:
+    async def take(self, key: str, cost: float = 1.0) -> RateDecision:
         """Record an attempt for ``key`` if allowed; otherwise report the wait."""
         ...
 
-    def reset(self, key: str) -> None:
+    async def forget(self, key: str) -> None:
         """Forget ``key`` (e.g. after an operator unlocks an account)."""
         ...
 
@@ -70,6 +73,12 @@ class TokenBucketLimiter:
 
     def reset(self, key: str) -> None:
         self._buckets.pop(key, None)
+
+    async def take(self, key: str, cost: float = 1.0) -> RateDecision:
+        return self.hit(key, cost)
+
+    async def forget(self, key: str) -> None:
+        self.reset(key)
 
     def _store(self, key: str, tokens: float, now: float) -> None:
         self._buckets[key] = (tokens, now)

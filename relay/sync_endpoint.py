@@ -27,9 +27,10 @@ from starlette.websockets import WebSocketDisconnect
 from relay.app import RelayContext
 from relay.config import RelayConfig, SyncLimits
 from relay.documents import DocumentManager
+from relay.fanout import open_fanout
 from relay.logging import get_logger, log_event
 from relay.rights import RightsCache
-from relay.store.sqlite import SQLiteDocumentStore
+from relay.store.open import AnyDocumentStore, open_document_store, store_description
 from relay.sync_hub import SyncHub, highest_stamp
 
 log = get_logger("relay.sync")
@@ -136,7 +137,7 @@ class SyncExtension:
     def __init__(self, config: RelayConfig, limits: SyncLimits | None = None) -> None:
         self.config = config
         self.limits = limits or config.sync
-        self.store: SQLiteDocumentStore | None = None
+        self.store: AnyDocumentStore | None = None
         self.manager: DocumentManager | None = None
         self.hub: SyncHub | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -166,7 +167,7 @@ class SyncExtension:
             commit_latency.observe(seconds)
             commit_batch.observe(batch)
 
-        self.store = await SQLiteDocumentStore.open(self.config.data_dir, on_commit=on_commit)
+        self.store = await open_document_store(self.config, on_commit=on_commit)
         store = self.store
         compactions = ctx.metrics.gauge("quickslot_compactions", "Compactions since start")
         compactions.set_function(lambda: float(store.compactions_done))
@@ -190,7 +191,9 @@ class SyncExtension:
             metrics=ctx.metrics,
             limits=self.limits,
             max_inflight=self.limits.max_inflight,
+            fanout=open_fanout(self.config.redis_url),  # None on a single node (relay.fanout)
         )
+        await hub.start_fanout()
         manager = self.manager
         loaded = ctx.metrics.gauge("quickslot_loaded_documents", "Documents loaded in memory")
         loaded.set_function(lambda: float(manager.loaded_count))
@@ -216,7 +219,7 @@ class SyncExtension:
         ctx.goodbyes.append(hub.shutdown)
         self._watcher = asyncio.create_task(say_goodbye_on_stop(), name="sync-stop-watcher")
         self._tune_gc()
-        log_event(log, "sync started", epoch=self.store.epoch)
+        log_event(log, "sync started", epoch=self.store.epoch, store=store_description(self.config))
 
     def _tune_gc(self) -> None:
         """Make CPython's cyclic GC run less often while serving.
@@ -244,6 +247,7 @@ class SyncExtension:
             self._watcher.cancel()
         if self.hub is not None:
             await self.hub.shutdown()
+            await self.hub.stop_fanout()
         if self.manager is not None:
             await self.manager.close()
         if self.store is not None:

@@ -34,6 +34,19 @@ right away, before the next ``await``, so answers and the live stream never over
 * **Slow consumers**: a queue over its byte budget closes the connection with 1013 ("try again
   later"); the client reconnects and catches up by state vector, and the relay's memory per
   connection stays bounded.
+* **Several nodes** (a :class:`relay.fanout.Fanout`; without one none of this runs): every append
+  this node commits is published at once (``on_commit``), and every other node's append goes to
+  ``DocumentManager.remote_commit``, which applies it to the loaded replica and, in seq order with
+  this node's own commits, calls back to forward it to the subscribers here, exactly like a local
+  one (``stamped`` for a booking). An update whose stamp base another node used first
+  (``StampConflictError``; nothing of it is stored) is ordered again, after a short random
+  pause, up to ``STAMP_CONFLICT_RETRIES`` times, once the document is reloaded, so the client
+  never sees the race. Meanwhile that connection's next update of the document waits (a gate per
+  connection and document, ``SyncConnection.stamping``): it usually depends on the refused one,
+  and ordered first it would be refused for missing dependencies. When the manager reloads a
+  document its subscribers may have missed seqs of, they get the difference as one ``upd`` at
+  the store's seq (``_catchup``); a skipped seq there makes the client resync. A fan-out reset
+  (Redis lost entries) reloads every loaded document so.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,18 +75,21 @@ from crdt_core.protocol import (
 )
 from crdt_core.schema import parse_doc_id
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
+from crdt_core.yupdate import decode_update
 from relay.config import SyncLimits
 from relay.documents import (
     Applied,
     CapacityError,
     DocumentManager,
     ManagerClosedError,
+    Ordered,
     Pin,
     StampSequence,
 )
+from relay.fanout.base import Committed, Fanout
 from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
-from relay.store.base import AppendResult, StoreError
+from relay.store.base import AppendResult, StampConflictError, StoreError
 from relay.tokens import Claims, TokenError, TokenExpired, TokenRevoked
 
 log = logging.getLogger("quickslot.relay.sync")
@@ -81,6 +98,11 @@ SERVER_NAME = "quickslot-relay/0.1"
 
 #: Updates of one connection ordered and not yet answered, at most (see "Pipelining" above).
 DEFAULT_MAX_INFLIGHT = SyncLimits.max_inflight
+#: How often an update is ordered again after another node took its stamp numbers first, and the
+#: longest random pause before one attempt (jitter: several nodes contending for one document
+#: would otherwise collide again in lockstep).
+STAMP_CONFLICT_RETRIES = 20
+STAMP_RETRY_MAX_PAUSE_S = 0.05
 
 
 class Transport(Protocol):
@@ -153,6 +175,9 @@ class SyncConnection:
         self.dirty = False
         #: The writer task is sending: it owns the queue's order until it is done.
         self.sending = False
+        #: With several nodes: per document, open once this connection's last booking is stored
+        #: or ordered again (``SyncHub._order``).
+        self.stamping: dict[str, asyncio.Future[None]] = {}
 
     @property
     def user(self) -> str | None:
@@ -255,6 +280,7 @@ class SyncHub:
         limits: SyncLimits | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        fanout: Fanout | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
@@ -273,6 +299,10 @@ class SyncHub:
         self._dirty: list[SyncConnection] = []
         self._certs = CertificateCache(trusted_keys())
         self.stopping = False
+        self.fanout = fanout
+        self._retries: set[asyncio.Task[None]] = set()
+        if fanout is not None:
+            manager.on_catchup = self._catchup
         m = metrics
         self.gauge_conns = m.gauge("quickslot_connections", "Open sync websocket connections")
         self.gauge_conns.set_function(lambda: float(len(self.connections)))
@@ -285,6 +315,98 @@ class SyncHub:
         self.ack_latency = m.histogram("quickslot_ack_latency_seconds", "Update received to ack sent")
         self.stamps_issued = m.counter("quickslot_stamps_total", "Booking claims stamped")
         self.metrics_slow = m.counter("quickslot_slow_consumers_total", "Connections cut for falling behind")
+        self.stamp_retries = m.counter(
+            "quickslot_stamp_conflict_retries_total", "Updates ordered again after another node stamped first"
+        )
+        self.catchups = m.counter("quickslot_catchups_total", "Documents reloaded with subscribers caught up")
+        stats = getattr(fanout, "stats", None)
+        if callable(stats):
+            for name, field, doc in (
+                ("quickslot_fanout_published_total", "published", "Commits published to other nodes"),
+                ("quickslot_fanout_received_total", "received", "Commits received from other nodes"),
+                ("quickslot_fanout_backlog", "backlog", "Commits waiting to be published"),
+                ("quickslot_fanout_dropped_total", "dropped_backlog", "Commits dropped, backlog full"),
+                ("quickslot_fanout_resets_total", "resets", "Times fan-out entries may have been lost"),
+                ("quickslot_fanout_connected", "connected", "1 while the fan-out reaches Redis"),
+            ):
+                m.gauge(name, doc).set_function(_stat_reader(stats, field))
+
+    # --- fan-out between nodes ---------------------------------------------------------------------
+
+    async def start_fanout(self) -> None:
+        """Start publishing to and consuming from the other nodes (no-op on a single node)."""
+        if self.fanout is not None:
+            await self.fanout.start(self._remote, self._fanout_reset)
+
+    async def stop_fanout(self) -> None:
+        if self.fanout is not None:
+            await self.fanout.close()
+
+    def _remote(self, message: Committed) -> None:
+        self.manager.remote_commit(
+            message.doc,
+            message.seq,
+            message.updates,
+            message.next_stamp,
+            deliver=lambda: self._deliver_remote(message),
+        )
+
+    def _fanout_reset(self) -> None:
+        queued = self.manager.refresh_all()
+        log.warning("fan-out reset: reloading %d documents from the store", queued)
+
+    def _deliver_remote(self, message: Committed) -> None:
+        """Another node's append, in its seq turn: to every subscriber here, as a local one goes."""
+        doc, seq = message.doc, message.seq
+        subs = self.subscribers.get(doc)
+        if not subs:
+            return
+        if len(message.updates) > 1 and message.stamps and len(message.stamps) <= MAX_STAMPS:
+            data = encode_stamped(doc, seq, message.updates[0], message.updates[1], message.stamps)
+            per = 2
+        else:  # (too many stamps for one summary: recipients see seq + 1 missing and resync)
+            data = encode_update(doc, message.updates[0], seq)
+            per = 1
+        delivered = 0
+        for conn, base in subs.items():
+            if seq > base and conn.proto.is_live(doc):
+                conn.push(data)
+                delivered += per
+        self.updates_out.inc(delivered)
+
+    def _catchup(self, doc: str, update: bytes, seq: int) -> None:
+        """The document was reloaded up to ``seq``: send subscribers behind it what they lack."""
+        subs = self.subscribers.get(doc)
+        if not subs:
+            return
+        self.catchups.inc()
+        data = encode_update(doc, update, seq)
+        for conn, base in subs.items():
+            if base < seq:
+                subs[conn] = seq
+                if conn.proto.is_live(doc):
+                    conn.push(data)
+
+    def _announcer(
+        self, doc: str, update: bytes
+    ) -> Callable[[AppendResult, ValidatedUpdate | None, bytes | None], None] | None:
+        fanout = self.fanout
+        if fanout is None:
+            return None
+        node = fanout.node_id
+
+        def announce(result: AppendResult, checked: ValidatedUpdate | None, extra: bytes | None) -> None:
+            updates = (update,) if extra is None else (update, extra)
+            stamps: tuple[tuple[int, str], ...] = ()
+            if extra is not None and checked is not None and len(result.seqs) > 1:
+                claimed = [r.id for r in checked.new_reservations]
+                stamps = tuple(zip(result.stamps, claimed, strict=False))
+            next_stamp = result.stamps.stop if len(result.stamps) else 0
+            fanout.publish(
+                Committed(node, doc, result.seqs[0], updates[: len(result.seqs)], stamps, next_stamp)
+            )
+
+        return announce
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -422,33 +544,40 @@ class SyncHub:
         try:
             parse_doc_id(doc)
         except ValueError as exc:
-            conn.proto.send_error(ErrorCode.BAD_DOC, str(exc), doc=doc)
-            conn.flush()
+            self._refuse_sub(conn, doc, ErrorCode.BAD_DOC, str(exc))
             return
         if not self.rights.can_read(user, doc):
             self.rejections.labels("forbidden_read").inc()
-            conn.proto.send_error(ErrorCode.FORBIDDEN, "no read access to this document", doc=doc)
-            conn.flush()
+            self._refuse_sub(conn, doc, ErrorCode.FORBIDDEN, "no read access to this document")
             return
         if doc not in conn.pins:
             conn.pins[doc] = self.manager.pin(doc)
 
-        def register(replica: Replica, seq: int) -> None:
+        def register(replica: Replica, seq: int) -> bool:
             try:
                 diff = replica.diff(sv)
             except EngineError:
-                conn.proto.send_error(ErrorCode.BAD_DOC, "state vector does not decode", doc=doc)
-                conn.flush()
-                return
+                return False
             self.subscribers.setdefault(doc, {})[conn] = seq
             conn.proto.send_sync(doc, diff, replica.state_vector(), seq)
             conn.flush()
+            return True
 
         try:
-            await self.manager.read(doc, register)
+            if not await self.manager.read(doc, register):
+                self._refuse_sub(conn, doc, ErrorCode.BAD_DOC, "state vector does not decode")
         except (CapacityError, ManagerClosedError, StoreError) as exc:
-            conn.proto.send_error(ErrorCode.INTERNAL, f"try again: {type(exc).__name__}", doc=doc, retry=True)
-            conn.flush()
+            self._refuse_sub(conn, doc, ErrorCode.INTERNAL, f"try again: {type(exc).__name__}", retry=True)
+
+    def _refuse_sub(
+        self, conn: SyncConnection, doc: str, code: ErrorCode, reason: str, retry: bool | None = None
+    ) -> None:
+        """Answer a ``sub`` with an ``err``, which ends the subscription (protocol 5.2): the hub
+        drops its side too, so a refused doc holds no pin and gets no fan-out. (Subs of one
+        connection are handled one at a time, so this was the doc's only pending sub.)"""
+        conn.proto.send_error(code, reason, doc=doc, retry=retry)
+        conn.flush()
+        self._unsubscribe(conn, doc)
 
     def _unsubscribe(self, conn: SyncConnection, doc: str) -> None:
         subs = self.subscribers.get(doc)
@@ -515,12 +644,55 @@ class SyncHub:
             conn.flush()
             return
 
-        def on_durable(result: AppendResult, checked: ValidatedUpdate | None, extra: bytes | None) -> None:
-            self._publish(conn, doc, uid, update, result, checked, extra, started)
+        await self._order(conn, doc, uid, update, started, 0)
 
+    async def _order(
+        self,
+        conn: SyncConnection,
+        doc: str,
+        uid: int,
+        update: bytes,
+        started: float,
+        attempt: int,
+        retried: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Order one update; with several nodes, never on top of this connection's booking of
+        the same document that may still be refused for its stamps (see "Several nodes").
+
+        ``retried``: the gate of the attempt this one repeats, opened once this one is ordered
+        (or given up), so the connection's next update of the document is ordered after it.
+        """
+        try:
+            if self.fanout is not None and retried is None:
+                while (gate := conn.stamping.get(doc)) is not None and not gate.done():
+                    await gate
+            await self._order_now(conn, doc, uid, update, started, attempt)
+        finally:
+            if retried is not None and not retried.done():
+                retried.set_result(None)
+
+    async def _order_now(
+        self, conn: SyncConnection, doc: str, uid: int, update: bytes, started: float, attempt: int
+    ) -> None:
+        def on_durable(result: AppendResult, checked: ValidatedUpdate | None, extra: bytes | None) -> None:
+            try:
+                self._publish(conn, doc, uid, update, result, checked, extra, started)
+            except Exception:
+                log.exception("answering update %d on %s failed", uid, doc)
+                if conn.proto.is_unanswered(uid):
+                    conn.proto.ack(doc, uid, result.seqs[0])
+                    conn.flush()
+
+        ordered: Ordered[ValidatedUpdate]
         try:
             ordered = await self.manager.order(
-                doc, update, self._check(doc), self._stamper(doc), on_durable=on_durable
+                doc,
+                update,
+                self._check(doc),
+                self._stamper(doc),
+                on_durable=on_durable,
+                on_commit=self._announcer(doc, update),
+                check_resend=refuse_equivocation,
             )
         except ValidationError as exc:
             self.rejections.labels(exc.code).inc()
@@ -542,25 +714,78 @@ class SyncHub:
         # Ordered: the commit runs while the read loop goes on. ``_publish`` answers a stored
         # update when it is durable; ``_settled`` answers the rest (a no-op, a failed commit).
         conn.inflight += 1
-        ordered.add_done_callback(lambda outcome: self._settled(conn, doc, uid, outcome))
+        gate: asyncio.Future[None] | None = None
+        if self.fanout is not None and ordered.extra is not None:
+            # A booking: until it is stored (or ordered again after a stamp conflict), this
+            # connection's next update of the document waits (it may depend on this one).
+            gate = asyncio.get_running_loop().create_future()
+            conn.stamping[doc] = gate
+        ordered.add_done_callback(
+            lambda outcome: self._settled(conn, doc, uid, outcome, update, started, attempt, gate)
+        )
+
+    async def _reorder(
+        self,
+        conn: SyncConnection,
+        doc: str,
+        uid: int,
+        update: bytes,
+        started: float,
+        attempt: int,
+        gate: asyncio.Future[None] | None,
+    ) -> None:
+        try:
+            await asyncio.sleep(random.uniform(0, min(STAMP_RETRY_MAX_PAUSE_S, 0.001 * 2**attempt)))
+        finally:
+            if conn.closing is not None or not conn.proto.is_unanswered(uid):
+                if gate is not None and not gate.done():
+                    gate.set_result(None)
+        if conn.closing is None and conn.proto.is_unanswered(uid):
+            # ``retried`` is never None here, so this attempt does not wait on its own gate.
+            await self._order(conn, doc, uid, update, started, attempt, gate or _opened())
 
     def _settled(
-        self, conn: SyncConnection, doc: str, uid: int, outcome: Applied[ValidatedUpdate] | BaseException
+        self,
+        conn: SyncConnection,
+        doc: str,
+        uid: int,
+        outcome: Applied[ValidatedUpdate] | BaseException,
+        update: bytes,
+        started: float,
+        attempt: int,
+        gate: asyncio.Future[None] | None = None,
     ) -> None:
-        """Runs once an ordered update's outcome is known (after ``_publish`` for a stored one)."""
+        """Runs once an ordered update's outcome is known (after ``_publish`` for a stored one
+        whose seqs came in turn; with several nodes ``_publish`` may run later, see the manager)."""
         conn.inflight -= 1
         conn.room.set()
+        retry = (
+            isinstance(outcome, StampConflictError)
+            and attempt < STAMP_CONFLICT_RETRIES
+            and conn.closing is None
+            and conn.proto.is_unanswered(uid)
+        )
+        if gate is not None and not retry and not gate.done():
+            gate.set_result(None)
         if not conn.proto.is_unanswered(uid):
             return  # answered by _publish, or the connection is gone
+        if retry:
+            # Another node stamped this document first; nothing of this update is stored and the
+            # document reloads on its next use: validate and stamp it again against that.
+            self.stamp_retries.inc()
+            task = asyncio.ensure_future(self._reorder(conn, doc, uid, update, started, attempt + 1, gate))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        if not isinstance(outcome, BaseException) and outcome.update_seq is not None:
+            return  # stored: _publish answers it in its seq turn
         if isinstance(outcome, BaseException):
             conn.proto.send_error(
                 ErrorCode.INTERNAL, f"not stored, retry: {type(outcome).__name__}", doc=doc, uid=uid
             )
         else:
-            # A re-send of what the relay already holds, now durable (or, should _publish have
-            # failed, the update itself): acknowledge it.
-            seq = outcome.update_seq if outcome.update_seq is not None else outcome.seq
-            conn.proto.ack(doc, uid, seq)
+            # A re-send of what the relay already holds, now durable: acknowledge it.
+            conn.proto.ack(doc, uid, outcome.seq)
         conn.flush()
 
     def _publish(
@@ -641,6 +866,43 @@ class SyncHub:
         deadline = time.monotonic() + grace_s
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _opened() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def _stat_reader(stats: Callable[[], object], field: str) -> Callable[[], float]:
+    return lambda: float(getattr(stats(), field))
+
+
+def refuse_equivocation(replica: Replica, update: bytes) -> None:
+    """Refuse a "re-send" that names Yjs ids the document holds with different content.
+
+    The engine skips a struct whose (client, clock) it already holds, so such an update would be
+    acknowledged as a re-send and dropped: a device that signed two versions of one id
+    (equivocation), or a writer that took another device's next id first (that device's offline
+    booking would be acknowledged and lost). Refused, the id is named and the sender's outbox
+    shows the entry as failed. The rule of ``client.peer_data.find_equivocation``: only structs
+    the document has integrated are compared (a parked re-send is not).
+
+    Raises:
+        ValidationError: code ``equivocation``.
+    """
+    try:
+        decoded = decode_update(update)
+    except EngineError:
+        return  # not for a no-op the engine has diffed; validation owns malformed input
+    clocks = replica.state_clocks()
+    for ins in decoded.inserts:
+        if ins.clock >= clocks.get(ins.client, 0) or replica.get_bytes(ins.root, ins.key) == ins.value:
+            continue
+        raise ValidationError(
+            "equivocation",
+            f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key}) is held with different content",
+        )
 
 
 def highest_stamp(replica: Replica) -> int:

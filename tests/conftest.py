@@ -23,3 +23,6 @@ settings.register_profile(
     "thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# Fixtures for the real servers the scale-out tests start (pg_server, pg_dsn, ...).
+pytest_plugins = ["tests.servers.pytest_plugin"]

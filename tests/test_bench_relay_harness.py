@@ -214,3 +214,20 @@ def test_markers_and_yjs_framing_round_trip() -> None:
     assert message[:2] == b"\x00\x02" and yjs_payload(message) == update
     writer = YjsWriter(client_id=7, value_size=300)
     assert marker_of(writer.update(9, 3)) == (9, 3)
+
+
+def test_postgresql_lane_ran_beside_sqlite_with_a_ratio(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    """One node on PostgreSQL against one node on SQLite, in the same run (issue 8's Measure)."""
+    from tests.servers.postgres import unavailable_reason
+
+    _, data, _ = tiny_run
+    rows = {r["workload"]: r for r in _rows(data, servers.QUICKSLOT_PG)}
+    assert {"fanout_cpu", "fanout_throughput", "docs_throughput", "docs_cpu"} <= set(rows)
+    reason = unavailable_reason()
+    for name, row in rows.items():
+        if reason is not None:
+            assert row["status"] == "unsupported" and reason in row["note"], (name, row["note"])
+            continue
+        assert row["status"] == "ok", (name, row["note"])
+        assert "x quickslot on SQLite" in row["note"] and "PostgreSQL server CPU" in row["note"], row["note"]
+        assert row["samples"] and all(s > 0 and math.isfinite(s) for s in row["samples"])

@@ -14,6 +14,11 @@
 * ``y-websocket``: the reference Yjs server on Node (:mod:`benchmarks.relay_bench.node` installs
   it), in-memory only.
 * ``pycrdt-websocket``: pycrdt's ``WebsocketServer`` under uvicorn, in-memory only.
+* ``quickslot postgresql``: the relay again, as a real process with ``--store`` on a PostgreSQL
+  server the suite starts itself (``tests/servers/postgres.py``: temporary directory, loopback,
+  ``fsync`` on): one node on the shared store against one node on the embedded SQLite file. It has
+  its own data directory, accounts and keys. Its CPU figures are the relay process's only; the
+  PostgreSQL server's CPU is reported beside them (``extra.store_cpu_s``).
 * ``hocuspocus``: ``@hocuspocus/server`` 3.4 on Node (issue 6's second Node baseline), in-memory
   only, no auth hook; it drops a document when its last connection closes, so it takes part in
   the live workloads (fan-out, many documents, idle connections), not in catch-up or idle memory.
@@ -55,6 +60,7 @@ __all__ = [
     "PycrdtWebsocket",
     "QuickSlotAsgi",
     "QuickSlotDirect",
+    "QuickSlotPostgres",
     "Subject",
     "Unavailable",
     "YWebsocket",
@@ -66,8 +72,12 @@ BASELINES = REPO / "benchmarks" / "baselines"
 NODE_CACHE = REPO / "bench-results" / ".node"
 
 QUICKSLOT, DIRECT, BATCHED = "quickslot", "quickslot direct", "quickslot direct batched"
+QUICKSLOT_PG = "quickslot postgresql"
 Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS = "y-websocket", "pycrdt-websocket", "hocuspocus"
-SUBJECTS = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
+QUICKSLOT_CLUSTER = "quickslot 3 nodes"  # benchmarks/relay_bench/cluster.py
+SUBJECTS = (
+    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS
+)  # fmt: skip
 BASELINE = Y_WEBSOCKET
 
 #: Test-only Argon2 cost (1 MiB, 1 pass): account setup is not what the suite measures.
@@ -185,6 +195,7 @@ class QuickSlotAsgi(Subject):
         self.data = workdir / "quickslot-data"
         self.extra_args = extra_args or []
         self.identities: list[Identity] = []
+        self.log_name = "quickslot.log"
 
     def start(self) -> None:
         self.port = free_port()
@@ -194,7 +205,7 @@ class QuickSlotAsgi(Subject):
             *FAST_HASH_ARGS, *AUTH_LIMIT_ARGS, *SYNC_LIMIT_ARGS, *self.extra_args,
         ]  # fmt: skip
         self.process = ServerProcess(
-            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / "quickslot.log"
+            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / self.log_name
         ).start()
         self._wait_healthy()
 
@@ -271,6 +282,79 @@ class QuickSlotAsgi(Subject):
             if line.startswith(name + " "):
                 return float(line.split()[1])
         return None
+
+
+class QuickSlotPostgres(QuickSlotAsgi):
+    """The relay on a PostgreSQL store (``--store``), on a server of its own started here."""
+
+    name = QUICKSLOT_PG
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.data = workdir / "quickslot-pg-data"
+        self.log_name = "quickslot-pg.log"
+        self.server: Any = None
+        self._pg_version = ""
+
+    def start(self) -> None:
+        try:  # the tests' helper: a real server in a temporary directory, as root or not
+            from tests.servers.postgres import PostgresServer, unavailable_reason
+        except ImportError as exc:
+            raise Unavailable(f"tests/servers/postgres.py not importable: {exc}") from exc
+        reason = unavailable_reason()
+        if reason is not None:
+            raise Unavailable(reason)
+        self.server = PostgresServer.start()
+        try:
+            dsn = self.server.create_database("relay")
+            self.extra_args = ["--store", dsn]
+            super().start()
+        except BaseException:
+            self.server.stop()
+            self.server = None
+            raise
+
+    def stop(self) -> int | None:
+        code = super().stop()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        return code
+
+    def store_cpu_s(self) -> float:
+        """CPU seconds the PostgreSQL server's processes used so far (all of them, from /proc)."""
+        if self.server is None:
+            return 0.0
+        return _tree_cpu_s(self.server.proc.pid)
+
+    def version(self) -> str:
+        bin_dir = None
+        try:
+            from tests.servers.postgres import find_bin_dir
+
+            bin_dir = find_bin_dir()
+        except ImportError:
+            pass
+        pg = f"PostgreSQL {bin_dir.parent.name}" if bin_dir else "PostgreSQL"
+        return f"{super().version()} on {pg}"
+
+
+def _tree_cpu_s(root: int) -> float:
+    """User + system CPU of ``root`` and its live children (PostgreSQL's backends), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if pid == root or ppid == root:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 class QuickSlotDirect(Subject):
@@ -447,6 +531,12 @@ class Fleet:
                     subject = PycrdtWebsocket(self.workdir)
                 elif name == HOCUSPOCUS:
                     subject = Hocuspocus(self.workdir)
+                elif name == QUICKSLOT_PG:
+                    subject = QuickSlotPostgres(self.workdir)
+                elif name == QUICKSLOT_CLUSTER:
+                    from benchmarks.relay_bench.cluster import QuickSlotCluster  # imports this module
+
+                    subject = QuickSlotCluster(self.workdir)
                 else:
                     raise ValueError(f"unknown subject {name}")
                 try:

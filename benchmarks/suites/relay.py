@@ -22,6 +22,9 @@ QuickSlot's updates are real signed booking records, pre-signed before the timed
 relay's validation, stamping, durable group commit and fan-out are what is measured. The Yjs
 servers get map inserts of a byte string of the same size. y-websocket and pycrdt-websocket
 persist nothing; QuickSlot acknowledges only what SQLite has committed (``synchronous=FULL``).
+``quickslot postgresql`` is the same relay on a PostgreSQL store (``--store``, a server the suite
+starts, ``fsync`` and ``synchronous_commit`` on), so the fan-out and many-documents tables show one
+node on SQLite against one node on PostgreSQL as a ratio in the same run.
 
 Subjects: ``quickslot`` (``python -m relay.cli serve``), ``quickslot direct`` (the same
 ``SyncHub`` on the ``websockets`` library without ASGI: DESIGN's experiment, the transport being
@@ -65,8 +68,13 @@ from benchmarks.relay_bench.servers import (
     HOCUSPOCUS,
     PYCRDT_WEBSOCKET,
     QUICKSLOT,
+    QUICKSLOT_CLUSTER,
+    QUICKSLOT_PG,
     Y_WEBSOCKET,
     Fleet,
+    Lane,
+    QuickSlotAsgi,
+    QuickSlotPostgres,
 )
 from benchmarks.suites.common import scratch_dir
 
@@ -77,8 +85,10 @@ suite_description = (
     "(issue 4's Measure section)"
 )
 
-FANOUT_LANES = (QUICKSLOT, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
-DOCS_LANES = (QUICKSLOT, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
+FANOUT_LANES = (
+    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS
+)  # fmt: skip
+DOCS_LANES = (QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
 MEMORY_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
 IDLE_CONN_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
 #: Rounds per subject are capped: each round is seconds of live traffic with thousands of samples.
@@ -182,6 +192,35 @@ def _vs(value: float | None, other: float | None) -> str:
     return f"{value / other:.2f}x"
 
 
+def _lane_ids(fleet: Fleet, lane: Lane, n: int) -> list[Any]:
+    """Identities valid on ``lane``: a relay with its own accounts and keys (the PostgreSQL
+    lane) signs its own; the direct servers share the main relay's."""
+    if isinstance(lane.subject, QuickSlotAsgi):
+        return lane.subject.ensure_identities(n)
+    assert fleet.relay is not None
+    return fleet.relay.ensure_identities(n)
+
+
+def _store_cpu(lane: Lane) -> float:
+    """The PostgreSQL server's CPU so far (PostgreSQL lane; 0 otherwise): read around a round, so
+    the database's share of the work is reported too (``store_cpu_s``)."""
+    return lane.subject.store_cpu_s() if isinstance(lane.subject, QuickSlotPostgres) else 0.0
+
+
+def _store_note(name: str, medians: dict[str, float], rounds: list[dict[str, Any]]) -> list[str]:
+    """The SQLite-versus-PostgreSQL ratio (one node each, same run) for the PostgreSQL lane."""
+    if name not in (QUICKSLOT_PG, QUICKSLOT_CLUSTER):
+        return []
+    bits = []
+    if QUICKSLOT in medians:
+        bits.append(f"{_vs(medians[name], medians[QUICKSLOT])} quickslot on SQLite")
+    if name == QUICKSLOT_CLUSTER and QUICKSLOT_PG in medians:
+        bits.append(f"{_vs(medians[name], medians[QUICKSLOT_PG])} one node on PostgreSQL")
+    cpu = sorted(x.get("store_cpu_s", 0.0) for x in rounds)[len(rounds) // 2]
+    bits.append(f"PostgreSQL server CPU {cpu:.2f} s/round (not in the relay's figure)")
+    return bits
+
+
 # --- fan-out ----------------------------------------------------------------------------------------
 
 
@@ -233,8 +272,9 @@ def _fanout_run(size: int, config: RunConfig, progress: Progress) -> FanoutRun:
                 lane = fleet.lanes[name]
                 doc = bookings_doc(f"fan{size}r{round_no}{lane.name.replace(' ', '').replace('-', '')}")
                 if lane.subject.dialect == "quickslot":
+                    lane_ids = _lane_ids(fleet, lane, shape.clients)
                     pool = ex.UpdatePool(
-                        ex.quickslot_pool(ids, doc, range(shape.clients), r_shape.per_client), {}
+                        ex.quickslot_pool(lane_ids, doc, range(shape.clients), r_shape.per_client), {}
                     )
                     if value_size is None:
                         sizes = sorted(len(u) for us in pool.quickslot.values() for u in us)
@@ -248,6 +288,7 @@ def _fanout_run(size: int, config: RunConfig, progress: Progress) -> FanoutRun:
                         {}, ex.yjs_pool(range(shape.clients), r_shape.per_client, value_size, base)
                     )
                 try:
+                    store_cpu = _store_cpu(lane)
                     res = ex.fanout(
                         lane.subject,
                         r_shape,
@@ -257,6 +298,7 @@ def _fanout_run(size: int, config: RunConfig, progress: Progress) -> FanoutRun:
                         compression=lane.compression,
                         rng=rng,
                     )
+                    res["store_cpu_s"] = _store_cpu(lane) - store_cpu
                 except Exception as exc:  # a server that falls over is a finding for its lane only
                     run.failed[name] = f"{type(exc).__name__}: {exc}"[:600]
                     progress.say(f"  fan-out n={size} {name}: FAILED {run.failed[name]}")
@@ -358,6 +400,7 @@ class _FanoutWorkload:
             ]
             if r.subject != PYCRDT_WEBSOCKET and PYCRDT_WEBSOCKET in medians:
                 bits.append(f"{_vs(medians[r.subject], medians[PYCRDT_WEBSOCKET])} pycrdt-websocket")
+            bits += _store_note(r.subject, medians, rounds)
             r.note = "; ".join(bits)
         for r in out:
             progress.result(r)
@@ -467,7 +510,8 @@ def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
                 tag = lane.name.replace(" ", "").replace("-", "")
                 docs = [bookings_doc(f"d{size}r{round_no}{tag}k{k}") for k in range(size)]
                 if lane.subject.dialect == "quickslot":
-                    pool = ex.many_docs_pool("quickslot", docs, per_doc, ids=ids, accounts=DOCS_ACCOUNTS)
+                    lane_ids = _lane_ids(fleet, lane, 2 * DOCS_ACCOUNTS)
+                    pool = ex.many_docs_pool("quickslot", docs, per_doc, ids=lane_ids, accounts=DOCS_ACCOUNTS)
                     if value_size is None:
                         sizes = sorted(len(u) for us in pool.values() for u in us)
                         value_size = yjs_value_size_for(sizes[len(sizes) // 2])
@@ -479,10 +523,12 @@ def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
                         "yjs", docs, per_doc, value_size=value_size, client_id_base=10 + 10 * size * round_no
                     )
                 try:
+                    store_cpu = _store_cpu(lane)
                     res = ex.many_docs(
                         lane.subject, docs, pool, accounts=DOCS_ACCOUNTS, window=1,
                         compression=lane.compression, rng=rng, workers=1,
                     )  # fmt: skip
+                    res["store_cpu_s"] = _store_cpu(lane) - store_cpu
                 except Exception as exc:
                     run.failed[name] = f"{type(exc).__name__}: {exc}"[:600]
                     progress.say(f"  documents n={size} {name}: FAILED {run.failed[name]}")
@@ -557,6 +603,7 @@ class _DocsWorkload:
             ]
             if r.subject != PYCRDT_WEBSOCKET and PYCRDT_WEBSOCKET in medians:
                 bits.append(f"{_vs(medians[r.subject], medians[PYCRDT_WEBSOCKET])} pycrdt-websocket")
+            bits += _store_note(r.subject, medians, rounds)
             r.note = "; ".join(bits)
         for r in out:
             progress.result(r)

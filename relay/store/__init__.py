@@ -1,8 +1,9 @@
-"""Durable storage of the relay's documents: the interface and its SQLite implementation.
+"""Durable storage of the relay's documents: the interface and its two implementations.
 
 ``DocumentStore`` (:mod:`relay.store.base`) is what the rest of the relay depends on;
 ``SQLiteDocumentStore`` (:mod:`relay.store.sqlite`) is the embedded default, one file per data
-directory. A PostgreSQL store for several relay nodes plugs in behind the same protocol.
+directory; ``PostgresDocumentStore`` (:mod:`relay.store.postgres`) is shared by several relay
+nodes. :func:`open_document_store` (:mod:`relay.store.open`) picks one from the configuration.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from relay.store.base import (
     load_or_create_epoch as load_or_create_epoch,
     should_compact as should_compact,
 )
+from relay.store.open import open_document_store as open_document_store
+from relay.store.postgres import PostgresDocumentStore as PostgresDocumentStore
 from relay.store.sqlite import SQLiteDocumentStore as SQLiteDocumentStore
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "AppendResult",
     "CompactionResult",
     "DocumentStore",
+    "PostgresDocumentStore",
     "SQLiteDocumentStore",
     "StampConflictError",
     "StoreClosedError",
@@ -34,5 +38,6 @@ __all__ = [
     "StoreStats",
     "StoredDocument",
     "load_or_create_epoch",
+    "open_document_store",
     "should_compact",
 ]

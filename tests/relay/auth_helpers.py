@@ -140,6 +140,63 @@ class RelayProcess:
         conn.isolation_level = None
         return conn
 
+    @property
+    def store_url(self) -> str | None:
+        """The ``--store`` URL this relay was started with (``None``: the SQLite file)."""
+        if "--store" in self.extra:
+            return self.extra[self.extra.index("--store") + 1]
+        return None
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement (``?`` placeholders) on this relay's account store, SQLite or
+        PostgreSQL, and return its rows."""
+        if self.store_url is None:
+            with self.db() as db:
+                return [tuple(r) for r in db.execute(query, params).fetchall()]
+        return pg_sql(self.store_url, query, *params)
+
+    def run_cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``quickslot-relay ARGS`` against this relay's data (and store)."""
+        store = ["--store", self.store_url] if self.store_url else []
+        return run_cli(*args, *store, data_dir=self.data_dir, stdin=stdin)
+
+    def cli_json(self, *args: str, stdin: str | None = None) -> Any:
+        result = self.run_cli(*args, "--json", stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+def pg_sql(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One statement on PostgreSQL with SQLite-style ``?`` placeholders (turned into ``$n``)."""
+    import asyncio
+
+    import asyncpg
+
+    parts = query.split("?")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+
+    async def go() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [tuple(r) for r in await conn.fetch(numbered, *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+#: The account stores the auth tests run against (``store_args`` turns one into serve flags).
+STORES = ["sqlite", "postgres"]
+
+
+def store_args(request: Any, kind: str) -> list[str]:
+    """``[]`` for SQLite; for PostgreSQL ``["--store", DSN]`` of a fresh database on this worker's
+    server (the ``pg_server`` fixture, which skips the test when PostgreSQL is missing)."""
+    if kind == "sqlite":
+        return []
+    server = request.getfixturevalue("pg_server")
+    return ["--store", server.create_database()]
+
 
 def run_cli(
     *args: str, data_dir: Path | None = None, stdin: str | None = None

@@ -1,4 +1,8 @@
-"""The auth REST API against a real relay process: accounts, tokens, families, keys, ops."""
+"""The auth REST API against a real relay process: accounts, tokens, families, keys, ops.
+
+Every test runs twice: on the embedded SQLite store and on a PostgreSQL database (``--store``),
+where accounts, tokens, revocations, rate limits and signing keys live in the database.
+"""
 
 from __future__ import annotations
 
@@ -16,20 +20,25 @@ from relay.passwords import legacy_pbkdf2_hash
 from tests.relay.auth_helpers import (
     GENEROUS_LIMITS,
     PASSWORD,
+    STORES,
     RelayProcess,
     bearer,
-    cli_json,
     login,
     register,
+    store_args,
     unique_email,
     wait_until,
 )
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+@pytest.fixture(scope="module", params=STORES)
+def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     with RelayProcess(
-        tmp_path_factory.mktemp("api") / "data", *GENEROUS_LIMITS, "--events-poll", "0.2"
+        tmp_path_factory.mktemp("api") / "data",
+        *GENEROUS_LIMITS,
+        "--events-poll",
+        "0.2",
+        *store_args(request, request.param),
     ) as proc:
         yield proc
 
@@ -124,7 +133,7 @@ def test_login_and_refresh_issue_device_certificates(client: httpx.Client, relay
     assert cert.expires_at_ms - cert.issued_at_ms == 7 * 24 * 3600 * 1000
 
     # A role change shows up in the next certificate (here: on refresh).
-    cli_json("user", "grant", email, "--owner", "shop-7", data_dir=relay.data_dir)
+    relay.cli_json("user", "grant", email, "--owner", "shop-7")
     r = client.post(
         "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"], "device_public_key": b64}
     )
@@ -190,7 +199,7 @@ def test_disabled_user_is_shut_out(client: httpx.Client, relay: RelayProcess) ->
     email = unique_email()
     register(client, email)
     tokens = login(client, email)
-    out = cli_json("user", "disable", email, data_dir=relay.data_dir)
+    out = relay.cli_json("user", "disable", email)
     assert out["disabled"] is True
 
     r = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
@@ -209,7 +218,7 @@ def test_disabled_user_is_shut_out(client: httpx.Client, relay: RelayProcess) ->
     r = client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert r.status_code == 401
 
-    cli_json("user", "enable", email, data_dir=relay.data_dir)
+    relay.cli_json("user", "enable", email)
     wait_until(
         lambda: (
             client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
@@ -227,22 +236,15 @@ def test_legacy_pbkdf2_hash_logs_in_and_is_upgraded(
     email = unique_email("legacy")
     user = register(client, email, password="placeholder-password")
     legacy = legacy_pbkdf2_hash("old backend password", iterations=100_000, style=style)
-    with relay.db() as db:
-        db.execute("UPDATE account_users SET password_hash = ? WHERE user_id = ?", (legacy, user["id"]))
+    relay.sql("UPDATE account_users SET password_hash = ? WHERE user_id = ?", legacy, user["id"])
 
     r = client.post("/api/v1/auth/login", json={"email": email, "password": "wrong password!"})
     assert r.status_code == 401
-    with relay.db() as db:
-        (stored,) = db.execute(
-            "SELECT password_hash FROM account_users WHERE user_id = ?", (user["id"],)
-        ).fetchone()
+    [(stored,)] = relay.sql("SELECT password_hash FROM account_users WHERE user_id = ?", user["id"])
     assert stored == legacy  # a failed login changes nothing
 
     login(client, email, password="old backend password")
-    with relay.db() as db:
-        (stored,) = db.execute(
-            "SELECT password_hash FROM account_users WHERE user_id = ?", (user["id"],)
-        ).fetchone()
+    [(stored,)] = relay.sql("SELECT password_hash FROM account_users WHERE user_id = ?", user["id"])
     assert stored.startswith("$argon2id$v=19$m=1024,t=1,p=1$")
     login(client, email, password="old backend password")
 
@@ -258,7 +260,7 @@ def test_jwks_and_key_rotation_keep_old_tokens_valid(client: httpx.Client, relay
         assert key["kty"] == "OKP" and key["crv"] == "Ed25519" and key["alg"] == "EdDSA"
         assert len(base64.urlsafe_b64decode(key["x"] + "==")) == 32
 
-    rotated = cli_json("keys", "rotate", data_dir=relay.data_dir)
+    rotated = relay.cli_json("keys", "rotate")
     new_kid = rotated["active_kid"]
     assert rotated["retired_kid"] == old_kid and new_kid != old_kid
 
@@ -282,11 +284,20 @@ def test_jwks_and_key_rotation_keep_old_tokens_valid(client: httpx.Client, relay
 
 
 def test_ops_endpoints(client: httpx.Client, relay: RelayProcess) -> None:
+    # Its own login, for the metrics below: under xdist this module's tests are spread over
+    # workers, each with its own relay, so no earlier test is sure to have logged in here.
+    email = unique_email()
+    register(client, email)
+    login(client, email)
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     status = client.get("/api/v1/sync/status").json()
     assert status["protocol_version"] == 1
-    assert status["store_epoch"] == (relay.data_dir / "epoch").read_text().strip()
+    if relay.store_url is None:
+        assert status["store_epoch"] == (relay.data_dir / "epoch").read_text().strip()
+    else:  # every node on the database announces the database's epoch
+        [(epoch,)] = relay.sql("SELECT value FROM relay_meta WHERE key = 'epoch'")
+        assert status["store_epoch"] == epoch
     assert status["server_version"] and abs(status["server_time_ms"] / 1000 - __import__("time").time()) < 60
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")

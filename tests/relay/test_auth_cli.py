@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from relay.cli import main
-from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, RelayProcess, run_cli
+from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, RelayProcess, free_port, pg_sql, run_cli
 
 
 @pytest.fixture
@@ -104,6 +104,40 @@ def test_keys_rotate_and_list(data: Path) -> None:
     assert (data / "keys" / f"{rotated['active_kid']}.key").exists()
 
 
+def test_admin_commands_on_postgres(data: Path, pg_dsn: str) -> None:
+    """With ``--store``, users, grants, stats and keys are the database's, not the data dir's."""
+    store = ("--store", pg_dsn)
+    admin = add_user(data, "boss@example.com", "--admin", *store)
+    assert admin["roles"] == ["admin"]
+    add_user(data, "staff@example.com", *store)
+    out = local_json("user", "grant", "staff@example.com", "--owner", "shop-1", *store, data_dir=data)
+    assert out["owner_of"] == ["shop-1"]
+    assert [u["email"] for u in local_json("user", "list", *store, data_dir=data)] == [
+        "boss@example.com",
+        "staff@example.com",
+    ]
+    assert local_json("user", "disable", "staff@example.com", *store, data_dir=data)["disabled"] is True
+    stats = local_json("stats", *store, data_dir=data)
+    assert stats["accounts"]["users"] == 2 and stats["accounts"]["users_disabled"] == 1
+    [(epoch,)] = pg_sql(pg_dsn, "SELECT value FROM relay_meta WHERE key = 'epoch'")
+    assert stats["epoch"] == epoch
+    # The same database seen from another data directory (another node's host) is the same.
+    elsewhere = data.parent / "elsewhere"
+    assert len(local_json("user", "list", *store, data_dir=elsewhere)) == 2
+
+    keys = local_json("keys", "list", *store, data_dir=data)
+    assert len(keys) == 1 and keys[0]["active"]
+    rotated = local_json("keys", "rotate", *store, data_dir=elsewhere)
+    assert rotated["retired_kid"] == keys[0]["kid"]
+    keys = local_json("keys", "list", *store, data_dir=data)
+    # Both listed; the new one signs once its activation delay is over (relay.keys_pg).
+    assert [k["kid"] for k in keys] == [rotated["retired_kid"], rotated["active_kid"]]
+    assert sum(k["active"] for k in keys) == 1
+    assert not list((data / "keys").glob("*.key")) and not list((elsewhere / "keys").glob("*.key"))
+    # The SQLite file of the data directory holds none of it.
+    assert local_json("user", "list", data_dir=data) == []
+
+
 def test_human_output(data: Path) -> None:
     r = run_cli(
         "user", "add", "h@example.com", "--password-stdin", *FAST_HASH_ARGS, data_dir=data, stdin=PASSWORD
@@ -130,6 +164,15 @@ def local_failure(*argv: str, data_dir: Path, stdin: str = "") -> str:
         sys.stdin = old_stdin
     assert code == 1, err.getvalue()
     return err.getvalue()
+
+
+def test_unreachable_store_is_a_plain_error(data: Path) -> None:
+    """No server at the ``--store`` address: one line naming it (password masked), exit 1."""
+    url = f"postgresql://relay:hunter2@127.0.0.1:{free_port()}/quickslot"
+    for argv in (("user", "list"), ("keys", "list"), ("stats",)):
+        err = local_failure(*argv, "--store", url, data_dir=data)
+        assert "cannot reach the account database" in err and "relay:***@127.0.0.1" in err
+        assert "hunter2" not in err and "Traceback" not in err
 
 
 def test_failures_exit_1(data: Path) -> None:

@@ -3,12 +3,14 @@
 An extension registered through ``create_app(extensions=...)`` subscribes to the auth hooks the
 way the sync websocket will, and the tests check each revocation path reaches it: refresh reuse,
 logout, password reset, and operator CLI changes (a separate process) picked up by the poller.
+Each runs on the SQLite store and on PostgreSQL (where changes also arrive by LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -22,7 +24,7 @@ from fastapi import FastAPI
 from relay.app import RelayContext, create_app
 from relay.config import RateLimit, RateLimits, RelayConfig
 from relay.tokens import TokenExpired, TokenInvalid, TokenRevoked
-from tests.relay.auth_helpers import PASSWORD, run_cli
+from tests.relay.auth_helpers import PASSWORD, STORES, run_cli, store_args
 
 BIG = RateLimit(10_000, 60)
 
@@ -62,10 +64,23 @@ class RecordingExtension:
 Env = tuple[RelayContext, httpx.AsyncClient, RecordingExtension]
 
 
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    args = store_args(request, request.param)
+    return args[1] if args else None
+
+
+def cli(config: RelayConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator CLI against ``config``'s data directory and store."""
+    store = ["--store", config.store_url] if config.store_url else []
+    return run_cli(*args, *store, data_dir=config.data_dir)
+
+
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+async def env(tmp_path: Path, store_url: str | None) -> AsyncIterator[Env]:
     config = RelayConfig(
         data_dir=tmp_path / "data",
+        store_url=store_url,
         argon2_memory_kib=1024,
         argon2_iterations=1,
         argon2_lanes=1,
@@ -206,9 +221,7 @@ async def test_cli_disable_reaches_the_running_server(env: Env) -> None:
     tokens = await signin(client, "victim@example.com")
     fam = ctx.tokens.verify_access(tokens["access_token"]).fam
 
-    result = await asyncio.to_thread(
-        run_cli, "user", "disable", "victim@example.com", data_dir=ctx.config.data_dir
-    )
+    result = await asyncio.to_thread(cli, ctx.config, "user", "disable", "victim@example.com")
     assert result.returncode == 0, result.stderr
     await eventually(lambda: recorder.of("user_disabled"))
     assert recorder.of("user_disabled") == [("user_disabled", user["id"])]
@@ -216,11 +229,27 @@ async def test_cli_disable_reaches_the_running_server(env: Env) -> None:
     with pytest.raises(TokenRevoked):
         ctx.tokens.verify_access(tokens["access_token"])
 
-    result = await asyncio.to_thread(
-        run_cli, "user", "grant", "victim@example.com", "--staff", "shop-9", data_dir=ctx.config.data_dir
-    )
+    grant = ("user", "grant", "victim@example.com", "--staff", "shop-9")
+    result = await asyncio.to_thread(cli, ctx.config, *grant)
     assert result.returncode == 0, result.stderr
     await eventually(lambda: recorder.of("user_changed"))
+    assert recorder.of("user_changed") == [("user_changed", user["id"])]
+
+    # Re-enabling must reach the websocket layer too: its rights cache marked the user disabled
+    # and only a user_changed makes it read the rights again (before the fix, the user stayed
+    # without rights on the running relay until it restarted).
+    result = await asyncio.to_thread(cli, ctx.config, "user", "enable", "victim@example.com")
+    assert result.returncode == 0, result.stderr
+    await eventually(lambda: len(recorder.of("user_changed")) == 2)
+    assert ctx.tokens.revocations.is_user_disabled(user["id"]) is False
+
+
+async def test_enable_in_process_fires_user_changed(env: Env) -> None:
+    ctx, client, recorder = env
+    user = await signup(client, "back@example.com")
+    await ctx.accounts.set_disabled("back@example.com", True)
+    await ctx.accounts.set_disabled("back@example.com", False)
+    assert recorder.of("user_disabled") == [("user_disabled", user["id"])]
     assert recorder.of("user_changed") == [("user_changed", user["id"])]
 
 
@@ -229,7 +258,7 @@ async def test_cli_key_rotation_reaches_the_running_server(env: Env) -> None:
     await signup(client, "rot@example.com")
     before = await signin(client, "rot@example.com")
     old_kid = ctx.keys.active_kid
-    result = await asyncio.to_thread(run_cli, "keys", "rotate", "--json", data_dir=ctx.config.data_dir)
+    result = await asyncio.to_thread(cli, ctx.config, "keys", "rotate", "--json")
     assert result.returncode == 0, result.stderr
     await eventually(lambda: ctx.keys.active_kid != old_kid)
     assert set(ctx.keys.public_keys()) == {old_kid, ctx.keys.active_kid}
@@ -273,9 +302,10 @@ def test_config_rejects_nonsense() -> None:
     assert replace(RelayConfig(), port=1).port == 1
 
 
-async def test_revocations_survive_a_restart(tmp_path: Path) -> None:
+async def test_revocations_survive_a_restart(tmp_path: Path, store_url: str | None) -> None:
     config = RelayConfig(
         data_dir=tmp_path / "data",
+        store_url=store_url,
         argon2_memory_kib=1024,
         argon2_iterations=1,
         argon2_lanes=1,

@@ -1,7 +1,8 @@
 """Login, register and reset rate limits on a real relay, per account and per client address.
 
 Loopback has a whole /8, so the client binds to 127.0.0.2, 127.0.0.3, ... to act as different
-addresses against the same relay.
+addresses against the same relay. The relay tests run on both stores: in memory for SQLite, in
+the shared ``auth_rate_buckets`` table for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import pytest
 
 from relay.config import RateLimit
 from relay.ratelimit import TokenBucketLimiter
-from tests.relay.auth_helpers import PASSWORD, RelayProcess, register, unique_email
+from tests.relay.auth_helpers import PASSWORD, STORES, RelayProcess, register, store_args, unique_email
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+@pytest.fixture(scope="module", params=STORES)
+def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     args = [
         "--login-rate-account", "3/60", "--login-rate-address", "8/60", "--register-rate-address", "100/60",
         "--reset-rate-account", "2/600", "--reset-rate-address", "100/60",
+        *store_args(request, request.param),
     ]  # fmt: skip
     with RelayProcess(tmp_path_factory.mktemp("rl") / "data", *args) as proc:
         yield proc
@@ -69,7 +71,10 @@ def test_reset_request_limit(relay: RelayProcess) -> None:
 
 
 def test_metrics_count_rate_limited(relay: RelayProcess) -> None:
-    with relay.client() as c:
+    # Hits a limit itself: under xdist the module's other tests may run on another worker's relay.
+    with relay.client("127.0.0.7") as c:
+        email = unique_email("counted")
+        assert [attempt(c, email).status_code for _ in range(4)] == [401, 401, 401, 429]
         text = c.get("/metrics").text
     assert 'relay_rate_limited_total{scope="login"}' in text
 

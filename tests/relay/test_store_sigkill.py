@@ -5,6 +5,9 @@ compaction, documents unloaded and reloaded underneath the writers) and prints o
 update *after* ``submit`` returned. The test kills it with SIGKILL at random points, restarts it on
 the same data directory, and checks after every kill that each acknowledged claim is stored with
 its stamp, that stamps are gap-free and unique, and that seqs were never handed out twice.
+
+It runs against both stores: SQLite in a data directory, and PostgreSQL (a fresh database on a
+real server), where "acknowledged" must mean the commit record was flushed by the server.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from crdt_core.engine import Replica
-from relay.store import SQLiteDocumentStore
+from relay.store import PostgresDocumentStore, SQLiteDocumentStore
+from relay.store.open import AnyDocumentStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +32,7 @@ CHILD = r"""
 import asyncio, os, random, sys, traceback
 from crdt_core.engine import Replica
 from relay.documents import DocumentManager
-from relay.store import SQLiteDocumentStore
+from relay.store import PostgresDocumentStore, SQLiteDocumentStore
 
 DOCS = ["bookings:s:1", "bookings:s:2", "bookings:s:3"]
 
@@ -44,8 +50,11 @@ def stamp(replica, key, stamps):
 def highest(replica):
     return max((int(v) for _, v in replica.items("stamps")), default=0)
 
-async def main(directory, run):
-    store = await SQLiteDocumentStore.open(directory, compact_min_bytes=2048)
+async def main(location, run):
+    if location.startswith("postgresql://"):
+        store = await PostgresDocumentStore.open(location, compact_min_bytes=2048)
+    else:
+        store = await SQLiteDocumentStore.open(location, compact_min_bytes=2048)
     manager = DocumentManager(store, highest_stamp=highest, max_documents=2)
     out = sys.stdout
     out.write("READY\n")
@@ -84,7 +93,9 @@ STARTUP_TIMEOUT = 60.0
 ACK_TIMEOUT = 30.0
 
 
-async def run_and_kill(directory: Path, run: int, acks_before_kill: int) -> list[tuple[str, str, int, int]]:
+async def run_and_kill(
+    directory: Path, location: str, run: int, acks_before_kill: int
+) -> list[tuple[str, str, int, int]]:
     """Start the child, SIGKILL it after ``acks_before_kill`` acks; return every complete ACK line."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     errors = directory / f"child-{run}.err"
@@ -93,7 +104,7 @@ async def run_and_kill(directory: Path, run: int, acks_before_kill: int) -> list
             sys.executable,
             "-c",
             CHILD,
-            str(directory),
+            location,
             str(run),
             stdout=subprocess.PIPE,
             stderr=err,
@@ -126,9 +137,15 @@ async def run_and_kill(directory: Path, run: int, acks_before_kill: int) -> list
     return acks
 
 
-async def check(directory: Path, acked: list[tuple[str, str, int, int]]) -> dict[str, int]:
+def open_store(location: str) -> AnyDocumentStore:
+    if location.startswith("postgresql://"):
+        return PostgresDocumentStore(location)
+    return SQLiteDocumentStore(location)
+
+
+async def check(location: str, acked: list[tuple[str, str, int, int]]) -> dict[str, int]:
     sizes = {}
-    async with SQLiteDocumentStore(directory) as store:
+    async with open_store(location) as store:
         for doc in sorted({a[0] for a in acked}):
             stored = await store.load(doc)
             replica = Replica()
@@ -152,14 +169,18 @@ async def check(directory: Path, acked: list[tuple[str, str, int, int]]) -> dict
     return sizes
 
 
-async def test_acknowledged_updates_survive_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_acknowledged_updates_survive_sigkill(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    location = request.getfixturevalue("pg_dsn") if backend == "postgres" else str(tmp_path)
     rng = random.Random()
     acked: list[tuple[str, str, int, int]] = []
     kill_points = [0, *(rng.randint(1, 400) for _ in range(6))]
     for run, acks_before_kill in enumerate(kill_points):
-        acks = await run_and_kill(tmp_path, run, acks_before_kill)
+        acks = await run_and_kill(tmp_path, location, run, acks_before_kill)
         assert len(acks) >= acks_before_kill
         acked.extend(acks)
-        await check(tmp_path, acked)
-    sizes = await check(tmp_path, acked)
+        await check(location, acked)
+    sizes = await check(location, acked)
     assert sum(sizes.values()) >= len(acked) > 300

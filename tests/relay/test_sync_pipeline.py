@@ -1,7 +1,8 @@
 """The relay's write path under load: pipelined updates, backpressure, one message per booking.
 
-In process (the hub, the document manager and a real SQLite store; the transport is a pair of
-queues), so the tests can hold commits back and watch what the read loop does meanwhile. The
+In process (the hub, the document manager and a real store, SQLite and PostgreSQL in turn; the
+transport is a pair of queues), so the tests can hold commits back and watch what the read loop
+does meanwhile. The
 end-to-end path through uvicorn is covered by ``test_sync_relay.py`` and the client's tests.
 """
 
@@ -36,9 +37,10 @@ from relay.config import SyncLimits
 from relay.documents import DocumentManager
 from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
-from relay.store.sqlite import SQLiteDocumentStore
+from relay.store.open import AnyDocumentStore
 from relay.sync_hub import SyncHub, highest_stamp
 from relay.tokens import Claims, TokenError
+from tests.relay.store_backends import BACKENDS, StoreBackend, backend_fixture
 
 DOC = f"bookings:shop1:{(dt.date.today() + dt.timedelta(days=3)).isoformat()}"
 RELAY_KEY = SigningKey("k1", Ed25519PrivateKey.generate())
@@ -95,7 +97,7 @@ def author(user: str) -> Author:
 
 
 class Relay:
-    def __init__(self, hub: SyncHub, store: SQLiteDocumentStore) -> None:
+    def __init__(self, hub: SyncHub, store: AnyDocumentStore) -> None:
         self.hub = hub
         self.store = store
         self.tasks: list[asyncio.Task[None]] = []
@@ -114,9 +116,15 @@ class Relay:
         return sync
 
 
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreBackend]:
+    async for b in backend_fixture(request, tmp_path):
+        yield b
+
+
 @pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    store = await SQLiteDocumentStore.open(tmp_path)
+async def relay(backend: StoreBackend) -> AsyncIterator[Relay]:
+    store = await backend.open()
     manager = DocumentManager(store, highest_stamp=highest_stamp)
     await manager.start()
     limits = SyncLimits(rate_per_s=1e6, burst=1_000_000)

@@ -1,4 +1,8 @@
-"""The sync websocket end to end: a real relay process, real websockets, real SQLite files."""
+"""The sync websocket end to end: a real relay process, real websockets, real stores.
+
+Every test runs against the embedded SQLite store and against PostgreSQL (``--store`` with a
+fresh database on a real server): the same protocol suite for both.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from crdt_core.messages import CloseCode, ErrorCode
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
 from crdt_core.schema import SlotTemplate
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, cli_json
+from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, store_args
+from tests.relay.store_backends import LONG_STORES, copy_store
 from tests.relay.sync_helpers import Account, SyncClient, new_account
 
 DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
@@ -27,11 +32,17 @@ SHOP = "shop1"
 DOC = f"bookings:{SHOP}:{DAY}"
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+@pytest.fixture(scope="module", params=STORES)
+def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     data = tmp_path_factory.mktemp("relay-sync") / "data"
-    with RelayProcess(data, *GENEROUS_LIMITS) as proc:
+    with RelayProcess(data, *GENEROUS_LIMITS, *store_args(request, request.param)) as proc:
         yield proc
+
+
+@pytest.fixture(params=STORES)
+def store_flags(request: pytest.FixtureRequest) -> list[str]:
+    """Serve flags of a fresh store for tests that start their own relays (``[]``: SQLite)."""
+    return store_args(request, request.param)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +176,7 @@ async def test_booking_carried_by_another_user_is_accepted_and_stamped(
 
 async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client) -> None:
     owner, stranger = new_account(relay, http), new_account(relay, http)
-    cli_json("user", "grant", owner.email, "--owner", "shopx", data_dir=relay.data_dir)
+    relay.cli_json("user", "grant", owner.email, "--owner", "shopx")
     await asyncio.sleep(1.5)  # the server picks up CLI changes by polling account events
     from tests.relay.sync_helpers import login_device
 
@@ -289,7 +300,8 @@ async def test_flood_is_rate_limited(relay: RelayProcess, http: httpx.Client) ->
     await c.close()
 
 
-def test_relay_restart_keeps_acked_bookings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_flags", LONG_STORES, indirect=True)
+def test_relay_restart_keeps_acked_bookings(tmp_path: Path, store_flags: list[str]) -> None:
     async def book_some(relay: RelayProcess, http: httpx.Client) -> tuple[Account, dict[str, bytes]]:
         acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
@@ -310,14 +322,14 @@ def test_relay_restart_keeps_acked_bookings(tmp_path: Path) -> None:
         return r
 
     data = tmp_path / "data"
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     try:
         with relay.client() as http:
             acct, sent = asyncio.run(book_some(relay, http))
     finally:
         relay.proc.kill()  # type: ignore[union-attr]
         relay.proc.wait()  # type: ignore[union-attr]
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     try:
         again = asyncio.run(fetch(relay, acct))
         assert again.to_py()["reservations"] == sent
@@ -326,7 +338,25 @@ def test_relay_restart_keeps_acked_bookings(tmp_path: Path) -> None:
         assert relay.stop() == 0
 
 
-def test_metrics_cover_the_sync_path(relay: RelayProcess) -> None:
+async def test_metrics_cover_the_sync_path(relay: RelayProcess, http: httpx.Client) -> None:
+    # Traffic of its own (a stamped booking, a forbidden shop edit), so the test holds alone and
+    # in any order: pytest-xdist spreads this module's tests over workers, each with its relay.
+    acct = new_account(relay, http)
+    c = await SyncClient.connect(relay, acct.access)
+    replica = Replica()
+    await c.subscribe(DOC, replica)
+    _, update = acct.author.book(replica, DOC, "metrics", 1)
+    assert isinstance(await c.push(DOC, update), Acked)
+    await c.next_event(StampReceived)
+    shop, shop_replica = "shop:nobodys", Replica()
+    await c.subscribe(shop, shop_replica)
+    tmpl = SlotTemplate(
+        id="m1", service="cut", start="10:00", duration=30, capacity=1, weekdays=None, active=True,
+        hlc=acct.author.hlc(),
+    )  # fmt: skip
+    refused = await c.push(shop, acct.author.put(shop_replica, shop, [(tmpl, None)]))
+    assert isinstance(refused, ErrorReceived) and refused.reason.startswith("forbidden"), refused
+    await c.close()
     text = httpx.get(f"{relay.base_url}/metrics").text
     for name in (
         "quickslot_connections",
@@ -345,7 +375,10 @@ def test_metrics_cover_the_sync_path(relay: RelayProcess) -> None:
     assert 'quickslot_rejections_total{reason="forbidden"}' in text
 
 
-def test_restored_relay_keeps_carried_stamps_and_numbers_after_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_flags", LONG_STORES, indirect=True)
+def test_restored_relay_keeps_carried_stamps_and_numbers_after_them(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
     """A relay restored from an older backup gets its lost stamps back from a client.
 
     Regression: it used to stamp the carried claims again, from its restored counter, writing a
@@ -378,19 +411,21 @@ def test_restored_relay_keeps_carried_stamps_and_numbers_after_them(tmp_path: Pa
         await c.close()
         return check
 
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     held = Replica()
     with relay.client() as http:
         acct = new_account(relay, http)
     asyncio.run(book(relay, acct, held, ["s1", "s2"]))
     assert relay.stop() == 0
     shutil.copytree(data, backup)
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    copy_store(store_flags, "backup")
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     asyncio.run(book(relay, acct, held, ["s3", "s4", "s5"]))
     assert relay.stop() == 0
     shutil.rmtree(data)
     shutil.copytree(backup, data)
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    copy_store(store_flags, "restore")
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     try:
         restored = asyncio.run(restore_from(relay, acct, held))
     finally:

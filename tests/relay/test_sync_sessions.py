@@ -1,4 +1,7 @@
-"""Sessions on the sync websocket: token expiry, revocation, disabled accounts, restarts, SIGKILL."""
+"""Sessions on the sync websocket: token expiry, revocation, disabled accounts, restarts, SIGKILL.
+
+Each test runs against the SQLite store and against PostgreSQL (``store_flags``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,30 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode
 from crdt_core.protocol import Acked, DocSynced
 from crdt_core.reader import read_bookings
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, run_cli
+from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, run_cli, store_args
+from tests.relay.store_backends import LONG_STORES
 from tests.relay.sync_helpers import SyncClient, login_device, new_account
 
 DOC = "bookings:shop1:2030-01-15"
 
 
-async def test_expired_access_token_closes_4001_and_refresh_lets_back_in(tmp_path: Path) -> None:
+@pytest.fixture(params=STORES)
+def store_flags(request: pytest.FixtureRequest) -> list[str]:
+    """Serve (and CLI) flags of a fresh store: ``[]`` for SQLite, ``--store DSN`` for PostgreSQL."""
+    return store_args(request, request.param)
+
+
+async def test_expired_access_token_closes_4001_and_refresh_lets_back_in(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
     with (
-        RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--access-ttl", "2") as relay,
+        RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, *store_flags, "--access-ttl", "2") as relay,
         relay.client() as http,
     ):
         acct = new_account(relay, http)
@@ -36,8 +49,10 @@ async def test_expired_access_token_closes_4001_and_refresh_lets_back_in(tmp_pat
         await c2.close()
 
 
-async def test_refresh_reuse_closes_the_family_and_logout_revokes(tmp_path: Path) -> None:
-    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS) as relay, relay.client() as http:
+async def test_refresh_reuse_closes_the_family_and_logout_revokes(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
+    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, *store_flags) as relay, relay.client() as http:
         acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
         assert isinstance(await c.subscribe(DOC, Replica()), DocSynced)
@@ -52,19 +67,19 @@ async def test_refresh_reuse_closes_the_family_and_logout_revokes(tmp_path: Path
         assert code == CloseCode.SESSION_REVOKED
 
 
-async def test_disabled_user_is_closed_out(tmp_path: Path) -> None:
-    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS) as relay, relay.client() as http:
+async def test_disabled_user_is_closed_out(tmp_path: Path, store_flags: list[str]) -> None:
+    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, *store_flags) as relay, relay.client() as http:
         acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
         assert isinstance(await c.subscribe(DOC, Replica()), DocSynced)
-        result = run_cli("user", "disable", acct.email, data_dir=relay.data_dir)
+        result = relay.run_cli("user", "disable", acct.email)
         assert result.returncode == 0, result.stderr
         code, _ = await asyncio.wait_for(c.closed, 10)
         assert code in (CloseCode.ACCOUNT_DISABLED, CloseCode.SESSION_REVOKED)
 
 
-async def test_sigterm_tells_clients_to_come_back(tmp_path: Path) -> None:
-    relay = RelayProcess(tmp_path / "data", *GENEROUS_LIMITS).start()
+async def test_sigterm_tells_clients_to_come_back(tmp_path: Path, store_flags: list[str]) -> None:
+    relay = RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, *store_flags).start()
     with relay.client() as http:
         acct = new_account(relay, http)
     c = await SyncClient.connect(relay, acct.access)
@@ -99,12 +114,15 @@ async def _writer(
         return
 
 
-def test_sigkill_at_random_moments_loses_no_acknowledged_booking(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_flags", LONG_STORES, indirect=True)
+def test_sigkill_at_random_moments_loses_no_acknowledged_booking(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
     data = tmp_path / "data"
     rng = random.Random(20261126)
     acked: list[str] = []
     kills = 4
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     with relay.client() as http:
         accounts = [new_account(relay, http) for _ in range(3)]
 
@@ -124,7 +142,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_booking(tmp_path: Path)
     for _ in range(kills):
         asyncio.run(run_round(relay))
         relay.proc.wait()  # type: ignore[union-attr]
-        relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+        relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     assert acked, "no booking was acknowledged: the test proved nothing"
 
     async def fetch() -> Replica:
@@ -151,11 +169,11 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_booking(tmp_path: Path)
         assert relay.stop() == 0
 
 
-async def test_operator_stats_and_compact(tmp_path: Path) -> None:
+async def test_operator_stats_and_compact(tmp_path: Path, store_flags: list[str]) -> None:
     from tests.relay.auth_helpers import cli_json
 
     data = tmp_path / "data"
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     try:
         with relay.client() as http:
             acct = new_account(relay, http)
@@ -166,18 +184,18 @@ async def test_operator_stats_and_compact(tmp_path: Path) -> None:
             _, update = acct.author.book(replica, DOC, f"s{i}", 1)
             assert isinstance(await c.push(DOC, update), Acked)
         await c.close()
-        busy = run_cli("compact", "--json", data_dir=data)
+        busy = run_cli("compact", "--json", *store_flags, data_dir=data)
         assert busy.returncode == 1 and "already serving" in busy.stderr
     finally:
         assert relay.stop() == 0
-    stats = cli_json("stats", data_dir=data)
+    stats = cli_json("stats", *store_flags, data_dir=data)
     assert stats["documents"]["documents"] == 1 and stats["documents"]["log_rows"] >= 8
-    compacted = cli_json("compact", data_dir=data)
+    compacted = cli_json("compact", *store_flags, data_dir=data)
     assert compacted["compacted"] == 1
-    after = cli_json("stats", data_dir=data)
+    after = cli_json("stats", *store_flags, data_dir=data)
     assert after["documents"]["log_rows"] == 0 and after["documents"]["snapshot_bytes"] > 0
     # The compacted document still serves every booking.
-    relay = RelayProcess(data, *GENEROUS_LIMITS).start()
+    relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
     try:
         with relay.client() as http:
             acct2 = login_device(relay, http, acct.email)
@@ -190,11 +208,11 @@ async def test_operator_stats_and_compact(tmp_path: Path) -> None:
         assert relay.stop() == 0
 
 
-async def test_document_size_limit(tmp_path: Path) -> None:
+async def test_document_size_limit(tmp_path: Path, store_flags: list[str]) -> None:
     from crdt_core.messages import ErrorCode
     from crdt_core.protocol import ErrorReceived
 
-    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--max-doc-bytes", "4000") as relay:
+    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, *store_flags, "--max-doc-bytes", "4000") as relay:
         with relay.client() as http:
             acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
@@ -210,10 +228,10 @@ async def test_document_size_limit(tmp_path: Path) -> None:
         await c.close()
 
 
-async def test_max_inflight_flag_reaches_the_welcome(tmp_path: Path) -> None:
+async def test_max_inflight_flag_reaches_the_welcome(tmp_path: Path, store_flags: list[str]) -> None:
     from crdt_core.messages import Limit
 
-    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, "--max-inflight", "3") as relay:
+    with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS, *store_flags, "--max-inflight", "3") as relay:
         with relay.client() as http:
             acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
