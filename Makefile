@@ -3,11 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Most tests wait on real relay processes, sockets and fsyncs, so two workers fit two cores; a
-# module stays on one worker (its module-scoped relay is started once).
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# Most tests wait on real relay processes, sockets and fsyncs (two workers kept 1.2 cores busy),
+# so three workers fit two cores; a module stays on one worker (its module-scoped relay starts once).
+PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: demo demo-offline test lint typecheck fmt clean thorough bench bench-quick
+.PHONY: demo demo-offline test lint typecheck fmt clean thorough bench bench-quick load fuzz chaos
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -41,6 +41,24 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks run --suite engine,domain,relay,client --quick
+
+# Sustained load (issue 7): 1,000 authenticated connections on one relay process for 120 s;
+# figures in docs/reliability.md. LOAD_ARGS adds or overrides options of benchmarks.load.
+load: $(STAMP)
+	$(BIN)/python -m benchmarks.load --connections 1000 --duration 120 --docs 200 --rate 100 \
+		--out bench-results/load-$$(date -u +%Y%m%d-%H%M%S) $(LOAD_ARGS)
+
+# Long frame fuzzing against a live relay (issue 7): 20,000+ generated and mutated frames,
+# figures in docs/reliability.md. FUZZ_ARGS adds or overrides options of tests.fuzz.
+fuzz: $(STAMP)
+	$(BIN)/python -W ignore -m tests.fuzz --cases 20000 --minutes 30 $(FUZZ_ARGS)
+
+# Long chaos run (issue 7): 300 relay SIGKILLs (and client SIGKILLs, partitions, frame faults),
+# progress on stdout, summary in bench-results/chaos-summary.json; figures in docs/reliability.md.
+# CHAOS_ARGS adds or overrides options of tests.chaos.run (e.g. --seed 7 --duration 1500).
+chaos: $(STAMP)
+	@mkdir -p bench-results
+	$(BIN)/python -m tests.chaos.run --seed 1 --relay-kills 300 --summary bench-results/chaos-summary.json $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

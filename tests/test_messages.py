@@ -571,12 +571,12 @@ def test_close_code_actions() -> None:
     assert close_action(CloseCode.TOKEN_EXPIRED) is CloseAction.REFRESH_TOKEN
     assert close_action(CloseCode.AUTH_FAILED) is CloseAction.LOGIN
     assert close_action(CloseCode.SESSION_REVOKED) is CloseAction.LOGIN
-    assert close_action(CloseCode.PROTOCOL_VIOLATION) is CloseAction.STOP
+    assert close_action(CloseCode.PROTOCOL_VIOLATION) is CloseAction.RECONNECT  # see tests/chaos
     assert close_action(CloseCode.TOO_BIG) is CloseAction.STOP
     assert close_action(CloseCode.ACCOUNT_DISABLED) is CloseAction.STOP
     assert close_action(4999) is CloseAction.RECONNECT  # unknown: keep trying, with backoff
     assert is_retryable_close(1011) and is_retryable_close(4001)
-    assert not is_retryable_close(4002) and not is_retryable_close(4003)
+    assert is_retryable_close(4002) and not is_retryable_close(4003)
     assert all(isinstance(close_action(code), CloseAction) for code in CloseCode)
 
 

@@ -1,0 +1,124 @@
+"""Regression tests for what the fuzz campaign found (docs/reliability.md, "Found and fixed").
+
+A refused ``sub`` kept its document pinned: the hub pinned the document before the sync answer
+and, when the answer was an ``err`` (a state vector that does not decode, or no room to load),
+left the pin (and a re-subscription's registration) in place for the rest of the connection. The
+protocol had already dropped the subscription, so it counted against no ``max_docs`` limit: one
+authenticated connection could keep any number of documents loaded and unloadable, up to the
+relay's document bound, after which every user's new subscriptions fail. Fixed in
+``relay.sync_hub.SyncHub._subscribe``: a refused subscription ends the hub's side of it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from crdt_core.engine import Replica
+from crdt_core.messages import ErrorCode
+from crdt_core.protocol import Acked, DocSynced, ErrorReceived
+from crdt_core.records import sign_record
+from crdt_core.schema import SCHEMA_VERSION, Reservation
+from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
+from tests.relay.sync_helpers import SyncClient, new_account
+from tests.strategies import map_item, struct_block, yjs_update
+
+IDLE_S = 0.4
+BAD_SV = b"\xff"  # a state vector that does not decode: err bad_doc
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    data = tmp_path_factory.mktemp("fuzz-regress") / "data"
+    with RelayProcess(data, *GENEROUS_LIMITS, "--idle-unload", str(IDLE_S)) as proc:
+        yield proc
+
+
+def loaded_documents(relay: RelayProcess) -> float:
+    for line in httpx.get(f"{relay.base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("quickslot_loaded_documents "):
+            return float(line.split()[1])
+    raise AssertionError("no quickslot_loaded_documents metric")
+
+
+async def settle_loaded(relay: RelayProcess, at_most: float, timeout: float = 10.0) -> float:
+    """Wait (idle unload plus its sweep) until at most ``at_most`` documents are loaded."""
+    deadline = time.monotonic() + timeout
+    while (n := await asyncio.to_thread(loaded_documents, relay)) > at_most and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return n
+
+
+async def test_refused_subscriptions_do_not_keep_documents_loaded(relay: RelayProcess) -> None:
+    with relay.client() as http:
+        acct = new_account(relay, http)
+    c = await SyncClient.connect(relay, acct.access)
+    # 30 documents refused outright, and one subscribed and then refused on a re-subscription.
+    for day in range(1, 31):
+        c.proto.subscribe(f"bookings:pinleak:2031-01-{day:02d}", BAD_SV)
+        await c.flush()
+        answer = await c.next_event((DocSynced, ErrorReceived))
+        assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.BAD_DOC, answer
+    live = "bookings:pinleak:2031-02-01"
+    assert isinstance(await c.subscribe(live, Replica()), DocSynced)
+    c.proto.resync(live, BAD_SV)
+    await c.flush()
+    answer = await c.next_event((DocSynced, ErrorReceived))
+    assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.BAD_DOC
+    # The connection stays open and subscribes nothing now: every document may be unloaded.
+    assert await settle_loaded(relay, at_most=0) == 0
+    assert not c.closed.done()
+    await c.close()
+
+
+async def test_a_squatted_yjs_id_never_turns_an_offline_booking_into_an_acked_loss(
+    relay: RelayProcess,
+) -> None:
+    """Mallory writes her own valid record at the Yjs id the victim's offline booking will take
+    (client id and next clock are public: they are in every subscriber's state vector). The
+    victim's booking, re-sent on reconnect, then names an id the relay holds: before the fix it
+    was acknowledged as a re-send and silently dropped (an acknowledged booking the relay never
+    stored). It must be refused, with the reason, so the client shows it as failed."""
+    doc = "bookings:squat:2031-03-01"
+    with relay.client() as http:
+        victim, mallory = new_account(relay, http), new_account(relay, http)
+    cv, cm = await SyncClient.connect(relay, victim.access), await SyncClient.connect(relay, mallory.access)
+    rv, rm = Replica(), Replica()
+    await cv.subscribe(doc, rv)
+    await cm.subscribe(doc, rm)
+    _, update = victim.author.book(rv, doc, "s1", 1)
+    assert isinstance(await cv.push(doc, update), Acked)
+    _, update = mallory.author.book(rm, doc, "s1", 1)  # puts Mallory's certificate in the doc
+    assert isinstance(await cm.push(doc, update), Acked)
+    await cv.drain_into(rv, quiet=0.3)
+    await cv.close()  # the victim goes offline and books there
+    client, clock = rv.client_id, rv.state_clocks()[rv.client_id]
+    offline, lost = victim.author.book(rv, doc, "s2", 1)
+    look = await SyncClient.connect(relay, mallory.access)
+    view = Replica()
+    await look.subscribe(doc, view)
+    assert view.state_clocks().get(client) == clock  # what any reader sees of the victim's writer
+    await look.close()
+
+    res = Reservation(id="squat1", slot="s3", party=1, customer=mallory.user_id, hlc=mallory.author.hlc())
+    raw = sign_record(doc, res.id, res.KIND, res.to_fields(), mallory.author.device, SCHEMA_VERSION)
+    squat = yjs_update([struct_block(client, clock, [map_item("reservations", res.id, raw)])])
+    assert isinstance(await cm.push(doc, squat), Acked)  # a valid record of her own: accepted
+
+    cv = await SyncClient.connect(relay, victim.access)
+    synced = await cv.subscribe(doc, rv)
+    assert isinstance(synced, DocSynced)
+    answer = await cv.push(doc, lost)  # the outbox entry, re-sent on reconnect
+    fresh = await SyncClient.connect(relay, victim.access)
+    stored = Replica()
+    await fresh.subscribe(doc, stored)
+    if isinstance(answer, Acked):
+        assert stored.has_key("reservations", offline.id), "acknowledged but not stored"
+    assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED, answer
+    assert answer.reason.startswith("equivocation"), answer.reason
+    for c in (cv, cm, fresh):
+        await c.close()
