@@ -44,7 +44,10 @@ async def test_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     # The run had material to judge: acked updates, contention for the last seats, final claims.
     assert f["acked_updates_checked"] >= 20 and f["acked_bookings"] >= 10, f
     assert f["final_claims_tracked"] >= 1 and f["verdicts_observed"] >= 20, f
-    assert sum(f["faults"].values()) >= 10 and f["proxy"]["cut_all"] >= 1, f
+    # Some live connection was cut, by a fault or by a partition (on a loaded machine a partition
+    # can find every client between connections, and cut none).
+    assert sum(f["faults"].values()) >= 10, f
+    assert f["faults"].get("cut", 0) + f["proxy"]["cut_all"] >= 1, f
 
     # --- the checker fails when the evidence shows a broken invariant -----------------------
     plan = json.loads((tmp_path / "plan.json").read_text())
