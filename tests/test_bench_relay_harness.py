@@ -231,3 +231,17 @@ def test_postgresql_lane_ran_beside_sqlite_with_a_ratio(tiny_run: tuple[Path, di
         assert row["status"] == "ok", (name, row["note"])
         assert "x quickslot on SQLite" in row["note"] and "PostgreSQL server CPU" in row["note"], row["note"]
         assert row["samples"] and all(s > 0 and math.isfinite(s) for s in row["samples"])
+
+
+def test_three_node_lane_ran_in_fan_out(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
+    """Three nodes behind HAProxy take part in fan-out (issue 8's Measure); at the tiny scale the
+    many-documents workload leaves the lane out, to keep the harness test short."""
+    _, data, _ = tiny_run
+    rows = {r["workload"]: r for r in _rows(data, servers.QUICKSLOT_CLUSTER)}
+    assert {"fanout_cpu", "fanout_throughput"} <= set(rows)
+    assert not any(name.startswith("docs") for name in rows)
+    for name, row in rows.items():
+        assert row["status"] in ("ok", "unsupported"), (name, row["note"])
+        if row["status"] == "ok":
+            assert "one node on PostgreSQL" in row["note"], row["note"]
+            assert row["samples"] and all(s > 0 and math.isfinite(s) for s in row["samples"])
