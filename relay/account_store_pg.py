@@ -36,11 +36,14 @@ import asyncpg
 
 from relay.account_schema_pg import LOCK_EVENTS, migrate
 from relay.account_types import (
+    COUNTS_SQL,
     AccountEvent,
     EmailTaken,
     RotateResult,
     StoreUnavailable,
     User,
+    counts_from_row,
+    refresh_verdict,
     sha256_text as _sha256,
 )
 from relay.config import redact_url
@@ -300,19 +303,17 @@ class PostgresAccountStore:
                 " FOR UPDATE",
                 _sha256(jti),
             )
-            if row is None:
-                return RotateResult("unknown")
-            family_id, used_at, user_id, revoked_at = row
-            if revoked_at is not None:
-                return RotateResult("revoked", family_id, user_id)
-            if used_at is not None:
+            verdict = refresh_verdict(row)
+            family_id = verdict.family_id
+            if verdict.status == "reused":
                 await conn.execute(
                     "UPDATE auth_refresh_families SET revoked_at = $1, revoke_reason = 'refresh_reuse'"
                     " WHERE family_id = $2",
                     now,
                     family_id,
                 )
-                return RotateResult("reused", family_id, user_id)
+            if verdict.status != "ok":
+                return verdict
             await conn.execute(
                 "UPDATE auth_refresh_tokens SET used_at = $1 WHERE jti_hash = $2", now, _sha256(jti)
             )
@@ -327,7 +328,7 @@ class PostgresAccountStore:
             await conn.execute(
                 "UPDATE auth_refresh_families SET last_used_at = $1 WHERE family_id = $2", now, family_id
             )
-            return RotateResult("ok", family_id, user_id)
+            return verdict
 
     async def revoke_family(self, family_id: str, *, reason: str, now: float) -> bool:
         status = await self.pool.execute(
@@ -483,23 +484,7 @@ class PostgresAccountStore:
             await conn.execute("DELETE FROM account_events WHERE created_at < $1", cutoff)
 
     async def counts(self, *, now: float) -> dict[str, int]:
-        row = await self.pool.fetchrow(
-            "SELECT COUNT(*), COUNT(disabled_at),"
-            " (SELECT COUNT(DISTINCT user_id) FROM account_roles WHERE role = 'admin'),"
-            " (SELECT COUNT(*) FROM auth_refresh_families f WHERE f.revoked_at IS NULL AND EXISTS"
-            "   (SELECT 1 FROM auth_refresh_tokens t WHERE t.family_id = f.family_id"
-            "    AND t.used_at IS NULL AND t.expires_at > $1))"
-            " FROM account_users",
-            now,
-        )
-        total, disabled, admins, sessions = row if row else (0, 0, 0, 0)
-        return {
-            "users": int(total),
-            "users_active": int(total) - int(disabled),
-            "users_disabled": int(disabled),
-            "admins": int(admins),
-            "sessions_active": int(sessions),
-        }
+        return counts_from_row(await self.pool.fetchrow(COUNTS_SQL.format(now="$1"), now))
 
 
 def _count(status: str) -> int:

@@ -21,12 +21,15 @@ from typing import Any
 import aiosqlite
 
 from relay.account_types import (
+    COUNTS_SQL,
     SHOP_OWNER,
     SHOP_STAFF,
     AccountEvent,
     EmailTaken,
     RotateResult,
     User,
+    counts_from_row,
+    refresh_verdict,
     sha256_text as _sha256,
 )
 
@@ -310,18 +313,16 @@ class SQLiteAccountStore:
                 (_sha256(jti),),
             ) as cur:
                 row = await cur.fetchone()
-            if row is None:
-                return RotateResult("unknown")
-            family_id, used_at, user_id, revoked_at = row
-            if revoked_at is not None:
-                return RotateResult("revoked", family_id, user_id)
-            if used_at is not None:
+            verdict = refresh_verdict(row)
+            family_id = verdict.family_id
+            if verdict.status == "reused":
                 await db.execute(
                     "UPDATE auth_refresh_families SET revoked_at = ?, revoke_reason = 'refresh_reuse'"
                     " WHERE family_id = ?",
                     (now, family_id),
                 )
-                return RotateResult("reused", family_id, user_id)
+            if verdict.status != "ok":
+                return verdict
             await db.execute(
                 "UPDATE auth_refresh_tokens SET used_at = ? WHERE jti_hash = ?", (now, _sha256(jti))
             )
@@ -333,7 +334,7 @@ class SQLiteAccountStore:
             await db.execute(
                 "UPDATE auth_refresh_families SET last_used_at = ? WHERE family_id = ?", (now, family_id)
             )
-            return RotateResult("ok", family_id, user_id)
+            return verdict
 
     async def revoke_family(self, family_id: str, *, reason: str, now: float) -> bool:
         async with self.transaction() as db:
@@ -443,20 +444,4 @@ class SQLiteAccountStore:
             await db.execute("DELETE FROM account_events WHERE created_at < ?", (cutoff,))
 
     async def counts(self, *, now: float) -> dict[str, int]:
-        row = await self._fetchone(
-            "SELECT COUNT(*), COUNT(disabled_at),"
-            " (SELECT COUNT(DISTINCT user_id) FROM account_roles WHERE role = 'admin'),"
-            " (SELECT COUNT(*) FROM auth_refresh_families f WHERE f.revoked_at IS NULL AND EXISTS"
-            "   (SELECT 1 FROM auth_refresh_tokens t WHERE t.family_id = f.family_id"
-            "    AND t.used_at IS NULL AND t.expires_at > ?))"
-            " FROM account_users",
-            (now,),
-        )
-        total, disabled, admins, sessions = row or (0, 0, 0, 0)
-        return {
-            "users": int(total),
-            "users_active": int(total) - int(disabled),
-            "users_disabled": int(disabled),
-            "admins": int(admins),
-            "sessions_active": int(sessions),
-        }
+        return counts_from_row(await self._fetchone(COUNTS_SQL.format(now="?"), (now,)))

@@ -203,6 +203,47 @@ def sha256_text(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+def refresh_verdict(row: Iterable[Any] | None) -> RotateResult:
+    """What presenting a refresh token means, from its locked row in both stores.
+
+    ``row`` is ``(family_id, used_at, user_id, revoked_at)`` of the token and its family, or
+    ``None`` for an unknown token. On ``reused`` the store must revoke the family, on ``ok`` spend
+    the token and record its successor, both in the transaction that read the row; the decision
+    itself is the same for every backend, so it lives here once.
+    """
+    if row is None:
+        return RotateResult("unknown")
+    family_id, used_at, user_id, revoked_at = row
+    if revoked_at is not None:
+        return RotateResult("revoked", family_id, user_id)
+    if used_at is not None:
+        return RotateResult("reused", family_id, user_id)
+    return RotateResult("ok", family_id, user_id)
+
+
+#: :meth:`AccountStore.counts`' query, ``{now}`` standing for the driver's placeholder of ``now``.
+COUNTS_SQL = (
+    "SELECT COUNT(*), COUNT(disabled_at),"
+    " (SELECT COUNT(DISTINCT user_id) FROM account_roles WHERE role = 'admin'),"
+    " (SELECT COUNT(*) FROM auth_refresh_families f WHERE f.revoked_at IS NULL AND EXISTS"
+    "   (SELECT 1 FROM auth_refresh_tokens t WHERE t.family_id = f.family_id"
+    "    AND t.used_at IS NULL AND t.expires_at > {now}))"
+    " FROM account_users"
+)
+
+
+def counts_from_row(row: Iterable[Any] | None) -> dict[str, int]:
+    """:meth:`AccountStore.counts` from the row of :data:`COUNTS_SQL`."""
+    total, disabled, admins, sessions = row if row is not None else (0, 0, 0, 0)
+    return {
+        "users": int(total),
+        "users_active": int(total) - int(disabled),
+        "users_disabled": int(disabled),
+        "admins": int(admins),
+        "sessions_active": int(sessions),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # the store interface
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -36,7 +34,7 @@ from benchmarks.load.driver import raise_open_files
 from benchmarks.load.plan import LoadShape, Plan, build_plan
 from benchmarks.relay_bench.loadgen import WorkerSpec
 from benchmarks.relay_bench.orchestrate import split
-from benchmarks.relay_bench.procs import CpuSample, ServerProcess, _die_with_parent, free_port
+from benchmarks.relay_bench.procs import CpuSample, ServerProcess, WorkerProcess, child_env, free_port
 from benchmarks.relay_bench.servers import AUTH_LIMIT_ARGS, FAST_HASH_ARGS
 
 __all__ = ["LoadError", "RunOptions", "RunRecord", "Sample", "run_load"]
@@ -99,31 +97,22 @@ class RunRecord:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("QUICKSLOT_RELAY_DATA", None)
-    return env
+    return child_env("QUICKSLOT_RELAY_DATA")
 
 
-class _Driver:
+class _Driver(WorkerProcess):
     """One driver process and its stdout, read a line at a time without blocking."""
 
     def __init__(self, spec: WorkerSpec, work: Path, n: int) -> None:
+        super().__init__(
+            "benchmarks.load.driver",
+            spec,
+            work / f"driver{n}.spec",
+            work / f"driver{n}.out",
+            work / f"driver{n}.log",
+            _env(),
+        )
         self.n = n
-        self.spec_path, self.out_path = work / f"driver{n}.spec", work / f"driver{n}.out"
-        self.log_path = work / f"driver{n}.log"
-        with open(self.spec_path, "wb") as f:
-            pickle.dump(spec, f)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.load.driver", str(self.spec_path), str(self.out_path)],
-                cwd=REPO,
-                env=_env(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet in this process
-            )
         assert self.proc.stdout is not None
         self.fd = self.proc.stdout.fileno()
         self._buf = b""
@@ -149,39 +138,6 @@ class _Driver:
                 self.done = rest
             elif word == "PROGRESS":
                 self.progress = [int(x) for x in rest]
-
-    def say(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.proc.stdin.write((line + "\n").encode())
-            self.proc.stdin.flush()
-
-    def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return 0.0
-
-    def results(self) -> dict[str, Any]:
-        with open(self.out_path, "rb") as f:
-            data: dict[str, Any] = pickle.load(f)
-        return data
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.say("EXIT")
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
 
 
 class _Monitor:

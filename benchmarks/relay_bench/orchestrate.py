@@ -9,11 +9,7 @@ load generator that saturates a core makes latencies its own, not the server's).
 
 from __future__ import annotations
 
-import os
-import pickle
 import select
-import subprocess
-import sys
 import tempfile
 import time
 from array import array
@@ -22,37 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.relay_bench.loadgen import WorkerSpec
-from benchmarks.relay_bench.procs import ServerProcess, _die_with_parent
-
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.relay_bench.procs import ServerProcess, WorkerProcess, child_env
 
 
 class PhaseError(RuntimeError):
     pass
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-class _Worker:
+class _Worker(WorkerProcess):
     def __init__(self, spec: WorkerSpec, tmp: Path, n: int) -> None:
-        self.spec_path = tmp / f"spec{n}.pkl"
-        self.out_path = tmp / f"out{n}.pkl"
-        self.log_path = tmp / f"worker{n}.log"
-        with open(self.spec_path, "wb") as f:
-            pickle.dump(spec, f)
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.relay_bench.loadgen", str(self.spec_path), str(self.out_path)],
-            cwd=REPO,
-            env=_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        super().__init__(
+            "benchmarks.relay_bench.loadgen",
+            spec,
+            tmp / f"spec{n}.pkl",
+            tmp / f"out{n}.pkl",
+            tmp / f"worker{n}.log",
+            child_env(),
         )
 
     def expect(self, word: str, timeout: float) -> list[str]:
@@ -73,42 +54,6 @@ class _Worker:
             parts = line.split()
             if parts and parts[0] == word:
                 return parts[1:]
-
-    def say(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((line + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
-
-    def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return 0.0
-
-    def results(self) -> dict[str, Any]:
-        with open(self.out_path, "rb") as f:
-            data: dict[str, Any] = pickle.load(f)
-        return data
-
-    def close(self, timeout: float = 30.0) -> None:
-        self.say("EXIT")
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -154,7 +99,7 @@ def run_phase(
             results = [w.results() for w in workers]
         finally:
             for w in workers:
-                w.close()
+                w.stop()
     out = PhaseOutcome(
         server_cpu_s=cpu1.seconds_since(cpu0),
         wall_s=wall,
@@ -186,7 +131,7 @@ def run_catchup(specs: WorkerSpec, timeout: float = 600.0) -> dict[str, Any]:
             w.expect("DONE", timeout)
             return w.results()
         finally:
-            w.close()
+            w.stop()
 
 
 def split(items: list[Any], parts: int) -> list[list[Any]]:
@@ -219,7 +164,7 @@ def run_idle(server: ServerProcess, spec: WorkerSpec, idle_s: float, settle_s: f
             flags = w.expect("DONE", 120.0)
             results = w.results()
         finally:
-            w.close()
+            w.stop()
     connected, failed = (int(ready[0]), int(ready[1])) if len(ready) >= 2 else (0, len(spec.clients))
     return {
         "connected": connected,

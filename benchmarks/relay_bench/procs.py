@@ -16,15 +16,28 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pickle
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CpuSample", "ServerProcess", "ServerStartError", "free_port", "wait_for_port"]
+__all__ = [
+    "CpuSample",
+    "ServerProcess",
+    "ServerStartError",
+    "WorkerProcess",
+    "child_env",
+    "free_port",
+    "wait_for_port",
+]
+
+REPO = Path(__file__).resolve().parents[2]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -53,6 +66,77 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def child_env(*unset: str) -> dict[str, str]:
+    """This environment for a child that imports the repository's packages, without ``unset``
+    (settings of the caller's own relay that must not leak into a benchmark's)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for name in unset:
+        env.pop(name, None)
+    return env
+
+
+class WorkerProcess:
+    """A load-generating ``python -m module SPEC OUT`` child of the benchmarks.
+
+    The protocol both load harnesses use: the spec goes in as a pickle, commands (``GO``,
+    ``EXIT``) as lines on stdin, progress words (``READY``, ``DONE``) come back as lines on stdout,
+    the raw records as a pickle in ``out_path``, and stderr goes to ``log_path`` for the error
+    message if the worker dies. Subclasses read stdout their own way.
+    """
+
+    def __init__(
+        self, module: str, spec: object, spec_path: Path, out_path: Path, log_path: Path, env: dict[str, str]
+    ) -> None:
+        self.spec_path, self.out_path, self.log_path = spec_path, out_path, log_path
+        with open(spec_path, "wb") as f:
+            pickle.dump(spec, f)
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, str(spec_path), str(out_path)],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet in this process
+            )
+
+    def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.proc.stdin.write((line + "\n").encode())
+            self.proc.stdin.flush()
+
+    def cpu_seconds(self) -> float:
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def results(self) -> dict[str, Any]:
+        with open(self.out_path, "rb") as f:
+            data: dict[str, Any] = pickle.load(f)
+        return data
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask it to exit; kill it if it has not within ``timeout``."""
+        self.say("EXIT")
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from benchmarks.relay_bench.node import (
     installed_versions,
 )
 from benchmarks.relay_bench.payloads import Identity
-from benchmarks.relay_bench.procs import ServerProcess, free_port
+from benchmarks.relay_bench.procs import ServerProcess, child_env, free_port
 
 __all__ = [
     "BASELINE",
@@ -102,11 +102,7 @@ class Unavailable(RuntimeError):
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("QUICKSLOT_RELAY_DATA", None)
-    env.pop("YPERSISTENCE", None)
-    return env
+    return child_env("QUICKSLOT_RELAY_DATA", "YPERSISTENCE")
 
 
 def ensure_pycrdt_websocket() -> str:

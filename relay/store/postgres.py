@@ -70,17 +70,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
 
 from relay.config import redact_url
 from relay.store.base import (
-    FIRST_STAMP,
-    AppendResult,
     CompactionResult,
     StampConflictError,
     StoreClosedError,
@@ -88,7 +83,23 @@ from relay.store.base import (
     StoreError,
     StoreStats,
     check_doc_id,
-    should_compact,
+)
+from relay.store.group_commit import (
+    Append,
+    CommitHook,
+    CompactWrite,
+    Floor,
+    GroupCommitStore,
+    Head,
+    Job,
+    Outcome,
+    OutcomeUnknownError,
+    assemble,
+    compaction_applies,
+    heads_from_rows,
+    raise_floor,
+    record_compaction,
+    take_append,
 )
 from relay.store.pg_migrations import (
     DOCUMENT_COMPONENT,
@@ -96,14 +107,10 @@ from relay.store.pg_migrations import (
     apply_migrations,
     load_or_create_epoch,
 )
-from relay.store.sqlite import _fold
 
 __all__ = ["PostgresDocumentStore"]
 
 log = logging.getLogger("quickslot.relay.store.postgres")
-
-#: ``on_commit(requests_in_batch, seconds)``, as in the SQLite store.
-CommitHook = Callable[[int, float], None]
 
 # SQLSTATEs after which the whole transaction may simply be run again.
 _RETRYABLE: Final = {"40001", "40P01"}  # serialization_failure, deadlock_detected
@@ -164,61 +171,7 @@ SELECT count(*), COALESCE(sum(log_rows), 0), COALESCE(sum(log_bytes), 0),
 """
 
 
-# --- writer requests ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Head:
-    doc_id: str
-    seq: int = 0
-    next_stamp: int = FIRST_STAMP
-    log_rows: int = 0
-    log_bytes: int = 0
-    snapshot_seq: int = 0
-    snapshot_bytes: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class _Append:
-    doc_id: str
-    updates: tuple[bytes, ...]
-    stamp_base: int | None
-    stamp_count: int
-    future: asyncio.Future[AppendResult]
-
-
-@dataclass(slots=True, eq=False)
-class _Floor:
-    doc_id: str
-    next_stamp: int
-    future: asyncio.Future[int]
-
-
-@dataclass(slots=True, eq=False)
-class _CompactWrite:
-    doc_id: str
-    snapshot: bytes
-    covered_seq: int
-    base_snapshot_seq: int
-    future: asyncio.Future[CompactionResult | None]
-
-
-_Job = _Append | _Floor | _CompactWrite
-_Outcome = AppendResult | int | CompactionResult | None | BaseException
-
-
-class _Stop:
-    """Queue sentinel: the writer finishes what is before it and exits."""
-
-
-_STOP: Final = _Stop()
-
-
-class _OutcomeUnknown(StoreError):
-    """The connection broke while the transaction was in flight: it may or may not have committed."""
-
-
-class PostgresDocumentStore:
+class PostgresDocumentStore(GroupCommitStore):
     """:class:`relay.store.base.DocumentStore` on a PostgreSQL database (see the module docstring).
 
     ``store = await PostgresDocumentStore.open(url, replica_url=...)``, ``await store.close()``.
@@ -240,34 +193,24 @@ class PostgresDocumentStore:
         connect_timeout_s: float = 10.0,
         idle_in_transaction_s: float = 10.0,
     ) -> None:
-        if max_batch < 1 or readers < 1 or max_concurrent_compactions < 1:
-            raise ValueError("max_batch, readers and max_concurrent_compactions must be >= 1")
+        super().__init__(
+            max_batch=max_batch,
+            auto_compact=auto_compact,
+            compact_min_bytes=compact_min_bytes,
+            max_concurrent_compactions=max_concurrent_compactions,
+            readers=readers,
+            on_commit=on_commit,
+        )
         self.url = url
         self.replica_url = replica_url
-        self.max_batch = max_batch
-        self.auto_compact = auto_compact
-        self.compact_min_bytes = compact_min_bytes
-        self._reader_count = readers
-        self._on_commit = on_commit
         self._command_timeout = command_timeout_s
         self._connect_timeout = connect_timeout_s
         self._idle_in_transaction_ms = idle_in_transaction_s * 1000
-        self._epoch: str | None = None
         self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._replica: asyncpg.Pool | None = None
         #: Documents whose head row is known to exist (heads are never deleted).
         self._known_heads: set[str] = set()
-        self._queue: asyncio.Queue[_Job | _Stop] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._compactions: dict[str, asyncio.Task[None]] = {}
-        self._compaction_slots = asyncio.Semaphore(max_concurrent_compactions)
-        self._closing = False
-        self._closed = asyncio.Event()
-        self._commits = 0
-        self._appends = 0
-        self._compacted = 0
-        self._largest_batch = 0
         #: Loads whose tail the primary had to supply (the replica lagged) - for tests and metrics.
         self.replica_catch_ups = 0
         self.replica_fallbacks = 0
@@ -280,17 +223,11 @@ class PostgresDocumentStore:
         await store.start()
         return store
 
-    async def __aenter__(self) -> PostgresDocumentStore:
-        if self._writer is None:
-            await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _connected(self) -> bool:
+        return self._writer is not None
 
     async def start(self) -> None:
-        if self._writer is not None or self._closing:
-            raise StoreError("store already started")
+        self._check_not_started()
         try:
             writer = await self._connect_writer()
             try:
@@ -327,7 +264,7 @@ class PostgresDocumentStore:
             log.info("applied document schema migrations %s", applied)
         await self._check_replica()
         self._writer = writer
-        self._writer_task = asyncio.create_task(self._run_writer(), name="relay-store-writer")
+        self._start_writer()
 
     async def _check_replica(self) -> None:
         """Say at start if the replica is unreachable or is not a standby; not fatal (loads fall
@@ -359,42 +296,17 @@ class PostgresDocumentStore:
         )
         return conn
 
-    async def close(self) -> None:
-        """Stop taking work, commit everything already ordered, close the connections."""
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            pending = list(self._compactions.values())
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            if self._writer_task is not None:
-                self._queue.put_nowait(_STOP)
-                await self._writer_task
-            if self._writer is not None:
-                await _close_quietly(self._writer)
-                self._writer = None
-            for pool in (self._pool, self._replica):
-                if pool is not None:
-                    try:
-                        await asyncio.wait_for(pool.close(), 10.0)
-                    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                        pool.terminate()
-            self._pool = self._replica = None
-        finally:
-            self._closed.set()
-
-    @property
-    def epoch(self) -> str:
-        if self._epoch is None:
-            raise StoreError("store not started")
-        return self._epoch
-
-    @property
-    def compactions_done(self) -> int:
-        return self._compacted
+    async def _release(self) -> None:
+        if self._writer is not None:
+            await _close_quietly(self._writer)
+            self._writer = None
+        for pool in (self._pool, self._replica):
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), 10.0)
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    pool.terminate()
+        self._pool = self._replica = None
 
     def _primary(self) -> asyncpg.Pool:
         if self._pool is None or self._closing:
@@ -413,7 +325,7 @@ class PostgresDocumentStore:
             self.replica_fallbacks += 1
             log.warning("! replica read of %s failed (%s); reading the primary", doc_id, exc)
             return await self._load_primary(doc_id)
-        from_replica = _assemble(doc_id, rows)
+        from_replica = assemble(doc_id, rows)
         try:
             tail = await self._primary().fetch(_TAIL_SQL, doc_id, from_replica.seq)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -456,7 +368,7 @@ class PostgresDocumentStore:
             rows = await self._primary().fetch(_LOAD_SQL, doc_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"{doc_id}: load failed: {exc}") from exc
-        return _assemble(doc_id, rows)
+        return assemble(doc_id, rows)
 
     async def stats(self) -> StoreStats:
         row = None
@@ -469,177 +381,19 @@ class PostgresDocumentStore:
             row = await self._primary().fetchrow(_STATS_SQL)
         assert row is not None
         documents, log_rows, log_bytes, snapshot_bytes = (int(v) for v in row.values())
-        return StoreStats(
-            documents=documents,
-            log_rows=log_rows,
-            log_bytes=log_bytes,
-            snapshot_bytes=snapshot_bytes,
-            commits=self._commits,
-            appends=self._appends,
-            compactions=self._compacted,
-            largest_batch=self._largest_batch,
-        )
-
-    # --- writes ------------------------------------------------------------------------------
-
-    def enqueue_append(
-        self,
-        doc_id: str,
-        updates: Sequence[bytes],
-        *,
-        stamp_base: int | None = None,
-        stamp_count: int = 0,
-    ) -> asyncio.Future[AppendResult]:
-        check_doc_id(doc_id)
-        if isinstance(updates, (bytes, bytearray, memoryview)):
-            raise ValueError("updates is a sequence of updates, not one update")
-        items = tuple(bytes(u) for u in updates)
-        if not items or not all(items):
-            raise ValueError("append needs at least one non-empty update")
-        if stamp_count < 0:
-            raise ValueError("stamp_count must be >= 0")
-        if stamp_count and (stamp_base is None or stamp_base < FIRST_STAMP):
-            raise ValueError("allocating stamps needs the expected stamp_base")
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Append(doc_id, items, stamp_base, stamp_count, future))
-        return future
-
-    async def append(
-        self,
-        doc_id: str,
-        updates: Sequence[bytes],
-        *,
-        stamp_base: int | None = None,
-        stamp_count: int = 0,
-    ) -> AppendResult:
-        future = self.enqueue_append(doc_id, updates, stamp_base=stamp_base, stamp_count=stamp_count)
-        return await asyncio.shield(future)
-
-    def enqueue_stamp_floor(self, doc_id: str, next_stamp: int) -> asyncio.Future[int]:
-        check_doc_id(doc_id)
-        if next_stamp < FIRST_STAMP:
-            raise ValueError(f"next_stamp must be >= {FIRST_STAMP}")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Floor(doc_id, next_stamp, future))
-        return future
-
-    async def set_stamp_floor(self, doc_id: str, next_stamp: int) -> int:
-        return await asyncio.shield(self.enqueue_stamp_floor(doc_id, next_stamp))
-
-    def _enqueue(self, job: _Job) -> None:
-        if self._closing or self._writer_task is None:
-            raise StoreClosedError("store is closed")
-        self._queue.put_nowait(job)
+        return self._stats(documents, log_rows, log_bytes, snapshot_bytes)
 
     # --- compaction --------------------------------------------------------------------------
 
-    async def compact(self, doc_id: str) -> CompactionResult | None:
+    async def _load_for_compaction(self, doc_id: str) -> StoredDocument:
         # From the primary: the fold must cover rows the writer will find there.
-        stored = await self._load_primary(check_doc_id(doc_id))
-        if not stored.updates:
-            return None
-        snapshot = await asyncio.to_thread(_fold, stored)
-        future: asyncio.Future[CompactionResult | None] = asyncio.get_running_loop().create_future()
-        self._enqueue(
-            _CompactWrite(
-                doc_id=doc_id,
-                snapshot=snapshot,
-                covered_seq=stored.updates[-1][0],
-                base_snapshot_seq=stored.snapshot_seq,
-                future=future,
-            )
-        )
-        return await asyncio.shield(future)
+        return await self._load_primary(check_doc_id(doc_id))
 
-    async def compact_all(self) -> list[CompactionResult]:
+    async def _doc_ids_with_log(self) -> list[str]:
         rows = await self._primary().fetch("SELECT doc_id FROM doc_head WHERE log_rows > 0 ORDER BY doc_id")
-        results = []
-        for row in rows:
-            result = await self.compact(str(row["doc_id"]))
-            if result is not None:
-                results.append(result)
-        return results
+        return [str(row["doc_id"]) for row in rows]
 
-    async def wait_idle(self) -> None:
-        """Wait until no automatic compaction is running (tests and graceful shutdown)."""
-        while self._compactions:
-            await asyncio.gather(*list(self._compactions.values()), return_exceptions=True)
-
-    def _schedule_compaction(self, doc_id: str) -> None:
-        if self._closing or doc_id in self._compactions:
-            return
-        task = asyncio.create_task(self._auto_compact(doc_id), name=f"compact {doc_id}")
-        self._compactions[doc_id] = task
-        task.add_done_callback(lambda _t: self._compactions.pop(doc_id, None))
-
-    async def _auto_compact(self, doc_id: str) -> None:
-        try:
-            async with self._compaction_slots:
-                result = await self.compact(doc_id)
-            if result is not None:
-                log.debug("= compacted %s up to seq %d", doc_id, result.covered_seq)
-        except (StoreClosedError, asyncio.CancelledError):
-            pass
-        except Exception:
-            log.exception("! compaction of %s failed; the log is kept and retried later", doc_id)
-
-    # --- the writer (group commit) -----------------------------------------------------------
-
-    async def _run_writer(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if isinstance(first, _Stop):
-                return
-            batch: list[_Job] = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if isinstance(job, _Stop):
-                    stop = True
-                    break
-                batch.append(job)
-            try:
-                await self._commit_batch(batch)
-            except Exception as exc:  # never let the writer die with requests waiting
-                log.exception("! writer failed")
-                for job in batch:
-                    _settle(job, _as_store_error(exc))
-            if stop:
-                return
-
-    async def _commit_batch(self, batch: list[_Job]) -> None:
-        started = time.perf_counter()
-        try:
-            outcomes = await self._transaction(batch)
-        except _OutcomeUnknown as exc:
-            # Not retried one by one: the batch may have committed, and repeating it would
-            # append its updates twice. Every caller hears "failed" and resends (idempotent).
-            for job in batch:
-                _settle(job, exc)
-            return
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0], _as_store_error(exc))
-                return
-            log.warning("! group commit of %d requests failed (%s); retrying one by one", len(batch), exc)
-            for job in batch:
-                try:
-                    (outcome,) = await self._transaction([job])
-                except Exception as single:
-                    outcome = _as_store_error(single)
-                _settle(job, outcome)
-            return
-        elapsed = time.perf_counter() - started
-        if self._on_commit is not None:
-            try:
-                self._on_commit(len(batch), elapsed)
-            except Exception:
-                log.exception("! on_commit hook failed")
-        for job, outcome in zip(batch, outcomes, strict=True):
-            _settle(job, outcome)
+    # --- the writer's transaction ------------------------------------------------------------
 
     async def _writer_connection(self) -> asyncpg.Connection:
         conn = self._writer
@@ -653,12 +407,12 @@ class PostgresDocumentStore:
             self._writer = conn
         return conn
 
-    async def _transaction(self, batch: list[_Job]) -> list[_Outcome]:
-        """Run ``batch`` in one transaction, retrying deadlocks; outcomes hold once this returns."""
+    async def _write(self, batch: list[Job]) -> tuple[list[Outcome], dict[str, Head]]:
+        """Run ``batch`` in one transaction, retrying deadlocks."""
         for attempt in range(_MAX_RETRIES):
             conn = await self._writer_connection()
             try:
-                outcomes, heads = await self._run_transaction(conn, batch)
+                return await self._run_transaction(conn, batch)
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate in _RETRYABLE and attempt + 1 < _MAX_RETRIES:
                     await asyncio.sleep(0.005 * (attempt + 1))
@@ -666,27 +420,18 @@ class PostgresDocumentStore:
                 raise
             except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
                 await _close_quietly(conn)
-                raise _OutcomeUnknown(f"connection to PostgreSQL lost during a commit: {exc}") from exc
-            break
-        self._commits += 1
-        self._appends += sum(1 for job in batch if isinstance(job, _Append))
-        self._compacted += sum(1 for outcome in outcomes if isinstance(outcome, CompactionResult))
-        self._largest_batch = max(self._largest_batch, len(batch))
-        if self.auto_compact:
-            for doc_id, head in heads.items():
-                if should_compact(head.log_bytes, head.snapshot_bytes, self.compact_min_bytes):
-                    self._schedule_compaction(doc_id)
-        return outcomes
+                raise OutcomeUnknownError(f"connection to PostgreSQL lost during a commit: {exc}") from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _run_transaction(
-        self, conn: asyncpg.Connection, batch: list[_Job]
-    ) -> tuple[list[_Outcome], dict[str, _Head]]:
+        self, conn: asyncpg.Connection, batch: list[Job]
+    ) -> tuple[list[Outcome], dict[str, Head]]:
         doc_ids = sorted({job.doc_id for job in batch})
         async with conn.transaction():
             missing = [d for d in doc_ids if d not in self._known_heads]
             if missing:
                 await conn.execute(_CREATE_HEADS, missing)
-            heads = _heads(await conn.fetch(_LOCK_HEADS, doc_ids))
+            heads = heads_from_rows(await conn.fetch(_LOCK_HEADS, doc_ids))
             if len(heads) != len(doc_ids):
                 # Heads this node believed created are gone: the database was replaced under a
                 # running node (a restore). Create them now; rows already locked stay locked.
@@ -694,7 +439,7 @@ class PostgresDocumentStore:
                 self._known_heads.difference_update(lost)
                 log.warning("! document heads vanished from the database (restored?): %s", lost[:5])
                 await conn.execute(_CREATE_HEADS, lost)
-                heads = _heads(await conn.fetch(_LOCK_HEADS, doc_ids))
+                heads = heads_from_rows(await conn.fetch(_LOCK_HEADS, doc_ids))
                 if len(heads) != len(doc_ids):
                     raise StoreError(
                         f"document heads missing after creating them: {set(doc_ids) - set(heads)}"
@@ -702,36 +447,22 @@ class PostgresDocumentStore:
             log_ids: list[str] = []
             log_seqs: list[int] = []
             log_data: list[bytes] = []
-            touched: dict[str, _Head] = {}
-            appended: dict[str, _Head] = {}
-            outcomes: list[_Outcome] = []
+            touched: dict[str, Head] = {}
+            appended: dict[str, Head] = {}
+            outcomes: list[Outcome] = []
             for job in batch:
                 head = heads[job.doc_id]
-                if isinstance(job, _Append):
-                    if job.stamp_count and job.stamp_base != head.next_stamp:
-                        outcomes.append(
-                            StampConflictError(
-                                f"{job.doc_id}: stamp base {job.stamp_base}, but the next stamp is "
-                                f"{head.next_stamp}"
-                            )
-                        )
+                if isinstance(job, Append):
+                    result = take_append(head, job.updates, job.stamp_base, job.stamp_count)
+                    outcomes.append(result)
+                    if isinstance(result, StampConflictError):
                         continue
-                    first = head.seq + 1
-                    for offset, update in enumerate(job.updates):
-                        log_ids.append(job.doc_id)
-                        log_seqs.append(first + offset)
-                        log_data.append(update)
-                    count = len(job.updates)
-                    head.seq += count
-                    head.log_rows += count
-                    head.log_bytes += sum(len(u) for u in job.updates)
-                    stamps = range(head.next_stamp, head.next_stamp + job.stamp_count)
-                    head.next_stamp += job.stamp_count
-                    outcomes.append(AppendResult(seqs=tuple(range(first, first + count)), stamps=stamps))
+                    log_ids.extend(job.doc_id for _ in job.updates)
+                    log_seqs.extend(result.seqs)
+                    log_data.extend(job.updates)
                     appended[job.doc_id] = head
-                elif isinstance(job, _Floor):
-                    head.next_stamp = max(head.next_stamp, job.next_stamp)
-                    outcomes.append(head.next_stamp)
+                elif isinstance(job, Floor):
+                    outcomes.append(raise_floor(head, job.next_stamp))
                 else:
                     outcomes.append(await _write_compaction(conn, head, job))
                 touched[job.doc_id] = head
@@ -754,69 +485,19 @@ class PostgresDocumentStore:
         return outcomes, appended
 
 
-def _heads(rows: Sequence[asyncpg.Record]) -> dict[str, _Head]:
-    return {
-        str(r["doc_id"]): _Head(
-            str(r["doc_id"]),
-            int(r["seq"]),
-            int(r["next_stamp"]),
-            int(r["log_rows"]),
-            int(r["log_bytes"]),
-            int(r["snapshot_seq"]),
-            int(r["snapshot_bytes"]),
-        )
-        for r in rows
-    }
-
-
 async def _write_compaction(
-    conn: asyncpg.Connection, head: _Head, job: _CompactWrite
+    conn: asyncpg.Connection, head: Head, job: CompactWrite
 ) -> CompactionResult | None:
     """Inside the writer's transaction, with ``head`` locked."""
     covered = job.covered_seq
-    if head.snapshot_seq != job.base_snapshot_seq or not head.snapshot_seq < covered <= head.seq:
+    if not compaction_applies(head, job.base_snapshot_seq, covered):
         return None  # another compaction (maybe on another node) got there first; its snapshot stands
     # Every row <= covered is older than this batch's appends (their seqs start above the
     # committed head), so this deletes exactly the rows the fold read.
     gone = await conn.fetchrow(_DELETE_COVERED, head.doc_id, covered)
     removed_rows, removed_bytes = (int(gone["rows"]), int(gone["bytes"])) if gone else (0, 0)
     await conn.execute(_UPSERT_SNAPSHOT, head.doc_id, job.snapshot, covered)
-    head.log_rows -= removed_rows
-    head.log_bytes -= removed_bytes
-    head.snapshot_seq = covered
-    head.snapshot_bytes = len(job.snapshot)
-    return CompactionResult(
-        doc_id=head.doc_id,
-        covered_seq=covered,
-        snapshot_bytes=len(job.snapshot),
-        removed_rows=removed_rows,
-        removed_bytes=removed_bytes,
-    )
-
-
-def _assemble(doc_id: str, rows: Sequence[asyncpg.Record]) -> StoredDocument:
-    snapshot: bytes | None = None
-    snapshot_seq = 0
-    updates: list[tuple[int, bytes]] = []
-    seq = 0
-    next_stamp = FIRST_STAMP
-    for row in rows:
-        kind = row["kind"]
-        if kind == 0:
-            snapshot, snapshot_seq = bytes(row["data"]), int(row["seq"])
-        elif kind == 1:
-            updates.append((int(row["seq"]), bytes(row["data"])))
-        else:
-            seq, next_stamp = int(row["seq"]), int(row["stamp"])
-    updates.sort(key=lambda item: item[0])
-    return StoredDocument(
-        doc_id=doc_id,
-        snapshot=snapshot,
-        snapshot_seq=snapshot_seq,
-        updates=tuple(updates),
-        seq=seq,
-        next_stamp=next_stamp,
-    )
+    return record_compaction(head, covered, len(job.snapshot), removed_rows, removed_bytes)
 
 
 def _with_stamp(doc: StoredDocument, next_stamp: int) -> StoredDocument:
@@ -828,24 +509,6 @@ def _with_stamp(doc: StoredDocument, next_stamp: int) -> StoredDocument:
         seq=doc.seq,
         next_stamp=next_stamp,
     )
-
-
-def _settle(job: _Job, outcome: _Outcome) -> None:
-    future: asyncio.Future[object] = job.future  # type: ignore[assignment]
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
-
-
-def _as_store_error(exc: BaseException) -> StoreError:
-    if isinstance(exc, StoreError):
-        return exc
-    error = StoreError(f"write transaction failed: {exc}")
-    error.__cause__ = exc
-    return error
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:

@@ -49,7 +49,7 @@ from tests.fuzz.wire import (
     huge_header,
     pack_map,
 )
-from tests.strategies import map_item, struct_block, yjs_update
+from tests.strategies import map_item, struct_block, varuint, yjs_update
 
 CLIENT_TYPES = ("sub", "upd", "unsub", "auth")
 OTHER_TYPES = ("welcome", "sync", "ack", "stamp", "stamped", "err", "hello", "challenge", "x", "")
@@ -147,18 +147,6 @@ def doc_ids(corpus: Corpus) -> st.SearchStrategy[str]:
 
 
 # --- Yjs-level payloads ----------------------------------------------------------------------------
-
-
-def varuint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def mutate(data: bytes, ops: list[tuple[int, int, int]], other: bytes = b"") -> bytes:
