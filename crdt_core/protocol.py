@@ -328,6 +328,25 @@ def _check_close_code(code: int) -> None:
         raise LocalProtocolError(f"close code {code} may not be sent")
 
 
+def _without_frames(exc: Exception) -> Exception:
+    """``exc`` with the tracebacks of it and of its causes dropped, for keeping on the protocol.
+
+    Why: a traceback holds every frame it passed through with all their locals (here the
+    protocol object itself and the received message) and, through ``f_back``, the caller's
+    frame (a relay's read loop and its connection). Kept on the protocol object, that is a
+    reference cycle, so a connection closed for a bad message, with its buffers, stayed in memory
+    until a full garbage collection, which a relay runs rarely on purpose (docs/reliability.md,
+    "Frame fuzzing"). Type and message are what a log line needs.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return exc
+
+
 class _Connection(abc.ABC, Generic[_E]):
     """What both roles share: buffers, the connection machine, the inbound boundary, closing."""
 
@@ -392,19 +411,19 @@ class _Connection(abc.ABC, Generic[_E]):
         try:
             self._handle(decode(data, max_size=self.max_message_size))
         except CodecError as exc:
-            self.parser_exc = exc
+            self.parser_exc = _without_frames(exc)
             self._fail(CloseCode.PROTOCOL_VIOLATION, f"bad message: {exc}")
         except RemoteProtocolError as exc:
-            self.parser_exc = exc
+            self.parser_exc = _without_frames(exc)
             self._fail(exc.close_code, exc.reason)
         except LocalProtocolError as exc:
             # A transition the tables forbid, triggered by the peer: the peer's violation (h11).
-            self.parser_exc = exc
+            self.parser_exc = _without_frames(exc)
             self._fail(CloseCode.PROTOCOL_VIOLATION, str(exc))
         except Exception as exc:
             # A bug here, not the peer's fault; keep details out of the reason (they may be
             # sensitive) and in parser_exc for the logs.
-            self.parser_exc = exc
+            self.parser_exc = _without_frames(exc)
             self._fail(CloseCode.INTERNAL, "internal error")
 
     def receive_eof(self) -> None:
