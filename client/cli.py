@@ -145,7 +145,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "event": EVENT,
     "register": {"user_id": _S, "email": _S, "relay": _S},
     "login": {"user_id": _S, "email": _S, "relay": _S, "cert_id": _S},
-    "logout": {"logged_out": bool, "relay": _OS},
+    "logout": {"logged_out": bool, "relay": _OS, "flushed": _OI},
     "whoami": {
         "user_id": _S,
         "email": _OS,
@@ -475,12 +475,29 @@ async def cmd_login(ctx: Ctx) -> Result:
 
 async def cmd_logout(ctx: Ctx) -> Result:
     relay = ctx.relay(required=False)
+    flushed: int | None = None
     if relay is not None:
+        flushed = await _flush_before_logout(ctx)
         await ctx.auth().logout()
     else:
         await ctx.local.logout("logged out")
     _write_config(ctx.home, email=None, user_id=None)
-    return {"logged_out": True, "relay": relay}, "logged out (tokens and device key removed)"
+    data = {"logged_out": True, "relay": relay, "flushed": flushed}
+    return data, "logged out (tokens and device key removed)"
+
+
+async def _flush_before_logout(ctx: Ctx) -> int | None:
+    """Send queued changes before the session ends: the relay revokes the session's device
+    certificates at logout, and what they signed would be refused after it. Best effort: an
+    unreachable relay leaves the queue (the session is then not revoked at the relay either)."""
+    if ctx.local.identity is None or not (await ctx.local.outbox_counts()).pending:
+        return None
+    try:
+        summary = await _service(ctx).sync_once()
+    except Exception as exc:  # noqa: BLE001 - logout must not fail because the relay is away
+        logging.getLogger(__name__).warning("could not send queued changes before logout: %s", exc)
+        return None
+    return summary.acked
 
 
 async def cmd_whoami(ctx: Ctx) -> Result:

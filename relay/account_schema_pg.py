@@ -119,6 +119,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE retired_at IS NULL;
         """,
     ),
+    Migration(
+        4,
+        "device certificates per session, so revoking a session revokes its certificates",
+        """
+        CREATE TABLE auth_family_certs (
+            cert_id    TEXT PRIMARY KEY,
+            family_id  TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX auth_family_certs_family ON auth_family_certs(family_id);
+        """,
+    ),
 )
 
 

@@ -330,6 +330,29 @@ class PostgresAccountStore:
             )
             return verdict
 
+    async def add_family_cert(self, family_id: str, cert_id: str, *, expires_at: float) -> None:
+        await self.pool.execute(
+            "INSERT INTO auth_family_certs(cert_id, family_id, expires_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (cert_id) DO NOTHING",
+            cert_id,
+            family_id,
+            expires_at,
+        )
+
+    async def family_cert_ids(self, family_id: str, *, now: float) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT cert_id FROM auth_family_certs WHERE family_id = $1 AND expires_at > $2", family_id, now
+        )
+        return [str(r[0]) for r in rows]
+
+    async def revoked_cert_ids(self, *, now: float) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT c.cert_id FROM auth_family_certs c JOIN auth_refresh_families f"
+            " ON f.family_id = c.family_id WHERE f.revoked_at IS NOT NULL AND c.expires_at > $1",
+            now,
+        )
+        return [str(r[0]) for r in rows]
+
     async def revoke_family(self, family_id: str, *, reason: str, now: float) -> bool:
         status = await self.pool.execute(
             "UPDATE auth_refresh_families SET revoked_at = $1, revoke_reason = $2"
@@ -482,6 +505,7 @@ class PostgresAccountStore:
             )
             await conn.execute("DELETE FROM auth_password_resets WHERE expires_at < $1", cutoff)
             await conn.execute("DELETE FROM account_events WHERE created_at < $1", cutoff)
+            await conn.execute("DELETE FROM auth_family_certs WHERE expires_at < $1", now)
 
     async def counts(self, *, now: float) -> dict[str, int]:
         return counts_from_row(await self.pool.fetchrow(COUNTS_SQL.format(now="$1"), now))

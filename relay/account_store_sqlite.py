@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS auth_refresh_families (
 );
 CREATE INDEX IF NOT EXISTS auth_refresh_families_user ON auth_refresh_families(user_id);
 CREATE INDEX IF NOT EXISTS auth_refresh_families_revoked ON auth_refresh_families(revoked_at);
+CREATE TABLE IF NOT EXISTS auth_family_certs (
+    cert_id    TEXT PRIMARY KEY,
+    family_id  TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS auth_family_certs_family ON auth_family_certs(family_id);
 CREATE TABLE IF NOT EXISTS auth_refresh_tokens (
     jti_hash   BLOB PRIMARY KEY,
     family_id  TEXT NOT NULL REFERENCES auth_refresh_families(family_id) ON DELETE CASCADE,
@@ -336,6 +342,28 @@ class SQLiteAccountStore:
             )
             return verdict
 
+    async def add_family_cert(self, family_id: str, cert_id: str, *, expires_at: float) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO auth_family_certs(cert_id, family_id, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(cert_id) DO NOTHING",
+                (cert_id, family_id, expires_at),
+            )
+
+    async def family_cert_ids(self, family_id: str, *, now: float) -> list[str]:
+        rows = await self._fetchall(
+            "SELECT cert_id FROM auth_family_certs WHERE family_id = ? AND expires_at > ?", (family_id, now)
+        )
+        return [str(r[0]) for r in rows]
+
+    async def revoked_cert_ids(self, *, now: float) -> list[str]:
+        rows = await self._fetchall(
+            "SELECT c.cert_id FROM auth_family_certs c JOIN auth_refresh_families f"
+            " ON f.family_id = c.family_id WHERE f.revoked_at IS NOT NULL AND c.expires_at > ?",
+            (now,),
+        )
+        return [str(r[0]) for r in rows]
+
     async def revoke_family(self, family_id: str, *, reason: str, now: float) -> bool:
         async with self.transaction() as db:
             cur = await db.execute(
@@ -442,6 +470,7 @@ class SQLiteAccountStore:
             )
             await db.execute("DELETE FROM auth_password_resets WHERE expires_at < ?", (cutoff,))
             await db.execute("DELETE FROM account_events WHERE created_at < ?", (cutoff,))
+            await db.execute("DELETE FROM auth_family_certs WHERE expires_at < ?", (now,))
 
     async def counts(self, *, now: float) -> dict[str, int]:
         return counts_from_row(await self._fetchone(COUNTS_SQL.format(now="?"), (now,)))

@@ -299,6 +299,19 @@ class AccountStore(Protocol):
 
     async def revoked_families_since(self, since: float) -> list[tuple[str, float]]: ...
 
+    async def add_family_cert(self, family_id: str, cert_id: str, *, expires_at: float) -> None:
+        """Remember a device certificate issued to a session (login or refresh), so revoking the
+        session revokes the certificate too."""
+        ...
+
+    async def family_cert_ids(self, family_id: str, *, now: float) -> list[str]:
+        """The unexpired certificates issued to one session."""
+        ...
+
+    async def revoked_cert_ids(self, *, now: float) -> list[str]:
+        """The unexpired certificates of every revoked session (loaded at start)."""
+        ...
+
     async def family_status(self, family_id: str) -> tuple[str, float | None] | None: ...
 
     async def add_reset(self, *, token: str, user_id: str, expires_at: float, now: float) -> None: ...

@@ -40,6 +40,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from crdt_core.certs import cert_id_of
 from relay.account_store_sqlite import SQLiteAccountStore
 from relay.account_types import (
     EV_FAMILY_REVOKED,
@@ -361,7 +362,7 @@ class AccountService:
         access = self.tokens.issue(ACCESS, user.user_id, family_id)
         self._m_logins.labels(result="ok").inc()
         log_event(log, "login", user_id=user.user_id, family_id=family_id)
-        return Session(access, refresh, user, self._certificate(user, device_public_key))
+        return Session(access, refresh, user, await self._certificate(user, device_public_key, family_id))
 
     async def refresh(self, refresh_token: str, device_public_key: bytes | None = None) -> Session:
         """Rotate a refresh token. Raises ``TokenError`` subclasses for bad tokens,
@@ -399,7 +400,8 @@ class AccountService:
             raise AccountDisabled()
         access = self.tokens.issue(ACCESS, claims.sub, claims.fam)
         self._m_refresh.labels(result="ok").inc()
-        return Session(access, new_refresh, user, self._certificate(user, device_public_key))
+        certificate = await self._certificate(user, device_public_key, claims.fam)
+        return Session(access, new_refresh, user, certificate)
 
     async def current_user(self, claims: Claims) -> User:
         """The user behind verified access-token claims; refuses disabled or deleted users."""
@@ -433,12 +435,17 @@ class AccountService:
             )
         await self.hooks.family_revoked(family_id, user_id)
 
-    def _certificate(self, user: User, device_public_key: bytes | None) -> bytes | None:
+    async def _certificate(self, user: User, device_public_key: bytes | None, family_id: str) -> bytes | None:
+        """A device certificate for this session, remembered with it: logging out (or any other
+        revocation of the session) revokes the certificate too, so a stolen device key stops
+        signing at the relay then, not when the certificate expires."""
         if device_public_key is None:
             return None
-        return issue_device_certificate(
-            user, device_public_key, keys=self.keys, ttl_s=self.config.certificate_ttl_s, now=self.clock()
-        )
+        now = self.clock()
+        ttl_s = self.config.certificate_ttl_s
+        cert = issue_device_certificate(user, device_public_key, keys=self.keys, ttl_s=ttl_s, now=now)
+        await self.store.add_family_cert(family_id, cert_id_of(cert), expires_at=now + ttl_s)
+        return cert
 
     # -- password reset --------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ hooks (grant, disable), so a removed staff member's next confirm is refused.
 
 from __future__ import annotations
 
+import time
+
 from crdt_core.certs import Certificate
 from crdt_core.validation import Rights
 from relay.accounts import AccountStore, User
@@ -19,10 +21,18 @@ class RightsCache:
     def __init__(self) -> None:
         self._special: dict[str, User] = {}
         self._disabled: set[str] = set()
+        #: Device certificates of revoked sessions (logout, refresh reuse, password reset).
+        self._revoked_certs: set[str] = set()
 
     async def load(self, store: AccountStore) -> None:
         for user in await store.list_users():
             self._remember(user)
+        self._revoked_certs = set(await store.revoked_cert_ids(now=time.time()))
+
+    async def family_revoked(self, store: AccountStore, family_id: str) -> None:
+        """A session ended: the certificates it was given sign nothing new (on every node: the
+        accounts' revocation events reach each node's hook)."""
+        self._revoked_certs.update(await store.family_cert_ids(family_id, now=time.time()))
 
     async def refresh(self, store: AccountStore, user_id: str) -> None:
         user = await store.get_user(user_id)
@@ -50,8 +60,9 @@ class RightsCache:
         return Rights(user_id, user.is_admin, frozenset(user.owner_of), frozenset(user.staff_of))
 
     def is_revoked(self, cert: Certificate) -> bool:
-        """A certificate of a disabled account signs nothing new (see docs/records.md)."""
-        return cert.user_id in self._disabled
+        """A certificate of a disabled account, or of a session that was revoked, signs nothing
+        new (see docs/records.md)."""
+        return cert.user_id in self._disabled or cert.cert_id in self._revoked_certs
 
     def can_read(self, user_id: str, doc_id: str) -> bool:
         """Read rights follow the connection's identity (DESIGN, "Relay").

@@ -201,6 +201,10 @@ class SyncExtension:
         async def on_changed(user_id: str) -> None:
             await rights.refresh(ctx.account_store, user_id)
 
+        async def on_family_revoked(family_id: str, _user_id: str) -> None:
+            await rights.family_revoked(ctx.account_store, family_id)
+
+        ctx.hooks.on_family_revoked.append(on_family_revoked)
         ctx.hooks.on_family_revoked.append(hub.family_revoked)
         ctx.hooks.on_user_disabled.append(hub.user_disabled)
         ctx.hooks.on_user_changed.append(on_changed)

@@ -280,8 +280,19 @@ def test_last_seat_contended_offline_end_to_end(relay: FixedPortRelay, tmp_path:
     assert status["relay_reachable"] is True and status["queue_size"] == 0
     assert isinstance(status["last_sync_ms"], int)
 
-    alice.json("logout", "logout")
+    # A booking still queued at logout goes out first: logging out revokes the session's device
+    # certificate at the relay, and what it signed would be refused afterwards.
+    def seats_taken() -> int:
+        owner.json("sync", "sync")
+        (row,) = [r for r in owner.json("slots", "slots", SHOP, DAY)["slots"] if r["slot_id"] == SLOT]
+        return int(row["seats_taken"])
+
+    before = seats_taken()
+    alice.json("book", "book", SHOP, DAY, SLOT)
+    assert alice.json("status", "status")["queue_size"] == 1
+    assert alice.json("logout", "logout")["flushed"] == 1
     alice.json("error", "reservations", code=3)
+    assert seats_taken() == before + 1  # it reached the relay, and the owner
     profile_text = (alice.home / "cli.json").read_text()
     assert PASSWORD not in profile_text and "token" not in profile_text
 

@@ -4,8 +4,8 @@
   watcher on the document never receives any of them;
 * a stolen access token lets its holder read what the victim reads, but not sign in the victim's
   name (that needs the device key), and the victim's logout cuts the thief's connection;
-* a stolen device key stops signing at the relay once its owner is disabled; after a mere logout
-  it does not (an open gap, pinned by a strict xfail);
+* a stolen device key stops signing at the relay once its owner is disabled, and once its owner
+  logs out (the certificates a session was given are revoked with the session);
 * equivocation between a client and the relay (two records under one Yjs id): the second version
   is refused with ``equivocation`` (it used to be acknowledged as a re-send and dropped), and it
   is never stored, forwarded or stamped.
@@ -190,11 +190,6 @@ async def _carry_signed_by(
     return answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open gap (docs/security.md): logout and password change revoke token families, not "
-    "device certificates; a stolen device key signs until the certificate expires (7 days)",
-)
 async def test_a_stolen_device_key_is_refused_after_its_owner_logs_out(
     relay: RelayProcess, http: httpx.Client
 ) -> None:

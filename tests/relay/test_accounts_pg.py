@@ -53,7 +53,7 @@ async def test_concurrent_starts_migrate_once(pg_dsn: str) -> None:
             )
         finally:
             await conn.close()
-        assert [r[0] for r in rows] == [1, 2, 3]
+        assert [r[0] for r in rows] == [1, 2, 3, 4]
     finally:
         await asyncio.gather(*(s.close() for s in stores))
 
@@ -306,3 +306,26 @@ async def test_database_gone_gives_503_not_500(pg_private_server: PostgresServer
                 assert r.headers["Retry-After"] == "1"
             r = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {access}"})
             assert (r.status_code, r.json()["code"]) == (503, "store_unavailable")
+
+
+async def test_a_revoked_sessions_certificates_are_listed_until_they_expire(pg_dsn: str) -> None:
+    """What the relay's rights cache loads at start and learns per revoked session."""
+    store = await PostgresAccountStore.open(pg_dsn)
+    try:
+        user = await _user(store)
+        for family in ("live", "gone"):
+            await store.create_family(
+                family_id=family, user_id=user, jti=family, expires_at=NOW + 600, now=NOW
+            )
+        await store.add_family_cert("live", "c-live", expires_at=NOW + 100)
+        await store.add_family_cert("gone", "c-gone", expires_at=NOW + 100)
+        await store.add_family_cert("gone", "c-gone-old", expires_at=NOW - 1)
+        await store.add_family_cert("gone", "c-gone", expires_at=NOW + 100)  # issued twice: one row
+        assert await store.revoked_cert_ids(now=NOW) == []
+        assert await store.revoke_family("gone", reason="logout", now=NOW)
+        assert await store.revoked_cert_ids(now=NOW) == ["c-gone"]
+        assert await store.family_cert_ids("gone", now=NOW) == ["c-gone"]
+        assert await store.family_cert_ids("live", now=NOW) == ["c-live"]
+        assert await store.revoked_cert_ids(now=NOW + 200) == []  # expired: nothing to refuse
+    finally:
+        await store.close()
