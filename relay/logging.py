@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 _SECRET_FIELD = re.compile(r"pass(word)?|token|secret|authorization|cookie|private|credential", re.I)
@@ -66,6 +66,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class ClientFaultFilter(logging.Filter):
+    """Fold uvicorn's reports of a client's malformed input into a short warning per interval.
+
+    Why: uvicorn logs a text frame with invalid UTF-8 at level error with a traceback (~3 KB a
+    line), although the fault is the client's and the connection is already closed with 1007, so
+    any client could fill the relay's error log (found by the fuzzing campaign). One warning line,
+    without the traceback, per ``interval_s``, says how many such frames it stands for.
+    """
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: float | None = None
+        self._folded = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.MESSAGES:
+            return True
+        self._folded += 1
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            return False
+        self._last = now
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        record.msg, record.args = "client sent a text frame with invalid UTF-8 (closed with 1007)", ()
+        record.frames = self._folded
+        self._folded = 0
+        return True
+
+
 def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> None:
     """Route every logger (ours, uvicorn's, asyncio's) through one JSON handler on ``stream``."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -80,6 +114,9 @@ def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> Non
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultFilter) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(ClientFaultFilter())
 
 
 def get_logger(name: str) -> logging.Logger:
