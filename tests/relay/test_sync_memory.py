@@ -25,13 +25,9 @@ import pytest
 from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, ValidationError
 from crdt_core.messages import Auth, ClientUpdate, CloseCode, ErrorMessage, Subscribe, Sync
-from relay.config import SyncLimits
-from relay.documents import DocumentManager
-from relay.metrics import MetricsRegistry
-from relay.rights import RightsCache
 from relay.store.sqlite import SQLiteDocumentStore
-from relay.sync_hub import SyncConnection, SyncHub, highest_stamp
-from tests.relay.test_sync_pipeline import DOC, RELAY_KEY, QueueTransport, Relay, Tokens, author
+from relay.sync_hub import SyncConnection
+from tests.relay.test_sync_pipeline import DOC, QueueTransport, Relay, author, serving_in_process
 
 #: Appended to refused messages so a leaked one would be visible in RSS too (not asserted on).
 PADDING = b"\x00" * 64_000
@@ -50,30 +46,8 @@ def gc_off() -> Iterator[None]:
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    store = await SQLiteDocumentStore.open(tmp_path)
-    manager = DocumentManager(store, highest_stamp=highest_stamp)
-    await manager.start()
-    hub = SyncHub(
-        manager=manager,
-        tokens=Tokens(),
-        rights=RightsCache(),
-        signing_key=lambda: RELAY_KEY,
-        trusted_keys=lambda: {RELAY_KEY.kid: RELAY_KEY.public},
-        epoch="e1",
-        metrics=MetricsRegistry(),
-        limits=SyncLimits(rate_per_s=1e6, burst=1_000_000),
-        max_inflight=8,
-    )
-    r = Relay(hub, store)
-    try:
+    async with serving_in_process(await SQLiteDocumentStore.open(tmp_path)) as r:
         yield r
-    finally:
-        await hub.shutdown(grace_s=0.5)
-        for task in r.tasks:
-            task.cancel()
-        await asyncio.gather(*r.tasks, return_exceptions=True)
-        await manager.close()
-        await store.close()
 
 
 async def _connection(relay: Relay, user: str) -> tuple[QueueTransport, weakref.ref[SyncConnection]]:

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,11 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield b
 
 
-@pytest.fixture
-async def relay(backend: StoreBackend) -> AsyncIterator[Relay]:
-    store = await backend.open()
+@asynccontextmanager
+async def serving_in_process(store: AnyDocumentStore) -> AsyncIterator[Relay]:
+    """A hub on ``store`` (closed on exit) with a fast rate limit and 8 updates in flight."""
     manager = DocumentManager(store, highest_stamp=highest_stamp)
     await manager.start()
-    limits = SyncLimits(rate_per_s=1e6, burst=1_000_000)
     hub = SyncHub(
         manager=manager,
         tokens=Tokens(),
@@ -136,7 +136,7 @@ async def relay(backend: StoreBackend) -> AsyncIterator[Relay]:
         trusted_keys=lambda: {RELAY_KEY.kid: RELAY_KEY.public},
         epoch="e1",
         metrics=MetricsRegistry(),
-        limits=limits,
+        limits=SyncLimits(rate_per_s=1e6, burst=1_000_000),
         max_inflight=8,
     )
     r = Relay(hub, store)
@@ -149,6 +149,12 @@ async def relay(backend: StoreBackend) -> AsyncIterator[Relay]:
         await asyncio.gather(*r.tasks, return_exceptions=True)
         await manager.close()
         await store.close()
+
+
+@pytest.fixture
+async def relay(backend: StoreBackend) -> AsyncIterator[Relay]:
+    async with serving_in_process(await backend.open()) as r:
+        yield r
 
 
 async def test_a_booking_is_one_message_per_recipient(relay: Relay) -> None:
