@@ -383,7 +383,9 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
 
     from relay.app import create_app
     from relay.fdlimit import AcceptErrorThrottle
+    from relay.malloc_tuning import tune_malloc_and_log
 
+    tune_malloc_and_log()  # before any worker thread takes an arena of its own
     lock = _hold_serve_lock(config.data_dir)  # noqa: F841 - held until the process exits
     config = _fit_open_files(config)
     app = create_app(config)
