@@ -596,3 +596,77 @@ def test_reads_never_create_maps() -> None:
     other = Replica(6)
     other.apply_update(replica.encode_state())
     assert other.get_bytes("m", "k") == b"v" and other.keys("m") == {"k"}
+
+
+# A 6-byte state vector or update whose first varint declares 2**28 entries: Yrs reserved memory
+# for the count before reading an entry (about 500 MiB). Run in a fresh interpreter so the peak
+# RSS belongs to these calls alone; "raw" hands the same bytes to pycrdt directly (the control,
+# which shows the measurement would catch the reservation).
+DECLARED_COUNT_PROBE = r"""
+import resource, sys
+import pycrdt
+from crdt_core.engine import Replica, diff_update, merge_updates, state_vector_of_update
+from crdt_core.errors import EngineError
+bomb = bytes([0x80, 0x80, 0x80, 0x80, 0x01, 0x01, 0x01])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+calls = {
+    "diff": lambda: Replica().diff(bomb),
+    "apply": lambda: Replica().apply_update(bomb),
+    "diff_update": lambda: diff_update(bomb, b"\x00"),
+    "diff_update_sv": lambda: diff_update(Replica().encode_state(), bomb),
+    "state_vector_of_update": lambda: state_vector_of_update(bomb),
+    "merge": lambda: merge_updates([bomb, bomb]),
+}
+if sys.argv[1] == "raw":
+    try:
+        pycrdt.Doc().get_update(bomb)
+    except BaseException:
+        pass
+else:
+    for name, call in calls.items():
+        try:
+            call()
+        except EngineError:
+            continue
+        raise SystemExit(f"{name} accepted the bytes")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def _declared_count_peak_mib(mode: str) -> int:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", DECLARED_COUNT_PROBE, mode],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return int(out.stdout.strip())
+
+
+def test_a_huge_declared_count_is_refused_before_the_engine_reserves_memory_for_it() -> None:
+    assert _declared_count_peak_mib("raw") > 200, "control: pycrdt no longer reserves for the count"
+    assert _declared_count_peak_mib("guarded") < 16
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x03\x01\x01\x01\x01\x01", b"\x02\x01", bytes([0xFF] * 11)],
+    ids=["three-entries-in-five-bytes", "two-entries-in-one-byte", "over-long-count"],
+)
+def test_state_vectors_promising_more_entries_than_bytes_are_engine_errors(data: bytes) -> None:
+    with pytest.raises(EngineError):
+        Replica().diff(data)
+
+
+def test_the_count_check_passes_every_real_state_vector_and_update() -> None:
+    a, b = Replica(), Replica()
+    for i in range(40):
+        a.set_value("m", f"k{i}", i)
+        b.set_value("n", f"k{i}", i)
+    b.apply_update(a.encode_state())
+    assert b.diff(a.state_vector()) and a.diff(b.state_vector())
+    assert diff_update(b.encode_state(), a.state_vector())
+    assert Replica().diff(b"\x00") == Replica().encode_state()
