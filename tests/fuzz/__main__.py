@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[{time.monotonic() - started:7.1f} s] round {n} seed {round_seed}: {s.total} cases "
                 f"({s.by_lane()}), {s.batches} batches, closes {dict(s.closes)}, acks {s.acks}, "
-                f"VmRSS peak {s.peak_rss / 2**20:.1f} MiB, violations {len(violations)}",
+                f"peak RSS (VmHWM) {s.peak_rss / 2**20:.1f} MiB, now {s.last_rss / 2**20:.1f}, "
+                f"violations {len(violations)}",
                 flush=True,
             )
             n += 1

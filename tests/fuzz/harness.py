@@ -53,6 +53,7 @@ from tests.fuzz.oracles import (
     FRAMING_CLOSES,
     Expect,
     joined_parts,
+    peak_rss_bytes,
     predict_first,
     predict_open,
     rss_bytes,
@@ -488,6 +489,10 @@ class FuzzSession:
         assert self.relay.proc is not None
         return rss_bytes(self.relay.proc.pid)
 
+    def _peak_rss(self) -> int:
+        assert self.relay.proc is not None
+        return peak_rss_bytes(self.relay.proc.pid)
+
     def _check_malformed(self, conn: FuzzConn) -> None:
         for text in conn.malformed:
             self.violation(f"{conn.name}: {text}")
@@ -507,11 +512,11 @@ class FuzzSession:
                 self.violation(f"/healthz answered {r.status_code}")
         except httpx.HTTPError as exc:
             self.violation(f"/healthz failed after {time.monotonic() - started:.1f} s: {exc!r}")
-        rss = self._rss()
-        self.stats.last_rss = rss
-        self.stats.peak_rss = max(self.stats.peak_rss, rss)
-        if rss > self.rss_bound:
-            self.violation(f"VmRSS {rss >> 20} MiB above the bound {self.rss_bound >> 20} MiB")
+        self.stats.last_rss = self._rss()
+        peak = self._peak_rss()
+        self.stats.peak_rss = max(self.stats.peak_rss, peak)
+        if peak > self.rss_bound:
+            self.violation(f"VmHWM {peak >> 20} MiB above the bound {self.rss_bound >> 20} MiB")
         await self._good_client_round()
         if self._auth is not None:
             self._check_malformed(self._auth)

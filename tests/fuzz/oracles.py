@@ -120,8 +120,19 @@ def predict_first(data: bytes | str, preauth_max: int, real_token: str) -> Expec
     return expect
 
 
-def rss_bytes(pid: int) -> int:
+def status_bytes(pid: int, field: str) -> int:
+    """A size field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``...) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def rss_bytes(pid: int) -> int:
+    return status_bytes(pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The highest resident set since the process started (the kernel's own high-water mark), so a
+    transient allocation between two samples counts too."""
+    return status_bytes(pid, "VmHWM")
