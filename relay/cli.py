@@ -233,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--max-connections", type=_positive_int, default=sl.max_connections, metavar="N")
     sync.add_argument("--send-queue-bytes", type=_positive_int, default=sl.send_queue_bytes, metavar="BYTES")
     sync.add_argument("--auth-deadline", type=float, default=sl.auth_deadline_s, metavar="S")
+    sync.add_argument(
+        "--max-anonymous-per-address",
+        type=_positive_int,
+        default=sl.max_anonymous_per_address,
+        metavar="N",
+        help="sync sockets one client address may hold before authenticating; more are closed"
+        " with 1013 (default: min(64, max-connections/8))",
+    )
     sync.add_argument("--idle-unload", type=float, default=sl.idle_unload_s, metavar="S")
     sync.add_argument(
         "--max-inflight",
@@ -247,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="redis:// URL whose streams carry updates between relay nodes sharing --store"
         " (default: $QUICKSLOT_RELAY_REDIS, else none: a single node)",
+    )
+    serve.add_argument(
+        "--restore-stamp-hold",
+        type=float,
+        default=d.restore_stamp_hold_s,
+        metavar="S",
+        help="after a restore (new epoch over stored documents), stamp no new claim for this long,"
+        " so clients re-send the stamps the backup lacks first (0: off; default %(default)s)",
     )
     serve.add_argument(
         "--forwarded-allow-ips",
@@ -331,10 +347,12 @@ def _config(args: argparse.Namespace) -> RelayConfig:
             max_connections=args.max_connections,
             send_queue_bytes=args.send_queue_bytes,
             auth_deadline_s=args.auth_deadline,
+            max_anonymous_per_address=args.max_anonymous_per_address,
             idle_unload_s=args.idle_unload,
             max_inflight=args.max_inflight,
         ),
         redis_url=args.redis,
+        restore_stamp_hold_s=args.restore_stamp_hold,
         rate_limits=RateLimits(
             login_account=args.login_rate_account,
             login_address=args.login_rate_address,
@@ -384,6 +402,7 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
     from relay.app import create_app
     from relay.fdlimit import AcceptErrorThrottle
     from relay.malloc_tuning import tune_malloc_and_log
+    from relay.ws_protocol import RelayWebSocketProtocol
 
     tune_malloc_and_log()  # before any worker thread takes an arena of its own
     lock = _hold_serve_lock(config.data_dir)  # noqa: F841 - held until the process exits
@@ -415,7 +434,8 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
         app,
         host=config.host,
         port=config.port,
-        ws="websockets-sansio",
+        # uvicorn's websockets-sansio protocol with the pong backlog bounded (relay.ws_protocol).
+        ws=RelayWebSocketProtocol,
         # Frames over the sync protocol's message limit are refused by the websocket layer
         # itself (close 1009) before a byte of them is parsed.
         ws_max_size=config.sync.max_message,

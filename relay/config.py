@@ -113,6 +113,27 @@ class SyncLimits:
     max_inflight: int = 64
     """Updates one connection may have received and not yet had acknowledged; at the bound the
     relay stops reading that socket (backpressure). Announced in ``welcome``."""
+    max_anonymous_per_address: int | None = None
+    """Sync websockets one client address may hold before they authenticate (``None``: derived
+    from ``max_connections``, see :attr:`anonymous_per_address`)."""
+
+    @property
+    def anonymous_per_address(self) -> int:
+        """The per-address cap on unauthenticated sync sockets (``relay.anonymous_slots``).
+
+        Default ``min(64, max(1, max_connections // 8))``. Why these numbers: an honest client
+        holds an unauthenticated socket for one round trip at most (the reference client sends
+        its token in the handshake and is never counted; a browser sends ``auth`` as its first
+        message), so even an office of a few hundred browsers behind one NAT address, all
+        reconnecting at once after a relay restart, has only a handful in that state at any
+        moment; 64 is far above that. And one address may hold at most 1/8 of the slots (0.64%
+        at the default 10,000), so exhausting ``--max-connections`` this way takes at least
+        eight addresses at the smallest setting and 157 at the default. The cap follows
+        ``max_connections`` after ``serve`` has fitted it to the open-file limit.
+        """
+        if self.max_anonymous_per_address is not None:
+            return self.max_anonymous_per_address
+        return min(64, max(1, self.max_connections // 8))
 
     def announce(self) -> dict[str, int]:
         """The limits a client is told in ``welcome`` (names from ``crdt_core.messages.Limit``)."""
@@ -179,6 +200,9 @@ class RelayConfig:
     # Several nodes on one store: ``redis://`` URL of the Redis whose streams carry each node's
     # commits to the others (relay.fanout). ``None``: one node, no fan-out beyond itself.
     redis_url: str | None = field(default=None, repr=False)
+    # After a restore (the epoch changed under stored documents): how long new claims wait
+    # unstamped so clients can re-send the stamps the backup lacks (relay.stamp_hold); 0: never.
+    restore_stamp_hold_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.access_ttl_s <= 0 or self.refresh_ttl_s <= 0 or self.certificate_ttl_s <= 0:
@@ -189,6 +213,8 @@ class RelayConfig:
             or self.argon2_memory_kib < 8 * self.argon2_lanes
         ):
             raise ValueError("Argon2 needs lanes >= 1, iterations >= 1 and memory >= 8 KiB per lane")
+        if not self.restore_stamp_hold_s >= 0:
+            raise ValueError("--restore-stamp-hold must be >= 0 seconds")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("--certfile and --keyfile go together")
         for flag, url in (("--store", self.store_url), ("--store-replica", self.store_replica_url)):

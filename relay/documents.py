@@ -197,6 +197,21 @@ def _durable_callback(
     return fire
 
 
+def _own_callback(
+    doc_id: str, fn: Callable[[AppendResult, bytes], None] | None, update: bytes
+) -> Callable[[AppendResult], None] | None:
+    if fn is None:
+        return None
+
+    def fire(result: AppendResult) -> None:
+        try:
+            fn(result, update)
+        except Exception:
+            log.exception("callback of the relay's own update failed for %s", doc_id)
+
+    return fire
+
+
 def _call(doc_id: str, fn: Callable[[], None]) -> None:
     try:
         fn()
@@ -715,6 +730,60 @@ class DocumentManager:
     async def apply(self, doc_id: str, update: bytes) -> Applied[None]:
         """:meth:`submit` with no check and no relay update (an update already validated)."""
         return await self.submit(doc_id, update, _no_check)
+
+    async def order_own(
+        self,
+        doc_id: str,
+        build: Callable[[Replica, StoredDocument, StampSequence], bytes | None],
+        on_durable: Callable[[AppendResult, bytes], None] | None = None,
+        on_commit: Callable[[AppendResult, bytes], None] | None = None,
+    ) -> asyncio.Future[AppendResult] | None:
+        """Order an update of the relay's own, with no incoming update (stamps for claims stored
+        earlier: :mod:`relay.stamp_hold`). Returns its commit, or ``None`` if ``build`` made none.
+
+        Under the lock, after every commit ordered before has settled, ``build(replica, stored,
+        stamps)`` sees the document and the store's view of it (its log in seq order: the order
+        the relay stored things in) and takes stamp numbers as ``build_extra`` does; the update
+        is applied and ordered as one append, stamp counter checked and advanced in it.
+        ``on_durable(result, update)`` runs in seq order once it is durable, like :meth:`order`'s.
+        """
+        async with self._locked(doc_id, settle=True) as entry:
+            replica = entry.replica
+            assert replica is not None
+            stored = await self._store.load(doc_id)
+            stamps = StampSequence(entry.next_stamp)
+            try:
+                built = build(replica, stored, stamps)
+                stamps.close()
+                if built is None:
+                    if stamps.count:
+                        raise ValueError("build took stamp numbers but returned no update")
+                    return None
+                update = bytes(built)
+                replica.apply_update(update)
+                commit = asyncio.ensure_future(
+                    self._store.enqueue_append(
+                        doc_id,
+                        [update],
+                        stamp_base=stamps.base if stamps.count else None,
+                        stamp_count=stamps.count,
+                    )
+                )
+            except BaseException:
+                self._poison(entry)
+                raise
+            entry.next_stamp += stamps.count
+            if stamps.count:
+                entry.stamp_commit = commit
+            self._track(
+                entry,
+                commit,
+                _own_callback(doc_id, on_durable, update),
+                _own_callback(doc_id, on_commit, update),
+            )
+            entry.size += len(update)
+            self._loaded_bytes += len(update)
+        return commit
 
     # --- other nodes (see "Several nodes") ------------------------------------------------------
 

@@ -368,6 +368,9 @@ class SyncStatusOut(BaseModel):
     store_epoch: str
     server_time_ms: int
     server_time: str
+    #: A restored relay's stamp hold (``relay.stamp_hold``): ``active``, ``window_open``,
+    #: ``until``, ``remaining_s``, ``held_claims``, ``stamped_claims``; None before sync starts.
+    restore_stamp_hold: dict[str, Any] | None = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -551,6 +554,7 @@ async def sync_status(ctx: CtxDep) -> SyncStatusOut:
         store_epoch=ctx.epoch,
         server_time_ms=int(now * 1000),
         server_time=datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        restore_stamp_hold=hold.status() if (hold := ctx.components.get("stamp_hold")) is not None else None,
     )
 
 

@@ -30,6 +30,7 @@ from relay.documents import DocumentManager
 from relay.fanout import open_fanout
 from relay.logging import get_logger, log_event
 from relay.rights import RightsCache
+from relay.stamp_hold import open_stamp_hold
 from relay.store.open import AnyDocumentStore, open_document_store, store_description
 from relay.sync_hub import SyncHub, highest_stamp
 
@@ -44,7 +45,7 @@ def _uvicorn_sansio(ws: WebSocket) -> Any | None:
     the protocol's bound ``receive`` method. Every attribute ``send_many`` touches is checked.
     """
     proto = getattr(getattr(ws, "_receive", None), "__self__", None)
-    if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+    if proto is None or "WebSocketsSansIOProtocol" not in {c.__name__ for c in type(proto).__mro__}:
         return None
     needed = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete")
     if not all(hasattr(proto, name) for name in needed):
@@ -117,6 +118,14 @@ class AsgiTransport:
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
 
+    def abort(self) -> None:
+        """Drop the TCP connection now, without the closing handshake (off uvicorn's sans-I/O
+        protocol: nothing). For a peer that takes no bytes: neither asyncio's ``close`` nor
+        uvicorn's close timeout ever ends a connection whose write buffer cannot drain."""
+        proto = self._sansio
+        if proto is not None and not proto.disconnected:
+            proto.transport.abort()
+
 
 def bearer_token(headers: Any) -> str | None:
     value = headers.get("authorization")
@@ -124,6 +133,13 @@ def bearer_token(headers: Any) -> str | None:
         return None
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+def client_host(ws: WebSocket) -> str | None:
+    """The client's address as the REST rate limits see it (``relay.http_api._client_address``):
+    the ASGI scope's ``client``, which uvicorn rewrites from ``X-Forwarded-For`` when the peer is
+    a proxy trusted with ``--forwarded-allow-ips``."""
+    return ws.client.host if ws.client else None
 
 
 #: The cyclic GC's first threshold while the relay serves (CPython's default is 700; see
@@ -142,6 +158,7 @@ class SyncExtension:
         self.hub: SyncHub | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
+        self._hold_task: asyncio.Task[None] | None = None
 
     def install(self, app: FastAPI, ctx: RelayContext) -> None:
         @app.websocket("/api/v1/sync")
@@ -151,7 +168,7 @@ class SyncExtension:
             if hub is None:
                 await ws.close(1013, "relay starting: try again shortly")
                 return
-            await hub.serve(AsgiTransport(ws), bearer_token(ws.headers))
+            await hub.serve(AsgiTransport(ws), bearer_token(ws.headers), client_host(ws))
 
     async def start(self, ctx: RelayContext) -> None:
         commit_latency = ctx.metrics.histogram(
@@ -194,6 +211,11 @@ class SyncExtension:
             fanout=open_fanout(self.config.redis_url),  # None on a single node (relay.fanout)
         )
         await hub.start_fanout()
+        hold = await open_stamp_hold(self.store, self.config.restore_stamp_hold_s)
+        hub.stamp_hold = hold
+        hold.register_metrics(ctx.metrics)
+        ctx.components["stamp_hold"] = hold
+        self._hold_task = asyncio.create_task(hold.run(hub.stamp_held), name="restore-stamp-hold")
         manager = self.manager
         loaded = ctx.metrics.gauge("quickslot_loaded_documents", "Documents loaded in memory")
         loaded.set_function(lambda: float(manager.loaded_count))
@@ -249,6 +271,9 @@ class SyncExtension:
             self._gc_threshold = None
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._hold_task is not None:
+            self._hold_task.cancel()  # a sweep cut short runs again at the next start
+            await asyncio.gather(self._hold_task, return_exceptions=True)
         if self.hub is not None:
             await self.hub.shutdown()
             await self.hub.stop_fanout()

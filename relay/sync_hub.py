@@ -31,9 +31,17 @@ right away, before the next ``await``, so answers and the live stream never over
   connection that got messages in that turn, all of a connection's messages with one socket
   write, with no task switch per recipient; a connection whose socket is full (flow control), or
   a transport without ``write_now``, is written by its own writer task, which waits.
-* **Slow consumers**: a queue over its byte budget closes the connection with 1013 ("try again
-  later"); the client reconnects and catches up by state vector, and the relay's memory per
-  connection stays bounded.
+* **Unauthenticated sockets**: one client address holds at most ``anonymous_per_address`` sockets
+  that have not sent ``auth`` yet; the next is closed with 1013 at once (``relay.anonymous_slots``).
+* **Slow consumers**: a queue over its byte budget whose socket takes nothing now closes the
+  connection with 1013 ("try again later"); the client reconnects and catches up by state
+  vector. (Over budget with a socket that takes bytes, as when one turn queues a large group
+  commit's fan-out or a sync answer larger than the budget, the queue is written at once.) Per
+  connection the relay holds at most the queue, the batch the writer task waits to send and the
+  socket's write buffer (under asyncio's 64 KiB high-water mark plus one write): about three
+  budgets plus 64 KiB, or one larger message. A connection the hub closes is dropped
+  ``CLOSE_GRACE_S`` later (``Transport.abort``): a peer that stopped reading never takes its
+  close frame. (Pongs: ``relay.ws_protocol``.)
 * **Several nodes** (a :class:`relay.fanout.Fanout`; without one none of this runs): every append
   this node commits is published at once (``on_commit``), and every other node's append goes to
   ``DocumentManager.remote_commit``, which applies it to the loaded replica and, in seq order with
@@ -65,7 +73,15 @@ from crdt_core.authoring import write_stamps
 from crdt_core.certs import CertificateCache, SigningKey
 from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, ValidationError
-from crdt_core.messages import MAX_STAMPS, CloseCode, ErrorCode, Limit, encode_stamped, encode_update
+from crdt_core.messages import (
+    MAX_STAMPS,
+    CloseCode,
+    ErrorCode,
+    Limit,
+    encode_stamp,
+    encode_stamped,
+    encode_update,
+)
 from crdt_core.protocol import (
     AuthRequested,
     RelayProtocol,
@@ -76,6 +92,7 @@ from crdt_core.protocol import (
 from crdt_core.schema import parse_doc_id
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
 from crdt_core.yupdate import decode_update
+from relay.anonymous_slots import AnonymousSlots, address_key
 from relay.config import SyncLimits
 from relay.documents import (
     Applied,
@@ -89,7 +106,8 @@ from relay.documents import (
 from relay.fanout.base import Committed, Fanout
 from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
-from relay.store.base import AppendResult, StampConflictError, StoreError
+from relay.stamp_hold import StampHold, held_claims
+from relay.store.base import AppendResult, StampConflictError, StoredDocument, StoreError
 from relay.tokens import Claims, TokenError, TokenExpired, TokenRevoked
 
 log = logging.getLogger("quickslot.relay.sync")
@@ -102,7 +120,12 @@ DEFAULT_MAX_INFLIGHT = SyncLimits.max_inflight
 #: longest random pause before one attempt (jitter: several nodes contending for one document
 #: would otherwise collide again in lockstep).
 STAMP_CONFLICT_RETRIES = 20
+#: Close reason (with 1013) for a socket over the per-address cap on unauthenticated sockets.
+ANONYMOUS_CAP_REASON = "too many unauthenticated connections from your address: try again later"
 STAMP_RETRY_MAX_PAUSE_S = 0.05
+#: How long a connection the hub closed may take to read what is queued and the close frame;
+#: then it is dropped (``Transport.abort``), so a peer that stopped reading is disconnected too.
+CLOSE_GRACE_S = 5.0
 
 
 class Transport(Protocol):
@@ -119,7 +142,9 @@ class Transport(Protocol):
     # Optional: ``async def send_many(self, items: list[bytes]) -> None`` sends several messages
     # with one socket write; the writer uses it when the transport has it. And
     # ``def write_now(self, items: list[bytes]) -> bool`` writes them at once if the socket takes
-    # them without waiting, else returns False (the writer task then sends them).
+    # them without waiting, else returns False (the writer task then sends them). And
+    # ``def abort(self) -> None`` drops the connection at once, without the closing handshake:
+    # ``CLOSE_GRACE_S`` after the hub closes a connection (a no-op if it is gone by then).
 
 
 class TokenVerifier(Protocol):
@@ -178,6 +203,9 @@ class SyncConnection:
         #: With several nodes: per document, open once this connection's last booking is stored
         #: or ordered again (``SyncHub._order``).
         self.stamping: dict[str, asyncio.Future[None]] = {}
+        #: While this connection holds an unauthenticated slot: the address key it is counted
+        #: under (``SyncHub.anonymous``); None before, after authentication and once closed.
+        self.anonymous_key: str | None = None
 
     @property
     def user(self) -> str | None:
@@ -189,12 +217,19 @@ class SyncConnection:
         """Queue bytes for the writer; a consumer over its budget is cut off, never buffered forever."""
         if self.closing is not None:
             return
-        if self.queued_bytes + len(data) > self.hub.limits.send_queue_bytes:
-            self.hub.metrics_slow.inc()
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect and catch up")
-            return
         self.queue.append(data)
         self.queued_bytes += len(data)
+        if self.queued_bytes > self.hub.limits.send_queue_bytes:
+            # Over budget is "behind" only if the socket takes nothing now: one event-loop turn
+            # can queue more than the budget (a group commit's fan-out, a sync answer larger
+            # than the budget) before its end-of-turn write, for a consumer that keeps up.
+            self.write_queued()
+            if self.queue:
+                self.queue.pop()
+                self.queued_bytes -= len(data)
+                self.hub.metrics_slow.inc()
+                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: reconnect and catch up")
+                return
         if self.write_now is None:
             self.wakeup.set()
         elif not self.dirty:
@@ -231,6 +266,11 @@ class SyncConnection:
         if self.closing is None:
             self.closing = (int(code), reason)
             self.wakeup.set()
+            abort = getattr(self.transport, "abort", None)
+            if abort is not None:
+                # A peer that reads nothing never takes the close frame (it waits behind the
+                # queue); the relay would hold the socket, its buffers and its slot for ever.
+                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, abort)
 
     async def writer(self) -> None:
         send_many = getattr(self.transport, "send_many", None)
@@ -301,11 +341,20 @@ class SyncHub:
         self.stopping = False
         self.fanout = fanout
         self._retries: set[asyncio.Task[None]] = set()
+        #: A restored relay's stamp hold (``relay.stamp_hold``); None: stamp at once, always.
+        self.stamp_hold: StampHold | None = None
+        #: Unauthenticated sockets per client address (relay.anonymous_slots).
+        self.anonymous = AnonymousSlots(self.limits.anonymous_per_address)
         if fanout is not None:
             manager.on_catchup = self._catchup
         m = metrics
         self.gauge_conns = m.gauge("quickslot_connections", "Open sync websocket connections")
         self.gauge_conns.set_function(lambda: float(len(self.connections)))
+        anonymous = m.gauge("quickslot_anonymous_connections", "Open sync websockets not authenticated yet")
+        anonymous.set_function(lambda: float(self.anonymous.total))
+        self.refused = m.counter(
+            "quickslot_sync_refused_total", "Sync websockets refused on connect, by reason", ["reason"]
+        )
         self.updates_in = m.counter("quickslot_updates_in_total", "Updates received from clients")
         self.updates_out = m.counter("quickslot_updates_out_total", "Update deliveries to subscribers")
         self.bytes_in = m.counter("quickslot_sync_bytes_in_total", "Bytes received on sync websockets")
@@ -433,15 +482,32 @@ class SyncHub:
 
     # --- connection lifecycle --------------------------------------------------------------------
 
-    async def serve(self, transport: Transport, header_token: str | None = None) -> None:
-        """Run one connection until it closes. Never raises for anything the peer sends."""
+    async def serve(
+        self, transport: Transport, header_token: str | None = None, client: str | None = None
+    ) -> None:
+        """Run one connection until it closes. Never raises for anything the peer sends.
+
+        ``client``: the peer's address (after proxy headers), for the per-address cap on
+        sockets that have not authenticated (``relay.anonymous_slots``); a socket with a header
+        token is authenticated or closed before it reads anything, so it is not counted.
+        """
         conn = SyncConnection(self, transport, header_token)
         if self.stopping:
             await transport.close(CloseCode.GOING_AWAY, "relay restarting: come back shortly")
             return
         if len(self.connections) >= self.limits.max_connections:
+            self.refused.labels("relay_full").inc()
             await transport.close(CloseCode.TRY_AGAIN_LATER, "relay full: try again later")
             return
+        if header_token is None:
+            key = address_key(client)
+            if not self.anonymous.take(key):
+                self.refused.labels("anonymous_per_address").inc()
+                await transport.close(CloseCode.TRY_AGAIN_LATER, ANONYMOUS_CAP_REASON)
+                return
+            # Released by _drop in the ``finally`` below (nothing between can raise or
+            # switch tasks) or at authentication, whichever comes first.
+            conn.anonymous_key = key
         self.connections.add(conn)
         writer = asyncio.create_task(conn.writer(), name=f"sync-writer-{conn.id}")
         try:
@@ -514,6 +580,7 @@ class SyncHub:
                 conn.proto.reject_auth(CloseCode.ACCOUNT_DISABLED, "account disabled")
             else:
                 conn.claims = claims
+                self._release_anonymous(conn)
                 limits = {**self.limits.announce(), Limit.MAX_INFLIGHT: self.max_inflight}
                 conn.proto.accept_auth(claims.sub, self.epoch, SERVER_NAME, limits)
                 delay = claims.exp - time.time()
@@ -535,6 +602,13 @@ class SyncHub:
                     del self.subscribers[doc]
             pin.release()
         conn.pins.clear()
+        self._release_anonymous(conn)
+
+    def _release_anonymous(self, conn: SyncConnection) -> None:
+        """Give back the connection's unauthenticated slot, if it holds one (idempotent)."""
+        key, conn.anonymous_key = conn.anonymous_key, None
+        if key is not None:
+            self.anonymous.release(key)
 
     # --- subscribe -------------------------------------------------------------------------------
 
@@ -614,11 +688,69 @@ class SyncHub:
                 claims = [r.id for r in checked.new_reservations]
             if not claims:
                 return None
+            hold = self.stamp_hold
+            if hold is not None and hold.holds(doc):
+                # A restored relay's stamp hold: stored and forwarded, stamped when it ends.
+                hold.note_held(doc, len(claims))
+                return None
             numbers = [stamps.next() for _ in claims]
             _, update = write_stamps(replica, doc, self.signing_key(), claims, numbers[0], self.clock_ms())
             return update
 
         return build
+
+    async def stamp_held(self, doc: str) -> int:
+        """Stamp the claims a restore's stamp hold left unstamped in ``doc`` (``relay.stamp_hold``),
+        in the order they were stored, as one append; subscribers get a ``stamp``. Returns how
+        many were stamped, once durable.
+
+        Raises:
+            StoreError: the append failed (nothing of it is stored; the document reloads).
+        """
+        hold = self.stamp_hold
+        stamped: list[tuple[int, str]] = []
+
+        def build(replica: Replica, stored: StoredDocument, stamps: StampSequence) -> bytes | None:
+            claims = held_claims(replica, doc, stored)
+            if hold is not None:
+                hold.mark_swept(doc)  # under the lock: later claims are stamped after these
+            if not claims:
+                return None
+            first = stamps.next()
+            for _ in claims[1:]:
+                stamps.next()
+            stamped.extend(zip(range(first, first + len(claims)), claims, strict=True))
+            _, update = write_stamps(replica, doc, self.signing_key(), claims, first, self.clock_ms())
+            return update
+
+        def publish(result: AppendResult, update: bytes) -> None:
+            self.stamps_issued.inc(len(stamped))
+            subs = self.subscribers.get(doc, {})
+            if len(stamped) <= MAX_STAMPS:
+                data = encode_stamp(doc, result.seq, update, stamped)
+            else:  # too many for one summary: the stamp records alone, as a plain update
+                data = encode_update(doc, update, result.seq)
+            delivered = 0
+            for conn, base in subs.items():
+                if result.seq > base and conn.proto.is_live(doc):
+                    conn.push(data)
+                    delivered += 1
+            self.updates_out.inc(delivered)
+
+        announce = None
+        if self.fanout is not None:
+            fanout = self.fanout
+
+            def announce(result: AppendResult, update: bytes) -> None:
+                fanout.publish(
+                    Committed(fanout.node_id, doc, result.seq, (update,), tuple(stamped), result.stamps.stop)
+                )
+
+        commit = await self.manager.order_own(doc, build, on_durable=publish, on_commit=announce)
+        if commit is None:
+            return 0
+        await asyncio.shield(commit)
+        return len(stamped)
 
     async def _update(self, conn: SyncConnection, doc: str, uid: int, update: bytes) -> None:
         started = time.monotonic()

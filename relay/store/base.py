@@ -27,6 +27,9 @@ Theory of operation (every implementation must keep these promises):
   the highest stamp found in the merged document.
 * **Compaction** folds snapshot + log into a new snapshot and deletes only the rows it covers, in
   one transaction, so an append that commits meanwhile is never lost.
+* **Meta**: a few named values beside the documents (:class:`DocumentMeta`), stored with
+  them so they are backed up and restored with them: the epoch the documents were last served
+  under, and a restore's stamp hold (:mod:`relay.stamp_hold`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -43,6 +46,7 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "AppendResult",
     "CompactionResult",
+    "DocumentMeta",
     "DocumentStore",
     "FIRST_STAMP",
     "MAX_DOC_ID_LENGTH",
@@ -52,6 +56,7 @@ __all__ = [
     "StoreStats",
     "StoredDocument",
     "check_doc_id",
+    "check_meta_key",
     "load_or_create_epoch",
     "should_compact",
 ]
@@ -216,6 +221,30 @@ class DocumentStore(Protocol):
         ...
 
 
+@runtime_checkable
+class DocumentMeta(Protocol):
+    """The meta values beside the documents (see "Meta" above); both stores offer it.
+
+    Separate from :class:`DocumentStore` because the document manager never needs it: only the
+    restore stamp hold (:mod:`relay.stamp_hold`) does.
+    """
+
+    @property
+    def epoch(self) -> str: ...
+
+    async def get_meta(self, key: str) -> str | None:
+        """The named value (``None`` if unset), as committed."""
+        ...
+
+    async def put_meta(self, values: Mapping[str, str | None]) -> None:
+        """Set (``None``: delete) the named values in one durable transaction."""
+        ...
+
+    async def docs_updated_since(self, since: float) -> list[str]:
+        """Ids of documents written at or after ``since`` (Unix seconds, the store's clock)."""
+        ...
+
+
 def should_compact(log_bytes: int, snapshot_bytes: int, min_bytes: int = 0) -> bool:
     """DESIGN's rule: compact when the log's bytes outgrow the snapshot's (not after a fixed count).
 
@@ -234,6 +263,19 @@ def check_doc_id(doc_id: str) -> str:
     if len(doc_id) > MAX_DOC_ID_LENGTH:
         raise ValueError(f"doc id longer than {MAX_DOC_ID_LENGTH} characters")
     return doc_id
+
+
+#: Meta keys are short names; ``epoch`` is not one of them (PostgreSQL keeps the database's epoch
+#: in the same table, and only :func:`relay.store.pg_migrations.load_or_create_epoch` writes it).
+_META_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def check_meta_key(key: str) -> str:
+    if not isinstance(key, str) or not key or len(key) > 64 or not set(key) <= _META_KEY_CHARS:
+        raise ValueError(f"meta key must be 1-64 of [a-z0-9_], got {key!r}")
+    if key == "epoch":
+        raise ValueError("the epoch is not a document meta value")
+    return key
 
 
 def load_or_create_epoch(directory: str | os.PathLike[str], *, wait_seconds: float = 2.0) -> str:

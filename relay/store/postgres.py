@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 import asyncpg
@@ -83,6 +84,7 @@ from relay.store.base import (
     StoreError,
     StoreStats,
     check_doc_id,
+    check_meta_key,
 )
 from relay.store.group_commit import (
     Append,
@@ -312,6 +314,34 @@ class PostgresDocumentStore(GroupCommitStore):
         if self._pool is None or self._closing:
             raise StoreClosedError("store is closed")
         return self._pool
+
+    # --- meta (rows of relay_meta beside the epoch; see relay.store.base) --------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        check_meta_key(key)
+        value = await self._primary().fetchval("SELECT value FROM relay_meta WHERE key = $1", key)
+        return None if value is None else str(value)
+
+    async def put_meta(self, values: Mapping[str, str | None]) -> None:
+        items = [(check_meta_key(k), v) for k, v in values.items()]
+        async with self._primary().acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")  # durable, like the appends
+            for key, value in items:
+                if value is None:
+                    await conn.execute("DELETE FROM relay_meta WHERE key = $1", key)
+                else:
+                    await conn.execute(
+                        "INSERT INTO relay_meta (key, value) VALUES ($1, $2)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        key,
+                        value,
+                    )
+
+    async def docs_updated_since(self, since: float) -> list[str]:
+        rows = await self._primary().fetch(
+            "SELECT doc_id FROM doc_head WHERE updated >= to_timestamp($1) ORDER BY doc_id", since
+        )
+        return [str(r["doc_id"]) for r in rows]
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Literal, TypeVar
@@ -57,6 +57,7 @@ from relay.store.base import (
     StoreError,
     StoreStats,
     check_doc_id,
+    check_meta_key,
     load_or_create_epoch,
 )
 from relay.store.group_commit import (
@@ -111,6 +112,10 @@ CREATE TABLE IF NOT EXISTS doc_snapshot (
     data BLOB NOT NULL,
     covered_seq INTEGER NOT NULL,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS doc_meta (
+    key TEXT PRIMARY KEY,            -- relay.store.base.check_meta_key
+    value TEXT NOT NULL
 );
 """
 
@@ -319,6 +324,26 @@ class SQLiteDocumentStore(GroupCommitStore):
         )
         return [str(doc_id) for (doc_id,) in rows]
 
+    # --- meta --------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        check_meta_key(key)
+        rows = list(await self._reader().execute_fetchall("SELECT value FROM doc_meta WHERE key = ?", (key,)))
+        return str(rows[0][0]) if rows else None
+
+    async def put_meta(self, values: Mapping[str, str | None]) -> None:
+        items = [(check_meta_key(k), v) for k, v in values.items()]
+        if self._closing or self._writer is None:
+            raise StoreClosedError("store is closed")
+        # In the writer's thread, so it is serialised with the group commits (same connection).
+        await self._in_writer(_put_meta, self._writer, items)
+
+    async def docs_updated_since(self, since: float) -> list[str]:
+        rows = await self._reader().execute_fetchall(
+            "SELECT doc_id FROM doc_head WHERE updated >= ? ORDER BY doc_id", (since,)
+        )
+        return [str(doc_id) for (doc_id,) in rows]
+
     # --- the writer's transaction ------------------------------------------------------------
 
     async def _write(self, batch: list[Job]) -> tuple[list[Outcome], dict[str, Head]]:
@@ -328,6 +353,26 @@ class SQLiteDocumentStore(GroupCommitStore):
         # The jobs' futures belong to the event loop: hand the thread plain data only.
         work = [_plain(job) for job in batch]
         return await self._in_writer(_run_transaction, conn, work, time.time())
+
+
+def _put_meta(conn: sqlite3.Connection, items: list[tuple[str, str | None]]) -> None:
+    """In the writer thread: set or delete meta values in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for key, value in items:
+            if value is None:
+                conn.execute("DELETE FROM doc_meta WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO doc_meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _plain(job: Job) -> tuple[object, ...]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -254,7 +255,9 @@ class Restored:
 def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     root = tmp_path_factory.mktemp("restore")
     shop, d = "epochshop", day(3)
-    relay = FixedPortRelay(root / "relay-data")
+    # A short restore stamp hold (relay/stamp_hold.py; 600 s by default): claims made right after
+    # the restore wait for it, as they would in production.
+    relay = FixedPortRelay(root / "relay-data", "--restore-stamp-hold", "1")
     relay.start()
 
     async def before_and_after() -> Restored:
@@ -300,6 +303,15 @@ def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
         relay.stop()
 
 
+async def stamp_hold_over(relay: FixedPortRelay, timeout: float = 15.0) -> None:
+    """Wait until the restored relay's stamp hold has ended (``/api/v1/sync/status``)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=relay.base_url, timeout=5) as http:
+        while (await http.get("/api/v1/sync/status")).json()["restore_stamp_hold"]["active"]:
+            assert time.monotonic() < deadline, "the restore stamp hold did not end"
+            await asyncio.sleep(0.1)
+
+
 async def reopen(world: Restored, name: str) -> tuple[LocalClient, SyncService]:
     local = await open_profile(world.homes[name])
     return local, fast_service(local, world.relay, AuthClient(local, world.relay.base_url))
@@ -339,6 +351,8 @@ async def test_relay_restored_from_backup_gets_back_lost_bookings(restored: Rest
     assert seen[restored.cancelled].state is ClaimState.CANCELLED
     # New claims after the restore are numbered after the restored stamps, never on top of them.
     c1 = await cal.book(shop, d, SLOT)
+    await cal_sync.sync_once()
+    await stamp_hold_over(restored.relay)  # cal's claim may have waited for it, unstamped
     for svc in (cal_sync, ann_sync, ben_sync, cal_sync):
         await svc.sync_once()
     mine = await cal.reservation(c1.reservation_id)

@@ -26,6 +26,7 @@ from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, U
 from crdt_core.reader import read_bookings
 from crdt_core.records import sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation, UserProfile
+from relay.sync_hub import ANONYMOUS_CAP_REASON
 from tests.fuzz.corpus import build_corpus
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, bearer, run_cli
 from tests.relay.sync_helpers import Account, SyncClient, new_account
@@ -218,12 +219,17 @@ async def test_connection_slots_are_bounded_and_anonymous_sockets_hold_them_unti
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """``--max-connections`` bounds the relay's sockets; unauthenticated ones count too, for at
-    most ``--auth-deadline`` each (the denial-of-service limit stated in docs/security.md)."""
+    most ``--auth-deadline`` each (the denial-of-service limit stated in docs/security.md). One
+    address holds at most ``--max-anonymous-per-address`` of them (here the default, 3 // 8 -> 1),
+    so filling the relay this way takes three source addresses."""
     data = tmp_path_factory.mktemp("slots") / "data"
     flags = ("--max-connections", "3", "--auth-deadline", "2")
     with RelayProcess(data, *GENEROUS_LIMITS, *flags) as relay, relay.client() as http:
         acct = new_account(relay, http)
-        silent = [await SyncClient.connect(relay, None) for _ in range(3)]
+        silent = [await SyncClient.connect(relay, None, local_address="127.0.0.1")]
+        second = await SyncClient.connect(relay, None, local_address="127.0.0.1")
+        assert await asyncio.wait_for(second.closed, 10) == (CloseCode.TRY_AGAIN_LATER, ANONYMOUS_CAP_REASON)
+        silent += [await SyncClient.connect(relay, None, local_address=a) for a in ("127.0.0.2", "127.0.0.3")]
         refused = await SyncClient.connect(relay, acct.access)
         code, _ = await asyncio.wait_for(refused.closed, 10)
         assert code == CloseCode.TRY_AGAIN_LATER  # relay full, come back later
@@ -232,5 +238,5 @@ async def test_connection_slots_are_bounded_and_anonymous_sockets_hold_them_unti
             assert code == CloseCode.AUTH_TIMEOUT
         admitted = await SyncClient.connect(relay, acct.access)
         assert isinstance(await admitted.subscribe(f"bookings:slots:{DAY}", Replica()), DocSynced)
-        for c in (*silent, refused, admitted):
+        for c in (*silent, second, refused, admitted):
             await c.close()

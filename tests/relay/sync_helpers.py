@@ -88,10 +88,15 @@ class SyncClient:
         self._uid = 0
 
     @classmethod
-    async def connect(cls, relay: RelayProcess, token: str | None, *, header: bool = True) -> SyncClient:
+    async def connect(
+        cls, relay: RelayProcess, token: str | None, *, header: bool = True, local_address: str | None = None
+    ) -> SyncClient:
+        """``local_address``: the source address to connect from (any of 127.0.0.0/8 on Linux),
+        for tests of per-address limits."""
         url = f"ws://{relay.host}:{relay.port}/api/v1/sync"
         headers = {"Authorization": f"Bearer {token}"} if (token and header) else None
-        ws = await websockets.connect(url, additional_headers=headers, max_size=64 * 1024 * 1024)
+        local: dict[str, Any] = {"local_addr": (local_address, 0)} if local_address else {}
+        ws = await websockets.connect(url, additional_headers=headers, max_size=64 * 1024 * 1024, **local)
         proto = ClientProtocol(header_auth=bool(token and header))
         client = cls(ws, proto)
         if token and not header:
