@@ -88,7 +88,9 @@ AUTH_LIMIT_ARGS = [
     "--register-rate-address", "1000000/60",
 ]  # fmt: skip
 #: Sync limits raised for measuring: updates per second and burst per connection, documents per
-#: connection, connections, and a send queue deep enough for a 10,000-update catch-up burst.
+#: connection, connections, and a send queue deep enough that the measuring clients, which share
+#: the cores with the server, are never cut off as slow consumers mid-run (a measurement of
+#: throughput, not of the cut-off, which tests/relay/test_slow_consumer.py covers).
 SYNC_LIMIT_ARGS = [
     "--sync-rate", "1000000", "--sync-burst", "1000000", "--max-docs", "100000",
     "--max-connections", "100000", "--send-queue-bytes", str(256 * 1024 * 1024),
