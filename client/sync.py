@@ -63,6 +63,7 @@ from client.store import OutboxEntry, RejectedClient
 from client.tls import tls_failure
 from crdt_core.errors import EngineError, LocalProtocolError
 from crdt_core.messages import CloseAction, CloseCode, ErrorCode, close_action
+from crdt_core.pop import SYNC, proof_headers
 from crdt_core.protocol import (
     Acked,
     ClientProtocol,
@@ -697,10 +698,17 @@ class SyncService:
             except LoginRequired as exc:
                 await self._logged_out()
                 raise SyncLoginRequired(f"log in again ({exc.code})") from exc
+            identity = self.local.identity
+            try:
+                # A token bound to the device key goes with a proof of possession (crdt_core.pop).
+                headers = proof_headers(token, identity.device.private if identity else None, SYNC)
+            except ValueError as exc:
+                await self._logged_out()
+                raise SyncLoginRequired(f"log in again ({exc})") from exc
             try:
                 ws = await websockets.connect(
                     self.ws_url,
-                    additional_headers={"Authorization": f"Bearer {token}"},
+                    additional_headers=headers,
                     max_size=_MAX_DOWNLOAD,
                     open_timeout=self.connect_timeout_s,
                     # wss:// with no context of ours: the system's CAs (None would be a ValueError).
