@@ -159,6 +159,10 @@ class Subject(ABC):
     def token(self, client: int) -> str | None:
         return None
 
+    def device_key(self, client: int) -> bytes | None:
+        """The raw Ed25519 private key ``token(client)`` is bound to (the proof of possession)."""
+        return None
+
 
 # --- QuickSlot ------------------------------------------------------------------------------------
 
@@ -266,6 +270,13 @@ class QuickSlotAsgi(Subject):
 
     def token(self, client: int) -> str | None:
         return self.identities[client].access
+
+    def device_key(self, client: int) -> bytes | None:
+        from crdt_core.authoring import Author
+
+        author = self.identities[client].author
+        assert isinstance(author, Author)
+        return author.device.private.private_bytes_raw()
 
     def metric(self, name: str) -> float | None:
         """One unlabelled value from ``/metrics`` (e.g. ``quickslot_loaded_documents``)."""
@@ -388,6 +399,9 @@ class QuickSlotDirect(Subject):
 
     def token(self, client: int) -> str | None:
         return self.relay.token(client)
+
+    def device_key(self, client: int) -> bytes | None:
+        return self.relay.device_key(client)
 
 
 # --- baselines ------------------------------------------------------------------------------------
