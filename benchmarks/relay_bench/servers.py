@@ -272,11 +272,7 @@ class QuickSlotAsgi(Subject):
         return self.identities[client].access
 
     def device_key(self, client: int) -> bytes | None:
-        from crdt_core.authoring import Author
-
-        author = self.identities[client].author
-        assert isinstance(author, Author)
-        return author.device.private.private_bytes_raw()
+        return self.identities[client].device_key
 
     def metric(self, name: str) -> float | None:
         """One unlabelled value from ``/metrics`` (e.g. ``quickslot_loaded_documents``)."""
