@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -177,12 +179,49 @@ class AuthClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         verify: Any = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.local = local
         self.base_url = http_base(relay_url)
         self._timeout = timeout_s
         self._verify = verify
         self._refresh_lock = asyncio.Lock()
+        self._clock = clock
+        #: Seconds to add to this device's clock to get the relay's, for the times of proofs of
+        #: possession (0 until :meth:`learn_relay_clock` measured it).
+        self.clock_offset_s = 0.0
+
+    def proof_clock(self) -> float:
+        """Now, on the relay's clock as far as this client knows it (proof times use it)."""
+        return self._clock() + self.clock_offset_s
+
+    async def learn_relay_clock(self) -> float:
+        """Measure the relay's clock (``/api/v1/sync/status``) and adopt the offset.
+
+        Why: the relay accepts a proof's time within ``crdt_core.pop.WINDOW_S`` of its own clock; a
+        device whose clock is further off would otherwise be refused (4003) and logged out, though
+        nothing is wrong with its session.
+
+        Raises:
+            RelayUnavailable: the relay could not be asked.
+        """
+        import httpx
+
+        async with self._http() as http:
+            before = self._clock()
+            try:
+                response = await http.get("/api/v1/sync/status")
+            except httpx.TransportError as exc:
+                raise unavailable(exc) from exc
+            after = self._clock()
+        if response.status_code != 200:
+            raise RelayUnavailable(f"relay answered {response.status_code} for its clock")
+        server_s = float(response.json()["server_time_ms"]) / 1000
+        self.clock_offset_s = server_s - (before + after) / 2
+        log.warning(
+            "this device's clock is %.0f s off the relay's: proofs use the relay's", self.clock_offset_s
+        )
+        return self.clock_offset_s
 
     def _http(self) -> httpx.AsyncClient:
         import httpx
@@ -209,7 +248,7 @@ class AuthClient:
         identity = self.local.identity
         key = identity.device.private if identity is not None else None
         try:
-            return proof_headers(token, key, rest(method, path))
+            return proof_headers(token, key, rest(method, path), clock=self.proof_clock)
         except ValueError as exc:  # bound to a key this profile no longer holds
             raise LoginRequired(401, "proof_invalid", f"log in again ({exc})") from None
 

@@ -41,6 +41,7 @@ __all__ = [
     "DOMAIN",
     "PROOF_HEADER",
     "PROOF_TIME_HEADER",
+    "STALE_REASON",
     "SYNC",
     "WINDOW_S",
     "Binding",
@@ -65,6 +66,9 @@ DOMAIN: Final = b"quickslot-relay-pop-v1\x00"
 #: whose records are accepted can also prove possession; it is a sixth of an access token's life,
 #: so a proof that leaked (a logged header) is useless long before the token it names.
 WINDOW_S: Final = 300
+#: The close reason of a proof whose time is outside the window: stable, so a client can tell
+#: "my clock is off" (learn the relay's time and retry) from a refused token (log in again).
+STALE_REASON: Final = f"proof of possession failed: proof time not within {WINDOW_S} s of the relay's clock"
 PROOF_HEADER: Final = "QuickSlot-Proof"
 PROOF_TIME_HEADER: Final = "QuickSlot-Proof-Time"
 #: The purpose of a proof for the sync websocket (header or first ``auth`` message alike).
@@ -170,10 +174,7 @@ def check_proof(
             "proof_required", "proof of possession required (the token is bound to a device key)"
         )
     if abs(proof.at - now) > WINDOW_S:
-        raise ProofError(
-            "proof_stale",
-            f"proof of possession failed: its time is not within {WINDOW_S} s of the relay's clock",
-        )
+        raise ProofError("proof_stale", STALE_REASON)
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(
             proof.signature, statement(purpose, audience, jti, proof.at)

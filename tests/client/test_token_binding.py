@@ -35,6 +35,7 @@ from crdt_core.messages import CloseCode
 from crdt_core.pop import (
     PROOF_HEADER,
     PROOF_TIME_HEADER,
+    STALE_REASON,
     SYNC,
     WINDOW_S,
     Proof,
@@ -327,3 +328,28 @@ def test_refresh_binds_to_the_key_it_is_given(relay: RelayProcess, http: httpx.C
     remember_key(renewed["access_token"], key)
     r = http.post("/api/v1/auth/refresh", json={"refresh_token": renewed["refresh_token"]})
     assert r.status_code == 200 and token_binding(r.json()["access_token"]) is None  # no key: bearer
+
+
+async def test_a_client_whose_clock_is_off_learns_the_relays_and_stays_logged_in(
+    relay: RelayProcess, http: httpx.Client, tmp_path: Path
+) -> None:
+    """A device 1000 s slow (beyond the proof window) is refused once with the stable stale
+    reason, learns the relay's clock from ``/api/v1/sync/status`` and syncs; it is not logged out
+    (4003 otherwise means "log in again", which would throw away a healthy session)."""
+    home = tmp_path / "slow"
+    local, _ = await profile(relay, home)
+    slow = AuthClient(local, relay.base_url, clock=lambda: time.time() - 1000)
+    token, key = access_of(local), device_of(local)
+    late = proof_for(token, key, SYNC, int(slow.proof_clock()))
+    assert await socket(relay, token, header=True, proof=late) == (
+        "closed",
+        CloseCode.AUTH_FAILED,
+        STALE_REASON,
+    )
+    summary = await SyncService(local, relay.base_url, auth=slow).sync_once()
+    assert summary.pending == 0 and abs(slow.clock_offset_s - 1000) < 5, slow.clock_offset_s
+    assert local.identity is not None and local.secrets.tokens() is not None  # still logged in
+    await slow.logout()  # its REST proofs use the learnt clock too: the session is revoked
+    answer = await socket(relay, token, header=True, proof=proof_for(token, key, SYNC))
+    assert answer[:2] == ("closed", CloseCode.SESSION_REVOKED)
+    await local.close()
