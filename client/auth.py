@@ -9,6 +9,9 @@ login ceremony. Keeping the ceremony here means the secrets are handled in one p
 * the relay's public keys come from ``/.well-known/jwks.json`` at login and are cached in the
   profile, because every update that arrives (from the relay or a peer) is validated with them,
   offline;
+* the access token the relay issues is **bound** to that device key (``cnf``), so every request
+  made with it carries a proof of possession signed by the key (:mod:`crdt_core.pop`): a peer
+  that sees the token in a peer handshake cannot use it at the relay;
 * tokens go to the :class:`~client.secrets.SecretStore` (keyring or a 0600 file) and are never
   logged; a refresh token is **rotated** on every refresh (the relay revokes the whole family if
   a spent one is presented again), so the new pair is stored before anything else happens;
@@ -25,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from client.local import LocalClient
 from client.tls import tls_failure
 from crdt_core.certs import DeviceKey, public_bytes
+from crdt_core.pop import proof_headers, rest
 
 if TYPE_CHECKING:
     # httpx is imported where a request is made: most CLI commands never talk HTTP, and every
@@ -173,12 +179,49 @@ class AuthClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         verify: Any = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.local = local
         self.base_url = http_base(relay_url)
         self._timeout = timeout_s
         self._verify = verify
         self._refresh_lock = asyncio.Lock()
+        self._clock = clock
+        #: Seconds to add to this device's clock to get the relay's, for the times of proofs of
+        #: possession (0 until :meth:`learn_relay_clock` measured it).
+        self.clock_offset_s = 0.0
+
+    def proof_clock(self) -> float:
+        """Now, on the relay's clock as far as this client knows it (proof times use it)."""
+        return self._clock() + self.clock_offset_s
+
+    async def learn_relay_clock(self) -> float:
+        """Measure the relay's clock (``/api/v1/sync/status``) and adopt the offset.
+
+        Why: the relay accepts a proof's time within ``crdt_core.pop.WINDOW_S`` of its own clock; a
+        device whose clock is further off would otherwise be refused (4003) and logged out, though
+        nothing is wrong with its session.
+
+        Raises:
+            RelayUnavailable: the relay could not be asked.
+        """
+        import httpx
+
+        async with self._http() as http:
+            before = self._clock()
+            try:
+                response = await http.get("/api/v1/sync/status")
+            except httpx.TransportError as exc:
+                raise unavailable(exc) from exc
+            after = self._clock()
+        if response.status_code != 200:
+            raise RelayUnavailable(f"relay answered {response.status_code} for its clock")
+        server_s = float(response.json()["server_time_ms"]) / 1000
+        self.clock_offset_s = server_s - (before + after) / 2
+        log.warning(
+            "this device's clock is %.0f s off the relay's: proofs use the relay's", self.clock_offset_s
+        )
+        return self.clock_offset_s
 
     def _http(self) -> httpx.AsyncClient:
         import httpx
@@ -190,7 +233,7 @@ class AuthClient:
     ) -> httpx.Response:
         import httpx
 
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers = self._token_headers(token, "POST", path) if token else None
         try:
             response = await http.post(path, json=body, headers=headers)
         except httpx.TransportError as exc:
@@ -198,6 +241,16 @@ class AuthClient:
         if response.status_code >= 500:
             raise RelayUnavailable(f"relay answered {response.status_code}")
         return response
+
+    def _token_headers(self, token: str, method: str, path: str) -> dict[str, str]:
+        """``Authorization`` and, for a token bound to this device's key, the proof of possession
+        the relay requires for exactly this call (``crdt_core.pop``)."""
+        identity = self.local.identity
+        key = identity.device.private if identity is not None else None
+        try:
+            return proof_headers(token, key, rest(method, path), clock=self.proof_clock)
+        except ValueError as exc:  # bound to a key this profile no longer holds
+            raise LoginRequired(401, "proof_invalid", f"log in again ({exc})") from None
 
     # --- account -------------------------------------------------------------------------------
 
@@ -310,4 +363,6 @@ class AuthClient:
                     await self._post(http, "/api/v1/auth/logout", None, tokens.access.reveal())
             except RelayUnavailable as exc:
                 log.warning("relay unreachable at logout (%s); forgetting the tokens anyway", exc)
+            except LoginRequired as exc:
+                log.warning("logout not sent (%s); forgetting the tokens anyway", exc)
         await self.local.logout("logged out")

@@ -15,9 +15,12 @@ Why each piece (docs/peer.md has the whole argument):
   against another (a relaying attacker cannot splice two handshakes with different peers).
 * **The token is still checked** (EdDSA pinned, ``kid`` among the cached keys, issuer and
   audience equal to those of this profile's own token, ``typ`` access in claim and header, ``sub``
-  the certificate's user) and must not be older than the certificate (it belongs to the login or
-  refresh that produced it). It is revealed only to a side that has already proven possession,
-  because a live access token is a bearer credential at the relay.
+  the certificate's user), must not be older than the certificate (it belongs to the login or
+  refresh that produced it) and, when bound to a device key (``cnf``), must name the
+  certificate's key. It is revealed only to a side that has already proven possession. A bound
+  token is useless to the peer at the relay (the relay wants a proof signed by the device key,
+  :mod:`crdt_core.pop`, under a prefix no peer transcript has); an unbound one would be a bearer
+  credential there.
 * **Scope.** Peers exchange only documents both sides carry: the catalog, a shop's documents for
   its owners and staff, what each side explicitly follows; a ``user:`` document only between two
   devices of the same user (the relay's read rule).
@@ -41,6 +44,7 @@ from client.local import LocalClient
 from crdt_core.certs import Certificate, DeviceKey, parse_certificate
 from crdt_core.errors import SchemaError, SignatureError
 from crdt_core.messages import CloseCode
+from crdt_core.pop import bound_key
 from crdt_core.schema import DocKind, parse_doc_id
 
 __all__ = [
@@ -212,6 +216,14 @@ class PeerVerifier:
         iat = claims.get("iat")
         if not isinstance(iat, int) or iat * 1000 < cert.issued_at_ms - LEEWAY_S * 1000:
             raise PeerAuthError(CloseCode.AUTH_FAILED, "token older than the certificate")
+        try:
+            bound = bound_key(claims)
+        except ValueError:
+            raise PeerAuthError(CloseCode.AUTH_FAILED, "token with a malformed cnf claim") from None
+        if bound is not None and bound != cert.device_key:
+            raise PeerAuthError(
+                CloseCode.AUTH_FAILED, "token bound to another device key than the certificate's"
+            )
         return claims
 
 

@@ -63,6 +63,7 @@ from client.store import OutboxEntry, RejectedClient
 from client.tls import tls_failure
 from crdt_core.errors import EngineError, LocalProtocolError
 from crdt_core.messages import CloseAction, CloseCode, ErrorCode, close_action
+from crdt_core.pop import STALE_REASON, SYNC, proof_headers
 from crdt_core.protocol import (
     Acked,
     ClientProtocol,
@@ -691,16 +692,26 @@ class SyncService:
         Raises:
             SyncRelayUnreachable, SyncLoginRequired, _Closed
         """
+        clock_checked = False
         for _ in range(3):
             try:
                 token = await self.auth.access_token()
             except LoginRequired as exc:
                 await self._logged_out()
                 raise SyncLoginRequired(f"log in again ({exc.code})") from exc
+            identity = self.local.identity
+            try:
+                # A token bound to the device key goes with a proof of possession (crdt_core.pop).
+                headers = proof_headers(
+                    token, identity.device.private if identity else None, SYNC, clock=self.auth.proof_clock
+                )
+            except ValueError as exc:
+                await self._logged_out()
+                raise SyncLoginRequired(f"log in again ({exc})") from exc
             try:
                 ws = await websockets.connect(
                     self.ws_url,
-                    additional_headers={"Authorization": f"Bearer {token}"},
+                    additional_headers=headers,
                     max_size=_MAX_DOWNLOAD,
                     open_timeout=self.connect_timeout_s,
                     # wss:// with no context of ours: the system's CAs (None would be a ValueError).
@@ -725,6 +736,14 @@ class SyncService:
                 await session.close()
                 if close_action(closed.code) is CloseAction.REFRESH_TOKEN:
                     await self._refresh(summary)
+                    continue
+                if closed.reason == STALE_REASON and not clock_checked:
+                    # Our clock, not our session, is wrong: learn the relay's and try once more.
+                    clock_checked = True
+                    try:
+                        await self.auth.learn_relay_clock()
+                    except RelayUnavailable as exc:
+                        raise SyncRelayUnreachable(f"relay clock unavailable: {exc}") from exc
                     continue
                 raise
             self.connect_count += 1

@@ -381,16 +381,20 @@ class Auth(_Message):
     """client → relay: the access token, for clients that cannot set an Authorization header."""
 
     TYPE: ClassVar[str] = "auth"
-    FIELDS: ClassVar[tuple[str, ...]] = ("token", "proof")
+    FIELDS: ClassVar[tuple[str, ...]] = ("token", "proof", "proof_time")
 
     token: str
-    #: Peer mode only: the device key's signature over the handshake transcript (docs/peer.md).
+    #: The device key's signature: in peer mode over the handshake transcript (docs/peer.md); to
+    #: a relay, for a token bound to a device key, over the relay proof statement (crdt_core.pop).
     proof: bytes | None = None
+    #: Relay mode: the unix time (seconds) the relay proof was made at. Ignored in peer mode.
+    proof_time: int | None = None
 
     def __post_init__(self) -> None:
         _check_id("token", self.token, MAX_TOKEN_LEN)
         if self.proof is not None:
             _check_sized_bytes("proof", self.proof, 1, MAX_PROOF_LEN)
+        _check_optional_int("proof_time", self.proof_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,6 +773,7 @@ _FIELD_FAMILY: Final[dict[str, int]] = {
     "nonce": _BIN,
     "cert": _BIN,
     "proof": _BIN,
+    "proof_time": _INT,
     "docs": _ARRAY,
     "digest": _BIN,
 }

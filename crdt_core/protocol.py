@@ -241,10 +241,14 @@ class ErrorReceived:
 
 @dataclass(frozen=True, slots=True)
 class AuthRequested:
-    """Verify ``token`` (and in peer mode ``proof``), then call ``accept_auth`` or ``reject_auth``."""
+    """Verify ``token`` (and in peer mode ``proof``), then call ``accept_auth`` or ``reject_auth``.
+
+    To a relay, ``proof`` and ``proof_time`` are the proof of possession a token bound to a device
+    key needs (``crdt_core.pop``); in peer mode ``proof`` signs the handshake transcript."""
 
     token: str
     proof: bytes | None = None
+    proof_time: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,15 +555,17 @@ class ClientProtocol(_Connection[ClientEvent]):
         self._peer.process(PeerEvent.HELLO)
         self._out.append(data)
 
-    def authenticate(self, token: str, proof: bytes | None = None) -> None:
+    def authenticate(self, token: str, proof: bytes | None = None, proof_time: int | None = None) -> None:
         """Send the access token as the first message (when no header could carry it).
 
         In peer mode it follows the challenge and carries ``proof``, this device key's signature
-        over the handshake transcript.
+        over the handshake transcript. To a relay, a token bound to a device key goes with a proof
+        of possession: ``proof`` and ``proof_time`` from :func:`crdt_core.pop.auth_proof`.
 
         Raises:
             LocalProtocolError: already authenticated (or header auth), a malformed token, or in
-                peer mode: no challenge received yet, or no proof.
+                peer mode: no challenge received yet, no proof, or a ``proof_time``; to a relay:
+                one of ``proof`` and ``proof_time`` without the other.
         """
         if self._sent_auth or not self._conn.allows(ConnEvent.AUTH):
             raise LocalProtocolError(f"can't authenticate when the connection is {self._conn.state.name}")
@@ -568,9 +574,11 @@ class ClientProtocol(_Connection[ClientEvent]):
                 raise LocalProtocolError("peer mode: authenticate only after the challenge")
             if proof is None:
                 raise LocalProtocolError("peer mode: authenticate needs a proof")
-        elif proof is not None:
-            raise LocalProtocolError("a proof is only sent in peer mode")
-        data = _wire(lambda: Auth(token, proof))
+            if proof_time is not None:
+                raise LocalProtocolError("peer mode: the transcript proof has no time")
+        elif (proof is None) != (proof_time is None):
+            raise LocalProtocolError("a relay proof of possession needs both proof and proof_time")
+        data = _wire(lambda: Auth(token, proof, proof_time))
         self._conn.process(ConnEvent.AUTH)
         self._sent_auth = True
         self._out.append(data)
@@ -1028,7 +1036,7 @@ class RelayProtocol(_Connection[RelayEvent]):
                     f"the first message must be auth, not {message.TYPE}", CloseCode.PROTOCOL_VIOLATION
                 )
             self._conn.process(ConnEvent.AUTH)
-            self._events.append(AuthRequested(message.token))
+            self._events.append(AuthRequested(message.token, message.proof, message.proof_time))
             return
         if state is AUTHENTICATING:
             raise RemoteProtocolError(f"{message.TYPE} before welcome", CloseCode.PROTOCOL_VIOLATION)

@@ -359,7 +359,7 @@ class AccountService:
             expires_at=refresh.claims.exp,
             now=self.clock(),
         )
-        access = self.tokens.issue(ACCESS, user.user_id, family_id)
+        access = self.tokens.issue(ACCESS, user.user_id, family_id, device_key=device_public_key)
         self._m_logins.labels(result="ok").inc()
         log_event(log, "login", user_id=user.user_id, family_id=family_id)
         return Session(access, refresh, user, await self._certificate(user, device_public_key, family_id))
@@ -398,7 +398,7 @@ class AccountService:
             await self.revoke_family(claims.fam, claims.sub, reason="account_disabled")
             self._m_refresh.labels(result="disabled").inc()
             raise AccountDisabled()
-        access = self.tokens.issue(ACCESS, claims.sub, claims.fam)
+        access = self.tokens.issue(ACCESS, claims.sub, claims.fam, device_key=device_public_key)
         self._m_refresh.labels(result="ok").inc()
         certificate = await self._certificate(user, device_public_key, claims.fam)
         return Session(access, new_refresh, user, certificate)

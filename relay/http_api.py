@@ -7,7 +7,8 @@ Every error has one body shape, so clients switch on a stable ``code`` rather th
 plus ``errors`` (field, message, type; never the submitted value, which may be a password) for
 validation failures, and ``Retry-After`` on 429. Token problems answer 401 with
 ``WWW-Authenticate: Bearer error="invalid_token"`` and the codes ``token_expired`` (refresh and
-retry), ``token_revoked`` (log in again) or ``token_invalid``.
+retry), ``token_revoked`` (log in again) or ``token_invalid``, and for a token bound to a device
+key without a valid proof of possession ``proof_required``, ``proof_stale`` or ``proof_invalid``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER, ProofError, parse_proof, rest
 from relay.accounts import AccountError, InvalidEmail, Session, normalize_email
 from relay.config import SYNC_PROTOCOL_VERSION, RateLimit, RelayConfig
 from relay.device_certs import parse_device_public_key
@@ -34,7 +36,7 @@ from relay.keys import b64url
 from relay.logging import get_logger
 from relay.metrics import CONTENT_TYPE, MetricsRegistry
 from relay.ratelimit import RateDecision, RateLimiter, TokenBucketLimiter
-from relay.tokens import Claims, TokenError
+from relay.tokens import Claims, ProofFailed, TokenError
 
 if TYPE_CHECKING:
     from relay.app import RelayContext
@@ -143,6 +145,9 @@ _TOKEN_MESSAGES = {
     "token_expired": "The token has expired; refresh it.",
     "token_revoked": "The session has been revoked; log in again.",
     "token_invalid": "The token is invalid.",
+    "proof_required": "This token is bound to a device key: send QuickSlot-Proof and QuickSlot-Proof-Time.",
+    "proof_stale": "The proof of possession's time is too far from the relay's clock (check the clock).",
+    "proof_invalid": "The proof of possession failed.",
 }
 
 
@@ -409,10 +414,28 @@ def bearer_token(request: Request) -> str:
 
 
 def require_access(request: Request) -> Claims:
-    """Dependency: verified, unrevoked access-token claims."""
+    """Dependency: verified, unrevoked access-token claims.
+
+    A token bound to a device key needs the ``QuickSlot-Proof`` and ``QuickSlot-Proof-Time``
+    headers, a proof made for this method and path (``crdt_core.pop``); 401 ``proof_required``,
+    ``proof_stale`` or ``proof_invalid`` otherwise.
+    """
     ctx = get_ctx(request)
     try:
-        return ctx.tokens.verify_access(bearer_token(request))
+        token = bearer_token(request)
+        malformed: ProofError | None = None
+        try:
+            proof = parse_proof(request.headers.get(PROOF_HEADER), request.headers.get(PROOF_TIME_HEADER))
+        except ProofError as exc:  # refused below only if the token needs a proof (bound)
+            proof, malformed = None, exc
+        try:
+            return ctx.tokens.verify_access(
+                token, purpose=rest(request.method, request.url.path), proof=proof
+            )
+        except ProofFailed as exc:
+            if malformed is not None:
+                raise ProofFailed(malformed) from None
+            raise exc from None
     except TokenError as e:
         ctx.accounts.count_failure(e.code)
         raise

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
 from relay.app import RelayContext
 from relay.config import RelayConfig, SyncLimits
 from relay.documents import DocumentManager
@@ -168,7 +169,8 @@ class SyncExtension:
             if hub is None:
                 await ws.close(1013, "relay starting: try again shortly")
                 return
-            await hub.serve(AsgiTransport(ws), bearer_token(ws.headers), client_host(ws))
+            proof = (ws.headers.get(PROOF_HEADER), ws.headers.get(PROOF_TIME_HEADER))
+            await hub.serve(AsgiTransport(ws), bearer_token(ws.headers), proof, client_host(ws))
 
     async def start(self, ctx: RelayContext) -> None:
         commit_latency = ctx.metrics.histogram(

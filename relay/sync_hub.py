@@ -82,6 +82,7 @@ from crdt_core.messages import (
     encode_stamped,
     encode_update,
 )
+from crdt_core.pop import SYNC, Proof, ProofError, Purpose, parse_proof
 from crdt_core.protocol import (
     AuthRequested,
     RelayProtocol,
@@ -108,7 +109,7 @@ from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
 from relay.stamp_hold import StampHold, held_claims
 from relay.store.base import AppendResult, StampConflictError, StoredDocument, StoreError
-from relay.tokens import Claims, TokenError, TokenExpired, TokenRevoked
+from relay.tokens import Claims, ProofFailed, TokenError, TokenExpired, TokenRevoked
 
 log = logging.getLogger("quickslot.relay.sync")
 
@@ -148,7 +149,14 @@ class Transport(Protocol):
 
 
 class TokenVerifier(Protocol):
-    def verify_access(self, token: str) -> Claims: ...
+    def verify_access(
+        self, token: str, *, purpose: Purpose | None = None, proof: Proof | None = None
+    ) -> Claims: ...
+
+
+#: A proof of possession as it arrived: header text (signature, time) or ``auth`` fields.
+ProofParts = tuple[str | bytes | None, str | int | None]
+NO_PROOF: ProofParts = (None, None)
 
 
 class _Bucket:
@@ -483,10 +491,16 @@ class SyncHub:
     # --- connection lifecycle --------------------------------------------------------------------
 
     async def serve(
-        self, transport: Transport, header_token: str | None = None, client: str | None = None
+        self,
+        transport: Transport,
+        header_token: str | None = None,
+        header_proof: ProofParts = NO_PROOF,
+        client: str | None = None,
     ) -> None:
         """Run one connection until it closes. Never raises for anything the peer sends.
 
+        ``header_proof`` is the ``QuickSlot-Proof`` and ``QuickSlot-Proof-Time`` header values, the
+        proof of possession a token bound to a device key needs (``crdt_core.pop``).
         ``client``: the peer's address (after proxy headers), for the per-address cap on
         sockets that have not authenticated (``relay.anonymous_slots``); a socket with a header
         token is authenticated or closed before it reads anything, so it is not counted.
@@ -512,7 +526,7 @@ class SyncHub:
         writer = asyncio.create_task(conn.writer(), name=f"sync-writer-{conn.id}")
         try:
             if header_token is not None:
-                self._authenticate(conn, header_token)
+                self._authenticate(conn, header_token, header_proof)
             await self._read_loop(conn)
         finally:
             self._drop(conn)
@@ -555,7 +569,7 @@ class SyncHub:
 
     async def _handle(self, conn: SyncConnection, event: object) -> None:
         if isinstance(event, AuthRequested):
-            self._authenticate(conn, event.token)
+            self._authenticate(conn, event.token, (event.proof, event.proof_time))
         elif isinstance(event, SubscribeRequested):
             await self._subscribe(conn, event.doc, event.sv)
         elif isinstance(event, UpdateSubmitted):
@@ -563,9 +577,18 @@ class SyncHub:
         elif isinstance(event, UnsubscribeRequested):
             self._unsubscribe(conn, event.doc)
 
-    def _authenticate(self, conn: SyncConnection, token: str) -> None:
+    def _authenticate(self, conn: SyncConnection, token: str, proof_parts: ProofParts) -> None:
+        malformed: ProofError | None = None
         try:
-            claims = self.tokens.verify_access(token)
+            proof = parse_proof(*proof_parts)
+        except ProofError as exc:  # refused only if the token needs a proof (it is bound)
+            proof, malformed = None, exc
+        try:
+            claims = self.tokens.verify_access(token, purpose=SYNC, proof=proof)
+        except ProofFailed as exc:
+            failure = malformed or exc
+            self.auth_failures.labels(failure.code).inc()
+            conn.proto.reject_auth(CloseCode.AUTH_FAILED, failure.reason)
         except TokenExpired:
             self.auth_failures.labels("expired").inc()
             conn.proto.reject_auth(CloseCode.TOKEN_EXPIRED, "access token expired: refresh and reconnect")

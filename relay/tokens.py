@@ -13,6 +13,15 @@ alone has to say everything and nothing may be guessed. On verify:
   new tokens while tokens it issued stay valid until they expire;
 * time claims are checked against an injectable clock with a small leeway for clock skew.
 
+Access tokens issued for a device key (login or refresh with ``device_public_key``) are **bound**
+to it: they carry ``cnf: {"jwk": <the Ed25519 key>}`` (RFC 7800) and :meth:`TokenService.verify_access`
+accepts them only with a proof of possession made with that key for the use at hand
+(:mod:`crdt_core.pop`). Why: a peer sees our access token in the peer handshake and must not be
+able to replay it here. Why ``jwk`` and not a thumbprint (``jkt``): the relay must verify a proof
+from the token alone, without a lookup; a SHA-256 thumbprint is as long as the Ed25519 key
+itself (32 bytes), so carrying the key costs nothing, and RFC 7800 wants one key member only.
+Tokens issued without a device key carry no ``cnf`` and stay bearer tokens.
+
 Access tokens carry the refresh family id as ``fam`` so that revoking a family (logout, refresh
 reuse, password reset, disabled account) also invalidates its live access tokens:
 :meth:`TokenService.verify_access` consults the in-memory :class:`RevocationState`, which the
@@ -29,6 +38,7 @@ from typing import Any, Literal
 
 import jwt
 
+from crdt_core.pop import Proof, ProofError, Purpose, bound_key, check_proof, cnf_claim
 from relay.keys import KeyStore
 
 TokenType = Literal["access", "refresh"]
@@ -64,6 +74,20 @@ class TokenRevoked(TokenError):
     code = "token_revoked"
 
 
+class ProofFailed(TokenInvalid):
+    """A token bound to a device key came without a valid proof of possession.
+
+    ``code`` is the :class:`crdt_core.pop.ProofError`'s: ``proof_required``, ``proof_stale`` or
+    ``proof_invalid``. A subclass of :class:`TokenInvalid`, so every caller that refuses an
+    invalid token refuses this too (the websocket closes 4003, REST answers 401).
+    """
+
+    def __init__(self, error: ProofError) -> None:
+        super().__init__(error.reason)
+        self.code = error.code
+        self.reason = error.reason
+
+
 @dataclass(frozen=True)
 class Claims:
     """The verified content of a token."""
@@ -78,6 +102,8 @@ class Claims:
     iss: str
     aud: str
     kid: str
+    #: The device key an access token is bound to (``cnf``), None for a bearer token.
+    cnf_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -146,8 +172,19 @@ class TokenService:
 
     # -- issuing ---------------------------------------------------------------------------------
 
-    def issue(self, typ: TokenType, user_id: str, family_id: str, *, jti: str | None = None) -> IssuedToken:
-        """Sign a token of ``typ`` for ``user_id`` in refresh family ``family_id``."""
+    def issue(
+        self,
+        typ: TokenType,
+        user_id: str,
+        family_id: str,
+        *,
+        jti: str | None = None,
+        device_key: bytes | None = None,
+    ) -> IssuedToken:
+        """Sign a token of ``typ`` for ``user_id`` in refresh family ``family_id``; an access
+        token given ``device_key`` is bound to it (``cnf``, module docstring)."""
+        if device_key is not None and typ != ACCESS:
+            raise ValueError("only access tokens are bound to a device key")
         now = int(self.clock())
         key = self.keys.active
         claims = Claims(
@@ -161,8 +198,9 @@ class TokenService:
             iss=self.issuer,
             aud=self.audience,
             kid=key.kid,
+            cnf_key=device_key,
         )
-        payload = {
+        payload: dict[str, Any] = {
             "iss": claims.iss,
             "aud": claims.aud,
             "sub": claims.sub,
@@ -173,6 +211,8 @@ class TokenService:
             "fam": claims.fam,
             "typ": claims.typ,
         }
+        if device_key is not None:
+            payload["cnf"] = cnf_claim(device_key)
         token = jwt.encode(
             payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": _HEADER_TYP[typ]}
         )
@@ -237,6 +277,10 @@ class TokenService:
             raise TokenInvalid("issued by a retired key")
         if times["exp"] <= now - self.leeway_s:
             raise TokenExpired("token expired")
+        try:
+            cnf_key = bound_key(payload)
+        except ValueError:
+            raise TokenInvalid("bad cnf claim") from None
 
         aud = payload["aud"]
         return Claims(
@@ -250,16 +294,30 @@ class TokenService:
             iss=payload["iss"],
             aud=aud if isinstance(aud, str) else self.audience,
             kid=info.kid,
+            cnf_key=cnf_key,
         )
 
-    def verify_access(self, token: str) -> Claims:
+    def verify_access(
+        self, token: str, *, purpose: Purpose | None = None, proof: Proof | None = None
+    ) -> Claims:
         """Verify an access token for a request or a websocket connection.
 
+        A token bound to a device key also needs ``proof``, made with that key for ``purpose``
+        (``crdt_core.pop.SYNC`` or ``crdt_core.pop.rest(method, path)``); without one it is
+        refused, so a caller that forgets to pass the proof fails closed.
+
         Raises :class:`TokenExpired` (refresh and retry), :class:`TokenRevoked` (log in again)
-        or :class:`TokenInvalid` (never valid).
+        or :class:`TokenInvalid` (never valid; :class:`ProofFailed` for a missing or bad proof).
         """
         claims = self.decode(token, ACCESS)
         self.check_revocation(claims)
+        if claims.cnf_key is not None:
+            # No purpose means the caller has no proof to check: refused as "proof required".
+            given = proof if purpose is not None else None
+            try:
+                check_proof(claims.cnf_key, given, purpose or "", claims.aud, claims.jti, now=self.clock())
+            except ProofError as exc:
+                raise ProofFailed(exc) from None
         return claims
 
     def check_revocation(self, claims: Claims) -> None:

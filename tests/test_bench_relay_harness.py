@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks.harness import Progress, RunConfig
 from benchmarks.relay_bench import experiments as ex, servers
@@ -38,6 +39,9 @@ from benchmarks.relay_bench.table import headline
 from benchmarks.report import load_run
 from benchmarks.runner import run
 from benchmarks.suites import SUITES, relay as relay_suite
+from crdt_core.authoring import Author
+from crdt_core.messages import decode
+from crdt_core.pop import SYNC, proof_headers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICKSLOT_LANES = (servers.QUICKSLOT, servers.DIRECT)
@@ -166,10 +170,14 @@ def test_pycrdt_websocket_baseline_ran(tiny_run: tuple[Path, dict[str, Any], str
     assert rows[0]["extra"]["version"].startswith("pycrdt-websocket ")
 
 
-async def _negotiated_extensions(url: str, token: str) -> list[str]:
-    headers = {"Authorization": f"Bearer {token}"}
+async def _negotiated_extensions(url: str, token: str, key: Ed25519PrivateKey) -> tuple[list[str], str]:
+    """The extensions the relay accepted, and the type of its first message (``welcome``: the
+    suite's bound token and its proof of possession are accepted)."""
+    headers = proof_headers(token, key, SYNC)
     async with websockets.connect(url, additional_headers=headers, compression="deflate") as ws:
-        return [ext.name for ext in ws.protocol.extensions]
+        first = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(first, bytes)
+        return [ext.name for ext in ws.protocol.extensions], decode(first).TYPE
 
 
 def test_a_missing_baseline_is_reported_unavailable_and_quickslot_still_runs(
@@ -187,7 +195,12 @@ def test_a_missing_baseline_is_reported_unavailable_and_quickslot_still_runs(
         assert identity.access
         # The relay refuses permessage-deflate although the client offers it (relay/cli.py), so
         # the suite's clients, which offer it like browsers do, measure what deployed clients get.
-        assert asyncio.run(_negotiated_extensions(fleet.relay.url(""), identity.access)) == []
+        assert isinstance(identity.author, Author)
+        key = identity.author.device.private
+        assert asyncio.run(_negotiated_extensions(fleet.relay.url(""), identity.access, key)) == (
+            [],
+            "welcome",
+        )
     assert fleet.exit_codes[servers.QUICKSLOT] == 0  # stopped by PID with SIGTERM, cleanly
 
 

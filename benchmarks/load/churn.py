@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 
 from benchmarks.load.accounts import Device, create_devices
@@ -33,6 +34,7 @@ from benchmarks.load.run import REPO, _env, _wait_healthy
 from benchmarks.relay_bench.payloads import bookings_doc, quickslot_subscribe_message
 from benchmarks.relay_bench.procs import ServerProcess, free_port
 from benchmarks.relay_bench.servers import AUTH_LIMIT_ARGS, FAST_HASH_ARGS
+from crdt_core.pop import SYNC, proof_headers
 
 SUBSCRIPTIONS = 3
 DOCS = 200
@@ -42,7 +44,10 @@ async def _open(url: str, device: Device, docs: list[str], gate: asyncio.Semapho
     async with gate:
         ws = await websockets.connect(
             url,
-            additional_headers={"Authorization": f"Bearer {device.identity.access}"},
+            # The token is bound to the device key: a proof of possession goes with it.
+            additional_headers=proof_headers(
+                device.identity.access, Ed25519PrivateKey.from_private_bytes(device.identity.device_key), SYNC
+            ),
             open_timeout=60,
             ping_interval=None,
             compression=None,

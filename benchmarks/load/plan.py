@@ -118,6 +118,7 @@ def build_plan(shape: LoadShape, devices: list[Device], url: str) -> Plan:
                 dialect="quickslot",
                 url=url,
                 token=devices[c].identity.access,
+                device_key=devices[c].identity.device_key,
                 docs=subs[c],
                 sends=sends[c],
                 expect_marks=expect_marks[c],

@@ -27,6 +27,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
 from relay.accounts import open_auth
 from relay.config import RelayConfig, SyncLimits
 from relay.documents import DocumentManager
@@ -165,7 +166,9 @@ async def main_async(args: argparse.Namespace) -> None:
             await ws.close(1008, "unknown path")
             return
         transport = BatchingTransport(ws) if args.batch_writes else WebsocketsTransport(ws)
-        await hub.serve(transport, bearer_token(ws.request.headers))
+        headers = ws.request.headers
+        proof = (headers.get(PROOF_HEADER), headers.get(PROOF_TIME_HEADER))
+        await hub.serve(transport, bearer_token(headers), proof)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

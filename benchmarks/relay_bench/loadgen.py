@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import msgpack
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 
 from benchmarks.relay_bench.payloads import (
@@ -56,6 +57,7 @@ from benchmarks.relay_bench.payloads import (
     strip_hocuspocus,
     yjs_message,
 )
+from crdt_core.pop import SYNC, proof_headers
 
 Dialect = Literal["quickslot", "yjs", "hocuspocus"]
 
@@ -76,6 +78,9 @@ class ClientSpec:
     dialect: Dialect
     url: str
     token: str | None = None
+    device_key: bytes | None = None
+    """quickslot: the raw Ed25519 private key the token is bound to; a proof of possession made
+    with it goes with the token at connect (``crdt_core.pop``)."""
     docs: list[str] = field(default_factory=list)
     """quickslot: documents to subscribe to; yjs: the one document (already in the URL)."""
     sends: list[Send] = field(default_factory=list)
@@ -143,7 +148,11 @@ class Client:
             self.done.set()
 
     async def connect(self, w: WorkerSpec) -> None:
-        headers = {"Authorization": f"Bearer {self.spec.token}"} if self.spec.token else None
+        headers = None
+        if self.spec.token:
+            key = self.spec.device_key
+            private = Ed25519PrivateKey.from_private_bytes(key) if key is not None else None
+            headers = proof_headers(self.spec.token, private, SYNC)
         self.ws = await websockets.connect(
             self.spec.url,
             additional_headers=headers,

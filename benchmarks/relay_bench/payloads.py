@@ -161,6 +161,14 @@ class Identity:
     access: str
     author: object  # crdt_core.authoring.Author (kept untyped: payloads stays importable without it)
 
+    @property
+    def device_key(self) -> bytes:
+        """The raw Ed25519 private key the access token is bound to (for proofs of possession)."""
+        from crdt_core.authoring import Author
+
+        assert isinstance(self.author, Author)
+        return self.author.device.private.private_bytes_raw()
+
 
 def quickslot_updates(identity: Identity, doc: str, sender: int, seqs: Sequence[int]) -> list[bytes]:
     """Pre-signed booking updates of one client for one document (its certificate rides on the first)."""

@@ -161,6 +161,10 @@ class Subject(ABC):
     def token(self, client: int) -> str | None:
         return None
 
+    def device_key(self, client: int) -> bytes | None:
+        """The raw Ed25519 private key ``token(client)`` is bound to (the proof of possession)."""
+        return None
+
 
 # --- QuickSlot ------------------------------------------------------------------------------------
 
@@ -268,6 +272,9 @@ class QuickSlotAsgi(Subject):
 
     def token(self, client: int) -> str | None:
         return self.identities[client].access
+
+    def device_key(self, client: int) -> bytes | None:
+        return self.identities[client].device_key
 
     def metric(self, name: str) -> float | None:
         """One unlabelled value from ``/metrics`` (e.g. ``quickslot_loaded_documents``)."""
@@ -390,6 +397,9 @@ class QuickSlotDirect(Subject):
 
     def token(self, client: int) -> str | None:
         return self.relay.token(client)
+
+    def device_key(self, client: int) -> bytes | None:
+        return self.relay.device_key(client)
 
 
 # --- baselines ------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from client.peer_server import PeerServer
 from client.secrets import SecretStore
 from client.sync import SyncService
 from crdt_core.authoring import Author
-from crdt_core.certs import DeviceKey, SigningKey, parse_certificate
+from crdt_core.certs import DeviceKey, SigningKey, parse_certificate, public_bytes
 from crdt_core.engine import Replica
 from crdt_core.errors import CodecError, LocalProtocolError
 from crdt_core.messages import (
@@ -60,6 +60,7 @@ from crdt_core.messages import (
     Welcome,
     decode,
 )
+from crdt_core.pop import cnf_claim
 from crdt_core.protocol import (
     Acked,
     AuthRequested,
@@ -118,14 +119,17 @@ def mint_token(
     signer: SigningKey | None = None,
     issuer: str = ISSUER,
     typ: str = "access",
+    cnf: dict[str, Any] | None = None,
 ) -> str:
-    """An access token exactly as ``relay.tokens.TokenService.issue`` writes one."""
+    """An access token exactly as ``relay.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
     key = signer or world.relay
     iat = int(time.time()) if iat_s is None else iat_s
-    claims = {
+    claims: dict[str, Any] = {
         "iss": issuer, "aud": AUDIENCE, "sub": user, "iat": iat, "nbf": iat, "exp": iat + ttl_s,
         "jti": uuid.uuid4().hex, "fam": "fam-" + user, "typ": typ,
     }  # fmt: skip
+    if cnf is not None:
+        claims["cnf"] = cnf
     header_typ = "at+jwt" if typ == "access" else "rt+jwt"
     return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid, "typ": header_typ})
 
@@ -408,6 +412,13 @@ def _dialer_cases(world: World) -> dict[str, tuple[Author, str, int, str]]:
         "token from before the certificate": (
             alice, mint_token(world, "u-alice", iat_s=int(time.time()) - 3 * 3600), 4003, "older than"
         ),
+        "token bound to another device of the same user": (
+            alice, mint_token(world, "u-alice", cnf=cnf_claim(public_bytes(fixed_seed_key(998)))), 4003,
+            "bound to another device key",
+        ),
+        "token with a cnf claim of another kind": (
+            alice, mint_token(world, "u-alice", cnf={"jkt": "x" * 43}), 4003, "malformed cnf",
+        ),
     }  # fmt: skip
 
 
@@ -435,6 +446,11 @@ async def test_the_dialer_checks_the_acceptor_too(tmp_path: Path, world: World) 
     cases = {
         "foreign acceptor": (OTHER.device("u-owner"), mint_token(OTHER, "u-owner", signer=OTHER.relay), 4003),
         "acceptor with someone else's token": (owner_author, mint_token(world, "u-alice"), 4003),
+        "acceptor token bound to another device": (
+            owner_author,
+            mint_token(world, "u-owner", cnf=cnf_claim(public_bytes(fixed_seed_key(997)))),
+            4003,
+        ),
         "expired acceptor": (
             world.device(
                 "u-owner", valid_from_ms=world.now_ms - 9 * 3600_000, valid_until_ms=world.now_ms - 1

@@ -30,6 +30,7 @@ from client.events import (
 from client.local import LocalClient
 from client.secrets import SecretStore
 from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService
+from crdt_core.pop import proof_headers, rest
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
 from tests.client import OPENED, close_all
@@ -342,12 +343,14 @@ async def test_a_revoked_session_says_log_in_again(relay: FixedPortRelay, tmp_pa
     svc = service(hank, relay, hank_auth)
     await svc.sync_once()
     tokens = hank.secrets.tokens()
-    assert tokens is not None
-    # Logged out elsewhere (another device, the web): the whole session family is revoked.
+    assert tokens is not None and hank.identity is not None
+    # Logged out elsewhere (another device, the web): the whole session family is revoked. The
+    # token is bound to hank's device key, so the call carries its proof of possession.
+    logout = proof_headers(
+        tokens.access.reveal(), hank.identity.device.private, rest("POST", "/api/v1/auth/logout")
+    )
     async with httpx.AsyncClient(base_url=relay.base_url) as http:
-        r = await http.post(
-            "/api/v1/auth/logout", headers={"Authorization": f"Bearer {tokens.access.reveal()}"}
-        )
+        r = await http.post("/api/v1/auth/logout", headers=logout)
         assert r.status_code == 204
     drain(hank)
     with pytest.raises(SyncLoginRequired):

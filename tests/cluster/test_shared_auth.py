@@ -26,10 +26,11 @@ import pytest
 
 from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode
+from crdt_core.pop import rest
 from crdt_core.protocol import DocSynced
 from relay.keys_pg import ACTIVATION_DELAY_S
 from tests.relay.auth_helpers import PASSWORD, RelayProcess, bearer, login, register, unique_email, wait_until
-from tests.relay.sync_helpers import Account, SyncClient, login_device, new_account
+from tests.relay.sync_helpers import Account, SyncClient, login_device, new_account, token_headers
 from tests.relay.test_auth_reset import read_mail_dir, token_from
 
 #: How soon a revocation on one node must close the user's websockets on the other.
@@ -94,10 +95,11 @@ async def test_logout_on_a_closes_the_session_on_b(cluster: tuple[RelayProcess, 
         other = login_device(b, cb, acct.email)  # another session of the same user stays open
         ws, ws_other = await _connected(b, acct), await _connected(b, other)
         since = time.monotonic()
-        assert ca.post("/api/v1/auth/logout", headers=bearer(acct.access)).status_code == 204
+        logout = token_headers(acct.access, rest("POST", "/api/v1/auth/logout"))
+        assert ca.post("/api/v1/auth/logout", headers=logout).status_code == 204
         code, took = await _closed_within(ws, since)
         assert code == CloseCode.SESSION_REVOKED and took < BOUND_S, (code, took)
-        r = cb.get("/api/v1/auth/me", headers=bearer(acct.access))
+        r = cb.get("/api/v1/auth/me", headers=token_headers(acct.access, rest("GET", "/api/v1/auth/me")))
         assert (r.status_code, r.json()["code"]) == (401, "token_revoked")
         assert not ws_other.closed.done()
         await ws_other.close()

@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 
 from crdt_core.errors import CodecError
@@ -27,6 +28,7 @@ from crdt_core.messages import (
     Welcome,
     decode,
 )
+from crdt_core.pop import SYNC, proof_headers
 from tests.fuzz.cases import FrameSpec
 from tests.fuzz.wire import ws_frame
 
@@ -46,8 +48,17 @@ class FuzzConn:
         self._reader = asyncio.create_task(self._read(), name=f"fuzz-reader-{name}")
 
     @classmethod
-    async def open(cls, url: str, token: str | None, name: str, timeout: float = 10.0) -> FuzzConn:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+    async def open(
+        cls,
+        url: str,
+        token: str | None,
+        name: str,
+        timeout: float = 10.0,
+        key: Ed25519PrivateKey | None = None,
+    ) -> FuzzConn:
+        """Connect, with ``token`` in the header and, for a token bound to a device key, a proof of
+        possession made with ``key`` (``crdt_core.pop``)."""
+        headers = proof_headers(token, key, SYNC) if token else None
         ws = await asyncio.wait_for(
             websockets.connect(
                 url,

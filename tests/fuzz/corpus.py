@@ -18,6 +18,7 @@ from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica
 from crdt_core.hlc import Timestamp
 from crdt_core.messages import Auth, Subscribe, Unsubscribe
+from crdt_core.pop import Proof
 from crdt_core.records import sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation, StatusEvent, UserProfile
 from crdt_core.yupdate import decode_update
@@ -58,6 +59,7 @@ def build_corpus(
     stored_reservation: str,
     victim_reservation: str,
     n_valid: int = 16,
+    auth_proof: Proof | None = None,
 ) -> Corpus:
     """Valid and forged updates against the documents' current state (``bookings_state``).
 
@@ -183,6 +185,8 @@ def build_corpus(
     frames += [client_message("upd", doc=bookings, uid=99, update=forged[0][1])]
     frames += [Unsubscribe(d).to_wire() for d in docs]
     frames += [Auth(token).to_wire()]
+    if auth_proof is not None:  # the genuine proof for a bound token (valid for WINDOW_S)
+        frames += [Auth(token, auth_proof.signature, auth_proof.at).to_wire()]
     return Corpus(
         docs=docs,
         user_id=author.user_id,

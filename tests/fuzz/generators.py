@@ -57,6 +57,7 @@ OTHER_TYPES = ("welcome", "sync", "ack", "stamp", "stamped", "err", "hello", "ch
 FIELD_NAMES = (
     "token",
     "proof",
+    "proof_time",
     "doc",
     "sv",
     "uid",
@@ -223,7 +224,7 @@ def valid_field(name: str, corpus: Corpus) -> st.SearchStrategy[Any]:
         return state_vectors(corpus)
     if name == "update":
         return yjs_updates(corpus)
-    if name in ("uid", "seq"):
+    if name in ("uid", "seq", "proof_time"):
         return st.one_of(st.integers(0, 1000), st.sampled_from([MAX_INT, 2**32, 0]))
     if name == "token":
         return tokens(corpus)

@@ -45,6 +45,7 @@ from crdt_core.messages import (
     Sync,
     Welcome,
 )
+from crdt_core.pop import auth_proof
 from crdt_core.protocol import Acked
 from tests.fuzz.cases import Case, Corpus, Fragments, Message as MessageStep, RawFrames, Silence
 from tests.fuzz.conn import FuzzConn
@@ -215,12 +216,15 @@ class FuzzSession:
             author=self.fuzzer.author,
             other=self.good.author,
             token=self.fuzzer.access,
+            auth_proof=auth_proof(self.fuzzer.access, self.fuzzer.author.device.private),
             bookings_state=replica.encode_state(),
             stored_reservation=own.id,
             victim_reservation=victim.id,
         )
         self._replicas = {doc: Replica() for doc in self.corpus.docs}
-        self._watcher = await FuzzConn.open(self.url, self.watcher_account.access, "watcher")
+        self._watcher = await FuzzConn.open(
+            self.url, self.watcher_account.access, "watcher", key=self.watcher_account.author.device.private
+        )
         await self._expect_welcome(self._watcher)
         expect = Expect()
         for doc in self.corpus.docs:
@@ -284,7 +288,9 @@ class FuzzSession:
             self._check_malformed(conn)
         assert self.fuzzer is not None
         self.stats.reconnects += 1
-        conn = await FuzzConn.open(self.url, self.fuzzer.access, "fuzz-auth")
+        conn = await FuzzConn.open(
+            self.url, self.fuzzer.access, "fuzz-auth", key=self.fuzzer.author.device.private
+        )
         self._auth = conn
         await self._expect_welcome(conn)
         await self._resubscribe(conn)

@@ -107,3 +107,26 @@ def test_the_oracles_can_fail(fuzz: FuzzSession) -> None:
     found, fuzz.stats.violations = fuzz.stats.violations, []
     assert any("never acknowledged" in v for v in found), found
     assert any("VmHWM" in v for v in found), found
+
+
+def test_a_bound_token_opens_the_message_path_only_with_its_proof(fuzz: FuzzSession) -> None:
+    """The fuzzing user's token is bound to its device key: as the first message it is refused
+    (4003) bare or with a proof for another purpose, and welcomed with the genuine proof. The
+    oracle predicts each answer (a wrong prediction is a violation) and the counts show both."""
+    assert fuzz.corpus is not None and fuzz.fuzzer is not None
+    from crdt_core.messages import Auth
+    from crdt_core.pop import auth_proof, make_proof, rest, token_binding
+    from tests.fuzz.cases import Case, Message
+
+    token, key = fuzz.corpus.token, fuzz.fuzzer.author.device.private
+    binding, proof = token_binding(token), auth_proof(token, key)
+    assert binding is not None and proof is not None
+    wrong = make_proof(key, rest("GET", "/api/v1/auth/me"), binding.audience, binding.jti)
+    frames = [
+        Auth(token).to_wire(),
+        Auth(token, wrong.signature, wrong.at).to_wire(),
+        Auth(token, proof.signature, proof.at).to_wire(),
+    ]
+    welcomes, refusals = fuzz.stats.welcomes, fuzz.stats.closes[4003]
+    run_clean(fuzz, "unauth", [Case("token", (Message(frame),)) for frame in frames])
+    assert (fuzz.stats.welcomes - welcomes, fuzz.stats.closes[4003] - refusals) == (1, 2)

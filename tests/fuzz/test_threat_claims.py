@@ -22,17 +22,19 @@ import pytest
 
 from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode, ErrorCode
+from crdt_core.pop import rest
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
 from crdt_core.records import sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation, UserProfile
 from relay.sync_hub import ANONYMOUS_CAP_REASON
 from tests.fuzz.corpus import build_corpus
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, bearer, run_cli
-from tests.relay.sync_helpers import Account, SyncClient, new_account
+from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, bearer, login, run_cli
+from tests.relay.sync_helpers import Account, SyncClient, new_account, token_headers
 from tests.strategies import map_item, struct_block, yjs_update
 
 DAY = (dt.date.today() + dt.timedelta(days=6)).isoformat()
+LOGOUT = rest("POST", "/api/v1/auth/logout")
 
 #: The reason code (docs/records.md) each forged update of the corpus must be refused with.
 EXPECTED_REASONS = {
@@ -115,12 +117,21 @@ async def test_every_forged_record_is_refused_by_the_relay_with_its_reason(
         await c.close()
 
 
-async def test_a_stolen_access_token_reads_but_cannot_sign_for_its_owner(
+async def test_a_stolen_bearer_token_reads_but_cannot_sign_for_its_owner(
     relay: RelayProcess, http: httpx.Client
 ) -> None:
+    """A token bound to a device key opens nothing without that key (test_token_binding.py); a
+    bearer token (issued without a device key) is what a thief can still use, this way only."""
     victim, thief = new_account(relay, http), new_account(relay, http)
     doc, victim_doc = f"bookings:threat2:{DAY}", f"user:{victim.user_id}"
-    stolen = await SyncClient.connect(relay, victim.access)  # the thief holds the victim's token
+    bound = await SyncClient.connect(relay, victim.access, prove=False)  # the device's own token
+    code, reason = await asyncio.wait_for(bound.closed, 10)
+    assert (code, reason) == (
+        CloseCode.AUTH_FAILED,
+        "proof of possession required (the token is bound to a device key)",
+    )
+    bearer_token = login(http, victim.email)["access_token"]  # a session without a device key
+    stolen = await SyncClient.connect(relay, bearer_token)  # the thief holds the victim's token
     rd, ru = Replica(), Replica()
     assert isinstance(await stolen.subscribe(victim_doc, ru), DocSynced)  # reads as the victim
     assert isinstance(await stolen.subscribe(doc, rd), DocSynced)
@@ -132,14 +143,14 @@ async def test_a_stolen_access_token_reads_but_cannot_sign_for_its_owner(
     answer = await stolen.push(victim_doc, thief.author.put(ru.copy(), victim_doc, [(profile, "me")]))
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden"), answer
     # The victim logs out: the stolen token's connection is closed and the token opens nothing.
-    assert http.post("/api/v1/auth/logout", headers=bearer(victim.access)).status_code == 204
+    assert http.post("/api/v1/auth/logout", headers=bearer(bearer_token)).status_code == 204
     code, _ = await asyncio.wait_for(stolen.closed, 10)
     assert code == CloseCode.SESSION_REVOKED
-    again = await SyncClient.connect(relay, victim.access)
+    again = await SyncClient.connect(relay, bearer_token)
     code, _ = await asyncio.wait_for(again.closed, 10)
     assert code == CloseCode.SESSION_REVOKED
-    await stolen.close()
-    await again.close()
+    for c in (bound, stolen, again):
+        await c.close()
 
 
 async def test_equivocation_at_the_relay_is_refused_and_never_stored_forwarded_or_stamped(
@@ -195,7 +206,7 @@ async def test_a_stolen_device_key_is_refused_after_its_owner_logs_out(
     relay: RelayProcess, http: httpx.Client
 ) -> None:
     victim, thief = new_account(relay, http), new_account(relay, http)
-    assert http.post("/api/v1/auth/logout", headers=bearer(victim.access)).status_code == 204
+    assert http.post("/api/v1/auth/logout", headers=token_headers(victim.access, LOGOUT)).status_code == 204
     answer = await _carry_signed_by(relay, thief.access, victim, f"bookings:threat4:{DAY}")
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("revoked"), answer
 

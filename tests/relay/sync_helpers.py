@@ -21,6 +21,15 @@ from crdt_core.authoring import Author
 from crdt_core.certs import DeviceKey, public_bytes
 from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
+from crdt_core.pop import (
+    PROOF_HEADER,
+    PROOF_TIME_HEADER,
+    Proof,
+    Purpose,
+    auth_proof,
+    proof_headers,
+    token_binding,
+)
 from crdt_core.protocol import (
     Acked,
     ClientProtocol,
@@ -61,13 +70,30 @@ def make_account(relay: RelayProcess, http: httpx.Client, *, email: str | None =
     return login_device(relay, http, email)
 
 
+#: The device key behind every access token this process obtained with one: the relay binds such
+#: tokens to the key, and :meth:`SyncClient.connect` proves possession for them as the reference
+#: client does. Attack tests opt out (``prove=False``) or sign with another key (``key=``).
+DEVICE_KEYS: dict[str, Ed25519PrivateKey] = {}
+
+
+def remember_key(access_token: str, key: Ed25519PrivateKey) -> None:
+    DEVICE_KEYS[access_token] = key
+
+
 def login_device(relay: RelayProcess, http: httpx.Client, email: str) -> Account:
     key = Ed25519PrivateKey.generate()
     body = login(http, email, device_public_key=b64url(public_bytes(key)))
     cert = b64url_decode(body["device_certificate"])
     user_id = body["user"]["id"]
     author = Author(user_id, DeviceKey(key, cert), HybridClock(user_id[:32]))
+    remember_key(body["access_token"], key)
     return Account(user_id, email, body["access_token"], body["refresh_token"], author, body)
+
+
+def token_headers(token: str, purpose: Purpose, key: Ed25519PrivateKey | None = None) -> dict[str, str]:
+    """``Authorization`` plus, for a bound token, a proof of possession for ``purpose`` made with
+    ``key`` (default: the key the token was obtained with)."""
+    return proof_headers(token, key or DEVICE_KEYS.get(token), purpose)
 
 
 def new_account(relay: RelayProcess, http: httpx.Client) -> Account:
@@ -89,18 +115,39 @@ class SyncClient:
 
     @classmethod
     async def connect(
-        cls, relay: RelayProcess, token: str | None, *, header: bool = True, local_address: str | None = None
+        cls,
+        relay: RelayProcess,
+        token: str | None,
+        *,
+        header: bool = True,
+        prove: bool = True,
+        proof: Proof | None = None,
+        local_address: str | None = None,
     ) -> SyncClient:
-        """``local_address``: the source address to connect from (any of 127.0.0.0/8 on Linux),
-        for tests of per-address limits."""
+        """Open a connection authenticated with ``token`` (header, or first ``auth`` message).
+
+        For a bound token it proves possession with the key the token was obtained with, unless
+        ``prove`` is False (no proof at all) or ``proof`` is given (sent as is, to attack).
+        ``local_address``: the source address to connect from (any of 127.0.0.0/8 on Linux), for
+        tests of per-address limits."""
         url = f"ws://{relay.host}:{relay.port}/api/v1/sync"
-        headers = {"Authorization": f"Bearer {token}"} if (token and header) else None
+        if proof is None and prove and token and token_binding(token) is not None:
+            proof = auth_proof(token, DEVICE_KEYS.get(token))
+        headers: dict[str, str] | None = None
+        if token and header:
+            headers = {"Authorization": f"Bearer {token}"}
+            if proof is not None:
+                headers[PROOF_HEADER] = b64url(proof.signature)
+                headers[PROOF_TIME_HEADER] = str(proof.at)
         local: dict[str, Any] = {"local_addr": (local_address, 0)} if local_address else {}
         ws = await websockets.connect(url, additional_headers=headers, max_size=64 * 1024 * 1024, **local)
         proto = ClientProtocol(header_auth=bool(token and header))
         client = cls(ws, proto)
         if token and not header:
-            proto.authenticate(token)
+            if proof is None:
+                proto.authenticate(token)
+            else:
+                proto.authenticate(token, proof.signature, proof.at)
             await client.flush()
         if token:
             # Wait for the welcome (or the close that refuses us) before anything is sent.

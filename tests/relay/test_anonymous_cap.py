@@ -30,12 +30,13 @@ import websockets
 
 from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode
+from crdt_core.pop import auth_proof
 from crdt_core.protocol import ClientProtocol, DocSynced, Welcomed
 from relay.anonymous_slots import AnonymousSlots, address_key
 from relay.config import SyncLimits
 from relay.sync_hub import ANONYMOUS_CAP_REASON
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import SyncClient, new_account
+from tests.relay.sync_helpers import DEVICE_KEYS, SyncClient, new_account
 
 DOC = "bookings:anoncap:2030-01-07"
 REFUSED = 'quickslot_sync_refused_total{reason="anonymous_per_address"}'
@@ -80,7 +81,8 @@ async def browser(relay: RelayProcess, token: str, address: str) -> SyncClient:
     """A client that authenticates with its first message (browsers cannot set headers). A
     refused one may see the close before its ``auth`` is written; that is not an error here."""
     client = await SyncClient.connect(relay, None, local_address=address)
-    client.proto.authenticate(token)
+    proof = auth_proof(token, DEVICE_KEYS.get(token))  # the token is bound to the device key
+    client.proto.authenticate(token, *((proof.signature, proof.at) if proof else ()))
     with contextlib.suppress(websockets.ConnectionClosed):
         await client.flush()
     welcome = asyncio.ensure_future(client.next_event(Welcomed))
@@ -171,7 +173,9 @@ async def test_every_ending_gives_the_slot_back(tmp_path: Path, relays: list[Rel
             await violating.send_raw("text frames are a violation")
             dropped.ws.transport.abort()
             await closing.close()
-            authenticating.proto.authenticate(account.access)
+            proof = auth_proof(account.access, DEVICE_KEYS.get(account.access))
+            assert proof is not None  # the account's token is bound to its device key
+            authenticating.proto.authenticate(account.access, proof.signature, proof.at)
             await authenticating.flush()
             await authenticating.next_event(Welcomed)
             assert isinstance(await authenticating.subscribe(DOC, Replica()), DocSynced)

@@ -49,10 +49,10 @@ def test_the_filter_folds_reports_into_one_short_warning_per_interval() -> None:
 async def test_invalid_utf8_text_frames_leave_one_line_in_the_relays_log(tmp_path: Path) -> None:
     with RelayProcess(tmp_path / "data", *GENEROUS_LIMITS) as relay:
         with relay.client() as http:
-            token = new_account(relay, http).access
+            account = new_account(relay, http)
         url = relay.base_url.replace("http", "ws", 1) + "/api/v1/sync"
         for i in range(40):
-            conn = await FuzzConn.open(url, token, f"utf8-{i}")
+            conn = await FuzzConn.open(url, account.access, f"utf8-{i}", key=account.author.device.private)
             assert conn.write_raw((FrameSpec(0x1, b"\xff\xfe not text"),))
             code, _ = await asyncio.wait_for(conn.closed, 10)
             assert code == 1007

@@ -28,9 +28,10 @@ import pytest
 import websockets
 
 from crdt_core.engine import Replica
+from crdt_core.pop import SYNC
 from relay.fdlimit import ACCEPT_EXHAUSTED, AcceptErrorThrottle
 from tests.relay.auth_helpers import FAST_HASH_ARGS, GENEROUS_LIMITS, REPO, RelayProcess, _env, free_port
-from tests.relay.sync_helpers import SyncClient, new_account
+from tests.relay.sync_helpers import SyncClient, new_account, token_headers
 
 DOC = "bookings:fdshop:2031-01-01"
 
@@ -132,7 +133,7 @@ def test_a_burst_past_the_descriptors_is_refused_with_1013_not_hung(
     with relay.client() as http:
         account = new_account(relay, http)
     url = f"ws://127.0.0.1:{relay.port}/api/v1/sync"
-    headers = {"Authorization": f"Bearer {account.access}"}
+    headers = token_headers(account.access, SYNC)  # the token is bound: a proof goes with it
 
     opened: list[websockets.ClientConnection] = []
 

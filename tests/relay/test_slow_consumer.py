@@ -47,11 +47,12 @@ from crdt_core.messages import (
     Welcome,
     decode,
 )
+from crdt_core.pop import SYNC
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.schema import Reservation
 from relay.sync_hub import CLOSE_GRACE_S
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import Account, SyncClient, new_account
+from tests.relay.sync_helpers import Account, SyncClient, new_account, token_headers
 
 DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
 
@@ -116,7 +117,8 @@ class StalledClient:
             await loop.sock_connect(sock, (relay.host, relay.port))
             ws = WsClient(parse_uri(f"ws://{relay.host}:{relay.port}/api/v1/sync"), max_size=None)
             request = ws.connect()
-            request.headers["Authorization"] = f"Bearer {token}"
+            for name, value in token_headers(token, SYNC).items():  # with the proof of possession
+                request.headers[name] = value
             ws.send_request(request)
             client = cls(sock, ws)
             await client.send_pending()

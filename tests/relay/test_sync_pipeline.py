@@ -34,6 +34,7 @@ from crdt_core.messages import (
     Welcome,
     decode,
 )
+from crdt_core.pop import Proof, Purpose
 from relay.config import SyncLimits
 from relay.documents import DocumentManager
 from relay.metrics import MetricsRegistry
@@ -50,7 +51,9 @@ RELAY_KEY = SigningKey("k1", Ed25519PrivateKey.generate())
 class Tokens:
     """Token ``user:<id>`` is valid for ``<id>``; anything else is refused."""
 
-    def verify_access(self, token: str) -> Claims:
+    def verify_access(
+        self, token: str, *, purpose: Purpose | None = None, proof: Proof | None = None
+    ) -> Claims:
         if not token.startswith("user:"):
             raise TokenError("bad token")
         now = int(time.time())
