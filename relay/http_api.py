@@ -21,7 +21,7 @@ from http import HTTPStatus
 from importlib import metadata
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -413,7 +413,27 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def require_access(request: Request) -> Claims:
+#: The proof headers as parameters, so the OpenAPI page shows clients what a bound token needs.
+ProofHeader = Annotated[
+    str | None,
+    Header(
+        alias=PROOF_HEADER,
+        description="For an access token bound to a device key (claim cnf): base64url Ed25519 "
+        "signature by that key over the proof statement for this method and path "
+        "(docs/protocol.md, section 1.1).",
+    ),
+]
+ProofTimeHeader = Annotated[
+    str | None,
+    Header(
+        alias=PROOF_TIME_HEADER, description="The proof's time, Unix seconds (within 300 s of the relay's)."
+    ),
+]
+
+
+def require_access(
+    request: Request, proof_header: ProofHeader = None, proof_time: ProofTimeHeader = None
+) -> Claims:
     """Dependency: verified, unrevoked access-token claims.
 
     A token bound to a device key needs the ``QuickSlot-Proof`` and ``QuickSlot-Proof-Time``
@@ -425,7 +445,7 @@ def require_access(request: Request) -> Claims:
         token = bearer_token(request)
         malformed: ProofError | None = None
         try:
-            proof = parse_proof(request.headers.get(PROOF_HEADER), request.headers.get(PROOF_TIME_HEADER))
+            proof = parse_proof(proof_header, proof_time)
         except ProofError as exc:  # refused below only if the token needs a proof (bound)
             proof, malformed = None, exc
         try:

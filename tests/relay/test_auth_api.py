@@ -317,6 +317,10 @@ def test_ops_endpoints(client: httpx.Client, relay: RelayProcess) -> None:
         "password-reset/confirm",
     ):
         assert f"/api/v1/auth/{path}" in paths
+    for path, method in (("me", "get"), ("logout", "post")):  # what a bound token needs is listed
+        params = paths[f"/api/v1/auth/{path}"][method]["parameters"]
+        headers = {p["name"] for p in params if p["in"] == "header"}
+        assert {"QuickSlot-Proof", "QuickSlot-Proof-Time"} <= headers, headers
 
 
 def test_error_bodies_are_consistent(client: httpx.Client) -> None:
