@@ -378,6 +378,14 @@ LOADED = _State.LOADED
 UNLOADED = _State.UNLOADED
 
 
+def _count_stamps(entry: _Entry, stamps: StampSequence, commit: asyncio.Future[AppendResult]) -> None:
+    """Advance the document's stamp counter past what ``commit`` carries; the next stamping waits
+    for that commit (``_locked(after_stamps=True)``)."""
+    entry.next_stamp += stamps.count
+    if stamps.count:
+        entry.stamp_commit = commit
+
+
 class _Entry:
     __slots__ = (
         "doc_id",
@@ -693,21 +701,12 @@ class DocumentManager:
                         floor = self._store.enqueue_stamp_floor(doc_id, stamps.base)
                         floor.add_done_callback(_log_floor_failure(doc_id))
                         entry.next_stamp = stamps.base
-                    commit = asyncio.ensure_future(
-                        self._store.enqueue_append(
-                            doc_id,
-                            updates,
-                            stamp_base=stamps.base if stamps.count else None,
-                            stamp_count=stamps.count,
-                        )
-                    )
+                    commit = self._enqueue_append(doc_id, updates, stamps)
                 except BaseException:
                     # The replica already holds what will not be stored: reload it on next use.
                     self._poison(entry)
                     raise
-                entry.next_stamp += stamps.count
-                if stamps.count:
-                    entry.stamp_commit = commit
+                _count_stamps(entry, stamps, commit)
                 # Attached under the lock, so callbacks run in commit (= seq) order: the relay
                 # acknowledges and fans out in exactly the order updates are stored.
                 deliver: Callable[[AppendResult], None] | None = None
@@ -726,6 +725,20 @@ class DocumentManager:
         elif self._loaded_bytes > self.max_bytes:
             self._spawn(self._make_room(for_new=False))
         return ordered
+
+    def _enqueue_append(
+        self, doc_id: str, updates: list[bytes], stamps: StampSequence
+    ) -> asyncio.Future[AppendResult]:
+        """Queue ``updates`` as one append; the store checks the stamp numbers ``stamps`` took
+        against its own counter in the same commit (a stale base fails only this append)."""
+        return asyncio.ensure_future(
+            self._store.enqueue_append(
+                doc_id,
+                updates,
+                stamp_base=stamps.base if stamps.count else None,
+                stamp_count=stamps.count,
+            )
+        )
 
     async def apply(self, doc_id: str, update: bytes) -> Applied[None]:
         """:meth:`submit` with no check and no relay update (an update already validated)."""
@@ -761,20 +774,11 @@ class DocumentManager:
                     return None
                 update = bytes(built)
                 replica.apply_update(update)
-                commit = asyncio.ensure_future(
-                    self._store.enqueue_append(
-                        doc_id,
-                        [update],
-                        stamp_base=stamps.base if stamps.count else None,
-                        stamp_count=stamps.count,
-                    )
-                )
+                commit = self._enqueue_append(doc_id, [update], stamps)
             except BaseException:
                 self._poison(entry)
                 raise
-            entry.next_stamp += stamps.count
-            if stamps.count:
-                entry.stamp_commit = commit
+            _count_stamps(entry, stamps, commit)
             self._track(
                 entry,
                 commit,
