@@ -231,3 +231,21 @@ def test_percentile_matches_the_usual_definition() -> None:
     assert percentile(values, 99) == pytest.approx(99.01)
     assert percentile([3.0], 99) == 3.0
     assert math.isnan(percentile([], 50))
+
+
+def test_a_ratio_against_a_zero_baseline_is_none_not_a_division_error() -> None:
+    """A baseline can measure a true zero (an idle Node server spends no CPU over 2 s); every
+    subject's ratio at that size is then None, and sizes with a non-zero baseline still get one."""
+    from benchmarks.harness import Result
+    from benchmarks.report import compute_ratios
+
+    def row(subject: str, size: int, value: float) -> dict[str, Any]:
+        return Result("idle", subject, subject, size, "time", "s/op", "op", 1, [value]).to_json()
+
+    data = {
+        "workloads": {"idle": {"baseline": "base"}},
+        "results": [row("base", 1, 0.0), row("ours", 1, 2e-6), row("base", 2, 1e-6), row("ours", 2, 3e-6)],
+    }
+    ratios = {(r["size"], r["subject"]): r["ratio"] for r in compute_ratios(data)}
+    assert ratios[(1, "base")] is None and ratios[(1, "ours")] is None
+    assert ratios[(2, "base")] == 1.0 and ratios[(2, "ours")] == pytest.approx(3.0)

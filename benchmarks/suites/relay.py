@@ -744,6 +744,11 @@ def _records_in(dialect: str, payload: bytes) -> int:
 IDLE_BATCH = 100
 
 
+def _no_growth_note(before: int | None, after: int | None) -> str:
+    """A memory sample that did not grow is no measurement: the note a DIVERGED result carries."""
+    return f"no RSS growth measured ({_mb(before)} -> {_mb(after)}): below the allocator's noise at this N"
+
+
 @dataclass
 class IdleMemory:
     name: str = "idle_memory"
@@ -816,8 +821,12 @@ class IdleMemory:
                     r.status, r.note = DIVERGED, "incomplete: " + "; ".join(fill["notes"])
                 elif loaded is not None and loaded < size:
                     r.status, r.note = DIVERGED, f"only {loaded:.0f} of {size + warm_n} documents loaded"
+                elif after["rss"] <= (before.get("rss") or 0):
+                    # As for idle connections: at small N the documents' cost can be below the
+                    # heap's own movement (Node's GC returns memory while they load).
+                    r.status, r.note = DIVERGED, _no_growth_note(before.get("rss"), after["rss"])
                 else:
-                    per_doc = max(0, after["rss"] - before["rss"]) / size
+                    per_doc = (after["rss"] - (before.get("rss") or 0)) / size
                     r.samples = [per_doc]
                     r.note = (
                         f"RSS {_mb(before.get('rss'))} -> {_mb(after.get('rss'))}; "
@@ -907,11 +916,7 @@ class _IdleConnWorkload:
                 elif self.metric == "bytes" and self.pick(res, size) <= 0:
                     # Node's and CPython's heaps move by megabytes on their own: at small N the
                     # connections' cost can be below that noise, which is no measurement.
-                    r.status = DIVERGED
-                    r.note = (
-                        f"no RSS growth measured ({_mb(res['rss_before'])} -> {_mb(res['rss_connected'])}): "
-                        "below the allocator's noise at this N"
-                    )
+                    r.status, r.note = DIVERGED, _no_growth_note(res["rss_before"], res["rss_connected"])
                 else:
                     r.samples = [self.pick(res, size)]
                     grown = (res["rss_connected"] or 0) - (res["rss_before"] or 0)
