@@ -21,7 +21,7 @@ from crdt_core.engine import Replica
 from crdt_core.protocol import Acked, StampReceived
 from crdt_core.reader import read_bookings
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, store_args
-from tests.relay.sync_helpers import Account, SyncClient, new_account
+from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
 from tests.servers.redis import RedisServer
 
 DOC = f"bookings:holdnodes:{(dt.date.today() + dt.timedelta(days=6)).isoformat()}"
@@ -50,11 +50,7 @@ async def book(node: RelayProcess, acct: Account, replica: Replica, *, stamped: 
 
 
 async def fetch(node: RelayProcess, acct: Account) -> Replica:
-    c = await SyncClient.connect(node, acct.access)
-    replica = Replica()
-    await c.subscribe(DOC, replica)
-    await c.close()
-    return replica
+    return await fetch_document(node, acct.access, DOC)
 
 
 def test_two_nodes_hold_then_stamp_each_held_claim_once_in_stored_order(

@@ -54,12 +54,10 @@ from tests.fuzz.oracles import (
     FRAMING_CLOSES,
     Expect,
     joined_parts,
-    peak_rss_bytes,
     predict_first,
     predict_open,
-    rss_bytes,
 )
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
+from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, peak_rss_bytes, rss_bytes
 from tests.relay.sync_helpers import Account, SyncClient, login_device, new_account
 
 T = TypeVar("T")

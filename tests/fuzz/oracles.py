@@ -17,7 +17,6 @@ import binascii
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from crdt_core.errors import CodecError
 from crdt_core.messages import (
@@ -153,19 +152,3 @@ def _proof_verdict(message: Auth, real_token: str) -> bool | None:
     return True
 
 
-def status_bytes(pid: int, field: str) -> int:
-    """A size field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``...) in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for pid {pid}")
-
-
-def rss_bytes(pid: int) -> int:
-    return status_bytes(pid, "VmRSS")
-
-
-def peak_rss_bytes(pid: int) -> int:
-    """The highest resident set since the process started (the kernel's own high-water mark), so a
-    transient allocation between two samples counts too."""
-    return status_bytes(pid, "VmHWM")

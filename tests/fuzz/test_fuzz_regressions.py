@@ -23,7 +23,7 @@ from crdt_core.messages import ErrorCode
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived
 from crdt_core.records import sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
+from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, peak_rss_bytes
 from tests.relay.sync_helpers import SyncClient, new_account
 from tests.strategies import map_item, struct_block, yjs_update
 
@@ -134,16 +134,6 @@ def _varuint(n: int) -> bytes:
         out.append(byte | 0x80)
 
 
-def relay_peak_rss(relay: RelayProcess) -> int:
-    """The relay's VmHWM (peak resident set) in bytes: a transient allocation shows here too."""
-    assert relay.proc is not None
-    with open(f"/proc/{relay.proc.pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 async def test_a_state_vector_declaring_millions_of_entries_costs_the_relay_nothing(
     relay: RelayProcess,
 ) -> None:
@@ -156,7 +146,8 @@ async def test_a_state_vector_declaring_millions_of_entries_costs_the_relay_noth
     c = await SyncClient.connect(relay, acct.access)
     doc = "bookings:svbomb:2031-04-01"
     assert isinstance(await c.subscribe(doc, Replica()), DocSynced)  # the document is loaded
-    before = relay_peak_rss(relay)
+    assert relay.proc is not None
+    before = peak_rss_bytes(relay.proc.pid)
     c.proto.resync(doc, _varuint(2**28) + b"\x01\x01")
     await c.flush()
     answer = await c.next_event((DocSynced, ErrorReceived))
@@ -166,7 +157,7 @@ async def test_a_state_vector_declaring_millions_of_entries_costs_the_relay_noth
         await c.flush()
         answer = await c.next_event((DocSynced, ErrorReceived))
         assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.BAD_DOC, answer
-    grown = relay_peak_rss(relay) - before
+    grown = peak_rss_bytes(relay.proc.pid) - before
     assert grown < 64 * 2**20, f"peak RSS grew {grown / 2**20:.0f} MiB for three 7-byte state vectors"
     assert not c.closed.done()
     await c.close()

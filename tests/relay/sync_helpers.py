@@ -96,6 +96,15 @@ def token_headers(token: str, purpose: Purpose, key: Ed25519PrivateKey | None = 
     return proof_headers(token, key or DEVICE_KEYS.get(token), purpose)
 
 
+async def fetch_document(relay: RelayProcess, token: str, doc: str) -> Replica:
+    """The relay's copy of ``doc`` as a fresh subscriber receives it (sync step 2 from nothing)."""
+    c = await SyncClient.connect(relay, token)
+    replica = Replica()
+    await c.subscribe(doc, replica)
+    await c.close()
+    return replica
+
+
 def new_account(relay: RelayProcess, http: httpx.Client) -> Account:
     email = unique_email()
     register(http, email)

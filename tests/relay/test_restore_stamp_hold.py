@@ -32,7 +32,7 @@ from crdt_core.reader import read_bookings
 from crdt_core.verdict import ClaimState, Verdict, compute_verdict
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, store_args
 from tests.relay.store_backends import LONG_STORES
-from tests.relay.sync_helpers import Account, SyncClient, new_account
+from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
 
 DAY = (dt.date.today() + dt.timedelta(days=5)).isoformat()
 DOC = f"bookings:holdshop:{DAY}"
@@ -67,11 +67,7 @@ def restore(backup: Path, data: Path) -> None:
 
 
 async def fetch(relay: RelayProcess, acct: Account) -> Replica:
-    c = await SyncClient.connect(relay, acct.access)
-    replica = Replica()
-    await c.subscribe(DOC, replica)
-    await c.close()
-    return replica
+    return await fetch_document(relay, acct.access, DOC)
 
 
 async def book_stamped(relay: RelayProcess, acct: Account, replica: Replica, n: int) -> list[str]:

@@ -51,7 +51,7 @@ from crdt_core.pop import SYNC
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.schema import Reservation
 from relay.sync_hub import CLOSE_GRACE_S
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
+from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, rss_bytes
 from tests.relay.sync_helpers import Account, SyncClient, new_account, token_headers
 
 DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
@@ -74,14 +74,6 @@ NOTE = "n" * 500
 
 SLOW = "quickslot_slow_consumers_total"
 CONNECTIONS = "quickslot_connections"
-
-
-def rss_bytes(pid: int) -> int:
-    """The process's resident set size, from ``/proc/<pid>/status``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def metric(http: httpx.Client, name: str) -> float:

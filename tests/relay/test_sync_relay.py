@@ -23,9 +23,9 @@ from crdt_core.messages import CloseCode, ErrorCode
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
 from crdt_core.schema import SlotTemplate
-from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, store_args
+from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, rss_bytes, store_args
 from tests.relay.store_backends import LONG_STORES, copy_store
-from tests.relay.sync_helpers import Account, SyncClient, new_account
+from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
 
 DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
 SHOP = "shop1"
@@ -204,13 +204,6 @@ async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client
     await co.close()
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_hostile_frames_close_only_the_offender(relay: RelayProcess, http: httpx.Client) -> None:
     assert relay.proc is not None
     rss_before = rss_bytes(relay.proc.pid)
@@ -315,11 +308,7 @@ def test_relay_restart_keeps_acked_bookings(tmp_path: Path, store_flags: list[st
         return acct, r.to_py()["reservations"]
 
     async def fetch(relay: RelayProcess, acct: Account) -> Replica:
-        c = await SyncClient.connect(relay, acct.access)
-        r = Replica()
-        await c.subscribe(DOC, r)
-        await c.close()
-        return r
+        return await fetch_document(relay, acct.access, DOC)
 
     data = tmp_path / "data"
     relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()

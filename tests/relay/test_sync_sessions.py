@@ -19,7 +19,7 @@ from crdt_core.protocol import Acked, DocSynced
 from crdt_core.reader import read_bookings
 from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, run_cli, store_args
 from tests.relay.store_backends import LONG_STORES
-from tests.relay.sync_helpers import SyncClient, login_device, new_account
+from tests.relay.sync_helpers import SyncClient, fetch_document, login_device, new_account
 
 DOC = "bookings:shop1:2030-01-15"
 
@@ -148,11 +148,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_booking(
     async def fetch() -> Replica:
         with relay.client() as http:
             acct = login_device(relay, http, accounts[0].email)
-        c = await SyncClient.connect(relay, acct.access)
-        replica = Replica()
-        await c.subscribe(DOC, replica)
-        await c.close()
-        return replica
+        return await fetch_document(relay, acct.access, DOC)
 
     try:
         replica = asyncio.run(fetch())
