@@ -605,7 +605,7 @@ class AuthComponents:
     tokens: TokenService
     service: AccountService
     # With a shared store, the rate limiters every node must share: ``factory(purpose, limit)``
-    # (``relay.http_api.Limiters.from_config`` takes it). ``None``: in-memory, per process.
+    # (``relay.context.Limiters.from_config`` takes it). ``None``: in-memory, per process.
     limiter_factory: Callable[[str, RateLimit], RateLimiter] | None = None
 
     async def aclose(self) -> None:

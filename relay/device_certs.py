@@ -18,7 +18,7 @@ from crdt_core.certs import issue_certificate
 from relay.keys import KeyStore, b64url_decode
 
 if TYPE_CHECKING:
-    from relay.accounts import User
+    from relay.account_types import User
 
 DEVICE_KEY_BYTES = 32
 CLOCK_SLACK_MS = 5 * 60 * 1000

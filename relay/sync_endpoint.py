@@ -1,8 +1,9 @@
 """The sync websocket ``/api/v1/sync`` and the document store, plugged into the relay app.
 
-Why an extension: the app factory (``relay.app``) owns accounts and tokens and opens extensions
-after them and closes them before them, so on SIGTERM the hub can still tell every client to
-come back (close 1001) and the store can finish its commits while accounts are open.
+Why an extension: the app factory (``relay.app``, which imports this module) owns accounts and
+tokens and opens extensions after them and closes them before them, so on SIGTERM the hub can
+still tell every client to come back (close 1001) and the store can finish its commits while
+accounts are open.
 
 Socket writes: an ASGI ``websocket.send`` event is one frame and one ``write`` syscall, and on
 loopback most of a delivery's CPU is that syscall and the layers above it (Starlette's state
@@ -25,8 +26,8 @@ from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
-from relay.app import RelayContext
 from relay.config import RelayConfig, SyncLimits
+from relay.context import RelayContext
 from relay.documents import DocumentManager
 from relay.fanout import open_fanout
 from relay.logging import get_logger, log_event
@@ -216,7 +217,7 @@ class SyncExtension:
         hold = await open_stamp_hold(self.store, self.config.restore_stamp_hold_s)
         hub.stamp_hold = hold
         hold.register_metrics(ctx.metrics)
-        ctx.components["stamp_hold"] = hold
+        ctx.stamp_hold = hold
         self._hold_task = asyncio.create_task(hold.run(hub.stamp_held), name="restore-stamp-hold")
         manager = self.manager
         loaded = ctx.metrics.gauge("quickslot_loaded_documents", "Documents loaded in memory")
@@ -232,8 +233,8 @@ class SyncExtension:
         ctx.hooks.on_family_revoked.append(hub.family_revoked)
         ctx.hooks.on_user_disabled.append(hub.user_disabled)
         ctx.hooks.on_user_changed.append(on_changed)
-        ctx.components["sync_hub"] = hub
-        ctx.components["docstore"] = self.store
+        ctx.sync_hub = hub
+        ctx.docstore = self.store
         self.hub = hub
 
         async def say_goodbye_on_stop() -> None:

@@ -9,29 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from benchmarks.adapters import EngineAdapter
-from benchmarks.harness import Target, Workload
+from benchmarks.suites.common import Suite
 
 __all__ = ["ALIASES", "SUITES", "Suite", "expand"]
-
-
-class Suite:
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        build: Callable[[dict[str, EngineAdapter[Any]]], list[Workload]],
-        targets: tuple[Target, ...] = (),
-        uses_engines: bool = True,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.build = build
-        self.targets = targets
-        self.uses_engines = uses_engines
-        """Whether the suite measures the engine adapters (the runner starts Node only if one does)."""
 
 
 def _engine() -> Suite:

@@ -575,6 +575,6 @@ def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
 
 def suite() -> Any:
     """The registry entry (``SUITES["client"]`` in ``benchmarks/suites/__init__.py``)."""
-    from benchmarks.suites import Suite
+    from benchmarks.suites.common import Suite
 
     return Suite("client", suite_description, workloads, TARGETS, uses_engines=False)

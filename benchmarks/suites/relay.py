@@ -969,6 +969,6 @@ def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
 
 def suite() -> Any:
     """The registry entry: ``SUITES["relay"] = relay.suite`` in ``benchmarks/suites/__init__.py``."""
-    from benchmarks.suites import Suite
+    from benchmarks.suites.common import Suite
 
     return Suite("relay", suite_description, workloads, TARGETS)

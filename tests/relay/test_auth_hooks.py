@@ -21,8 +21,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from relay.app import RelayContext, create_app
+from relay.app import create_app
 from relay.config import RateLimit, RateLimits, RelayConfig
+from relay.context import RelayContext
 from relay.tokens import TokenExpired, TokenInvalid, TokenRevoked
 from tests.relay.auth_helpers import PASSWORD, STORES, run_cli, store_args
 
