@@ -262,17 +262,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
-
-
 class FixedPortRelay(RelayProcess):
     """A relay that always listens on the same port, so clients see it "come back"."""
 
