@@ -46,18 +46,18 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks run --suite engine,domain,relay,client --quick
 
-# Sustained load (issue 7): 1,000 authenticated connections on one relay process for 120 s;
+# Sustained load: 1,000 authenticated connections on one relay process for 120 s;
 # figures in docs/reliability.md. LOAD_ARGS adds or overrides options of benchmarks.load.
 load: $(STAMP)
 	$(BIN)/python -m benchmarks.load --connections 1000 --duration 120 --docs 200 --rate 100 \
 		--out bench-results/load-$$(date -u +%Y%m%d-%H%M%S) $(LOAD_ARGS)
 
-# Long frame fuzzing against a live relay (issue 7): 20,000+ generated and mutated frames,
+# Long frame fuzzing against a live relay: 20,000+ generated and mutated frames,
 # figures in docs/reliability.md. FUZZ_ARGS adds or overrides options of tests.fuzz.
 fuzz: $(STAMP)
 	$(BIN)/python -W ignore -m tests.fuzz --cases 20000 --minutes 30 $(FUZZ_ARGS)
 
-# Long chaos run (issue 7): 300 relay SIGKILLs (and client SIGKILLs, partitions, frame faults),
+# Long chaos run: 300 relay SIGKILLs (and client SIGKILLs, partitions, frame faults),
 # progress on stdout, summary in bench-results/chaos-summary.json; figures in docs/reliability.md.
 # CHAOS_ARGS adds or overrides options of tests.chaos.run (e.g. --seed 7 --duration 1500).
 chaos: $(STAMP)

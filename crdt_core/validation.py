@@ -1,7 +1,7 @@
 """Update validation: the writer rules every replica enforces, whoever carried the update.
 
 Why here and pure: the relay and a peer client that syncs with no relay must refuse exactly the
-same updates, or a peer could launder into the system what the relay would refuse (DESIGN,
+same updates, or a peer could launder into the system what the relay would refuse (docs/design.md,
 "Authorship"). Validation reads the update's bytes (``yupdate``), never applies it, so a refused
 update leaves the document exactly as it was, and a typical booking update costs one or two
 Ed25519 verifications rather than a document copy.
@@ -20,7 +20,7 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
    device key of a certificate present in the document or in the same update
    (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
    validity (``certificate_expired``).
-6. The author may write it (``forbidden``): DESIGN's writer table, see ``_check_rights``.
+6. The author may write it (``forbidden``): docs/records.md's writer rules, see ``_check_rights``.
 7. At arrival (relay only, ``ArrivalPolicy``): no HLC from the future (``clock_skew``), none older
    than the back-dating window (``backdated``), no revoked certificate (``revoked``), and rights
    checked against the author's *current* roles too.
@@ -214,7 +214,7 @@ class _Batch:
 
 
 def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch) -> None:
-    """DESIGN's writer table. Raises ValidationError(forbidden) when the author lacks the right."""
+    """docs/records.md, "Writer rules". Raises ValidationError(forbidden) when the author lacks the right."""
     shop = doc.shop_id
     if isinstance(record, Category):
         ok = rights.admin

@@ -1,4 +1,4 @@
-"""Device certificates issued at login and refresh (DESIGN, "Authorship").
+"""Device certificates issued at login and refresh (docs/design.md, "Authorship").
 
 The client generates an Ed25519 device key and presents the public half; the relay answers with a
 certificate, signed with its active key, binding that device key to the user's id, roles and

@@ -1,6 +1,6 @@
 """Engine adapters: the one small interface every CRDT engine is benchmarked through.
 
-Why an interface: researchers compare engines (issue 6), and a new engine must be one file, not
+Why an interface: researchers compare engines, and a new engine must be one file, not
 a change to every workload. The interface is the smallest set of operations the workloads need:
 create a document, a local edit (map entries written in one transaction, or text patches applied
 in one transaction), encode the whole state, the state vector, the diff against a peer's state

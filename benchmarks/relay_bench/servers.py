@@ -5,7 +5,7 @@
   raised through its own flags so the benchmark measures work, not rate limiting.
 * ``quickslot direct``: the same ``SyncHub`` served straight from ``websockets``
   (:mod:`benchmarks.relay_bench.direct_server`), reading accounts and keys from the relay's data
-  directory, with its own document store: DESIGN's ASGI-versus-direct experiment. Like the relay
+  directory, with its own document store: the ASGI-versus-direct experiment of docs/design.md. Like the relay
   (``relay/cli.py`` serves with ``ws_per_message_deflate=False``), it refuses permessage-deflate,
   so the transport is the only difference.
 * ``quickslot direct batched``: the same, writing every frame a connection has queued in one
@@ -19,7 +19,7 @@
   ``fsync`` on): one node on the shared store against one node on the embedded SQLite file. It has
   its own data directory, accounts and keys. Its CPU figures are the relay process's only; the
   PostgreSQL server's CPU is reported beside them (``extra.store_cpu_s``).
-* ``hocuspocus``: ``@hocuspocus/server`` 3.4 on Node (issue 6's second Node baseline), in-memory
+* ``hocuspocus``: ``@hocuspocus/server`` 3.4 on Node (the second Node baseline), in-memory
   only, no auth hook; it drops a document when its last connection closes, so it takes part in
   the live workloads (fan-out, many documents, idle connections), not in catch-up or idle memory.
 

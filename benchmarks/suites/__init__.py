@@ -1,8 +1,8 @@
 """Benchmark suites by name. A suite is a list of workloads built for the available adapters.
 
 Why a registry: ``--suite`` picks suites by name and ``list`` shows them; the relay and client
-suites of issue 6 plug in here as they land, without touching the runner. ``ALIASES`` keeps old
-names working: ``crdt`` (issue 3's suite) is now ``engine`` plus ``domain``.
+suites plug in here, without touching the runner. ``ALIASES`` keeps old
+names working: ``crdt`` (the first suite) is now ``engine`` plus ``domain``.
 """
 
 from __future__ import annotations
