@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from benchmarks import traces
 def test_the_traces_are_vendored_with_their_license(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QUICKSLOT_BENCH_DATA", raising=False)
     directory = traces.data_dir()
-    assert directory == traces.Path(traces.__file__).resolve().parent / "data"
+    assert directory == Path(traces.__file__).resolve().parent / "data"
     for name in (*traces.SEQUENTIAL, *traces.CONCURRENT):
         with gzip.open(directory / f"{name}.json.gz", "rb") as f:
             assert f.read(1) == b"{"
