@@ -8,6 +8,7 @@ the default cost is asserted separately in ``test_auth_passwords.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_HASH_ARGS = ["--argon2-memory-kib", "1024", "--argon2-iterations", "1", "--argon2-lanes", "1"]
@@ -258,6 +261,27 @@ def login(client: httpx.Client, email: str, password: str = PASSWORD, **extra: A
     return body
 
 
+def account_event_polls(base_url: str) -> float:
+    """How many reads of ``account_events`` the relay has completed (its metric)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("relay_account_event_polls_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def applied_by_relay(relay: RelayProcess) -> None:
+    """Wait until the relay has applied every account change recorded so far (``user grant`` and
+    the other CLI commands reach it by its ``account_events`` poll: run it with a short
+    ``--events-poll``). The second read completed after this call starts began after the change."""
+    start = await asyncio.to_thread(account_event_polls, relay.base_url)
+
+    async def polled_twice() -> bool:
+        return await asyncio.to_thread(account_event_polls, relay.base_url) >= start + 2
+
+    await eventually(polled_twice, timeout=30.0, what="two account event polls")
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -288,9 +312,9 @@ class FixedPortRelay(RelayProcess):
         raise RuntimeError(f"relay did not start on port {self.port}:\n{self.log_text()[-4000:]}")
 
 
-def serving_fixed_port_relay(root: Path) -> Iterator[FixedPortRelay]:
+def serving_fixed_port_relay(root: Path, *extra: str) -> Iterator[FixedPortRelay]:
     """Body of a test module's relay fixture: start one under ``root``, stop it after the module."""
-    process = FixedPortRelay(root / "data")
+    process = FixedPortRelay(root / "data", *extra)
     process.start()
     try:
         yield process
