@@ -10,35 +10,23 @@ and keeps the seat on every try, whichever of the two the update holds first.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-
-import pytest
 
 from crdt_core.engine import EMPTY_STATE_VECTOR
 from crdt_core.verdict import ClaimState
-from tests.client import close_all
-from tests.client.test_sync_relay import accounts, open_shop, service
-from tests.relay.auth_helpers import FixedPortRelay, serving_fixed_port_relay
+
+# The module's relay and the profile cleanup are test_sync_relay's fixtures.
+from tests.client.test_sync_relay import _close_profiles, accounts, open_shop, relay, service  # noqa: F401
+from tests.relay.auth_helpers import FixedPortRelay
 from tests.strategies import client_block, yjs_update
 
 SLOT = "cut-10"
 TRIES = 4
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("relay"))
-
-
-@pytest.fixture(autouse=True)
-async def _close_profiles() -> AsyncIterator[None]:
-    yield
-    await close_all()
-
-
 async def test_a_tablet_carrying_both_offline_bookings_keeps_alice_first(
-    relay: FixedPortRelay, tmp_path: Path
+    relay: FixedPortRelay,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
 ) -> None:
     shop = "tabletshop"
     people = await accounts(relay, tmp_path, ["owner", "alice", "bob", "tablet"], {"owner": shop})
