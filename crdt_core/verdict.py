@@ -15,7 +15,7 @@ from a newer schema version are ignored.
 
 **Seats: strict first-come, first-served.** Walk the order; an active (or no-show) claim takes its
 party's seats while it fits; the first claim that does not fit, and every active claim after it,
-is waitlisted, in order. A large party therefore blocks smaller later ones. We chose that over
+is waitlisted, in order (a ``too_large`` claim, below, takes no part in the walk). A large party therefore blocks smaller later ones. We chose that over
 letting later parties fill leftover seats because it is the rule under which *a cancellation can
 never demote anyone*: confirmed claims are always a prefix of the active order, and removing a
 claim from a prefix only lengthens it. With gap-filling, cancelling A(2) in [A(2) B(3) C(2)] at
@@ -39,10 +39,11 @@ open that day (no template known here, an inactive template, a weekday it is not
 capacity 0: all give capacity 0) keeps the plain rule: its claims wait, in order, until it opens.
 ``exceeds_capacity`` is this test, shared with the relay's refusal at arrival.
 
-**Stamp order for claims that arrive together.** The relay stamps claims that reach it in one
+**Stamp order for claims that arrive together.** The relay stamps the claims that reach it in one
 update in ``stamp_order``: the tentative order (HLC, customer, reservation id) every replica
-already showed for them, so a device that carries several customers' offline bookings can never
-reorder them.
+already showed for them, whatever order the update holds them in, so a device that carries
+several customers' offline bookings in one update never reorders them. Claims of different
+updates are stamped in the order the relay orders the updates (arrival).
 
 **Finality.** A claim is *final* when it is stamped and this replica holds every stamp from 1 up
 to its own (the gap-free prefix): nothing that arrives later can rank before it. A final confirmed
