@@ -15,12 +15,12 @@ from a newer schema version are ignored.
 
 **Seats: strict first-come, first-served.** Walk the order; an active (or no-show) claim takes its
 party's seats while it fits; the first claim that does not fit, and every active claim after it,
-is waitlisted, in order (a ``too_large`` claim, below, takes no part in the walk). A large party therefore blocks smaller later ones. We chose that over
-letting later parties fill leftover seats because it is the rule under which *a cancellation can
-never demote anyone*: confirmed claims are always a prefix of the active order, and removing a
-claim from a prefix only lengthens it. With gap-filling, cancelling A(2) in [A(2) B(3) C(2)] at
-capacity 4 would promote B and demote the already-confirmed C. It is also the fair rule: nobody
-jumps the queue by booking a smaller party.
+is waitlisted, in order (a ``too_large`` claim, below, takes no part in the walk). A large party
+therefore blocks smaller later ones. We chose that over letting later parties fill leftover seats
+because it is the rule under which *a cancellation can never demote anyone*: confirmed claims are
+always a prefix of the active order, and removing a claim from a prefix only lengthens it. With
+gap-filling, cancelling A(2) in [A(2) B(3) C(2)] at capacity 4 would promote B and demote the
+already-confirmed C. It is also the fair rule: nobody jumps the queue by booking a smaller party.
 
 **Seats held:** cancelled and declined claims hold none; a no-show keeps the seat it held (it was
 confirmed at the time; the past is not reshuffled).
