@@ -39,6 +39,7 @@ from tests.eventually import eventually
 from tests.relay.auth_helpers import (
     GENEROUS_LIMITS,
     PASSWORD,
+    QUICK_ACCOUNT_EVENTS,
     FixedPortRelay,
     RelayProcess,
     applied_by_relay,
@@ -49,14 +50,11 @@ from tests.relay.auth_helpers import (
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
-# Account changes made with the CLI (``user grant``) reach the relay by its account-event poll;
-# a short poll makes ``applied_by_relay`` quick.
-QUICK_EVENTS = ("--events-poll", "0.05")
 
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("relay"), *QUICK_EVENTS)
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("relay"), *QUICK_ACCOUNT_EVENTS)
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +212,9 @@ async def access_token_expired(profile: LocalClient) -> None:
 
 async def test_expiring_access_tokens_are_refreshed_silently(tmp_path: Path) -> None:
     shop = "shop3"
-    with RelayProcess(tmp_path / "relay", *GENEROUS_LIMITS, *QUICK_EVENTS, "--access-ttl", "2") as relay:
+    with RelayProcess(
+        tmp_path / "relay", *GENEROUS_LIMITS, *QUICK_ACCOUNT_EVENTS, "--access-ttl", "2"
+    ) as relay:
         people = await accounts(relay, tmp_path, ["owner", "dave"], {"owner": shop})
         owner, owner_auth = people["owner"]
         dave, dave_auth = people["dave"]
@@ -368,7 +368,7 @@ async def test_a_revoked_session_says_log_in_again(relay: FixedPortRelay, tmp_pa
 async def test_rate_limited_entries_are_retried_on_a_timer(tmp_path: Path) -> None:
     shop = "shop6"
     with RelayProcess(
-        tmp_path / "relay", *GENEROUS_LIMITS, *QUICK_EVENTS, "--sync-rate", "5", "--sync-burst", "3"
+        tmp_path / "relay", *GENEROUS_LIMITS, *QUICK_ACCOUNT_EVENTS, "--sync-rate", "5", "--sync-burst", "3"
     ) as relay:
         people = await accounts(relay, tmp_path, ["owner", "ivy"], {"owner": shop})
         owner, owner_auth = people["owner"]

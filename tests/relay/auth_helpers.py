@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from tests.eventually import eventually
+from tests.eventually import eventually_blocking
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_HASH_ARGS = ["--argon2-memory-kib", "1024", "--argon2-iterations", "1", "--argon2-lanes", "1"]
@@ -36,6 +36,11 @@ GENEROUS_LIMITS = [
     "--register-rate-address", "10000/60", "--reset-rate-address", "10000/60",
     "--reset-rate-account", "10000/60",
 ]  # fmt: skip
+
+
+#: A relay flag for tests that change accounts with the CLI and wait for the relay to apply the
+#: change (:func:`applied_by_relay`): poll ``account_events`` every 0.1 s instead of every second.
+QUICK_ACCOUNT_EVENTS = ("--events-poll", "0.1")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -270,16 +275,20 @@ def account_event_polls(base_url: str) -> float:
     return 0.0
 
 
+def applied_by_relay_blocking(base_url: str) -> None:
+    """Wait until the relay at ``base_url`` has applied every account change recorded so far
+    (``user grant`` and the other CLI commands reach it by its ``account_events`` poll; start the
+    relay with :data:`QUICK_ACCOUNT_EVENTS` to make this quick). The second read that completes
+    after this call starts began after the change, so it has applied it."""
+    start = account_event_polls(base_url)
+    eventually_blocking(
+        lambda: account_event_polls(base_url) >= start + 2, timeout=30.0, what="two account event polls"
+    )
+
+
 async def applied_by_relay(relay: RelayProcess) -> None:
-    """Wait until the relay has applied every account change recorded so far (``user grant`` and
-    the other CLI commands reach it by its ``account_events`` poll: run it with a short
-    ``--events-poll``). The second read completed after this call starts began after the change."""
-    start = await asyncio.to_thread(account_event_polls, relay.base_url)
-
-    async def polled_twice() -> bool:
-        return await asyncio.to_thread(account_event_polls, relay.base_url) >= start + 2
-
-    await eventually(polled_twice, timeout=30.0, what="two account event polls")
+    """:func:`applied_by_relay_blocking` for async tests."""
+    await asyncio.to_thread(applied_by_relay_blocking, relay.base_url)
 
 
 def bearer(token: str) -> dict[str, str]:
