@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import msgpack
 import pytest
 
-from crdt_core.authoring import Author
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.pop import rest
@@ -29,14 +27,8 @@ from crdt_core.protocol import DocSynced, ErrorReceived, StampReceived, UpdateRe
 from crdt_core.reader import read_bookings
 from crdt_core.schema import Category, Reservation, ShopProfile, ShopSummary, SlotTemplate
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import (
-    Account,
-    SyncClient,
-    fetch_document,
-    login_device,
-    new_account,
-    token_headers,
-)
+from tests.relay.rest_helpers import Writer, b64, call, post_batch, seed_catalogue
+from tests.relay.sync_helpers import SyncClient, fetch_document, new_account, token_headers
 
 DAY = (dt.date.today() + dt.timedelta(days=4)).isoformat()
 SHOP = "restshop"
@@ -57,95 +49,10 @@ def http(relay: RelayProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-class Writer:
-    """One account's device, writing each document under its first Yjs client id (one replica per
-    document, so its clocks never repeat)."""
-
-    def __init__(self, account: Account) -> None:
-        self.account = account
-        self.replicas: dict[str, Replica] = {}
-        self.uid = 0
-
-    @property
-    def author(self) -> Author:
-        return self.account.author
-
-    def replica(self, doc: str) -> Replica:
-        if doc not in self.replicas:
-            self.replicas[doc] = Replica(client_id_for(self.author.device.cert_id, 0))
-        return self.replicas[doc]
-
-    def put(self, doc: str, records: list[Any]) -> bytes:
-        return self.author.put(self.replica(doc), doc, [(r, None) for r in records])
-
-    def next_uid(self) -> int:
-        self.uid += 1
-        return self.uid
-
-
-def call(http: httpx.Client, account: Account, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    headers = {**token_headers(account.access, rest(method, path)), **kwargs.pop("headers", {})}
-    return http.request(method, path, headers=headers, **kwargs)
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def post_batch(
-    http: httpx.Client, account: Account, items: list[tuple[str, int, bytes]], *, binary: bool = False
-) -> list[dict[str, Any]]:
-    if binary:
-        body = msgpack.packb({"updates": [{"doc": d, "uid": u, "update": x} for d, u, x in items]})
-        r = call(
-            http,
-            account,
-            "POST",
-            "/api/v1/sync/batch",
-            content=body,
-            headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
-        )
-        assert r.status_code == 200, r.text
-        assert r.headers["content-type"] == "application/msgpack"
-        results: list[dict[str, Any]] = msgpack.unpackb(r.content)["results"]
-        return results
-    r = call(
-        http,
-        account,
-        "POST",
-        "/api/v1/sync/batch",
-        json={"updates": [{"doc": d, "uid": u, "update": b64(x)} for d, u, x in items]},
-    )
-    assert r.status_code == 200, r.text
-    out: list[dict[str, Any]] = r.json()["results"]
-    return out
-
-
-def admin(relay: RelayProcess, http: httpx.Client) -> Writer:
-    account = new_account(relay, http)
-    relay.cli_json("user", "grant", account.email, "--admin")
-    time.sleep(0.6)  # the server picks up CLI changes by polling account events
-    return Writer(login_device(relay, http, account.email))  # a new certificate carries the role
-
-
 @pytest.fixture(scope="module")
 def catalogue(relay: RelayProcess, http: httpx.Client) -> Writer:
     """An admin, and a catalogue of 5 categories and 250 shops written through ``/batch``."""
-    w = admin(relay, http)
-    hlc = w.author.hlc
-    cats = [Category(id=c, name=c.title(), icon=None, hlc=hlc()) for c in CATEGORIES]
-    shops = [
-        ShopSummary(
-            id=f"s{n:04d}", name=f"Shop {n:04d}", category=CATEGORIES[n % 5], location=f"Street {n % 7}",
-            lat=48.0, lon=2.0, rating=None, active=True, hlc=hlc(),
-        )
-        for n in range(N_SHOPS)
-    ]  # fmt: skip
-    items = [("catalog", w.next_uid(), w.put("catalog", cats))]
-    items += [("catalog", w.next_uid(), w.put("catalog", shops[i : i + 50])) for i in range(0, N_SHOPS, 50)]
-    results = post_batch(http, w.account, items)
-    assert [r["status"] for r in results] == ["ack"] * len(items), results
-    return w
+    return seed_catalogue(relay, http, CATEGORIES, N_SHOPS)
 
 
 def test_catalogue_pages_in_id_order_with_filters(
