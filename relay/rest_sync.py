@@ -91,7 +91,7 @@ MAX_LIMIT = 500
 #: Responses at least this large are gzip-encoded for clients that accept it.
 GZIP_MIN_BYTES = 1024
 #: Acks remembered for replays, per relay process (least recently used go first).
-IDEMPOTENCY_ENTRIES = 100_000
+IDEMPOTENCY_ENTRIES = 20_000
 MAX_UID = 2**63 - 1
 CACHE_CONTROL = "private, no-cache"
 
@@ -512,6 +512,24 @@ class RestSync:
         self, hub: SyncHub, user: str, items: list[tuple[str, int, bytes]]
     ) -> list[dict[str, Any]]:
         """Order every update (in request order), then answer each once its commit is durable."""
+        mine: list[tuple[tuple[str, str, int], asyncio.Future[dict[str, Any]]]] = []
+        try:
+            return await self._batch(hub, user, items, mine)
+        finally:
+            # A request cut short (cancelled) must not leave a duplicate of it waiting forever.
+            for key, future in mine:
+                if not future.done():
+                    self._settle(
+                        key, future, _error(key[1], key[2], ErrorCode.INTERNAL, "not answered, retry")
+                    )
+
+    async def _batch(
+        self,
+        hub: SyncHub,
+        user: str,
+        items: list[tuple[str, int, bytes]],
+        mine: list[tuple[tuple[str, str, int], asyncio.Future[dict[str, Any]]]],
+    ) -> list[dict[str, Any]]:
         answers: list[dict[str, Any] | None] = [None] * len(items)
         waits: list[tuple[int, asyncio.Future[dict[str, Any]]]] = []
         pending: list[tuple[int, Ordered[ValidatedUpdate], asyncio.Future[dict[str, Any]]]] = []
@@ -525,6 +543,7 @@ class RestSync:
                 continue
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self.replays[key] = (digest, future)
+            mine.append((key, future))
             while len(self.replays) > IDEMPOTENCY_ENTRIES:
                 self.replays.popitem(last=False)
             first = await self._first_checks(hub, user, doc, uid, update)
@@ -692,7 +711,7 @@ class RestSync:
                 out.append(_check_error(doc, ErrorCode.INTERNAL, f"try again: {type(exc).__name__}"))
                 continue
             if entry["status"] == "changed":
-                if "update" in entry:
+                if entry["update"] is not None:
                     sent += len(entry["update"])
                 elif resume is None:
                     resume = i
@@ -713,6 +732,8 @@ def _look(
         elif len(diff) <= room or first:
             entry["update"] = diff
             entry["state_vector"] = replica.state_vector()
+    if entry["status"] == "changed" and "update" not in entry:
+        entry["update"] = None  # left for the next call
     return entry
 
 
