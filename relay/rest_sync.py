@@ -870,7 +870,15 @@ Since = Annotated[
     int | None, Query(ge=0, le=2**53, description="only rows changed at or after this Unix time (ms)")
 ]
 Text = Annotated[str | None, Query(max_length=100, description="case-insensitive text search")]
-ShopId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+ShopId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        openapi_examples={"shop": {"summary": "a shop id", "value": "s0001"}},
+    ),
+]
 
 router = APIRouter(prefix=PREFIX, tags=["sync"])
 
@@ -962,7 +970,14 @@ async def shop_detail(request: Request, shop_id: ShopId, claims: ClaimsDep, ctx:
 async def shop_day(
     request: Request,
     shop_id: ShopId,
-    day: Annotated[str, Path(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description="YYYY-MM-DD")],
+    day: Annotated[
+        str,
+        Path(
+            pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+            description="YYYY-MM-DD",
+            openapi_examples={"day": {"summary": "a day", "value": "2030-01-07"}},
+        ),
+    ],
     claims: ClaimsDep,
     ctx: CtxDep,
 ) -> Response:
