@@ -66,7 +66,13 @@ from relay.http_api import ApiError, ClaimsDep, CtxDep, ErrorOut
 from relay.logging import get_logger
 from relay.projections import CatalogView, ProjectionCache, ShopView, catalog_view, day_view, page, shop_view
 from relay.store.base import AppendResult, StampConflictError, StoreError
-from relay.sync_hub import STAMP_CONFLICT_RETRIES, STAMP_RETRY_MAX_PAUSE_S, SyncHub, refuse_equivocation
+from relay.sync_hub import (
+    STAMP_CONFLICT_RETRIES,
+    STAMP_RETRY_MAX_PAUSE_S,
+    SyncHub,
+    _Bucket as Bucket,  # the websocket's per-connection rate bucket, per user here
+    refuse_equivocation,
+)
 
 if TYPE_CHECKING:
     from relay.app import RelayContext
@@ -440,24 +446,6 @@ class _NoSender:
 _HTTP_SENDER: Any = _NoSender()
 
 
-class _Bucket:
-    """Updates per second per user, as the websocket's per-connection bucket."""
-
-    __slots__ = ("rate", "burst", "tokens", "at")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst, self.tokens, self.at = rate, float(burst), float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 # --------------------------------------------------------------------------------------------
 # the service
 
@@ -473,7 +461,7 @@ class RestSync:
         self.replays: OrderedDict[tuple[str, str, int], tuple[bytes, asyncio.Future[dict[str, Any]]]] = (
             OrderedDict()
         )
-        self.buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.buckets: OrderedDict[str, Bucket] = OrderedDict()
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -499,10 +487,10 @@ class RestSync:
 
     # --- batch -----------------------------------------------------------------------------------
 
-    def _bucket(self, hub: SyncHub, user: str) -> _Bucket:
+    def _bucket(self, hub: SyncHub, user: str) -> Bucket:
         bucket = self.buckets.get(user)
         if bucket is None:
-            bucket = self.buckets[user] = _Bucket(hub.limits.rate_per_s, hub.limits.burst)
+            bucket = self.buckets[user] = Bucket(hub.limits.rate_per_s, hub.limits.burst)
             while len(self.buckets) > 10_000:
                 self.buckets.popitem(last=False)
         self.buckets.move_to_end(user)
