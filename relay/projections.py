@@ -20,7 +20,6 @@ document does not change.
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ __all__ = [
     "catalog_view",
     "day_view",
     "hlc_ms",
+    "page",
     "shop_view",
 ]
 
@@ -254,11 +254,3 @@ class ProjectionCache(Generic[P]):
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
         return value
-
-
-def parse_day(text: str) -> _dt.date | None:
-    try:
-        day = _dt.date.fromisoformat(text)
-    except ValueError:
-        return None
-    return day if len(text) == 10 else None
