@@ -71,7 +71,8 @@ def run(workdir: Path, *, max_examples: int, seed: int, extra: list[str] | None 
             "--seed", str(seed), "--workers", "1", "--no-color", "--generation-database", "none",
             "--report", "json", "--report-json-path", str(report), *(extra or []),
         ]  # fmt: skip
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+        # In the work directory: schemathesis keeps a cache (.schemathesis/) where it runs.
+        done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=3600)
     data = json.loads(report.read_text()) if report.exists() else {}
     cases = data.get("test_cases", {})
     return Outcome(
