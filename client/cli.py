@@ -992,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     def shop_add(name: str, handler: Handler, help_text: str) -> Any:
         p = shop_sub.add_parser(name, parents=[common], help=help_text)
         p.set_defaults(handler=handler, schema=f"shop {name}")
-        p.add_argument("shop")
+        p.add_argument("shop", help="shop id")
         return p
 
     shop_add("show", cmd_shop_show, "a shop's details, slots and staff")
@@ -1074,7 +1074,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = peer_sub.add_parser("serve", parents=[common], help="accept peers until interrupted")
     p.set_defaults(handler=cmd_peer_serve, schema="peer serve")
     p.add_argument("--port", type=_port, required=True, help="0 picks a free port (printed)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0: every network)",
+    )
     p = peer_sub.add_parser("sync", parents=[common], help="one exchange with a peer at ws://HOST:PORT")
     p.set_defaults(handler=cmd_peer_sync, schema="peer sync")
     p.add_argument("url", help="ws://HOST:PORT of a `quickslot peer serve`")
