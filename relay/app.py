@@ -41,6 +41,7 @@ from relay.http_api import (
 )
 from relay.logging import get_logger, log_event
 from relay.metrics import MetricsRegistry
+from relay.rest_sync import RestSyncExtension
 from relay.sync_endpoint import SyncExtension
 
 __all__ = ["RelayContext", "RelayExtension", "create_app"]
@@ -50,7 +51,7 @@ log = get_logger("relay.app")
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
     """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``."""
-    return [SyncExtension(config)]
+    return [SyncExtension(config), RestSyncExtension(config)]
 
 
 def create_app(
