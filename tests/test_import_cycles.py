@@ -10,6 +10,7 @@ Rules for who may import whom: docs/architecture.md, "Import rules".
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +24,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+@cache
 def own_modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for package in PACKAGES:
@@ -34,7 +36,7 @@ def own_modules() -> dict[str, Path]:
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The repository modules ``name`` (at ``path``) imports anywhere in its source."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = _tree(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -53,6 +55,12 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return {dep for dep in found if dep in modules and dep != name}
 
 
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+@cache
 def import_graph() -> dict[str, set[str]]:
     modules = own_modules()
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
@@ -120,3 +128,46 @@ def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
 def test_no_import_cycle_among_the_repositorys_modules() -> None:
     found = cycles(import_graph())
     assert found == [], "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def _external_imports(path: Path) -> set[str]:
+    tree = _tree(path)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+    return found
+
+
+#: Which of the repository's packages each shipped package may not import (docs/architecture.md).
+FORBIDDEN = {
+    "crdt_core": {"relay", "client", "benchmarks", "tests", "tools"},
+    "relay": {"client", "benchmarks", "tests", "tools"},
+    "client": {"relay", "benchmarks", "tests", "tools"},
+}
+
+
+def test_packages_import_only_what_the_layering_allows() -> None:
+    graph = import_graph()
+    wrong = sorted(
+        f"{name} imports {dep}"
+        for name, deps in graph.items()
+        for dep in deps
+        if dep.split(".")[0] in FORBIDDEN.get(name.split(".")[0], set())
+    )
+    assert wrong == []
+
+
+def test_the_engine_and_uvicorns_internals_each_have_one_importer() -> None:
+    modules = own_modules()
+    pycrdt = sorted(
+        n for n, p in modules.items() if any(m.split(".")[0] == "pycrdt" for m in _external_imports(p))
+    )
+    internals = sorted(
+        n for n, p in modules.items() if any(m.startswith("uvicorn.protocols") for m in _external_imports(p))
+    )
+    shipped = [n for n in pycrdt if n.split(".")[0] in FORBIDDEN]
+    assert shipped == ["crdt_core.engine"], pycrdt
+    assert [n for n in internals if n.split(".")[0] in FORBIDDEN] == ["relay.ws_protocol"], internals
