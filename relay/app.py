@@ -50,7 +50,8 @@ log = get_logger("relay.app")
 
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
-    """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``."""
+    """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``,
+    and the REST sync API on the same hub."""
     return [SyncExtension(config), RestSyncExtension(config)]
 
 
