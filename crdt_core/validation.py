@@ -348,14 +348,14 @@ def validate_update(
     for ins in fresh:
         if ins.root != CERTS_ROOT:
             continue
-        # A certificate's writer is the certificate itself (its key is checked to be its id below).
+        if ins.key != cert_id_of(ins.value):
+            raise _fail(Reason.BAD_CERTIFICATE, f"certificate stored under {ins.key!r}, not its id")
+        # A certificate's writer is the certificate itself; checked before its signature.
         _check_client(ins.client, ins.key, ins.root, ins.key)
         try:
             cert = certs.verify(ins.value)
         except (SchemaError, SignatureError) as exc:
             raise _fail(Reason.BAD_CERTIFICATE, str(exc)) from None
-        if ins.key != cert_id_of(ins.value):
-            raise _fail(Reason.BAD_CERTIFICATE, f"certificate stored under {ins.key!r}, not its id")
         batch.new_certs[ins.key] = cert
         result.records.append(AcceptedRecord(ins.root, ins.key, None, cert, None))
 
