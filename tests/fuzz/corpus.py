@@ -174,7 +174,11 @@ def build_corpus(
     forged.append(
         (
             "shop_edit_by_customer",
-            author.put(Replica(author.client_id()), shop_doc, [(UserProfile("x", None, None, None, author.hlc()), "p")]),
+            author.put(
+                Replica(author.client_id()),
+                shop_doc,
+                [(UserProfile("x", None, None, None, author.hlc()), "p")],
+            ),
         )
     )
 
