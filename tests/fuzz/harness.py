@@ -200,7 +200,7 @@ class FuzzSession:
         assert isinstance(await self._good.push(bookings, update), Acked)
         self.accepted.add(update)
         mine = await SyncClient.connect(self.relay, self.fuzzer.access)
-        replica = Replica()
+        replica = Replica(self.fuzzer.author.client_id())
         await mine.subscribe(bookings, replica)
         own, update = self.fuzzer.author.book(replica, bookings, "s2", 1)
         assert isinstance(await mine.push(bookings, update), Acked)

@@ -87,7 +87,7 @@ async def test_a_squatted_yjs_id_never_turns_an_offline_booking_into_an_acked_lo
     with relay.client() as http:
         victim, mallory = new_account(relay, http), new_account(relay, http)
     cv, cm = await SyncClient.connect(relay, victim.access), await SyncClient.connect(relay, mallory.access)
-    rv, rm = Replica(), Replica()
+    rv, rm = Replica(victim.author.client_id()), Replica(mallory.author.client_id())
     await cv.subscribe(doc, rv)
     await cm.subscribe(doc, rm)
     _, update = victim.author.book(rv, doc, "s1", 1)

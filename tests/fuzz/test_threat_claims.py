@@ -79,7 +79,7 @@ async def test_every_forged_record_is_refused_by_the_relay_with_its_reason(
     doc, user_doc, shop_doc = f"bookings:threat1:{DAY}", f"user:{mallory.user_id}", "shop:threat1"
     cv, cm = await SyncClient.connect(relay, victim.access), await SyncClient.connect(relay, mallory.access)
     watcher = await SyncClient.connect(relay, mallory.access)
-    rv, rm, rw = Replica(), Replica(), Replica()
+    rv, rm, rw = Replica(victim.author.client_id()), Replica(mallory.author.client_id()), Replica()
     await cv.subscribe(doc, rv)
     theirs, update = victim.author.book(rv, doc, "s1", 1)
     assert isinstance(await cv.push(doc, update), Acked)
@@ -132,7 +132,7 @@ async def test_a_stolen_bearer_token_reads_but_cannot_sign_for_its_owner(
     )
     bearer_token = login(http, victim.email)["access_token"]  # a session without a device key
     stolen = await SyncClient.connect(relay, bearer_token)  # the thief holds the victim's token
-    rd, ru = Replica(), Replica()
+    rd, ru = Replica(thief.author.client_id()), Replica(thief.author.client_id())
     assert isinstance(await stolen.subscribe(victim_doc, ru), DocSynced)  # reads as the victim
     assert isinstance(await stolen.subscribe(doc, rd), DocSynced)
     # Signing needs a device key; the thief only has its own, certified for its own user.
@@ -194,7 +194,7 @@ async def _carry_signed_by(
 ) -> Acked | ErrorReceived:
     """A booking signed with ``signer``'s device key, carried on the connection of ``carrier``."""
     c = await SyncClient.connect(relay, carrier)
-    replica = Replica()
+    replica = Replica(signer.author.client_id())
     assert isinstance(await c.subscribe(doc, replica), DocSynced)
     _, update = signer.author.book(replica, doc, "s1", 1)
     answer = await c.push(doc, update)

@@ -161,7 +161,7 @@ def test_without_the_hold_a_new_claim_takes_a_lost_stamp_number_and_the_client_i
     relay = start(data, "--restore-stamp-hold", "0")
 
     async def scenario() -> tuple[Replica, Replica, str]:
-        y = Replica()
+        y = Replica(lost.y.author.client_id())
         cy = await SyncClient.connect(relay, lost.y.access)
         await cy.subscribe(DOC, y)
         c4, u = lost.y.author.book(y, DOC, SLOT, 1)
@@ -197,7 +197,7 @@ def test_with_the_hold_the_lost_stamp_comes_back_first_and_the_new_claim_is_stam
     relay = start(data, "--restore-stamp-hold", "4")
 
     async def scenario() -> tuple[Replica, Replica, str]:
-        y = Replica()
+        y = Replica(lost.y.author.client_id())
         cy = await SyncClient.connect(relay, lost.y.access)
         await cy.subscribe(DOC, y)
         c4, u = lost.y.author.book(y, DOC, SLOT, 1)
@@ -280,7 +280,7 @@ def test_held_claims_are_stamped_once_in_stored_order_when_the_window_ends(
     relay, a, b, flags = served_then_restored(tmp_path, "4", store_flags)
 
     async def scenario() -> tuple[list[str], tuple[tuple[int, str], ...], str]:
-        ra, rb = Replica(), Replica()
+        ra, rb = Replica(a.author.client_id()), Replica(b.author.client_id())
         ca, cb = await SyncClient.connect(relay, a.access), await SyncClient.connect(relay, b.access)
         await ca.subscribe(DOC, ra)
         await cb.subscribe(DOC, rb)
