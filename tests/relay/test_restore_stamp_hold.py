@@ -137,7 +137,7 @@ def lose_a_period(root: Path) -> Lost:
     try:
         with relay.client() as http:
             lost.x, lost.y = new_account(relay, http), new_account(relay, http)
-        x = Replica()
+        x = Replica(lost.x.author.client_id())
         asyncio.run(book_stamped(relay, lost.x, x, 2))
     finally:
         assert relay.stop() == 0
@@ -263,7 +263,7 @@ def served_then_restored(
     try:
         with relay.client() as http:
             a, b = new_account(relay, http), new_account(relay, http)
-        asyncio.run(book_stamped(relay, a, Replica(), 2))
+        asyncio.run(book_stamped(relay, a, Replica(a.author.client_id()), 2))
     finally:
         assert relay.stop() == 0
     if store_flags:
@@ -372,7 +372,7 @@ def test_a_relay_killed_during_the_hold_resumes_it_and_stamps_what_waited(
     once and stamps both, in the order they were stored. (That last start takes the path of a
     window that closed while the relay was down: an end already past, swept at start.)"""
     relay, a, _b, flags = served_then_restored(tmp_path, "120", store_flags)
-    replica = Replica()
+    replica = Replica(a.author.client_id())
     try:
         until = status(relay)["until"]
         first = asyncio.run(book_held(relay, a, replica))
