@@ -195,6 +195,7 @@ class FuzzSession:
         self._http = httpx.AsyncClient(base_url=self.relay.base_url, timeout=ANSWER_TIMEOUT_S)
         # One stored booking each for the fuzzer and the good client: targets of rewrite/cancel.
         self._good = await SyncClient.connect(self.relay, self.good.access)
+        self._good_replica = Replica(self.good.author.client_id())  # its own Yjs id (crdt_core.clientids)
         await self._good.subscribe(bookings, self._good_replica)
         victim, update = self.good.author.book(self._good_replica, bookings, "s1", 1)
         assert isinstance(await self._good.push(bookings, update), Acked)

@@ -137,10 +137,12 @@ async def test_a_stolen_bearer_token_reads_but_cannot_sign_for_its_owner(
     assert isinstance(await stolen.subscribe(doc, rd), DocSynced)
     # Signing needs a device key; the thief only has its own, certified for its own user.
     forged = Reservation(id="stolen1", slot="s1", party=1, customer=victim.user_id, hlc=thief.author.hlc())
-    answer = await stolen.push(doc, thief.author.put(rd.copy(), doc, [(forged, None)]))
+    answer = await stolen.push(doc, thief.author.put(rd.copy(rd.client_id), doc, [(forged, None)]))
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden"), answer
     profile = UserProfile("Hijacked", None, None, None, thief.author.hlc())
-    answer = await stolen.push(victim_doc, thief.author.put(ru.copy(), victim_doc, [(profile, "me")]))
+    answer = await stolen.push(
+        victim_doc, thief.author.put(ru.copy(ru.client_id), victim_doc, [(profile, "me")])
+    )
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden"), answer
     # The victim logs out: the stolen token's connection is closed and the token opens nothing.
     assert http.post("/api/v1/auth/logout", headers=bearer(bearer_token)).status_code == 204
@@ -165,18 +167,19 @@ async def test_equivocation_at_the_relay_is_refused_and_never_stored_forwarded_o
     await cw.subscribe(doc, rw)
     device = mallory.author.device
     cert = map_item("certs", device.cert_id, device.certificate)
+    mine = mallory.author.client_id()
 
     def version(rid: str) -> bytes:
         res = Reservation(id=rid, slot="s1", party=1, customer=mallory.user_id, hlc=mallory.author.hlc())
         raw = sign_record(doc, rid, res.KIND, res.to_fields(), device, SCHEMA_VERSION)
-        # The same Yjs client id and clocks for both versions: one id, two contents.
-        return yjs_update([struct_block(4242, 0, [cert, map_item("reservations", rid, raw)])])
+        # The same Yjs client id (her own) and clocks for both versions: one id, two contents.
+        return yjs_update([struct_block(mine, 0, [cert, map_item("reservations", rid, raw)])])
 
     first, second = version("eqA"), version("eqB")
     assert isinstance(await cm.push(doc, first), Acked)
     answer = await cm.push(doc, second)
     assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED, answer
-    assert answer.reason.startswith("equivocation: Yjs id 4242:1 (reservations/eqB)"), answer.reason
+    assert answer.reason.startswith(f"equivocation: Yjs id {mine}:1 (reservations/eqB)"), answer.reason
     await cw.drain_into(rw, quiet=0.5)
     state = read_bookings(rw, doc)
     assert set(state.reservations) == {"eqA"}  # the watcher never got the second version
