@@ -158,11 +158,22 @@ class Corpus:
         return [make_author(c, sign=sign) for c in self.customers]
 
     def book_all(self, replica: Replica, authors: list[Author], doc: DocId = DOC) -> list[bytes]:
-        """The typed API: what a client does for each booking (sign, write, keep the update)."""
-        return [
-            authors[b.customer].book(replica, doc, slot=b.slot, party=b.party, note=b.note)[1]
-            for b in self.bookings
-        ]
+        """The typed API: what a client does for each booking (sign, write, keep the update).
+
+        Each customer writes on its own device (a replica under its own client id, as every
+        replica requires: crdt_core.clientids) and ``replica`` applies each update, so this
+        measures a write plus one apply per booking.
+        """
+        devices: dict[int, Replica] = {}
+        updates = []
+        for b in self.bookings:
+            device = devices.get(b.customer)
+            if device is None:
+                device = devices[b.customer] = Replica(authors[b.customer].client_id())
+            update = authors[b.customer].book(device, doc, slot=b.slot, party=b.party, note=b.note)[1]
+            replica.apply_update(update)
+            updates.append(update)
+        return updates
 
 
 @lru_cache(maxsize=8)
