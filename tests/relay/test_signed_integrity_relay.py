@@ -17,13 +17,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crdt_core.authoring import Author
-from crdt_core.certs import DeviceKey, SigningKey, issue_certificate, public_bytes
+from crdt_core.certs import CertificateCache, DeviceKey, SigningKey, issue_certificate, public_bytes
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived
 from crdt_core.records import RELAY_SIGNER_PREFIX, sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation
+from crdt_core.validation import validate_update
 from relay.config import KEYS_DIRNAME
 from relay.keys import KeyStore
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
@@ -91,6 +92,11 @@ async def test_an_update_squatting_another_signers_client_id_is_refused(
     assert isinstance(await cv.push(doc, update), Acked)
     await cm.drain_into(rm, quiet=0.3)
     assert rm.has_key("reservations", res.id)
+    # Everything the relay stored and sent, its own stamps included, passes every replica's
+    # rules: the relay stamps under one of its own ids.
+    key = relay_key(relay)
+    whole = validate_update(doc, Replica(), rm.encode_state(), CertificateCache({key.kid: key.public}))
+    assert len([r for r in whole.records if r.root == "stamps"]) == 3
     await cm.close()
     await cv.close()
 
