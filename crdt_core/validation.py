@@ -245,7 +245,7 @@ class _Batch:
         raw = self.get_bytes("reservations", res_id)
         if raw is None:
             return None
-        env = open_record(raw)
+        env = open_record(raw, canonical=False)  # held, so checked when it arrived
         rec = parse_record(DocKind.BOOKINGS, "reservations", res_id, env.kind, env.fields, env.schema_version)
         assert isinstance(rec, Reservation)
         return rec
