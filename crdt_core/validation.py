@@ -138,8 +138,8 @@ class ArrivalPolicy:
     an expired device can back-date into its old validity for at most one certificate lifetime
     past ``exp``, while honest offline records written while valid still sync within that time.
 
-    The relay builds one per update with revocation and current-rights lookups; peers use
-    :meth:`for_peer`.
+    ``max_backdate_ms=None`` leaves the certificate's lifetime as the only bound. The relay
+    builds one per update with revocation and current-rights lookups; peers use :meth:`for_peer`.
     """
 
     now_ms: int
