@@ -1,13 +1,20 @@
 """What peer sync does with the bytes a peer sends: split per writer, check, apply, forward.
 
-Why split an update per Yjs client id before applying it: every local transaction of a QuickSlot
-client writes under a fresh client id (``client.local._FreshWriter``), so one client id's structs
-are exactly one author transaction, and exactly the outbox entry its author queued. A peer's
-``sync`` answer or diff bundles many of them. Validated whole, one record this replica refuses
-would refuse everything else with it; forwarded whole, one record the *relay* refuses (a clock
-from the future, a revoked device) would keep every innocent booking in the bundle from reaching
-it. Split, each transaction is accepted or refused on its own, here and at the relay, exactly as
-if its author had sent it. Splitting costs one engine diff per halving level (O(n log k)).
+Why split an update per Yjs client id before applying it: a QuickSlot device writes each document
+under one client id of its own (``crdt_core.clientids``), so one client id's structs are one
+device's writes in that document. A peer's ``sync`` answer or diff bundles many devices'. Validated
+whole, one record this replica refuses would refuse every other device's with it; forwarded whole,
+one record the *relay* refuses (a clock from the future, a revoked device) would keep every
+innocent booking in the bundle from reaching it. Split, each device's part is accepted or refused
+on its own, here and at the relay. (Within one device's part, a refused struct refuses the rest:
+its later structs continue its clock, so they could not be applied without it anyway.) Splitting
+costs one engine diff per halving level (O(n log k)).
+
+Why check who writes under an id: a device may write only under its own derived client ids
+(``foreign_client``). A device writing its record at the id (and clock) another device uses next
+would make that device's real write a silent no-op wherever the squatter's arrived first. The
+core validation enforces the rule everywhere; it is also checked here, before anything is applied,
+so that a peer's squatting part is named and refused on its own.
 
 Why check for equivocation: the engine ignores a struct whose (client, clock) it already holds, so
 a device that signs *different* records under one Yjs id and hands one version to each peer makes
@@ -26,13 +33,21 @@ from functools import partial
 import msgpack
 
 from client.local import LocalClient
+from crdt_core.clientids import owns_client
 from crdt_core.engine import EMPTY_UPDATE, Replica, diff_update
 from crdt_core.errors import EngineError, SchemaError
-from crdt_core.records import open_record
+from crdt_core.records import RELAY_SIGNER_PREFIX, open_record
 from crdt_core.schema import CERTS_ROOT
 from crdt_core.yupdate import decode_update, encode_state_vector
 
-__all__ = ["PeerApply", "apply_from_peer", "content_digest", "find_equivocation", "split_by_writer"]
+__all__ = [
+    "PeerApply",
+    "apply_from_peer",
+    "content_digest",
+    "find_equivocation",
+    "find_foreign_writer",
+    "split_by_writer",
+]
 
 #: Refusals that a later part of the same batch can cure (its certificate, its reservation, the
 #: structs it continues); they are retried while the batch makes progress.
@@ -107,6 +122,32 @@ def find_equivocation(replica: Replica, update: bytes) -> str | None:
     return None
 
 
+def find_foreign_writer(update: bytes) -> str | None:
+    """Whether ``update`` writes a device's record or certificate under a client id not that device's.
+
+    A certificate counts as written by itself (its key is its id). Relay-signed records are left
+    to the core validation. Returns a description, or None. Pure.
+    """
+    try:
+        decoded = decode_update(update)
+    except EngineError:
+        return None  # validation reports it as malformed
+    for ins in decoded.inserts:
+        if not isinstance(ins.value, bytes):
+            continue
+        signer = ins.key if ins.root == CERTS_ROOT else None
+        if signer is None:
+            try:
+                signer = open_record(ins.value).signer
+            except SchemaError:
+                continue  # validation reports it
+        if signer.startswith(RELAY_SIGNER_PREFIX) or owns_client(signer, ins.client):
+            continue
+        where = f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key})"
+        return f"{where} is not a client id of its signer {signer}"
+    return None
+
+
 def content_digest(replica: Replica) -> bytes:
     """A digest of a document's content (every map's keys and values), independent of how the
     replica came to hold it: two honest replicas with equal state vectors have equal digests."""
@@ -151,7 +192,10 @@ async def apply_from_peer(
             except (SchemaError, ValueError) as exc:
                 report.refused.append((doc, "bad_doc", str(exc)))
                 continue
-            if clash is not None:
+            squat = find_foreign_writer(part)
+            if squat is not None:
+                report.refused.append((doc, "foreign_client", squat))
+            elif clash is not None:
                 report.refused.append((doc, "equivocation", clash))
             else:
                 todo.append((doc, part))
