@@ -16,15 +16,13 @@ from pathlib import Path
 from client.local import LocalClient
 from client.secrets import SecretStore
 from crdt_core.authoring import write_stamps
-from crdt_core.clientids import client_id_for
 from crdt_core.engine import EMPTY_UPDATE, Replica
 from crdt_core.errors import ValidationError
 from crdt_core.reader import read_bookings
-from crdt_core.records import RELAY_SIGNER_PREFIX
 from crdt_core.schema import DocKind, parse_doc_id
 from crdt_core.validation import ArrivalPolicy, validate_update
 from crdt_core.verdict import VerdictChange
-from tests.crdt_factory import NOW_MS, World
+from tests.crdt_factory import NOW_MS, World, relay_replica
 
 #: Every client the helpers opened, so a test module's autouse fixture can close what a failing
 #: test left open (close is idempotent).
@@ -44,9 +42,7 @@ class FakeRelay:
     received: list[tuple[str, bytes]] = field(default_factory=list)
 
     def replica(self, doc_id: str) -> Replica:
-        return self.docs.setdefault(
-            doc_id, Replica(client_id_for(RELAY_SIGNER_PREFIX + self.world.relay.kid, 0))
-        )
+        return self.docs.setdefault(doc_id, relay_replica(self.world.relay))
 
     def receive(self, doc_id: str, update: bytes) -> bytes | None:
         """Accept an update (raises ValidationError); returns the stamp update it caused, if any."""
