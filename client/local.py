@@ -287,19 +287,6 @@ async def _restore_refused_rows(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
         )
 
 
-def _peer_policy(now_ms: int) -> ArrivalPolicy:
-    """The arrival rules a peer applies to what other peers hand it, by its own clock (D3).
-
-    No revocation list and no current roles: a peer has neither; the relay judges both when the
-    update is forwarded to it.
-    """
-    for_peer = getattr(ArrivalPolicy, "for_peer", None)
-    if for_peer is not None:
-        policy: ArrivalPolicy = for_peer(now_ms)
-        return policy
-    return ArrivalPolicy(now_ms=now_ms, is_revoked=None, current_rights=None)
-
-
 def _system_ms() -> int:
     import time
 
@@ -1251,12 +1238,13 @@ class LocalClient:
 
         Each update is validated against the document as the earlier ones left it; one that
         depends on a later one in the batch (``missing_deps``) is retried after the others. What a
-        peer sent is judged by the peer arrival rules too (``_peer_policy``) and queued for the
+        peer sent is judged by the peer arrival rules too (``ArrivalPolicy.for_peer``, by this
+        device's clock) and queued for the
         relay (``operation = 'forward'``): the relay may not have it, and it validates and stamps
         it whoever carried it.
         """
         certs = self._require_certs()
-        policy = _peer_policy(self._now_ms()) if from_peer else None
+        policy = ArrivalPolicy.for_peer(self._now_ms()) if from_peer else None
         items = [(str(d), bytes(u)) for d, u in updates]
         failed: dict[int, BatchFailure] = {}
         applied = 0
@@ -1537,7 +1525,7 @@ class LocalClient:
             writers: dict[str, Replica] = {} if current is None else {current: replica}
             dropped: list[int] = []
             queued: list[tuple[OutboxEntry, bytes]] = []
-            exhausted: list[OutboxEntry] = []
+            exhausted: dict[int, OutboxEntry] = {}
             for entry, carried, records in planned:
                 dropped.append(entry.id)
                 by_signer: dict[str, list[tuple[str, str, bytes]]] = {}
@@ -1546,7 +1534,7 @@ class LocalClient:
                         by_signer.setdefault(_signer_of(raw) or "", []).append((root, key, raw))
                 for signer, recs in by_signer.items():
                     if generations.get(signer, GENERATIONS) >= GENERATIONS:
-                        exhausted.append(entry)
+                        exhausted[entry.id] = entry
                         continue
                     writes = list(recs)
                     if not replica.has_key(CERTS_ROOT, signer):
@@ -1575,13 +1563,22 @@ class LocalClient:
             new_ids = [
                 await tx.enqueue(e.entity_type, e.entity_id, e.operation, update, did) for e, update in queued
             ]
-            for entry in exhausted:
-                await tx.enqueue(entry.entity_type, entry.entity_id, entry.operation, entry.payload, did)
+            for entry in exhausted.values():  # set aside, with the reason, for the user
+                e = entry
+                kept = await tx.enqueue(e.entity_type, e.entity_id, e.operation, e.payload, did)
+                await tx.execute(
+                    "UPDATE outbox SET state = 'rejected', reject_code = 'client_ids_exhausted', "
+                    "reject_reason = 'this device used all its client ids in the document: log in again' "
+                    "WHERE id = ?",
+                    (kept,),
+                )
             await tx.rebuilt(did)
             self._docs[did] = _Loaded(replica, generation, 0, version, signer=current)
-            self._verdicts.pop(did, None)
             records_now: list[ProjectedRecord] = []
             if doc.kind is not DocKind.BOOKINGS:
+                await proj.clear_doc_projection(tx, doc)
+                if doc.shop_id is not None:
+                    self._templates.pop(doc.shop_id, None)
                 for root in sorted(doc.roots - {CERTS_ROOT}):
                     records_now.extend((root, key, rec) for key, rec in read_map(replica, doc, root).items())
             work.touched[did] = records_now

@@ -10,11 +10,10 @@ on its own, here and at the relay. (Within one device's part, a refused struct r
 its later structs continue its clock, so they could not be applied without it anyway.) Splitting
 costs one engine diff per halving level (O(n log k)).
 
-Why check who writes under an id: a device may write only under its own derived client ids
-(``foreign_client``). A device writing its record at the id (and clock) another device uses next
-would make that device's real write a silent no-op wherever the squatter's arrived first. The
-core validation enforces the rule everywhere; it is also checked here, before anything is applied,
-so that a peer's squatting part is named and refused on its own.
+A device may write only under its own derived client ids: a device writing its record at the id
+(and clock) another device uses next would make that device's real write a silent no-op wherever
+the squatter's arrived first. ``crdt_core.validation`` refuses such a part (``foreign_client``)
+on every path, so a peer's squatting part is refused on its own and never forwarded.
 
 Why check for equivocation: the engine ignores a struct whose (client, clock) it already holds, so
 a device that signs *different* records under one Yjs id and hands one version to each peer makes
@@ -33,10 +32,9 @@ from functools import partial
 import msgpack
 
 from client.local import LocalClient
-from crdt_core.clientids import owns_client
 from crdt_core.engine import EMPTY_UPDATE, Replica, diff_update
 from crdt_core.errors import EngineError, SchemaError
-from crdt_core.records import RELAY_SIGNER_PREFIX, open_record
+from crdt_core.records import open_record
 from crdt_core.schema import CERTS_ROOT
 from crdt_core.yupdate import decode_update, encode_state_vector
 
@@ -45,7 +43,6 @@ __all__ = [
     "apply_from_peer",
     "content_digest",
     "find_equivocation",
-    "find_foreign_writer",
     "split_by_writer",
 ]
 
@@ -122,32 +119,6 @@ def find_equivocation(replica: Replica, update: bytes) -> str | None:
     return None
 
 
-def find_foreign_writer(update: bytes) -> str | None:
-    """Whether ``update`` writes a device's record or certificate under a client id not that device's.
-
-    A certificate counts as written by itself (its key is its id). Relay-signed records are left
-    to the core validation. Returns a description, or None. Pure.
-    """
-    try:
-        decoded = decode_update(update)
-    except EngineError:
-        return None  # validation reports it as malformed
-    for ins in decoded.inserts:
-        if not isinstance(ins.value, bytes):
-            continue
-        signer = ins.key if ins.root == CERTS_ROOT else None
-        if signer is None:
-            try:
-                signer = open_record(ins.value).signer
-            except SchemaError:
-                continue  # validation reports it
-        if signer.startswith(RELAY_SIGNER_PREFIX) or owns_client(signer, ins.client):
-            continue
-        where = f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key})"
-        return f"{where} is not a client id of its signer {signer}"
-    return None
-
-
 def content_digest(replica: Replica) -> bytes:
     """A digest of a document's content (every map's keys and values), independent of how the
     replica came to hold it: two honest replicas with equal state vectors have equal digests."""
@@ -192,10 +163,7 @@ async def apply_from_peer(
             except (SchemaError, ValueError) as exc:
                 report.refused.append((doc, "bad_doc", str(exc)))
                 continue
-            squat = find_foreign_writer(part)
-            if squat is not None:
-                report.refused.append((doc, "foreign_client", squat))
-            elif clash is not None:
+            if clash is not None:
                 report.refused.append((doc, "equivocation", clash))
             else:
                 todo.append((doc, part))

@@ -433,6 +433,20 @@ async def mark_reservation_rejected(tx: Tx, doc_id: str, reservation_id: str, co
     )
 
 
+async def clear_doc_projection(tx: Tx, doc: DocId) -> None:
+    """Drop the rows projected from one catalog or shop document (before projecting it afresh).
+
+    Why: after the document is rebuilt from the relay's, a record it no longer holds (one the
+    relay refused) must not keep winning its row by its HLC.
+    """
+    if doc.kind is DocKind.CATALOG:
+        await tx.execute("DELETE FROM categories")
+        await tx.execute("DELETE FROM shops")
+    elif doc.kind is DocKind.SHOP:
+        for table in ("shop_profiles", "slots", "staff"):
+            await tx.execute(f"DELETE FROM {table} WHERE shop_id = ?", (doc.shop_id,))
+
+
 async def clear_projections(tx: Tx) -> None:
     for table in ("categories", "shops", "shop_profiles", "slots", "staff", "reservations", "slot_usage"):
         await tx.execute(f"DELETE FROM {table}")

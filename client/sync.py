@@ -223,6 +223,8 @@ class _Session:
         self.extras: dict[int, str] = {}
         #: Documents whose whole state was asked for on this connection (to rebuild them).
         self.rebuilding: set[str] = set()
+        #: Documents to ask the whole state of once none of our updates in them is in flight.
+        self.rebuild_waiting: set[str] = set()
         #: Documents rebuilt (or tried) after a relay update did not fit, on this connection:
         #: once each, so a relay document that does not validate here cannot loop.
         self.repaired: set[str] = set()
@@ -360,6 +362,11 @@ class _Session:
         for doc in sorted(self.needs_resync):
             await self._resync(doc)
         self.needs_resync.clear()
+        if self.rebuild_waiting:
+            busy = set(self.inflight.values())
+            for doc in sorted(self.rebuild_waiting - busy):
+                self.rebuild_waiting.discard(doc)
+                await self._resync(doc, full=True)
 
     async def _resync(self, doc: str, *, full: bool = False) -> None:
         """Run the sync exchange of ``doc`` again; for the whole document when it awaits a rebuild."""
@@ -369,6 +376,11 @@ class _Session:
         if full:
             if doc in self.rebuilding or doc in self.summary.rebuild_failed:
                 return  # asked already on this connection (its answer rebuilds it), or it failed
+            if doc in self.inflight.values():
+                # Ask once every update of ours in the document is answered: the relay's state
+                # then shows which of them it holds, so none is re-written that also lands.
+                self.rebuild_waiting.add(doc)
+                return
             self.rebuilding.add(doc)
             self.proto.resync(doc, _EMPTY_SV)
         else:
@@ -386,7 +398,6 @@ class _Session:
         await self._resync(doc, full=True)
 
     async def _rebuild(self, doc: str, state: bytes) -> None:
-        self.rebuilding.discard(doc)
         try:
             result = await self.local.rebuild_from_relay(doc, state)
         except ValidationError as exc:
@@ -425,7 +436,13 @@ class _Session:
     async def _on_synced(self, event: DocSynced) -> None:
         doc = event.doc
         rebuilds = await self.local.pending_rebuilds()
-        if doc in rebuilds and _is_full_state(event.update, event.relay_sv):
+        full = _is_full_state(event.update, event.relay_sv)
+        if full:
+            self.rebuilding.discard(doc)  # the answer to a sync from nothing
+        if doc in rebuilds and full:
+            if doc in self.inflight.values():  # sent before the rebuild was due: ask again later
+                self.rebuild_waiting.add(doc)
+                return
             await self._rebuild(doc, event.update)
             await self._save_cursor(doc)
             return
@@ -477,6 +494,7 @@ class _Session:
     async def _on_error(self, event: ErrorReceived) -> None:
         if event.uid is None:
             if event.doc is not None:
+                self.rebuilding.discard(event.doc)  # no sync answer will come for it
                 self.refused[event.doc] = f"{event.code}: {event.reason}"
                 self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
                 log.warning("subscription to %s refused: %s %s", event.doc, event.code, event.reason)
@@ -577,8 +595,8 @@ class _Session:
             await asyncio.sleep(min(quiet_s - quiet_for, until - now))
 
     def idle(self) -> bool:
-        """No update of ours awaits an answer."""
-        return not self.inflight
+        """No update of ours awaits an answer, and no rebuild awaits the relay's document."""
+        return not (self.inflight or self.rebuilding or self.rebuild_waiting)
 
     def subs_answered(self, docs: Iterable[str]) -> Callable[[], bool]:
         wanted = list(docs)
@@ -587,7 +605,11 @@ class _Session:
     async def flush_outbox(self) -> int:
         """Send every pending entry that is due and not in flight, in outbox order."""
         sent = 0
-        entries = await self.local.pending_entries()
+        rebuilds = await self.local.pending_rebuilds()
+        # The entries of a document awaiting a rebuild wait for it: they continue a refused
+        # write's client clock (or sit in a document that does not fit the relay's), and the
+        # rebuild replaces them.
+        entries = [e for e in await self.local.pending_entries() if e.doc_id not in rebuilds]
         wanted = [e.doc_id for e in entries if e.doc_id not in self.refused]
         await self.subscribe(dict.fromkeys(wanted))
         now = time.monotonic()

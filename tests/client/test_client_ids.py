@@ -26,9 +26,10 @@ from crdt_core.records import sign_record
 from crdt_core.schema import CERTS_ROOT, SCHEMA_VERSION, DocId, Reservation
 from crdt_core.verdict import Verdict
 from crdt_core.yupdate import decode_state_vector
-from tests.client import close_all
+from tests.client import DAY as OFFLINE_DAY, SHOP as OFFLINE_SHOP, close_all, open_profile
 from tests.client.test_rejected_verdict import forge_booking
 from tests.client.test_sync_relay import SLOT, accounts, open_shop, service
+from tests.crdt_factory import World
 from tests.relay.auth_helpers import FixedPortRelay, serving_fixed_port_relay
 
 DAY = (_dt.date.today() + _dt.timedelta(days=43)).isoformat()
@@ -230,3 +231,20 @@ async def test_a_peer_cannot_squat_the_next_client_id_of_a_device(
     claim = (await vic.verdict(shop, DAY)).claims[mine.reservation_id]
     assert claim.final and claim.stamp is not None
     assert decode_state_vector(await vic.state_vector(str(doc)))[victims_next] == 2  # certificate, booking
+
+
+async def test_peer_updates_are_judged_by_the_peer_arrival_rules_and_relay_updates_are_not(
+    tmp_path: Path,
+) -> None:
+    """A record stamped ten minutes ahead of this device's clock is refused from a peer
+    (``clock_skew``); the same bytes from the relay path were judged there, and are applied."""
+    world = World()
+    vic = await open_profile(tmp_path / "vic", world, "u-vic")
+    ahead = world.device("u-mallory", clock_ms=world.now_ms + 10 * 60_000)
+    doc = f"bookings:{OFFLINE_SHOP}:{OFFLINE_DAY}"
+    res, update = ahead.book(Replica(ahead.client_id()), doc, SLOT)
+    handed = await apply_from_peer(vic, [(doc, update)])
+    assert [code for _doc, code, _detail in handed.refused] == ["clock_skew"], handed
+    assert await vic.pending_entries() == []
+    await vic.apply_remote(doc, update)  # the relay path: no arrival rules again
+    assert res.id in (await vic.verdict(OFFLINE_SHOP, OFFLINE_DAY)).claims
