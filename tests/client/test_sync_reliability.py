@@ -569,6 +569,12 @@ def test_any_schedule_converges(replicas: Replicas, ops: list[Op]) -> None:
 # --- 5. a refused update does not poison later syncs --------------------------------------------
 
 
+async def reopened(local: LocalClient, world: World) -> LocalClient:
+    """Close a profile and open it again (a new process, as far as the profile can tell)."""
+    await local.close()
+    return await offline_profile(local.profile_dir, world)
+
+
 async def test_a_rebuild_rewrites_the_pending_writes_under_the_next_client_id(tmp_path: Path) -> None:
     """Offline: what a refusal does to the writes queued behind it (no relay needed).
 
@@ -593,9 +599,12 @@ async def test_a_rebuild_rewrites_the_pending_writes_under_the_next_client_id(tm
     assert set(decode_update(second.payload).ranges) == {client_id_for(cert, 0)}  # one id, both writes
 
     await alice.mark_rejected(first.id, "rejected", "forbidden: test")
+    # The pending rebuild outlives the process, and the rebuilt document is what is on disk.
+    alice = await reopened(alice, world)
     assert await alice.pending_rebuilds() == {doc: "refused write: rejected: forbidden: test"}
     result = await alice.rebuild_from_relay(doc, EMPTY_UPDATE)
     assert result.generation == 1 and result.rewritten == 1 and await alice.pending_rebuilds() == {}
+    alice = await reopened(alice, world)
     assert await alice.writer_id(doc) == client_id_for(cert, 1)
     (again,) = [e for e in await alice.pending_entries() if e.doc_id == doc]
     assert again.id == result.entries[0] and again.entity_id == second.entity_id
