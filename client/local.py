@@ -223,7 +223,7 @@ def _signer_of(raw: bytes) -> str | None:
 async def _drop_vanished_rows(tx: Tx, doc_id: str, verdict: Verdict | None) -> None:
     """After a rebuild: drop the reservation rows of claims the document no longer holds.
 
-    Rows of refused claims stay (they carry the relay's reason for the user).
+    Rows of refused claims stay (they carry the relay's reason for the user), holding no seats.
     """
     keep = set() if verdict is None else set(verdict.claims)
     rows = await tx.fetchall(
@@ -232,6 +232,10 @@ async def _drop_vanished_rows(tx: Tx, doc_id: str, verdict: Verdict | None) -> N
     await tx.executemany(
         "DELETE FROM reservations WHERE doc_id = ? AND reservation_id = ?",
         [(doc_id, r[0]) for r in rows if r[0] not in keep],
+    )
+    # A refused claim counted until the rebuild (it was in the document): it holds nothing now.
+    await tx.execute(
+        "UPDATE reservations SET holds_seats = 0 WHERE doc_id = ? AND rejected_code IS NOT NULL", (doc_id,)
     )
 
 

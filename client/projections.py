@@ -422,9 +422,9 @@ async def project_bookings(
 async def mark_reservation_rejected(tx: Tx, doc_id: str, reservation_id: str, code: str, reason: str) -> None:
     """Show on the reservation that the relay refused it (it will never be stamped).
 
-    The row stays, so the user sees the refusal and its reason; it holds no seats, because the
-    verdict now leaves the refused claim out (``LocalClient._bookings_state``) and no later
-    projection rewrites its row.
+    The row stays, so the user sees the refusal and its reason; it holds no seats. The refused
+    claim leaves the document (and so the verdict) when the document is rebuilt from the relay's
+    (``LocalClient.rebuild_from_relay``, at the next sync); the rebuild keeps this row.
     """
     await tx.execute(
         "UPDATE reservations SET rejected_code = ?, rejected_reason = ?, holds_seats = 0 "
