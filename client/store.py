@@ -962,7 +962,8 @@ class Store:
         return row is not None
 
     async def mark_rejected(self, entry_id: int, code: str, reason: str) -> OutboxEntry | None:
-        """Terminal: set the entry aside with the relay's reason; later entries are unaffected."""
+        """Terminal: set the entry aside with the relay's reason and queue its document for a
+        rebuild (``Tx.mark_rejected``), which replaces the document's later pending entries."""
         async with self.transaction() as tx:
             return await tx.mark_rejected(entry_id, code, reason[:1000])
 
