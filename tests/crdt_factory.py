@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -14,6 +15,8 @@ from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
 from crdt_core.records import RELAY_SIGNER_PREFIX, open_record
 from crdt_core.schema import TypedRecord
+
+T = TypeVar("T")
 
 #: A fixed "now" so tests never depend on the machine's clock.
 NOW_MS = 1_800_000_000_000
@@ -95,3 +98,13 @@ def put_as(
     update = author.put(replica.copy(author.client_id()), doc_id, records)
     replica.apply_update(update)
     return update
+
+
+def write_through(replica: Replica, client_id: int, write: Callable[[Replica], T]) -> T:
+    """Run ``write`` on a copy of ``replica`` that writes under ``client_id``, then bring what it
+    wrote back into ``replica``: how a test lets several signers write into one replica, since a
+    replica writes under one client id and each signer has its own (``crdt_core.clientids``)."""
+    view = replica.copy(client_id)
+    out = write(view)
+    replica.apply_update(view.diff(replica.state_vector()))
+    return out

@@ -82,7 +82,7 @@ def base() -> Base:
     cache = world.cache()
     phones: dict[str, Replica] = {}
     reservation_of: dict[str, str] = {}
-    for i, (name, author) in enumerate(authors.items()):
+    for name, author in authors.items():
         phones[name] = Replica(author.client_id())
         res, update = author.book(phones[name], DOC, "s1", 1)
         receive(DOC, relay, update, cache)
@@ -208,7 +208,9 @@ def carried(update: bytes, receiver: Replica, how: str) -> bytes:
         carrier.apply_update(update)
         return carrier.diff(receiver.state_vector())
     bystander = base().extra
-    cert_only = Replica(bystander.client_id()).write([("certs", bystander.device.cert_id, bystander.device.certificate)])
+    cert_only = Replica(bystander.client_id()).write(
+        [("certs", bystander.device.cert_id, bystander.device.certificate)]
+    )
     return merge_updates([cert_only, update])  # bundled with an unrelated valid change
 
 

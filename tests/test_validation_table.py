@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import msgpack
 import pytest
 
 from crdt_core.authoring import Author, write_stamps
+from crdt_core.canonical import canonical_pack
 from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica, merge_updates
 from crdt_core.reader import read_bookings, read_map
-from crdt_core.canonical import canonical_pack
 from crdt_core.records import open_record, sign_record
 from crdt_core.schema import (
     SCHEMA_VERSION,
