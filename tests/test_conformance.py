@@ -109,3 +109,13 @@ def test_doc_example_is_a_corpus_case(example: tuple[str, str, str, str]) -> Non
     (case,) = [c for c in cases(file) if c["name"] == name]
     assert shown == {k: v for k, v in case.items() if k in shown}, f"{name}: the doc differs from the corpus"
     assert set(shown) >= {"name", "expect"}
+
+
+_CLIENT_ID = re.compile(r'client_id\("([^"]+)", (\d+)\) = (\d+)')
+
+
+def test_client_ids_quoted_in_the_docs() -> None:
+    quoted = [m for doc in DOCS for m in _CLIENT_ID.finditer((ROOT / doc).read_text(encoding="utf-8"))]
+    assert quoted
+    for m in quoted:
+        assert client_id_for(m.group(1), int(m.group(2))) == int(m.group(3))
