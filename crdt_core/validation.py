@@ -78,6 +78,7 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     BACKDATED = "backdated"
     REVOKED = "revoked"
+    PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync_hub, verdict.exceeds_capacity
 
 
 def _fail(reason: Reason, detail: str) -> ValidationError:
