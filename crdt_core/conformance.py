@@ -2029,6 +2029,48 @@ def _verdict_cases() -> list[dict[str, Any]]:
             },
             stamps=[_st(1, "r1"), _st(2, "r2"), _st(3, "r3")],
         ),
+        _verdict_case(
+            "too_large_blocks_nobody",
+            "r1 (3) can never fit a slot of 2: too_large, no seat, no waitlist place;"
+            " r2 and r3 behind it are served",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann", 3), _claim("r2", "ben", 1, at=1), _claim("r3", "cat", 2, at=2)],
+            {
+                "r1": _c("too_large", 0, stamp=1, final=True),
+                "r2": _c("confirmed", 1, stamp=2, final=True),
+                "r3": _c("waitlisted", 2, stamp=3, final=True, position=1),
+            },
+            stamps=[_st(1, "r1"), _st(2, "r2"), _st(3, "r3")],
+        ),
+        _verdict_case(
+            "capacity_raise_brings_a_too_large_claim_back",
+            "the newest template raises the capacity to 4: r1 (3) takes its place in the order again",
+            [_slot("s-9", 2, key="k-a", at=-DAY_MS), _slot("s-9", 4, key="k-b", at=-HOUR_MS)],
+            [_claim("r1", "ann", 3), _claim("r2", "ben", 1, at=1), _claim("r3", "cat", 2, at=2)],
+            {
+                "r1": _c("confirmed", 0, stamp=1, final=True),
+                "r2": _c("confirmed", 1, stamp=2, final=True),
+                "r3": _c("waitlisted", 2, stamp=3, final=True, position=1),
+            },
+            stamps=[_st(1, "r1"), _st(2, "r2"), _st(3, "r3")],
+        ),
+        _verdict_case(
+            "too_large_beats_no_show_but_not_cancel",
+            "a no-show on a party that cannot fit is too_large; a cancelled one stays cancelled",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann", 5), _claim("r2", "ben", 5, at=1)],
+            {"r1": _c("too_large", 0, stamp=1, final=True), "r2": _c("cancelled", 1, stamp=2, final=True)},
+            events=[_ev("e1", "r1", "no_show", "sam", 5), _ev("e2", "r2", "cancel", "ben", 5)],
+            stamps=[_st(1, "r1"), _st(2, "r2")],
+        ),
+        _verdict_case(
+            "closed_slot_keeps_claims_waiting",
+            "capacity 0 that day (here an active template of capacity 0): not open, so no claim is"
+            " too_large; they wait in order",
+            [_slot("s-9", 0)],
+            [_claim("r1", "ann", 3), _claim("r2", "ben", 1, at=1)],
+            {"r1": _c("waitlisted", 0, position=1), "r2": _c("waitlisted", 1, position=2)},
+        ),
     ]
     return cases
 
