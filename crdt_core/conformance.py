@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crdt_core import messages as wire
+from crdt_core.canonical import canonical_pack
 from crdt_core.certs import (
     CertificateCache,
     DeviceKey,
@@ -45,6 +47,7 @@ from crdt_core.errors import CodecError, ValidationError
 from crdt_core.reader import BookingsState
 from crdt_core.records import RECORD_DOMAIN, RECORD_FORMAT, RELAY_SIGNER_PREFIX, open_record, sign_record
 from crdt_core.schema import (
+    CERTS_ROOT,
     SCHEMA_VERSION,
     Category,
     DocId,
@@ -243,7 +246,7 @@ def _envelope(version: int, kind: str, fields_raw: bytes, signer: str, signature
 def _reswap(raw: bytes, *, fields: dict[str, Any] | None = None, signer: str | None = None) -> bytes:
     """A record's bytes with its fields or signer swapped, keeping the original signature."""
     env = open_record(raw)
-    fields_raw = msgpack.packb(fields, use_bin_type=True) if fields is not None else env.fields_raw
+    fields_raw = canonical_pack(fields) if fields is not None else env.fields_raw
     return _envelope(env.schema_version, env.kind, fields_raw, signer or env.signer, env.signature)
 
 
@@ -306,10 +309,13 @@ def judge_record(case: Mapping[str, Any], keys: Mapping[str, Any]) -> dict[str, 
     if entries:
         doc_state.write(entries)
     value = bytes.fromhex(case["value"])
-    try:
-        signer = open_record(value).signer
-    except ValueError:
-        signer = "unparsable"
+    if case["root"] == CERTS_ROOT:
+        signer = case["key"]  # a certificate's writer is the certificate itself
+    else:
+        try:
+            signer = open_record(value).signer
+        except ValueError:
+            signer = "unparsable"
     writer = doc_state.copy(client_id_for(signer, 0))
     update = writer.write([(case["root"], case["key"], value)])
     return _outcome(case["doc"], doc_state, update, trusted, case.get("arrival"))
@@ -432,6 +438,42 @@ def _parsed(value: bytes) -> dict[str, Any]:
         "signer": env.signer,
         "fields": env.fields,
     }
+
+
+def _sign_raw(
+    doc: str, key: str, kind: str, fields_raw: bytes, by: Device, version: int = SCHEMA_VERSION
+) -> bytes:
+    """A format-2 record over exactly ``fields_raw`` (which need not be canonical), validly signed."""
+    message = RECORD_DOMAIN + canonical_pack([doc, key, RECORD_FORMAT, version, kind, fields_raw, by.cert_id])
+    return _envelope(version, kind, fields_raw, by.cert_id, by.key.sign(message))
+
+
+def _format1(doc: str, key: str, kind: str, fields_raw: bytes, by: Device) -> bytes:
+    """A record as format 1 wrote it: envelope ``[1, ...]``, signature over doc, key, kind, fields."""
+    message = b"quickslot-record-v1\x00" + canonical_pack([doc, key, kind, fields_raw])
+    return canonical_pack([1, SCHEMA_VERSION, kind, fields_raw, by.cert_id, by.key.sign(message)])
+
+
+def _noncanonical_cert(dev: Device) -> tuple[str, bytes]:
+    fmt, body, kid, sig = msgpack.unpackb(dev.key.certificate, raw=False)
+    kid_raw = kid.encode()
+    raw = (
+        b"\x94"
+        + msgpack.packb(fmt)
+        + msgpack.packb(body, use_bin_type=True)
+        + b"\xd9"
+        + bytes([len(kid_raw)])
+        + kid_raw
+        + msgpack.packb(sig, use_bin_type=True)
+    )
+    return cert_id_of(raw), raw
+
+
+def _unsorted_body_cert(w: World, dev: Device) -> tuple[str, bytes]:
+    body = msgpack.unpackb(msgpack.unpackb(dev.key.certificate, raw=False)[1], raw=False)
+    unsorted = msgpack.packb(dict(sorted(body.items(), reverse=True)), use_bin_type=True)
+    raw = canonical_pack([1, unsorted, w.relay.kid, w.relay.sign(b"quickslot-cert-v1\x00" + unsorted)])
+    return cert_id_of(raw), raw
 
 
 def _record_cases(w: World) -> list[dict[str, Any]]:
@@ -1186,6 +1228,134 @@ def _record_cases(w: World) -> list[dict[str, Any]]:
         context=with_res_a,
         arrival={**arrive, "current_rights": {"sam": {"admin": False, "owner_of": [], "staff_of": []}}},
     )
+
+    # -- format 2: one byte string per record, the whole envelope signed -------------------------------
+    fields_ok = _res("r-c", "bob").to_fields()
+    canon = canonical_pack(fields_ok)
+    summ_f = canonical_pack(summ.to_fields())
+
+    def noncanonical(
+        name: str,
+        fields_raw: bytes,
+        note: str = "",
+        kind: str = "reservation",
+        doc: str = DAY_DOC,
+        root: str = "reservations",
+        key: str = "r-c",
+        by: Device = bob,
+    ) -> None:
+        assert fields_raw not in (canon, summ_f), name  # the replacement below found its bytes
+        refused(name, doc, root, key, _sign_raw(doc, key, kind, fields_raw, by), "schema", [by], note=note)
+
+    plain = msgpack.packb(fields_ok, use_bin_type=True)  # keys in field order, not sorted
+    noncanonical("fields_keys_not_sorted", plain, "map keys must be sorted by their UTF-8 bytes")
+    noncanonical(
+        "fields_int_in_a_wider_form",
+        canon.replace(b"\xa5party\x01", b"\xa5party\xcd\x00\x01"),
+        "party 1 as uint16",
+    )
+    noncanonical(
+        "fields_short_str_as_str8", canon.replace(b"\xa3bob", b"\xd9\x03bob"), "a 3-byte str as str8"
+    )
+    assert canon[0] == 0x85  # a fixmap of 5: one more entry repeats a key
+    noncanonical("fields_duplicate_key", b"\x86" + canon[1:] + b"\xa4slot\xa3s-9", "a map key twice")
+    lat32 = summ_f.replace(b"\xa3lat\xcb" + struct.pack(">d", 48.5), b"\xa3lat\xca" + struct.pack(">f", 48.5))
+    noncanonical(
+        "fields_float32",
+        lat32,
+        "floats are float64",
+        kind="shop_summary",
+        doc=CATALOG_DOC,
+        root="shops",
+        key="k-s",
+        by=olga,
+    )
+    env_ok = _sign_raw(DAY_DOC, "r-c", "reservation", canon, bob)
+    refused(
+        "envelope_array16_header",
+        DAY_DOC,
+        "reservations",
+        "r-c",
+        b"\xdc\x00\x06" + env_ok[1:],
+        "schema",
+        [bob],
+        note="the envelope is a fixarray",
+    )
+    refused(
+        "format_1_record",
+        DAY_DOC,
+        "reservations",
+        "r-c",
+        _format1(DAY_DOC, "r-c", "reservation", canon, bob),
+        "schema",
+        [bob],
+        note="records format 1 is no longer accepted",
+    )
+    refused(
+        "schema_version_changed_under_the_signature",
+        DAY_DOC,
+        "reservations",
+        "r-c",
+        _envelope(SCHEMA_VERSION + 1, "reservation", canon, bob.cert_id, open_record(env_ok).signature),
+        "bad_signature",
+        [bob],
+        note="format 2 signs the schema version",
+    )
+    refused(
+        "certificate_not_canonical",
+        DAY_DOC,
+        "certs",
+        *_noncanonical_cert(bob),
+        "bad_certificate",
+        [],
+        note="the kid as str8: the relay's signature still verifies, the encoding is not canonical",
+    )
+    refused(
+        "certificate_body_not_canonical",
+        DAY_DOC,
+        "certs",
+        *_unsorted_body_cert(w, bob),
+        "bad_certificate",
+        [],
+        note="body keys not sorted, signed by the relay",
+    )
+    old_dev = w["alice_old"]
+    within = _res("r-within", "alice", at=-5 * DAY_MS)
+    cases.append(
+        _record_case(
+            "arrival_expired_certificate_within_one_lifetime",
+            DAY_DOC,
+            "reservations",
+            within.id,
+            _signed(DAY_DOC, within.id, within, old_dev),
+            _parsed(_signed(DAY_DOC, within.id, within, old_dev)),
+            certificates=[old_dev],
+            arrival={"now_ms": NOW_MS},
+            note="written 5 days ago while valid; the certificate lived 7 days and expired 3 days ago",
+        )
+    )
+    beyond = _res("r-beyond", "alice", at=-9 * DAY_MS)
+    refused(
+        "arrival_expired_certificate_beyond_one_lifetime",
+        DAY_DOC,
+        "reservations",
+        beyond.id,
+        _signed(DAY_DOC, beyond.id, beyond, old_dev),
+        "backdated",
+        [old_dev],
+        arrival={"now_ms": NOW_MS},
+        note="9 days old: beyond min(30 days, the 7-day lifetime)",
+    )
+    valid(
+        "expired_certificate_without_arrival_rules",
+        DAY_DOC,
+        "reservations",
+        beyond.id,
+        _signed(DAY_DOC, beyond.id, beyond, old_dev),
+        [old_dev],
+        note="what a replica holds stays valid: only arrival rules look at the clock",
+    )
+
     return cases
 
 
@@ -1265,6 +1435,14 @@ def _update_case(
     else:
         case["expect"] = {"valid": True, "records": sorted([root, key] for root, key in expect)}
     return case
+
+
+def _relay_written(w: World, state: Sequence[bytes], entry: tuple[str, str, bytes]) -> bytes:
+    """An update writing ``entry`` under the relay's generation-0 client id."""
+    replica = Replica(client_id_for(w.relay_signer, 0))
+    for update in state:
+        replica.apply_update(update)
+    return replica.write([entry])
 
 
 def _update_cases(w: World) -> list[dict[str, Any]]:
@@ -1498,8 +1676,8 @@ def _update_cases(w: World) -> list[dict[str, Any]]:
         ),
         ("garbage_collected_range", bytes([0]) + _varuint(1)),
     ]
-    for name, struct in shapes:
-        cases.append(_update_case(name, DAY_DOC, [state0], _yjs_update([_block(b_id, 0, [struct])]), "shape"))
+    for name, item in shapes:
+        cases.append(_update_case(name, DAY_DOC, [state0], _yjs_update([_block(b_id, 0, [item])]), "shape"))
 
     # -- dependencies, documents, maps, certificates --------------------------------------------------------
     cases.append(
@@ -1546,6 +1724,93 @@ def _update_cases(w: World) -> list[dict[str, Any]]:
     )
     cases.append(
         _update_case("one_bad_record_refuses_the_whole_update", DAY_DOC, [state0], one_bad, "forbidden")
+    )
+
+    # -- Yjs client ids bound to signers ---------------------------------------------------------------
+    under_alice = phone(alice, state0)
+    cases.append(
+        _update_case(
+            "record_under_another_devices_client_id",
+            DAY_DOC,
+            [state0, first],
+            phone(alice, state0, first).write(
+                [("reservations", res_b2.id, _signed(DAY_DOC, res_b2.id, res_b2, bob))]
+            ),
+            "foreign_client",
+            note="bob's record written under alice's client id",
+        )
+    )
+    cases.append(
+        _update_case(
+            "certificate_under_another_signers_client_id",
+            DAY_DOC,
+            [state0],
+            under_alice.write([b_cert_entry]),
+            "foreign_client",
+            note="a certificate's writer is the certificate itself",
+        )
+    )
+    cases.append(
+        _update_case(
+            "record_under_a_random_client_id",
+            DAY_DOC,
+            [state0],
+            _yjs_update([_block(424242, 0, [cert_item, res_item])]),
+            "foreign_client",
+            note="a fresh random id per write is not allowed any more",
+        )
+    )
+    cases.append(
+        _update_case(
+            "device_record_under_the_relays_client_id",
+            DAY_DOC,
+            [state0, first],
+            _relay_written(
+                w, [state0, first], ("reservations", res_b2.id, _signed(DAY_DOC, res_b2.id, res_b2, bob))
+            ),
+            "foreign_client",
+        )
+    )
+    stamp_by_device = phone(alice, state0).write(
+        [("stamps", stamp_key(1), _signed(DAY_DOC, stamp_key(1), stamp, w.relay))]
+    )
+    cases.append(
+        _update_case(
+            "relay_stamp_under_a_devices_client_id", DAY_DOC, [state0], stamp_by_device, "foreign_client"
+        )
+    )
+    gen1 = phone(bob, state0, generation=1).write([b_cert_entry, ("reservations", res_b.id, res_b_raw)])
+    cases.append(
+        _update_case(
+            "write_under_generation_1",
+            DAY_DOC,
+            [state0],
+            gen1,
+            [("certs", bob.cert_id), ("reservations", res_b.id)],
+            note="every generation 0..63 of the signer is its own",
+        )
+    )
+    gen63 = phone(bob, state0, generation=63).write([b_cert_entry, ("reservations", res_b.id, res_b_raw)])
+    cases.append(
+        _update_case(
+            "write_under_generation_63",
+            DAY_DOC,
+            [state0],
+            gen63,
+            [("certs", bob.cert_id), ("reservations", res_b.id)],
+        )
+    )
+    relay_gen = Replica(client_id_for(w.relay_signer, 17))
+    relay_gen.apply_update(state0)
+    cases.append(
+        _update_case(
+            "relay_stamp_under_another_relay_generation",
+            DAY_DOC,
+            [state0],
+            relay_gen.write([("stamps", stamp_key(1), _signed(DAY_DOC, stamp_key(1), stamp, w.relay))]),
+            [("stamps", stamp_key(1))],
+            note="each relay process picks its generation at random",
+        )
     )
     return cases
 
