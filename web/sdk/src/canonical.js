@@ -53,12 +53,14 @@ class ExactDecoder extends Decoder {
   constructor(limits) {
     super({ useBigInt64: true, mapKeyConverter: stringKeysOnly, ...limits });
   }
-
-  readF64() {
-    // @ts-ignore -- readF64 is private in the typings but is the decoder's documented-by-source hook
-    return new Float64(super.readF64());
-  }
 }
+// readF64 and the encoder hooks below are private in the library's typings only; they are plain
+// methods in its JavaScript, which is what subclassing needs.
+/** @type {any} */
+const decoderHooks = Decoder.prototype;
+/** @type {any} */ (ExactDecoder.prototype).readF64 = function () {
+  return new Float64(decoderHooks.readF64.call(this));
+};
 
 /**
  * Decode one msgpack value exactly (whole input; trailing bytes refused). 64-bit integers that fit
@@ -103,18 +105,14 @@ function normalise(value, depth) {
 }
 
 /** The library's encoder, taught to write `Float64` as float64 and any bigint as a 64-bit int. */
-class CanonicalEncoder extends Encoder {
-  /**
-   * @param {unknown} object
-   * @param {number} depth
-   */
-  encodeObject(object, depth) {
-    const self = /** @type {any} */ (this); // the hooks below are private in the typings only
-    if (object instanceof Float64) self.encodeNumberAsFloat(object.value);
-    else if (typeof object === "bigint") self.encodeBigInt64(object);
-    else super.encodeObject(object, depth);
-  }
-}
+class CanonicalEncoder extends Encoder {}
+/** @type {any} */
+const encoderHooks = Encoder.prototype;
+/** @type {any} */ (CanonicalEncoder.prototype).encodeObject = function (/** @type {unknown} */ object, /** @type {number} */ depth) {
+  if (object instanceof Float64) encoderHooks.encodeNumberAsFloat.call(this, object.value);
+  else if (typeof object === "bigint") encoderHooks.encodeBigInt64.call(this, object);
+  else encoderHooks.encodeObject.call(this, object, depth);
+};
 
 /**
  * Rebuild a value with every map's keys in UTF-8 byte order, refusing what has no canonical form.
