@@ -44,6 +44,7 @@ export const Reason = Object.freeze({
   CLOCK_SKEW: "clock_skew",
   BACKDATED: "backdated",
   REVOKED: "revoked",
+  PARTY_TOO_LARGE: "party_too_large", // the relay's arrival refusal only (a party above the slot's capacity that day)
   FOREIGN_CLIENT: "foreign_client",
 });
 
