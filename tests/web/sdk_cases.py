@@ -915,7 +915,8 @@ def _claims(verdict: Any) -> dict[str, Any]:
 
 def _random_day(rng: random.Random, size: int) -> dict[str, Any]:
     slots = []
-    for i in range(rng.randint(1, 3)):
+    n_slots = rng.randint(1, 3)
+    for i in range(n_slots):
         for version in range(rng.randint(1, 2)):  # a second template changes capacity
             tmpl: dict[str, Any] = {
                 "key": f"k-{i}-{version}",
@@ -923,7 +924,7 @@ def _random_day(rng: random.Random, size: int) -> dict[str, Any]:
                 "service": "x",
                 "start": "10:00",
                 "duration": 30,
-                "capacity": rng.choice([0, 1, 2, 3, 4, 6]),
+                "capacity": rng.choice([0, 1, 2, 3, 4, 5, 6, 8]),
                 "active": rng.random() > 0.15,
                 "hlc": hlc(NOW - 1000 + rng.randint(0, 3), "olga"),
             }
@@ -934,7 +935,8 @@ def _random_day(rng: random.Random, size: int) -> dict[str, Any]:
     reservations = [
         {
             "id": f"r{i}",
-            "slot": f"s{rng.randint(0, 3)}",
+            # mostly slots with templates; some on a slot this replica knows nothing of (they wait)
+            "slot": f"s{rng.randrange(n_slots)}" if rng.random() < 0.85 else "s9",
             "party": rng.randint(1, 5),
             "customer": rng.choice(customers),
             "hlc": hlc(NOW + rng.randint(0, 4), rng.choice(customers)),
@@ -965,7 +967,7 @@ def _random_day(rng: random.Random, size: int) -> dict[str, Any]:
 def verdict_cases() -> list[dict[str, Any]]:
     rng = random.Random(7)
     cases = []
-    for n in range(16):
+    for n in range(24):
         day = _random_day(rng, rng.randint(1, 9))
         verdict = compute_verdict(
             _state(DAY_DOC, day["reservations"], day["events"], day["stamps"]), _templates(day["slots"])
@@ -982,49 +984,94 @@ def verdict_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def _history(name: str, note: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One day seen at successive moments (``parts``), with the verdict and diff_verdicts of each."""
+    steps = []
+    previous = None
+    for part in parts:
+        verdict = compute_verdict(
+            _state(DAY_DOC, part["reservations"], part["events"], part["stamps"]),
+            _templates(part["slots"]) if part["slots"] else {},
+        )
+        changes = [
+            {
+                "reservation_id": c.reservation_id,
+                "customer": c.customer,
+                "before": c.before.value if c.before else None,
+                "after": c.after.value,
+                "kind": c.kind,
+            }
+            for c in diff_verdicts(previous, verdict)
+        ]
+        expect = {"claims": _claims(verdict), "stamp_prefix": verdict.stamp_prefix, "changes": changes}
+        steps.append({**part, "expect": expect})
+        previous = verdict
+    return {"name": name, "note": note, "day": "2027-01-15", "steps": steps}
+
+
+def _capacity_cut_and_raise() -> dict[str, Any]:
+    """A cut below a booked party makes it too_large (the claim behind it moves up); a raise restores it."""
+
+    def slot(key: str, capacity: int, ms: int) -> dict[str, Any]:
+        return {"key": key, "id": "s0", "service": "x", "start": "10:00", "duration": 30,
+                "capacity": capacity, "active": True, "hlc": hlc(ms, "olga")}  # fmt: skip
+
+    res = [
+        {"id": "r1", "slot": "s0", "party": 3, "customer": "ann", "hlc": hlc(NOW, "ann")},
+        {"id": "r2", "slot": "s0", "party": 2, "customer": "ben", "hlc": hlc(NOW + 1, "ben")},
+        {"id": "r3", "slot": "s0", "party": 1, "customer": "cat", "hlc": hlc(NOW - 5, "cat")},
+    ]
+    stamps = [{"no": 1, "reservation": "r1"}, {"no": 2, "reservation": "r2"}]
+    parts = [
+        {"slots": [slot("k-a", 4, NOW - 100)], "reservations": res[:2], "events": [], "stamps": stamps},
+        {
+            "slots": [slot("k-a", 4, NOW - 100), slot("k-b", 2, NOW - 50)],
+            "reservations": res[:2],
+            "events": [],
+            "stamps": stamps,
+        },
+        {
+            "slots": [slot("k-a", 4, NOW - 100), slot("k-b", 2, NOW - 50), slot("k-c", 5, NOW - 10)],
+            "reservations": res[:2],
+            "events": [],
+            "stamps": stamps,
+        },  # fmt: skip
+        {
+            "slots": [slot("k-a", 4, NOW - 100), slot("k-b", 2, NOW - 50), slot("k-c", 5, NOW - 10)],
+            "reservations": res,
+            "events": [],
+            "stamps": stamps,
+        },  # fmt: skip
+        {
+            "slots": [slot("k-a", 4, NOW - 100), slot("k-b", 2, NOW - 50), slot("k-c", 5, NOW - 10)],
+            "reservations": res,
+            "events": [],
+            "stamps": [{"no": 3, "reservation": "r3"}, *stamps],
+        },  # fmt: skip
+    ]
+    return _history(
+        "capacity_cut_and_raise",
+        "too_large after a cut, back after a raise; a stamp ends a tentative claim",
+        parts,
+    )
+
+
 def history_cases() -> list[dict[str, Any]]:
     """Days that grow step by step (records only ever arrive), with each step's diff_verdicts."""
     rng = random.Random(11)
-    cases = []
+    kinds = ("slots", "reservations", "events", "stamps")
+    cases = [_capacity_cut_and_raise()]
     for n in range(8):
         full = _random_day(rng, rng.randint(3, 10))
-        steps = []
-        previous = None
+        parts = []
         cut = [0, 0, 0, 0]
         for _ in range(4):
-            cut = [
-                min(len(full[k]), c + rng.randint(0, 3))
-                for k, c in zip(("slots", "reservations", "events", "stamps"), cut, strict=True)
-            ]
-            part = {k: full[k][: cut[i]] for i, k in enumerate(("slots", "reservations", "events", "stamps"))}
+            cut = [min(len(full[k]), c + rng.randint(0, 3)) for k, c in zip(kinds, cut, strict=True)]
+            part = {k: full[k][: cut[i]] for i, k in enumerate(kinds)}
             known = {r["id"] for r in part["reservations"]}
             part["events"] = [e for e in part["events"] if e["reservation"] in known]
-            verdict = compute_verdict(
-                _state(DAY_DOC, part["reservations"], part["events"], part["stamps"]),
-                _templates(part["slots"]) if part["slots"] else {},
-            )
-            changes = [
-                {
-                    "reservation_id": c.reservation_id,
-                    "customer": c.customer,
-                    "before": c.before.value if c.before else None,
-                    "after": c.after.value,
-                    "kind": c.kind,
-                }
-                for c in diff_verdicts(previous, verdict)
-            ]
-            steps.append(
-                {
-                    **part,
-                    "expect": {
-                        "claims": _claims(verdict),
-                        "stamp_prefix": verdict.stamp_prefix,
-                        "changes": changes,
-                    },
-                }
-            )
-            previous = verdict
-        cases.append({"name": f"history_{n}", "note": "seeded", "day": "2027-01-15", "steps": steps})
+            parts.append(part)
+        cases.append(_history(f"history_{n}", "seeded", parts))
     return cases
 
 
