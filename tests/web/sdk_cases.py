@@ -1075,6 +1075,87 @@ def history_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def _signed_day(day: dict[str, Any], rng: random.Random) -> tuple[list[bytes], list[bytes]]:
+    """A day's records signed into a real shop document and bookings document (not validated:
+    readers trust what a replica holds), plus a value no reader can parse."""
+    shop = Replica(OLGA.client())
+    shop_updates = [
+        shop.write(
+            [
+                (
+                    "slots",
+                    t["key"],
+                    OLGA.sign(SHOP_DOC, t["key"], "slot", {k: v for k, v in t.items() if k != "key"}),
+                )
+            ]
+        )
+        for t in day["slots"]
+    ]
+    shop_updates.append(shop.write([("slots", "junk", b"\x01not a record")]))
+    bookings = Replica(ALICE.client())
+    entries = [
+        ("reservations", r["id"], ALICE.sign(DAY_DOC, r["id"], "reservation", r)) for r in day["reservations"]
+    ]
+    entries += [("events", e["id"], ALICE.sign(DAY_DOC, e["id"], "event", e)) for e in day["events"]]
+    stamp_entries = [
+        (
+            "stamps",
+            stamp_key(st["no"]),
+            relay_sign(
+                DAY_DOC, stamp_key(st["no"]), {"no": st["no"], "reservation": st["reservation"], "at": NOW}
+            ),
+        )
+        for st in day["stamps"]
+    ]
+    rng.shuffle(entries)
+    day_updates = [bookings.write(entries[i : i + 3]) for i in range(0, len(entries), 3)]
+    if stamp_entries:
+        day_updates.append(Replica(client_id_for("relay:" + KID, 0)).write(stamp_entries))
+    newer = ALICE.sign(
+        DAY_DOC, "r-new", "reservation", dict(res_fields("r-new", "alice", slot="s8"), extra=1), version=7
+    )
+    day_updates.append(bookings.write([("reservations", "r-new", newer)]))
+    return shop_updates, day_updates
+
+
+def document_cases() -> list[dict[str, Any]]:
+    """Verdicts read from real documents: crdt_core's reader (slot templates, capacities on the
+    day, bookings state, schema version) and verdict over signed records in Yjs updates."""
+    from crdt_core.reader import read_bookings, schema_version_of
+
+    rng = random.Random(5)
+    cases = []
+    for n in range(8):
+        day = _random_day(rng, rng.randint(2, 9))
+        shop_updates, day_updates = _signed_day(day, rng)
+        shop, bookings = Replica(), Replica()
+        for upd in shop_updates:
+            shop.apply_update(upd)
+        for upd in day_updates:
+            bookings.apply_update(upd)
+        date = dt.date(2027, 1, 15)
+        capacities = {sid: t.capacity_on(date) for sid, t in slot_templates(shop, SHOP_DOC).items()}
+        verdict = compute_verdict(read_bookings(bookings, DAY_DOC), capacities)
+        cases.append(
+            {
+                "name": f"document_{n}",
+                "note": "seeded; one unparseable slot value and one reservation of schema version 7",
+                "shop_doc": SHOP_DOC,
+                "day_doc": DAY_DOC,
+                "day": "2027-01-15",
+                "shop_state": [u.hex() for u in shop_updates],
+                "day_state": [u.hex() for u in day_updates],
+                "expect": {
+                    "capacities": capacities,
+                    "schema_version": schema_version_of(bookings, parse_doc_id(DAY_DOC)),
+                    "claims": _claims(verdict),
+                    "stamp_prefix": verdict.stamp_prefix,
+                },
+            }
+        )
+    return cases
+
+
 # --- keys and clocks ----------------------------------------------------------------------------------
 
 
@@ -1137,6 +1218,7 @@ def write_all(out: Path) -> dict[str, int]:
         "updates.json": {"cases": update_cases()},
         "verdicts.json": {"cases": verdict_cases()},
         "histories.json": {"cases": history_cases()},
+        "documents.json": {"cases": document_cases()},
     }
     counts = {name: len(body.get("cases", [])) for name, body in files.items()}
     files["manifest.json"] = {

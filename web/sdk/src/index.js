@@ -9,6 +9,7 @@ export { EngineError } from "./engine-error.js";
 export { ClockSkewError, HybridClock, Timestamp, compareTimestamps } from "./hlc.js";
 export { RECORD_FORMAT, openRecord, signRecord, signerRef, verifyEnvelope } from "./records.js";
 export { CERTS_ROOT, MAPS, RECORD_KINDS, SCHEMA_VERSION, capacityOn, docIdString, parseDocId, parseRecord, rootsOf, stampKey } from "./schema.js";
+export { readBookings, readMap, schemaVersionOf, slotTemplates } from "./reader.js";
 export { MAX_BACKDATE_MS, Reason, rightsOf, validateUpdate } from "./validation.js";
 export { ClaimState, claimOrder, computeVerdict, currentTemplates, diffVerdicts, exceedsCapacity, slotCapacities, stampOrder, stampPrefix, tentativeKey } from "./verdict.js";
 export { decodeUpdate, stateClocks } from "./yupdate.js";

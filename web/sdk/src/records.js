@@ -66,11 +66,14 @@ export async function signRecord(docId, key, kind, fields, author, schemaVersion
 
 /**
  * Parse a record's envelope and fields, without checking the signature.
+ * `canonical: false` skips the canonical-encoding check (a re-encoding per record): only for
+ * reading records a replica already holds, which validation checked when they arrived.
  * @param {Uint8Array} raw
+ * @param {{canonical?: boolean}} [options]
  * @returns {Envelope}
- * @throws {SchemaError} not a format-2 record in canonical form
+ * @throws {SchemaError} not a format-2 record (in canonical form, unless canonical is false)
  */
-export function openRecord(raw) {
+export function openRecord(raw, { canonical = true } = {}) {
   if (!(raw instanceof Uint8Array) || raw.length > MAX_RECORD_BYTES) {
     throw new SchemaError(`a record is at most ${MAX_RECORD_BYTES} bytes`);
   }
@@ -85,12 +88,12 @@ export function openRecord(raw) {
   if (!(typeof signer === "string" && signer.length > 0 && codePoints(signer) <= 80 && sig instanceof Uint8Array && sig.length === 64)) {
     throw new SchemaError("record signer or signature malformed");
   }
-  checkCanonical(raw, outer, "record");
+  if (canonical) checkCanonical(raw, outer, "record");
   const fields = decodeExact(fieldsRaw, "record fields", LIMITS);
   if (fields === null || typeof fields !== "object" || Array.isArray(fields) || fields instanceof Uint8Array) {
     throw new SchemaError("record fields must be a map");
   }
-  checkCanonical(fieldsRaw, fields, "record fields");
+  if (canonical) checkCanonical(fieldsRaw, fields, "record fields");
   return {
     schemaVersion: version,
     kind,

@@ -142,7 +142,7 @@ class Batch {
     if (fresh !== undefined) return fresh;
     const raw = this.getValue("reservations", resId);
     if (!(raw instanceof Uint8Array)) return null;
-    const env = openRecord(raw);
+    const env = openRecord(raw, { canonical: false }); // held, so checked when it arrived
     return parseRecord("bookings", "reservations", resId, env.kind, env.fields, env.schemaVersion);
   }
 }

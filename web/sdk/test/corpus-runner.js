@@ -18,6 +18,9 @@ import {
   fromHex,
   openRecord,
   parseRecord,
+  readBookings,
+  schemaVersionOf,
+  slotTemplates,
   slotCapacities,
   toHex,
   validateUpdate,
@@ -159,6 +162,19 @@ export function runCorpus(dir, label) {
       const verdict = verdictOf(c.day, c);
       checkVerdict(verdict, c.expect);
     });
+  }
+
+  if (existsSync(join(dir, "documents.json"))) {
+    for (const c of load(dir, "documents.json").cases) {
+      test(`${label}: documents/${c.name}`, () => {
+        const shop = docOf(c.shop_state.map(fromHex));
+        const day = docOf(c.day_state.map(fromHex));
+        const capacities = slotCapacities(slotTemplates(shop, c.shop_doc), c.day);
+        assert.deepEqual(Object.fromEntries(capacities), c.expect.capacities);
+        assert.equal(schemaVersionOf(day, c.day_doc), c.expect.schema_version);
+        checkVerdict(computeVerdict(readBookings(day, c.day_doc), capacities), c.expect);
+      });
+    }
   }
 
   if (existsSync(join(dir, "histories.json"))) {
