@@ -114,3 +114,12 @@ test("document ids and slot capacity on a weekday", () => {
   assert.equal(capacityOn(/** @type {any} */ (slot), "2027-01-16"), 0);
   assert.equal(capacityOn(/** @type {any} */ ({ ...slot, active: false }), "2027-01-15"), 0);
 });
+
+test("src/ runs in browsers: no Node built-ins, no Buffer or process", async () => {
+  const { readdirSync, readFileSync } = await import("node:fs");
+  const dir = new URL("../src/", import.meta.url);
+  for (const name of readdirSync(dir)) {
+    const text = readFileSync(new URL(name, dir), "utf8");
+    assert.doesNotMatch(text, /from "node:|require\(|\bBuffer\b|\bprocess\./, name);
+  }
+});
