@@ -657,7 +657,36 @@ def update_cases() -> list[dict[str, Any]]:
         ),
         doc="catalog",
     )
+    cases.extend(_mutants(first, second))
     return cases
+
+
+def _mutants(first: bytes, second: bytes) -> list[dict[str, Any]]:
+    """Seeded byte mutations of real updates (a flipped byte, a cut, a spliced tail): where a Yjs
+    decoder and crdt_core's strict reader could disagree about malformed input."""
+    rng = random.Random(3)
+    out: list[dict[str, Any]] = []
+    for n in range(40):
+        base = bytearray(rng.choice([first, second]))
+        how = rng.choice(["flip", "cut", "splice", "insert"])
+        at = rng.randrange(len(base))
+        if how == "flip":
+            base[at] ^= 1 << rng.randrange(8)
+        elif how == "cut":
+            del base[at:]
+        elif how == "splice":
+            base[at : at + rng.randint(1, 4)] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 4)))
+        else:
+            base[at:at] = bytes([rng.choice([0x00, 0x7F, 0x80, 0xFF])])
+        update = bytes(base)
+        state = [] if rng.random() < 0.5 else [first]
+        try:
+            expect = judge(DAY_DOC, state, update, None)
+        except Exception:  # noqa: BLE001 - crdt_core itself failed: not a case both can be held to
+            continue
+        out.append({"name": f"mutant_{n}_{how}", "note": "seeded mutation", "doc": DAY_DOC,
+                    "state": [x.hex() for x in state], "update": update.hex(), "expect": expect})  # fmt: skip
+    return out
 
 
 # --- records: one record against a document (built into an update under the signer's id by the runner)

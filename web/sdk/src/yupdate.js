@@ -3,8 +3,13 @@
 // else (overwrites, sequences, nested types, gaps, a delete set), which the writer rules refuse.
 // The same description crdt_core/yupdate.py produces, so validation can mirror crdt_core's rules.
 
+import * as decoding from "lib0/decoding";
 import * as Y from "yjs";
 import { EngineError } from "./engine-error.js";
+
+/** crdt_core refuses any varuint of 2**53 or more (lib0 reads past it, losing precision). */
+const MAX_SAFE = 2 ** 53;
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** @typedef {{client: number, clock: number, root: string, key: string, value: unknown}} MapInsert */
 /** @typedef {{client: number, clock: number, length: number, why: string}} OtherStruct */
@@ -25,6 +30,26 @@ class TrackedDecoderV1 extends Y.UpdateDecoderV1 {
     super(decoder);
     lastDecoder = this;
   }
+
+  /**
+   * Root names, map keys and text, read as crdt_core reads them: a declared length no larger than
+   * the bytes left, and strict UTF-8 (lib0 would put U+FFFD where crdt_core refuses the update).
+   */
+  readString() {
+    const rest = /** @type {decoding.Decoder} */ (/** @type {any} */ (this).restDecoder);
+    const length = decoding.readVarUint(rest);
+    if (length > rest.arr.length - rest.pos) throw new EngineError(`declared length ${length} exceeds the bytes left`);
+    try {
+      return strictUtf8.decode(decoding.readUint8Array(rest, length));
+    } catch {
+      throw new EngineError("string is not UTF-8");
+    }
+  }
+}
+
+/** @param {...(number | undefined)} numbers */
+function checkSafe(...numbers) {
+  for (const n of numbers) if (n !== undefined && !(n < MAX_SAFE)) throw new EngineError("varuint above 2**53");
 }
 
 /**
@@ -69,6 +94,10 @@ export function decodeUpdate(update) {
   for (const struct of decoded.structs) {
     const { client, clock } = struct.id;
     const length = struct.length;
+    checkSafe(client, clock, length);
+    for (const id of [struct.origin, struct.rightOrigin, struct.parent]) {
+      if (id && typeof id === "object") checkSafe(id.client, id.clock);
+    }
     if (!(length >= 1)) throw new EngineError("struct of length 0");
     if (struct instanceof Y.GC) out.others.push({ client, clock, length, why: "garbage-collected range" });
     else if (struct instanceof Y.Skip) out.others.push({ client, clock, length, why: "gap (skip)" });
@@ -87,7 +116,10 @@ export function decodeUpdate(update) {
     out.ranges.set(client, seen ? [Math.min(seen[0], clock), Math.max(seen[1], clock + length)] : [clock, clock + length]);
   }
   for (const [client, items] of decoded.ds.clients) {
-    for (const item of items) out.deletes.push([client, item.clock, item.len]);
+    for (const item of items) {
+      checkSafe(client, item.clock, item.len);
+      out.deletes.push([client, item.clock, item.len]);
+    }
   }
   return out;
 }
