@@ -96,6 +96,26 @@ def _forge(signer: SigningKey, user: str, device: Ed25519PrivateKey, iat: int, e
     return canonical_pack([1, body, signer.kid, signer.sign(b"quickslot-cert-v1\x00" + body)])
 
 
+def _odd_certificate_bodies() -> list[tuple[str, bytes]]:
+    """Certificate bodies the trusted relay key signed but that are malformed or unusual."""
+    good: dict[str, Any] = {"u": "alice", "r": [], "o": ["s1"], "s": [], "k": public_bytes(_key(101))}
+    good.update(iat=NOW - HOUR, exp=NOW + HOUR)
+    bodies: list[tuple[str, bytes]] = [
+        ("no_lists", canonical_pack({k: v for k, v in good.items() if k not in ("r", "o", "s")})),
+        ("nil_roles", canonical_pack(dict(good, r=None))),
+        ("unknown_role_dropped", canonical_pack(dict(good, r=["admin", "root"]))),
+        ("user_of_65", canonical_pack(dict(good, u="u" * 65))),
+        ("shop_of_65", canonical_pack(dict(good, o=["s" * 65]))),
+        ("exp_equals_iat", canonical_pack(dict(good, exp=good["iat"]))),
+        ("iat_as_bool", canonical_pack(dict(good, iat=True))),
+        ("key_of_31_bytes", canonical_pack(dict(good, k=bytes(31)))),
+        ("extra_body_field", canonical_pack(dict(good, zz=1))),
+        ("body_unsorted", msgpack.packb(dict(reversed(list(good.items()))), use_bin_type=True)),
+        ("body_not_a_map", canonical_pack([1, 2])),
+    ]
+    return bodies
+
+
 ALICE = Device("alice", 101)
 BOB = Device("bob", 102)
 SAM = Device("sam", 103, staff_of=["s1"])
@@ -801,6 +821,10 @@ def record_cases() -> list[dict[str, Any]]:
         OLGA.client(),
     )
     add("certificate", DAY_DOC, "certs", ALICE.cert_id, ALICE.key.certificate, [], ALICE.client())
+    for name, body in _odd_certificate_bodies():
+        raw = canonical_pack([1, body, KID, RELAY.sign(b"quickslot-cert-v1\x00" + body)])
+        cid = cert_id_of(raw)
+        add(f"relay_signed_certificate_{name}", DAY_DOC, "certs", cid, raw, [], client_id_for(cid, 0))
     add(
         "certificate_expired_record",
         DAY_DOC,

@@ -101,13 +101,15 @@ export async function parseCertificate(raw, trustedKeys) {
   if (!(device instanceof Uint8Array && device.length === 32)) throw new SchemaError("certificate device key malformed");
   if (!isWireInt(iat) || !isWireInt(exp) || exp <= iat) throw new SchemaError("certificate validity malformed");
   const f = /** @type {Record<string, unknown>} */ (fields);
-  const roles = strList(f.r ?? [], "roles");
+  // an absent list is empty, but a nil one is malformed (crdt_core reads fields.get(name, []))
+  const listField = (/** @type {string} */ name) => (Object.hasOwn(f, name) ? f[name] : []);
+  const roles = strList(listField("r"), "roles");
   return {
     certId: await certIdOf(raw),
     userId: user,
     roles: new Set([...roles].filter((r) => ROLES.has(r))),
-    ownerOf: strList(f.o ?? [], "owned shops"),
-    staffOf: strList(f.s ?? [], "staffed shops"),
+    ownerOf: strList(listField("o"), "owned shops"),
+    staffOf: strList(listField("s"), "staffed shops"),
     deviceKey: device,
     issuedAtMs: Number(iat),
     expiresAtMs: Number(exp),
