@@ -54,13 +54,41 @@ class ExactDecoder extends Decoder {
     super({ useBigInt64: true, mapKeyConverter: stringKeysOnly, ...limits });
   }
 }
-// readF64 and the encoder hooks below are private in the library's typings only; they are plain
-// methods in its JavaScript, which is what subclassing needs.
+// readF64, decodeUtf8String and the encoder hooks below are private in the library's typings
+// only; they are plain methods in its JavaScript, which is what subclassing needs.
 /** @type {any} */
 const decoderHooks = Decoder.prototype;
-/** @type {any} */ (ExactDecoder.prototype).readF64 = function () {
-  return new Float64(decoderHooks.readF64.call(this));
-};
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** A msgpack str whose bytes are not UTF-8, kept (not decoded) where it may be ignored. */
+export class InvalidText {}
+
+/**
+ * Teach a Decoder subclass to read as crdt_core's msgpack does: float64 as `Float64`, and text
+ * as strict UTF-8 (the library would substitute U+FFFD where Python refuses the bytes). With
+ * `markBadText`, a str that is not UTF-8 decodes to an `InvalidText` instead of failing, for
+ * formats where crdt_core skips some values without decoding them (unknown message fields).
+ * @param {Function} DecoderClass
+ * @param {{markBadText?: boolean}} [options]
+ */
+export function installExactHooks(DecoderClass, { markBadText = false } = {}) {
+  const proto = /** @type {any} */ (DecoderClass.prototype);
+  proto.readF64 = function () {
+    return new Float64(decoderHooks.readF64.call(this));
+  };
+  proto.decodeUtf8String = function (/** @type {number} */ byteLength, /** @type {number} */ headerOffset) {
+    const start = this.pos + headerOffset;
+    const text = decoderHooks.decodeUtf8String.call(this, byteLength, headerOffset);
+    try {
+      strictUtf8.decode(this.bytes.subarray(start, start + byteLength));
+    } catch (err) {
+      if (!markBadText) throw err;
+      return new InvalidText();
+    }
+    return text;
+  };
+}
+installExactHooks(ExactDecoder);
 
 /**
  * Decode one msgpack value exactly (whole input; trailing bytes refused). 64-bit integers that fit
@@ -113,6 +141,16 @@ const encoderHooks = Encoder.prototype;
   else if (typeof object === "bigint") encoderHooks.encodeBigInt64.call(this, object);
   else encoderHooks.encodeObject.call(this, object, depth);
 };
+
+/**
+ * msgpack bytes of a value as given (map keys in insertion order, bigint as a 64-bit int, `Float64`
+ * as float64): for wire messages, whose encoders write fields in a fixed order.
+ * @param {unknown} value
+ * @returns {Uint8Array}
+ */
+export function packInOrder(value) {
+  return new CanonicalEncoder().encode(value);
+}
 
 /**
  * Rebuild a value with every map's keys in UTF-8 byte order, refusing what has no canonical form.

@@ -7,6 +7,21 @@ export { ed25519PublicKey } from "./crypto.js";
 export { SchemaError, SignatureError, ValidationError } from "./errors.js";
 export { EngineError } from "./engine-error.js";
 export { ClockSkewError, HybridClock, Timestamp, compareTimestamps } from "./hlc.js";
+export {
+  CloseCode,
+  CodecError,
+  DEFAULT_MAX_DOWNLOAD,
+  DEFAULT_MAX_MESSAGE,
+  ErrorCode,
+  Limit,
+  PROTOCOL_VERSION,
+  closeAction,
+  decodeMessage,
+  encodeMessage,
+  isRetryableClose,
+  isRetryableError,
+  isValidDocId,
+} from "./messages.js";
 export { RECORD_FORMAT, openRecord, signRecord, signerRef, verifyEnvelope } from "./records.js";
 export { CERTS_ROOT, MAPS, RECORD_KINDS, SCHEMA_VERSION, capacityOn, docIdString, parseDocId, parseRecord, rootsOf, stampKey } from "./schema.js";
 export { readBookings, readMap, schemaVersionOf, slotTemplates } from "./reader.js";
