@@ -1209,6 +1209,123 @@ def document_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def _message_expect(data: bytes, max_size: int) -> dict[str, Any]:
+    """What crdt_core's decoder makes of ``data``, in the corpus's JSON form."""
+    from crdt_core import messages as m
+    from crdt_core.errors import CodecError
+
+    try:
+        message = m.decode(data, max_size=max_size)
+    except CodecError:
+        return {"valid": False}
+    client = (m.Auth, m.Subscribe, m.ClientUpdate, m.Unsubscribe, m.Hello)
+
+    def as_json(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return {"bin": value.hex()}
+        if isinstance(value, (list, tuple)):
+            return [as_json(v) for v in value]
+        if isinstance(value, dict):
+            return {k: as_json(v) for k, v in value.items()}
+        return value
+
+    fields = {n: as_json(getattr(message, n)) for n in message.FIELDS if getattr(message, n) is not None}
+    direction = "client" if isinstance(message, client) else "relay"
+    return {"valid": True, "t": message.TYPE, "direction": direction, "fields": fields}
+
+
+def message_cases() -> list[dict[str, Any]]:
+    """Wire messages of every type, hand-made oddities and seeded byte mutations, judged by crdt_core."""
+    from crdt_core import messages as m
+
+    up, sv = bytes.fromhex("0000"), bytes.fromhex("00")
+    valid = [
+        m.Auth("tok.en", proof=bytes(64), proof_time=1_800_000_000),
+        m.Hello(bytes(16), b"\x93\x01"),
+        m.Challenge(bytes(32), b"\x93", bytes(64)),
+        m.Subscribe("bookings:s1:2027-01-15", sv),
+        m.ClientUpdate("shop:s1", 2**40, up),
+        m.Unsubscribe("shop:s1"),
+        m.Welcome(
+            "alice", "ep-1", "relay 2 ✓", {"max_message": 1 << 20, "rate": 0}, token="t", docs=("a", "b")
+        ),
+        m.Sync("shop:s1", up, sv, 7, digest=bytes(32)),
+        m.RelayUpdate("shop:s1", up, 2**63 - 1),
+        m.Ack("shop:s1", 0, 1),
+        m.Stamp("shop:s1", 3, up, ((1, "r1"), (2, "r2"))),
+        m.Stamped("shop:s1", 4, up, ((5, "r5"),), uid=9),
+        m.Stamped("shop:s1", 4, up, (), update=up),
+        m.ErrorMessage("some_new_code", "ünïcode reason", doc="shop:s1", uid=3, retry=True),
+    ]
+    pack = lambda body: msgpack.packb(body, use_bin_type=True)  # noqa: E731
+    odd = {
+        "repeated_field": b"\x84\xa1v\x01\xa1t\xa5unsub\xa3doc\xa1a\xa3doc\xa1b",
+        "unknown_field_with_odd_keys": pack({"v": 1, "t": "unsub", "doc": "a", "x": {b"k": [1.5, None]}}),
+        "unknown_field_with_ext": pack({"v": 1, "t": "unsub", "doc": "a", "x": msgpack.ExtType(5, b"zz")}),
+        "known_field_bad_utf8": b"\x83\xa1v\x01\xa1t\xa5unsub\xa3doc\xa2\xff\xfe",
+        "nil_optional_field": pack({"v": 1, "t": "auth", "token": "t", "proof": None}),
+        "float_version": pack({"v": 1.0, "t": "unsub", "doc": "a"}),
+        "bool_version": pack({"v": True, "t": "unsub", "doc": "a"}),
+        "server_with_a_tab": pack(
+            {"v": 1, "t": "welcome", "user": "u", "epoch": "e", "server": "a\tb", "limits": {}}
+        ),
+        "server_with_nbsp": pack(
+            {"v": 1, "t": "welcome", "user": "u", "epoch": "e", "server": "a\u00a0b", "limits": {}}
+        ),
+        "limit_name_of_65": pack(
+            {"v": 1, "t": "welcome", "user": "u", "epoch": "e", "server": "s", "limits": {"l" * 65: 1}}
+        ),
+        "stamps_in_an_ack_checked_then_ignored": pack(
+            {"v": 1, "t": "ack", "doc": "a", "uid": 1, "seq": 2, "stamps": [[1, "r", 3]]}
+        ),
+        "stamps_in_an_ack_ignored": pack(
+            {"v": 1, "t": "ack", "doc": "a", "uid": 1, "seq": 2, "stamps": [[-1, "r r"]]}
+        ),
+        "upd_client_type_name": pack({"v": 1, "t": "upd/client", "doc": "a", "uid": 1, "update": up}),
+        "err_without_retry": pack({"v": 1, "t": "err", "code": "x", "reason": ""}),
+    }
+    # written by hand: a limits map with a repeated key, a str that is not UTF-8 in an unknown field
+    odd["repeated_limit"] = (
+        b"\x86\xa1v\x01\xa1t\xa7welcome\xa4user\xa1u\xa5epoch\xa1e\xa6server\xa1s"
+        b"\xa6limits\x82\xa4rate\x01\xa4rate\x02"
+    )
+    odd["unknown_field_bad_utf8"] = b"\x84\xa1v\x01\xa1t\xa5unsub\xa3doc\xa1a\xa1x\xa2\xff\xfe"
+    cases: list[dict[str, Any]] = []
+    for msg in valid:
+        data = msg.to_wire()
+        cases.append(
+            {
+                "name": f"valid_{msg.TYPE}_{len(cases)}",
+                "note": "",
+                "hex": data.hex(),
+                "expect": _message_expect(data, 1 << 20),
+            }
+        )
+    for name, data in odd.items():
+        cases.append({"name": name, "note": "", "hex": data.hex(), "expect": _message_expect(data, 1 << 20)})
+    rng = random.Random(17)
+    for n in range(60):
+        base = bytearray(rng.choice(valid).to_wire())
+        at = rng.randrange(len(base))
+        how = rng.choice(["flip", "cut", "insert"])
+        if how == "flip":
+            base[at] ^= 1 << rng.randrange(8)
+        elif how == "cut":
+            del base[at:]
+        else:
+            base[at:at] = bytes([rng.choice([0x00, 0xC0, 0xC1, 0xCC, 0xFF, 0x91])])
+        data = bytes(base)
+        cases.append(
+            {
+                "name": f"mutant_{n}_{how}",
+                "note": "seeded mutation",
+                "hex": data.hex(),
+                "expect": _message_expect(data, 1 << 20),
+            }
+        )
+    return cases
+
+
 # --- keys and clocks ----------------------------------------------------------------------------------
 
 
@@ -1272,6 +1389,7 @@ def write_all(out: Path) -> dict[str, int]:
         "verdicts.json": {"cases": verdict_cases()},
         "histories.json": {"cases": history_cases()},
         "documents.json": {"cases": document_cases()},
+        "messages.json": {"cases": message_cases()},
     }
     counts = {name: len(body.get("cases", [])) for name, body in files.items()}
     files["manifest.json"] = {
