@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,11 @@ HOUR = 3_600_000
 DAY_DOC = "bookings:s1:2027-01-15"
 SHOP_DOC = "shop:s1"
 KID = "relay-k1"
+
+
+def _packb(value: Any) -> bytes:
+    """Plain msgpack (not canonical): how a careless or hostile writer encodes."""
+    return bytes(msgpack.packb(value, use_bin_type=True))
 
 
 def _key(seed: int) -> Ed25519PrivateKey:
@@ -110,7 +115,7 @@ def _odd_certificate_bodies() -> list[tuple[str, bytes]]:
         ("iat_as_bool", canonical_pack(dict(good, iat=True))),
         ("key_of_31_bytes", canonical_pack(dict(good, k=bytes(31)))),
         ("extra_body_field", canonical_pack(dict(good, zz=1))),
-        ("body_unsorted", msgpack.packb(dict(reversed(list(good.items()))), use_bin_type=True)),
+        ("body_unsorted", _packb(dict(reversed(list(good.items()))))),
         ("body_not_a_map", canonical_pack([1, 2])),
     ]
     return bodies
@@ -716,14 +721,14 @@ def _noncanonical(raw: bytes, how: str) -> bytes:
     env = msgpack.unpackb(raw, raw=False)
     if how == "unsorted_fields":
         fields = msgpack.unpackb(env[3], raw=False)
-        env[3] = msgpack.packb(dict(reversed(list(fields.items()))), use_bin_type=True)
-        return msgpack.packb(env, use_bin_type=True)
+        env[3] = _packb(dict(reversed(list(fields.items()))))
+        return _packb(env)
     if how == "array16":
-        body = msgpack.packb(env, use_bin_type=True)
+        body = _packb(env)
         return b"\xdc\x00\x06" + body[1:]
     if how == "format1":
         env[0] = 1
-        return msgpack.packb(env, use_bin_type=True)
+        return _packb(env)
     if how == "float_party":
         fields = msgpack.unpackb(env[3], raw=False)
         fields["party"] = float(fields["party"])
@@ -743,9 +748,9 @@ def record_cases() -> list[dict[str, Any]]:
         value: bytes,
         certs: list[Device],
         signer_client: int,
-        context: list[tuple[str, str, bytes]] = (),
+        context: Sequence[tuple[str, str, bytes]] = (),
         arrival: dict[str, Any] | None = None,
-    ) -> None:  # type: ignore[assignment]
+    ) -> None:
         state_entries = [("certs", d.cert_id, d.key.certificate) for d in certs] + list(context)
         state = [write([], 12345, state_entries)] if state_entries else []
         update = write(state, signer_client, [(root, key, value)])
@@ -1257,7 +1262,7 @@ def message_cases() -> list[dict[str, Any]]:
         m.Stamped("shop:s1", 4, up, (), update=up),
         m.ErrorMessage("some_new_code", "ünïcode reason", doc="shop:s1", uid=3, retry=True),
     ]
-    pack = lambda body: msgpack.packb(body, use_bin_type=True)  # noqa: E731
+    pack = _packb
     odd = {
         "repeated_field": b"\x84\xa1v\x01\xa1t\xa5unsub\xa3doc\xa1a\xa3doc\xa1b",
         "unknown_field_with_odd_keys": pack({"v": 1, "t": "unsub", "doc": "a", "x": {b"k": [1.5, None]}}),

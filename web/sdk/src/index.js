@@ -28,3 +28,7 @@ export { readBookings, readMap, schemaVersionOf, slotTemplates } from "./reader.
 export { MAX_BACKDATE_MS, Reason, rightsOf, validateUpdate } from "./validation.js";
 export { ClaimState, claimOrder, computeVerdict, currentTemplates, diffVerdicts, exceedsCapacity, slotCapacities, stampOrder, stampPrefix, tentativeKey } from "./verdict.js";
 export { decodeUpdate, stateClocks } from "./yupdate.js";
+export { book, newId, writeRecords } from "./booking.js";
+export { SyncConnection, SyncError } from "./connection.js";
+export { authProof, popStatement, tokenClaims } from "./pop.js";
+export { RelayError, fetchRelayKeys, login, register } from "./relay-api.js";
