@@ -784,6 +784,9 @@ def record_cases() -> list[dict[str, Any]]:
 
     good = BOB.sign(DAY_DOC, "r-1", "reservation", dict(res_fields("r-1", "bob"), note="window seat"))
     add("reservation", DAY_DOC, "reservations", "r-1", good, [BOB], BOB.client())
+    bom = dict(res_fields("r-1", "bob"), note="\ufeff" + "window seat, " * 30)  # long: a decoder's fast path
+    add("note_starting_with_a_byte_order_mark", DAY_DOC, "reservations", "r-1",
+        BOB.sign(DAY_DOC, "r-1", "reservation", bom), [BOB], BOB.client())  # fmt: skip
     for how in ("unsorted_fields", "array16", "format1", "float_party"):
         add(
             f"noncanonical_{how}",

@@ -58,7 +58,8 @@ class ExactDecoder extends Decoder {
 // only; they are plain methods in its JavaScript, which is what subclassing needs.
 /** @type {any} */
 const decoderHooks = Decoder.prototype;
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+// fatal: refuse what is not UTF-8; ignoreBOM: keep a leading U+FEFF, as Python does
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** A msgpack str whose bytes are not UTF-8, kept (not decoded) where it may be ignored. */
 export class InvalidText {}
@@ -78,14 +79,14 @@ export function installExactHooks(DecoderClass, { markBadText = false } = {}) {
   };
   proto.decodeUtf8String = function (/** @type {number} */ byteLength, /** @type {number} */ headerOffset) {
     const start = this.pos + headerOffset;
-    const text = decoderHooks.decodeUtf8String.call(this, byteLength, headerOffset);
+    decoderHooks.decodeUtf8String.call(this, byteLength, headerOffset); // bounds checks, advances
     try {
-      strictUtf8.decode(this.bytes.subarray(start, start + byteLength));
+      // our own decoding: the library's drops a leading byte-order mark from long strings
+      return strictUtf8.decode(this.bytes.subarray(start, start + byteLength));
     } catch (err) {
       if (!markBadText) throw err;
       return new InvalidText();
     }
-    return text;
   };
 }
 installExactHooks(ExactDecoder);

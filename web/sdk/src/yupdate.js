@@ -9,7 +9,7 @@ import { EngineError } from "./engine-error.js";
 
 /** crdt_core refuses any varuint of 2**53 or more (lib0 reads past it, losing precision). */
 const MAX_SAFE = 2 ** 53;
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }); // keep U+FEFF, as Python
 
 /** @typedef {{client: number, clock: number, root: string, key: string, value: unknown}} MapInsert */
 /** @typedef {{client: number, clock: number, length: number, why: string}} OtherStruct */
