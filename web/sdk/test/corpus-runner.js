@@ -134,6 +134,11 @@ export function runCorpus(dir, label) {
       writer.getMap(c.root).set(c.key, value);
       const update = Y.encodeStateAsUpdate(writer, before);
       const result = await expectOutcome(c.doc, docOf([state]), update, trust, c.arrival, c.expect);
+      if (result && c.expect.parsed?.certificate) {
+        const cert = /** @type {any} */ (result.records.find((r) => r.root === "certs" && r.key === c.key)).record;
+        assert.equal(cert.certId, c.expect.parsed.certificate.cert_id);
+        if (c.expect.parsed.certificate.user !== undefined) assert.equal(cert.userId, c.expect.parsed.certificate.user);
+      }
       if (result && c.expect.parsed && c.root !== "certs") {
         const env = openRecord(value);
         assert.equal(env.kind, c.expect.parsed.kind);
