@@ -22,9 +22,9 @@ from typing import Any
 
 import msgpack
 import pycrdt
-from crdt_core.canonical import canonical_pack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from crdt_core.canonical import canonical_pack
 from crdt_core.certs import DeviceKey, SigningKey, cert_id_of, issue_certificate, public_bytes
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
