@@ -175,6 +175,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "sent": int,
         "acked": int,
         "rejected": [{"entry_id": int, "code": _S, "reason": _S}],
+        "rebuilt": [{"doc": _S, "reason": _S}],
+        "conflicts": [{"doc": _S, "reason": _S}],
         "pending": int,
         "events": [EVENT],
     },  # fmt: skip
@@ -653,6 +655,8 @@ async def cmd_sync(ctx: Ctx) -> Result:
         "docs": list(summary.docs), "applied": summary.applied, "sent": summary.sent,
         "acked": summary.acked,
         "rejected": [{"entry_id": i, "code": c, "reason": r} for i, c, r in summary.rejected],
+        "rebuilt": [{"doc": d, "reason": r} for d, r in sorted(summary.rebuilt.items())],
+        "conflicts": [{"doc": d, "reason": r} for d, r in sorted(summary.conflicts.items())],
         "pending": summary.pending, "events": [e.to_dict() for e in events],
     }  # fmt: skip
     lines = [describe_event(e) for e in events if not isinstance(e, Synced | RelayReachable)]
@@ -660,6 +664,10 @@ async def cmd_sync(ctx: Ctx) -> Result:
         f"synced {len(summary.docs)} documents: {summary.applied} updates in, {summary.acked} changes "
         f"accepted, {len(summary.rejected)} rejected, {summary.pending} pending"
     )
+    lines += [
+        f"{d} did not fit the relay's and was rebuilt from it: {r}"
+        for d, r in sorted(summary.conflicts.items())
+    ]
     if summary.rejected:
         ctx.args.exit_code = EXIT_REJECTED
     return data, "\n".join(lines)

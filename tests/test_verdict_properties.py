@@ -27,7 +27,7 @@ from crdt_core.verdict import (
     diff_verdicts,
     stamp_order,
 )
-from tests.crdt_factory import World
+from tests.crdt_factory import World, relay_client
 from tests.strategies import (
     DOC,
     SHOP,
@@ -360,7 +360,7 @@ def test_a_capacity_cut_through_a_newer_slot_template_can_demote(
 ) -> None:
     day = build(ops, clocks)
     owner = day.world.device("owner1", owner_of=[SHOP])
-    shop, owner_phone, cache = Replica(700), Replica(701), day.world.cache()
+    shop, owner_phone, cache = Replica(700), Replica(owner.client_id()), day.world.cache()
     for slot in SLOTS:
         template = SlotTemplate(slot, "cut", "09:00", 30, old_cap, None, True, owner.hlc())
         receive(SHOP_DOC, shop, owner.put(owner_phone, SHOP_DOC, [(template, None)]), cache)
@@ -396,8 +396,8 @@ def test_a_template_with_an_older_hlc_does_not_supersede_a_newer_one_whatever_th
     late_clock = world.device("staff9", staff_of=[SHOP], clock_ms=world.now_ms - 30 * 60_000)
     newer = SlotTemplate("s1", "cut", "09:00", 30, 2, None, True, owner.hlc())
     older = SlotTemplate("s1", "cut", "09:00", 30, 9, None, True, late_clock.hlc())
-    u_newer = owner.put(Replica(1), SHOP_DOC, [(newer, None)])
-    u_older = late_clock.put(Replica(2), SHOP_DOC, [(older, None)])
+    u_newer = owner.put(Replica(owner.client_id()), SHOP_DOC, [(newer, None)])
+    u_older = late_clock.put(Replica(late_clock.client_id()), SHOP_DOC, [(older, None)])
     for order in ([u_newer, u_older], [u_older, u_newer]):
         shop = Replica(3)
         deliver_all(SHOP_DOC, shop, order, world.cache())
@@ -485,7 +485,7 @@ def test_a_claim_is_final_only_with_the_gap_free_prefix_of_stamps() -> None:
     from two relay nodes (or a relay restored from a backup), each writing with its own client id."""
     day = Day(World(), customers=2)
     a, b = day.book(0, "s1", 1), day.book(1, "s1", 1)
-    node2 = day.relay.copy(2)
+    node2 = day.relay.copy(relay_client(day.world.relay, 1))  # another generation of the relay's ids
     day.stamp([a])
     _, stamp2 = write_stamps(node2, DOC, day.world.relay, [b], 2, day.world.now_ms)
     bookings, stamp1 = day.updates[:2], day.updates[2]
@@ -630,7 +630,7 @@ def test_an_inactive_template_is_a_closed_slot_not_a_small_one() -> None:
     day = Day(World(), customers=1)
     big = day.book(0, "s1", 4)
     owner = day.world.device("owner1", owner_of=[SHOP])
-    shop, owner_phone = Replica(700), Replica(701)
+    shop, owner_phone = Replica(700), Replica(owner.client_id())
     off = SlotTemplate("s1", "cut", "09:00", 30, 2, None, False, owner.hlc())
     receive(SHOP_DOC, shop, owner.put(owner_phone, SHOP_DOC, [(off, None)]), day.world.cache())
     assert day.verdict(capacities_from(shop)).claims[big].state is ClaimState.WAITLISTED
