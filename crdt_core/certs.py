@@ -11,6 +11,11 @@ Wire form (msgpack): ``[1, body, kid, signature]`` where ``body`` is the msgpack
 "iat": ms, "exp": ms}`` and the signature is Ed25519 by relay key ``kid`` over
 ``b"quickslot-cert-v1\\0" + body``. The certificate id is the first 16 bytes of SHA-256 of the
 whole wire form, hex: the key it is stored under, so a certificate cannot be swapped under its id.
+
+Both the wire form and ``body`` must be canonical msgpack (``crdt_core.canonical``: smallest
+forms, body keys sorted by their UTF-8 bytes), so one certificate has exactly one byte string and
+one id: nobody can re-frame a relay-signed certificate into a second id for the same statement
+(which would give its holder a second set of Yjs client ids, ``crdt_core.clientids``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from crdt_core.canonical import canonical_pack, check_canonical
 from crdt_core.errors import SchemaError, SignatureError
 
 __all__ = [
@@ -122,7 +128,7 @@ def issue_certificate(
         raise SchemaError("device key must be 32 raw Ed25519 bytes")
     if expires_at_ms <= issued_at_ms:
         raise SchemaError("certificate expires before it is issued")
-    body = msgpack.packb(
+    body = canonical_pack(
         {
             "u": user_id,
             "r": sorted(roles),
@@ -131,11 +137,10 @@ def issue_certificate(
             "k": bytes(device_public_key),
             "iat": int(issued_at_ms),
             "exp": int(expires_at_ms),
-        },
-        use_bin_type=True,
+        }
     )
     sig = signer.sign(CERT_DOMAIN + body)
-    raw: bytes = msgpack.packb([CERT_FORMAT, body, signer.kid, sig], use_bin_type=True)
+    raw = canonical_pack([CERT_FORMAT, body, signer.kid, sig])
     parse_certificate(raw, {signer.kid: signer.public})  # refuse to issue what we could not verify
     return raw
 
@@ -153,7 +158,7 @@ def parse_certificate(raw: bytes, trusted_keys: Mapping[str, bytes]) -> Certific
     """Verify a certificate against the relay's public keys ``{kid: raw 32-byte key}``.
 
     Raises:
-        SchemaError: not a certificate.
+        SchemaError: not a certificate, or not in canonical form.
         SignatureError: unknown key id or a signature that does not verify.
     """
     if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_CERT_BYTES:
@@ -164,6 +169,7 @@ def parse_certificate(raw: bytes, trusted_keys: Mapping[str, bytes]) -> Certific
     _, body, kid, sig = outer
     if not (isinstance(body, bytes) and isinstance(kid, str) and isinstance(sig, bytes)):
         raise SchemaError("certificate envelope has wrong field types")
+    check_canonical(bytes(raw), outer, "certificate")
     pub = trusted_keys.get(kid)
     if pub is None:
         raise SignatureError(f"certificate signed by unknown relay key {kid!r}")
@@ -174,6 +180,7 @@ def parse_certificate(raw: bytes, trusted_keys: Mapping[str, bytes]) -> Certific
     fields = _unpack(body)
     if not isinstance(fields, dict):
         raise SchemaError("certificate body must be a map")
+    check_canonical(body, fields, "certificate body")
     user = fields.get("u")
     device = fields.get("k")
     iat = fields.get("iat")

@@ -16,6 +16,7 @@ from crdt_core.errors import SchemaError
 from crdt_core.records import open_record
 from crdt_core.schema import (
     CERTS_ROOT,
+    SCHEMA_VERSION,
     DocId,
     Reservation,
     SlotTemplate,
@@ -46,12 +47,18 @@ def read_map(replica: Replica, doc: DocId, root: str) -> dict[str, TypedRecord]:
 
 
 def schema_version_of(replica: Replica, doc: DocId) -> int:
-    """The document's schema version: the highest its records were written in (0 if empty)."""
+    """The document's schema version: the highest its records were written in (0 if empty),
+    capped at the version this code knows (``SCHEMA_VERSION``).
+
+    A record claiming a newer version is stored and its unknown fields are inert, but it never
+    raises the version this replica reports: a writer cannot push a document past what its
+    readers know by stamping one record ``999``.
+    """
     best = 0
     for root in (doc.roots - {CERTS_ROOT}) & set(replica.roots()):
         for _, raw in replica.items(root):
             try:
-                best = max(best, open_record(raw).schema_version)
+                best = max(best, min(open_record(raw).schema_version, SCHEMA_VERSION))
             except SchemaError:
                 continue
     return best

@@ -5,14 +5,22 @@ may reorder map keys, and either breaks a signature over a re-encoded value), so
 as one binary value, exactly the bytes its author signed. Unknown fields written by a newer schema
 version survive every hop because nobody re-encodes ``fields``.
 
-Wire form (msgpack array)::
+Wire form (msgpack array), record format 2::
 
-    [1, schema_version, kind, fields, signer, signature]
+    [2, schema_version, kind, fields, signer, signature]
 
-* ``fields``: msgpack bytes of the record's field map (see ``crdt_core.schema``).
+* ``schema_version``: the schema version its author wrote, an int in 1..999.
+* ``fields``: canonical msgpack bytes of the record's field map (see ``crdt_core.schema``).
 * ``signer``: a certificate id (device-signed) or ``"relay:<kid>"`` (relay-signed, for stamps).
-* ``signature``: Ed25519 over ``b"quickslot-record-v1\\0" + msgpack([doc_id, key, kind, fields])``,
-  so a record cannot be replayed under another key or into another document.
+* ``signature``: Ed25519 over ``b"quickslot-record-v2\\0" +
+  msgpack([doc_id, key, 2, schema_version, kind, fields, signer])``: the whole envelope but the
+  signature, bound to its document and key. So a record cannot be replayed under another key or
+  into another document, re-wrapped under another schema version or format, or re-attributed to
+  another certificate of the same device key.
+
+Exactly one byte string is valid per record: the record and its ``fields`` must each equal their
+canonical msgpack encoding (``crdt_core.canonical``), so nobody but the author can make a second
+byte string that verifies. Format 1 records (whose envelope was not signed) are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from crdt_core.canonical import canonical_pack, check_canonical
 from crdt_core.certs import DeviceKey, SigningKey
 from crdt_core.errors import SchemaError, SignatureError
 
@@ -34,11 +43,13 @@ __all__ = [
     "open_record",
     "pack_fields",
     "sign_record",
+    "signer_ref",
     "verify_envelope",
 ]
 
-RECORD_DOMAIN = b"quickslot-record-v1\x00"
-RECORD_FORMAT = 1
+RECORD_DOMAIN = b"quickslot-record-v2\x00"
+RECORD_FORMAT = 2
+MAX_SCHEMA_VERSION = 999
 RELAY_SIGNER_PREFIX = "relay:"
 MAX_RECORD_BYTES = 16 * 1024
 
@@ -60,11 +71,21 @@ class Envelope:
 
 
 def pack_fields(fields: dict[str, Any]) -> bytes:
-    return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+    """The canonical bytes of a field map (keys sorted by their UTF-8 bytes)."""
+    return canonical_pack(fields)
 
 
-def _signed_message(doc_id: str, key: str, kind: str, fields_raw: bytes) -> bytes:
-    body: bytes = msgpack.packb([doc_id, key, kind, fields_raw], use_bin_type=True)
+def signer_ref(signer: DeviceKey | SigningKey) -> str:
+    """What a record's ``signer`` names: the device's certificate id, or ``relay:<kid>``."""
+    return signer.cert_id if isinstance(signer, DeviceKey) else RELAY_SIGNER_PREFIX + signer.kid
+
+
+def _signed_message(
+    doc_id: str, key: str, schema_version: int, kind: str, fields_raw: bytes, signer: str
+) -> bytes:
+    body: bytes = msgpack.packb(
+        [doc_id, key, RECORD_FORMAT, schema_version, kind, fields_raw, signer], use_bin_type=True
+    )
     return RECORD_DOMAIN + body
 
 
@@ -77,12 +98,12 @@ def sign_record(
     schema_version: int,
 ) -> bytes:
     """Encode and sign one record; ``signer`` is a device (clients) or a relay key (stamps)."""
+    if not 1 <= schema_version <= MAX_SCHEMA_VERSION:
+        raise SchemaError(f"schema version {schema_version} outside 1..{MAX_SCHEMA_VERSION}")
     fields_raw = pack_fields(fields)
-    sig = signer.sign(_signed_message(doc_id, key, kind, fields_raw))
-    signer_ref = signer.cert_id if isinstance(signer, DeviceKey) else RELAY_SIGNER_PREFIX + signer.kid
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [RECORD_FORMAT, schema_version, kind, fields_raw, signer_ref, sig], use_bin_type=True
-    )
+    ref = signer_ref(signer)
+    sig = signer.sign(_signed_message(doc_id, key, schema_version, kind, fields_raw, ref))
+    return canonical_pack([RECORD_FORMAT, schema_version, kind, fields_raw, ref, sig])
 
 
 def _unpack(raw: bytes, what: str) -> Any:
@@ -104,23 +125,27 @@ def open_record(raw: bytes) -> Envelope:
     """Parse a record's envelope and fields, without checking the signature.
 
     Raises:
-        SchemaError: not a record.
+        SchemaError: not a format-2 record in canonical form.
     """
     if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_RECORD_BYTES:
         raise SchemaError(f"a record is at most {MAX_RECORD_BYTES} bytes")
     outer = _unpack(bytes(raw), "record")
-    if not (isinstance(outer, list) and len(outer) == 6 and outer[0] == RECORD_FORMAT):
+    if not (isinstance(outer, list) and len(outer) == 6):
         raise SchemaError("record envelope malformed")
+    if type(outer[0]) is not int or outer[0] != RECORD_FORMAT:
+        raise SchemaError(f"record format {outer[0]!r} is not {RECORD_FORMAT}")
     _, version, kind, fields_raw, signer, sig = outer
-    if type(version) is not int or not 1 <= version < 1000:
+    if type(version) is not int or not 1 <= version <= MAX_SCHEMA_VERSION:
         raise SchemaError("record schema version malformed")
     if not (isinstance(kind, str) and isinstance(fields_raw, bytes)):
         raise SchemaError("record kind or fields malformed")
     if not (isinstance(signer, str) and 0 < len(signer) <= 80 and isinstance(sig, bytes) and len(sig) == 64):
         raise SchemaError("record signer or signature malformed")
+    check_canonical(bytes(raw), outer, "record")
     fields = _unpack(fields_raw, "record fields")
     if not isinstance(fields, dict):
         raise SchemaError("record fields must be a map")
+    check_canonical(fields_raw, fields, "record fields")
     return Envelope(version, kind, fields_raw, fields, signer, sig)
 
 
@@ -128,7 +153,8 @@ def verify_envelope(env: Envelope, doc_id: str, key: str, public_key: bytes) -> 
     """Raises SignatureError unless ``public_key`` signed this record for ``(doc_id, key)``."""
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
-            env.signature, _signed_message(doc_id, key, env.kind, env.fields_raw)
+            env.signature,
+            _signed_message(doc_id, key, env.schema_version, env.kind, env.fields_raw, env.signer),
         )
     except (InvalidSignature, ValueError):
         raise SignatureError(f"record {key!r} signature does not verify") from None

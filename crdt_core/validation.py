@@ -16,14 +16,20 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
 3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
    map's kind with schema-valid fields (``schema``), stored under the key its id demands.
 4. Certificates (map ``certs``) verify against the trusted relay keys and sit under their id.
-5. Each record's signature verifies: relay-signed (stamps only, ``relay_only``) or signed by the
+5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, D1 in
+   ``crdt_core.clientids``): ``owns_client(signer, client)`` where the signer is the envelope's
+   ``signer`` (a certificate id, or ``relay:<kid>`` for stamps) and, for a certificate, that
+   certificate's own id. Checked as soon as the envelope is read (a cached set lookup), so a
+   squatted id costs no signature verification.
+6. Each record's signature verifies: relay-signed (stamps only, ``relay_only``) or signed by the
    device key of a certificate present in the document or in the same update
    (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
    validity (``certificate_expired``).
-6. The author may write it (``forbidden``): DESIGN's writer table, see ``_check_rights``.
-7. At arrival (relay only, ``ArrivalPolicy``): no HLC from the future (``clock_skew``), none older
-   than the back-dating window (``backdated``), no revoked certificate (``revoked``), and rights
-   checked against the author's *current* roles too.
+7. The author may write it (``forbidden``): DESIGN's writer table, see ``_check_rights``.
+8. At arrival (``ArrivalPolicy``: the relay, and peers for what other peers send them): no HLC
+   from the future (``clock_skew``), none older than the back-dating window, ``min(max_backdate_ms,
+   the certificate's lifetime exp - iat)`` (``backdated``), no revoked certificate (``revoked``),
+   and rights checked against the author's *current* roles too (the last two at the relay only).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from crdt_core.certs import Certificate, CertificateCache, cert_id_of
+from crdt_core.clientids import owns_client
 from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, SchemaError, SignatureError, ValidationError
 from crdt_core.hlc import Timestamp
@@ -78,6 +85,7 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     BACKDATED = "backdated"
     REVOKED = "revoked"
+    FOREIGN_CLIENT = "foreign_client"
 
 
 def _fail(reason: Reason, detail: str) -> ValidationError:
@@ -115,20 +123,50 @@ class Rights:
         return shop is not None and (shop in self.staff_of or shop in self.owner_of)
 
 
+#: The relay's default back-dating window: 30 days.
+MAX_BACKDATE_MS = 30 * 24 * 3600 * 1000
+
+
 @dataclass(frozen=True)
 class ArrivalPolicy:
-    """The relay's extra checks at the moment an update arrives (peers validate without one).
+    """Extra checks at the moment an update arrives from a writer, by the receiver's clock.
 
-    ``max_backdate_ms`` bounds what a stolen device can do after its owner notices: records stamped
-    older than the window are refused at arrival, so back-dating into an old certificate's
-    validity works only within the window.
+    The back-dating window bounds what a device can do after its certificate expired or was
+    stolen: a record whose HLC is older than ``now_ms - window`` is refused (``backdated``), where
+    ``window = min(max_backdate_ms, exp - iat)`` of the author's certificate. A record must also
+    lie inside its certificate's validity (``certificate_expired``, checked without a policy), so
+    an expired device can back-date into its old validity for at most one certificate lifetime
+    past ``exp``, while honest offline records written while valid still sync within that time.
+
+    The relay builds one per update with revocation and current-rights lookups; peers use
+    :meth:`for_peer`.
     """
 
     now_ms: int
     max_future_skew_ms: int = 60_000
-    max_backdate_ms: int | None = 30 * 24 * 3600 * 1000
+    max_backdate_ms: int | None = MAX_BACKDATE_MS
     is_revoked: Callable[[Certificate], bool] | None = None
     current_rights: Callable[[str], Rights | None] | None = None
+
+    @classmethod
+    def for_peer(cls, now_ms: int) -> ArrivalPolicy:
+        """The arrival rules a peer applies, by its own clock, to updates another *peer* sends it.
+
+        Same clock-skew and back-dating rules as the relay (so an expired device cannot launder
+        back-dated records through peers for longer than it could at the relay), but no
+        revocation list and no current-rights lookup: a peer has neither, and judges rights by
+        the certificate alone. Updates that come from the relay are validated with no policy
+        (``policy=None``): the relay judged them at their arrival, and re-judging them later by
+        the peer's clock would refuse old, legitimately stamped history.
+        """
+        return cls(now_ms=now_ms)
+
+    def backdate_window_ms(self, author: Certificate) -> int:
+        """How far back from ``now_ms`` this author's records may be dated."""
+        lifetime = author.expires_at_ms - author.issued_at_ms
+        if self.max_backdate_ms is None:
+            return lifetime
+        return min(self.max_backdate_ms, lifetime)
 
 
 @dataclass(frozen=True)
@@ -310,12 +348,14 @@ def validate_update(
     for ins in fresh:
         if ins.root != CERTS_ROOT:
             continue
+        if ins.key != cert_id_of(ins.value):
+            raise _fail(Reason.BAD_CERTIFICATE, f"certificate stored under {ins.key!r}, not its id")
+        # A certificate's writer is the certificate itself; checked before its signature.
+        _check_client(ins.client, ins.key, ins.root, ins.key)
         try:
             cert = certs.verify(ins.value)
         except (SchemaError, SignatureError) as exc:
             raise _fail(Reason.BAD_CERTIFICATE, str(exc)) from None
-        if ins.key != cert_id_of(ins.value):
-            raise _fail(Reason.BAD_CERTIFICATE, f"certificate stored under {ins.key!r}, not its id")
         batch.new_certs[ins.key] = cert
         result.records.append(AcceptedRecord(ins.root, ins.key, None, cert, None))
 
@@ -325,6 +365,10 @@ def validate_update(
             continue
         try:
             env = open_record(ins.value)
+        except SchemaError as exc:
+            raise _fail(Reason.SCHEMA, f"{ins.root}/{ins.key}: {exc}") from None
+        _check_client(ins.client, env.signer, ins.root, ins.key)
+        try:
             rec = parse_record(doc.kind, ins.root, ins.key, env.kind, env.fields, env.schema_version)
         except SchemaError as exc:
             raise _fail(Reason.SCHEMA, f"{ins.root}/{ins.key}: {exc}") from None
@@ -352,6 +396,14 @@ def validate_update(
             _check_rights(doc, rec, rights, batch)
         result.records.append(AcceptedRecord(root, key, env, rec, author))
     return result
+
+
+def _check_client(client: int, signer: str, root: str, key: str) -> None:
+    """Rule 5: the struct's Yjs client id must be one of the signer's (``crdt_core.clientids``)."""
+    if not owns_client(signer, client):
+        raise _fail(
+            Reason.FOREIGN_CLIENT, f"{root}/{key} is written under Yjs client {client}, not one of {signer}'s"
+        )
 
 
 def _check_struct_runs(decoded: DecodedUpdate) -> None:
@@ -423,8 +475,13 @@ def _check_arrival(author: Certificate, rec: TypedRecord, policy: ArrivalPolicy)
     assert at is not None  # every device-signed record kind has an HLC; checked by _check_signature
     if at - policy.now_ms > policy.max_future_skew_ms:
         raise _fail(Reason.CLOCK_SKEW, f"record stamped {at - policy.now_ms} ms in the future")
-    if policy.max_backdate_ms is not None and policy.now_ms - at > policy.max_backdate_ms:
-        raise _fail(Reason.BACKDATED, "record older than the relay's back-dating window")
+    window = policy.backdate_window_ms(author)
+    if policy.now_ms - at > window:
+        raise _fail(
+            Reason.BACKDATED,
+            f"record dated {policy.now_ms - at} ms ago, beyond the back-dating window of {window} ms"
+            " (the lesser of the arrival policy's and the certificate's lifetime)",
+        )
     if policy.is_revoked is not None and policy.is_revoked(author):
         raise _fail(Reason.REVOKED, f"certificate {author.cert_id} is revoked")
 

@@ -34,9 +34,14 @@ Theory of operation
   entry ``UNLOADED``, looks the document up again and loads it from the store, which by then holds
   every committed update.
 * If a commit fails, the replica holds an update the disk does not: the entry is marked poisoned
-  and the next user drops and reloads it (after the remaining commits settle). Each load uses a
-  fresh random client id, so the relay's own writes never reuse CRDT clocks that a lost,
-  unacknowledged write may already have handed out.
+  and the next user drops and reloads it (after the remaining commits settle). What the lost
+  write held was never shown to anyone (reads and deliveries wait for durability), so the
+  reloaded replica may reuse its CRDT clocks.
+* The relay writes (stamps) under its own Yjs client id, ``writer_id()`` (set by the hub:
+  ``client_id_for("relay:<kid>", g)``, ``crdt_core.clientids``), because every replica refuses a
+  stamp under any other id (``foreign_client``). Each load opens the replica under it; if it
+  changed since (a key rotation), the replica is re-opened under the new id before the relay
+  writes (one document copy per loaded document per rotation).
 
 Several nodes (one shared store, a fan-out between nodes)
 ---------------------------------------------------------
@@ -557,6 +562,9 @@ class DocumentManager:
         self._clock = clock
         self.gap_wait = gap_wait
         self.on_catchup: Callable[[str, bytes, int], None] | None = None
+        #: The Yjs client id the relay writes its own updates under (None: a random one, for
+        #: managers whose builders write no signed records). Set by the hub.
+        self.writer_id: Callable[[], int] | None = None
         #: Refreshes running at once (a fan-out reset refreshes every loaded document).
         self._refresh_slots = asyncio.Semaphore(8)
         #: Set whenever a document may have become evictable (a lock released, a doc dropped).
@@ -686,6 +694,8 @@ class DocumentManager:
                     entry.park(update)
                 stamps = StampSequence(entry.next_stamp)
                 try:
+                    if build_extra is not None:
+                        replica = self._writer_replica(entry)
                     built = None if build_extra is None else build_extra(replica, checked, stamps)
                     stamps.close()
                     if built is not None:
@@ -766,6 +776,7 @@ class DocumentManager:
             stored = await self._store.load(doc_id)
             stamps = StampSequence(entry.next_stamp)
             try:
+                replica = self._writer_replica(entry)
                 built = build(replica, stored, stamps)
                 stamps.close()
                 if built is None:
@@ -1144,10 +1155,23 @@ class DocumentManager:
         if entry.waiting:  # other nodes' commits that arrived while it loaded
             self._advance(entry)
 
+    def _writer_replica(self, entry: _Entry) -> Replica:
+        """The entry's replica, re-opened under ``writer_id()`` if that changed since it loaded."""
+        replica = entry.replica
+        assert replica is not None
+        if self.writer_id is None:
+            return replica
+        wanted = self.writer_id()
+        if replica.client_id != wanted:
+            replica = replica.copy(wanted)  # the engine's full state carries pending structs too
+            entry.replica = replica
+        return replica
+
     async def _read_store(self, doc_id: str) -> tuple[Replica, dict[bytes, None], int, StoredDocument]:
         """A fresh replica of the stored document, its parked digests and its next stamp."""
         stored = await self._store.load(doc_id)
-        replica = Replica()  # fresh random client id: see the module docstring
+        # The relay's own writer id: see the module docstring.
+        replica = Replica(None if self.writer_id is None else self.writer_id())
         holder = _Entry(doc_id, 0.0)  # only for its parked-digest bookkeeping
         if stored.snapshot is not None:
             try:

@@ -71,6 +71,7 @@ from typing import Protocol
 
 from crdt_core.authoring import write_stamps
 from crdt_core.certs import CertificateCache, SigningKey
+from crdt_core.clientids import GENERATIONS, client_id_for
 from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, ValidationError
 from crdt_core.messages import (
@@ -90,6 +91,7 @@ from crdt_core.protocol import (
     UnsubscribeRequested,
     UpdateSubmitted,
 )
+from crdt_core.records import RELAY_SIGNER_PREFIX
 from crdt_core.schema import parse_doc_id
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
 from crdt_core.yupdate import decode_update
@@ -355,6 +357,11 @@ class SyncHub:
         self.anonymous = AnonymousSlots(self.limits.anonymous_per_address)
         if fanout is not None:
             manager.on_catchup = self._catchup
+        #: This process's generation of the relay's Yjs client ids (``crdt_core.clientids``),
+        #: random so that nodes sharing one store rarely write under one id; when they do, the
+        #: store's stamp-base check refuses the later node's stamps anyway.
+        self.writer_generation = random.randrange(GENERATIONS)
+        manager.writer_id = self.writer_id
         m = metrics
         self.gauge_conns = m.gauge("quickslot_connections", "Open sync websocket connections")
         self.gauge_conns.set_function(lambda: float(len(self.connections)))
@@ -387,6 +394,11 @@ class SyncHub:
                 ("quickslot_fanout_connected", "connected", "1 while the fan-out reaches Redis"),
             ):
                 m.gauge(name, doc).set_function(_stat_reader(stats, field))
+
+    def writer_id(self) -> int:
+        """The Yjs client id the relay stamps under: ``client_id_for("relay:<kid>", generation)``
+        for the current signing key, since every replica refuses stamps under any other id."""
+        return client_id_for(RELAY_SIGNER_PREFIX + self.signing_key().kid, self.writer_generation)
 
     # --- fan-out between nodes ---------------------------------------------------------------------
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crdt_core.authoring import Author
 from crdt_core.certs import CertificateCache, DeviceKey, SigningKey, issue_certificate, public_bytes
+from crdt_core.clientids import client_id_for
+from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
+from crdt_core.records import RELAY_SIGNER_PREFIX, open_record
+from crdt_core.schema import TypedRecord
+
+T = TypeVar("T")
 
 #: A fixed "now" so tests never depend on the machine's clock.
 NOW_MS = 1_800_000_000_000
@@ -63,3 +70,41 @@ class World:
         clock = HybridClock(user_id, physical_ms=lambda: at)
         ids = iter(range(1, 10**9))
         return Author(user_id, DeviceKey(key, cert), clock, id_factory=lambda: f"{user_id}-{next(ids)}")
+
+
+def relay_client(key: SigningKey, generation: int = 0) -> int:
+    """The Yjs client id the relay key ``key`` stamps under (``crdt_core.clientids``)."""
+    return client_id_for(RELAY_SIGNER_PREFIX + key.kid, generation)
+
+
+def relay_replica(key: SigningKey, generation: int = 0) -> Replica:
+    """An empty replica that may write stamps signed by ``key``."""
+    return Replica(relay_client(key, generation))
+
+
+def signer_replica(record: bytes, generation: int = 1) -> Replica:
+    """An empty replica whose client id belongs to the signer named in ``record``'s envelope:
+    what a crafted record needs to reach the check it is meant for (not ``foreign_client``).
+    Generation 1 by default, so its clocks never collide with the signer's ordinary writes."""
+    return Replica(client_id_for(open_record(record).signer, generation))
+
+
+def put_as(
+    author: Author, replica: Replica, doc_id: str, records: Sequence[tuple[TypedRecord, str | None]]
+) -> bytes:
+    """``author.put`` into a replica that several writers share (a test's stand-in for one
+    document seen by everyone): written through a copy under the author's own client id, then
+    applied to ``replica``. Returns the update."""
+    update = author.put(replica.copy(author.client_id()), doc_id, records)
+    replica.apply_update(update)
+    return update
+
+
+def write_through(replica: Replica, client_id: int, write: Callable[[Replica], T]) -> T:
+    """Run ``write`` on a copy of ``replica`` that writes under ``client_id``, then bring what it
+    wrote back into ``replica``: how a test lets several signers write into one replica, since a
+    replica writes under one client id and each signer has its own (``crdt_core.clientids``)."""
+    view = replica.copy(client_id)
+    out = write(view)
+    replica.apply_update(view.diff(replica.state_vector()))
+    return out

@@ -33,7 +33,7 @@ from crdt_core.schema import (
 )
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
 from crdt_core.verdict import Verdict, compute_verdict
-from tests.crdt_factory import NOW_MS, World
+from tests.crdt_factory import NOW_MS, World, relay_replica
 
 SHOP = "shop1"
 DAY = "2027-01-15"
@@ -202,7 +202,7 @@ class Day:
     ) -> None:
         self.world = world or World()
         self.doc = DOC
-        self.relay = Replica(1)
+        self.relay = relay_replica(self.world.relay)
         self.cache = self.world.cache()
         self.customers: list[Author] = []
         self.replica_of: dict[str, Replica] = {}
@@ -210,7 +210,7 @@ class Day:
         self.updates: list[bytes] = []
         self.next_stamp = 1
         self.staff = self.world.device("staff1", staff_of=[SHOP])
-        self._add(self.staff, 9)
+        self._add(self.staff)
         for i in range(customers):
             self.add_customer(clock_offsets_min[i] if i < len(clock_offsets_min) else 0)
 
@@ -218,12 +218,12 @@ class Day:
         """A customer whose device clock is off by ``clock_offset_min`` (within its certificate)."""
         i = len(self.customers)
         author = self.world.device(f"c{i}", clock_ms=NOW_MS + clock_offset_min * MINUTE_MS)
-        self._add(author, 10 + i)
+        self._add(author)
         self.customers.append(author)
         return i
 
-    def _add(self, author: Author, client_id: int) -> None:
-        self.replica_of[author.user_id] = Replica(client_id)
+    def _add(self, author: Author) -> None:
+        self.replica_of[author.user_id] = Replica(author.client_id())
         self.cache_of[author.user_id] = self.world.cache()
 
     def publish(self, update: bytes) -> ValidatedUpdate:

@@ -20,7 +20,7 @@ from crdt_core.reader import read_bookings
 from crdt_core.schema import EventType
 from crdt_core.validation import validate_update
 from crdt_core.verdict import ClaimState
-from tests.crdt_factory import NOW_MS, World
+from tests.crdt_factory import NOW_MS, World, relay_client, write_through
 from tests.strategies import DOC, SHOP, SLOTS, Inbox, capacities_st, full_sync, verdict_of
 
 STAFF_EVENTS = (EventType.CONFIRM, EventType.DECLINE, EventType.NO_SHOW)
@@ -58,7 +58,7 @@ class Network:
         nodes = []
         for i, is_staff in enumerate(staff):
             author = world.device(f"u{i}", staff_of=[SHOP] if is_staff else [])
-            nodes.append(Node(author, is_staff, Inbox(DOC, Replica(100 + i), world.cache())))
+            nodes.append(Node(author, is_staff, Inbox(DOC, Replica(author.client_id()), world.cache())))
         net = cls(world, nodes)
         for src in range(len(nodes)):
             for dst in range(len(nodes)):
@@ -103,8 +103,11 @@ class Network:
     def stamp(self) -> None:
         if not self.stamp_queue:
             return
-        stamps, update = write_stamps(
-            self.nodes[0].replica, DOC, self.world.relay, self.stamp_queue, self.next_stamp, NOW_MS
+        # node 0 also plays the relay: its stamps go under the relay's own client id
+        stamps, update = write_through(
+            self.nodes[0].replica,
+            relay_client(self.world.relay),
+            lambda r: write_stamps(r, DOC, self.world.relay, self.stamp_queue, self.next_stamp, NOW_MS),
         )
         self.next_stamp += len(stamps)
         self.stamp_queue = []

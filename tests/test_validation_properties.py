@@ -34,7 +34,7 @@ from crdt_core.schema import (
     stamp_key,
 )
 from crdt_core.validation import ArrivalPolicy, validate_update
-from tests.crdt_factory import NOW_MS, World
+from tests.crdt_factory import NOW_MS, World, relay_replica
 from tests.strategies import DOC, SHOP, assert_refused, fields_of, receive, snapshot
 
 OTHER_SHOP = "shop2"
@@ -42,9 +42,17 @@ ACTORS = ("cust", "staff1", "staff2", "owner1", "admin")
 _client_ids = itertools.count(1000)
 
 
-def fresh(replica: Replica | None = None) -> Replica:
-    """A new replica with its own client id (a copy of ``replica`` when given)."""
-    return replica.copy(next(_client_ids)) if replica is not None else Replica(next(_client_ids))
+def fresh(replica: Replica | None = None, writer: Author | None = None) -> Replica:
+    """A new replica (a copy of ``replica`` when given). It writes under ``writer``'s client id
+    when given, else a copy keeps the original's (a phone's author, the relay) and an empty one
+    gets an id nobody writes under (a receiver)."""
+    if writer is not None:
+        cid = writer.client_id()
+    elif replica is not None:
+        cid = replica.client_id
+    else:
+        cid = next(_client_ids)
+    return replica.copy(cid) if replica is not None else Replica(cid)
 
 
 @dataclass
@@ -70,12 +78,12 @@ def base() -> Base:
         "owner1": world.device("owner1", owner_of=[SHOP]),
         "admin": world.device("admin", roles=["admin"]),
     }
-    relay = Replica(1)
+    relay = relay_replica(world.relay)
     cache = world.cache()
     phones: dict[str, Replica] = {}
     reservation_of: dict[str, str] = {}
-    for i, (name, author) in enumerate(authors.items()):
-        phones[name] = Replica(10 + i)
+    for name, author in authors.items():
+        phones[name] = Replica(author.client_id())
         res, update = author.book(phones[name], DOC, "s1", 1)
         receive(DOC, relay, update, cache)
         reservation_of[name] = res.id
@@ -186,7 +194,7 @@ def build(actor: str, action: Action) -> tuple[str, Replica, bytes, TypedRecord]
     if doc == DOC:
         receiver, origin = fresh(b.relay), fresh(b.phones[actor])
     else:
-        receiver, origin = fresh(), fresh()
+        receiver, origin = fresh(), fresh(writer=author)
     return doc, receiver, author.put(origin, doc, [(record, key)]), record
 
 
@@ -195,11 +203,14 @@ def carried(update: bytes, receiver: Replica, how: str) -> bytes:
     if how == "direct":
         return update
     if how == "naive_carrier":  # a peer that stores whatever it is given, unvalidated, and passes it on
-        carrier = fresh()
+        # it holds the receiver's history: the update continues its author's earlier writes
+        carrier = receiver.copy(next(_client_ids))
         carrier.apply_update(update)
         return carrier.diff(receiver.state_vector())
     bystander = base().extra
-    cert_only = fresh().write([("certs", bystander.device.cert_id, bystander.device.certificate)])
+    cert_only = Replica(bystander.client_id()).write(
+        [("certs", bystander.device.cert_id, bystander.device.certificate)]
+    )
     return merge_updates([cert_only, update])  # bundled with an unrelated valid change
 
 
@@ -288,8 +299,10 @@ def test_a_correctly_signed_booking_carried_by_third_parties_is_accepted(
     # the author's device wrote with its first record); carriers synced by state vector can start empty.
     hops = [fresh(b.relay) if by_update else fresh() for _ in range(chain)]
     relay = fresh(b.relay)
+    phones: dict[str, Replica] = {}
     for actor, party in bookings:
-        phone = fresh(b.phones[actor])
+        # one replica per device: a device writes under one client id (crdt_core.clientids)
+        phone = phones.setdefault(actor, fresh(b.phones[actor]))
         res, update = b.authors[actor].book(phone, DOC, "s2", party)
         raw = phone.get_bytes("reservations", res.id)
         assert raw is not None
@@ -360,7 +373,7 @@ def test_accepted_updates_never_break_the_schema(
             origin = origins.setdefault(f"{doc}/{actor}", fresh(b.phones[actor]))
         else:
             replicas.setdefault(doc, fresh())
-            origin = origins.setdefault(f"{doc}/{actor}", fresh())
+            origin = origins.setdefault(f"{doc}/{actor}", fresh(writer=author))
         key = None if cls.KEY_FIELD else f"k{len(expected)}"
         if cls.KEY_FIELD:
             key_field: dict[str, Any] = {cls.KEY_FIELD: f"id{len(expected)}"}
@@ -422,7 +435,7 @@ def test_schema_invalid_fields_are_refused_by_validation(
         if receiver.has_key("certs", author.device.cert_id)
         else [("certs", author.device.cert_id, author.device.certificate)]
     )
-    update = fresh().write([*cert, (cls.ROOT, key, raw)])
+    update = Replica(author.client_id(1)).write([*cert, (cls.ROOT, key, raw)])
     assert assert_refused(doc, receiver, update, b.world.cache()).code == "schema"
 
 
@@ -466,9 +479,9 @@ def mutation_sources() -> tuple[tuple[str, bytes], ...]:
     _, stamps = write_stamps(scratch, DOC, b.world.relay, [b.reservation_of["cust"]], 99, NOW_MS)
     _, event = b.authors["staff1"].event(fresh(b.phones["staff1"]), DOC, b.reservation_of["cust"], "no_show")
     newcomer = b.world.device("newcomer")
-    _, with_cert = newcomer.book(fresh(), DOC, "s2", 1)
+    _, with_cert = newcomer.book(fresh(writer=newcomer), DOC, "s2", 1)
     slot = SlotTemplate("s1", "cut", "09:00", 30, 4, (1, 2), True, b.authors["owner1"].hlc())
-    shop = b.authors["owner1"].put(fresh(), f"shop:{SHOP}", [(slot, None)])
+    shop = b.authors["owner1"].put(fresh(writer=b.authors["owner1"]), f"shop:{SHOP}", [(slot, None)])
     return (("b", booking), ("b", stamps), ("b", event), ("b", with_cert), ("s", shop))
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import msgpack
 import pytest
 
 from crdt_core.authoring import Author, write_stamps
+from crdt_core.canonical import canonical_pack
 from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica, merge_updates
 from crdt_core.reader import read_bookings, read_map
@@ -36,7 +36,15 @@ from crdt_core.schema import (
 )
 from crdt_core.validation import ArrivalPolicy, Rights, validate_update
 from crdt_core.yupdate import decode_update
-from tests.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key
+from tests.crdt_factory import (
+    HOUR_MS,
+    NOW_MS,
+    World,
+    fixed_seed_key,
+    relay_client,
+    relay_replica,
+    signer_replica,
+)
 from tests.strategies import (
     DOC,
     SHOP,
@@ -76,7 +84,7 @@ class Env:
     def phone(self, author: Author) -> Replica:
         """The author's own replica of the bookings day (other documents use fresh replicas)."""
         if author.user_id not in self.phones:
-            self.phones[author.user_id] = Replica(100 + len(self.phones))
+            self.phones[author.user_id] = Replica(author.client_id())
         return self.phones[author.user_id]
 
 
@@ -90,7 +98,7 @@ def make_env() -> Env:
         olive=world.device("olive", owner_of=[SHOP]),
         ada=world.device("ada", roles=["admin"]),
         stranger_staff=world.device("stan", staff_of=["shop2"]),
-        relay=Replica(1),
+        relay=relay_replica(world.relay),
         phones={},
         res_a=Reservation("x", "s1", 1, "alice", HLC),
         res_b=Reservation("x", "s1", 1, "bob", HLC),
@@ -127,17 +135,14 @@ def carry(author: Author, receiver: Replica, *entries: tuple[str, str, bytes]) -
         if receiver.has_key("certs", author.device.cert_id)
         else [("certs", author.device.cert_id, author.device.certificate)]
     )
-    return Replica(900).write([*cert, *entries])
+    return Replica(author.client_id(1)).write([*cert, *entries])
 
 
 def rebuild(raw: bytes, *, fields: dict[str, object] | None = None, signer: str | None = None) -> bytes:
     """A record's bytes with its fields or signer swapped, keeping the original signature."""
     env = open_record(raw)
-    fields_raw = msgpack.packb(fields, use_bin_type=True) if fields is not None else env.fields_raw
-    out: bytes = msgpack.packb(
-        [1, env.schema_version, env.kind, fields_raw, signer or env.signer, env.signature], use_bin_type=True
-    )
-    return out
+    fields_raw = canonical_pack(fields) if fields is not None else env.fields_raw
+    return canonical_pack([2, env.schema_version, env.kind, fields_raw, signer or env.signer, env.signature])
 
 
 def res_of(author: Author, rid: str = "r-new", **changes: object) -> Reservation:
@@ -160,59 +165,63 @@ def forged_stamp_signed_by_a_client(env: Env) -> Case:
 
 
 def stamp_with_tampered_fields(env: Env) -> Case:
-    _, real = write_stamps(env.relay.copy(5), DOC, env.world.relay, [env.res_b.id], 3, NOW_MS)
+    _, real = write_stamps(
+        env.relay.copy(relay_client(env.world.relay, 1)), DOC, env.world.relay, [env.res_b.id], 3, NOW_MS
+    )
     (ins,) = decode_update(real).inserts
     fields = dict(open_record(ins.value).fields)
     fields["reservation"] = env.res_a.id  # move the stamp to another claim, keep the relay's signature
     forged = rebuild(ins.value, fields=fields)
-    return Case(DOC, env.relay, Replica(901).write([("stamps", ins.key, forged)]), "bad_signature")
+    return Case(DOC, env.relay, signer_replica(forged).write([("stamps", ins.key, forged)]), "bad_signature")
 
 
 def stamp_resigned_by_another_key_under_the_relays_kid(env: Env) -> Case:
     impostor = SigningKey(env.world.relay.kid, fixed_seed_key(666))
-    _, update = write_stamps(env.relay.copy(5), DOC, impostor, [env.res_b.id], 3, NOW_MS)
+    _, update = write_stamps(
+        env.relay.copy(relay_client(impostor, 1)), DOC, impostor, [env.res_b.id], 3, NOW_MS
+    )
     return Case(DOC, env.relay, update, "bad_signature")
 
 
 def stamp_signed_by_an_unknown_relay_key(env: Env) -> Case:
     rogue = SigningKey("rogue-kid", fixed_seed_key(667))
-    _, update = write_stamps(env.relay.copy(5), DOC, rogue, [env.res_b.id], 3, NOW_MS)
+    _, update = write_stamps(env.relay.copy(relay_client(rogue)), DOC, rogue, [env.res_b.id], 3, NOW_MS)
     return Case(DOC, env.relay, update, "bad_signature")
 
 
 def stamp_for_an_unknown_reservation(env: Env) -> Case:
-    _, update = write_stamps(Replica(5), DOC, env.world.relay, ["nobody-1"], 3, NOW_MS)
+    _, update = write_stamps(relay_replica(env.world.relay, 1), DOC, env.world.relay, ["nobody-1"], 3, NOW_MS)
     return Case(DOC, env.relay, update, "unknown_reservation")
 
 
 def relay_signed_reservation(env: Env) -> Case:
     res = res_of(env.alice)
     raw = sign_record(DOC, res.id, res.KIND, res.to_fields(), env.world.relay, SCHEMA_VERSION)
-    return Case(DOC, env.relay, Replica(901).write([("reservations", res.id, raw)]), "relay_only")
+    return Case(DOC, env.relay, signer_replica(raw).write([("reservations", res.id, raw)]), "relay_only")
 
 
 def record_under_an_expired_certificate(env: Env) -> Case:
     old = env.world.device("alice", valid_from_ms=NOW_MS - 3 * DAY_MS, valid_until_ms=NOW_MS - DAY_MS)
-    _, update = old.book(Replica(902), DOC, "s1", 1, reservation_id="r-902")
+    _, update = old.book(Replica(old.client_id()), DOC, "s1", 1, reservation_id="r-902")
     return Case(DOC, env.relay, update, "certificate_expired")
 
 
 def record_before_its_certificate_was_issued(env: Env) -> Case:
     early = env.world.device("alice", clock_ms=NOW_MS - 2 * HOUR_MS)  # certificate issued at NOW - 1h
-    _, update = early.book(Replica(902), DOC, "s1", 1, reservation_id="r-902")
+    _, update = early.book(Replica(early.client_id()), DOC, "s1", 1, reservation_id="r-902")
     return Case(DOC, env.relay, update, "certificate_expired")
 
 
 def record_under_a_certificate_from_a_foreign_relay_key(env: Env) -> Case:
     foreign = SigningKey(env.world.relay.kid, fixed_seed_key(777))  # same kid, different key
     fake = env.world.device("alice", roles=["admin"], signer=foreign)
-    _, update = fake.book(Replica(902), DOC, "s1", 1, reservation_id="r-902")
+    _, update = fake.book(Replica(fake.client_id()), DOC, "s1", 1, reservation_id="r-902")
     return Case(DOC, env.relay, update, "bad_certificate")
 
 
 def record_under_a_certificate_from_an_unknown_kid(env: Env) -> Case:
     fake = env.world.device("alice", signer=SigningKey("elsewhere", fixed_seed_key(778)))
-    _, update = fake.book(Replica(902), DOC, "s1", 1, reservation_id="r-902")
+    _, update = fake.book(Replica(fake.client_id()), DOC, "s1", 1, reservation_id="r-902")
     return Case(DOC, env.relay, update, "bad_certificate")
 
 
@@ -226,7 +235,8 @@ def record_signed_under_a_certificate_not_in_the_document(env: Env) -> Case:
     carol = env.world.device("carol")
     res = res_of(carol)
     raw = sign_record(DOC, res.id, res.KIND, res.to_fields(), carol.device, SCHEMA_VERSION)
-    return Case(DOC, env.relay, Replica(903).write([("reservations", res.id, raw)]), "unknown_certificate")
+    update = signer_replica(raw).write([("reservations", res.id, raw)])
+    return Case(DOC, env.relay, update, "unknown_certificate")
 
 
 def tampered_field_under_a_valid_signature(env: Env) -> Case:
@@ -242,16 +252,18 @@ def record_replayed_under_another_key(env: Env) -> Case:
     """A slot template is keyed by a free record id, so the key is bound only by the signature."""
     shop = Replica(2)
     slot = SlotTemplate("s1", "cut", "09:00", 30, 2, None, True, env.sam.hlc())
-    receive(SHOP_DOC, shop, env.sam.put(Replica(920), SHOP_DOC, [(slot, "k1")]), env.world.cache())
+    receive(
+        SHOP_DOC, shop, env.sam.put(Replica(env.sam.client_id()), SHOP_DOC, [(slot, "k1")]), env.world.cache()
+    )
     raw = shop.get_bytes("slots", "k1")
     assert raw is not None
-    return Case(SHOP_DOC, shop, Replica(904).write([("slots", "k2", raw)]), "bad_signature")
+    return Case(SHOP_DOC, shop, signer_replica(raw).write([("slots", "k2", raw)]), "bad_signature")
 
 
 def reservation_replayed_under_another_key(env: Env) -> Case:
     raw = env.relay.get_bytes("reservations", env.res_a.id)
     assert raw is not None
-    return Case(DOC, env.relay, Replica(904).write([("reservations", "alice-99", raw)]), "schema")
+    return Case(DOC, env.relay, signer_replica(raw).write([("reservations", "alice-99", raw)]), "schema")
 
 
 def record_replayed_into_another_doc(env: Env) -> Case:
@@ -268,12 +280,13 @@ def record_replayed_under_another_signer(env: Env) -> Case:
     res = res_of(env.alice, customer="bob")
     raw = sign_record(DOC, res.id, res.KIND, res.to_fields(), env.alice.device, SCHEMA_VERSION)
     forged = rebuild(raw, signer=env.bob.device.cert_id)
-    return Case(DOC, env.relay, Replica(904).write([("reservations", res.id, forged)]), "bad_signature")
+    update = signer_replica(forged).write([("reservations", res.id, forged)])
+    return Case(DOC, env.relay, update, "bad_signature")
 
 
 def rewritten_event(env: Env) -> Case:
     """Overwriting an existing key (a Yjs item with an origin, plus a delete of the old one)."""
-    clone = env.relay.copy(905)
+    clone = env.relay.copy(env.sam.client_id(1))
     other = StatusEvent(env.confirm_id, env.res_a.id, "decline", "sam", env.sam.hlc())
     raw = sign_record(DOC, other.id, other.KIND, other.to_fields(), env.sam.device, SCHEMA_VERSION)
     return Case(DOC, env.relay, clone.write([("events", other.id, raw)]), "rewrite")
@@ -293,7 +306,7 @@ def same_key_twice_in_one_update(env: Env) -> Case:
     )
     cert = map_item("certs", env.alice.device.cert_id, env.alice.device.certificate)
     items = [cert, map_item("reservations", "r-x", one), map_item("reservations", "r-x", two)]
-    return Case(DOC, Replica(3), yjs_update([struct_block(907, 0, items)]), "rewrite")
+    return Case(DOC, Replica(3), yjs_update([struct_block(env.alice.client_id(), 0, items)]), "rewrite")
 
 
 def deleted_record(env: Env) -> Case:
@@ -326,12 +339,12 @@ def text_value_instead_of_a_record(env: Env) -> Case:
 
 
 def unknown_doc_kind(env: Env) -> Case:
-    _, update = env.alice.book(Replica(910), DOC, "s1", 1, reservation_id="r-910")
+    _, update = env.alice.book(Replica(env.alice.client_id()), DOC, "s1", 1, reservation_id="r-910")
     return Case("thing:x", Replica(3), update, "bad_doc")
 
 
 def wrong_map_for_the_doc_kind(env: Env) -> Case:
-    _, update = env.alice.book(Replica(910), DOC, "s1", 1, reservation_id="r-910")
+    _, update = env.alice.book(Replica(env.alice.client_id()), DOC, "s1", 1, reservation_id="r-910")
     return Case(SHOP_DOC, Replica(3), update, "wrong_map")
 
 
@@ -406,40 +419,65 @@ def staff_event_by_a_customer(env: Env) -> Case:
 
 
 def staff_event_by_staff_of_another_shop(env: Env) -> Case:
-    _, update = env.stranger_staff.event(Replica(914), DOC, env.res_a.id, "decline")
+    _, update = env.stranger_staff.event(
+        Replica(env.stranger_staff.client_id()), DOC, env.res_a.id, "decline"
+    )
     return Case(DOC, env.relay, update, "forbidden")
 
 
 def shop_profile_by_a_customer(env: Env) -> Case:
     profile = ShopProfile("Mine now", "", "", 0.0, 0.0, None, "", env.bob.hlc())
-    return Case(SHOP_DOC, Replica(3), env.bob.put(Replica(915), SHOP_DOC, [(profile, None)]), "forbidden")
+    return Case(
+        SHOP_DOC,
+        Replica(3),
+        env.bob.put(Replica(env.bob.client_id()), SHOP_DOC, [(profile, None)]),
+        "forbidden",
+    )
 
 
 def slot_template_by_staff_of_another_shop(env: Env) -> Case:
     slot = SlotTemplate("s1", "cut", "09:00", 30, 99, None, True, env.stranger_staff.hlc())
-    update = env.stranger_staff.put(Replica(915), SHOP_DOC, [(slot, None)])
+    update = env.stranger_staff.put(Replica(env.stranger_staff.client_id()), SHOP_DOC, [(slot, None)])
     return Case(SHOP_DOC, Replica(3), update, "forbidden")
 
 
 def staff_list_edited_by_staff_not_owner(env: Env) -> Case:
     entry = StaffEntry("bob", "owner", True, env.sam.hlc())
-    return Case(SHOP_DOC, Replica(3), env.sam.put(Replica(915), SHOP_DOC, [(entry, None)]), "forbidden")
+    return Case(
+        SHOP_DOC,
+        Replica(3),
+        env.sam.put(Replica(env.sam.client_id()), SHOP_DOC, [(entry, None)]),
+        "forbidden",
+    )
 
 
 def category_by_a_shop_owner(env: Env) -> Case:
     cat = Category("barbers", "Barbers", None, env.olive.hlc())
-    return Case("catalog", Replica(3), env.olive.put(Replica(916), "catalog", [(cat, None)]), "forbidden")
+    return Case(
+        "catalog",
+        Replica(3),
+        env.olive.put(Replica(env.olive.client_id()), "catalog", [(cat, None)]),
+        "forbidden",
+    )
 
 
 def shop_summary_of_another_shop_by_an_owner(env: Env) -> Case:
     row = ShopSummary("shop2", "Not mine", "barbers", "x", 0.0, 0.0, None, True, env.olive.hlc())
-    return Case("catalog", Replica(3), env.olive.put(Replica(916), "catalog", [(row, None)]), "forbidden")
+    return Case(
+        "catalog",
+        Replica(3),
+        env.olive.put(Replica(env.olive.client_id()), "catalog", [(row, None)]),
+        "forbidden",
+    )
 
 
 def user_doc_written_by_another_user(env: Env) -> Case:
     profile = UserProfile("Alice (really Bob)", None, None, None, env.bob.hlc())
     return Case(
-        "user:alice", Replica(3), env.bob.put(Replica(917), "user:alice", [(profile, None)]), "forbidden"
+        "user:alice",
+        Replica(3),
+        env.bob.put(Replica(env.bob.client_id()), "user:alice", [(profile, None)]),
+        "forbidden",
     )
 
 
@@ -447,19 +485,22 @@ def user_doc_written_by_an_admin(env: Env) -> Case:
     """Private profiles belong to their user alone; the writer table gives admins no exception."""
     profile = UserProfile("Alice", None, None, None, env.ada.hlc())
     return Case(
-        "user:alice", Replica(3), env.ada.put(Replica(917), "user:alice", [(profile, None)]), "forbidden"
+        "user:alice",
+        Replica(3),
+        env.ada.put(Replica(env.ada.client_id()), "user:alice", [(profile, None)]),
+        "forbidden",
     )
 
 
 def arrival_clock_skew(env: Env) -> Case:
     ahead = env.world.device("alice", clock_ms=NOW_MS + 2 * 60_000)
-    _, update = ahead.book(Replica(918), DOC, "s1", 1, reservation_id="r-918")
+    _, update = ahead.book(Replica(ahead.client_id()), DOC, "s1", 1, reservation_id="r-918")
     return Case(DOC, env.relay, update, "clock_skew", ArrivalPolicy(now_ms=NOW_MS))
 
 
 def arrival_backdated(env: Env) -> Case:
     old = env.world.device("alice", valid_from_ms=NOW_MS - 40 * DAY_MS, clock_ms=NOW_MS - 31 * DAY_MS)
-    _, update = old.book(Replica(918), DOC, "s1", 1, reservation_id="r-918")
+    _, update = old.book(Replica(old.client_id()), DOC, "s1", 1, reservation_id="r-918")
     return Case(DOC, env.relay, update, "backdated", ArrivalPolicy(now_ms=NOW_MS))
 
 
@@ -616,7 +657,7 @@ def test_authorised_writers_are_accepted(who: str, doc: str, record: object) -> 
     assert isinstance(record, (StaffEntry, SlotTemplate, ShopProfile, Category, ShopSummary, UserProfile))
     record = replace(record, hlc=author.hlc())
     receiver = Replica(3)
-    update = author.put(Replica(930), doc, [(record, None)])
+    update = author.put(Replica(author.client_id()), doc, [(record, None)])
     result = receive(doc, receiver, update, env.world.cache(), ArrivalPolicy(now_ms=NOW_MS))
     assert not result.noop
     assert list(read_map(receiver, parse_doc_id(doc), record.ROOT).values()) == [record]
@@ -636,7 +677,7 @@ def test_reading_and_validating_never_create_maps() -> None:
     (or computing a verdict) on a replica made ``to_py()`` grow empty maps it never received."""
     env = make_env()
     empty = Replica(950)
-    _, update = env.stranger_staff.event(Replica(951), DOC, "nobody-1", "confirm")
+    _, update = env.stranger_staff.event(Replica(env.stranger_staff.client_id()), DOC, "nobody-1", "confirm")
     assert_refused(DOC, empty, update, env.world.cache())  # compares to_py() before and after
     read_bookings(empty, DOC)
     read_map(empty, parse_doc_id(SHOP_DOC), "slots")

@@ -20,7 +20,7 @@ from crdt_core.engine import Replica
 from crdt_core.reader import BookingsState, read_bookings, slot_templates
 from crdt_core.schema import SlotTemplate, parse_doc_id
 from crdt_core.verdict import ClaimState, ClaimVerdict, Verdict, compute_verdict, diff_verdicts
-from tests.crdt_factory import World
+from tests.crdt_factory import World, relay_client
 from tests.strategies import (
     DOC,
     SHOP,
@@ -349,7 +349,7 @@ def test_a_capacity_cut_through_a_newer_slot_template_can_demote(
 ) -> None:
     day = build(ops, clocks)
     owner = day.world.device("owner1", owner_of=[SHOP])
-    shop, owner_phone, cache = Replica(700), Replica(701), day.world.cache()
+    shop, owner_phone, cache = Replica(700), Replica(owner.client_id()), day.world.cache()
     for slot in SLOTS:
         template = SlotTemplate(slot, "cut", "09:00", 30, old_cap, None, True, owner.hlc())
         receive(SHOP_DOC, shop, owner.put(owner_phone, SHOP_DOC, [(template, None)]), cache)
@@ -378,8 +378,8 @@ def test_a_template_with_an_older_hlc_does_not_supersede_a_newer_one_whatever_th
     late_clock = world.device("staff9", staff_of=[SHOP], clock_ms=world.now_ms - 30 * 60_000)
     newer = SlotTemplate("s1", "cut", "09:00", 30, 2, None, True, owner.hlc())
     older = SlotTemplate("s1", "cut", "09:00", 30, 9, None, True, late_clock.hlc())
-    u_newer = owner.put(Replica(1), SHOP_DOC, [(newer, None)])
-    u_older = late_clock.put(Replica(2), SHOP_DOC, [(older, None)])
+    u_newer = owner.put(Replica(owner.client_id()), SHOP_DOC, [(newer, None)])
+    u_older = late_clock.put(Replica(late_clock.client_id()), SHOP_DOC, [(older, None)])
     for order in ([u_newer, u_older], [u_older, u_newer]):
         shop = Replica(3)
         deliver_all(SHOP_DOC, shop, order, world.cache())
@@ -467,7 +467,7 @@ def test_a_claim_is_final_only_with_the_gap_free_prefix_of_stamps() -> None:
     from two relay nodes (or a relay restored from a backup), each writing with its own client id."""
     day = Day(World(), customers=2)
     a, b = day.book(0, "s1", 1), day.book(1, "s1", 1)
-    node2 = day.relay.copy(2)
+    node2 = day.relay.copy(relay_client(day.world.relay, 1))  # another generation of the relay's ids
     day.stamp([a])
     _, stamp2 = write_stamps(node2, DOC, day.world.relay, [b], 2, day.world.now_ms)
     bookings, stamp1 = day.updates[:2], day.updates[2]

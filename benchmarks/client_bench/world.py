@@ -85,7 +85,7 @@ def _admin_author() -> Author:
 
 def _signed(doc: DocId, records: Sequence[TypedRecord]) -> bytes:
     author = _admin_author()
-    return author.put(Replica(1), doc, [(r, None) for r in records])
+    return author.put(Replica(author.client_id()), doc, [(r, None) for r in records])
 
 
 @cache

@@ -71,7 +71,7 @@ def build_corpus(
         _, update = author.book(_scratch(bookings_state), bookings, f"s{i % 3}", 1 + i % 2)
         valid.append(update)
     profile = UserProfile("Fuzz", None, None, None, author.hlc())
-    valid.append(author.put(Replica(), user_doc, [(profile, "me")]))
+    valid.append(author.put(Replica(author.client_id()), user_doc, [(profile, "me")]))
 
     now = time.time_ns() // 1_000_000
     node = author.user_id[:32]
@@ -170,11 +170,15 @@ def build_corpus(
     )
     forged.append(("cancel_other_customer", author.put(_scratch(bookings_state), bookings, [(cancel, None)])))
     theirs = UserProfile("Not me", None, None, None, other.hlc())
-    forged.append(("other_user_doc", other.put(Replica(), user_doc, [(theirs, "me")])))
+    forged.append(("other_user_doc", other.put(Replica(other.client_id()), user_doc, [(theirs, "me")])))
     forged.append(
         (
             "shop_edit_by_customer",
-            author.put(Replica(), shop_doc, [(UserProfile("x", None, None, None, author.hlc()), "p")]),
+            author.put(
+                Replica(author.client_id()),
+                shop_doc,
+                [(UserProfile("x", None, None, None, author.hlc()), "p")],
+            ),
         )
     )
 

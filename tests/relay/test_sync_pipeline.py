@@ -165,7 +165,7 @@ async def test_a_booking_is_one_message_per_recipient(relay: Relay) -> None:
     ta, tb = await relay.connect("alice"), await relay.connect("bob")
     await relay.subscribe(ta)
     await relay.subscribe(tb)
-    res, update = alice.book(Replica(), DOC, "s1", 2)
+    res, update = alice.book(Replica(alice.client_id()), DOC, "s1", 2)
     await ta.inbox.put(ClientUpdate(DOC, 1, update).to_wire())
     mine = await ta.next()
     theirs = await tb.next()
@@ -277,7 +277,7 @@ async def test_a_resend_is_acked_after_what_it_repeats_is_durable(
         return await real(batch)
 
     monkeypatch.setattr(relay.store, "_transaction", held)
-    _, update = alice.book(Replica(), DOC, "s1", 1)
+    _, update = alice.book(Replica(alice.client_id()), DOC, "s1", 1)
     await ta.inbox.put(ClientUpdate(DOC, 1, update).to_wire())
     await ta.inbox.put(ClientUpdate(DOC, 2, update).to_wire())  # a re-send while the first commits
     await asyncio.sleep(0.2)

@@ -1,0 +1,63 @@
+"""Canonical msgpack: exactly one byte string per value, for everything QuickSlot signs.
+
+Why: Yjs stores a record as opaque bytes under a key, and the writer rules refuse a second value
+for a key (``rewrite``). If two byte strings could carry the same signed content (an array16
+header instead of a fixarray, a str16 instead of a fixstr, map keys in another order), anybody
+holding a victim's record could re-frame it and publish the variant first: the victim's real
+bytes would then be refused as a rewrite, or two replicas would hold different bytes for one
+record and digest comparisons would report an equivocation nobody committed. So a record, its
+field map and a certificate are accepted only in their canonical encoding.
+
+The canonical encoding of a value is what ``msgpack.packb(value, use_bin_type=True)`` writes after
+sorting every map's keys by their UTF-8 bytes: the smallest int, str, bin, array and map forms,
+str for text and bin for bytes, floats as float64 (never float32), map keys strings, no ext types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from crdt_core.errors import SchemaError
+
+__all__ = ["canonical_pack", "check_canonical"]
+
+_MAX_DEPTH = 32
+
+
+def _sorted(value: Any, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise SchemaError("value nested too deeply")
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(value, key=_key_bytes):
+            out[key] = _sorted(value[key], depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_sorted(item, depth + 1) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    raise SchemaError(f"{type(value).__name__} has no canonical msgpack form")
+
+
+def _key_bytes(key: Any) -> bytes:
+    if not isinstance(key, str):
+        raise SchemaError("map keys must be strings")
+    return key.encode("utf-8")
+
+
+def canonical_pack(value: Any) -> bytes:
+    """The canonical msgpack bytes of ``value`` (maps, lists, str, bytes, int, float, bool, None)."""
+    return msgpack.packb(_sorted(value), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def check_canonical(raw: bytes, decoded: Any, what: str) -> None:
+    """Raises SchemaError unless ``raw`` (which decoded to ``decoded``) is the canonical encoding.
+
+    ``decoded`` must come from ``msgpack.unpackb(raw, raw=False, strict_map_key=True)``, which
+    keeps map keys in wire order and rejects ext types; a duplicate key, a float32 or any
+    non-minimal header then shows up as a difference in the re-encoding.
+    """
+    if canonical_pack(decoded) != raw:
+        raise SchemaError(f"{what} is not in canonical msgpack form")
