@@ -68,6 +68,7 @@ from client.local import ClientError, InvalidRequest, LocalClient, NotAllowed, N
 from client.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvailability, SlotRow, StaffRow
 from client.secrets import SecretStore
 from client.store import OutboxEntry
+from crdt_core.verdict import ClaimState
 
 if TYPE_CHECKING:
     from client.sync import SyncService, SyncSummary
@@ -296,11 +297,20 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
     return "\n".join(lines)
 
 
+#: How a verdict state reads to a person where its value alone would puzzle (JSON keeps the value).
+STATE_WORDS = {ClaimState.TOO_LARGE: "party too large for this slot"}
+
+
+def state_words(state: ClaimState) -> str:
+    return STATE_WORDS.get(state, state.value)
+
+
 def describe_event(event: ClientEvent) -> str:
     """One line telling the user what happened."""
     if isinstance(event, BookingEvent):
         where = f"{event.shop_id} {event.day} {event.slot_id}"
-        text = f"your booking {event.reservation_id} ({where}) is now {event.state.value} ({event.kind})"
+        now = state_words(event.state)
+        text = f"your booking {event.reservation_id} ({where}) is now {now} ({event.kind})"
         if event.position is not None and event.state.value == "waitlisted":
             text += f", waitlist position {event.position}"
         return text + (", final" if event.final and event.kind != "final" else "")
@@ -567,7 +577,7 @@ async def cmd_slots(ctx: Ctx) -> Result:
 def _change(row: ReservationRow, verb: str) -> Result:
     message = f"{verb} {row.reservation_id}: queued, goes to the relay on the next `quickslot sync`"
     data = {"reservation": _reservation(row), "queued": True, "message": message}
-    state = row.state.value + ("" if row.final else " (tentative)")
+    state = state_words(row.state) + ("" if row.final else " (tentative)")
     return data, f"{message}\nstate here: {state}"
 
 
@@ -599,9 +609,11 @@ async def cmd_no_show(ctx: Ctx) -> Result:
 
 async def cmd_reservations(ctx: Ctx) -> Result:
     ctx.require_login()
-    rows = [_reservation(r) for r in await ctx.local.reservations()]
+    found = await ctx.local.reservations()
+    rows = [_reservation(r) for r in found]
+    shown = [{**row, "state": state_words(r.state)} for row, r in zip(rows, found, strict=True)]
     human = table(
-        rows, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
+        shown, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
         "(no reservations)",
     )  # fmt: skip
     return {"reservations": rows}, human

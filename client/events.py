@@ -31,6 +31,7 @@ __all__ = [
     "BookingNoShow",
     "BookingPromoted",
     "BookingRejected",
+    "BookingTooLarge",
     "BookingWaitlisted",
     "ClientEvent",
     "LoggedOut",
@@ -123,6 +124,12 @@ class BookingNoShow(BookingEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BookingTooLarge(BookingEvent):
+    """The party is larger than the slot's capacity that day: it holds no seat and does not wait
+    (the shop cut the capacity, or the booking came from a device that did not know it)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class BookingRejected(ClientEvent):
     """The relay refused a queued change for good; it is set aside, with its reason, for ``status``."""
 
@@ -169,6 +176,7 @@ _BY_STATE: dict[ClaimState, type[BookingEvent]] = {
     ClaimState.CANCELLED: BookingCancelled,
     ClaimState.DECLINED: BookingDeclined,
     ClaimState.NO_SHOW: BookingNoShow,
+    ClaimState.TOO_LARGE: BookingTooLarge,
 }
 
 

@@ -94,7 +94,15 @@ from crdt_core.schema import (
     parse_record,
 )
 from crdt_core.validation import Rights, validate_update
-from crdt_core.verdict import ClaimState, ClaimVerdict, SlotVerdict, Verdict, VerdictChange, compute_verdict
+from crdt_core.verdict import (
+    ClaimState,
+    ClaimVerdict,
+    SlotVerdict,
+    Verdict,
+    VerdictChange,
+    compute_verdict,
+    exceeds_capacity,
+)
 from crdt_core.yupdate import decode_update
 
 __all__ = [
@@ -365,12 +373,13 @@ def _appended(
             elif c.state is ClaimState.NO_SHOW and not c.holds_seats:
                 blocked = True
         taken = slot.seats_taken if slot is not None else 0
-        fits = not (blocked or waiting) and rec.party <= capacity - taken
+        too_large = exceeds_capacity(rec.party, capacity)  # no seat, no place, blocks nobody
+        fits = not (too_large or blocked or waiting) and rec.party <= capacity - taken
+        now = ClaimState.TOO_LARGE if too_large else ClaimState.CONFIRMED if fits else ClaimState.WAITLISTED
         claim = ClaimVerdict(
-            reservation_id=rec.id, slot=rec.slot, customer=rec.customer, party=rec.party,
-            state=ClaimState.CONFIRMED if fits else ClaimState.WAITLISTED,
-            position=None if fits else waiting + 1, stamp=None, final=False, rank=len(before),
-            staff_confirmed=False, holds_seats=fits,
+            reservation_id=rec.id, slot=rec.slot, customer=rec.customer, party=rec.party, state=now,
+            position=waiting + 1 if now is ClaimState.WAITLISTED else None, stamp=None, final=False,
+            rank=len(before), staff_confirmed=False, holds_seats=fits,
         )  # fmt: skip
         claims[rec.id] = claim
         seats = taken + (rec.party if fits else 0)

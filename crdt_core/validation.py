@@ -86,6 +86,7 @@ class Reason(StrEnum):
     BACKDATED = "backdated"
     REVOKED = "revoked"
     FOREIGN_CLIENT = "foreign_client"
+    PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync_hub, verdict.exceeds_capacity
 
 
 def _fail(reason: Reason, detail: str) -> ValidationError:

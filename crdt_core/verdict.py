@@ -15,15 +15,35 @@ from a newer schema version are ignored.
 
 **Seats: strict first-come, first-served.** Walk the order; an active (or no-show) claim takes its
 party's seats while it fits; the first claim that does not fit, and every active claim after it,
-is waitlisted, in order. A large party therefore blocks smaller later ones. We chose that over
-letting later parties fill leftover seats because it is the rule under which *a cancellation can
-never demote anyone*: confirmed claims are always a prefix of the active order, and removing a
-claim from a prefix only lengthens it. With gap-filling, cancelling A(2) in [A(2) B(3) C(2)] at
-capacity 4 would promote B and demote the already-confirmed C. It is also the fair rule: nobody
-jumps the queue by booking a smaller party.
+is waitlisted, in order (a ``too_large`` claim, below, takes no part in the walk). A large party
+therefore blocks smaller later ones. We chose that over letting later parties fill leftover seats
+because it is the rule under which *a cancellation can never demote anyone*: confirmed claims are
+always a prefix of the active order, and removing a claim from a prefix only lengthens it. With
+gap-filling, cancelling A(2) in [A(2) B(3) C(2)] at capacity 4 would promote B and demote the
+already-confirmed C. It is also the fair rule: nobody jumps the queue by booking a smaller party.
 
 **Seats held:** cancelled and declined claims hold none; a no-show keeps the seat it held (it was
 confirmed at the time; the past is not reshuffled).
+
+**Impossible parties (``too_large``).** A claim whose party exceeds its slot's capacity can never
+fit; under strict first-come, first-served it would waitlist everyone behind it, so one booking
+could block a slot. So a claim that is not cancelled or declined, whose slot is *open* that day
+(its capacity in ``capacities`` is above 0) and whose party is larger than that capacity, is
+``too_large``: it holds no seats, has no waitlist position, and does not block the claims after
+it (the walk skips it; it keeps its rank). That includes a claim staff marked as a no-show: at
+this capacity it could not have held a seat. It is decided from the merged data alone, like the
+rest of the verdict: a capacity cut below a party moves that claim into ``too_large`` (freeing
+whatever it held), and a capacity raise to at least its party moves it back into the walk, where
+it takes its place in the order (confirmed if it fits there, else waitlisted). A slot that is not
+open that day (no template known here, an inactive template, a weekday it is not offered, or
+capacity 0: all give capacity 0) keeps the plain rule: its claims wait, in order, until it opens.
+``exceeds_capacity`` is this test, shared with the relay's refusal at arrival.
+
+**Stamp order for claims that arrive together.** The relay stamps the claims that reach it in one
+update in ``stamp_order``: the tentative order (HLC, customer, reservation id) every replica
+already showed for them, whatever order the update holds them in, so a device that carries
+several customers' offline bookings in one update never reorders them. Claims of different
+updates are stamped in the order the relay orders the updates (arrival).
 
 **Finality.** A claim is *final* when it is stamped and this replica holds every stamp from 1 up
 to its own (the gap-free prefix): nothing that arrives later can rank before it. A final confirmed
@@ -32,7 +52,7 @@ claim changes only through its own cancellation, a staff decline, or a capacity 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -47,6 +67,9 @@ __all__ = [
     "VerdictChange",
     "compute_verdict",
     "diff_verdicts",
+    "exceeds_capacity",
+    "stamp_order",
+    "tentative_key",
 ]
 
 
@@ -56,6 +79,8 @@ class ClaimState(StrEnum):
     CANCELLED = "cancelled"
     DECLINED = "declined"
     NO_SHOW = "no_show"
+    TOO_LARGE = "too_large"
+    """The party exceeds the slot's capacity that day: no seats, no waitlist place, blocks nobody."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,26 @@ def _status(events: list[StatusEvent]) -> tuple[ClaimState | None, bool]:
     return (ClaimState.NO_SHOW if no_show else None), confirmed
 
 
+def tentative_key(res: Reservation) -> tuple[str, str, str]:
+    """Where an unstamped claim ranks: (HLC, customer, reservation id)."""
+    return (res.hlc, res.customer, res.id)
+
+
+def stamp_order(claims: Iterable[Reservation]) -> list[Reservation]:
+    """The order the relay stamps claims that reach it together: their tentative order.
+
+    Why: before the relay stamps them, every replica ranks these claims by ``tentative_key``; giving
+    them stamps in that same order keeps every verdict a device already showed, whatever order the
+    carrier's update happened to hold them in.
+    """
+    return sorted(claims, key=tentative_key)
+
+
+def exceeds_capacity(party: int, capacity: int) -> bool:
+    """The ``too_large`` test: the slot is open that day (capacity above 0) and the party cannot fit."""
+    return 0 < capacity < party
+
+
 def claim_order(state: BookingsState) -> list[tuple[Reservation, int | None]]:
     """Every reservation in verdict order, with its stamp number (None when unstamped)."""
     stamp_of: dict[str, int] = {}
@@ -121,10 +166,7 @@ def claim_order(state: BookingsState) -> list[tuple[Reservation, int | None]]:
         if stamp.reservation in state.reservations and no < stamp_of.get(stamp.reservation, no + 1):
             stamp_of[stamp.reservation] = no
     stamped = sorted((stamp_of[r.id], r) for r in state.reservations.values() if r.id in stamp_of)
-    tentative = sorted(
-        (r for r in state.reservations.values() if r.id not in stamp_of),
-        key=lambda r: (r.hlc, r.customer, r.id),
-    )
+    tentative = stamp_order(r for r in state.reservations.values() if r.id not in stamp_of)
     return [(r, no) for no, r in stamped] + [(r, None) for r in tentative]
 
 
@@ -141,6 +183,7 @@ def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verd
     Args:
         capacities: seats per slot id on this document's day (``SlotTemplate.capacity_on``); a slot
             this replica knows no template for has capacity 0, so its claims wait until it does.
+            A claim whose party exceeds a capacity above 0 is ``too_large`` (module docstring).
     """
     events_of: dict[str, list[StatusEvent]] = {}
     for ev in state.events.values():
@@ -166,6 +209,8 @@ def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verd
             state_now: ClaimState
             if terminal in (ClaimState.CANCELLED, ClaimState.DECLINED):
                 state_now = terminal
+            elif exceeds_capacity(res.party, capacity):
+                state_now = ClaimState.TOO_LARGE  # skipped by the walk: it never blocks
             else:
                 if not blocked and res.party <= left:
                     left -= res.party
@@ -206,7 +251,9 @@ class VerdictChange:
     after: ClaimState
     kind: str
     """``new``, ``confirmed``, ``promoted``, ``demoted``, ``cancelled``, ``declined``, ``no_show``,
-    ``final`` (same state, now final) or ``moved`` (waitlist position changed)."""
+    ``too_large`` (the party no longer fits the slot's capacity), ``waitlisted`` (e.g. out of
+    ``too_large`` into a queue), ``final`` (same state, now final) or ``moved`` (waitlist position
+    changed)."""
 
 
 def diff_verdicts(old: Verdict | None, new: Verdict) -> list[VerdictChange]:

@@ -243,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--idle-unload", type=float, default=sl.idle_unload_s, metavar="S")
     sync.add_argument(
+        "--max-party",
+        type=_positive_int,
+        default=sl.max_party,
+        metavar="N",
+        help="largest party one reservation may have; a larger one, or one larger than its slot's"
+        " capacity that day, is refused with party_too_large (default: %(default)s)",
+    )
+    sync.add_argument(
         "--max-inflight",
         type=_positive_int,
         default=sl.max_inflight,
@@ -350,6 +358,7 @@ def _config(args: argparse.Namespace) -> RelayConfig:
             max_anonymous_per_address=args.max_anonymous_per_address,
             idle_unload_s=args.idle_unload,
             max_inflight=args.max_inflight,
+            max_party=args.max_party,
         ),
         redis_url=args.redis,
         restore_stamp_hold_s=args.restore_stamp_hold,

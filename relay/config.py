@@ -113,6 +113,9 @@ class SyncLimits:
     max_inflight: int = 64
     """Updates one connection may have received and not yet had acknowledged; at the bound the
     relay stops reading that socket (backpressure). Announced in ``welcome``."""
+    max_party: int = 20
+    """The largest party one reservation may have; a larger one is refused at arrival
+    (``party_too_large``), as is one larger than its slot's capacity that day."""
     max_anonymous_per_address: int | None = None
     """Sync websockets one client address may hold before they authenticate (``None``: derived
     from ``max_connections``, see :attr:`anonymous_per_address`)."""

@@ -55,6 +55,17 @@ right away, before the next ``await``, so answers and the live stream never over
   document its subscribers may have missed seqs of, they get the difference as one ``upd`` at
   the store's seq (``_catchup``); a skipped seq there makes the client resync. A fan-out reset
   (Redis lost entries) reloads every loaded document so.
+* **Stamp order** (``claims_to_stamp``): the claims of one update are numbered in
+  ``crdt_core.verdict.stamp_order``, the tentative order (HLC, customer, reservation id) every
+  replica already showed, not in the order the update happens to hold them: a device carrying
+  several customers' offline bookings never reorders them. Claims of *different* updates are
+  numbered in the order the updates are ordered, even when they share one group commit: each
+  update's stamp records are built, applied and fanned out with it before the batch exists.
+* **Impossible parties** (``_refuse_impossible_parties``): a bookings update with a reservation whose
+  party exceeds ``SyncLimits.max_party`` (``--max-party``), or the capacity its slot has that day
+  in the relay's copy of the shop document (an open slot: capacity above 0), is refused at
+  arrival with ``party_too_large``. The verdict would make it ``too_large`` anyway
+  (``crdt_core.verdict``); refusing it tells the sender at once and keeps it out of the log.
 """
 
 from __future__ import annotations
@@ -91,9 +102,11 @@ from crdt_core.protocol import (
     UnsubscribeRequested,
     UpdateSubmitted,
 )
+from crdt_core.reader import slot_templates
 from crdt_core.records import RELAY_SIGNER_PREFIX
-from crdt_core.schema import parse_doc_id
-from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
+from crdt_core.schema import DocId, DocKind, SlotTemplate, parse_doc_id
+from crdt_core.validation import ArrivalPolicy, Reason, ValidatedUpdate, validate_update
+from crdt_core.verdict import exceeds_capacity, stamp_order
 from crdt_core.yupdate import decode_update
 from relay.anonymous_slots import AnonymousSlots, address_key
 from relay.config import SyncLimits
@@ -129,6 +142,8 @@ STAMP_RETRY_MAX_PAUSE_S = 0.05
 #: How long a connection the hub closed may take to read what is queued and the close frame;
 #: then it is dropped (``Transport.abort``), so a peer that stopped reading is disconnected too.
 CLOSE_GRACE_S = 5.0
+#: Shop documents whose slot templates are kept parsed (by seq) for the party check at arrival.
+TEMPLATE_CACHE_DOCS = 1024
 
 
 class Transport(Protocol):
@@ -351,6 +366,8 @@ class SyncHub:
         self.stopping = False
         self.fanout = fanout
         self._retries: set[asyncio.Task[None]] = set()
+        #: Shop document -> (seq, its slot templates), for the party check at arrival.
+        self._templates: dict[str, tuple[int, dict[str, SlotTemplate]]] = {}
         #: A restored relay's stamp hold (``relay.stamp_hold``); None: stamp at once, always.
         self.stamp_hold: StampHold | None = None
         #: Unauthenticated sockets per client address (relay.anonymous_slots).
@@ -468,8 +485,7 @@ class SyncHub:
             updates = (update,) if extra is None else (update, extra)
             stamps: tuple[tuple[int, str], ...] = ()
             if extra is not None and checked is not None and len(result.seqs) > 1:
-                claimed = [r.id for r in checked.new_reservations]
-                stamps = tuple(zip(result.stamps, claimed, strict=False))
+                stamps = tuple(zip(result.stamps, claims_to_stamp(checked), strict=False))
             next_stamp = result.stamps.stop if len(result.stamps) else 0
             fanout.publish(
                 Committed(node, doc, result.seqs[0], updates[: len(result.seqs)], stamps, next_stamp)
@@ -700,16 +716,55 @@ class SyncHub:
 
     # --- updates ---------------------------------------------------------------------------------
 
-    def _check(self, doc: str) -> Callable[[Replica, bytes], ValidatedUpdate]:
+    def _check(
+        self, doc: str, capacities: dict[str, int] | None = None
+    ) -> Callable[[Replica, bytes], ValidatedUpdate]:
         def check(replica: Replica, update: bytes) -> ValidatedUpdate:
             policy = ArrivalPolicy(
                 now_ms=self.clock_ms(),
                 is_revoked=self.rights.is_revoked,
                 current_rights=self.rights.current,
             )
-            return validate_update(doc, replica, update, self.certs(), policy)
+            checked = validate_update(doc, replica, update, self.certs(), policy)
+            if capacities is not None:
+                self._refuse_impossible_parties(checked, capacities)
+            return checked
 
         return check
+
+    def _refuse_impossible_parties(self, checked: ValidatedUpdate, capacities: dict[str, int]) -> None:
+        """Refuse (``party_too_large``) a new reservation over ``--max-party`` or its open slot's capacity."""
+        for res in checked.new_reservations:
+            capacity = capacities.get(res.slot, 0)
+            what = f"reservation {res.id}: a party of {res.party}"
+            if res.party > self.limits.max_party:
+                why = f"{what} is over this relay's limit of {self.limits.max_party}"
+                raise ValidationError(Reason.PARTY_TOO_LARGE.value, why)
+            if exceeds_capacity(res.party, capacity):
+                why = f"{what} cannot fit slot {res.slot!r} ({capacity} seats that day)"
+                raise ValidationError(Reason.PARTY_TOO_LARGE.value, why)
+
+    async def _capacities(self, doc: str) -> dict[str, int] | None:
+        """Seats per slot on a bookings document's day, from the relay's copy of the shop document
+        (``SlotTemplate.capacity_on``: 0 for a slot not offered that day); None for other kinds."""
+        parsed = parse_doc_id(doc)
+        if parsed.kind is not DocKind.BOOKINGS:
+            return None
+        assert parsed.shop_id is not None and parsed.day is not None
+        shop_doc, day = str(DocId.shop(parsed.shop_id)), parsed.day
+
+        def templates(replica: Replica, seq: int) -> dict[str, SlotTemplate]:
+            held = self._templates.get(shop_doc)
+            if held is not None and held[0] == seq:
+                return held[1]
+            found = slot_templates(replica, shop_doc)
+            if len(self._templates) >= TEMPLATE_CACHE_DOCS:
+                self._templates.clear()
+            self._templates[shop_doc] = (seq, found)
+            return found
+
+        found = await self.manager.read(shop_doc, templates)
+        return {slot: template.capacity_on(day) for slot, template in found.items()}
 
     def _stamper(self, doc: str) -> Callable[[Replica, ValidatedUpdate, StampSequence], bytes | None]:
         def build(replica: Replica, checked: ValidatedUpdate, stamps: StampSequence) -> bytes | None:
@@ -717,10 +772,7 @@ class SyncHub:
             if carried:
                 # A client re-sending what a restored relay lost brings the stamps with the claims.
                 stamps.carried(max(s.no for s in carried))
-                already = {s.reservation for s in carried}
-                claims = [r.id for r in checked.new_reservations if r.id not in already]
-            else:
-                claims = [r.id for r in checked.new_reservations]
+            claims = claims_to_stamp(checked)
             if not claims:
                 return None
             hold = self.stamp_hold
@@ -852,10 +904,11 @@ class SyncHub:
 
         ordered: Ordered[ValidatedUpdate]
         try:
+            capacities = await self._capacities(doc)
             ordered = await self.manager.order(
                 doc,
                 update,
-                self._check(doc),
+                self._check(doc, capacities),
                 self._stamper(doc),
                 on_durable=on_durable,
                 on_commit=self._announcer(doc, update),
@@ -977,8 +1030,7 @@ class SyncHub:
         stamp_update = extra if checked is not None and len(result.seqs) > 1 else None
         if stamp_update is not None:
             assert checked is not None
-            claimed = [r.id for r in checked.new_reservations]
-            stamps = list(zip(result.stamps, claimed, strict=False))
+            stamps = list(zip(result.stamps, claims_to_stamp(checked), strict=False))
             self.stamps_issued.inc(len(stamps))
             if len(stamps) > MAX_STAMPS:
                 # More than one message may summarise: send the update alone; subscribers see the
@@ -1043,6 +1095,13 @@ def _opened() -> asyncio.Future[None]:
 
 def _stat_reader(stats: Callable[[], object], field: str) -> Callable[[], float]:
     return lambda: float(getattr(stats(), field))
+
+
+def claims_to_stamp(checked: ValidatedUpdate) -> list[str]:
+    """The claims of an incoming update the relay stamps, in the order it numbers them: those that
+    did not bring their own stamp (a re-send after a restore), in ``crdt_core.verdict.stamp_order``."""
+    carried = {s.reservation for s in checked.new_stamps}
+    return [r.id for r in stamp_order(checked.new_reservations) if r.id not in carried]
 
 
 def refuse_equivocation(replica: Replica, update: bytes) -> None:

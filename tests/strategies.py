@@ -33,6 +33,7 @@ from crdt_core.schema import (
 )
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
 from crdt_core.verdict import Verdict, compute_verdict
+from crdt_core.yupdate import decode_update
 from tests.crdt_factory import NOW_MS, World, relay_replica
 
 SHOP = "shop1"
@@ -173,6 +174,15 @@ def map_item(root: str, key: str, value: bytes) -> bytes:
 
 def struct_block(client: int, clock: int, items: Sequence[bytes]) -> bytes:
     return varuint(len(items)) + varuint(client) + varuint(clock) + b"".join(items)
+
+
+def client_block(update: bytes) -> bytes:
+    """The one client block of an update written by one client with no delete set (any one
+    transaction), to put into :func:`yjs_update` with other blocks in any order."""
+    decoded = decode_update(update)
+    if len(decoded.ranges) != 1 or decoded.deletes or update[:1] != b"\x01" or update[-1:] != b"\x00":
+        raise ValueError("not a one-client update without deletions")
+    return update[1:-1]
 
 
 def yjs_update(blocks: Sequence[bytes], deletes: dict[int, list[tuple[int, int]]] | None = None) -> bytes:

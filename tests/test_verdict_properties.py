@@ -19,7 +19,14 @@ from crdt_core.authoring import write_stamps
 from crdt_core.engine import Replica
 from crdt_core.reader import BookingsState, read_bookings, slot_templates
 from crdt_core.schema import SlotTemplate, parse_doc_id
-from crdt_core.verdict import ClaimState, ClaimVerdict, Verdict, compute_verdict, diff_verdicts
+from crdt_core.verdict import (
+    ClaimState,
+    ClaimVerdict,
+    Verdict,
+    compute_verdict,
+    diff_verdicts,
+    stamp_order,
+)
 from tests.crdt_factory import World, relay_client
 from tests.strategies import (
     DOC,
@@ -39,6 +46,8 @@ from tests.strategies import (
 
 HOLDING = (ClaimState.CONFIRMED, ClaimState.NO_SHOW)
 TERMINAL = (ClaimState.CANCELLED, ClaimState.DECLINED)
+#: Claims outside the seat walk: they hold nothing, wait for nothing and block nobody.
+OUT_OF_LINE = (*TERMINAL, ClaimState.TOO_LARGE)
 
 scenarios = booking_scenarios()
 offsets = st.lists(st.integers(-50, 50), min_size=3, max_size=3)
@@ -88,6 +97,8 @@ def reference(state: BookingsState, capacities: dict[str, int]) -> dict[str, Exp
             if st_ in TERMINAL:
                 assert st_ is not None
                 out[rid] = Expected(st_, False, None, stamp, final, rank)
+            elif capacities.get(slot, 0) > 0 and party > capacities.get(slot, 0):
+                out[rid] = Expected(ClaimState.TOO_LARGE, False, None, stamp, final, rank)
             elif not blocked and party <= left:
                 left -= party
                 out[rid] = Expected(st_ or ClaimState.CONFIRMED, True, None, stamp, final, rank)
@@ -143,8 +154,8 @@ def test_the_verdict_follows_the_documented_rule(
         assert [c.rank for c in slot.claims] == list(range(len(slot.claims)))
         waitlist = [c.position for c in slot.claims if c.state is ClaimState.WAITLISTED]
         assert waitlist == list(range(1, len(waitlist) + 1))
-        # confirmed claims are a prefix of the active (not cancelled or declined) order
-        active = [c for c in slot.claims if c.state not in TERMINAL]
+        # confirmed claims are a prefix of the active (not cancelled, declined or too large) order
+        active = [c for c in slot.claims if c.state not in OUT_OF_LINE]
         holds = [c.holds_seats for c in active]
         assert holds == sorted(holds, reverse=True)
 
@@ -248,7 +259,7 @@ def test_a_cancellation_promotes_the_first_waitlisted_claim_if_it_fits_and_never
     line = [
         c
         for c in slot.claims
-        if not c.holds_seats and c.state not in TERMINAL and c.reservation_id != gone.reservation_id
+        if not c.holds_seats and c.state not in OUT_OF_LINE and c.reservation_id != gone.reservation_id
     ]
     if not line:
         return
@@ -369,7 +380,8 @@ def test_a_capacity_cut_through_a_newer_slot_template_can_demote(
     for rid in demoted:
         assert after.claims[rid].slot == "s1"
         if before.claims[rid].state is ClaimState.CONFIRMED:
-            assert changes[rid].kind == "demoted"
+            too_large = after.claims[rid].party > new_cap > 0
+            assert changes[rid].kind == ("too_large" if too_large else "demoted")
 
 
 def test_a_template_with_an_older_hlc_does_not_supersede_a_newer_one_whatever_the_arrival_order() -> None:
@@ -517,3 +529,133 @@ def test_the_earliest_terminal_event_decides() -> None:
     assert day.verdict({"s1": 1}).claims[rid].state is ClaimState.DECLINED
     state = read_bookings(day.relay, DOC)
     assert len(state.events) == 2
+
+
+# --- impossible parties (too_large) ----------------------------------------------------------------
+
+
+def stamped(*parties: int) -> tuple[Day, list[str]]:
+    """One customer per party, each booking slot s1 in turn, stamped in that order."""
+    day = Day(World(), customers=len(parties))
+    ids = [day.book(i, "s1", party) for i, party in enumerate(parties)]
+    day.stamp(ids)
+    return day, ids
+
+
+def seating(v: Verdict, ids: list[str]) -> list[tuple[ClaimState, int | None]]:
+    return [(v.claims[r].state, v.claims[r].position) for r in ids]
+
+
+def test_a_party_larger_than_the_slot_is_too_large_and_blocks_nobody() -> None:
+    """Under plain strict FIFO, B(5) at capacity 3 would waitlist itself and everyone behind it."""
+    day, (a, b, c) = stamped(1, 5, 2)
+    v = day.verdict({"s1": 3})
+    assert seating(v, [a, b, c]) == [
+        (ClaimState.CONFIRMED, None),
+        (ClaimState.TOO_LARGE, None),
+        (ClaimState.CONFIRMED, None),  # not blocked by B
+    ]
+    assert [v.claims[r].holds_seats for r in (a, b, c)] == [True, False, True]
+    assert v.claims[b].rank == 1  # it keeps its place in the order, it just takes no part in the walk
+    assert v.slots["s1"].seats_taken == 3
+
+
+def test_too_large_does_not_take_a_waitlist_place() -> None:
+    day, ids = stamped(2, 2, 9, 1)
+    assert seating(day.verdict({"s1": 3}), ids) == [
+        (ClaimState.CONFIRMED, None),
+        (ClaimState.WAITLISTED, 1),
+        (ClaimState.TOO_LARGE, None),
+        (ClaimState.WAITLISTED, 2),  # strict FIFO still holds among claims that can fit
+    ]
+
+
+def test_a_capacity_change_moves_a_claim_into_and_out_of_too_large() -> None:
+    day, (a, b, c) = stamped(1, 5, 1)
+    small = day.verdict({"s1": 3})
+    assert seating(small, [a, b, c]) == [
+        (ClaimState.CONFIRMED, None),
+        (ClaimState.TOO_LARGE, None),
+        (ClaimState.CONFIRMED, None),
+    ]
+    # raised to 6: B fits again and takes its place in the order, ahead of C
+    large = day.verdict({"s1": 6})
+    assert seating(large, [a, b, c]) == [
+        (ClaimState.CONFIRMED, None),
+        (ClaimState.CONFIRMED, None),
+        (ClaimState.WAITLISTED, 1),
+    ]
+    assert {(ch.reservation_id, ch.kind) for ch in diff_verdicts(small, large)} == {
+        (b, "confirmed"),
+        (c, "demoted"),
+    }
+    # raised to 5 only: B (rank 1) does not fit behind A, so it waits and C waits behind it
+    five = day.verdict({"s1": 5})
+    assert seating(five, [b, c]) == [
+        (ClaimState.WAITLISTED, 1),
+        (ClaimState.WAITLISTED, 2),
+    ]
+    assert {(ch.reservation_id, ch.kind) for ch in diff_verdicts(small, five)} == {
+        (b, "waitlisted"),
+        (c, "demoted"),
+    }
+    # cut back to 3: B is too large again (a confirmed claim leaves the walk), C is promoted
+    again = day.verdict({"s1": 3})
+    assert again == small
+    changes = {(ch.reservation_id, ch.before, ch.after, ch.kind) for ch in diff_verdicts(large, again)}
+    assert changes == {
+        (b, ClaimState.CONFIRMED, ClaimState.TOO_LARGE, "too_large"),
+        (c, ClaimState.WAITLISTED, ClaimState.CONFIRMED, "promoted"),
+    }
+
+
+def test_a_closed_or_unknown_slot_keeps_the_plain_rule_claims_wait() -> None:
+    """Capacity 0 (no template here, inactive, not offered that weekday) is not "too small": the slot
+    is closed, and its claims wait in order as before, until it opens."""
+    day, ids = stamped(5, 1)
+    for caps in ({"s1": 0}, {}):
+        assert seating(day.verdict(caps), ids) == [
+            (ClaimState.WAITLISTED, 1),
+            (ClaimState.WAITLISTED, 2),
+        ]
+
+
+def test_an_inactive_template_is_a_closed_slot_not_a_small_one() -> None:
+    day = Day(World(), customers=1)
+    big = day.book(0, "s1", 4)
+    owner = day.world.device("owner1", owner_of=[SHOP])
+    shop, owner_phone = Replica(700), Replica(701)
+    off = SlotTemplate("s1", "cut", "09:00", 30, 2, None, False, owner.hlc())
+    receive(SHOP_DOC, shop, owner.put(owner_phone, SHOP_DOC, [(off, None)]), day.world.cache())
+    assert day.verdict(capacities_from(shop)).claims[big].state is ClaimState.WAITLISTED
+    on = SlotTemplate("s1", "cut", "09:00", 30, 2, None, True, owner.hlc())
+    receive(SHOP_DOC, shop, owner.put(owner_phone, SHOP_DOC, [(on, None)]), day.world.cache())
+    assert day.verdict(capacities_from(shop)).claims[big].state is ClaimState.TOO_LARGE
+
+
+def test_cancelled_and_declined_win_over_too_large_a_no_show_does_not() -> None:
+    day = Day(World(), customers=3)
+    a, b, c = day.book(0, "s1", 5), day.book(1, "s1", 5), day.book(2, "s1", 5)
+    day.cancel(a)
+    day.staff_event(b, "decline")
+    day.staff_event(c, "no_show")
+    v = day.verdict({"s1": 2})
+    assert [v.claims[r].state for r in (a, b, c)] == [
+        ClaimState.CANCELLED,
+        ClaimState.DECLINED,
+        ClaimState.TOO_LARGE,  # at this capacity it never held a seat to keep
+    ]
+    assert not v.claims[c].holds_seats
+
+
+def test_stamp_order_is_the_tentative_order() -> None:
+    """What the relay calls to number claims that reach it together (D5): (HLC, customer, id)."""
+    day = Day(World(), customers=3, clock_offsets_min=[0, -5, -5])
+    a, b, c = day.book(0, "s1", 1), day.book(1, "s1", 1), day.book(2, "s1", 1)
+    state = day.state()
+    claims = [state.reservations[r] for r in (a, c, b)]
+    ordered = stamp_order(claims)
+    assert ordered == sorted(claims, key=lambda r: (r.hlc, r.customer, r.id))
+    assert [r.id for r in ordered][-1] == a  # the latest clock ranks last
+    tentative = [c.reservation_id for c in day.verdict({"s1": 3}).slots["s1"].claims]
+    assert tentative == [r.id for r in ordered]

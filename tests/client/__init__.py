@@ -21,7 +21,7 @@ from crdt_core.errors import ValidationError
 from crdt_core.reader import read_bookings
 from crdt_core.schema import DocKind, parse_doc_id
 from crdt_core.validation import ArrivalPolicy, validate_update
-from crdt_core.verdict import VerdictChange
+from crdt_core.verdict import VerdictChange, stamp_order
 from tests.crdt_factory import NOW_MS, World
 
 #: Every client the helpers opened, so a test module's autouse fixture can close what a failing
@@ -52,7 +52,7 @@ class FakeRelay:
         )
         replica.apply_update(update)
         self.received.append((doc_id, update))
-        new = [r.id for r in accepted.new_reservations]
+        new = [r.id for r in stamp_order(accepted.new_reservations)]  # as the relay numbers them
         if parse_doc_id(doc_id).kind is not DocKind.BOOKINGS or not new:
             return None
         first = len(read_bookings(replica, doc_id).stamps) + 1
