@@ -91,7 +91,7 @@ UPLOAD = st.sampled_from(["each", "group", "bundle"])
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
 #: Examples per attack test. ``thorough``: 2,000 for each of the 13 tests below, 26,000 in all.
-EXAMPLES = {"thorough": 2000, "ci": 12}.get(PROFILE, 6)
+EXAMPLES = {"thorough": 2000, "ci": 20}.get(PROFILE, 6)
 STEPS = {"thorough": 40}.get(PROFILE, 25)
 #: For gauging speed and for long local runs: ``ADVERSARY_EXAMPLES=500``.
 EXAMPLES = int(os.environ.get("ADVERSARY_EXAMPLES", EXAMPLES))
@@ -731,55 +731,64 @@ class AdversaryMachine(RuleBasedStateMachine):
         clock = replica.state_clocks().get(client, 0)
         self._send(kind, target_index, craft(client, clock, self._mal_booking(replica)))
 
-    def _attack_rewrap(self, kind: str, target_index: int, pick: int, style: int, own_id: bool) -> None:
+    def _runs(self, in_flight: bool, signers: Sequence[str] = ()) -> list[list[MapInsert]]:
+        """Honest records the adversary can see: updates still on their way (a carrier holds them;
+        one writer each), or any record a device holds, one at a time. ``signers``: only those."""
+        if in_flight:
+            runs = [inserts(u) for u in self._in_flight()]
+        else:
+            runs = [[i] for n in self.nodes for i in inserts(n.day.encode_state()) if i.root != CERTS_ROOT]
+        if signers:
+            runs = [
+                r
+                for r in runs
+                if any(open_record(i.value).signer in signers for i in r if i.root != CERTS_ROOT)
+            ]
+        return [r for r in runs if any(i.root != CERTS_ROOT for i in r)]
+
+    def _attack_rewrap(self, kind: str, target_index: int, pick: int, in_flight: bool, own_id: bool) -> None:
+        """Re-wrap someone's record: a higher schema version, a non-canonical encoding, or (c0 has
+        two certificates for one key) the other certificate as signer; placed at the writer's own
+        Yjs id where the target takes it next (the most harmful place), else at the adversary's."""
         _, replica = self._target(target_index)
-        flight = self._in_flight()
-        source = flight[pick % len(flight)] if flight else self.relay_day.encode_state()
-        found = [i for i in inserts(source) if i.root != CERTS_ROOT]
-        if not found:
+        c0 = self.nodes[0].author.device
+        both = (c0.cert_id, self.c0_alt.cert_id)
+        runs = self._runs(in_flight, both if kind == "reattribute" else ())
+        if not runs:
             return
-        first = found[pick % len(found)]
+        run = runs[pick % len(runs)]
         items: list[tuple[str, str, bytes]] = []
-        signer_cert: DeviceKey | None = None
-        for ins in inserts(source):
-            if ins.client != first.client:
-                continue
+        for ins in run:
             value = ins.value
             if ins.root != CERTS_ROOT:
                 outer = msgpack.unpackb(value, raw=False)
                 if kind == "rewrap_version":
-                    outer[1] = outer[1] + 1 + style % 900
+                    outer[1] = outer[1] + 1 + pick % 900
                     value = msgpack.packb(outer, use_bin_type=True)
                 elif kind == "rewrap_framing":
-                    if style & 16:  # the field map too
-                        outer[3] = loose_pack(msgpack.unpackb(outer[3], raw=False), style)
-                    value = loose_pack(outer, style % 15 + 1)  # int, str, bin or array forms
+                    if pick & 16:  # the field map too
+                        outer[3] = loose_pack(msgpack.unpackb(outer[3], raw=False), pick)
+                    value = loose_pack(outer, pick % 15 + 1)  # int, str, bin or array forms
                     assert value != ins.value
-                elif outer[4] == self.c0_alt.cert_id or outer[4] == self.nodes[0].author.device.cert_id:
-                    signer_cert = (
-                        self.c0_alt if outer[4] != self.c0_alt.cert_id else self.nodes[0].author.device
-                    )
-                    outer[4] = signer_cert.cert_id
-                    value = msgpack.packb(outer, use_bin_type=True)
                 else:
-                    continue
+                    outer[4] = both[1] if outer[4] == both[0] else both[0]
+                    value = msgpack.packb(outer, use_bin_type=True)
             items.append((ins.root, ins.key, value))
+        clocks = replica.state_clocks()
         if kind == "reattribute":
-            if signer_cert is None:
-                return
-            items = self._with_cert(replica, signer_cert, 0) + [i for i in items if i[0] != CERTS_ROOT]
-            client = client_of(signer_cert.cert_id) if not own_id else self.mal_client
-            self._send(kind, target_index, craft(client, replica.state_clocks().get(client, 0), items))
-            return
-        if own_id:
-            client = self.mal_client
-            clock = replica.state_clocks().get(client, 0)
+            signer = c0 if msgpack.unpackb(items[-1][2], raw=False)[4] == both[0] else self.c0_alt
+            items = self._with_cert(replica, signer, 0) + [i for i in items if i[0] != CERTS_ROOT]
+            client = self.mal_client if own_id else client_of(signer.cert_id)
+            self._send(kind, target_index, craft(client, clocks.get(client, 0), items))
+        elif own_id or run[0].clock != clocks.get(run[0].client, 0):
+            items = [i for i in items if i[0] != CERTS_ROOT]
+            signer_id = open_record(run[-1].value).signer  # its certificate goes with it
+            cert = next((n.author.device for n in self.nodes if n.author.device.cert_id == signer_id), None)
+            if cert is not None:
+                items = self._with_cert(replica, cert, 0) + items
+            self._send(kind, target_index, craft(self.mal_client, clocks.get(self.mal_client, 0), items))
         else:
-            client = first.client
-            clock = min(i.clock for i in inserts(source) if i.client == client)
-            if clock > replica.state_clocks().get(client, 0):
-                return  # the target lacks what comes before: it would only be held back
-        self._send(kind, target_index, craft(client, clock, items))
+            self._send(kind, target_index, craft(run[0].client, run[0].clock, items))
 
     def _attack_forge_stamp(self, target_index: int, variant: int) -> None:
         _, replica = self._target(target_index)
@@ -928,7 +937,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         if name in ("squat_device", "squat_relay"):
             self._attack_squat(name, target, other)
         elif name in ("rewrap_version", "rewrap_framing", "reattribute"):
-            self._attack_rewrap(name, target, pick, pick, flag)
+            self._attack_rewrap(name, target, pick, other % 2 == 0, flag)
         elif name == "forge_stamp":
             self._attack_forge_stamp(target, pick)
         elif name == "rewrite_delete":
@@ -943,6 +952,17 @@ class AdversaryMachine(RuleBasedStateMachine):
             self._attack_equivocate(target, other, flag)
         else:
             self._attack_reorder(target, other)
+
+    @precondition(lambda self: bool(self.ATTACK_KINDS))
+    @rule(
+        kind=st.integers(0, 100),
+        to=st.integers(0, 5),
+        other=st.integers(0, 5),
+        pick=st.integers(0, 1000),
+        flag=st.booleans(),
+    )
+    def attack_again(self, kind: int, to: int, other: int, pick: int, flag: bool) -> None:
+        self.attack(kind, to, other, pick, flag)
 
     # --- invariants -------------------------------------------------------------------------------
 
