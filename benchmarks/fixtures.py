@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crdt_core.authoring import Author, write_stamps
 from crdt_core.certs import CertificateCache, DeviceKey, SigningKey, issue_certificate, public_bytes
+from crdt_core.clientids import GENERATIONS, client_id_for
 from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
-from crdt_core.records import pack_fields
-from crdt_core.schema import CERTS_ROOT, DocId, EventType, Reservation
+from crdt_core.records import RELAY_SIGNER_PREFIX, pack_fields
+from crdt_core.schema import DocId, EventType, Reservation
 from crdt_core.yupdate import decode_update
 
 __all__ = [
@@ -59,6 +60,8 @@ def _key(label: str) -> Ed25519PrivateKey:
 
 
 RELAY = SigningKey("bench-relay", _key("bench-relay"))
+#: The Yjs client id the benchmark relay stamps under (crdt_core.clientids).
+RELAY_CLIENT_ID = client_id_for(RELAY_SIGNER_PREFIX + RELAY.kid, 0)
 
 
 def trusted_cache() -> CertificateCache:
@@ -146,16 +149,31 @@ class Corpus:
     unsigned: dict[str, bytes] = field(default_factory=dict)
     """Each reservation's fields as plain msgpack (no envelope, signature or certificate)."""
     reservations: list[Reservation] = field(default_factory=list)
+    updates: list[bytes] = field(default_factory=list)
+    """Each booking transaction's update, written from its customer's own device (client id)."""
+    first_update: dict[int, bytes] = field(default_factory=dict)
+    """Per customer, the update that carried its certificate (seeds that customer's other devices)."""
 
     def authors(self, *, sign: bool = True) -> list[Author]:
         return [make_author(c, sign=sign) for c in self.customers]
 
     def book_all(self, replica: Replica, authors: list[Author], doc: DocId = DOC) -> list[bytes]:
-        """The typed API: what a client does for each booking (sign, write, keep the update)."""
-        return [
-            authors[b.customer].book(replica, doc, slot=b.slot, party=b.party, note=b.note)[1]
-            for b in self.bookings
-        ]
+        """The typed API: what a client does for each booking (sign, write, keep the update).
+
+        Each customer writes on its own device (a replica under its own client id, as every
+        replica requires: crdt_core.clientids) and ``replica`` applies each update, so this
+        measures a write plus one apply per booking.
+        """
+        devices: dict[int, Replica] = {}
+        updates = []
+        for b in self.bookings:
+            device = devices.get(b.customer)
+            if device is None:
+                device = devices[b.customer] = Replica(authors[b.customer].client_id())
+            update = authors[b.customer].book(device, doc, slot=b.slot, party=b.party, note=b.note)[1]
+            replica.apply_update(update)
+            updates.append(update)
+        return updates
 
 
 @lru_cache(maxsize=8)
@@ -164,13 +182,22 @@ def corpus(n: int) -> Corpus:
     bookings = plan(n)
     customers = [_customer(i) for i in range(max(b.customer for b in bookings) + 1)] if bookings else []
     authors = [make_author(c) for c in customers]
-    scratch = Replica(1)
+    # Each customer books from its own device: a replica under its own Yjs client id
+    # (crdt_core.clientids); the scratch replica is the day that collects them all.
+    devices = [Replica(a.client_id()) for a in authors]
+    scratch = Replica()
     transactions: list[list[Entry]] = []
     expected: dict[str, dict[str, bytes]] = {}
     unsigned: dict[str, bytes] = {}
     reservations: list[Reservation] = []
+    updates: list[bytes] = []
+    first_update: dict[int, bytes] = {}
     for b in bookings:
-        res, update = authors[b.customer].book(scratch, DOC, slot=b.slot, party=b.party, note=b.note)
+        device = devices[b.customer]
+        res, update = authors[b.customer].book(device, DOC, slot=b.slot, party=b.party, note=b.note)
+        scratch.apply_update(update)
+        updates.append(update)
+        first_update.setdefault(b.customer, update)
         entries = [(i.root, i.key, i.value) for i in decode_update(update).inserts]
         assert all(isinstance(v, bytes) for _, _, v in entries)
         transactions.append(entries)
@@ -179,7 +206,9 @@ def corpus(n: int) -> Corpus:
         unsigned[res.id] = pack_fields(res.to_fields())
         reservations.append(res)
     assert expected == scratch.to_py()
-    return Corpus(n, bookings, customers, transactions, expected, unsigned, reservations)
+    return Corpus(
+        n, bookings, customers, transactions, expected, unsigned, reservations, updates, first_update
+    )
 
 
 def write_corpus(replica: Replica, c: Corpus) -> None:
@@ -200,17 +229,29 @@ class BookingDay:
 @lru_cache(maxsize=4)
 def booking_day(n: int) -> BookingDay:
     c = corpus(n)
-    replica = Replica(2)
+    # The day as the relay holds it, so it stamps under the relay's own client id.
+    replica = Replica(RELAY_CLIENT_ID)
     updates: list[bytes] = []
-    for entries in c.transactions:
-        updates.append(replica.write(entries))
+    for update in c.updates:
+        replica.apply_update(update)
+        updates.append(update)
     staff = make_author(_customer(0, "staff"), id_prefix="ev")
+    staff_device = Replica(staff.client_id())
     customer_authors = [make_author(cu, id_prefix="ev") for cu in c.customers]
+    # A second device (generation 1) per customer, holding its certificate already.
+    second: dict[int, Replica] = {}
     for i, (b, res) in enumerate(zip(c.bookings, c.reservations, strict=True)):
         if i % 3 == 0:
-            updates.append(staff.event(replica, DOC, res.id, EventType.CONFIRM)[1])
+            updates.append(staff.event(staff_device, DOC, res.id, EventType.CONFIRM)[1])
+            replica.apply_update(updates[-1])
         if i % 11 == 5:
-            updates.append(customer_authors[b.customer].event(replica, DOC, res.id, EventType.CANCEL)[1])
+            if b.customer not in second:
+                second[b.customer] = Replica(customer_authors[b.customer].client_id(1))
+                second[b.customer].apply_update(c.first_update[b.customer])
+            updates.append(
+                customer_authors[b.customer].event(second[b.customer], DOC, res.id, EventType.CANCEL)[1]
+            )
+            replica.apply_update(updates[-1])
     stamped = [r.id for r in c.reservations[: (n * 7) // 10]]
     for start in range(0, len(stamped), 100):
         updates.append(write_stamps(replica, DOC, RELAY, stamped[start : start + 100], start + 1, NOW_MS)[1])
@@ -231,24 +272,24 @@ def typical_updates(n: int, count: int) -> tuple[list[bytes], list[tuple[str, by
     customers = day.corpus.customers
     good: list[bytes] = []
     for i in range(count):
-        customer = customers[(i * 13) % len(customers)]
-        device = Replica(100_000 + i)
-        device.apply_update(
-            Replica(3).write([(CERTS_ROOT, customer.device.cert_id, customer.device.certificate)])
-        )
+        index = (i * 13) % len(customers)
+        customer = customers[index]
         author = make_author(customer, id_prefix=f"t{i}-")
+        # A device of its own (a generation the day does not use yet) holding its certificate.
+        device = Replica(author.client_id(2 + (i // len(customers)) % (GENERATIONS - 2)))
+        device.apply_update(day.corpus.first_update[index])
         good.append(author.book(device, DOC, slot=SLOTS[i % len(SLOTS)], party=1 + i % 3)[1])
 
     bad: list[tuple[str, bytes]] = []
     victim, thief = customers[0], customers[-1]
-    device = Replica(200_001)
-    device.apply_update(Replica(3).write([(CERTS_ROOT, thief.device.cert_id, thief.device.certificate)]))
     forger = Author(
         victim.user_id,
         thief.device,
         HybridClock(victim.user_id, physical_ms=lambda: NOW_MS),
         id_factory=lambda: "forged-1",
     )
+    device = Replica(forger.client_id(GENERATIONS - 1))  # the thief's own ids: its key signs
+    device.apply_update(day.corpus.first_update[len(customers) - 1])
     bad.append(("forbidden", forger.book(device, DOC, slot=SLOTS[0])[1]))
     tampered = bytearray(good[0])
     tampered[-3] ^= 0x01  # inside the record's signature, the last value of the update

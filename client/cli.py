@@ -175,6 +175,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "sent": int,
         "acked": int,
         "rejected": [{"entry_id": int, "code": _S, "reason": _S}],
+        "rebuilt": [{"doc": _S, "reason": _S}],
+        "conflicts": [{"doc": _S, "reason": _S}],
         "pending": int,
         "events": [EVENT],
     },  # fmt: skip
@@ -653,6 +655,8 @@ async def cmd_sync(ctx: Ctx) -> Result:
         "docs": list(summary.docs), "applied": summary.applied, "sent": summary.sent,
         "acked": summary.acked,
         "rejected": [{"entry_id": i, "code": c, "reason": r} for i, c, r in summary.rejected],
+        "rebuilt": [{"doc": d, "reason": r} for d, r in sorted(summary.rebuilt.items())],
+        "conflicts": [{"doc": d, "reason": r} for d, r in sorted(summary.conflicts.items())],
         "pending": summary.pending, "events": [e.to_dict() for e in events],
     }  # fmt: skip
     lines = [describe_event(e) for e in events if not isinstance(e, Synced | RelayReachable)]
@@ -660,6 +664,10 @@ async def cmd_sync(ctx: Ctx) -> Result:
         f"synced {len(summary.docs)} documents: {summary.applied} updates in, {summary.acked} changes "
         f"accepted, {len(summary.rejected)} rejected, {summary.pending} pending"
     )
+    lines += [
+        f"{d} did not fit the relay's and was rebuilt from it: {r}"
+        for d, r in sorted(summary.conflicts.items())
+    ]
     if summary.rejected:
         ctx.args.exit_code = EXIT_REJECTED
     return data, "\n".join(lines)
@@ -930,16 +938,35 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError("expected yes or no")
 
 
+_HOURS_HELP = "opening hours, free text shown as written, e.g. 'Mon-Fri 09:00-18:00' (default: none)"
+
 Handler = Callable[[Ctx], Awaitable[Result]]
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="profile directory")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    common.add_argument(
+        "--home", type=Path, default=argparse.SUPPRESS, help="profile directory (as before the command)"
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="one JSON object on stdout (as before the command)",
+    )
     parser = _Parser(prog="quickslot", description="QuickSlot Sync: offline-first booking client.")
-    parser.add_argument("--home", type=Path, default=None, help="profile directory ($QUICKSLOT_HOME)")
-    parser.add_argument("--json", action="store_true", default=False, help="stable JSON output")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="profile directory (default: $QUICKSLOT_HOME, else ~/.quickslot)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False,
+        help="one JSON object on stdout, keys stable across versions",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name: str, handler: Handler, help_text: str, schema: str | None = None, **kw: Any) -> Any:
@@ -948,9 +975,16 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def account(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--relay", help="relay URL (remembered in the profile)")
-        p.add_argument("--email")
-        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        p.add_argument(
+            "--relay",
+            help="relay URL, http(s):// or ws(s):// (remembered in the profile; default: the remembered one)",
+        )
+        p.add_argument("--email", help="the account's email address (asked for when missing)")
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of stdin (default: prompt)",
+        )
         p.add_argument(
             "--cafile", metavar="PATH", help="https relays: trust this CA bundle (remembered in the profile)"
         )
@@ -970,7 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("whoami", cmd_whoami, "who this profile signs as")
     add("categories", cmd_categories, "list the categories")
     p = add("shops", cmd_shops, "list shops")
-    p.add_argument("--category")
+    p.add_argument("--category", help="only shops of this category id (default: all)")
 
     shop = add("shop", cmd_shop_show, "show, create or edit a shop")
     shop_sub = shop.add_subparsers(dest="shop_command", required=True, parser_class=_Parser)
@@ -978,42 +1012,45 @@ def build_parser() -> argparse.ArgumentParser:
     def shop_add(name: str, handler: Handler, help_text: str) -> Any:
         p = shop_sub.add_parser(name, parents=[common], help=help_text)
         p.set_defaults(handler=handler, schema=f"shop {name}")
-        p.add_argument("shop")
+        p.add_argument("shop", help="shop id")
         return p
 
     shop_add("show", cmd_shop_show, "a shop's details, slots and staff")
     p = shop_add("create", cmd_shop_create, "owner/admin: create a shop")
-    p.add_argument("--name", required=True)
-    p.add_argument("--category", required=True)
-    p.add_argument("--location", default="")
-    p.add_argument("--lat", type=float, default=0.0)
-    p.add_argument("--lon", type=float, default=0.0)
-    p.add_argument("--description", default="")
-    p.add_argument("--address")
-    p.add_argument("--hours", default="")
+    p.add_argument("--name", required=True, help="the shop's name as customers see it")
+    p.add_argument("--category", required=True, help="a category id (see `quickslot categories`)")
+    p.add_argument("--location", default="", help="a place name, e.g. a town (default: none)")
+    p.add_argument("--lat", type=float, default=0.0, help="latitude in degrees (default: 0)")
+    p.add_argument("--lon", type=float, default=0.0, help="longitude in degrees (default: 0)")
+    p.add_argument("--description", default="", help="free text shown on the shop's page (default: none)")
+    p.add_argument("--address", help="street address (default: none)")
+    p.add_argument("--hours", default="", help=_HOURS_HELP)
     p = shop_add("edit", cmd_shop_edit, "staff/owner: change a shop's fields")
-    for f in ("name", "category", "location", "description", "address", "hours", "image-url"):
-        p.add_argument(f"--{f}")
+    for f in ("name", "category", "location", "description", "address", "image-url"):
+        p.add_argument(f"--{f}", help=f"new {f.replace('-', ' ')} (default: unchanged)")
+    p.add_argument("--hours", help=_HOURS_HELP.replace("(default: none)", "(default: unchanged)"))
     for f in ("lat", "lon", "rating"):
-        p.add_argument(f"--{f}", type=float)
-    p.add_argument("--active", type=_bool, metavar="yes|no")
+        p.add_argument(f"--{f}", type=float, help=f"new {f} (default: unchanged)")
+    p.add_argument(
+        "--active", type=_bool, metavar="yes|no", help="no hides the shop from listings (default: unchanged)"
+    )
 
     p = add("slots", cmd_slots, "a shop's slots on a day, with seats left")
-    p.add_argument("shop")
-    p.add_argument("date", type=_day)
+    p.add_argument("shop", help="shop id")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
     p = add("book", cmd_book, "book a slot (works offline: queued until the next sync)")
-    p.add_argument("shop")
-    p.add_argument("date", type=_day)
-    p.add_argument("slot")
-    p.add_argument("--party", type=int, default=1)
+    p.add_argument("shop", help="shop id")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("slot", help="slot id (see `quickslot slots SHOP DATE`)")
+    p.add_argument("--party", type=int, default=1, help="seats to book (default: 1)")
     for name, handler, has_reason in (
         ("cancel", cmd_cancel, True), ("confirm", cmd_confirm, False),
         ("decline", cmd_decline, True), ("no-show", cmd_no_show, False),
     ):  # fmt: skip
         p = add(name, handler, f"{name} a reservation")
-        p.add_argument("reservation")
+        p.add_argument("reservation", help="reservation id (see `quickslot reservations`)")
         if has_reason:
-            p.add_argument("--reason")
+            p.add_argument("--reason", help="a short reason shown to the customer (default: none)")
     add("reservations", cmd_reservations, "your reservations and their state")
     p = add("sync", cmd_sync, "sync with the relay once (or --watch until interrupted)")
     p.add_argument("--watch", action="store_true", help="stay connected, printing events as lines")
@@ -1023,40 +1060,51 @@ def build_parser() -> argparse.ArgumentParser:
     slot_sub = p.add_subparsers(dest="slot_command", required=True, parser_class=_Parser)
     p = slot_sub.add_parser("add", parents=[common], help="offer a slot (same id: replace it)")
     p.set_defaults(handler=cmd_slot_add, schema="slot add")
-    p.add_argument("shop")
-    p.add_argument("slot")
-    p.add_argument("--service", required=True)
-    p.add_argument("--start", required=True, metavar="HH:MM")
-    p.add_argument("--duration", type=int, required=True, metavar="MIN")
-    p.add_argument("--capacity", type=int, required=True)
-    p.add_argument("--weekdays", type=_weekdays, help="e.g. 0,1,2,3,4 (default: every day)")
+    p.add_argument("shop", help="shop id")
+    p.add_argument("slot", help="slot id, chosen by you (an existing id replaces that slot)")
+    p.add_argument("--service", required=True, help="what is offered, e.g. haircut")
+    p.add_argument("--start", required=True, metavar="HH:MM", help="start time, 24-hour clock, shop time")
+    p.add_argument("--duration", type=int, required=True, metavar="MIN", help="length in minutes")
+    p.add_argument("--capacity", type=int, required=True, help="seats per day the slot runs")
+    p.add_argument(
+        "--weekdays",
+        type=_weekdays,
+        help="days the slot runs, comma-separated, 0 = Monday ... 6 = Sunday, e.g. 0,1,2,3,4"
+        " (default: every day)",
+    )
 
     p = add("staff", cmd_staff_add, "owner: name staff")
     staff_sub = p.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
     p = staff_sub.add_parser("add", parents=[common], help="name a staff member (or co-owner)")
     p.set_defaults(handler=cmd_staff_add, schema="staff add")
-    p.add_argument("shop")
-    p.add_argument("user_id")
-    p.add_argument("--role", default="staff", choices=["staff", "owner"])
+    p.add_argument("shop", help="shop id")
+    p.add_argument("user_id", help="the person's user id (they see it with `quickslot whoami`)")
+    p.add_argument("--role", default="staff", choices=["staff", "owner"], help="default: staff")
 
     p = add("category", cmd_category_add, "admin: add a category")
     cat_sub = p.add_subparsers(dest="category_command", required=True, parser_class=_Parser)
     p = cat_sub.add_parser("add", parents=[common], help="add a category")
     p.set_defaults(handler=cmd_category_add, schema="category add")
-    p.add_argument("id")
-    p.add_argument("name")
-    p.add_argument("--icon")
+    p.add_argument("id", help="category id (letters, digits, _ and -)")
+    p.add_argument("name", help="the category's name as people see it")
+    p.add_argument("--icon", help="an icon name for apps (default: none)")
 
     p = add("peer", cmd_peer_sync, "sync with another client directly, with no relay")
     peer_sub = p.add_subparsers(dest="peer_command", required=True, parser_class=_Parser)
     p = peer_sub.add_parser("serve", parents=[common], help="accept peers until interrupted")
     p.set_defaults(handler=cmd_peer_serve, schema="peer serve")
     p.add_argument("--port", type=_port, required=True, help="0 picks a free port (printed)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0: every network)",
+    )
     p = peer_sub.add_parser("sync", parents=[common], help="one exchange with a peer at ws://HOST:PORT")
     p.set_defaults(handler=cmd_peer_sync, schema="peer sync")
     p.add_argument("url", help="ws://HOST:PORT of a `quickslot peer serve`")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="give up after S seconds (default: 30)"
+    )
     return parser
 
 

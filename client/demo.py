@@ -23,10 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crdt_core.authoring import Author, write_stamps
 from crdt_core.certs import CertificateCache, DeviceKey, SigningKey, issue_certificate, public_bytes
+from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.errors import ValidationError
 from crdt_core.hlc import HybridClock
 from crdt_core.reader import read_bookings, slot_templates
+from crdt_core.records import RELAY_SIGNER_PREFIX
 from crdt_core.schema import DocId, SlotTemplate
 from crdt_core.validation import ArrivalPolicy, validate_update
 from crdt_core.verdict import Verdict, compute_verdict, diff_verdicts
@@ -36,6 +38,11 @@ DAY = "2026-12-01"
 SHOP = "barber1"
 
 
+def writer_id(author: Author) -> int:
+    """The Yjs client id a device writes a document under (generation 0)."""
+    return client_id_for(author.device.cert_id, 0)
+
+
 def say(step: str, text: str) -> None:
     print(f"[{step:>8}] {text}")
 
@@ -43,11 +50,12 @@ def say(step: str, text: str) -> None:
 class Phone:
     """One replica: a user's device holding the shop doc and one day's bookings doc."""
 
-    def __init__(self, name: str, author: Author, client_id: int, trust: CertificateCache) -> None:
+    def __init__(self, name: str, author: Author, trust: CertificateCache) -> None:
         self.name = name
         self.author = author
-        self.shop = Replica(client_id)
-        self.day = Replica(client_id + 1)
+        # Every writer writes under a client id derived from its certificate (crdt_core.clientids).
+        self.shop = Replica(writer_id(author))
+        self.day = Replica(writer_id(author))
         self.trust = trust
         self.outbox: list[bytes] = []
         self.shown: Verdict | None = None
@@ -125,16 +133,16 @@ def main(argv: Iterable[str] = ()) -> int:
     owner = device("u-owner", 2, NOW, owner_of=[SHOP])
     names = {"u-owner": "owner", "u-carol": "Carol", "u-alice": "Alice", "u-bob": "Bob"}
     # Alice's phone clock reads 5 s earlier than Bob's: tentatively she ranks first.
-    alice = Phone("Alice", device("u-alice", 3, NOW + 10_000), 1000, trust)
-    bob = Phone("Bob", device("u-bob", 4, NOW + 15_000), 2000, trust)
+    alice = Phone("Alice", device("u-alice", 3, NOW + 10_000), trust)
+    bob = Phone("Bob", device("u-bob", 4, NOW + 15_000), trust)
     carol = device("u-carol", 5, NOW + 1_000)
-    relay_day = Replica(9000)
+    relay_day = Replica(client_id_for(RELAY_SIGNER_PREFIX + relay_key.kid, 0))
     failures: list[str] = []
     policy = ArrivalPolicy(now_ms=NOW + 60_000)
 
     say("owner", "publishes slot 'cut-10' (10:00, 30 min) with capacity 2")
     shop_update = owner.put(
-        Replica(1),
+        Replica(writer_id(owner)),
         f"shop:{SHOP}",
         [
             (
@@ -155,7 +163,7 @@ def main(argv: Iterable[str] = ()) -> int:
     for phone in (alice, bob):
         phone.shop.apply_update(shop_update)
 
-    carol_res, carol_update = carol.book(Replica(3000), f"bookings:{SHOP}:{DAY}", "cut-10", 1)
+    carol_res, carol_update = carol.book(Replica(writer_id(carol)), f"bookings:{SHOP}:{DAY}", "cut-10", 1)
     validate_update(f"bookings:{SHOP}:{DAY}", relay_day, carol_update, trust, policy)
     relay_day.apply_update(carol_update)
     _, stamp1 = write_stamps(relay_day, f"bookings:{SHOP}:{DAY}", relay_key, [carol_res.id], 1, NOW + 2_000)

@@ -15,13 +15,22 @@ same operations, and every one of them must keep the same invariants:
   runs). Each write transaction first catches up with what other processes committed
   (``PRAGMA data_version`` says whether anyone did), so a process never signs on top of, nor
   compacts away, a state it has not seen.
-* **Every local transaction writes under a fresh random Yjs client id** (see ``_FreshWriter``),
-  so each outbox entry is a self-contained update: a rejected entry never makes the entries
-  behind it unacceptable, and two processes (or a profile restored from a backup) can never reuse
-  one client's clock values for different content.
+* **A device writes each document under one Yjs client id**, derived from its certificate id and
+  the document's generation (``crdt_core.clientids``; generations in ``doc_writers``). Writes go
+  into the loaded replica itself, so consecutive writes continue one client's clocks and a day of
+  10,000 bookings carries one state-vector entry per device, not one per booking (Yjs slows down
+  with the state vector). Two processes sharing the profile never reuse a clock: each write
+  catches up with the other's commits under the write lock first.
+* **A refused write never wedges the writes behind it.** The relay refusing one of this device's
+  writes in a document (or a relay update that does not fit the local document) queues that
+  document for a rebuild (``Store``'s ``doc_rebuilds``); :meth:`LocalClient.rebuild_from_relay`
+  then replaces the local document by the relay's and re-writes every still-pending local record
+  (the same signed bytes) under the next generation's client id, as new outbox entries.
 * **Everything that arrives is validated** with ``crdt_core.validation.validate_update`` against
-  the relay keys cached at login, whoever carried it. What a peer handed over is also queued for
-  the relay (store-and-forward), because the relay may not have it yet.
+  the relay keys cached at login, whoever carried it. What a peer handed over is also judged by
+  the peer arrival rules (this device's clock; ``ArrivalPolicy``) and queued for the relay
+  (store-and-forward), because the relay may not have it yet. What the relay sent is not judged
+  by arrival rules again: the relay did that when it arrived there.
 * **Verdicts are recomputed once per batch**, and changes to the user's own reservations are
   returned and emitted as :mod:`client.events`.
 * **The HLC never goes backwards**, across restarts and processes: its last reading is stored in
@@ -70,10 +79,12 @@ from client.store import (
 )
 from crdt_core.authoring import Author, new_id
 from crdt_core.certs import Certificate, CertificateCache, DeviceKey, parse_certificate, public_bytes
-from crdt_core.engine import EngineError, Replica
+from crdt_core.clientids import GENERATIONS, client_id_for, generation_of
+from crdt_core.engine import EngineError, Replica, parse_state_vector, state_vector_of_update
 from crdt_core.errors import ClockSkewError, SchemaError, SignatureError, ValidationError
 from crdt_core.hlc import HybridClock, Timestamp
 from crdt_core.reader import BookingsState, read_bookings, read_map, slot_templates
+from crdt_core.records import open_record
 from crdt_core.schema import (
     CERTS_ROOT,
     SCHEMA_VERSION,
@@ -93,7 +104,7 @@ from crdt_core.schema import (
     parse_doc_id,
     parse_record,
 )
-from crdt_core.validation import Rights, validate_update
+from crdt_core.validation import ArrivalPolicy, Rights, validate_update
 from crdt_core.verdict import (
     ClaimState,
     ClaimVerdict,
@@ -115,6 +126,7 @@ __all__ = [
     "NotAllowed",
     "NotFound",
     "NotLoggedIn",
+    "RebuildResult",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,31 +199,52 @@ class BatchResult:
     applied: int
 
 
-class _FreshWriter(Replica):
-    """An empty document under a fresh Yjs client id, for one local transaction's records.
+@dataclass(frozen=True)
+class RebuildResult:
+    """What :meth:`LocalClient.rebuild_from_relay` did to one document."""
 
-    Why not write into the loaded replica directly: Yjs numbers each client's structs
-    consecutively, and an update that starts past what the receiver holds of its client is
-    refused (``missing_deps``). If all of a session's writes shared one client id, a write the
-    relay rejects would leave a hole that makes every later entry for that document unacceptable
-    too: a rejection would block the queue. Under a fresh client id per transaction, each outbox
-    entry is self-contained (map keys are never overwritten, so a new record depends on no other
-    struct), and a rejected one blocks nothing. The cost is one state-vector entry per local
-    transaction of that document.
+    doc_id: str
+    reason: str
+    generation: int | None
+    """The generation this device now writes the document under (None: not logged in)."""
+    rewritten: int
+    """Pending local writes re-written under it (as new outbox entries)."""
+    entries: tuple[int, ...]
+    """The new outbox entries' ids."""
 
-    ``has_key`` answers for the real document, so ``Author.put`` embeds the certificate only when
-    the document lacks it (re-writing an existing key would be refused as ``rewrite``). Client ids
-    are 53 random bits, so a collision needs ~10^8 writers on one document to become likely.
+
+def _writer_client(signer: str | None, generation: int) -> int | None:
+    """The client id ``signer`` writes a document under at ``generation``; None (a random id that
+    is never written under) when there is no signer or it has used up its generations."""
+    if signer is None or generation >= GENERATIONS:
+        return None
+    return client_id_for(signer, generation)
+
+
+def _signer_of(raw: bytes) -> str | None:
+    try:
+        return open_record(raw).signer
+    except SchemaError:
+        return None
+
+
+async def _drop_vanished_rows(tx: Tx, doc_id: str, verdict: Verdict | None) -> None:
+    """After a rebuild: drop the reservation rows of claims the document no longer holds.
+
+    Rows of refused claims stay (they carry the relay's reason for the user), holding no seats.
     """
-
-    __slots__ = ("_base",)
-
-    def __init__(self, base: Replica) -> None:
-        super().__init__(_random.randbits(53))
-        self._base = base
-
-    def has_key(self, root: str, key: str) -> bool:
-        return self._base.has_key(root, key)
+    keep = set() if verdict is None else set(verdict.claims)
+    rows = await tx.fetchall(
+        "SELECT reservation_id FROM reservations WHERE doc_id = ? AND rejected_code IS NULL", (doc_id,)
+    )
+    await tx.executemany(
+        "DELETE FROM reservations WHERE doc_id = ? AND reservation_id = ?",
+        [(doc_id, r[0]) for r in rows if r[0] not in keep],
+    )
+    # A refused claim counted until the rebuild (it was in the document): it holds nothing now.
+    await tx.execute(
+        "UPDATE reservations SET holds_seats = 0 WHERE doc_id = ? AND rejected_code IS NOT NULL", (doc_id,)
+    )
 
 
 @dataclass
@@ -228,8 +261,8 @@ class _Loaded:
     upto: int
     version: int
     bookings: BookingsState | None = None
-    rejected: frozenset[tuple[str, str]] | None = None
-    """(root, key) of the records the relay refused (see ``LocalClient._rejected``); None: unread."""
+    signer: str | None = None
+    """The certificate id whose client id (at the document's generation) the replica writes under."""
 
 
 @dataclass
@@ -401,7 +434,6 @@ class LocalClient:
         self.secrets = secret_store
         self.profile_dir = profile_dir
         self._now_ms = now_ms
-        self._client_id = _random.randbits(53)
         self._clock = HybridClock("unset", physical_ms=now_ms)
         self._clock_saved = ""
         self._identity: Identity | None = None
@@ -411,7 +443,6 @@ class LocalClient:
         self._verdicts: dict[str, Verdict] = {}
         self._templates: dict[str, dict[str, SlotTemplate]] = {}
         self._data_version: int | None = None
-        self._rejected_mark: tuple[Any, ...] | None = None
         self.events: asyncio.Queue[ClientEvent] = asyncio.Queue(maxsize=_EVENT_QUEUE_SIZE)
         self.dropped_events = 0
 
@@ -591,16 +622,16 @@ class LocalClient:
             return  # nothing loaded yet: documents are read fresh from disk when first used
         self._verdicts.clear()
         self._templates.clear()
-        mark = await tx.fetchone("SELECT COUNT(*), COALESCE(SUM(end_clock), 0) FROM rejected_clients")
-        if mark != self._rejected_mark:  # another process set an update aside: re-read which records
-            self._rejected_mark = mark
-            for loaded in self._docs.values():
-                loaded.rejected = loaded.bookings = None
         if self._docs:
             current = await tx.doc_versions(self._docs)
             for doc_id, loaded in list(self._docs.items()):
                 now = current.get(doc_id)
                 if now is None or now == (loaded.generation, loaded.version):
+                    continue
+                if now[0] != loaded.generation:
+                    # Compacted or rebuilt from the relay (a rebuild drops content and may move
+                    # the writer generation): read it afresh on next use.
+                    del self._docs[doc_id]
                     continue
                 delta = await tx.doc_since(doc_id, loaded.generation, loaded.upto)
                 if delta is None:
@@ -627,7 +658,11 @@ class LocalClient:
         loaded = self._docs.get(doc_id)
         if loaded is not None:
             return loaded
-        replica = Replica(self._client_id)
+        signer = None if self._identity is None else self._identity.device.cert_id
+        client_id = None
+        if signer is not None:
+            client_id = _writer_client(signer, await tx.writer_generation(doc_id, signer))
+        replica = Replica(client_id)
         stored = await tx.load_doc(doc_id)
         generation = upto = version = 0
         if stored is not None:
@@ -640,7 +675,7 @@ class LocalClient:
             except EngineError as exc:
                 raise ClientError(f"document {doc_id} is corrupt in {self.store.path}: {exc}") from None
             generation, version = stored.generation, stored.version
-        loaded = _Loaded(replica, generation, upto, version)
+        loaded = _Loaded(replica, generation, upto, version, signer=signer)
         self._docs[doc_id] = loaded
         return loaded
 
@@ -800,58 +835,22 @@ class LocalClient:
     ) -> BookingsState:
         """The document's claims as the verdict sees them: the cache plus ``added``, or a full read.
 
-        Records the relay refused are left out (and the events of a refused reservation): no
-        other replica will ever hold them, so counting them would make this replica's verdict for
-        everybody else's claims differ from every other replica's.
+        A record the relay refused is in the local document only until the document is rebuilt
+        from the relay's (``rebuild_from_relay``), which the next sync does.
         """
-        rejected = await self._rejected(tx, str(doc), loaded)
         state = loaded.bookings
         if state is None:
             state = read_bookings(loaded.replica, doc)
-            if rejected:
-                gone = {k for root, k in rejected if root == "reservations"}
-                state.reservations = {k: r for k, r in state.reservations.items() if k not in gone}
-                state.events = {
-                    k: e
-                    for k, e in state.events.items()
-                    if ("events", k) not in rejected and e.reservation not in gone
-                }
             loaded.bookings = state
             return state
-        for root, key, rec in added:
-            if (root, key) in rejected:
-                continue
+        for _root, key, rec in added:
             if isinstance(rec, Reservation):
                 state.reservations[key] = rec
             elif isinstance(rec, StatusEvent):
-                if ("reservations", rec.reservation) not in rejected:
-                    state.events[key] = rec
+                state.events[key] = rec
             elif isinstance(rec, Stamp):
                 state.stamps[rec.no] = rec
         return state
-
-    async def _rejected(self, tx: Tx, doc_id: str, loaded: _Loaded) -> frozenset[tuple[str, str]]:
-        """(root, key) of every record of this document that arrived in an update the relay refused.
-
-        ``rejected_clients`` names the refused structs by Yjs client and clock (every local
-        transaction writes under a fresh client id, so they are exactly the refused update's);
-        which map keys they set is read off the document's own encoding, once per load, and only
-        for a document that has refused clients at all. It outlives the outbox entry being
-        dismissed, so a dismissed rejection never comes back into the verdict.
-        """
-        if loaded.rejected is not None:
-            return loaded.rejected
-        clients = {c.client_id: c.end_clock for c in await tx.rejected_clients(doc_id)}
-        keys: set[tuple[str, str]] = set()
-        if clients:
-            try:
-                inserts = decode_update(loaded.replica.encode_state()).inserts
-            except EngineError as exc:
-                raise ClientError(f"document {doc_id} is unreadable: {exc}") from None
-            keys = {(i.root, i.key) for i in inserts if i.clock < clients.get(i.client, -1)}
-            keys = {k for k in keys if k[0] != CERTS_ROOT}
-        loaded.rejected = frozenset(keys)
-        return loaded.rejected
 
     async def _put(
         self,
@@ -880,8 +879,13 @@ class LocalClient:
             pairs.append((rec, key))
         loaded = await self._load(work.tx, did)
         work.dirty.add(did)
-        update = author.put(_FreshWriter(loaded.replica), doc, pairs)
-        loaded.replica.apply_update(update)
+        if loaded.signer != identity.device.cert_id:  # loaded before this login: move to its id
+            generation = await work.tx.writer_generation(did, identity.device.cert_id)
+            loaded.replica = loaded.replica.copy(_writer_client(identity.device.cert_id, generation))
+            loaded.signer = identity.device.cert_id
+        if generation_of(identity.device.cert_id, loaded.replica.client_id) is None:
+            raise NotLoggedIn(f"this device has used up its client ids in {did}: log in again to write there")
+        update = author.put(loaded.replica, doc, pairs)
 
         def appended(result: AppendResult) -> None:  # on the SQLite thread, before COMMIT returns
             loaded.upto, loaded.version = result.update_id, result.version
@@ -1247,10 +1251,13 @@ class LocalClient:
 
         Each update is validated against the document as the earlier ones left it; one that
         depends on a later one in the batch (``missing_deps``) is retried after the others. What a
-        peer sent is also queued for the relay (``operation = 'forward'``): the relay may not have
-        it, and it validates and stamps it whoever carried it.
+        peer sent is judged by the peer arrival rules too (``ArrivalPolicy.for_peer``, by this
+        device's clock) and queued for the
+        relay (``operation = 'forward'``): the relay may not have it, and it validates and stamps
+        it whoever carried it.
         """
         certs = self._require_certs()
+        policy = ArrivalPolicy.for_peer(self._now_ms()) if from_peer else None
         items = [(str(d), bytes(u)) for d, u in updates]
         failed: dict[int, BatchFailure] = {}
         applied = 0
@@ -1270,7 +1277,7 @@ class LocalClient:
                     did = str(doc)
                     loaded = await self._load(work.tx, did)
                     try:
-                        validated = validate_update(doc, loaded.replica, update, certs)
+                        validated = validate_update(doc, loaded.replica, update, certs, policy)
                     except ValidationError as exc:
                         failed[index] = BatchFailure(index, did, exc)
                         if exc.code == "missing_deps":
@@ -1413,13 +1420,9 @@ class LocalClient:
             entry = await tx.mark_rejected(entry_id, code, reason[:1000])
             if entry is not None and entry.entity_type == "reservation" and entry.operation == "create":
                 await proj.mark_reservation_rejected(tx, entry.doc_id, entry.entity_id, code, reason[:1000])
-            if entry is not None and entry.doc_id.startswith("bookings:"):
-                # What it wrote leaves this replica's verdict: re-read the claims without it and
-                # recompute the whole day (others' claims may move up), in this same transaction.
-                loaded = await self._load(tx, entry.doc_id)
-                loaded.rejected = loaded.bookings = None
-                work.dirty.add(entry.doc_id)
-                work.touched.setdefault(entry.doc_id, [])
+            # ``tx.mark_rejected`` queued the document for a rebuild from the relay's state
+            # (``rebuild_from_relay``): that drops the refused record from it (and so from the
+            # verdict) and re-writes the pending writes behind it under a new client id.
         if entry is not None:
             self.emit(
                 BookingRejected(
@@ -1434,6 +1437,178 @@ class LocalClient:
                 )
             )
         return entry
+
+    # --- rebuilding a document from the relay's ------------------------------------------------
+
+    async def pending_rebuilds(self) -> dict[str, str]:
+        """``{doc_id: reason}`` of the documents the next sync rebuilds from the relay's state."""
+        return await self.store.rebuilds()
+
+    async def request_rebuild(self, doc_id: str, reason: str) -> None:
+        """Queue a document for :meth:`rebuild_from_relay` (kept across restarts until done)."""
+        did = str(parse_doc_id(doc_id))
+        async with self.store.transaction() as tx:
+            await tx.request_rebuild(did, reason)
+
+    async def writer_id(self, doc_id: str) -> int | None:
+        """The Yjs client id this device writes ``doc_id`` under now (None: not logged in)."""
+        identity = self._identity
+        if identity is None:
+            return None
+        did = str(parse_doc_id(doc_id))
+        async with self._read() as tx:
+            generation = await tx.writer_generation(did, identity.device.cert_id)
+        return None if generation >= GENERATIONS else client_id_for(identity.device.cert_id, generation)
+
+    async def rebuild_from_relay(self, doc_id: str, relay_state: bytes) -> RebuildResult:
+        """Replace a document by the relay's whole state; re-write this device's pending writes of it.
+
+        Why: the relay's document is the authority on the relay path. After the relay refused one
+        of this device's writes, the local document keeps the refused structs and every later
+        write continues their client's clock, which the relay will never hold; after a malicious
+        device handed this replica (through a peer) a record at a Yjs id where the relay holds
+        another, the relay's own updates stop fitting here and no state-vector exchange repairs
+        it. Both end here, in one transaction:
+
+        1. ``relay_state`` (what the relay sends for a sync with an empty state vector) is
+           validated like any update and becomes the document.
+        2. Every pending local entry of the document is replaced by a new one that writes its
+           records that the relay lacks, byte for byte and at the same keys, under this device's
+           next generation's client id (``crdt_core.clientids``), with the certificate when the
+           relay's document lacks it. A signer moves to the next generation only when the local
+           document held more of its client than the relay: those clocks may have reached peers
+           with other content. Refused entries stay refused (their record is simply gone).
+        3. Pending ``forward`` entries (peers' updates carried for the relay) stay as they are;
+           their content goes back into the document when it still validates.
+        4. The snapshot replaces the stored document (log dropped); projections and verdicts are
+           recomputed, and reservation rows the document no longer holds are dropped (refused
+           ones stay, with their reason).
+
+        Raises:
+            ValidationError: ``relay_state`` breaks a writer rule; nothing changed.
+        """
+        certs = self._require_certs()
+        doc = parse_doc_id(doc_id)
+        did = str(doc)
+        identity = self._identity
+        current = None if identity is None else identity.device.cert_id
+        async with self._write(local=False) as work:
+            tx = work.tx
+            old = await self._load(tx, did)
+            work.dirty.add(did)
+            validate_update(doc, Replica(), relay_state, certs)  # the relay judged arrival rules
+            relay_clocks = parse_state_vector(state_vector_of_update(relay_state))
+            old_clocks = old.replica.state_clocks()
+            reason = (await tx.rebuilds()).get(did, "relay update did not fit the local document")
+            pending = await tx.pending_of(did)
+            planned: list[tuple[OutboxEntry, dict[str, bytes], list[tuple[str, str, bytes]]]] = []
+            signers = {current} if current is not None else set()
+            for entry in pending:
+                if entry.operation == "forward":
+                    continue
+                try:
+                    inserts = decode_update(entry.payload).inserts
+                except EngineError:
+                    continue  # never readable, never written: the relay refuses it as it is
+                carried = {
+                    i.key: i.value for i in inserts if i.root == CERTS_ROOT and isinstance(i.value, bytes)
+                }
+                records = [
+                    (i.root, i.key, i.value)
+                    for i in inserts
+                    if i.root != CERTS_ROOT and isinstance(i.value, bytes)
+                ]
+                for _root, _key, raw in records:
+                    signers.add(_signer_of(raw) or "")
+                planned.append((entry, carried, records))
+            signers.discard("")
+            generations: dict[str, int] = {}
+            for signer in sorted(signers):
+                stored = await tx.writer_generation(did, signer)
+                generations[signer] = stored
+                if stored < GENERATIONS:
+                    at = client_id_for(signer, stored)
+                    if old_clocks.get(at, 0) > relay_clocks.get(at, 0):
+                        generations[signer] = stored + 1
+                if generations[signer] != stored:
+                    await tx.set_writer_generation(did, signer, generations[signer])
+            own = generations.get(current or "", GENERATIONS)
+            replica = Replica(_writer_client(current, own))
+            replica.apply_update(relay_state)
+            writers: dict[str, Replica] = {} if current is None else {current: replica}
+            dropped: list[int] = []
+            queued: list[tuple[OutboxEntry, bytes]] = []
+            exhausted: dict[int, OutboxEntry] = {}
+            for entry, carried, records in planned:
+                dropped.append(entry.id)
+                by_signer: dict[str, list[tuple[str, str, bytes]]] = {}
+                for root, key, raw in records:
+                    if not replica.has_key(root, key):  # else the relay has it (its ack was lost)
+                        by_signer.setdefault(_signer_of(raw) or "", []).append((root, key, raw))
+                for signer, recs in by_signer.items():
+                    if generations.get(signer, GENERATIONS) >= GENERATIONS:
+                        exhausted[entry.id] = entry
+                        continue
+                    writes = list(recs)
+                    if not replica.has_key(CERTS_ROOT, signer):
+                        raw_cert = carried.get(signer)
+                        if raw_cert is None and identity is not None and signer == current:
+                            raw_cert = identity.device.certificate
+                        if raw_cert is not None:
+                            writes.insert(0, (CERTS_ROOT, signer, raw_cert))
+                    writer = writers.get(signer)
+                    if writer is None:
+                        writer = writers[signer] = replica.copy(client_id_for(signer, generations[signer]))
+                    update = writer.write(writes)
+                    if writer is not replica:
+                        replica.apply_update(update)
+                    queued.append((entry, update))
+            for entry in pending:
+                if entry.operation != "forward":
+                    continue
+                try:
+                    if not validate_update(doc, replica, entry.payload, certs).noop:
+                        replica.apply_update(entry.payload)
+                except (ValidationError, EngineError) as exc:
+                    log.info("carried update %s left out of rebuilt %s: %s", entry.id, did, exc)
+            generation, version = await tx.replace_doc(did, replica.encode_state())
+            await tx.delete_entries(dropped)
+            new_ids = [
+                await tx.enqueue(e.entity_type, e.entity_id, e.operation, update, did) for e, update in queued
+            ]
+            for entry in exhausted.values():  # set aside, with the reason, for the user
+                e = entry
+                kept = await tx.enqueue(e.entity_type, e.entity_id, e.operation, e.payload, did)
+                await tx.execute(
+                    "UPDATE outbox SET state = 'rejected', reject_code = 'client_ids_exhausted', "
+                    "reject_reason = 'this device used all its client ids in the document: log in again' "
+                    "WHERE id = ?",
+                    (kept,),
+                )
+            await tx.rebuilt(did)
+            self._docs[did] = _Loaded(replica, generation, 0, version, signer=current)
+            records_now: list[ProjectedRecord] = []
+            if doc.kind is not DocKind.BOOKINGS:
+                await proj.clear_doc_projection(tx, doc)
+                if doc.shop_id is not None:
+                    self._templates.pop(doc.shop_id, None)
+                for root in sorted(doc.roots - {CERTS_ROOT}):
+                    records_now.extend((root, key, rec) for key, rec in read_map(replica, doc, root).items())
+            work.touched[did] = records_now
+            if doc.kind is DocKind.BOOKINGS:
+                work.epilogue.append(lambda tx: _drop_vanished_rows(tx, did, work.verdicts.get(did)))
+        result = RebuildResult(
+            doc_id=did,
+            reason=reason,
+            generation=own if current is not None else None,
+            rewritten=len(queued),
+            entries=tuple(new_ids),
+        )
+        log.warning(
+            "doc_rebuilt",
+            extra={"doc": did, "reason": reason, "generation": result.generation, "rewritten": len(queued)},
+        )
+        return result
 
     # --- maintenance ---------------------------------------------------------------------------
 

@@ -1,13 +1,19 @@
 """What peer sync does with the bytes a peer sends: split per writer, check, apply, forward.
 
-Why split an update per Yjs client id before applying it: every local transaction of a QuickSlot
-client writes under a fresh client id (``client.local._FreshWriter``), so one client id's structs
-are exactly one author transaction, and exactly the outbox entry its author queued. A peer's
-``sync`` answer or diff bundles many of them. Validated whole, one record this replica refuses
-would refuse everything else with it; forwarded whole, one record the *relay* refuses (a clock
-from the future, a revoked device) would keep every innocent booking in the bundle from reaching
-it. Split, each transaction is accepted or refused on its own, here and at the relay, exactly as
-if its author had sent it. Splitting costs one engine diff per halving level (O(n log k)).
+Why split an update per Yjs client id before applying it: a QuickSlot device writes each document
+under one client id of its own (``crdt_core.clientids``), so one client id's structs are one
+device's writes in that document. A peer's ``sync`` answer or diff bundles many devices'. Validated
+whole, one record this replica refuses would refuse every other device's with it; forwarded whole,
+one record the *relay* refuses (a clock from the future, a revoked device) would keep every
+innocent booking in the bundle from reaching it. Split, each device's part is accepted or refused
+on its own, here and at the relay. (Within one device's part, a refused struct refuses the rest:
+its later structs continue its clock, so they could not be applied without it anyway.) Splitting
+costs one engine diff per halving level (O(n log k)).
+
+A device may write only under its own derived client ids: a device writing its record at the id
+(and clock) another device uses next would make that device's real write a silent no-op wherever
+the squatter's arrived first. ``crdt_core.validation`` refuses such a part (``foreign_client``)
+on every path, so a peer's squatting part is refused on its own and never forwarded.
 
 Why check for equivocation: the engine ignores a struct whose (client, clock) it already holds, so
 a device that signs *different* records under one Yjs id and hands one version to each peer makes
@@ -32,7 +38,13 @@ from crdt_core.records import open_record
 from crdt_core.schema import CERTS_ROOT
 from crdt_core.yupdate import decode_update, encode_state_vector
 
-__all__ = ["PeerApply", "apply_from_peer", "content_digest", "find_equivocation", "split_by_writer"]
+__all__ = [
+    "PeerApply",
+    "apply_from_peer",
+    "content_digest",
+    "find_equivocation",
+    "split_by_writer",
+]
 
 #: Refusals that a later part of the same batch can cure (its certificate, its reservation, the
 #: structs it continues); they are retried while the batch makes progress.

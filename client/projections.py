@@ -422,15 +422,29 @@ async def project_bookings(
 async def mark_reservation_rejected(tx: Tx, doc_id: str, reservation_id: str, code: str, reason: str) -> None:
     """Show on the reservation that the relay refused it (it will never be stamped).
 
-    The row stays, so the user sees the refusal and its reason; it holds no seats, because the
-    verdict now leaves the refused claim out (``LocalClient._bookings_state``) and no later
-    projection rewrites its row.
+    The row stays, so the user sees the refusal and its reason; it holds no seats. The refused
+    claim leaves the document (and so the verdict) when the document is rebuilt from the relay's
+    (``LocalClient.rebuild_from_relay``, at the next sync); the rebuild keeps this row.
     """
     await tx.execute(
         "UPDATE reservations SET rejected_code = ?, rejected_reason = ?, holds_seats = 0 "
         "WHERE doc_id = ? AND reservation_id = ?",
         (code, reason, doc_id, reservation_id),
     )
+
+
+async def clear_doc_projection(tx: Tx, doc: DocId) -> None:
+    """Drop the rows projected from one catalog or shop document (before projecting it afresh).
+
+    Why: after the document is rebuilt from the relay's, a record it no longer holds (one the
+    relay refused) must not keep winning its row by its HLC.
+    """
+    if doc.kind is DocKind.CATALOG:
+        await tx.execute("DELETE FROM categories")
+        await tx.execute("DELETE FROM shops")
+    elif doc.kind is DocKind.SHOP:
+        for table in ("shop_profiles", "slots", "staff"):
+            await tx.execute(f"DELETE FROM {table} WHERE shop_id = ?", (doc.shop_id,))
 
 
 async def clear_projections(tx: Tx) -> None:

@@ -10,18 +10,25 @@ everything it shows and everything it still owes the relay lives here:
   lives in ``doc_snapshots`` (schema 3), out of the ``documents`` row that every append updates.
 * ``outbox``: the original design's ``sync_queue``. One entry per document per local transaction,
   drained in id order, deleted only when the relay acknowledges it. A relay rejection is terminal
-  (``state = 'rejected'`` with the reason kept for ``status``) and never blocks later entries.
+  (``state = 'rejected'`` with the reason kept for ``status``) and never blocks later entries: it
+  queues the document for a rebuild (``doc_rebuilds``), which replaces the pending entries of that
+  document written after it by new ones under the next client id.
   Ids are ``AUTOINCREMENT``: an acknowledged id is never handed out again, so an ack can never
   hit the wrong entry.
 * ``relay_cursors`` / ``doc_cursors``: per relay, its epoch and, per document, the last sequence
   number caught up to.
 * ``meta``: small key-value settings (identity, HLC, ...); ``subscriptions``: selective sync.
-* ``rejected_clients`` (schema 2): the Yjs client ids of updates the relay refused. A CRDT
-  cannot take an update back out of the local document, and every local transaction writes under
-  a fresh client id, so "everything of client X below clock N" names a refused update exactly.
-  The sync engine leaves those structs out of the state-vector diff it sends the relay (the diff
-  would otherwise be refused as a whole, every sync), and re-sends on their own the certificates
-  such an update carried, which the entries written after it rely on (see ``client.sync``).
+* ``doc_writers`` (schema 4): per document and signer (certificate id), the generation of the
+  Yjs client id this device writes that document under (``crdt_core.clientids``; 0 when absent).
+  A device writes each document under one client id, so the document's state vector grows by one
+  entry per device, not per write; the generation moves on only when the document is rebuilt.
+* ``doc_rebuilds`` (schema 4): documents to rebuild from the relay's state at the next sync: the
+  relay refused one of this device's writes there (its later structs continue a client clock the
+  relay will never have), or an update from the relay did not fit the local document. The sync
+  engine fetches the relay's whole document and ``LocalClient.rebuild_from_relay`` replaces the
+  local one, re-writing the still-pending local records under the next generation's id.
+  (Schema 2's ``rejected_clients``, which named refused per-write ids, is gone; the documents it
+  named are queued here by the migration.)
 * projection tables (``categories``, ``shops``, ``shop_profiles``, ``slots``, ``staff``,
   ``reservations``, ``slot_usage``), written by ``client.projections`` in the same transaction as
   the document change they derive from, so browsing is an indexed query that never disagrees
@@ -63,10 +70,6 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from crdt_core.engine import EngineError, Replica
-from crdt_core.schema import CERTS_ROOT
-from crdt_core.yupdate import MapInsert, decode_update
-
 __all__ = [
     "DB_FILE",
     "SCHEMA_VERSION",
@@ -74,7 +77,6 @@ __all__ = [
     "DocDelta",
     "OutboxCounts",
     "OutboxEntry",
-    "RejectedClient",
     "Store",
     "StoreError",
     "StoredDoc",
@@ -283,10 +285,31 @@ _V3 = (
     "UPDATE documents SET snapshot = x'' WHERE length(snapshot) > 0",
 )
 
+# One Yjs client id per device per document (generation per signer), and the documents waiting
+# for a rebuild from the relay. A profile that still has refused per-write clients gets those
+# documents rebuilt on its next sync (that removes the refused structs from them).
+_V4 = (
+    """CREATE TABLE doc_writers (
+        doc_id TEXT NOT NULL,
+        signer TEXT NOT NULL,          -- a certificate id of this device
+        generation INTEGER NOT NULL,   -- crdt_core.clientids generation it writes the doc under
+        PRIMARY KEY (doc_id, signer)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE doc_rebuilds (
+        doc_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT OR IGNORE INTO doc_rebuilds(doc_id, reason, since_ms) "
+    "SELECT DISTINCT doc_id, 'refused write (schema 2 client ids)', 0 FROM rejected_clients",
+    "DROP TABLE rejected_clients",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1),
     Migration(2, "rejected_clients", _V2),
     Migration(3, "doc_snapshots", _V3),
+    Migration(4, "doc_writers", _V4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -311,59 +334,6 @@ class OutboxEntry:
     state: str
     reject_code: str | None
     reject_reason: str | None
-
-
-@dataclass(frozen=True)
-class RejectedClient:
-    """One Yjs client's structs that the relay refused: keep them out of what is sent to it.
-
-    ``certs`` is an update holding only the certificate(s) the refused update carried, at exactly
-    the clocks ``[0, certs_end)`` they have in the local document, so sending it adds nothing to
-    the local document (it already holds those structs) and the relay gets the certificate that
-    later entries of this device, written without one, are signed under.
-    """
-
-    doc_id: str
-    client_id: int
-    end_clock: int
-    certs: bytes | None
-    certs_end: int
-
-
-def rejected_structs(payload: bytes) -> tuple[dict[int, int], dict[int, tuple[bytes, int]]]:
-    """What a refused update wrote: ``{client: end clock}`` and, per client, its certificates alone.
-
-    A certificate update is only built when the refused update starts that client at clock 0 with
-    its certificate(s) (what ``Author.put`` writes first into a fresh writer), and only kept when it
-    decodes to exactly those leading structs, so it is byte-for-byte a prefix of what the local
-    document holds. Anything else (a forwarded peer update starting mid-client) gets no
-    certificate update; the rest still works.
-
-    Raises:
-        EngineError: the payload is not a readable update.
-    """
-    decoded = decode_update(payload)
-    ends = {client: end for client, (_start, end) in decoded.ranges.items()}
-    certs: dict[int, tuple[bytes, int]] = {}
-    for client, (start, _end) in decoded.ranges.items():
-        if start != 0:
-            continue
-        mine = sorted((i for i in decoded.inserts if i.client == client), key=lambda i: i.clock)
-        lead: list[MapInsert] = []
-        for ins in mine:
-            if ins.clock != len(lead) or ins.root != CERTS_ROOT or not isinstance(ins.value, bytes):
-                break
-            lead.append(ins)
-        if not lead:
-            continue
-        alone = Replica(client).write([(CERTS_ROOT, i.key, i.value) for i in lead])
-        check = decode_update(alone)
-        same = [(i.client, i.clock, i.root, i.key, i.value) for i in check.inserts] == [
-            (i.client, i.clock, i.root, i.key, i.value) for i in lead
-        ]
-        if same and not check.others and check.ranges == {client: (0, len(lead))}:
-            certs[client] = (alone, len(lead))
-    return ends, certs
 
 
 @dataclass(frozen=True)
@@ -672,14 +642,26 @@ class Tx:
         The caller guarantees ``snapshot`` contains every logged update: it holds the write lock
         (``BEGIN IMMEDIATE``) and has applied the whole log, including other processes' rows.
         """
-        row = await self.fetchone(
-            "UPDATE documents SET snapshot_bytes = ?, log_bytes = 0, log_count = 0, "
-            "generation = generation + 1, version = version + 1, updated_ms = ? WHERE doc_id = ? "
-            "RETURNING generation, version",
-            (len(snapshot), self.now_ms(), doc_id),
-        )
-        if row is None:
+        if await self.fetchone("SELECT 1 FROM documents WHERE doc_id = ?", (doc_id,)) is None:
             raise StoreError(f"cannot compact unknown document {doc_id}")
+        return await self.replace_doc(doc_id, snapshot)
+
+    async def replace_doc(self, doc_id: str, snapshot: bytes) -> tuple[int, int]:
+        """Make ``snapshot`` the whole document (creating its row if needed); returns (generation, version).
+
+        Unlike :meth:`compact`, ``snapshot`` need not contain the old content: a rebuild from the
+        relay drops what the relay refused. The (compaction) generation moves on either way, which
+        tells other processes holding the document to read it afresh (``LocalClient._catch_up``).
+        """
+        row = await self.fetchone(
+            "INSERT INTO documents(doc_id, snapshot, snapshot_bytes, log_bytes, log_count, generation, "
+            "version, updated_ms) VALUES (?, x'', ?, 0, 0, 1, 1, ?) "
+            "ON CONFLICT(doc_id) DO UPDATE SET snapshot_bytes = excluded.snapshot_bytes, log_bytes = 0, "
+            "log_count = 0, generation = generation + 1, version = version + 1, "
+            "updated_ms = excluded.updated_ms RETURNING generation, version",
+            (doc_id, len(snapshot), self.now_ms()),
+        )
+        assert row is not None
         await self.execute(
             "INSERT INTO doc_snapshots(doc_id, snapshot) VALUES (?, ?) "
             "ON CONFLICT(doc_id) DO UPDATE SET snapshot = excluded.snapshot",
@@ -717,43 +699,60 @@ class Tx:
         return None if row is None else _entry(row)
 
     async def mark_rejected(self, entry_id: int, code: str, reason: str) -> OutboxEntry | None:
-        """Set a pending entry aside for good and remember its Yjs clients (``rejected_clients``)."""
+        """Set a pending entry aside for good, and queue its document for a rebuild from the relay.
+
+        Why the rebuild: the entry's structs stay in the local document (a CRDT cannot take them
+        back) and every later local write of that document continues their client's clock, which
+        the relay will never hold (see ``doc_rebuilds`` in the module doc).
+        """
         changed = await self.fetchone(
             "UPDATE outbox SET state = 'rejected', reject_code = ?, reject_reason = ?, rejected_ms = ? "
-            "WHERE id = ? AND state = 'pending' RETURNING id",
+            "WHERE id = ? AND state = 'pending' RETURNING doc_id",
             (code, reason, self.now_ms(), entry_id),
         )
-        entry = await self.outbox_entry(entry_id)
-        if changed is not None and entry is not None:
-            await self.remember_rejected(entry.doc_id, entry.id, entry.payload)
-        return entry
+        if changed is not None:
+            await self.request_rebuild(str(changed[0]), f"refused write: {code}: {reason}")
+        return await self.outbox_entry(entry_id)
 
-    async def remember_rejected(self, doc_id: str, entry_id: int, payload: bytes) -> None:
-        """Record the clients of a refused update, so what is sent to the relay leaves them out."""
-        try:
-            ends, certs = rejected_structs(payload)
-        except EngineError:
-            return  # nothing readable was written to the document from it either
-        for client, end in ends.items():
-            alone, certs_end = certs.get(client, (None, 0))
-            await self.execute(
-                "INSERT INTO rejected_clients(doc_id, client_id, end_clock, certs, certs_end, entry_id) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id, client_id) DO UPDATE SET "
-                "end_clock = MAX(end_clock, excluded.end_clock), "
-                "certs = COALESCE(certs, excluded.certs), certs_end = MAX(certs_end, excluded.certs_end)",
-                (doc_id, client, end, alone, certs_end, entry_id),
-            )
-
-    async def rejected_clients(self, doc_id: str) -> list[RejectedClient]:
+    async def pending_of(self, doc_id: str) -> list[OutboxEntry]:
+        """The pending entries of one document, oldest first."""
         rows = await self.fetchall(
-            "SELECT client_id, end_clock, certs, certs_end FROM rejected_clients WHERE doc_id = ? "
-            "ORDER BY client_id",
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND doc_id = ? ORDER BY id",
             (doc_id,),
         )
-        return [
-            RejectedClient(doc_id, int(r[0]), int(r[1]), None if r[2] is None else bytes(r[2]), int(r[3]))
-            for r in rows
-        ]
+        return [_entry(r) for r in rows]
+
+    async def delete_entries(self, entry_ids: Iterable[int]) -> None:
+        await self.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in entry_ids])
+
+    # --- per-document writer generations and rebuilds ----------------------------------------
+
+    async def writer_generation(self, doc_id: str, signer: str) -> int:
+        row = await self.fetchone(
+            "SELECT generation FROM doc_writers WHERE doc_id = ? AND signer = ?", (doc_id, signer)
+        )
+        return 0 if row is None else int(row[0])
+
+    async def set_writer_generation(self, doc_id: str, signer: str, generation: int) -> None:
+        await self.execute(
+            "INSERT INTO doc_writers(doc_id, signer, generation) VALUES (?, ?, ?) "
+            "ON CONFLICT(doc_id, signer) DO UPDATE SET generation = excluded.generation",
+            (doc_id, signer, generation),
+        )
+
+    async def request_rebuild(self, doc_id: str, reason: str) -> None:
+        """Queue ``doc_id`` for a rebuild from the relay's state (the first reason is kept)."""
+        await self.execute(
+            "INSERT OR IGNORE INTO doc_rebuilds(doc_id, reason, since_ms) VALUES (?, ?, ?)",
+            (doc_id, reason[:1000], self.now_ms()),
+        )
+
+    async def rebuilds(self) -> dict[str, str]:
+        """``{doc_id: reason}`` of the documents waiting for a rebuild from the relay."""
+        return {str(d): str(r) for d, r in await self.fetchall("SELECT doc_id, reason FROM doc_rebuilds")}
+
+    async def rebuilt(self, doc_id: str) -> None:
+        await self.execute("DELETE FROM doc_rebuilds WHERE doc_id = ?", (doc_id,))
 
     # --- subscriptions -----------------------------------------------------------------------
 
@@ -963,7 +962,8 @@ class Store:
         return row is not None
 
     async def mark_rejected(self, entry_id: int, code: str, reason: str) -> OutboxEntry | None:
-        """Terminal: set the entry aside with the relay's reason; later entries are unaffected."""
+        """Terminal: set the entry aside with the relay's reason and queue its document for a
+        rebuild (``Tx.mark_rejected``), which replaces the document's later pending entries."""
         async with self.transaction() as tx:
             return await tx.mark_rejected(entry_id, code, reason[:1000])
 
@@ -975,10 +975,10 @@ class Store:
             )
         return row is not None
 
-    async def rejected_clients(self, doc_id: str) -> list[RejectedClient]:
-        """The refused Yjs clients of one document (see ``rejected_clients`` in the module doc)."""
+    async def rebuilds(self) -> dict[str, str]:
+        """The documents waiting for a rebuild from the relay (see ``doc_rebuilds``), with why."""
         async with self.read() as tx:
-            return await tx.rejected_clients(doc_id)
+            return await tx.rebuilds()
 
     # --- relay cursors -----------------------------------------------------------------------
 

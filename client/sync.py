@@ -19,16 +19,20 @@ Why it is shaped this way:
 * **The sync exchange repairs everything else.** After each ``sync`` answer the local diff
   against the relay's state vector is sent as an extra update (not an outbox entry): it carries
   whatever the relay lacks, e.g. after the relay lost data (new epoch) or when another process
-  wrote the profile. A refused update stays in the local document (a CRDT cannot take it back),
-  so the diff leaves out the Yjs clients of every refused update (``Store.rejected_clients``:
-  each local transaction writes under a fresh client id, so a client id names one update);
-  otherwise one refusal would make the relay refuse the whole diff of that document on every
-  sync from then on. If the relay still refuses the diff, the outbox entries carry each local
-  write individually; the refusal is logged and reported in ``SyncSummary.repair_refused``.
-* **A refused update may have carried this device's certificate** (the first write of a device
-  into a document embeds it; later writes rely on the document having it). The certificate is
-  then sent alone, at the very clocks it has locally (so the local document does not change), and
-  an entry refused as ``unknown_certificate`` meanwhile is retried instead of set aside.
+  wrote the profile. If the relay refuses the diff, the outbox entries carry each local write
+  individually; the refusal is logged and reported in ``SyncSummary.repair_refused``.
+* **A refused write, or a relay update that does not fit, rebuilds the document from the
+  relay's.** A device writes a document under one Yjs client id, so the writes behind a refused
+  one continue a client clock the relay will never hold. The refusal queues the document for a
+  rebuild (``LocalClient.pending_rebuilds``); the session asks the relay for the whole document
+  (a sync with an empty state vector) and hands it to ``LocalClient.rebuild_from_relay``, which
+  re-writes the still-pending local records under the next client id as new outbox entries;
+  those are flushed at once. The same happens when an update from the relay cannot be applied
+  locally even after a state-vector resync (the local document holds, at some Yjs id, something
+  the relay does not: a malicious device gave it another record at that id through a peer): the
+  relay's document is the authority on the relay path. Both are logged (``doc_rebuilt``,
+  ``relay_update_conflict``) and reported in ``SyncSummary.rebuilt`` / ``conflicts``. Until the
+  rebuild, no catch-up diff of that document is sent (it would carry the refused structs).
 * **Closes follow** :func:`crdt_core.messages.close_action`: refresh the token and reconnect at
   once (4001), log in again (4003/4010: tokens cleared, ``LoggedOut``), stop (1008/4011...),
   or reconnect with exponential backoff and jitter (after a 4002, the longest backoff). An
@@ -59,9 +63,9 @@ from websockets.asyncio.client import ClientConnection
 from client.auth import AuthClient, LoginRequired, RelayInsecure, RelayUnavailable, http_base
 from client.events import RelayReachable, RelayUnreachable, Synced
 from client.local import LocalClient
-from client.store import OutboxEntry, RejectedClient
+from client.store import OutboxEntry
 from client.tls import tls_failure
-from crdt_core.errors import EngineError, LocalProtocolError
+from crdt_core.errors import EngineError, LocalProtocolError, ValidationError
 from crdt_core.messages import CloseAction, CloseCode, ErrorCode, close_action
 from crdt_core.pop import STALE_REASON, SYNC, proof_headers
 from crdt_core.protocol import (
@@ -77,7 +81,7 @@ from crdt_core.protocol import (
     UpdateReceived,
     Welcomed,
 )
-from crdt_core.yupdate import decode_state_vector, encode_state_vector
+from crdt_core.yupdate import decode_state_vector, decode_update
 
 __all__ = [
     "SyncError",
@@ -99,8 +103,21 @@ _EXTRA_UID_BASE = 1 << 62
 #: The relay's ``sync`` carries a whole document's missing state; accept large downloads.
 _MAX_DOWNLOAD = 64 * 1024 * 1024
 _SUBSCRIBED = (DocState.SYNCING, DocState.LIVE, DocState.STALE)
-#: Re-sends of an entry refused as ``unknown_certificate`` after its certificate was sent alone.
-_CERT_RETRIES = 3
+#: The state vector of a replica holding nothing: a sync with it fetches the whole document.
+_EMPTY_SV = b"\x00"
+
+
+def _is_full_state(update: bytes, relay_sv: bytes) -> bool:
+    """Whether a sync answer carries the relay's whole document (every client from clock 0 up to
+    the relay's state vector) rather than a diff against some state vector."""
+    try:
+        clocks = decode_state_vector(relay_sv)
+        ranges = decode_update(update).ranges
+    except EngineError:
+        return False
+    return all(start == 0 for start, _end in ranges.values()) and {
+        client: end for client, (_start, end) in ranges.items()
+    } == {client: clock for client, clock in clocks.items() if clock > 0}
 
 
 class SyncError(Exception):
@@ -144,8 +161,14 @@ class SyncSummary:
     sent: int = 0
     acked: int = 0
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
-    #: Repair updates (catch-up diffs, certificates sent alone) the relay refused: doc -> reason.
+    #: Repair updates (catch-up diffs) the relay refused: doc -> reason.
     repair_refused: dict[str, str] = field(default_factory=dict)
+    #: Documents rebuilt from the relay's state (``LocalClient.rebuild_from_relay``): doc -> why.
+    rebuilt: dict[str, str] = field(default_factory=dict)
+    #: Relay updates that did not apply locally, so the document was rebuilt: doc -> reason.
+    conflicts: dict[str, str] = field(default_factory=dict)
+    #: Rebuilds that failed (the relay's document did not validate here): doc -> reason.
+    rebuild_failed: dict[str, str] = field(default_factory=dict)
     retrying: int = 0
     pending: int = 0
     refreshed: int = 0
@@ -198,8 +221,13 @@ class _Session:
         self._next_extra = _EXTRA_UID_BASE
         #: What each in-flight extra update was (for the log when the relay refuses one).
         self.extras: dict[int, str] = {}
-        #: (doc, client id) of certificates already sent alone on this connection.
-        self.certs_sent: set[tuple[str, int]] = set()
+        #: Documents whose whole state was asked for on this connection (to rebuild them).
+        self.rebuilding: set[str] = set()
+        #: Documents to ask the whole state of once none of our updates in them is in flight.
+        self.rebuild_waiting: set[str] = set()
+        #: Documents rebuilt (or tried) after a relay update did not fit, on this connection:
+        #: once each, so a relay document that does not validate here cannot loop.
+        self.repaired: set[str] = set()
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -332,9 +360,59 @@ class _Session:
                 await self._on_error(event)
         await self._apply_live(live)
         for doc in sorted(self.needs_resync):
-            if self.proto.state is ConnState.OPEN and self.proto.doc_state(doc) in _SUBSCRIBED:
-                self.proto.resync(doc, await self.local.state_vector(doc))
+            await self._resync(doc)
         self.needs_resync.clear()
+        if self.rebuild_waiting:
+            busy = set(self.inflight.values())
+            for doc in sorted(self.rebuild_waiting - busy):
+                self.rebuild_waiting.discard(doc)
+                await self._resync(doc, full=True)
+
+    async def _resync(self, doc: str, *, full: bool = False) -> None:
+        """Run the sync exchange of ``doc`` again; for the whole document when it awaits a rebuild."""
+        if self.proto.state is not ConnState.OPEN or self.proto.doc_state(doc) not in _SUBSCRIBED:
+            return
+        full = full or doc in await self.local.pending_rebuilds()
+        if full:
+            if doc in self.rebuilding or doc in self.summary.rebuild_failed:
+                return  # asked already on this connection (its answer rebuilds it), or it failed
+            if doc in self.inflight.values():
+                # Ask once every update of ours in the document is answered: the relay's state
+                # then shows which of them it holds, so none is re-written that also lands.
+                self.rebuild_waiting.add(doc)
+                return
+            self.rebuilding.add(doc)
+            self.proto.resync(doc, _EMPTY_SV)
+        else:
+            self.proto.resync(doc, await self.local.state_vector(doc))
+
+    async def _conflict(self, doc: str, what: str, error: ValidationError) -> None:
+        """A relay update did not apply here even so: rebuild ``doc`` from the relay's state."""
+        reason = f"{what} did not apply locally: {error.code}: {error.detail}"
+        log.warning("relay_update_conflict", extra={"doc": doc, "code": error.code, "detail": error.detail})
+        self.summary.conflicts[doc] = reason
+        if doc in self.repaired:
+            return  # rebuilt on this connection already: the next sync tries again
+        self.repaired.add(doc)
+        await self.local.request_rebuild(doc, reason)
+        await self._resync(doc, full=True)
+
+    async def _rebuild(self, doc: str, state: bytes) -> None:
+        try:
+            result = await self.local.rebuild_from_relay(doc, state)
+        except ValidationError as exc:
+            reason = f"{exc.code}: {exc.detail}"
+            log.warning("doc_rebuild_failed", extra={"doc": doc, "code": exc.code, "detail": exc.detail})
+            self.summary.rebuild_failed[doc] = reason
+            self.repaired.add(doc)
+            return
+        self.summary.rebuilt[doc] = result.reason
+        self.summary.rebuild_failed.pop(doc, None)
+        pending = {e.id for e in await self.local.pending_entries()}
+        for entry_id in list(self.svc._not_before):
+            if entry_id not in pending:
+                self.svc._forget_retry(entry_id)  # replaced by the rebuild's new entries
+        await self.flush_outbox()
 
     async def _apply_live(self, updates: list[tuple[str, bytes]]) -> None:
         if not updates:
@@ -344,7 +422,9 @@ class _Session:
         for failure in result.failed:
             log.warning("update for %s refused locally: %s", failure.doc_id, failure.error)
             if failure.error.code == "missing_deps":
-                self.needs_resync.add(failure.doc_id)
+                self.needs_resync.add(failure.doc_id)  # a resync repairs a gap; if not, a rebuild
+            else:
+                await self._conflict(failure.doc_id, "a live update", failure.error)
         for doc in {d for d, _ in updates}:
             await self._save_cursor(doc)
 
@@ -354,27 +434,33 @@ class _Session:
             await self.local.store.set_last_seq(self.svc.relay_url, doc, seq)
 
     async def _on_synced(self, event: DocSynced) -> None:
+        doc = event.doc
+        rebuilds = await self.local.pending_rebuilds()
+        full = _is_full_state(event.update, event.relay_sv)
+        if full:
+            self.rebuilding.discard(doc)  # the answer to a sync from nothing
+        if doc in rebuilds and full:
+            if doc in self.inflight.values():  # sent before the rebuild was due: ask again later
+                self.rebuild_waiting.add(doc)
+                return
+            await self._rebuild(doc, event.update)
+            await self._save_cursor(doc)
+            return
         if event.update != _EMPTY_UPDATE:
-            result = await self.local.apply_remote_batch([(event.doc, event.update)])
+            result = await self.local.apply_remote_batch([(doc, event.update)])
             self.summary.applied += result.applied
             for failure in result.failed:
                 log.warning("catch-up of %s refused locally: %s", failure.doc_id, failure.error)
-        await self._save_cursor(event.doc)
-        relay_sv = event.relay_sv
-        rejected = await self.local.store.rejected_clients(event.doc)
-        if rejected:
-            try:
-                clocks = decode_state_vector(relay_sv)
-            except EngineError as exc:
-                log.warning("relay state vector of %s unreadable (%s); no catch-up diff", event.doc, exc)
+            if result.failed:
+                await self._save_cursor(doc)
+                await self._conflict(doc, "the relay's catch-up", result.failed[0].error)
                 return
-            # Certificates first: the diff may hold records signed under them.
-            await self._send_certs(event.doc, rejected, clocks)
-            for refused in rejected:
-                clocks[refused.client_id] = max(clocks.get(refused.client_id, 0), refused.end_clock)
-            relay_sv = encode_state_vector(clocks)
-        diff = await self.local.diff(event.doc, relay_sv)
-        self._send_extra(event.doc, diff, "catch-up diff")
+        await self._save_cursor(doc)
+        if doc in rebuilds:  # a diff, not the whole document: ask for that, and send nothing yet
+            await self._resync(doc, full=True)
+            return
+        diff = await self.local.diff(doc, event.relay_sv)
+        self._send_extra(doc, diff, "catch-up diff")
 
     def _send_extra(self, doc: str, update: bytes, what: str) -> bool:
         """Send a repair update that is not an outbox entry (its uid lives above every entry id)."""
@@ -395,33 +481,6 @@ class _Session:
         self.extras[uid] = what
         return True
 
-    async def _send_certs(
-        self,
-        doc: str,
-        rejected: list[RejectedClient] | None = None,
-        relay_clocks: dict[int, int] | None = None,
-    ) -> bool:
-        """Send alone the certificates that refused updates of ``doc`` carried; once per connection.
-
-        Skips those the relay's state vector (``relay_clocks``) shows it holds. Returns whether
-        ``doc`` has any such certificate at all (then an ``unknown_certificate`` refusal of a later
-        entry is worth a retry).
-        """
-        if rejected is None:
-            rejected = await self.local.store.rejected_clients(doc)
-        found = False
-        for refused in rejected:
-            if refused.certs is None:
-                continue
-            found = True
-            if (doc, refused.client_id) in self.certs_sent:
-                continue
-            if relay_clocks is not None and relay_clocks.get(refused.client_id, 0) >= refused.certs_end:
-                continue
-            if self._send_extra(doc, refused.certs, "certificate"):
-                self.certs_sent.add((doc, refused.client_id))
-        return found
-
     async def _on_acked(self, event: Acked) -> None:
         self.inflight.pop(event.uid, None)
         self.extras.pop(event.uid, None)
@@ -435,6 +494,7 @@ class _Session:
     async def _on_error(self, event: ErrorReceived) -> None:
         if event.uid is None:
             if event.doc is not None:
+                self.rebuilding.discard(event.doc)  # no sync answer will come for it
                 self.refused[event.doc] = f"{event.code}: {event.reason}"
                 self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
                 log.warning("subscription to %s refused: %s %s", event.doc, event.code, event.reason)
@@ -464,25 +524,12 @@ class _Session:
                 self.svc._schedule_retry(event.uid)
                 self.svc.retry_count += 1
                 return
-            if (
-                event.code == ErrorCode.REJECTED
-                and event.reason.startswith("unknown_certificate")
-                and event.doc is not None
-                and self.svc._attempts.get(event.uid, 0) < _CERT_RETRIES
-                and await self._send_certs(event.doc)
-            ):
-                # Signed under a certificate whose carrier the relay refused; that certificate
-                # has now gone out alone, ahead of the re-send.
-                await self.local.mark_retry(event.uid, f"{event.code}: {event.reason}")
-                self.svc._schedule_retry(event.uid)
-                self.svc.retry_count += 1
-                return
             entry = await self.local.mark_rejected(event.uid, event.code, event.reason)
             if entry is not None:
                 self.summary.rejected.append((event.uid, event.code, event.reason))
             self.svc._forget_retry(event.uid)
-            if event.doc is not None:
-                await self._send_certs(event.doc)  # entries behind it may be signed under them
+            if event.doc is not None and event.doc in await self.local.pending_rebuilds():
+                await self._resync(event.doc, full=True)  # the writes behind it get a new client id
             return
         await self.local.mark_retry(event.uid, f"{event.code}: {event.reason}")
         self.svc._schedule_retry(event.uid)
@@ -511,12 +558,17 @@ class _Session:
     async def subscribe(self, docs: Iterable[str]) -> list[str]:
         """Subscribe the docs not yet subscribed (or refused) on this connection; returns them."""
         new: list[str] = []
+        rebuilds = await self.local.pending_rebuilds()
         for doc in docs:
             self.require_open()
             if doc in self.refused or self.proto.doc_state(doc) in _SUBSCRIBED:
                 continue
             try:
-                self.proto.subscribe(doc, await self.local.state_vector(doc))
+                if doc in rebuilds:  # the whole document, to rebuild the local one from it
+                    self.proto.subscribe(doc, _EMPTY_SV)
+                    self.rebuilding.add(doc)
+                else:
+                    self.proto.subscribe(doc, await self.local.state_vector(doc))
             except (LocalProtocolError, ValueError) as exc:
                 log.warning("cannot subscribe to %s: %s", doc, exc)
                 self.refused[doc] = str(exc)
@@ -543,8 +595,8 @@ class _Session:
             await asyncio.sleep(min(quiet_s - quiet_for, until - now))
 
     def idle(self) -> bool:
-        """No update of ours awaits an answer."""
-        return not self.inflight
+        """No update of ours awaits an answer, and no rebuild awaits the relay's document."""
+        return not (self.inflight or self.rebuilding or self.rebuild_waiting)
 
     def subs_answered(self, docs: Iterable[str]) -> Callable[[], bool]:
         wanted = list(docs)
@@ -553,7 +605,11 @@ class _Session:
     async def flush_outbox(self) -> int:
         """Send every pending entry that is due and not in flight, in outbox order."""
         sent = 0
-        entries = await self.local.pending_entries()
+        rebuilds = await self.local.pending_rebuilds()
+        # The entries of a document awaiting a rebuild wait for it: they continue a refused
+        # write's client clock (or sit in a document that does not fit the relay's), and the
+        # rebuild replaces them.
+        entries = [e for e in await self.local.pending_entries() if e.doc_id not in rebuilds]
         wanted = [e.doc_id for e in entries if e.doc_id not in self.refused]
         await self.subscribe(dict.fromkeys(wanted))
         now = time.monotonic()
@@ -578,6 +634,7 @@ class _Session:
         if "exceeds" in str(exc):  # larger than the relay's max_message: it would close with 1009
             await self.local.mark_rejected(entry.id, "too_big", str(exc))
             self.summary.rejected.append((entry.id, "too_big", str(exc)))
+            await self._resync(entry.doc_id, full=True)
         else:
             log.warning("outbox entry %s not sent: %s", entry.id, exc)
 
@@ -776,6 +833,7 @@ class SyncService:
         store = self.local.store
         stored = await store.get_epoch(self.relay_url)
         docs = list(await self.local.subscribed_docs())
+        docs.extend(d for d in await self.local.pending_rebuilds() if d not in docs)
         if stored is None:
             await store.set_epoch(self.relay_url, epoch)
         elif stored != epoch:

@@ -12,7 +12,7 @@ The proof is a detached Ed25519 signature over::
     "quickslot-relay-pop-v1\\0" || msgpack([purpose, audience, jti, unix_time])
 
 * the **domain prefix** differs from every other thing a device key signs (records
-  ``quickslot-record-v1\\0``, peer transcripts ``quickslot-peer-v1\\0``), so no proof made for a
+  ``quickslot-record-v2\\0``, peer transcripts ``quickslot-peer-v1\\0``), so no proof made for a
   peer, and no record, ever verifies as a relay proof, and no relay proof as either of them;
 * **purpose** is ``"sync"`` for the websocket and ``["rest", METHOD, PATH]`` for a REST call, so
   a proof made for one use opens nothing else;

@@ -39,7 +39,7 @@ def read_map(replica: Replica, doc: DocId, root: str) -> dict[str, TypedRecord]:
         return out
     for key, raw in replica.items(root):
         try:
-            env = open_record(raw)
+            env = open_record(raw, canonical=False)
             out[key] = parse_record(doc.kind, root, key, env.kind, env.fields, env.schema_version)
         except SchemaError:
             continue
@@ -58,7 +58,7 @@ def schema_version_of(replica: Replica, doc: DocId) -> int:
     for root in (doc.roots - {CERTS_ROOT}) & set(replica.roots()):
         for _, raw in replica.items(root):
             try:
-                best = max(best, min(open_record(raw).schema_version, SCHEMA_VERSION))
+                best = max(best, min(open_record(raw, canonical=False).schema_version, SCHEMA_VERSION))
             except SchemaError:
                 continue
     return best

@@ -121,11 +121,14 @@ def _unpack(raw: bytes, what: str) -> Any:
         raise SchemaError(f"{what} is not valid msgpack: {exc}") from None
 
 
-def open_record(raw: bytes) -> Envelope:
+def open_record(raw: bytes, *, canonical: bool = True) -> Envelope:
     """Parse a record's envelope and fields, without checking the signature.
 
+    ``canonical=False`` skips the canonical-encoding check (a re-encoding per record): only for
+    reading records a replica already holds, which validation checked when they arrived.
+
     Raises:
-        SchemaError: not a format-2 record in canonical form.
+        SchemaError: not a format-2 record (in canonical form, unless ``canonical`` is False).
     """
     if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_RECORD_BYTES:
         raise SchemaError(f"a record is at most {MAX_RECORD_BYTES} bytes")
@@ -141,11 +144,13 @@ def open_record(raw: bytes) -> Envelope:
         raise SchemaError("record kind or fields malformed")
     if not (isinstance(signer, str) and 0 < len(signer) <= 80 and isinstance(sig, bytes) and len(sig) == 64):
         raise SchemaError("record signer or signature malformed")
-    check_canonical(bytes(raw), outer, "record")
+    if canonical:
+        check_canonical(bytes(raw), outer, "record")
     fields = _unpack(fields_raw, "record fields")
     if not isinstance(fields, dict):
         raise SchemaError("record fields must be a map")
-    check_canonical(fields_raw, fields, "record fields")
+    if canonical:
+        check_canonical(fields_raw, fields, "record fields")
     return Envelope(version, kind, fields_raw, fields, signer, sig)
 
 

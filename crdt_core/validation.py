@@ -85,8 +85,8 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     BACKDATED = "backdated"
     REVOKED = "revoked"
-    FOREIGN_CLIENT = "foreign_client"
     PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync_hub, verdict.exceeds_capacity
+    FOREIGN_CLIENT = "foreign_client"
 
 
 def _fail(reason: Reason, detail: str) -> ValidationError:
@@ -139,8 +139,8 @@ class ArrivalPolicy:
     an expired device can back-date into its old validity for at most one certificate lifetime
     past ``exp``, while honest offline records written while valid still sync within that time.
 
-    The relay builds one per update with revocation and current-rights lookups; peers use
-    :meth:`for_peer`.
+    ``max_backdate_ms=None`` leaves the certificate's lifetime as the only bound. The relay
+    builds one per update with revocation and current-rights lookups; peers use :meth:`for_peer`.
     """
 
     now_ms: int
@@ -246,7 +246,7 @@ class _Batch:
         raw = self.get_bytes("reservations", res_id)
         if raw is None:
             return None
-        env = open_record(raw)
+        env = open_record(raw, canonical=False)  # held, so checked when it arrived
         rec = parse_record(DocKind.BOOKINGS, "reservations", res_id, env.kind, env.fields, env.schema_version)
         assert isinstance(rec, Reservation)
         return rec

@@ -47,7 +47,10 @@ updates are stamped in the order the relay orders the updates (arrival).
 
 **Finality.** A claim is *final* when it is stamped and this replica holds every stamp from 1 up
 to its own (the gap-free prefix): nothing that arrives later can rank before it. A final confirmed
-claim changes only through its own cancellation, a staff decline, or a capacity cut.
+claim changes only through its own cancellation, a staff decline, or a capacity change: a cut,
+or a raise that brings a ``too_large`` claim ranked before it back into the walk. The relay refuses
+a party above its slot's capacity at arrival, so a stamped claim is ``too_large`` only after a cut,
+and such a raise gives it back the seat it held before the cut.
 """
 
 from __future__ import annotations

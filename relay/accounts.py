@@ -263,6 +263,12 @@ class AccountService:
         )
         user = await self.store.get_user(user_id)
         assert user is not None
+        if user.roles:
+            # An account created with a role (``user add --admin``) while a relay serves from the
+            # same store: the serving process must learn the role without a restart, exactly as
+            # it learns a later ``user grant``.
+            await self.store.add_event(EV_USER_CHANGED, user_id=user_id, origin=self.origin, now=self.clock())
+            await self.hooks.user_changed(user_id)
         log_event(log, "user registered", user_id=user_id)
         return user
 

@@ -150,9 +150,10 @@ class RelayContext:
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
     """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``."""
+    from relay.rest_sync import RestSyncExtension  # the REST sync API, on the sync hub
     from relay.sync_endpoint import SyncExtension  # imports relay.app: keep the cycle lazy
 
-    return [SyncExtension(config)]
+    return [SyncExtension(config), RestSyncExtension(config)]
 
 
 def create_app(

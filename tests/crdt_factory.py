@@ -14,7 +14,6 @@ from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
 from crdt_core.records import RELAY_SIGNER_PREFIX, open_record
-from crdt_core.schema import TypedRecord
 
 T = TypeVar("T")
 
@@ -87,17 +86,6 @@ def signer_replica(record: bytes, generation: int = 1) -> Replica:
     what a crafted record needs to reach the check it is meant for (not ``foreign_client``).
     Generation 1 by default, so its clocks never collide with the signer's ordinary writes."""
     return Replica(client_id_for(open_record(record).signer, generation))
-
-
-def put_as(
-    author: Author, replica: Replica, doc_id: str, records: Sequence[tuple[TypedRecord, str | None]]
-) -> bytes:
-    """``author.put`` into a replica that several writers share (a test's stand-in for one
-    document seen by everyone): written through a copy under the author's own client id, then
-    applied to ``replica``. Returns the update."""
-    update = author.put(replica.copy(author.client_id()), doc_id, records)
-    replica.apply_update(update)
-    return update
 
 
 def write_through(replica: Replica, client_id: int, write: Callable[[Replica], T]) -> T:

@@ -684,7 +684,8 @@ def _declared_count_peak_mib(mode: str) -> int:
 
 
 def test_a_huge_declared_count_is_refused_before_the_engine_reserves_memory_for_it() -> None:
-    assert _declared_count_peak_mib("raw") > 200, "control: pycrdt no longer reserves for the count"
+    # The control reserves about 256 MiB, of which the kernel may count less as touched (193 seen).
+    assert _declared_count_peak_mib("raw") > 100, "control: pycrdt no longer reserves for the count"
     assert _declared_count_peak_mib("guarded") < 16
 
 

@@ -268,9 +268,11 @@ class ReplicasMachine(RuleBasedStateMachine):
             verdict = self._verdict(k)
             for rid, capacity_then in list(seen.items()):
                 claim = verdict.claims[rid]
-                if claim.state in TERMINAL or verdict.slots[claim.slot].capacity < capacity_then:
-                    del seen[rid]  # its own cancel or decline, or a capacity cut: allowed to change
-                    event("a final claim was released by its cancel, a decline or a cut")
+                if claim.state in TERMINAL or verdict.slots[claim.slot].capacity != capacity_then:
+                    # its own cancel or decline, or a capacity change (a cut, or a raise that brings
+                    # a too_large claim ahead of it back into the walk): allowed to change
+                    del seen[rid]
+                    event("a final claim was released by its cancel, a decline or a capacity change")
                     continue
                 if k > 0:
                     event("a device kept a final confirmed claim confirmed")

@@ -375,7 +375,13 @@ def test_a_capacity_cut_through_a_newer_slot_template_can_demote(
     assert {rid: observed(c) for rid, c in after.claims.items()} == reference(day.state(), caps)
     demoted = {rid for rid, c in before.claims.items() if c.holds_seats and not after.claims[rid].holds_seats}
     if new_cap >= old_cap:
-        assert not demoted
+        # A raise demotes only behind a claim it brings back from too_large, ranked before it.
+        readmitted = [
+            c for rid, c in after.claims.items() if before.claims[rid].state is ClaimState.TOO_LARGE
+            and c.state is not ClaimState.TOO_LARGE
+        ]  # fmt: skip
+        for rid in demoted:
+            assert any(c.slot == "s1" and c.rank < after.claims[rid].rank for c in readmitted), rid
     changes = {ch.reservation_id: ch for ch in diff_verdicts(before, after)}
     for rid in demoted:
         assert after.claims[rid].slot == "s1"

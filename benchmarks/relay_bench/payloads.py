@@ -177,7 +177,7 @@ def quickslot_updates(identity: Identity, doc: str, sender: int, seqs: Sequence[
 
     author = identity.author
     assert isinstance(author, Author)
-    replica = Replica()
+    replica = Replica(author.client_id())
     out = []
     for seq in seqs:
         _, update = author.book(replica, doc, f"s{seq % 12 + 1}", 1 + seq % 3, note=marker(sender, seq))

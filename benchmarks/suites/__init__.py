@@ -61,7 +61,19 @@ def _client() -> Suite:
     return built
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"engine": _engine, "domain": _domain, "relay": _relay}
+def _rest() -> Suite:
+    from benchmarks.suites import rest
+
+    built: Suite = rest.suite()
+    return built
+
+
+SUITES: dict[str, Callable[[], Suite]] = {
+    "engine": _engine,
+    "domain": _domain,
+    "relay": _relay,
+    "rest": _rest,
+}
 if importlib.util.find_spec("benchmarks.suites.client") is not None:
     SUITES["client"] = _client
 

@@ -340,7 +340,7 @@ def storm_data(clients: int) -> StormData:
         slot = SLOTS[-1] if rng.random() < 0.3 else rng.choice(SLOTS)
         party = 1 + rng.randrange(2)
         author = make_author(_customer(i, "storm"), id_prefix="s")
-        _, update = author.book(Replica(50_000 + i), DOC, slot=slot, party=party)
+        _, update = author.book(Replica(author.client_id()), DOC, slot=slot, party=party)
         updates.append(update)
         demand[slot] = demand.get(slot, 0) + party
     capacities = {slot: max(1, (seats * 9) // 10) for slot, seats in demand.items()}

@@ -22,7 +22,7 @@ from crdt_core.reader import read_bookings
 from crdt_core.schema import DocKind, parse_doc_id
 from crdt_core.validation import ArrivalPolicy, validate_update
 from crdt_core.verdict import VerdictChange, stamp_order
-from tests.crdt_factory import NOW_MS, World
+from tests.crdt_factory import NOW_MS, World, relay_replica
 
 #: Every client the helpers opened, so a test module's autouse fixture can close what a failing
 #: test left open (close is idempotent).
@@ -42,7 +42,7 @@ class FakeRelay:
     received: list[tuple[str, bytes]] = field(default_factory=list)
 
     def replica(self, doc_id: str) -> Replica:
-        return self.docs.setdefault(doc_id, Replica(9_000_000 + len(self.docs)))
+        return self.docs.setdefault(doc_id, relay_replica(self.world.relay))
 
     def receive(self, doc_id: str, update: bytes) -> bytes | None:
         """Accept an update (raises ValidationError); returns the stamp update it caused, if any."""
@@ -101,17 +101,29 @@ async def close_all() -> None:
 
 
 async def push(client: LocalClient, relay: FakeRelay) -> list[tuple[str, bytes]]:
-    """Flush the outbox to the relay in order; returns the stamp updates the relay produced."""
+    """Flush the outbox to the relay in order; returns the stamp updates the relay produced.
+
+    As the sync engine does: ``missing_deps`` leaves an entry pending (retryable), any other
+    refusal sets it aside, and a document with a refused write is rebuilt from the relay's state
+    (``LocalClient.rebuild_from_relay``), whose re-written entries are flushed in the next round.
+    """
     stamps: list[tuple[str, bytes]] = []
-    for entry in await client.pending_entries():
-        try:
-            stamp = relay.receive(entry.doc_id, entry.payload)
-        except ValidationError as exc:
-            await client.mark_rejected(entry.id, exc.code, exc.detail)
-            continue
-        await client.mark_acked(entry.id)
-        if stamp is not None:
-            stamps.append((entry.doc_id, stamp))
+    for _round in range(3):
+        for entry in await client.pending_entries():
+            try:
+                stamp = relay.receive(entry.doc_id, entry.payload)
+            except ValidationError as exc:
+                if exc.code != "missing_deps":
+                    await client.mark_rejected(entry.id, exc.code, exc.detail)
+                continue
+            await client.mark_acked(entry.id)
+            if stamp is not None:
+                stamps.append((entry.doc_id, stamp))
+        rebuilds = await client.pending_rebuilds()
+        if not rebuilds:
+            break
+        for doc_id in rebuilds:
+            await client.rebuild_from_relay(doc_id, relay.replica(doc_id).encode_state())
     return stamps
 
 

@@ -28,7 +28,7 @@ from crdt_core.reader import read_bookings
 from crdt_core.schema import DocId
 from crdt_core.verdict import ClaimState, compute_verdict
 from tests.client import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
-from tests.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key
+from tests.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key, relay_replica
 
 DOC = f"bookings:{SHOP}:{DAY}"
 SHOP_DOC = f"shop:{SHOP}"
@@ -296,7 +296,7 @@ async def test_invalid_remote_updates_are_refused_and_leave_nothing(
     owner = await setup_shop(tmp_path, world, relay)
     alice = await customer(tmp_path, world, relay, "alice")
     mallory = world.device("u-mallory")
-    bookings = Replica(42)
+    bookings = Replica(mallory.client_id())
     _, good = mallory.book(bookings, DOC, "cut-10")
 
     tampered = bytearray(good)
@@ -307,7 +307,7 @@ async def test_invalid_remote_updates_are_refused_and_leave_nothing(
 
     # A stamp signed by anyone but the relay.
     impostor = SigningKey("relay-k1", fixed_seed_key(7))
-    _, fake_stamp = write_stamps(bookings, DOC, impostor, ["x"], 1, NOW_MS)
+    _, fake_stamp = write_stamps(relay_replica(impostor), DOC, impostor, ["x"], 1, NOW_MS)
     with pytest.raises(ValidationError) as err:
         await alice.apply_remote(DOC, fake_stamp)
     assert err.value.code in ("bad_signature", "missing_deps")
@@ -315,7 +315,8 @@ async def test_invalid_remote_updates_are_refused_and_leave_nothing(
     # A device whose certificate the trusted relay key never signed.
     with pytest.raises(ValidationError):
         forger = World(relay=SigningKey("relay-k1", fixed_seed_key(9)))
-        _, forged = forger.device("u-eve").book(Replica(43), DOC, "cut-10")
+        eve = forger.device("u-eve")
+        _, forged = eve.book(Replica(eve.client_id()), DOC, "cut-10")
         await alice.apply_remote(DOC, forged)
 
     assert await alice.held_docs() == ["catalog", SHOP_DOC]
@@ -335,10 +336,9 @@ async def test_batch_applies_out_of_order_updates_and_computes_each_verdict_once
     owner = await setup_shop(tmp_path, world, relay, capacity=1)
     alice = await customer(tmp_path, world, relay, "alice")
     bob = world.device("u-bob")
-    carol = world.device("u-carol")
-    writer = Replica(77)
+    writer = Replica(bob.client_id())  # one device, one client id: the second continues the first
     _, u1 = bob.book(writer, DOC, "cut-10")
-    _, u2 = carol.book(writer, DOC, "cut-10")
+    _, u2 = bob.book(writer, DOC, "cut-10")
     ra = await alice.book(SHOP, DAY, "cut-10")  # alice's clock == theirs: (hlc, customer) decides
     drain(alice)
 

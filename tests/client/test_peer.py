@@ -47,6 +47,7 @@ from client.secrets import SecretStore
 from client.sync import SyncService
 from crdt_core.authoring import Author
 from crdt_core.certs import DeviceKey, SigningKey, parse_certificate, public_bytes
+from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.errors import CodecError, LocalProtocolError
 from crdt_core.messages import (
@@ -104,6 +105,11 @@ async def _close_profiles() -> AsyncIterator[None]:
 
 
 # --- credentials minted like the relay mints them ---------------------------------------------------
+
+
+def own_replica(author: Author, generation: int = 0) -> Replica:
+    """An empty document under ``author``'s own client id (``crdt_core.clientids``)."""
+    return Replica(client_id_for(author.device.cert_id, generation))
 
 
 def now_ms() -> int:
@@ -525,8 +531,9 @@ async def test_an_invalid_update_is_refused_and_the_connection_stays_usable(
         mallory = world.device("u-mallory")
         doc = DocId.bookings(SHOP, _dt.date.fromisoformat(DAY))
         in_bobs_name = Reservation(id="r-forged", slot=SLOT, party=1, customer="u-bob", hlc=mallory.hlc())
-        forged = mallory.put(Replica(), doc, [(in_bobs_name, None)])
-        _own, honest = mallory.book(Replica(), doc, SLOT, reservation_id="r-honest")
+        forged = mallory.put(own_replica(mallory), doc, [(in_bobs_name, None)])
+        # After that refusal Mallory's device moves to its next client id for the document.
+        _own, honest = mallory.book(own_replica(mallory, 1), doc, SLOT, reservation_id="r-honest")
         link.proto.send_update(BOOKINGS, 1, forged)
         link.proto.send_update(BOOKINGS, 2, b"\x01\x02garbage")
         link.proto.send_update(BOOKINGS, 3, honest)
@@ -547,15 +554,16 @@ async def test_an_invalid_update_is_refused_and_the_connection_stays_usable(
 async def test_equivocation_is_detected_named_and_refused(tmp_path: Path, world: World) -> None:
     _relay, owner, alice, _bob = await shop_setup(tmp_path, world)
     mallory = world.device("u-mallory")
-    # Two different bookings signed under one Yjs id (client 4242, clocks 0-1): one for the
+    # Two different bookings signed under one Yjs id (Mallory's own, clocks 0-1): one for the
     # tablet, one for the phone. State vectors cannot tell them apart.
-    _a, to_tablet = mallory.book(Replica(4242), BOOKINGS, SLOT, reservation_id="r-version-a")
-    _b, to_phone = mallory.book(Replica(4242), BOOKINGS, SLOT, reservation_id="r-version-b")
+    _a, to_tablet = mallory.book(own_replica(mallory), BOOKINGS, SLOT, reservation_id="r-version-a")
+    _b, to_phone = mallory.book(own_replica(mallory), BOOKINGS, SLOT, reservation_id="r-version-b")
     await owner.apply_remote(BOOKINGS, to_tablet)
     await alice.apply_remote(BOOKINGS, to_phone)
     await alice.subscribe(BOOKINGS)  # she looked at that day
     clash = await owner.inspect(BOOKINGS, lambda replica: find_equivocation(replica, to_phone))
-    assert clash is not None and "4242:1" in clash and "reservations/r-version-b" in clash
+    mallory_id = client_id_for(mallory.device.cert_id, 0)
+    assert clash is not None and f"{mallory_id}:1" in clash and "reservations/r-version-b" in clash
     assert await owner.inspect(BOOKINGS, lambda replica: find_equivocation(replica, to_tablet)) is None
     server = await serve(owner, world)
     try:
@@ -608,12 +616,12 @@ async def test_documents_are_shared_only_within_both_scopes(tmp_path: Path, worl
 def test_split_by_writer_keeps_every_struct_and_puts_certificates_first(world: World) -> None:
     authors = [world.device(f"u-{i}") for i in range(6)]
     whole = Replica(1)
-    for i, author in enumerate(authors):
-        _res, update = author.book(Replica(1000 + i), BOOKINGS, SLOT)
+    for author in authors:
+        _res, update = author.book(own_replica(author), BOOKINGS, SLOT)
         whole.apply_update(update)
     staff = world.device("u-staff", staff_of=[SHOP])
     first = next(iter(whole.keys("reservations")))
-    whole.apply_update(staff.event(Replica(77), BOOKINGS, first, "confirm")[1])
+    whole.apply_update(staff.event(own_replica(staff), BOOKINGS, first, "confirm")[1])
     parts = split_by_writer(whole.encode_state())
     assert len(parts) == 7 and all(len(decode_update(p).ranges) == 1 for p in parts)
     rebuilt = Replica(2)

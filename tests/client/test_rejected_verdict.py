@@ -36,7 +36,7 @@ async def _close_profiles() -> AsyncIterator[None]:
     await close_all()
 
 
-async def forge_booking(local: LocalClient, shop: str, customer: str, party: int) -> str:
+async def forge_booking(local: LocalClient, shop: str, customer: str, party: int, day: str = DAY) -> str:
     """Book in someone else's name: the relay refuses it (``forbidden``), the local write succeeds.
 
     Goes through the client's own write path (``_write``/``_put``), as ``book`` does, only with
@@ -44,7 +44,7 @@ async def forge_booking(local: LocalClient, shop: str, customer: str, party: int
     """
     author, _ = local._require_author()
     res = Reservation(id=new_id(), slot=SLOT, party=party, customer=customer, hlc=author.hlc())
-    doc = DocId.bookings(shop, _dt.date.fromisoformat(DAY))
+    doc = DocId.bookings(shop, _dt.date.fromisoformat(day))
     async with local._write(local=True) as work:
         await local._put(work, doc, [res], ("reservation", res.id, "create"))
     return res.id

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from client.store import DB_FILE, SCHEMA_VERSION, Store, StoreError
+from client.store import DB_FILE, MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from crdt_core.engine import Replica
 
 
@@ -43,7 +43,39 @@ async def test_settings_wal_full_busy_timeout_and_migrations(tmp_path: Path) -> 
     async with store.read() as tx:
         rows = await tx.fetchall("SELECT version, name FROM schema_migrations")
     await store.close()
-    assert rows == [(1, "initial"), (2, "rejected_clients"), (3, "doc_snapshots")]
+    assert rows == [(1, "initial"), (2, "rejected_clients"), (3, "doc_snapshots"), (4, "doc_writers")]
+
+
+def back_to_schema_2(db: sqlite3.Connection) -> None:
+    """Turn a current file into what a schema-2 client left behind."""
+    db.execute("DROP TABLE doc_snapshots")
+    db.execute("DROP TABLE doc_writers")
+    db.execute("DROP TABLE doc_rebuilds")
+    for statement in MIGRATIONS[1].statements:
+        db.execute(statement)
+    db.execute("DELETE FROM schema_migrations WHERE version >= 3")
+
+
+async def test_schema_4_queues_documents_with_refused_clients_for_a_rebuild(tmp_path: Path) -> None:
+    """Refused per-write client ids (schema 2) are gone; their documents get rebuilt at next sync."""
+    store = await open_store(tmp_path)
+    async with store.transaction() as tx:
+        await tx.append_update("catalog", b"\x01\x02", "local")
+    await store.close()
+    with sqlite3.connect(tmp_path / DB_FILE) as db:
+        back_to_schema_2(db)
+        db.execute(
+            "INSERT INTO rejected_clients(doc_id, client_id, end_clock, certs, certs_end, entry_id) "
+            "VALUES ('catalog', 7, 2, NULL, 0, 1), ('catalog', 8, 1, NULL, 0, 2)"
+        )
+    store = await open_store(tmp_path)
+    try:
+        assert list(await store.rebuilds()) == ["catalog"]
+        async with store.read() as tx:
+            tables = {r[0] for r in await tx.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "rejected_clients" not in tables and {"doc_writers", "doc_rebuilds"} <= tables
+    finally:
+        await store.close()
 
 
 async def test_schema_3_moves_inline_snapshots_out_of_the_documents_row(tmp_path: Path) -> None:
@@ -54,8 +86,7 @@ async def test_schema_3_moves_inline_snapshots_out_of_the_documents_row(tmp_path
         await tx.append_update("catalog", b"\x03", "local")
     await store.close()
     with sqlite3.connect(tmp_path / DB_FILE) as db:  # what a schema-2 client left behind
-        db.execute("DROP TABLE doc_snapshots")
-        db.execute("DELETE FROM schema_migrations WHERE version = 3")
+        back_to_schema_2(db)
         db.execute("UPDATE documents SET snapshot = x'cafe', snapshot_bytes = 2, generation = 1")
     store = await open_store(tmp_path)
     try:

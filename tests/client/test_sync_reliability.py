@@ -40,13 +40,14 @@ from client.auth import AuthClient
 from client.events import ClientEvent, RelayReachable, RelayUnreachable
 from client.local import ClientError, LocalClient
 from client.secrets import SecretStore
-from client.store import DB_FILE, rejected_structs
+from client.store import DB_FILE
 from client.sync import SyncService
-from crdt_core.engine import Replica
+from crdt_core.clientids import client_id_for
+from crdt_core.engine import EMPTY_UPDATE, Replica
 from crdt_core.reader import read_bookings
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
-from crdt_core.yupdate import decode_state_vector, encode_state_vector
+from crdt_core.yupdate import decode_state_vector, decode_update
 from tests.client import (
     DAY as OFFLINE_DAY,
     OPENED,
@@ -568,8 +569,19 @@ def test_any_schedule_converges(replicas: Replicas, ops: list[Op]) -> None:
 # --- 5. a refused update does not poison later syncs --------------------------------------------
 
 
-async def test_rejected_structs_name_the_refused_update_and_its_certificate(tmp_path: Path) -> None:
-    """Offline: the bookkeeping behind the fix, on a real local write (no relay needed)."""
+async def reopened(local: LocalClient, world: World) -> LocalClient:
+    """Close a profile and open it again (a new process, as far as the profile can tell)."""
+    await local.close()
+    return await offline_profile(local.profile_dir, world)
+
+
+async def test_a_rebuild_rewrites_the_pending_writes_under_the_next_client_id(tmp_path: Path) -> None:
+    """Offline: what a refusal does to the writes queued behind it (no relay needed).
+
+    The relay holds nothing of the day yet (its whole state is the empty update), refused the first
+    booking, and the second continues the same client's clock: the rebuild drops the first and
+    re-writes the second, byte for byte at the same key, under generation 1 with the certificate.
+    """
     world = World()
     alice = await offline_profile(tmp_path / "alice", world, "u-alice")
     owner = await offline_profile(tmp_path / "owner", world, "u-owner", owner_of=[OFFLINE_SHOP])
@@ -580,29 +592,38 @@ async def test_rejected_structs_name_the_refused_update_and_its_certificate(tmp_
     await alice.book(OFFLINE_SHOP, OFFLINE_DAY, SLOT)
     await alice.book(OFFLINE_SHOP, OFFLINE_DAY, SLOT)
     first, second = [e for e in await alice.pending_entries() if e.doc_id.startswith("bookings:")]
-    ends, certs = rejected_structs(first.payload)
-    ((client, end),) = ends.items()
-    assert end == 2  # the certificate (clock 0) and the reservation (clock 1)
-    alone, certs_end = certs[client]
-    assert certs_end == 1
     doc = first.doc_id
+    assert alice.identity is not None
+    cert = alice.identity.device.cert_id
+    assert await alice.writer_id(doc) == client_id_for(cert, 0)
+    assert set(decode_update(second.payload).ranges) == {client_id_for(cert, 0)}  # one id, both writes
+
+    await alice.mark_rejected(first.id, "rejected", "forbidden: test")
+    # The pending rebuild outlives the process, and the rebuilt document is what is on disk.
+    alice = await reopened(alice, world)
+    assert await alice.pending_rebuilds() == {doc: "refused write: rejected: forbidden: test"}
+    result = await alice.rebuild_from_relay(doc, EMPTY_UPDATE)
+    assert result.generation == 1 and result.rewritten == 1 and await alice.pending_rebuilds() == {}
+    alice = await reopened(alice, world)
+    assert await alice.writer_id(doc) == client_id_for(cert, 1)
+    (again,) = [e for e in await alice.pending_entries() if e.doc_id == doc]
+    assert again.id == result.entries[0] and again.entity_id == second.entity_id
+    rewritten = decode_update(again.payload)
+    assert rewritten.ranges == {client_id_for(cert, 1): (0, 2)}  # certificate, then the booking
+    old = {(i.root, i.key, i.value) for i in decode_update(second.payload).inserts}
+    assert old <= {(i.root, i.key, i.value) for i in rewritten.inserts}
     held = Replica()
     held.apply_update(await alice.diff(doc, b"\x00"))
-    before = (held.state_vector(), held.to_py())
-    held.apply_update(alone)
-    assert (held.state_vector(), held.to_py()) == before  # byte-for-byte structs the doc already has
-    only_cert = Replica()
-    only_cert.apply_update(alone)
-    assert set(only_cert.to_py()) == {"certs"}
-    # The second write of the doc carried no certificate (the document had it already).
-    ends2, certs2 = rejected_structs(second.payload)
-    assert len(ends2) == 1 and certs2 == {}
-    # Leaving the refused client out of a diff leaves exactly its structs out.
-    clocks = {client: end}
-    rest = Replica()
-    rest.apply_update(await alice.diff(doc, encode_state_vector(clocks)))
-    state = read_bookings(rest, doc)
+    state = read_bookings(held, doc)
     assert set(state.reservations) == {second.entity_id}
+    (refused,) = await alice.rejected_entries()
+    assert refused.id == first.id
+    row = await alice.reservation(first.entity_id)
+    assert row is not None and row.rejected_code == "rejected" and not row.holds_seats
+    # The next write continues generation 1's clock, in the same document.
+    third = await alice.book(OFFLINE_SHOP, OFFLINE_DAY, SLOT)
+    (last,) = [e for e in await alice.pending_entries() if e.entity_id == third.reservation_id]
+    assert decode_update(last.payload).ranges == {client_id_for(cert, 1): (2, 3)}
 
 
 async def test_after_a_rejection_the_document_keeps_syncing(relay: FixedPortRelay, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_two_nodes_hold_then_stamp_each_held_claim_once_in_stored_order(
         with first.client() as http:
             a, b = new_account(first, http), new_account(first, http)
         for _ in range(2):
-            asyncio.run(book(first, a, Replica(), stamped=True))
+            asyncio.run(book(first, a, Replica(a.author.client_id()), stamped=True))
     finally:
         assert first.stop() == 0
     first.sql("DELETE FROM relay_meta WHERE key = 'epoch'")  # the restore procedure's last step
@@ -72,7 +72,7 @@ def test_two_nodes_hold_then_stamp_each_held_claim_once_in_stored_order(
     try:
         nodes.append(RelayProcess(tmp_path / "node2", *flags).start())
         assert all(hold_status(n)["window_open"] for n in nodes)
-        ra, rb = Replica(), Replica()
+        ra, rb = Replica(a.author.client_id()), Replica(b.author.client_id())
         order = []
         turns = ((nodes[0], a, ra), (nodes[1], b, rb), (nodes[0], a, ra), (nodes[1], b, rb))
         for node, acct, replica in turns:

@@ -9,17 +9,19 @@ unknown root, and status events the customer may not write.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crdt_core.authoring import Author, write_stamps
 from crdt_core.certs import SigningKey
+from crdt_core.clientids import GENERATIONS, client_id_for
 from crdt_core.engine import Replica
 from crdt_core.hlc import Timestamp
 from crdt_core.messages import Auth, Subscribe, Unsubscribe
 from crdt_core.pop import Proof
-from crdt_core.records import sign_record
+from crdt_core.records import RELAY_SIGNER_PREFIX, sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation, StatusEvent, UserProfile
 from crdt_core.yupdate import decode_update
 from tests.fuzz.cases import Corpus
@@ -29,8 +31,9 @@ from tests.strategies import map_item, struct_block, yjs_update
 DAY_MS = 86_400_000
 
 
-def _scratch(state: bytes) -> Replica:
-    replica = Replica()
+def _scratch(state: bytes, client_id: int | None = None) -> Replica:
+    """A replica holding ``state`` that writes under ``client_id`` (a signer's: crdt_core.clientids)."""
+    replica = Replica(client_id)
     replica.apply_update(state)
     return replica
 
@@ -66,9 +69,16 @@ def build_corpus(
     ``stored_reservation`` is one of the fuzzing user's reservations already stored by the relay
     (the target of rewrite/deletion); ``victim_reservation`` belongs to another user.
     """
+    generations = itertools.count(1)
+
+    def mine() -> Replica:
+        """The author's replica of the day under a generation of its own: every update built here is
+        independent of the others (the same generation would make two of them claim one Yjs id)."""
+        return _scratch(bookings_state, author.client_id(next(generations) % GENERATIONS))
+
     valid: list[bytes] = []
     for i in range(n_valid):
-        _, update = author.book(_scratch(bookings_state), bookings, f"s{i % 3}", 1 + i % 2)
+        _, update = author.book(mine(), bookings, f"s{i % 3}", 1 + i % 2)
         valid.append(update)
     profile = UserProfile("Fuzz", None, None, None, author.hlc())
     valid.append(author.put(Replica(author.client_id()), user_doc, [(profile, "me")]))
@@ -89,12 +99,12 @@ def build_corpus(
         fields.update(over)
         return Reservation(**fields)  # type: ignore[arg-type]
 
-    forged.append(("bad_signature", _flip_signature(_scratch(bookings_state), author, bookings, res())))
+    forged.append(("bad_signature", _flip_signature(mine(), author, bookings, res())))
     wrong_doc = res()
     raw = sign_record(
         shop_doc, wrong_doc.id, wrong_doc.KIND, wrong_doc.to_fields(), author.device, SCHEMA_VERSION
     )
-    target = _scratch(bookings_state)
+    target = mine()
     entries = (
         []
         if target.has_key("certs", author.device.cert_id)
@@ -104,20 +114,27 @@ def build_corpus(
     forged.append(
         (
             "other_identity",
-            author.put(_scratch(bookings_state), bookings, [(res(customer=other.user_id), None)]),
+            author.put(mine(), bookings, [(res(customer=other.user_id), None)]),
         )
     )
     future = str(Timestamp(now + 3_600_000, 0, node))
-    forged.append(("clock_ahead", author.put(_scratch(bookings_state), bookings, [(res(hlc=future), None)])))
+    forged.append(("clock_ahead", author.put(mine(), bookings, [(res(hlc=future), None)])))
     past = str(Timestamp(now - 90 * DAY_MS, 0, node))
-    forged.append(("backdated", author.put(_scratch(bookings_state), bookings, [(res(hlc=past), None)])))
+    forged.append(("backdated", author.put(mine(), bookings, [(res(hlc=past), None)])))
     max_clock = str(Timestamp(9_999_999_999_999, 999_999, node))
-    forged.append(("max_clock", author.put(_scratch(bookings_state), bookings, [(res(hlc=max_clock), None)])))
+    forged.append(("max_clock", author.put(mine(), bookings, [(res(hlc=max_clock), None)])))
     fake_relay = SigningKey("fuzz-fake", Ed25519PrivateKey.generate())
     forged.append(
         (
             "forged_stamp",
-            write_stamps(_scratch(bookings_state), bookings, fake_relay, [stored_reservation], 9_999, now)[1],
+            write_stamps(
+                _scratch(bookings_state, client_id_for(RELAY_SIGNER_PREFIX + fake_relay.kid, 0)),
+                bookings,
+                fake_relay,
+                [stored_reservation],
+                9_999,
+                now,
+            )[1],
         )
     )
     device_stamp = sign_record(
@@ -128,12 +145,8 @@ def build_corpus(
         author.device,
         SCHEMA_VERSION,
     )
-    forged.append(
-        ("stamp_by_device", _scratch(bookings_state).write([("stamps", f"{7:016d}", device_stamp)]))
-    )
-    forged.append(
-        ("rewrite", _scratch(bookings_state).write([("reservations", stored_reservation, b"tampered")]))
-    )
+    forged.append(("stamp_by_device", mine().write([("stamps", f"{7:016d}", device_stamp)])))
+    forged.append(("rewrite", mine().write([("reservations", stored_reservation, b"tampered")])))
     stored = [i for i in decode_update(bookings_state).inserts if i.key == stored_reservation]
     if stored:
         ins = stored[0]
@@ -146,11 +159,11 @@ def build_corpus(
         bookings, "dup", "reservation", res(id="dup", party=2).to_fields(), author.device, SCHEMA_VERSION
     )
     same_key = [cert_item, map_item("reservations", "dup", one), map_item("reservations", "dup", two)]
-    forged.append(("same_key_twice", yjs_update([struct_block(now % 2**31, 0, same_key)])))
     forged.append(
-        ("oversized_record", author.put(_scratch(bookings_state), bookings, [(res(note="n" * 20_000), None)]))
+        ("same_key_twice", yjs_update([struct_block(author.client_id(GENERATIONS - 1), 0, same_key)]))
     )
-    forged.append(("unknown_root", _scratch(bookings_state).write([("evil", "k", b"\x93\x01\x02\x03")])))
+    forged.append(("oversized_record", author.put(mine(), bookings, [(res(note="n" * 20_000), None)])))
+    forged.append(("unknown_root", mine().write([("evil", "k", b"\x93\x01\x02\x03")])))
     confirm = StatusEvent(
         id=f"ev{now}",
         reservation=stored_reservation,
@@ -159,7 +172,7 @@ def build_corpus(
         hlc=author.hlc(),
         reason=None,
     )
-    forged.append(("confirm_by_customer", author.put(_scratch(bookings_state), bookings, [(confirm, None)])))
+    forged.append(("confirm_by_customer", author.put(mine(), bookings, [(confirm, None)])))
     cancel = StatusEvent(
         id=f"cx{now}",
         reservation=victim_reservation,
@@ -168,7 +181,7 @@ def build_corpus(
         hlc=author.hlc(),
         reason=None,
     )
-    forged.append(("cancel_other_customer", author.put(_scratch(bookings_state), bookings, [(cancel, None)])))
+    forged.append(("cancel_other_customer", author.put(mine(), bookings, [(cancel, None)])))
     theirs = UserProfile("Not me", None, None, None, other.hlc())
     forged.append(("other_user_doc", other.put(Replica(other.client_id()), user_doc, [(theirs, "me")])))
     forged.append(

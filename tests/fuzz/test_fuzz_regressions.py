@@ -79,15 +79,15 @@ async def test_a_squatted_yjs_id_never_turns_an_offline_booking_into_an_acked_lo
     relay: RelayProcess,
 ) -> None:
     """Mallory writes her own valid record at the Yjs id the victim's offline booking will take
-    (client id and next clock are public: they are in every subscriber's state vector). The
-    victim's booking, re-sent on reconnect, then names an id the relay holds: before the fix it
-    was acknowledged as a re-send and silently dropped (an acknowledged booking the relay never
-    stored). It must be refused, with the reason, so the client shows it as failed."""
+    (client id and next clock are public: they are in every subscriber's state vector). Once it
+    was accepted and the victim's booking, re-sent on reconnect, was acknowledged as a re-send and
+    silently dropped (later: refused as an equivocation). Client ids are bound to signers now
+    (crdt_core.clientids): the squat is refused ``foreign_client`` and the booking is stored."""
     doc = "bookings:squat:2031-03-01"
     with relay.client() as http:
         victim, mallory = new_account(relay, http), new_account(relay, http)
     cv, cm = await SyncClient.connect(relay, victim.access), await SyncClient.connect(relay, mallory.access)
-    rv, rm = Replica(), Replica()
+    rv, rm = Replica(victim.author.client_id()), Replica(mallory.author.client_id())
     await cv.subscribe(doc, rv)
     await cm.subscribe(doc, rm)
     _, update = victim.author.book(rv, doc, "s1", 1)
@@ -107,7 +107,8 @@ async def test_a_squatted_yjs_id_never_turns_an_offline_booking_into_an_acked_lo
     res = Reservation(id="squat1", slot="s3", party=1, customer=mallory.user_id, hlc=mallory.author.hlc())
     raw = sign_record(doc, res.id, res.KIND, res.to_fields(), mallory.author.device, SCHEMA_VERSION)
     squat = yjs_update([struct_block(client, clock, [map_item("reservations", res.id, raw)])])
-    assert isinstance(await cm.push(doc, squat), Acked)  # a valid record of her own: accepted
+    answer = await cm.push(doc, squat)  # a valid record of her own, under the victim's id
+    assert isinstance(answer, ErrorReceived) and answer.reason.startswith("foreign_client"), answer
 
     cv = await SyncClient.connect(relay, victim.access)
     synced = await cv.subscribe(doc, rv)
@@ -116,10 +117,9 @@ async def test_a_squatted_yjs_id_never_turns_an_offline_booking_into_an_acked_lo
     fresh = await SyncClient.connect(relay, victim.access)
     stored = Replica()
     await fresh.subscribe(doc, stored)
-    if isinstance(answer, Acked):
-        assert stored.has_key("reservations", offline.id), "acknowledged but not stored"
-    assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED, answer
-    assert answer.reason.startswith("equivocation"), answer.reason
+    # Client ids are bound to signers now: the squat never landed, so the booking is stored.
+    assert isinstance(answer, Acked), answer
+    assert stored.has_key("reservations", offline.id), "acknowledged but not stored"
     for c in (cv, cm, fresh):
         await c.close()
 

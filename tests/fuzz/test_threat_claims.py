@@ -79,7 +79,7 @@ async def test_every_forged_record_is_refused_by_the_relay_with_its_reason(
     doc, user_doc, shop_doc = f"bookings:threat1:{DAY}", f"user:{mallory.user_id}", "shop:threat1"
     cv, cm = await SyncClient.connect(relay, victim.access), await SyncClient.connect(relay, mallory.access)
     watcher = await SyncClient.connect(relay, mallory.access)
-    rv, rm, rw = Replica(), Replica(), Replica()
+    rv, rm, rw = Replica(victim.author.client_id()), Replica(mallory.author.client_id()), Replica()
     await cv.subscribe(doc, rv)
     theirs, update = victim.author.book(rv, doc, "s1", 1)
     assert isinstance(await cv.push(doc, update), Acked)
@@ -132,15 +132,17 @@ async def test_a_stolen_bearer_token_reads_but_cannot_sign_for_its_owner(
     )
     bearer_token = login(http, victim.email)["access_token"]  # a session without a device key
     stolen = await SyncClient.connect(relay, bearer_token)  # the thief holds the victim's token
-    rd, ru = Replica(), Replica()
+    rd, ru = Replica(thief.author.client_id()), Replica(thief.author.client_id())
     assert isinstance(await stolen.subscribe(victim_doc, ru), DocSynced)  # reads as the victim
     assert isinstance(await stolen.subscribe(doc, rd), DocSynced)
     # Signing needs a device key; the thief only has its own, certified for its own user.
     forged = Reservation(id="stolen1", slot="s1", party=1, customer=victim.user_id, hlc=thief.author.hlc())
-    answer = await stolen.push(doc, thief.author.put(rd.copy(), doc, [(forged, None)]))
+    answer = await stolen.push(doc, thief.author.put(rd.copy(rd.client_id), doc, [(forged, None)]))
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden"), answer
     profile = UserProfile("Hijacked", None, None, None, thief.author.hlc())
-    answer = await stolen.push(victim_doc, thief.author.put(ru.copy(), victim_doc, [(profile, "me")]))
+    answer = await stolen.push(
+        victim_doc, thief.author.put(ru.copy(ru.client_id), victim_doc, [(profile, "me")])
+    )
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden"), answer
     # The victim logs out: the stolen token's connection is closed and the token opens nothing.
     assert http.post("/api/v1/auth/logout", headers=bearer(bearer_token)).status_code == 204
@@ -165,18 +167,19 @@ async def test_equivocation_at_the_relay_is_refused_and_never_stored_forwarded_o
     await cw.subscribe(doc, rw)
     device = mallory.author.device
     cert = map_item("certs", device.cert_id, device.certificate)
+    mine = mallory.author.client_id()
 
     def version(rid: str) -> bytes:
         res = Reservation(id=rid, slot="s1", party=1, customer=mallory.user_id, hlc=mallory.author.hlc())
         raw = sign_record(doc, rid, res.KIND, res.to_fields(), device, SCHEMA_VERSION)
-        # The same Yjs client id and clocks for both versions: one id, two contents.
-        return yjs_update([struct_block(4242, 0, [cert, map_item("reservations", rid, raw)])])
+        # The same Yjs client id (her own) and clocks for both versions: one id, two contents.
+        return yjs_update([struct_block(mine, 0, [cert, map_item("reservations", rid, raw)])])
 
     first, second = version("eqA"), version("eqB")
     assert isinstance(await cm.push(doc, first), Acked)
     answer = await cm.push(doc, second)
     assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED, answer
-    assert answer.reason.startswith("equivocation: Yjs id 4242:1 (reservations/eqB)"), answer.reason
+    assert answer.reason.startswith(f"equivocation: Yjs id {mine}:1 (reservations/eqB)"), answer.reason
     await cw.drain_into(rw, quiet=0.5)
     state = read_bookings(rw, doc)
     assert set(state.reservations) == {"eqA"}  # the watcher never got the second version
@@ -194,7 +197,7 @@ async def _carry_signed_by(
 ) -> Acked | ErrorReceived:
     """A booking signed with ``signer``'s device key, carried on the connection of ``carrier``."""
     c = await SyncClient.connect(relay, carrier)
-    replica = Replica()
+    replica = Replica(signer.author.client_id())
     assert isinstance(await c.subscribe(doc, replica), DocSynced)
     _, update = signer.author.book(replica, doc, "s1", 1)
     answer = await c.push(doc, update)

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from relay.app import RelayContext, create_app
 from relay.config import RateLimit, RateLimits, RelayConfig
 from relay.tokens import TokenExpired, TokenInvalid, TokenRevoked
-from tests.relay.auth_helpers import PASSWORD, STORES, run_cli, store_args
+from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, STORES, run_cli, store_args
 
 BIG = RateLimit(10_000, 60)
 
@@ -242,6 +242,21 @@ async def test_cli_disable_reaches_the_running_server(env: Env) -> None:
     assert result.returncode == 0, result.stderr
     await eventually(lambda: len(recorder.of("user_changed")) == 2)
     assert ctx.tokens.revocations.is_user_disabled(user["id"]) is False
+
+
+async def test_cli_user_add_admin_reaches_the_running_server(env: Env) -> None:
+    """``user add --admin`` while the relay serves (the README's order) must reach the running
+    server like a grant does; before, the new admin's every write was refused ``forbidden`` until
+    a restart, because only grants announced a change."""
+    ctx, _client, recorder = env
+    add = ("user", "add", "boss@example.com", "--admin", "--password-stdin", *FAST_HASH_ARGS)
+    store = ["--store", ctx.config.store_url] if ctx.config.store_url else []
+    result = await asyncio.to_thread(run_cli, *add, *store, data_dir=ctx.config.data_dir, stdin=PASSWORD)
+    assert result.returncode == 0, result.stderr
+    await eventually(lambda: recorder.of("user_changed"))
+    (event,) = recorder.of("user_changed")
+    user = await ctx.accounts.require_user("boss@example.com")
+    assert event == ("user_changed", user.user_id)
 
 
 async def test_enable_in_process_fires_user_changed(env: Env) -> None:

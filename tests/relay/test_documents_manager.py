@@ -390,3 +390,24 @@ async def test_closed_manager_refuses_work(store: SQLiteDocumentStore) -> None:
 def test_applied_is_typed_by_the_check() -> None:
     applied: Applied[str] = Applied(doc_id="d", seq=1, update_seq=1, checked="r1")
     assert applied.checked == "r1" and not applied.noop
+
+
+async def test_the_relay_writes_under_its_writer_id_and_follows_a_change_of_it(
+    manager: DocumentManager,
+) -> None:
+    """The hub sets ``writer_id`` (the relay's Yjs id for its current key): a loaded replica
+    writes under it, and after a key rotation changes it, the replica is re-opened under the new
+    id before the relay writes again, keeping everything it held."""
+    ids = iter([1111, 1111, 2222, 2222])
+    manager.writer_id = lambda: next(ids)
+    writers: list[int] = []
+
+    def stamp_recording(replica: Replica, checked: str, stamps: StampSequence) -> bytes:
+        writers.append(replica.client_id)
+        return stamp_claim(replica, checked, stamps)
+
+    await manager.submit("d", Replica().write([("claims", "r1", b"c")]), claim_key, stamp_recording)
+    await manager.submit("d", Replica().write([("claims", "r2", b"c")]), claim_key, stamp_recording)
+    assert writers == [1111, 2222]
+    doc = await in_memory(manager, "d")
+    assert set(doc["claims"]) == {"r1", "r2"} and set(doc["stamps"]) == {"r1", "r2"}

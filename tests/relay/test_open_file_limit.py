@@ -110,7 +110,7 @@ def test_surplus_clients_get_1013_when_descriptors_are_short(
             assert len(refused) == 72
             assert {c.closed.result()[0] for c in refused} == {1013}
             # The relay still serves the connections it holds.
-            replica = Replica()
+            replica = Replica(account.author.client_id())
             await held[0].subscribe(DOC, replica)
             _, update = account.author.book(replica, DOC, "s1", 1)
             answer = await held[0].push(DOC, update)

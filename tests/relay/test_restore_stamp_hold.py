@@ -137,7 +137,7 @@ def lose_a_period(root: Path) -> Lost:
     try:
         with relay.client() as http:
             lost.x, lost.y = new_account(relay, http), new_account(relay, http)
-        x = Replica()
+        x = Replica(lost.x.author.client_id())
         asyncio.run(book_stamped(relay, lost.x, x, 2))
     finally:
         assert relay.stop() == 0
@@ -161,7 +161,7 @@ def test_without_the_hold_a_new_claim_takes_a_lost_stamp_number_and_the_client_i
     relay = start(data, "--restore-stamp-hold", "0")
 
     async def scenario() -> tuple[Replica, Replica, str]:
-        y = Replica()
+        y = Replica(lost.y.author.client_id())
         cy = await SyncClient.connect(relay, lost.y.access)
         await cy.subscribe(DOC, y)
         c4, u = lost.y.author.book(y, DOC, SLOT, 1)
@@ -197,7 +197,7 @@ def test_with_the_hold_the_lost_stamp_comes_back_first_and_the_new_claim_is_stam
     relay = start(data, "--restore-stamp-hold", "4")
 
     async def scenario() -> tuple[Replica, Replica, str]:
-        y = Replica()
+        y = Replica(lost.y.author.client_id())
         cy = await SyncClient.connect(relay, lost.y.access)
         await cy.subscribe(DOC, y)
         c4, u = lost.y.author.book(y, DOC, SLOT, 1)
@@ -263,7 +263,7 @@ def served_then_restored(
     try:
         with relay.client() as http:
             a, b = new_account(relay, http), new_account(relay, http)
-        asyncio.run(book_stamped(relay, a, Replica(), 2))
+        asyncio.run(book_stamped(relay, a, Replica(a.author.client_id()), 2))
     finally:
         assert relay.stop() == 0
     if store_flags:
@@ -280,7 +280,7 @@ def test_held_claims_are_stamped_once_in_stored_order_when_the_window_ends(
     relay, a, b, flags = served_then_restored(tmp_path, "4", store_flags)
 
     async def scenario() -> tuple[list[str], tuple[tuple[int, str], ...], str]:
-        ra, rb = Replica(), Replica()
+        ra, rb = Replica(a.author.client_id()), Replica(b.author.client_id())
         ca, cb = await SyncClient.connect(relay, a.access), await SyncClient.connect(relay, b.access)
         await ca.subscribe(DOC, ra)
         await cb.subscribe(DOC, rb)
@@ -372,7 +372,7 @@ def test_a_relay_killed_during_the_hold_resumes_it_and_stamps_what_waited(
     once and stamps both, in the order they were stored. (That last start takes the path of a
     window that closed while the relay was down: an end already past, swept at start.)"""
     relay, a, _b, flags = served_then_restored(tmp_path, "120", store_flags)
-    replica = Replica()
+    replica = Replica(a.author.client_id())
     try:
         until = status(relay)["until"]
         first = asyncio.run(book_held(relay, a, replica))

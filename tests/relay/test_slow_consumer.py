@@ -291,7 +291,7 @@ async def test_a_stalled_subscriber_is_cut_off_with_1013_and_catches_up_by_state
     writer = await SyncClient.connect(relay, writer_acc.access)
     reader = await SyncClient.connect(relay, reader_acc.access)
     try:
-        rw, rr = Replica(), Replica()
+        rw, rr = Replica(writer_acc.author.client_id()), Replica()
         assert isinstance(await writer.subscribe(doc, rw), DocSynced)
         assert isinstance(await reader.subscribe(doc, rr), DocSynced)
         async with stalled(relay, slow_acc) as slow:
@@ -353,7 +353,7 @@ async def test_a_subscriber_that_never_reads_again_is_dropped(
     writer_acc, slow_acc = new_account(relay, http), new_account(relay, http)
     writer = await SyncClient.connect(relay, writer_acc.access)
     try:
-        rw = Replica()
+        rw = Replica(writer_acc.author.client_id())
         await writer.subscribe(doc, rw)
         async with stalled(relay, slow_acc) as slow:
             await slow.subscribe(doc)
@@ -390,7 +390,7 @@ async def test_a_client_that_asks_without_reading_is_cut_off_with_bounded_memory
     writer_acc, slow_acc = new_account(relay, http), new_account(relay, http)
     writer = await SyncClient.connect(relay, writer_acc.access)
     try:
-        rw = Replica()
+        rw = Replica(writer_acc.author.client_id())
         await writer.subscribe(doc, rw)
         await write_round(writer, writer_acc, rw, doc, 10)
         answer = len(rw.encode_state())

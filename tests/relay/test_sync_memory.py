@@ -84,7 +84,8 @@ async def test_rejected_updates_leave_no_exception_reachable(relay: Relay, gc_of
     transport, conn = await _connection(relay, "alice")
     await transport.inbox.put(Subscribe(DOC, b"\x00").to_wire())
     assert isinstance(await transport.next(), Sync)
-    _, good = author("alice").book(Replica(), DOC, "s1", 1)
+    alice = author("alice")
+    _, good = alice.book(Replica(alice.client_id()), DOC, "s1", 1)
     forged = bytearray(good)
     forged[-5] ^= 0xFF  # breaks the record's signature (or its encoding): refused either way
     for uid in range(1, 41):

@@ -174,7 +174,7 @@ async def test_a_booking_is_one_message_per_recipient(relay: Relay) -> None:
     assert [rid for _, rid in mine.stamps] == [res.id]
     assert isinstance(theirs, Stamped) and theirs.uid is None and theirs.update == update
     assert (theirs.seq, theirs.stamp, theirs.stamps) == (mine.seq, mine.stamp, mine.stamps)
-    replica = Replica()
+    replica = Replica(alice.client_id())
     replica.apply_update(update)
     replica.apply_update(mine.stamp)
     assert len(replica.keys("stamps")) == 1
@@ -193,7 +193,7 @@ async def test_pipelined_updates_share_commits_and_are_acked_in_order(relay: Rel
     alice = author("alice")
     ta = await relay.connect("alice")
     await relay.subscribe(ta)
-    replica = Replica()
+    replica = Replica(alice.client_id())
     updates = [alice.book(replica, DOC, f"s{i % 12 + 1}", 1)[1] for i in range(40)]
     for uid, update in enumerate(updates, start=1):
         await ta.inbox.put(ClientUpdate(DOC, uid, update).to_wire())
@@ -221,7 +221,7 @@ async def test_backpressure_stops_reading_at_the_inflight_bound(
         return await real(batch)
 
     monkeypatch.setattr(relay.store, "_transaction", held)
-    replica = Replica()
+    replica = Replica(alice.client_id())
     updates = [alice.book(replica, DOC, f"s{i % 12 + 1}", 1)[1] for i in range(20)]
     for uid, update in enumerate(updates, start=1):
         await ta.inbox.put(ClientUpdate(DOC, uid, update).to_wire())
@@ -252,7 +252,7 @@ async def test_a_failed_commit_answers_its_update_with_a_retryable_error(
         return await real(batch)
 
     monkeypatch.setattr(relay.store, "_transaction", flaky)
-    replica = Replica()
+    replica = Replica(alice.client_id())
     _, update = alice.book(replica, DOC, "s1", 1)
     await ta.inbox.put(ClientUpdate(DOC, 1, update).to_wire())
     answer = await ta.next()

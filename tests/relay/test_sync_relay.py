@@ -18,10 +18,12 @@ import websockets
 
 from crdt_core.authoring import write_stamps
 from crdt_core.certs import SigningKey
+from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode, ErrorCode
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
+from crdt_core.records import RELAY_SIGNER_PREFIX
 from crdt_core.schema import SlotTemplate
 from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, rss_bytes, store_args
 from tests.relay.store_backends import LONG_STORES, copy_store
@@ -57,7 +59,7 @@ async def test_booking_is_stored_acked_stamped_and_fanned_out(
     alice, bob = new_account(relay, http), new_account(relay, http)
     ca = await SyncClient.connect(relay, alice.access)
     cb = await SyncClient.connect(relay, bob.access, header=False)
-    ra, rb = Replica(), Replica()
+    ra, rb = Replica(alice.author.client_id()), Replica()
     assert isinstance(await ca.subscribe(DOC, ra), DocSynced)
     assert isinstance(await cb.subscribe(DOC, rb), DocSynced)
 
@@ -91,7 +93,7 @@ async def test_rejections_keep_the_connection_and_store_nothing(
     doc = f"bookings:shop2:{DAY}"
     cm = await SyncClient.connect(relay, mallory.access)
     cw = await SyncClient.connect(relay, watcher.access)
-    rm, rw = Replica(), Replica()
+    rm, rw = Replica(mallory.author.client_id()), Replica()
     await cm.subscribe(doc, rm)
     await cw.subscribe(doc, rw)
     await cw.drain_into(rw, quiet=0.2)
@@ -100,7 +102,7 @@ async def test_rejections_keep_the_connection_and_store_nothing(
     from crdt_core.schema import Reservation
 
     forged = Reservation(id="forged1", slot="s1", party=1, customer=victim.user_id, hlc=mallory.author.hlc())
-    scratch = Replica()
+    scratch = Replica(mallory.author.client_id())
     scratch.apply_update(rm.encode_state())
     bad = mallory.author.put(scratch, doc, [(forged, None)])
     answer = await cm.push(doc, bad)
@@ -114,8 +116,7 @@ async def test_rejections_keep_the_connection_and_store_nothing(
     assert isinstance(await cm.push(doc, ok_update), Acked)
     await cm.drain_into(rm, quiet=0.3)
     fake_relay = SigningKey("not-the-relay", Ed25519PrivateKey.generate())
-    scratch = Replica()
-    scratch.apply_update(rm.encode_state())
+    scratch = rm.copy(client_id_for(RELAY_SIGNER_PREFIX + fake_relay.kid, 0))
     _, fake = write_stamps(scratch, doc, fake_relay, [res.id], 99, 0)
     answer = await cm.push(doc, fake)
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("bad_signature")
@@ -160,7 +161,7 @@ async def test_booking_carried_by_another_user_is_accepted_and_stamped(
 ) -> None:
     customer, carrier = new_account(relay, http), new_account(relay, http)
     doc = f"bookings:{SHOP}:{(dt.date.today() + dt.timedelta(days=4)).isoformat()}"
-    phone = Replica()
+    phone = Replica(customer.author.client_id())
     res, _ = customer.author.book(phone, doc, "s1", 1)  # offline, never connects
     tablet = Replica()
     tablet.apply_update(phone.encode_state())  # peer sync in the shop
@@ -187,12 +188,12 @@ async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client
         hlc=stranger.author.hlc(),
     )  # fmt: skip
     cs = await SyncClient.connect(relay, stranger.access)
-    rs = Replica()
+    rs = Replica(stranger.author.client_id())
     await cs.subscribe(doc, rs)
     answer = await cs.push(doc, stranger.author.put(rs, doc, [(tmpl, None)]))
     assert isinstance(answer, ErrorReceived) and answer.reason.startswith("forbidden")
     co = await SyncClient.connect(relay, owner.access)
-    ro = Replica()
+    ro = Replica(owner.author.client_id())
     await co.subscribe(doc, ro)
     tmpl2 = SlotTemplate(
         id="s1", service="cut", start="10:00", duration=30, capacity=2, weekdays=None, active=True,
@@ -209,7 +210,7 @@ async def test_hostile_frames_close_only_the_offender(relay: RelayProcess, http:
     rss_before = rss_bytes(relay.proc.pid)
     good = new_account(relay, http)
     cg = await SyncClient.connect(relay, good.access)
-    rg = Replica()
+    rg = Replica(good.author.client_id())
     await cg.subscribe(DOC, rg)
     payloads: list[bytes | str] = [
         b"\x00\xff\xfe garbage",
@@ -267,7 +268,7 @@ async def test_oversized_frame_is_refused(relay: RelayProcess, http: httpx.Clien
 async def test_flood_is_rate_limited(relay: RelayProcess, http: httpx.Client) -> None:
     acct = new_account(relay, http)
     c = await SyncClient.connect(relay, acct.access)
-    r = Replica()
+    r = Replica(acct.author.client_id())
     await c.subscribe(DOC, r)
     _, update = acct.author.book(r, DOC, "s3", 1)
     limited = 0
@@ -298,7 +299,7 @@ def test_relay_restart_keeps_acked_bookings(tmp_path: Path, store_flags: list[st
     async def book_some(relay: RelayProcess, http: httpx.Client) -> tuple[Account, dict[str, bytes]]:
         acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
-        r = Replica()
+        r = Replica(acct.author.client_id())
         await c.subscribe(DOC, r)
         for i in range(5):
             _, u = acct.author.book(r, DOC, f"s{i}", 1)
@@ -332,12 +333,12 @@ async def test_metrics_cover_the_sync_path(relay: RelayProcess, http: httpx.Clie
     # in any order: pytest-xdist spreads this module's tests over workers, each with its relay.
     acct = new_account(relay, http)
     c = await SyncClient.connect(relay, acct.access)
-    replica = Replica()
+    replica = Replica(acct.author.client_id())
     await c.subscribe(DOC, replica)
     _, update = acct.author.book(replica, DOC, "metrics", 1)
     assert isinstance(await c.push(DOC, update), Acked)
     await c.next_event(StampReceived)
-    shop, shop_replica = "shop:nobodys", Replica()
+    shop, shop_replica = "shop:nobodys", Replica(acct.author.client_id())
     await c.subscribe(shop, shop_replica)
     tmpl = SlotTemplate(
         id="m1", service="cut", start="10:00", duration=30, capacity=1, weekdays=None, active=True,
@@ -401,9 +402,9 @@ def test_restored_relay_keeps_carried_stamps_and_numbers_after_them(
         return check
 
     relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
-    held = Replica()
     with relay.client() as http:
         acct = new_account(relay, http)
+    held = Replica(acct.author.client_id())
     asyncio.run(book(relay, acct, held, ["s1", "s2"]))
     assert relay.stop() == 0
     shutil.copytree(data, backup)

@@ -99,7 +99,7 @@ async def _writer(
     """Books as fast as acks come back until the relay dies; records every acknowledged booking."""
     try:
         c = await SyncClient.connect(relay, acct_access)
-        replica = Replica()
+        replica = Replica(author.client_id())
         if not isinstance(await c.subscribe(DOC, replica), DocSynced):
             return
         while not stop.is_set() and not c.closed.done():
@@ -174,7 +174,7 @@ async def test_operator_stats_and_compact(tmp_path: Path, store_flags: list[str]
         with relay.client() as http:
             acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
-        replica = Replica()
+        replica = Replica(acct.author.client_id())
         await c.subscribe(DOC, replica)
         for i in range(4):
             _, update = acct.author.book(replica, DOC, f"s{i}", 1)
@@ -212,7 +212,7 @@ async def test_document_size_limit(tmp_path: Path, store_flags: list[str]) -> No
         with relay.client() as http:
             acct = new_account(relay, http)
         c = await SyncClient.connect(relay, acct.access)
-        replica = Replica()
+        replica = Replica(acct.author.client_id())
         await c.subscribe(DOC, replica)
         answers = []
         for i in range(20):
@@ -234,7 +234,7 @@ async def test_max_inflight_flag_reaches_the_welcome(tmp_path: Path, store_flags
         welcome = c.proto.welcome
         assert welcome is not None and welcome.limits[Limit.MAX_INFLIGHT] == 3
         # The bound slows a pipelined flush down; it never refuses one.
-        replica = Replica()
+        replica = Replica(acct.author.client_id())
         await c.subscribe(DOC, replica)
         updates = [acct.author.book(replica, DOC, f"s{i}", 1)[1] for i in range(12)]
         for uid, update in enumerate(updates, start=1):

@@ -1,0 +1,39 @@
+"""The REST sync benchmark suite itself: a tiny run must start a relay, page a real catalogue,
+send real batches and websocket updates, and report ratios against its baselines.
+
+Why a test: the suite drives the REST sync API, the websocket and the relay's CLI, so a change to
+any of them could silently break the benchmark. Structure and sanity only, never a time.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from benchmarks.harness import Progress, RunConfig
+from benchmarks.runner import run
+from benchmarks.suites import SUITES, rest
+
+
+def test_a_tiny_rest_run_measures_every_subject_and_reports_ratios(tmp_path: Path) -> None:
+    assert "rest" in SUITES
+    config = RunConfig(suites=("rest",), scale="tiny", repeat=1, plots=False, command="test rest tiny")
+    data = run(config, tmp_path, Progress(stream=io.StringIO()))
+    assert list(data["workloads"]) == ["catalogue_page", "batch_100"]
+    subjects = {
+        "catalogue_page": {rest.AUTH_ME, rest.PAGE, rest.NOT_MODIFIED},
+        "batch_100": {rest.WEBSOCKET, rest.BATCH_MSGPACK, rest.BATCH_JSON},
+    }
+    for workload, names in subjects.items():
+        rows = [r for r in data["results"] if r["workload"] == workload]
+        assert {r["subject"] for r in rows} == names
+        for r in rows:
+            assert r["status"] == "ok", (workload, r["subject"], r["note"])
+            assert r["samples"] and all(s > 0 for s in r["samples"])
+    pages = [r for r in data["results"] if r["workload"] == "catalogue_page"]
+    assert {len(r["samples"]) for r in pages} == {5 * 2}  # 500 shops at 100, two rounds, each kind alike
+    ratios = {(x["workload"], x["subject"]): x["ratio"] for x in data["ratios"]}
+    assert ratios[("catalogue_page", rest.AUTH_ME)] == 1.0 and ratios[("batch_100", rest.WEBSOCKET)] == 1.0
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values())
+    assert (tmp_path / "summary.md").read_text().count("vs websocket") == 1
