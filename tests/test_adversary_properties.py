@@ -695,7 +695,12 @@ class AdversaryMachine(RuleBasedStateMachine):
 
     def _in_flight(self) -> list[bytes]:
         """Honest updates not yet everywhere: what a carrier or an eavesdropper gets to see."""
-        return [u for n in self.nodes for u in n.outbox + n.carried if inserts(u)]
+        return [
+            u
+            for n in self.nodes
+            for u in n.outbox + n.carried
+            if inserts(u) and all(self.honest.get((i.root, i.key)) == i.value for i in inserts(u))
+        ]
 
     def _send(self, kind: str, target_index: int, update: bytes) -> None:
         spec = ATTACKS[kind]
@@ -737,7 +742,8 @@ class AdversaryMachine(RuleBasedStateMachine):
         if in_flight:
             runs = [inserts(u) for u in self._in_flight()]
         else:
-            runs = [[i] for n in self.nodes for i in inserts(n.day.encode_state()) if i.root != CERTS_ROOT]
+            held = [i for n in self.nodes for i in inserts(n.day.encode_state()) if i.root != CERTS_ROOT]
+            runs = [[i] for i in held if self.honest.get((i.root, i.key)) == i.value]
         if signers:
             runs = [
                 r
