@@ -690,7 +690,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         self, target: Replica, party: int = 1, author: Author | None = None
     ) -> list[tuple[str, str, bytes]]:
         author = author or self.mal
-        res = Reservation(author._new_id(), SLOTS[0], party, author.user_id, author.hlc(), None)
+        res = Reservation(self.mal._new_id(), SLOTS[0], party, author.user_id, author.hlc(), None)
         return self._with_cert(target, author.device, 0) + [(res.ROOT, res.id, sign(author, res, res.id))]
 
     def _in_flight(self) -> list[bytes]:
