@@ -3,13 +3,21 @@
 The model (crdt_core only, no sockets): customer phones, a staff phone and the shop's tablet (staff,
 the usual carrier between peers) write real signed records into one bookings day, each under the
 one Yjs client id its signer owns for that document (generation ``g``). A relay model validates
-what reaches it with an ``ArrivalPolicy``, refuses a re-send that differs from what it holds at the
-same Yjs id (``equivocation``), and stamps the claims that arrived together under its own derived
-client id, in the core's tentative order. Devices go offline, exchange state-vector diffs with each
-other (split per writer, as peer sync does, each part queued to be forwarded), upload their outbox
-and what they carry as one group or one at a time, pull from the relay, and the owner changes
-capacities. One adversary (a customer device that also acts as a peer) performs one attack class
-per test (all of them in ``test_mixed_attacks``), sending to the relay or to any honest device.
+what reaches it with an ``ArrivalPolicy``, refuses a party over capacity (``party_too_large``, as
+``relay.sync_hub`` does) and a re-send that differs from what it holds at the same Yjs id
+(``equivocation``), and stamps each update's new claims under its own derived client id, in
+``crdt_core.verdict.stamp_order``. Devices go offline, exchange state-vector diffs with each other
+(split per writer, as peer sync does, peers judging them with ``ArrivalPolicy.for_peer``; each part
+queued to be forwarded), upload their outbox and what they carry one update at a time, as one
+flush, or as one bundled update, pull from the relay, and the owner changes capacities. One
+adversary (a customer device that also acts as a peer and sees what carriers hold) performs one
+attack class per test (all of them in ``test_mixed_attacks``), sending to the relay or to any
+honest device: squatting a device's or the relay's next Yjs id; re-wrapping an honest record
+(higher schema version, non-canonical msgpack, the other certificate of the same device key),
+placed at its writer's own id where that hurts most; forged or replayed stamps; rewrites and
+deletions; records and events in others' names; impossible parties; back-dating with an expired
+certificate; equivocation (two records at one of its ids, to two replicas); replaying a device's
+later record at its earlier Yjs id (``reorder``, an expected failure: see ``XFAIL``).
 
 Invariants, after every step:
 
@@ -22,10 +30,19 @@ Invariants, after every step:
 * no verdict puts more people in a slot than its capacity, and an impossible party (above the
   slot's capacity) neither holds nor waits for seats;
 * stamps keep the tentative order of claims the relay received together: when a tentatively later
-  claim holds the earlier stamp, it reached the relay in an earlier group;
+  claim holds the earlier stamp, it reached the relay in an earlier update (across a group commit:
+  ``test_group_commit_keeps_tentative_order``, an expected failure);
 * after a final full sync (everyone uploads and pulls; a replica whose copy still differs from the
   relay's takes the relay's state, as the client's rebuild does), every honest record is at the
   relay and every replica's verdict equals the relay's: state, waitlist position, stamp, finality.
+  A staff event on a claim the relay refused (seen on a peer) can never be accepted and blocks the
+  device's later writes under that Yjs id (``missing_deps``); the device then moves to the next
+  generation, re-writing the rest.
+
+Budget: ``ci`` runs 20 examples of 25 steps per test (about 20 s of CPU for the file); ``thorough``
+2,000 examples of 40 steps per test, 22,000 attack cases in the 11 attack properties that run (plus
+2,000 honest-only), about 200 s of CPU per test. ``ADVERSARY_EXAMPLES`` overrides the count and
+``ADVERSARY_SHRINK=0`` skips shrinking (a failing run can otherwise shrink for minutes).
 """
 
 from __future__ import annotations
