@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # so three workers fit two cores; a module stays on one worker (its module-scoped relay starts once).
 PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: demo demo-offline test lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
+.PHONY: demo demo-offline test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -22,9 +22,22 @@ demo: $(STAMP)
 demo-offline: $(STAMP)
 	$(BIN)/python -m client.demo
 
-test: $(STAMP)
+test: $(STAMP) test-web
 	tools/ensure-servers
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
+
+# The JavaScript SDK (web/sdk): dependencies from its lockfile (npm ci, again only when
+# package-lock.json changed), its JSDoc type check and its node tests. The crdt_core cross-check
+# (tests/web/test_sdk_agrees.py) then runs inside the pytest suite with these dependencies.
+SDK := web/sdk
+SDK_STAMP := $(SDK)/node_modules/.installed
+$(SDK_STAMP): $(SDK)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "need node 20+ and npm on PATH for web/sdk"; exit 1; }
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SDK_STAMP)
+
+test-web: $(SDK_STAMP)
+	cd $(SDK) && npm run --silent typecheck && node --test --test-reporter=dot test/
 
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q

@@ -164,7 +164,12 @@ def parse_certificate(raw: bytes, trusted_keys: Mapping[str, bytes]) -> Certific
     if not isinstance(raw, (bytes, bytearray)) or len(raw) > MAX_CERT_BYTES:
         raise SchemaError("certificate must be at most 4 KiB of bytes")
     outer = _unpack(bytes(raw))
-    if not (isinstance(outer, list) and len(outer) == 4 and outer[0] == CERT_FORMAT):
+    # ``type(...) is int``: msgpack's true and 1.0 compare equal to 1 in Python, and each would be
+    # another canonical byte string (so another certificate id and set of client ids) for one
+    # relay-signed certificate.
+    if not (
+        isinstance(outer, list) and len(outer) == 4 and type(outer[0]) is int and outer[0] == CERT_FORMAT
+    ):
         raise SchemaError("certificate envelope malformed")
     _, body, kid, sig = outer
     if not (isinstance(body, bytes) and isinstance(kid, str) and isinstance(sig, bytes)):

@@ -286,3 +286,19 @@ def test_the_backdating_window_is_the_lesser_of_the_policy_and_the_certificate_l
     assert ArrivalPolicy(now_ms=NOW_MS, max_backdate_ms=None).backdate_window_ms(cert) == lifetime
     peer = ArrivalPolicy.for_peer(NOW_MS)
     assert (peer.is_revoked, peer.current_rights, peer.now_ms) == (None, None, NOW_MS)
+
+
+@pytest.mark.parametrize(
+    "head", [b"\xc3", b"\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00"], ids=["true", "float-1.0"]
+)
+def test_a_certificate_whose_format_is_not_the_integer_1_is_refused(head: bytes) -> None:
+    """msgpack's true and 1.0 equal 1 in Python and are canonical encodings of themselves, so a
+    format check by equality let anyone re-frame a relay-signed certificate under a new id."""
+    world = World()
+    relay, _, _ = booked(world, "alice")
+    raw = world.device("carol").device.certificate
+    assert raw[:2] == b"\x94\x01"
+    variant = raw[:1] + head + raw[2:]
+    vid = cert_id_of(variant)
+    update = Replica(client_id_for(vid, 0)).write([("certs", vid, variant)])
+    assert assert_refused(DOC, relay, update, world.cache()).code == "bad_certificate"

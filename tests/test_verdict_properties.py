@@ -630,7 +630,7 @@ def test_an_inactive_template_is_a_closed_slot_not_a_small_one() -> None:
     day = Day(World(), customers=1)
     big = day.book(0, "s1", 4)
     owner = day.world.device("owner1", owner_of=[SHOP])
-    shop, owner_phone = Replica(700), Replica(701)
+    shop, owner_phone = Replica(700), Replica(owner.client_id())
     off = SlotTemplate("s1", "cut", "09:00", 30, 2, None, False, owner.hlc())
     receive(SHOP_DOC, shop, owner.put(owner_phone, SHOP_DOC, [(off, None)]), day.world.cache())
     assert day.verdict(capacities_from(shop)).claims[big].state is ClaimState.WAITLISTED

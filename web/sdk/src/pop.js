@@ -1,0 +1,58 @@
+// Proof of possession for tokens bound to a device key (docs/protocol.md 1.1, crdt_core/pop.py):
+// an Ed25519 signature over "quickslot-relay-pop-v1\0" + msgpack([purpose, aud, jti, time]).
+
+import { packInOrder } from "./canonical.js";
+import { concat, utf8 } from "./bytes.js";
+import { ed25519Sign } from "./crypto.js";
+
+export const POP_DOMAIN = utf8("quickslot-relay-pop-v1\0");
+/** The purpose of a proof for the sync websocket. */
+export const SYNC_PURPOSE = "sync";
+
+/** @param {string} text @returns {Uint8Array} */
+export function fromBase64Url(text) {
+  const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (text.length % 4)) % 4);
+  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+}
+
+/** @param {Uint8Array} bytes @returns {string} */
+export function toBase64Url(bytes) {
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/**
+ * A token's claims, read without verifying it (the relay verifies); null if it is not a JWT.
+ * @param {string} token @returns {Record<string, any> | null}
+ */
+export function tokenClaims(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const claims = JSON.parse(new TextDecoder().decode(fromBase64Url(parts[1])));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The bytes a proof signs.
+ * @param {string | string[]} purpose "sync", or ["rest", METHOD, PATH]
+ * @param {string} audience @param {string} jti @param {number} at unix seconds
+ */
+export function popStatement(purpose, audience, jti, at) {
+  return concat(POP_DOMAIN, packInOrder([purpose, audience, jti, at]));
+}
+
+/**
+ * The `auth` message's proof for a token bound to a device key, or null for a bearer token.
+ * @param {string} token @param {Uint8Array} seed the device's private key
+ * @param {number} [nowS] unix seconds (the relay accepts ±300 s)
+ * @returns {Promise<{proof: Uint8Array, proofTime: number} | null>}
+ */
+export async function authProof(token, seed, nowS = Math.floor(Date.now() / 1000)) {
+  const claims = tokenClaims(token);
+  if (!claims || !claims.cnf) return null;
+  const proof = await ed25519Sign(popStatement(SYNC_PURPOSE, claims.aud, claims.jti, nowS), seed);
+  return { proof, proofTime: nowS };
+}

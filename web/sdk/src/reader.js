@@ -1,0 +1,81 @@
+// Typed reads of a document's records (crdt_core/reader.py): what a client feeds its verdict and
+// views. Validation already checked whatever a replica holds, so reading neither re-verifies
+// signatures nor re-checks canonical form; a record that does not parse (a newer, incompatible
+// schema, say) is skipped rather than breaking the view.
+
+import * as Y from "yjs";
+import { SchemaError } from "./errors.js";
+import { openRecord } from "./records.js";
+import { CERTS_ROOT, SCHEMA_VERSION, parseDocId, parseRecord, rootsOf } from "./schema.js";
+import { currentTemplates } from "./verdict.js";
+
+/** @typedef {import("./schema.js").TypedRecord} TypedRecord */
+/** @typedef {import("./schema.js").DocId} DocId */
+
+/** @param {string | DocId} docId @returns {DocId} */
+const asDocId = (docId) => (typeof docId === "string" ? parseDocId(docId) : docId);
+
+/**
+ * Every parseable record of one map, by key (an absent map reads as empty and is not created).
+ * @param {Y.Doc} doc @param {string | DocId} docId @param {string} root
+ * @returns {Map<string, TypedRecord>}
+ */
+export function readMap(doc, docId, root) {
+  const ref = asDocId(docId);
+  /** @type {Map<string, TypedRecord>} */
+  const out = new Map();
+  if (!doc.share.has(root)) return out;
+  for (const [key, raw] of doc.getMap(root).entries()) {
+    if (!(raw instanceof Uint8Array)) continue;
+    try {
+      const env = openRecord(raw, { canonical: false });
+      out.set(key, parseRecord(ref.kind, root, key, env.kind, env.fields, env.schemaVersion));
+    } catch (err) {
+      if (!(err instanceof SchemaError)) throw err;
+    }
+  }
+  return out;
+}
+
+/**
+ * The document's schema version: the highest its records were written in (0 if empty), capped at
+ * the version this SDK knows, so one record claiming 999 cannot push a document past its readers.
+ * @param {Y.Doc} doc @param {string | DocId} docId
+ */
+export function schemaVersionOf(doc, docId) {
+  let best = 0;
+  for (const root of rootsOf(asDocId(docId).kind)) {
+    if (root === CERTS_ROOT || !doc.share.has(root)) continue;
+    for (const raw of doc.getMap(root).values()) {
+      if (!(raw instanceof Uint8Array)) continue;
+      try {
+        best = Math.max(best, Math.min(openRecord(raw, { canonical: false }).schemaVersion, SCHEMA_VERSION));
+      } catch (err) {
+        if (!(err instanceof SchemaError)) throw err;
+      }
+    }
+  }
+  return best;
+}
+
+/**
+ * A bookings document's claims as typed records: the verdict's input besides capacities.
+ * @param {Y.Doc} doc @param {string | DocId} docId
+ * @returns {import("./verdict.js").BookingsState}
+ */
+export function readBookings(doc, docId) {
+  const ref = asDocId(docId);
+  /** @type {Map<number, TypedRecord>} */
+  const stamps = new Map();
+  for (const stamp of readMap(doc, ref, "stamps").values()) stamps.set(stamp.no, stamp);
+  return { reservations: readMap(doc, ref, "reservations"), events: readMap(doc, ref, "events"), stamps };
+}
+
+/**
+ * The current template of every slot of a shop document (newest HLC, then record key, wins).
+ * @param {Y.Doc} doc @param {string | DocId} shopDocId
+ * @returns {Map<string, TypedRecord>}
+ */
+export function slotTemplates(doc, shopDocId) {
+  return currentTemplates(readMap(doc, shopDocId, "slots"));
+}
