@@ -788,6 +788,11 @@ class AdversaryMachine(RuleBasedStateMachine):
                 if kind == "rewrap_version":
                     outer[1] = outer[1] + 1 + pick % 900
                     value = msgpack.packb(outer, use_bin_type=True)
+                elif kind == "rewrap_framing" and pick % 3 == 0:
+                    # canonical bytes of an equal value of another type: 2.0 or True for an int
+                    index = (pick // 3) % 2
+                    outer[index] = float(outer[index]) if pick & 64 or outer[index] != 1 else True
+                    value = msgpack.packb(outer, use_bin_type=True)
                 elif kind == "rewrap_framing":
                     if pick & 16:  # the field map too
                         outer[3] = loose_pack(msgpack.unpackb(outer[3], raw=False), pick)
