@@ -16,7 +16,7 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
 3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
    map's kind with schema-valid fields (``schema``), stored under the key its id demands.
 4. Certificates (map ``certs``) verify against the trusted relay keys and sit under their id.
-5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, D1 in
+5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, see
    ``crdt_core.clientids``): ``owns_client(signer, client)`` where the signer is the envelope's
    ``signer`` (a certificate id, or ``relay:<kid>`` for stamps) and, for a certificate, that
    certificate's own id. Checked as soon as the envelope is read (a cached set lookup), so a

@@ -1014,7 +1014,7 @@ class AdversaryMachine(RuleBasedStateMachine):
     def stamps_keep_the_tentative_order_of_what_arrived_together(self) -> None:
         if not self.CHECK_STAMP_ORDER:
             return
-        # an update, or (D5 as decided, checked where CHECK_GROUP_ORDER) a whole group commit
+        # an update, or (checked where CHECK_GROUP_ORDER) a whole group commit
         together = 0 if self.CHECK_GROUP_ORDER else 1
         state = read_bookings(self.relay_day, DOC)
         stamped = [(no, state.reservations[s.reservation]) for no, s in sorted(state.stamps.items())]
@@ -1043,7 +1043,7 @@ if os.environ.get("ADVERSARY_SHRINK") == "0":
 #: Attacks no decision of this round closes; the test stays, expected to fail, until one does.
 XFAIL: dict[str, str] = {
     "reorder": (
-        "D1 binds a Yjs client id to its signer, not a struct's clock to its record: a carrier holding"
+        "Client ids are bound to their signer, not a struct's clock to its record: a carrier holding"
         " two of a device's queued writes can publish the later record at the earlier one's Yjs id"
         " (both signed by that device, canonical, its own id), so the earlier record is refused"
         " (equivocation) or silently skipped, and the later one refused as a rewrite"
@@ -1094,11 +1094,12 @@ def test_mixed_attacks() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="D5 asks for tentative order across one group commit; the relay (and this model) stamps"
-    " each update's claims in stamp_order but different updates of one flush in arrival order",
+    reason="the relay stamps each update's claims in stamp_order but separate updates in arrival order,"
+    " even within one group commit; the real client sends a carrier's queued updates of a document as"
+    " one bundle first (client.sync._Session._send_bundles), which this model's group upload does not",
 )
 def test_group_commit_keeps_tentative_order() -> None:
-    """A carrier's per-writer forward entries flushed together share a group commit (D5)."""
+    """A carrier's per-writer forward entries flushed together share a group commit."""
     reproduce_group_commit_order()
     machine = machine_for(())
     machine.CHECK_GROUP_ORDER = True
