@@ -27,7 +27,14 @@ from crdt_core.schema import (
     parse_record,
 )
 
-__all__ = ["BookingsState", "read_bookings", "read_map", "schema_version_of", "slot_templates"]
+__all__ = [
+    "BookingsState",
+    "highest_stamp",
+    "read_bookings",
+    "read_map",
+    "schema_version_of",
+    "slot_templates",
+]
 
 T = TypeVar("T", bound=TypedRecord)
 
@@ -105,3 +112,12 @@ def slot_templates(replica: Replica, shop_doc: str | DocId) -> dict[str, SlotTem
         if held is None or rank > held[:2]:
             best[rec.id] = (rec.hlc, key, rec)
     return {slot: entry[2] for slot, entry in best.items()}
+
+
+def highest_stamp(replica: Replica) -> int:
+    """The highest stamp number a document holds, 0 for none, so numbering continues after it.
+
+    Read from the keys of the stamps map (``stamp_key(no)``; validation holds each stamp at its
+    own number's key) without opening a record. Keys that are not ASCII digits are not stamps.
+    """
+    return max((int(key) for key in replica.keys(Stamp.ROOT) if key.isascii() and key.isdigit()), default=0)
