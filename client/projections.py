@@ -37,6 +37,7 @@ from crdt_core.schema import (
     SlotTemplate,
     StaffEntry,
     TypedRecord,
+    capacity_on,
 )
 from crdt_core.verdict import ClaimState, ClaimVerdict, Verdict, VerdictChange, diff_verdicts
 
@@ -116,12 +117,8 @@ class SlotRow:
     active: bool
 
     def capacity_on(self, day: _dt.date) -> int:
-        """Same rule as ``SlotTemplate.capacity_on``: inactive or off-day slots offer no seat."""
-        if not self.active:
-            return 0
-        if self.weekdays is not None and day.weekday() not in self.weekdays:
-            return 0
-        return self.capacity
+        """``crdt_core.schema.capacity_on``: inactive or off-day slots offer no seat."""
+        return capacity_on(day, self.capacity, self.weekdays, self.active)
 
 
 @dataclass(frozen=True)

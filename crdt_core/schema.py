@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final
@@ -38,6 +38,7 @@ __all__ = [
     "StatusEvent",
     "TypedRecord",
     "UserProfile",
+    "capacity_on",
     "parse_doc_id",
     "parse_record",
     "record_class",
@@ -341,11 +342,18 @@ class SlotTemplate(TypedRecord):
     hlc: str
 
     def capacity_on(self, day: _dt.date) -> int:
-        if not self.active:
-            return 0
-        if self.weekdays is not None and day.weekday() not in self.weekdays:
-            return 0
-        return self.capacity
+        return capacity_on(day, self.capacity, self.weekdays, self.active)
+
+
+def capacity_on(day: _dt.date, capacity: int, weekdays: Collection[int] | None, active: bool) -> int:
+    """Seats a slot offers on ``day``: none when it is inactive or ``day`` is not one of its
+    ``weekdays`` (0 = Monday; None: every day), else its capacity. The one rule for verdicts,
+    the relay's arrival checks and the client's projections."""
+    if not active:
+        return 0
+    if weekdays is not None and day.weekday() not in weekdays:
+        return 0
+    return capacity
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from crdt_core.schema import (
     Stamp,
     StatusEvent,
     TypedRecord,
+    capacity_on,
     parse_doc_id,
     parse_record,
     record_class,
@@ -389,3 +390,25 @@ def test_slot_capacity_on_a_day() -> None:
     assert slot.capacity_on(tuesday) == 0
     assert typed(SlotTemplate, {**GOOD_SLOT, "active": False}).capacity_on(monday) == 0
     assert typed(SlotTemplate, GOOD_SLOT).capacity_on(tuesday) == 3
+
+
+@given(
+    day=st.dates(),
+    capacity=st.integers(0, 10_000),
+    weekdays=st.none() | st.lists(st.integers(0, 6), unique=True).map(lambda d: tuple(sorted(d))),
+    active=st.booleans(),
+)
+def test_the_clients_slot_rows_offer_the_seats_the_core_rule_does(
+    day: dt.date, capacity: int, weekdays: tuple[int, ...] | None, active: bool
+) -> None:
+    """The client's projection rows once carried their own copy of the rule; now they call it."""
+    from client.projections import SlotRow
+
+    template = SlotTemplate(
+        id="s", service="cut", start="09:00", duration=30, capacity=capacity, weekdays=weekdays,
+        active=active, hlc="0000000000001-000000-a",
+    )  # fmt: skip
+    row = SlotRow("shop", "s", "cut", "09:00", 30, capacity, weekdays, active)
+    seats = capacity_on(day, capacity, weekdays, active)
+    assert template.capacity_on(day) == row.capacity_on(day) == seats
+    assert seats == (capacity if active and (weekdays is None or day.weekday() in weekdays) else 0)
