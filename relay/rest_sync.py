@@ -472,14 +472,14 @@ class RestSync:
         )
 
     async def shop(self, hub: SyncHub, shop_id: str) -> tuple[ShopView, int]:
-        doc = f"shop:{shop_id}"
+        doc = str(DocId.shop(shop_id))
         return await hub.manager.read(
             doc, lambda replica, seq: (self.shops.get(doc, seq, replica, shop_id), seq)
         )
 
     async def day(self, hub: SyncHub, shop_id: str, day: str) -> tuple[dict[str, Any], int, int]:
         view, shop_seq = await self.shop(hub, shop_id)
-        doc = f"bookings:{shop_id}:{day}"
+        doc = str(DocId.bookings(shop_id, day))
         key = f"{doc}@{shop_seq}"
         out, seq = await hub.manager.read(
             doc, lambda replica, seq: (self.days.get(key, seq, replica, doc, view.templates), seq)
