@@ -113,6 +113,7 @@ from crdt_core.verdict import (
     VerdictChange,
     compute_verdict,
     exceeds_capacity,
+    tentative_key,
 )
 from crdt_core.yupdate import decode_update
 
@@ -396,7 +397,7 @@ def _appended(
             before = slot.claims
         if before and before[-1].stamp is None:
             last = state.reservations.get(before[-1].reservation_id)
-            if last is None or (last.hlc, last.customer, last.id) >= (rec.hlc, rec.customer, rec.id):
+            if last is None or tentative_key(last) >= tentative_key(rec):
                 return None
         waiting = 0
         blocked = False  # a waitlisted claim, or a no-show that did not fit, blocks all after it
