@@ -101,6 +101,7 @@ from crdt_core.schema import (
     StatusEvent,
     TypedRecord,
     check_id,
+    parse_day,
     parse_doc_id,
     parse_record,
 )
@@ -318,8 +319,8 @@ def _as_day(day: _dt.date | str) -> _dt.date:
     if isinstance(day, _dt.date):
         return day
     try:
-        return _dt.date.fromisoformat(day)
-    except (TypeError, ValueError):
+        return parse_day(day)
+    except SchemaError:
         raise InvalidRequest(f"not a day (YYYY-MM-DD): {day!r}") from None
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "TypedRecord",
     "UserProfile",
     "capacity_on",
+    "parse_day",
     "parse_doc_id",
     "parse_record",
     "record_class",
@@ -105,6 +106,21 @@ def check_id(value: object, what: str = "id") -> str:
     return value
 
 
+def parse_day(text: object) -> _dt.date:
+    """A bookings document's day: exactly ``YYYY-MM-DD`` and a real date (``date.fromisoformat``
+    alone also takes ``20270111`` and ``2027-W02-1``, which would name the same document twice).
+
+    Raises:
+        SchemaError: any other spelling, or no such day.
+    """
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise SchemaError("bookings day must be YYYY-MM-DD")
+    try:
+        return _dt.date.fromisoformat(text)
+    except ValueError:
+        raise SchemaError(f"no such day {text!r}") from None
+
+
 def parse_doc_id(text: object) -> DocId:
     """Parse and check a document id; every other spelling is refused.
 
@@ -123,13 +139,7 @@ def parse_doc_id(text: object) -> DocId:
     if kind == "bookings":
         shop, _, day = rest.partition(":")
         check_id(shop, "shop id")
-        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
-            raise SchemaError("bookings day must be YYYY-MM-DD")
-        try:
-            date = _dt.date.fromisoformat(day)
-        except ValueError:
-            raise SchemaError(f"no such day {day!r}") from None
-        return DocId(DocKind.BOOKINGS, shop_id=shop, day=date)
+        return DocId(DocKind.BOOKINGS, shop_id=shop, day=parse_day(day))
     raise SchemaError(f"unknown document kind in {text!r}")
 
 

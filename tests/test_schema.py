@@ -25,6 +25,7 @@ from crdt_core.schema import (
     StatusEvent,
     TypedRecord,
     capacity_on,
+    parse_day,
     parse_doc_id,
     parse_record,
     record_class,
@@ -412,3 +413,11 @@ def test_the_clients_slot_rows_offer_the_seats_the_core_rule_does(
     seats = capacity_on(day, capacity, weekdays, active)
     assert template.capacity_on(day) == row.capacity_on(day) == seats
     assert seats == (capacity if active and (weekdays is None or day.weekday() in weekdays) else 0)
+
+
+@pytest.mark.parametrize("text", ["20270111", "2027-W02-1", "2027-1-11", "2027-02-30", " 2027-01-11", None])
+def test_a_day_has_one_spelling(text: object) -> None:
+    """``date.fromisoformat`` alone (the client's and the CLI's former copies) took the first two."""
+    with pytest.raises(SchemaError):
+        parse_day(text)
+    assert parse_day("2027-01-11") == dt.date(2027, 1, 11)
