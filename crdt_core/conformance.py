@@ -63,7 +63,7 @@ from crdt_core.schema import (
     stamp_key,
 )
 from crdt_core.validation import ArrivalPolicy, Rights, validate_update
-from crdt_core.verdict import compute_verdict
+from crdt_core.verdict import compute_verdict, stamp_prefix
 
 __all__ = [
     "CORPUS_FORMAT",
@@ -2082,10 +2082,7 @@ def _verdict_case(
 ) -> dict[str, Any]:
     stamp_list = stamps or []
     if prefix is None:
-        prefix = 0
-        numbers = {s["no"] for s in stamp_list}
-        while prefix + 1 in numbers:
-            prefix += 1
+        prefix = stamp_prefix({s["no"] for s in stamp_list})
     return {
         "name": name,
         "note": note,
