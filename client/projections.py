@@ -37,6 +37,7 @@ from crdt_core.schema import (
     SlotTemplate,
     StaffEntry,
     TypedRecord,
+    capacities_on,
     capacity_on,
 )
 from crdt_core.verdict import ClaimState, ClaimVerdict, Verdict, VerdictChange, diff_verdicts
@@ -265,10 +266,6 @@ async def project_records(tx: Tx, doc: DocId, records: Iterable[ProjectedRecord]
     await tx.executemany(_UPSERT_SLOT, slots)
     await tx.executemany(_UPSERT_STAFF, staff)
     return bool(slots)
-
-
-def capacities_on(templates: Mapping[str, SlotTemplate], day: _dt.date) -> dict[str, int]:
-    return {slot: t.capacity_on(day) for slot, t in templates.items()}
 
 
 # --- bookings documents ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "StatusEvent",
     "TypedRecord",
     "UserProfile",
+    "capacities_on",
     "capacity_on",
     "parse_day",
     "parse_doc_id",
@@ -364,6 +365,11 @@ def capacity_on(day: _dt.date, capacity: int, weekdays: Collection[int] | None, 
     if weekdays is not None and day.weekday() not in weekdays:
         return 0
     return capacity
+
+
+def capacities_on(templates: Mapping[str, SlotTemplate], day: _dt.date) -> dict[str, int]:
+    """Seats per slot id on ``day`` (the verdict's capacities), from each slot's current template."""
+    return {slot: template.capacity_on(day) for slot, template in templates.items()}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,15 @@ from typing import Any, Generic, TypeVar
 from crdt_core.engine import Replica
 from crdt_core.hlc import Timestamp
 from crdt_core.reader import newest, newest_per, read_bookings, read_map, slot_templates
-from crdt_core.schema import Category, DocId, ShopProfile, ShopSummary, SlotTemplate, TypedRecord
+from crdt_core.schema import (
+    Category,
+    DocId,
+    ShopProfile,
+    ShopSummary,
+    SlotTemplate,
+    TypedRecord,
+    capacities_on,
+)
 from crdt_core.verdict import ClaimState, compute_verdict
 
 __all__ = [
@@ -187,7 +195,7 @@ def day_view(replica: Replica, doc_id: str, templates: dict[str, SlotTemplate]) 
     state = read_bookings(replica, doc_id)
     day = state.doc.day
     assert day is not None
-    capacities = {sid: t.capacity_on(day) for sid, t in templates.items()}
+    capacities = capacities_on(templates, day)
     verdict = compute_verdict(state, capacities)
     slots: list[dict[str, Any]] = []
     for t in sorted(templates.values(), key=lambda t: (t.start, t.id)):

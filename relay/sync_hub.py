@@ -105,7 +105,7 @@ from crdt_core.protocol import (
 )
 from crdt_core.reader import slot_templates
 from crdt_core.records import RELAY_SIGNER_PREFIX
-from crdt_core.schema import DocId, DocKind, SlotTemplate, parse_doc_id
+from crdt_core.schema import DocId, DocKind, SlotTemplate, capacities_on, parse_doc_id
 from crdt_core.validation import ArrivalPolicy, Reason, ValidatedUpdate, validate_update
 from crdt_core.verdict import exceeds_capacity, stamp_order
 from relay.anonymous_slots import AnonymousSlots, address_key
@@ -746,7 +746,7 @@ class SyncHub:
 
     async def _capacities(self, doc: str) -> dict[str, int] | None:
         """Seats per slot on a bookings document's day, from the relay's copy of the shop document
-        (``SlotTemplate.capacity_on``: 0 for a slot not offered that day); None for other kinds."""
+        (``crdt_core.schema.capacities_on``: 0 for a slot not offered that day); None for other kinds."""
         parsed = parse_doc_id(doc)
         if parsed.kind is not DocKind.BOOKINGS:
             return None
@@ -764,7 +764,7 @@ class SyncHub:
             return found
 
         found = await self.manager.read(shop_doc, templates)
-        return {slot: template.capacity_on(day) for slot, template in found.items()}
+        return capacities_on(found, day)
 
     def _stamper(self, doc: str) -> Callable[[Replica, ValidatedUpdate, StampSequence], bytes | None]:
         def build(replica: Replica, checked: ValidatedUpdate, stamps: StampSequence) -> bytes | None:
