@@ -1,4 +1,5 @@
-"""crdt_core.validation.may_write: DESIGN's writer table, the one rule validation and clients ask.
+"""crdt_core.validation.may_write: the writer table (docs/records.md section 8), the one rule
+validation and clients ask.
 
 The client once re-encoded the table (admin/owner/staff checks before each write); it now asks
 ``may_write`` (status events) or the ``Rights`` predicates the table itself is written with
