@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import given, strategies as st
 
+from client.projections import SlotRow
 from crdt_core.engine import Replica
 from crdt_core.errors import SchemaError, ValidationError
 from crdt_core.reader import read_map, schema_version_of
@@ -403,8 +404,6 @@ def test_the_clients_slot_rows_offer_the_seats_the_core_rule_does(
     day: dt.date, capacity: int, weekdays: tuple[int, ...] | None, active: bool
 ) -> None:
     """The client's projection rows once carried their own copy of the rule; now they call it."""
-    from client.projections import SlotRow
-
     template = SlotTemplate(
         id="s", service="cut", start="09:00", duration=30, capacity=capacity, weekdays=weekdays,
         active=active, hlc="0000000000001-000000-a",
