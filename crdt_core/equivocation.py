@@ -50,7 +50,6 @@ def find_equivocation(replica: Replica, update: bytes) -> str | None:
                 signer = f"signed by {open_record(ins.value).signer}"
             except SchemaError:
                 pass
-        return (
-            f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key}, {signer}) is held with different content"
-        )
+        where = f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key})"
+        return f"{where} is held with different content ({signer})"
     return None
