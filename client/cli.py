@@ -68,6 +68,8 @@ from client.local import ClientError, InvalidRequest, LocalClient, NotAllowed, N
 from client.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvailability, SlotRow, StaffRow
 from client.secrets import SecretStore
 from client.store import OutboxEntry
+from crdt_core.errors import SchemaError
+from crdt_core.schema import parse_day
 from crdt_core.verdict import ClaimState
 
 if TYPE_CHECKING:
@@ -915,8 +917,8 @@ def _weekdays(text: str) -> list[int]:
 
 def _day(text: str) -> str:
     try:
-        return _dt.date.fromisoformat(text).isoformat()
-    except ValueError:
+        return parse_day(text).isoformat()
+    except SchemaError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
