@@ -1095,6 +1095,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--transport",
         choices=("auto", "websocket", "http"),
+        metavar="auto|websocket|http",
         help="auto: websocket, plain HTTP when websockets are blocked; or only one of them "
         "(remembered in the profile; default: the remembered one, else auto)",
     )

@@ -326,3 +326,19 @@ def test_sync_watch_prints_events_until_interrupted(relay: FixedPortRelay, tmp_p
         check(json.loads(extra), SCHEMAS["event"])
     assert owner.json("status", "status")["pending"] == 0
     assert os.stat(owner.home).st_mode & 0o077 == 0
+
+
+def test_sync_transport_is_remembered_and_shown_in_status(relay: FixedPortRelay, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "carol")
+    cli.register_and_login(relay.base_url)
+    assert cli.json("status", "status")["transport"] == "auto"
+    synced = cli.json("sync", "sync", "--transport", "http")
+    assert synced["transport"] == "http" and "configured" in synced["transport_reason"], synced
+    status = cli.json("status", "status")
+    assert (status["transport"], status["last_transport"]) == ("http", "http"), status
+    assert cli.json("sync", "sync")["transport"] == "http"  # remembered in the profile
+    human = cli.run("status")
+    assert human.returncode == 0 and "transport: http (last sync: http" in human.stdout, human.stdout
+    back = cli.json("sync", "sync", "--transport", "auto")
+    assert back["transport"] == "websocket" and back["transport_reason"].startswith("auto"), back
+    assert cli.json("status", "status")["last_transport"] == "websocket"

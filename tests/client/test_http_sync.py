@@ -24,6 +24,7 @@ from client.events import (
     BookingConfirmed,
     BookingDemoted,
     BookingPromoted,
+    BookingRejected,
     BookingWaitlisted,
     Synced,
 )
@@ -35,12 +36,13 @@ from tests.client.test_sync_relay import (  # noqa: F401 - the module's relay an
     SLOT,
     _close_profiles,
     accounts,
+    book_with_a_forged_confirm,
     drain,
     open_shop,
     relay,
     service,
 )
-from tests.faults.proxy import FaultProxy
+from tests.faults.proxy import Fault, FaultProxy
 from tests.relay.auth_helpers import FixedPortRelay
 
 Person = tuple[LocalClient, AuthClient]
@@ -203,3 +205,55 @@ async def test_watch_over_http_polls_for_updates(
         ivy_sync.stop()
         await asyncio.wait_for(task, 15)
     assert blocking_proxy.counters["messages_up"] == 0
+
+
+async def test_a_refused_write_over_http_is_set_aside_and_the_document_rebuilt(
+    relay: FixedPortRelay,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shop = "httpshop-refused"
+    ((erin, erin_auth),) = await shop_with(relay, tmp_path, shop, ["erin"])
+    svc = SyncService(erin, relay.base_url, auth=erin_auth, transport="http", retry_initial_s=0.2)
+    await erin.follow(shop)
+    _first, second = await book_with_a_forged_confirm(erin, svc, shop, monkeypatch)
+    summary = await svc.sync_once()
+    assert summary.pending == 0, summary
+    ((entry_id, code, reason),) = summary.rejected
+    assert code == "rejected" and reason.startswith("forbidden"), reason
+    assert any(isinstance(e, BookingRejected) and e.entry_id == entry_id for e in drain(erin))
+    # The booking behind the refused confirm continued its client clock: the document was
+    # rebuilt from the relay's and the booking re-written under the next client id, and it landed.
+    doc = f"bookings:{shop}:{DAY}"
+    assert doc in summary.rebuilt, summary
+    row = await erin.reservation(second.reservation_id)
+    assert row is not None and row.stamp is not None
+    third = await erin.book(shop, DAY, SLOT)
+    later = await svc.sync_once()
+    assert later.rejected == [] and later.repair_refused == {} and later.pending == 0, later
+    row = await erin.reservation(third.reservation_id)
+    assert row is not None and row.stamp is not None
+
+
+async def test_a_websocket_dropped_before_the_first_message_falls_back_to_http(
+    relay: FixedPortRelay,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+) -> None:
+    """The proxy passes the upgrade (101) but cuts the connection before the relay's first
+    message, every time: a 1006 before the welcome, as middleboxes that kill websockets do."""
+    shop = "httpshop-1006"
+    ((kim, kim_auth),) = await shop_with(relay, tmp_path, shop, ["kim"])
+    parts = urlsplit(relay.base_url)
+    assert parts.hostname is not None and parts.port is not None
+    async with FaultProxy((parts.hostname, parts.port), seed=0) as proxy:
+        proxy.add_rule("down", Fault.CUT, lambda _message: True, times=1000)
+        svc = behind(proxy, kim, kim_auth)
+        await kim.follow(shop)
+        await svc.sync_once()
+        assert svc.last_transport == "http" and "1006" in svc.transport_reason, svc.transport_reason
+        mine = await kim.book(shop, DAY, SLOT)
+        summary = await svc.sync_once()
+        assert summary.acked == 1 and summary.pending == 0, summary
+        row = await kim.reservation(mine.reservation_id)
+        assert row is not None and row.state is ClaimState.CONFIRMED and row.stamp is not None
+        assert proxy.counters["cut"] >= 1
