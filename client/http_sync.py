@@ -56,12 +56,12 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import websockets
 
+from client.events import RelayUnreachable
 from client.store import OutboxEntry
 from client.sync import (
     _EMPTY_SV,
     _EMPTY_UPDATE,
     _EXTRA_UID_BASE,
-    SyncError,
     SyncLoginRequired,
     SyncRelayInsecure,
     SyncRelayUnreachable,
@@ -226,6 +226,10 @@ class HttpSync:
                 raise SyncLoginRequired(f"log in again ({reason})", 401)
             if response.status_code >= 500 or response.status_code == 429:
                 raise SyncRelayUnreachable(f"relay answered {response.status_code} to {path}")
+            if response.status_code in (404, 405):  # a relay from before the REST sync API
+                raise SyncRelayUnreachable(
+                    f"the relay does not serve sync over HTTP ({response.status_code})"
+                )
             return response
         raise SyncLoginRequired("the relay keeps refusing fresh tokens: log in again")
 
@@ -281,7 +285,7 @@ class HttpSync:
                 CHECK_PATH, body=_json(body), content_type="application/json", accept="application/json"
             )
             if response.status_code != 200:
-                raise SyncError(f"check-updates refused: {response.status_code} {_error_code(response)}")
+                raise SyncStopped(f"check-updates refused: {response.status_code} {_error_code(response)}")
             answer = response.json()
             await self._on_check(answer.get("documents", []), rebuilds, whole)
             cursor = answer.get("next_cursor")
@@ -401,7 +405,7 @@ class HttpSync:
                     self._follow.add(doc)
                 continue
             if response.status_code != 200:
-                raise SyncError(f"batch refused: {response.status_code} {_error_code(response)}")
+                raise SyncStopped(f"batch refused: {response.status_code} {_error_code(response)}")
             sent += sum(1 for _d, u, _p in chunk if u in entries)
             for result in msgpack.unpackb(response.content, raw=False).get("results", []):
                 await self._on_result(result, whats)
@@ -553,7 +557,18 @@ class HttpSync:
                 backoff = min(backoff * 2, svc.backoff_max_s)
                 await svc._sleep(delay)
                 continue
-            except (SyncLoginRequired, SyncStopped):
+            except SyncLoginRequired:
+                return
+            except SyncStopped as exc:  # the relay refused a well-formed request: a bug, not a blip
+                log.error("sync over HTTP stopped: %s", exc)
+                svc.local.emit(
+                    RelayUnreachable(
+                        at_ms=int(time.time() * 1000),
+                        relay_url=svc.relay_url,
+                        error=str(exc),
+                        retry_in_s=None,
+                    )
+                )
                 return
             wait = svc.http_poll_s
             due = svc._next_due_in()
@@ -598,6 +613,9 @@ async def run_with_fallback(svc: SyncService, over_websocket: Callable[[], Await
         svc.last_transport = "http"
         await HttpSync(svc).run()
         return
+    # The first stints over HTTP are short: a websocket refused while the relay was restarting
+    # (and plain HTTP answered by the time it was probed) is back on the websocket soon.
+    stint = min(10.0, svc.ws_retry_s)
     while not svc._stop.is_set():
         svc.last_transport, svc.transport_reason = "websocket", "auto: trying the websocket"
         try:
@@ -607,4 +625,5 @@ async def run_with_fallback(svc: SyncService, over_websocket: Callable[[], Await
             svc.last_transport = "http"
             svc.transport_reason = f"websocket blocked ({exc}); polling over plain HTTP"
             log.warning("relay %s: %s", svc.relay_url, svc.transport_reason)
-            await HttpSync(svc).run(until=time.monotonic() + svc.ws_retry_s)
+            await HttpSync(svc).run(until=time.monotonic() + stint)
+            stint = min(stint * 2, svc.ws_retry_s)
