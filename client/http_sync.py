@@ -304,6 +304,8 @@ class HttpSync:
                 log.warning("relay refused %s: %s", doc, reason)
                 continue
             if doc in rebuilds:
+                if doc in self.summary.rebuild_failed:
+                    continue  # tried in this sync already; the next one tries again
                 if status == "unchanged":  # the relay holds nothing of it
                     await self._rebuild(doc, _EMPTY_UPDATE)
                 elif entry.get("update") is not None:
