@@ -79,8 +79,9 @@ def test_the_same_id_under_another_key_is_an_equivocation() -> None:
 
 def test_a_held_value_that_is_not_bytes_counts_as_different_content() -> None:
     """Where the copies differed: the relay's raised EngineError out of its re-send check."""
-    doc: pycrdt.Doc[object] = pycrdt.Doc(client_id=CLIENT)
-    doc.get("stamps", type=pycrdt.Map)["k"] = 7
+    doc: pycrdt.Doc[pycrdt.Map[int]] = pycrdt.Doc(client_id=CLIENT)
+    stamps: pycrdt.Map[int] = doc.get("stamps", type=pycrdt.Map)
+    stamps["k"] = 7
     held = Replica()
     held.apply_update(doc.get_update())
     other = Replica(CLIENT).write([("stamps", "k", _record(1))])
