@@ -3,6 +3,9 @@ through ``tests/web/sdk_driver.mjs`` (one JSON command per line):
 
 * a Node SDK client and a ``quickslot`` CLI profile book the last seat of a slot while the relay is
   down; after both sync, both show the same verdict (one confirmed, the other waitlisted);
+* the relay refuses one queued booking (a party above its --max-party): the entry is kept, listed
+  with its reason, and the day moves to the next Yjs client-id generation, rebuilt from the relay's
+  state, so the booking queued behind it is written again and stored;
 * the relay is killed with SIGKILL while the SDK flushes a long outbox: every booking it reported
   acknowledged is at the restarted relay, and after reconnecting the rest arrive too.
 """
@@ -83,10 +86,10 @@ class Driver:
                 self.proc.wait()
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Any:
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Any:
     _node_command()  # skips without node or the SDK's dependencies
-    process = FixedPortRelay(tmp_path / "data")
+    process = FixedPortRelay(tmp_path_factory.mktemp("webrelay") / "data")
     process.start()
     try:
         yield process
@@ -188,5 +191,32 @@ def test_relay_sigkilled_mid_flush_loses_nothing_acked(relay: FixedPortRelay) ->
         finally:
             reader.close()
         assert web("outbox") == []
+    finally:
+        web.close()
+
+
+def test_refused_write_rebuilds_the_day_and_the_next_booking_still_lands(relay: FixedPortRelay) -> None:
+    shop = "refuseshop"
+    web = Driver(relay.base_url)
+    try:
+        web("register", email=unique_email("rae"), password=PASSWORD)
+        web("slots", shop=shop, day=DAY)
+        web("sync")
+        web("stop")
+        too_many = web("book", shop=shop, day=DAY, slot="s-1", party=50)["reservationId"]
+        fine = web("book", shop=shop, day=DAY, slot="s-1", party=2)["reservationId"]
+        result = web("sync")
+        assert result["pending"] == 0
+        (refused,) = result["refused"]
+        assert refused["reservationId"] == too_many and refused["reason"].startswith("party_too_large")
+        assert [(e["event"], e["reservation"]) for e in web.seen if e["event"] in ("refused", "acked")] == [
+            ("refused", too_many), ("acked", fine),
+        ]  # fmt: skip
+        rebuilt = [e for e in web.seen if e["event"] == "rebuilt"]
+        assert len(rebuilt) == 1
+        # the refused booking left the day; the other one is stored and stamped
+        assert web.wait_event("final")["reservation"] == fine
+        assert [(r["reservationId"], r["stamp"]) for r in web("reservations")] == [(fine, 1)]
+        assert [e["state"] for e in web("outbox")] == ["refused"]
     finally:
         web.close()

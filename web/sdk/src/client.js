@@ -690,10 +690,15 @@ export class QuickSlotClient {
     conn.socket.send(encodeMessage(t, fields));
   }
 
-  /** @param {string} docId @param {boolean} [rebuild] */
-  subscribe(docId, rebuild = false) {
+  /**
+   * Send `sub`: with the document's state vector, or with the empty one (the relay's whole
+   * document) when it waits for a rebuild and none of its updates is unanswered.
+   * @param {string} docId
+   */
+  subscribe(docId) {
     const conn = this.conn;
     if (!conn?.welcomed) return;
+    const rebuild = this.readyToRebuild(conn, docId);
     const state = /** @type {{doc: Y.Doc}} */ (this.docs.get(docId));
     const sub = conn.subs.get(docId) ?? { pending: 0, live: false, rebuilding: false, cursor: null };
     sub.pending += 1;
@@ -746,7 +751,7 @@ export class QuickSlotClient {
     }
     this.updateStatus({ phase: "online", stoppedBy: null });
     this.emit("online", { epoch: f.epoch });
-    for (const docId of this.docs.keys()) this.subscribe(docId, this.readyToRebuild(conn, docId));
+    for (const docId of this.docs.keys()) this.subscribe(docId);
   }
 
   /** A document flagged for a rebuild can ask for the relay's whole state once none of its updates is unanswered. @param {any} conn @param {string} docId */
@@ -767,6 +772,7 @@ export class QuickSlotClient {
     sub.rebuilding = false;
     if (rebuilding) await this.rebuild(docId, update);
     else if (!(await this.apply(conn, docId, sub, update))) return;
+    if (this.readyToRebuild(conn, docId)) return this.subscribe(docId); // caught up; now the rebuild
     sub.live = true;
     sub.cursor = seq;
     await this.store.batch([{ table: "cursors", key: docId, value: seq }]);
@@ -793,7 +799,7 @@ export class QuickSlotClient {
         state.rebuild = true;
         await this.store.batch([this.docOp(docId)]);
       }
-      if (sub.pending === 0) this.subscribe(docId, this.readyToRebuild(conn, docId));
+      if (sub.pending === 0) this.subscribe(docId);
       return false;
     }
     Y.applyUpdate(state.doc, update);
@@ -836,7 +842,7 @@ export class QuickSlotClient {
   /** @param {any} conn @param {string} docId */
   afterAnswer(conn, docId) {
     const sub = conn.subs.get(docId);
-    if (sub?.live && this.readyToRebuild(conn, docId)) this.subscribe(docId, true);
+    if (sub?.live && this.readyToRebuild(conn, docId)) this.subscribe(docId);
     this.flush();
     if (this.idle()) this.updateStatus({ lastSyncMs: Date.now() });
     this.emit("synced", { docId });
