@@ -164,8 +164,7 @@ def test_relay_sigkilled_mid_flush_loses_nothing_acked(relay: FixedPortRelay) ->
         booked = [web("book", shop=shop, day=DAY, slot="s-1")["reservationId"] for _ in range(count)]
         assert web("status")["pending"] == count
         web("start")
-        for _ in range(3):
-            web.wait_event("acked")
+        web.wait_event("acked")
         assert relay.proc is not None
         relay.proc.kill()  # SIGKILL: no shutdown, no flush
         relay.proc.wait()
@@ -173,7 +172,7 @@ def test_relay_sigkilled_mid_flush_loses_nothing_acked(relay: FixedPortRelay) ->
         web("stop")
         time.sleep(0.3)  # answers already on the way in
         acked = {e["reservation"] for e in web.seen if e["event"] == "acked"}
-        assert 3 <= len(acked) < count, len(acked)
+        assert 1 <= len(acked) < count, len(acked)  # killed in the middle of the flush
         assert web("status")["pending"] == count - len(acked)
         relay.start()
 
