@@ -393,7 +393,7 @@ export class QuickSlotClient {
     const outbox = [...this.entries.values()].filter((e) => e.reservationId === reservationId && e.docId === docId);
     return {
       reservationId, shop: ref.shopId, day: ref.day, slot: res.slot, party: res.party, customer: res.customer, note: res.note,
-      state: claim?.state ?? "waitlisted", position: claim?.position ?? null, stamp: claim?.stamp ?? null, final: claim?.final ?? false,
+      state: claim?.state ?? "waitlisted", position: claim?.position ?? null, stamp: claim?.stamp ?? null, final: claim?.final ?? false, staffConfirmed: claim?.staffConfirmed ?? false,
       pending: outbox.some((e) => e.state === "pending"),
     };  // prettier-ignore
   }

@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { IDBFactory } from "fake-indexeddb";
+import * as Y from "yjs";
 import {
   CertificateCache,
   IndexedDBStore,
@@ -20,11 +21,12 @@ const relaySeed = new Uint8Array(32).fill(7);
 const deviceSeed = new Uint8Array(32).fill(9);
 const DAY = "2027-01-15";
 
-/** A signed-in device's profile, as `login` stores it. */
-async function profile() {
+/** A signed-in device's profile, as `login` stores it. @param {string[]} [ownerOf] */
+async function profile(ownerOf = []) {
   const now = Date.now();
   const certificate = await issueCertificate({ kid: "k1", seed: relaySeed }, {
     userId: "alice",
+    ownerOf,
     devicePublicKey: await ed25519PublicKey(deviceSeed),
     issuedAtMs: now - 3_600_000,
     expiresAtMs: now + 3_600_000,
@@ -162,4 +164,69 @@ test("close codes: transient ones reconnect with backoff, 4003 stops and asks fo
   assert.equal(client.status.phase, "stopped");
   assert.match(String(client.status.stoppedBy), /login/);
   await client.close();
+});
+
+test("staff actions: an owner confirms, declines and marks a no-show, offline", async () => {
+  const store = new MemoryStore();
+  await store.batch([{ table: "profile", key: "device", value: await profile(["s1"]) }]);
+  const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store });
+  assert.deepEqual(client.user?.ownerOf, ["s1"]);
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push(/** @type {string} */ ((await client.book({ shop: "s1", day: DAY, slot: "s-9" }))?.reservationId));
+  const confirmed = await client.confirm(ids[0]); // staff acknowledged it; seats still follow the verdict
+  assert.deepEqual([confirmed?.state, confirmed?.staffConfirmed], ["waitlisted", true]);
+  assert.equal((await client.decline(ids[1], { reason: "closed" }))?.state, "declined");
+  assert.equal((await client.noShow(ids[2]))?.state, "no_show");
+  assert.deepEqual(client.outbox().map((e) => e.action), ["book", "book", "book", "confirm", "decline", "no_show"]);
+  await assert.rejects(client.cancel("nosuchreservation"), /no reservation/);
+  await client.close();
+});
+
+/** Messages a scripted relay answers with: `sync` for every `sub`, at `seq`. @param {any} socket @param {any} m @param {number} seq */
+function answerSub(socket, m, seq) {
+  socket.reply("sync", { doc: m.fields.doc, update: Y.encodeStateAsUpdate(new Y.Doc()), sv: Uint8Array.of(0), seq });
+}
+
+test("4001 refreshes the token and reconnects at once; a sequence gap resyncs the document", async () => {
+  /** @type {any[]} */
+  const sockets = [];
+  /** @type {string[]} */
+  const tokens = [];
+  let subs = 0;
+  const WebSocketImpl = scriptedSocket((socket, m) => {
+    if (m.t === "auth") {
+      tokens.push(m.fields.token);
+      if (m.fields.token === "a.b.c") socket.close(4001);
+      else socket.reply("welcome", { user: "alice", epoch: "e2", server: "fake", limits: { max_message: 1 << 20 } });
+    } else if (m.t === "sub") {
+      subs += 1;
+      answerSub(socket, m, 5);
+      // seq 6 is missing: the client must ask again
+      if (subs === 1) socket.reply("upd", { doc: m.fields.doc, update: Y.encodeStateAsUpdate(new Y.Doc()), seq: 7 });
+    }
+  }, sockets);
+  const realFetch = globalThis.fetch;
+  /** @type {any[]} */
+  const refreshes = [];
+  globalThis.fetch = /** @type {any} */ (async (/** @type {URL} */ url, /** @type {any} */ init) => {
+    refreshes.push([String(url), JSON.parse(init.body).refresh_token]);
+    return new Response(JSON.stringify({ access_token: "x.y.z", refresh_token: "r2" }), { status: 200 });
+  });
+  try {
+    const store = new MemoryStore();
+    await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+    const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (WebSocketImpl), backoff: { baseMs: 5, maxMs: 20 } });
+    await client.watch("catalog");
+    client.start();
+    await new Promise((resolve) => client.on("online", resolve));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(tokens, ["a.b.c", "x.y.z"]);
+    assert.deepEqual(refreshes, [["http://relay.invalid/api/v1/auth/refresh", "r"]]);
+    assert.equal(/** @type {any} */ (await store.get("profile", "device")).refreshToken, "r2");
+    assert.equal(subs, 2, "the gap made the client subscribe again");
+    assert.equal(await store.get("cursors", "catalog"), 5);
+    await client.close();
+  } finally {
+    globalThis.fetch = realFetch;
+  }
 });
