@@ -719,7 +719,7 @@ export class QuickSlotClient {
     switch (m.t) {
       case "sync":
         if (!sub || sub.pending === 0) throw new Error("sync with no sub");
-        return this.synced(conn, f.doc, sub, f.update, f.seq);
+        return this.synced(conn, f.doc, sub, f.update, f.seq, f.sv);
       case "upd":
         if (sub) await this.fromRelay(conn, f.doc, sub, f.update, f.seq);
         return;
@@ -757,12 +757,12 @@ export class QuickSlotClient {
   /** A document flagged for a rebuild can ask for the relay's whole state once none of its updates is unanswered. @param {any} conn @param {string} docId */
   readyToRebuild(conn, docId) {
     if (!this.docs.get(docId)?.rebuild) return false;
-    for (const entryId of conn.inflight.values()) if (this.entries.get(entryId)?.docId === docId) return false;
+    for (const entryId of conn.inflight.values()) if (entryId === `catchup:${docId}` || this.entries.get(entryId)?.docId === docId) return false;
     return true;
   }
 
-  /** @param {any} conn @param {string} docId @param {any} sub @param {Uint8Array} update @param {number} seq */
-  async synced(conn, docId, sub, update, seq) {
+  /** @param {any} conn @param {string} docId @param {any} sub @param {Uint8Array} update @param {number} seq @param {Uint8Array} relaySv */
+  async synced(conn, docId, sub, update, seq, relaySv) {
     sub.pending -= 1;
     const rebuilding = sub.rebuilding;
     if (sub.pending > 0) {
@@ -773,11 +773,36 @@ export class QuickSlotClient {
     if (rebuilding) await this.rebuild(docId, update);
     else if (!(await this.apply(conn, docId, sub, update))) return;
     if (this.readyToRebuild(conn, docId)) return this.subscribe(docId); // caught up; now the rebuild
+    if (!rebuilding && !this.docs.get(docId)?.rebuild) this.catchUp(conn, docId, relaySv);
     sub.live = true;
     sub.cursor = seq;
     await this.store.batch([{ table: "cursors", key: docId, value: seq }]);
     this.flush();
     this.emit("synced", { docId });
+  }
+
+  /**
+   * Sync step 2 the other way (protocol.md 5.2): send what this copy holds and the relay lacks,
+   * beyond the pending outbox entries (they go next, in order). Normally nothing: it matters when
+   * the relay lost acknowledged updates (restored from a backup, a new epoch).
+   * @param {any} conn @param {string} docId @param {Uint8Array} relaySv
+   */
+  catchUp(conn, docId, relaySv) {
+    const state = this.docs.get(docId);
+    if (!state) return;
+    const known = Y.decodeStateVector(relaySv);
+    for (const entry of this.entries.values()) {
+      if (entry.docId !== docId || entry.state !== "pending") continue;
+      const { from, to } = Y.parseUpdateMeta(entry.update);
+      for (const [client, clock] of from) if ((known.get(client) ?? 0) >= clock) known.set(client, Math.max(known.get(client) ?? 0, to.get(client) ?? 0));
+    }
+    const sv = Y.encodeStateVector(new Map([...known].filter(([, clock]) => clock > 0)));
+    const diff = Y.encodeStateAsUpdate(state.doc, sv);
+    if (Y.parseUpdateMeta(diff).to.size === 0) return;
+    conn.catchUps = (conn.catchUps ?? 0) + 1;
+    const uid = 10 ** OUTBOX_WIDTH + conn.catchUps;
+    conn.inflight.set(uid, `catchup:${docId}`);
+    this.send(conn, "upd", { doc: docId, uid, update: diff });
   }
 
   /**
@@ -855,7 +880,13 @@ export class QuickSlotClient {
       if (entryId === undefined) throw new Error(`err for unknown uid ${f.uid}`);
       conn.inflight.delete(f.uid);
       const entry = this.entries.get(entryId);
-      if (entry && !f.retry) {
+      if (entryId.startsWith("catchup:") && !f.retry) {
+        // what this copy held beyond the outbox was refused: rebuild from the relay's state
+        const state = this.docs.get(f.doc);
+        if (state) state.rebuild = true;
+        if (state) await this.store.batch([this.docOp(f.doc)]);
+        this.emit("error", { docId: f.doc, code: f.code, reason: f.reason });
+      } else if (entry && !f.retry) {
         // refused for good: keep it, listed with its reason; rebuild the document without it (5.10)
         entry.state = "refused";
         entry.reason = f.reason;

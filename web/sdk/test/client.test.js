@@ -230,3 +230,34 @@ test("4001 refreshes the token and reconnects at once; a sequence gap resyncs th
     globalThis.fetch = realFetch;
   }
 });
+
+test("a relay that lost acknowledged updates (a new epoch) gets them back in the catch-up diff", async () => {
+  /** @type {any[]} */
+  const sockets = [];
+  /** @type {Array<[number, number]>} connection and uid of every upd */
+  const upds = [];
+  const WebSocketImpl = scriptedSocket((socket, m) => {
+    if (m.t === "auth") socket.reply("welcome", { user: "alice", epoch: `e${sockets.length}`, server: "fake", limits: { max_message: 1 << 20 } });
+    else if (m.t === "sub") answerSub(socket, m, 0); // the relay holds nothing of it (restored from an old backup)
+    else if (m.t === "upd") {
+      upds.push([sockets.length, m.fields.uid]);
+      socket.seq = (socket.seq ?? 0) + 1;
+      socket.reply("ack", { doc: m.fields.doc, uid: m.fields.uid, seq: socket.seq });
+    }
+  }, sockets);
+  const store = new MemoryStore();
+  await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+  const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (WebSocketImpl), backoff: { baseMs: 5, maxMs: 20 } });
+  await client.book({ shop: "s1", day: DAY, slot: "s-9" });
+  client.start();
+  await new Promise((resolve) => client.on("acked", resolve));
+  assert.deepEqual(upds, [[1, 1]], "the outbox entry, and no catch-up diff duplicating it");
+  assert.equal(client.status.pending, 0);
+  sockets[0].close(1001);
+  await new Promise((resolve) => client.on("online", resolve));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(upds.length, 2);
+  assert.equal(upds[1][0], 2);
+  assert.ok(upds[1][1] > 10 ** 12, "a catch-up diff, not an outbox entry");
+  await client.close();
+});
