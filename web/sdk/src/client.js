@@ -16,7 +16,7 @@ import { HybridClock } from "./hlc.js";
 import { DEFAULT_MAX_DOWNLOAD, closeAction, decodeMessage, encodeMessage } from "./messages.js";
 import { authProof, fromBase64Url, toBase64Url } from "./pop.js";
 import { readBookings, readMap, slotTemplates } from "./reader.js";
-import { RelayError, fetchRelayKeys, login as relayLogin, register as relayRegister } from "./relay-api.js";
+import { RelayError, login as relayLogin, register as relayRegister } from "./relay-api.js";
 import { SCHEMA_VERSION, capacityOn, parseDocId } from "./schema.js";
 import { signRecord } from "./records.js";
 import { MemoryStore } from "./store.js";
