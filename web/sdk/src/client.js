@@ -583,7 +583,11 @@ export class QuickSlotClient {
   idle() {
     const c = this.conn;
     if (!c?.welcomed || this.statusValue.pending > 0) return false;
-    for (const docId of this.docs.keys()) if (!c.subs.get(docId)?.live || this.docs.get(docId)?.rebuild) return false;
+    for (const docId of this.docs.keys()) {
+      const sub = c.subs.get(docId);
+      if (sub?.refused) continue;
+      if (!sub?.live || this.docs.get(docId)?.rebuild) return false;
+    }
     return c.inflight.size === 0;
   }
 
@@ -603,7 +607,7 @@ export class QuickSlotClient {
     socket.binaryType = "arraybuffer";
     const conn = {
       socket, welcomed: false, closed: false, lastHeard: Date.now(), inbox: Promise.resolve(),
-      /** @type {Map<string, {pending: number, live: boolean, rebuilding: boolean, cursor: number | null}>} */ subs: new Map(),
+      /** @type {Map<string, {pending: number, live: boolean, rebuilding: boolean, refused: boolean, cursor: number | null}>} */ subs: new Map(),
       /** @type {Map<number, string>} uid -> entry id */ inflight: new Map(),
       /** @type {ReturnType<typeof setInterval> | undefined} */ watchdog: undefined,
       maxInflight: 64,
@@ -700,11 +704,12 @@ export class QuickSlotClient {
     if (!conn?.welcomed) return;
     const rebuild = this.readyToRebuild(conn, docId);
     const state = /** @type {{doc: Y.Doc}} */ (this.docs.get(docId));
-    const sub = conn.subs.get(docId) ?? { pending: 0, live: false, rebuilding: false, cursor: null };
+    const sub = conn.subs.get(docId) ?? { pending: 0, live: false, rebuilding: false, refused: false, cursor: null };
     sub.pending += 1;
     sub.live = false;
     sub.cursor = null;
     sub.rebuilding = rebuild;
+    sub.refused = false;
     conn.subs.set(docId, sub);
     this.send(conn, "sub", { doc: docId, sv: rebuild ? EMPTY_SV : Y.encodeStateVector(state.doc) });
   }
@@ -908,6 +913,7 @@ export class QuickSlotClient {
     if (f.doc !== undefined) {
       if (!sub || sub.pending === 0) throw new Error("err with no sub");
       sub.pending -= 1;
+      sub.refused = sub.pending === 0 && !f.retry; // forbidden, bad_doc, too_many_docs: not synced on this connection
       this.emit("error", { docId: f.doc, code: f.code, reason: f.reason });
       if (sub.pending === 0 && f.retry) setTimeout(() => this.conn === conn && this.subscribe(f.doc), backoffDelay(this.attempt++, this.backoff));
       return;

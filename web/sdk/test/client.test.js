@@ -261,3 +261,24 @@ test("a relay that lost acknowledged updates (a new epoch) gets them back in the
   assert.ok(upds[1][1] > 10 ** 12, "a catch-up diff, not an outbox entry");
   await client.close();
 });
+
+test("a refused subscription is reported and does not keep syncNow waiting", async () => {
+  /** @type {any[]} */
+  const sockets = [];
+  const WebSocketImpl = scriptedSocket((socket, m) => {
+    if (m.t === "auth") socket.reply("welcome", { user: "alice", epoch: "e1", server: "fake", limits: { max_message: 1 << 20 } });
+    else if (m.t === "sub" && m.fields.doc === "user:bob") socket.reply("err", { code: "forbidden", reason: "not yours", doc: m.fields.doc, retry: false });
+    else if (m.t === "sub") answerSub(socket, m, 0);
+  }, sockets);
+  const store = new MemoryStore();
+  await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+  const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (WebSocketImpl) });
+  /** @type {any[]} */
+  const errors = [];
+  client.on("error", (e) => errors.push([e.docId, e.code]));
+  await client.watch("user:bob");
+  await client.watch("catalog");
+  assert.deepEqual(await client.syncNow({ timeoutMs: 2000 }), { pending: 0, refused: [] });
+  assert.deepEqual(errors, [["user:bob", "forbidden"]]);
+  await client.close();
+});
