@@ -6,6 +6,7 @@ through ``tests/web/sdk_driver.mjs`` (one JSON command per line):
 * the relay refuses one queued booking (a party above its --max-party): the entry is kept, listed
   with its reason, and the day moves to the next Yjs client-id generation, rebuilt from the relay's
   state, so the booking queued behind it is written again and stored;
+* access tokens that expire every two seconds are refreshed (close 4001) without the app noticing;
 * the relay is killed with SIGKILL while the SDK flushes a long outbox: every booking it reported
   acknowledged is at the restarted relay, and after reconnecting the rest arrive too.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.client.test_cli import Cli
-from tests.relay.auth_helpers import PASSWORD, FixedPortRelay, unique_email
+from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, FixedPortRelay, RelayProcess, unique_email
 from tests.web.test_sdk_books_at_relay import SDK, _node_command
 
 DRIVER = Path(__file__).resolve().parent / "sdk_driver.mjs"
@@ -230,3 +231,23 @@ def test_refused_write_rebuilds_the_day_and_the_next_booking_still_lands(relay: 
         assert [e["state"] for e in web("outbox")] == ["refused"]
     finally:
         web.close()
+
+
+def test_expiring_access_tokens_are_refreshed(tmp_path: Path) -> None:
+    _node_command()
+    with RelayProcess(tmp_path / "relay", *GENEROUS_LIMITS, "--access-ttl", "2") as relay:
+        web = Driver(relay.base_url)
+        try:
+            web("register", email=unique_email("tia"), password=PASSWORD)
+            web("slots", shop="ttlshop", day=DAY)
+            web("sync")
+            booked = []
+            for _ in range(3):  # the relay closes connections with 4001 as their tokens expire
+                time.sleep(1.2)
+                booked.append(web("book", shop="ttlshop", day=DAY, slot="s-1")["reservationId"])
+                assert web("sync")["pending"] == 0
+            assert [e for e in web.seen if e["event"] == "refreshed"], web.seen
+            assert not [e for e in web.seen if e["event"] == "stopped"], web.seen
+            assert sorted(r["reservationId"] for r in web("reservations")) == sorted(booked)
+        finally:
+            web.close()

@@ -224,6 +224,7 @@ export class QuickSlotClient {
     }
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
     await this.adopt(profile);
+    this.emit("refreshed", {});
   }
 
   requireSession() {
@@ -242,7 +243,7 @@ export class QuickSlotClient {
    * Listen to an event; returns a function that stops listening. Events: `status`, `online`,
    * `offline`, `change` ({docId}), `acked` ({entry}), `refused` ({entry, reason}), `confirmed`,
    * `waitlisted` ({position}), `promoted`, `demoted`, `final`, `cancelled`, `declined`, `no_show`,
-   * `too_large` (each with {reservation}), `stopped` ({code, action}), `error` ({docId, code, reason}).
+   * `too_large` (each with {reservation}), `stopped` ({code, action}), `refreshed` (the token was rotated), `error` ({docId, code, reason}).
    * @param {string} type @param {(detail: any) => void} listener
    */
   on(type, listener) {
