@@ -215,11 +215,14 @@ export class QuickSlotClient {
     if (response.status !== 200) throw new RelayError(response.status, "refresh_refused", "log in again");
     const body = await response.json();
     const profile = { ...(await this.store.get("profile", "device")), accessToken: body.access_token, refreshToken: body.refresh_token };
-    if (body.device_certificate) {
+    // A renewed certificate carries the account's current grants, but has another id (other Yjs
+    // client ids): adopt it only when no pending entry still needs the old one to be written again.
+    const waiting = [...this.entries.values()].some((e) => e.state === "pending");
+    if (body.device_certificate && !waiting) {
       const renewed = fromBase64Url(body.device_certificate);
       try {
         await s.trust.verify(renewed);
-        profile.certificate = renewed; // carries the account's current grants
+        profile.certificate = renewed;
       } catch {}
     }
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
