@@ -639,10 +639,10 @@ export class QuickSlotClient {
     }, Math.min(1000, this.requestTimeoutMs));
   }
 
-  /** @param {any} conn @param {number} code */
+  /** Give up on a connection (no answer in time, or a message this client could not handle) and act as if closed with `code`. @param {any} conn @param {number} code */
   drop(conn, code) {
     try {
-      conn.socket.close(code === 1001 ? 1000 : 4002 === code ? 1000 : code);
+      conn.socket.close(1000); // browsers allow only 1000 and 3000-4999 from scripts
     } catch {}
     this.lost(conn, code);
   }
