@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -123,18 +124,26 @@ def http_base(relay_url: str) -> str:
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:
-    try:
+    code: object = None
+    message: object = None
+    with contextlib.suppress(ValueError):
         body = response.json()
-    except ValueError:
-        return f"http_{response.status_code}", ""
-    if isinstance(body, dict):
-        code = body.get("code")
-        message = body.get("message")
-        if code is None and isinstance(body.get("detail"), dict):
-            code = body["detail"].get("code")
-            message = body["detail"].get("message")
-        return str(code or f"http_{response.status_code}"), str(message or "")
-    return f"http_{response.status_code}", ""
+        if isinstance(body, dict):
+            code = body.get("code")
+            message = body.get("message")
+            if code is None and isinstance(body.get("detail"), dict):
+                code = body["detail"].get("code")
+                message = body["detail"].get("message")
+    if code is not None:
+        return str(code), str(message or "")
+    # No error code of the relay's API: most likely the URL names some other server (or a path).
+    status = response.status_code
+    if status in (404, 405):
+        return "not_a_relay", (
+            f"{response.request.url} answered HTTP {status}: is --relay the relay's base URL "
+            "(e.g. http://127.0.0.1:8765, no path)?"
+        )
+    return f"http_{status}", f"{response.request.url} answered HTTP {status}"
 
 
 async def fetch_relay_keys(http: httpx.AsyncClient) -> dict[str, bytes]:
