@@ -134,10 +134,11 @@ def _error(response: httpx.Response) -> tuple[str, str]:
             if code is None and isinstance(body.get("detail"), dict):
                 code = body["detail"].get("code")
                 message = body["detail"].get("message")
-    if code is not None:
-        return str(code), str(message or "")
-    # No error code of the relay's API: most likely the URL names some other server (or a path).
     status = response.status_code
+    generic = message in (None, "", "Not Found", "Method Not Allowed")
+    if code is not None and not (status in (404, 405) and generic):
+        return str(code), str(message or "")
+    # No route of the relay's API answered: most likely the URL names another server, or a path.
     if status in (404, 405):
         return "not_a_relay", (
             f"{response.request.url} answered HTTP {status}: is --relay the relay's base URL "

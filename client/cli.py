@@ -17,7 +17,8 @@ Exit codes (:data:`EXIT_CODES`):
 * 0 ok; 1 unexpected failure;
 * 2 usage error (bad arguments, an id or value the schema refuses);
 * 3 authentication needed (not logged in, wrong credentials, session revoked: log in again);
-* 4 rejected (the relay refused: email taken, a queued change set aside, not allowed, not found);
+* 4 rejected (the relay refused: email taken, a queued change set aside, not allowed, not found;
+  or ``sync`` could not send every queued change, each named with why on its output);
 * 5 relay unreachable (``sync``, ``login``, ``register``; never ``book``, which queues), or for
   ``peer sync`` the peer unreachable;
 * 6 relay insecure: its TLS certificate is not trusted, or matches no ``--pin`` (nothing was sent;
