@@ -591,7 +591,8 @@ async def _fetch_shop(ctx: Ctx, shop: str, day: str) -> ShopDetail | None:
     and ``CliError`` (5) when it is not here and the relay cannot be reached."""
     await ctx.local.slots(shop, day)  # subscribes the shop and the day
     detail = await ctx.local.shop(shop)
-    if _shop_known(detail) or ctx.local.identity is None or ctx.relay(required=False) is None:
+    here = detail is not None and (detail.profile is not None or bool(detail.slots))  # its own doc
+    if here or ctx.local.identity is None or ctx.relay(required=False) is None:
         return detail
     try:
         await _service(ctx).sync_once()
@@ -606,16 +607,22 @@ async def _fetch_shop(ctx: Ctx, shop: str, day: str) -> ShopDetail | None:
             "run `quickslot sync` once online, then try again",
         ) from exc
     detail = await ctx.local.shop(shop)
-    if not _shop_known(detail):
+    if not _shop_known(detail) and not _my_shop(ctx, shop):
         await ctx.local.unsubscribe(f"shop:{shop}")
         await ctx.local.unsubscribe(f"bookings:{shop}:{day}")
         raise NotFound(f"the relay has no shop {shop!r}: see `quickslot shops` for the shops there")
     return detail
 
 
+def _my_shop(ctx: Ctx, shop: str) -> bool:
+    """The profile owns or staffs ``shop``: it follows it even before the shop reaches the relay."""
+    identity = ctx.local.identity
+    return identity is not None and shop in identity.certificate.owner_of | identity.certificate.staff_of
+
+
 async def cmd_slots(ctx: Ctx) -> Result:
     detail = await _fetch_shop(ctx, ctx.args.shop, ctx.args.date)
-    if not _shop_known(detail):
+    if not _shop_known(detail) and not _my_shop(ctx, ctx.args.shop):
         raise NotFound(f"no shop {ctx.args.shop!r} on this device: log in and run `quickslot sync`")
     rows = await ctx.local.slots(ctx.args.shop, ctx.args.date)
     data_rows = [_availability(r) for r in rows]
