@@ -1201,7 +1201,7 @@ def build_parser() -> argparse.ArgumentParser:
             "SubjectPublicKeyInfo, as curl --pinnedpubkey; repeatable; remembered)",
         )
 
-    p = add("register", cmd_register, "create an account at a relay")
+    p = add("register", cmd_register, "create an account at a relay and log this profile in")
     account(p)
     p.add_argument("--name", help="display name (default: the email's local part)")
     p.add_argument(
@@ -1248,7 +1248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("slots", cmd_slots, "a shop's slots on a day, with seats left")
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
-    p = add("book", cmd_book, "book a slot (works offline: queued until the next sync)")
+    p = add("book", cmd_book, "book a slot (offline: queued until sync; online: fetches the shop first)")
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
     p.add_argument("slot", help="slot id (see `quickslot slots SHOP DATE`)")
