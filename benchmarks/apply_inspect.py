@@ -1,7 +1,7 @@
 """The validation baseline: apply the update to a copy of the document, then inspect what changed.
 
-Why it exists: DESIGN leaves open whether to validate by reading the update (``yupdate``) or by
-applying it to a scratch copy, "measure before choosing". This is the second way, written to do
+Why it exists: docs/design.md ("Authorship") left open whether to validate by reading the update (``yupdate``)
+or by applying it to a scratch copy, "measure before choosing". This is the second way, written to do
 the same checks as ``crdt_core.validation`` for the records a bookings document holds
 (certificates and reservations; other kinds are refused as unsupported here), so the two can be
 compared on equal work: signature and certificate checks, schema, the author's right, no rewrite

@@ -1,6 +1,6 @@
 """``quickslot-bench`` / ``python -m benchmarks``: run suites, re-render a saved run, list what exists.
 
-Why a CLI of its own: researchers run the suites without reading the code (issue 6), so every
+Why a CLI of its own: researchers run the suites without reading the code, so every
 choice a run makes (suites, scale, repeats, output directory) is a flag, and the output directory
 is self-describing.
 """

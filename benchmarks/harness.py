@@ -1,6 +1,6 @@
 """The measuring machinery shared by every suite: results, timing, statistics, progress.
 
-Why this shape: issue 6 asks for raw samples (not only medians) that researchers can reanalyse,
+Why this shape: researchers need raw samples (not only medians) that researchers can reanalyse,
 ratios against a named baseline computed within the same run, and engines that disagree reported
 as ``diverged`` rather than as fast. So a workload produces :class:`Result` rows holding every
 sample, a status and the checks' verdict; ratios and statistics are derived from those rows when

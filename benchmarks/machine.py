@@ -1,7 +1,7 @@
 """What a run was measured on, recorded with every result so numbers are never read out of context.
 
 Why so much: a ratio from a loaded 2-core CI box and one from an idle workstation are different
-facts. Issue 6 asks for every engine's version, Python (and Node, once Node baselines land), the
+facts. A result must record every engine's version, Python (and Node, once Node baselines land), the
 core count and the load average at the start and end of the run.
 """
 

@@ -235,9 +235,7 @@ def _extra_note(r: Result) -> str:
             f"({e['seats']:,} seats for {e['seats_asked']:,} asked)"
         )
     if "compaction_ratio" in e:
-        bits.append(
-            f"log/compacted {e['compaction_ratio']:.3f}x; fold {fmt_seconds(min(e['fold_seconds']))}"
-        )
+        bits.append(f"log/compacted {e['compaction_ratio']:.3f}x; fold {fmt_seconds(min(e['fold_seconds']))}")
     if "updates" in e:
         bits.append(f"{e['updates']:,} updates")
     if e.get("read_seconds") and e.get("compute_seconds"):

@@ -5,8 +5,8 @@ Why real traces: they are the standard inputs of the published CRDT benchmarks
 theirs, and their shape (long runs of local typing, with jumps) is what a synthetic random trace
 does not have.
 
-The data lives outside the repository, in ``../shared/bench-data`` beside the checkout
-(``QUICKSLOT_BENCH_DATA`` overrides it). Source: the josephg/editing-traces repository, licensed
+The data is vendored in ``benchmarks/data/`` (its README has the format; ``QUICKSLOT_BENCH_DATA``
+points elsewhere). Source: the josephg/editing-traces repository, licensed
 CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); automerge-paper was prepared by Martin
 Kleppmann in automerge/automerge-perf. Keep this attribution wherever results from them are
 published.
@@ -56,7 +56,7 @@ def data_dir() -> Path:
     override = os.environ.get("QUICKSLOT_BENCH_DATA")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "bench-data"
+    return Path(__file__).resolve().parent / "data"
 
 
 @dataclass

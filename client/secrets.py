@@ -2,7 +2,7 @@
 
 Why this module exists at all: an access token lets anyone act as the user until it expires, a
 refresh token for a week, and the device key signs records in the user's name until its
-certificate expires (docs/records.md, "What a revoked or stolen device can still do"). So these
+certificate expires (docs/records.md, section 11). So these
 three never go into the SQLite store (which is the app's data, backed up and copied around), never
 into a log line, and never into a ``repr``.
 

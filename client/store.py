@@ -1,6 +1,6 @@
 """The client's local store: one SQLite file per profile, through aiosqlite, in WAL mode.
 
-Why SQLite and this shape (DESIGN, "Client"): the client must work with no network at all, so
+Why SQLite and this shape (docs/design.md, "Client"): the client must work with no network at all, so
 everything it shows and everything it still owes the relay lives here:
 
 * ``documents`` + ``doc_updates``: each CRDT document as a snapshot plus an append-only log of

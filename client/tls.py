@@ -1,7 +1,7 @@
 """Transport security towards a relay: a private CA file and public-key pins that fail closed.
 
-Why this module exists: DESIGN asks for ``wss://`` with certificate pinning, and a relay is often
-self-hosted behind a private CA or a self-signed certificate. Both the REST calls (httpx) and the
+Why this module exists: docs/design.md ("Client") asks for ``wss://`` with certificate pinning, and a relay is
+often self-hosted behind a private CA or a self-signed certificate. Both the REST calls (httpx) and the
 sync websocket (``websockets``) take one :class:`ssl.SSLContext`, so the whole policy lives in the
 context built here, and no caller can forget half of it.
 

@@ -1,7 +1,7 @@
 """Device certificates: the relay vouches for a device key, so any replica can check authorship offline.
 
 Why certificates and not "who sent it": a booking often reaches the relay carried by someone else
-(DESIGN, "Authorship"). The relay signs, at login, a small statement "device key K belongs to user U,
+(docs/design.md, "Authorship"). The relay signs, at login, a small statement "device key K belongs to user U,
 who has roles R, owns shops O and staffs shops S, from T1 to T2". The certificate travels inside the
 document (top-level map ``certs``, keyed by its id), next to the records its key signed, so a peer
 with nothing but the relay's public keys (from ``/.well-known/jwks.json``) can verify every record.

@@ -16,8 +16,8 @@ belong in one place. The quirks handled here:
   engine allocate 1 GiB for a second (measured; found by the relay's fuzzing). Every call that
   hands untrusted bytes to the engine first checks that count against the bytes that follow
   (:func:`_check_declared_count`), so what the engine reserves is bounded by the input's size.
-* ``merge_updates`` is quadratic in the number of inputs (DESIGN: 10,000 small updates take 781 ms
-  merged against 94 ms applied one by one), so :func:`fold_updates` folds a log by applying it to
+* ``merge_updates`` is quadratic in the number of inputs (docs/design.md, "Engine": 10,000 small updates take
+  781 ms merged against 94 ms applied one by one), so :func:`fold_updates` folds a log by applying it to
   a scratch document instead.
 
 Documents here only ever hold top-level maps whose values are bytes; that is the shape the

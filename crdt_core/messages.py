@@ -6,7 +6,7 @@ Every message is a msgpack map holding ``"v"`` (the protocol version, 1) and ``"
 beside its own fields. ``docs/protocol.md`` is the normative description; this module is its
 reference implementation and the two must agree.
 
-Decoding is the relay's first contact with untrusted bytes (DESIGN, "Untrusted bytes"), so it is
+Decoding is the relay's first contact with untrusted bytes (docs/design.md, "Relay"), so it is
 built to be boring under attack:
 
 * The size limit is checked before any parsing.

@@ -2,7 +2,7 @@
 
 Why one table per record kind rather than hand-written checks: the relay, every peer and the
 client's projections must agree exactly on what a valid record is, and a table is easy to read
-against DESIGN's "Documents" section and easy to extend in a new schema version.
+against docs/design.md's "Documents" section and easy to extend in a new schema version.
 
 Schema versions: every record carries the schema version its author wrote (see ``records``); a
 document's version is the highest of its records'. That is CRDT-safe (a max never conflicts),
@@ -366,7 +366,8 @@ class StaffEntry(TypedRecord):
 
 @dataclass(frozen=True)
 class Reservation(TypedRecord):
-    """A claim on a slot. Names the customer by opaque user id only (DESIGN: no PII in day docs)."""
+    """A claim on a slot. Names the customer by opaque user id only (docs/design.md, "Documents": no PII in
+    day docs)."""
 
     KIND: ClassVar[str] = "reservation"
     ROOT: ClassVar[str] = "reservations"

@@ -1,7 +1,7 @@
 """Update validation: the writer rules every replica enforces, whoever carried the update.
 
 Why here and pure: the relay and a peer client that syncs with no relay must refuse exactly the
-same updates, or a peer could launder into the system what the relay would refuse (DESIGN,
+same updates, or a peer could launder into the system what the relay would refuse (docs/design.md,
 "Authorship"). Validation reads the update's bytes (``yupdate``), never applies it, so a refused
 update leaves the document exactly as it was, and a typical booking update costs one or two
 Ed25519 verifications rather than a document copy.
@@ -16,7 +16,7 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
 3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
    map's kind with schema-valid fields (``schema``), stored under the key its id demands.
 4. Certificates (map ``certs``) verify against the trusted relay keys and sit under their id.
-5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, D1 in
+5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, see
    ``crdt_core.clientids``): ``owns_client(signer, client)`` where the signer is the envelope's
    ``signer`` (a certificate id, or ``relay:<kid>`` for stamps) and, for a certificate, that
    certificate's own id. Checked as soon as the envelope is read (a cached set lookup), so a
@@ -25,7 +25,7 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
    device key of a certificate present in the document or in the same update
    (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
    validity (``certificate_expired``).
-7. The author may write it (``forbidden``): DESIGN's writer table, see ``_check_rights``.
+7. The author may write it (``forbidden``): docs/records.md section 8's writer table, see ``_check_rights``.
 8. At arrival (``ArrivalPolicy``: the relay, and peers for what other peers send them): no HLC
    from the future (``clock_skew``), none older than the back-dating window, ``min(max_backdate_ms,
    the certificate's lifetime exp - iat)`` (``backdated``), no revoked certificate (``revoked``),
@@ -253,7 +253,8 @@ class _Batch:
 
 
 def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch) -> None:
-    """DESIGN's writer table. Raises ValidationError(forbidden) when the author lacks the right."""
+    """docs/records.md section 8, "Who may write what". Raises ValidationError(forbidden) when the
+    author lacks the right."""
     shop = doc.shop_id
     if isinstance(record, Category):
         ok = rights.admin

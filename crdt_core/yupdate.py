@@ -1,7 +1,7 @@
 """A strict, pure-Python reader of Yjs v1 updates and state vectors.
 
 Why read updates ourselves: the relay validates every incoming update before the engine sees it
-(DESIGN, "Authorship"). Applying the update to a copy of a 1,000-reservation document costs
+(docs/design.md, "Authorship"). Applying the update to a copy of a 1,000-reservation document costs
 milliseconds; reading the few hundred bytes of a typical booking update costs microseconds and
 tells exactly what it would do: which top-level map, which key, which value, and whether it
 deletes anything. The writer rules only ever allow *inserting a new key into a top-level map*, so

@@ -199,6 +199,12 @@ class AccountService:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
         self._m_resets = metrics.counter("relay_auth_password_resets_total", "Password reset steps", ["step"])
+        # Lets a test (or an operator) see that a change made with the CLI has been applied: the
+        # second read completed after the change was recorded has seen it.
+        self._m_event_polls = metrics.counter(
+            "relay_account_event_polls_total",
+            "Completed reads of account_events (changes from the CLI or other nodes)",
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -532,6 +538,7 @@ class AccountService:
             elif ev.kind == EV_KEYS_ROTATED:
                 await self.keys.reload_async()
                 log_event(log, "signing keys reloaded", active_kid=self.keys.active_kid)
+        self._m_event_polls.inc()
         return len(events)
 
     async def maintenance(self) -> None:
@@ -611,7 +618,7 @@ class AuthComponents:
     tokens: TokenService
     service: AccountService
     # With a shared store, the rate limiters every node must share: ``factory(purpose, limit)``
-    # (``relay.http_api.Limiters.from_config`` takes it). ``None``: in-memory, per process.
+    # (``relay.context.Limiters.from_config`` takes it). ``None``: in-memory, per process.
     limiter_factory: Callable[[str, RateLimit], RateLimiter] | None = None
 
     async def aclose(self) -> None:

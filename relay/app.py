@@ -9,7 +9,7 @@ them in reverse:
 2. extensions (:class:`RelayExtension`), in the order given: the document store and the
    websocket endpoint ``/api/v1/sync`` plug in here. An extension adds its routes in
    ``install`` (called by ``create_app``, before the app starts) and opens/closes its resources
-   in ``start``/``stop``; it finds everything else on the :class:`RelayContext`
+   in ``start``/``stop``; it finds everything else on the :class:`relay.context.RelayContext`
    (``app.state.relay``): ``ctx.tokens.verify_access``, ``ctx.hooks`` (revocation and disable
    callbacks), ``ctx.keys`` (signing), ``ctx.metrics``, ``ctx.epoch``, ``ctx.config``.
 
@@ -22,137 +22,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from fastapi import FastAPI
 
-from relay.accounts import AccountService, AccountStore, AuthComponents, AuthHooks, open_auth
+from relay.accounts import AuthHooks, open_auth
 from relay.config import RelayConfig
+from relay.context import Limiters, RelayContext, RelayExtension
 from relay.http_api import (
     MAX_AUTH_BODY_BYTES,
     SERVER_VERSION,
     BodyLimitMiddleware,
-    HealthCheck,
     HttpMetricsMiddleware,
-    Limiters,
     auth_router,
     install_error_handlers,
     ops_router,
 )
-from relay.keys import KeyStore
 from relay.logging import get_logger, log_event
 from relay.metrics import MetricsRegistry
-from relay.tokens import TokenService
+from relay.rest_sync import RestSyncExtension
+from relay.sync_endpoint import SyncExtension
+
+__all__ = ["RelayContext", "RelayExtension", "create_app"]
 
 log = get_logger("relay.app")
 
 
-class RelayExtension(Protocol):
-    """A component plugged into the relay app (the sync websocket, the document store)."""
-
-    name: str
-
-    def install(self, app: FastAPI, ctx: RelayContext) -> None:
-        """Add routes/middleware. Called once by ``create_app``, before startup."""
-        ...
-
-    async def start(self, ctx: RelayContext) -> None:
-        """Open resources; auth components are already open."""
-        ...
-
-    async def stop(self, ctx: RelayContext) -> None:
-        """Flush and close; called in reverse order, before auth closes."""
-        ...
-
-
-@dataclass
-class RelayContext:
-    """Shared state of one relay app, at ``app.state.relay``."""
-
-    config: RelayConfig
-    metrics: MetricsRegistry
-    hooks: AuthHooks
-    limiters: Limiters
-    extensions: list[RelayExtension]
-    auth: AuthComponents | None = None
-    epoch: str = ""
-    ready: bool = False
-    started_at: float = field(default_factory=time.time)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Run when a stop signal arrives, before the web server closes its connections (see
-    #: :meth:`begin_shutdown`); the sync extension tells its clients to come back here.
-    goodbyes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    health_checks: list[HealthCheck] = field(default_factory=list)
-    # Free slots for extensions to publish objects to each other (e.g. "docstore").
-    components: dict[str, Any] = field(default_factory=dict)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _goodbye_task: asyncio.Task[None] | None = None
-
-    def _require_auth(self) -> AuthComponents:
-        if self.auth is None:
-            raise RuntimeError("relay components are not started")
-        return self.auth
-
-    @property
-    def accounts(self) -> AccountService:
-        return self._require_auth().service
-
-    @property
-    def tokens(self) -> TokenService:
-        return self._require_auth().tokens
-
-    @property
-    def keys(self) -> KeyStore:
-        return self._require_auth().keys
-
-    @property
-    def account_store(self) -> AccountStore:
-        return self._require_auth().store
-
-    def begin_shutdown(self, then: Callable[[], None] | None = None, *, within_s: float = 5.0) -> None:
-        """Mark the relay as stopping, say goodbye to clients, then call ``then``.
-
-        Safe to call from a signal handler or another thread. Why ``then``: uvicorn's own shutdown
-        closes every websocket with 1012; a client must see the relay's 1001 ("restarting, come
-        back shortly") first, so the CLI passes uvicorn's exit as ``then`` and it runs only once
-        every goodbye has finished (or ``within_s`` has passed, so a stuck goodbye cannot keep the
-        process alive).
-        """
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            if then is not None:
-                then()
-            return
-        loop.call_soon_threadsafe(self._start_goodbyes, then, within_s)
-
-    def _start_goodbyes(self, then: Callable[[], None] | None, within_s: float) -> None:
-        self.stopping.set()
-        task = asyncio.get_running_loop().create_task(self._say_goodbyes(then, within_s))
-        self._goodbye_task = task
-
-    async def _say_goodbyes(self, then: Callable[[], None] | None, within_s: float) -> None:
-        try:
-            if self.goodbyes:
-                waiters = [asyncio.ensure_future(goodbye()) for goodbye in self.goodbyes]
-                done, pending = await asyncio.wait(waiters, timeout=within_s)
-                for task in pending:
-                    task.cancel()
-                for task in done:
-                    if not task.cancelled() and task.exception() is not None:
-                        log.error("goodbye failed", exc_info=task.exception())
-        finally:
-            if then is not None:
-                then()
-
-
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
-    """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``."""
-    from relay.rest_sync import RestSyncExtension  # the REST sync API, on the sync hub
-    from relay.sync_endpoint import SyncExtension  # imports relay.app: keep the cycle lazy
-
+    """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``,
+    and the REST sync API on the same hub."""
     return [SyncExtension(config), RestSyncExtension(config)]
 
 

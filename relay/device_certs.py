@@ -1,4 +1,4 @@
-"""Device certificates issued at login and refresh (DESIGN, "Authorship").
+"""Device certificates issued at login and refresh (docs/design.md, "Authorship").
 
 The client generates an Ed25519 device key and presents the public half; the relay answers with a
 certificate, signed with its active key, binding that device key to the user's id, roles and
@@ -18,7 +18,7 @@ from crdt_core.certs import issue_certificate
 from relay.keys import KeyStore, b64url_decode
 
 if TYPE_CHECKING:
-    from relay.accounts import User
+    from relay.account_types import User
 
 DEVICE_KEY_BYTES = 32
 CLOCK_SLACK_MS = 5 * 60 * 1000

@@ -14,12 +14,10 @@ key without a valid proof of possession ``proof_required``, ``proof_stale`` or `
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from importlib import metadata
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -30,16 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER, ProofError, parse_proof, rest
 from relay.accounts import AccountError, InvalidEmail, Session, normalize_email
-from relay.config import SYNC_PROTOCOL_VERSION, RateLimit, RelayConfig
+from relay.config import SYNC_PROTOCOL_VERSION
+from relay.context import RelayContext
 from relay.device_certs import parse_device_public_key
 from relay.keys import b64url
 from relay.logging import get_logger
 from relay.metrics import CONTENT_TYPE, MetricsRegistry
-from relay.ratelimit import RateDecision, RateLimiter, TokenBucketLimiter
+from relay.ratelimit import RateDecision, RateLimiter
 from relay.tokens import Claims, ProofFailed, TokenError
-
-if TYPE_CHECKING:
-    from relay.app import RelayContext
 
 log = get_logger("relay.http")
 
@@ -245,37 +241,6 @@ class HttpMetricsMiddleware:
 
 # --------------------------------------------------------------------------------------------
 # rate limiters
-
-
-@dataclass
-class Limiters:
-    """One limiter per purpose, built from ``config.rate_limits``."""
-
-    login_account: RateLimiter
-    login_address: RateLimiter
-    register_address: RateLimiter
-    reset_account: RateLimiter
-    reset_address: RateLimiter
-
-    @classmethod
-    def from_config(
-        cls, config: RelayConfig, factory: Callable[[str, RateLimit], RateLimiter] | None = None
-    ) -> Limiters:
-        """In-memory buckets, or ``factory(purpose, limit)`` ones (shared across nodes)."""
-        rl = config.rate_limits
-
-        def make(purpose: str, limit: RateLimit) -> RateLimiter:
-            if factory is not None:
-                return factory(purpose, limit)
-            return TokenBucketLimiter(limit, max_keys=rl.max_keys)
-
-        return cls(
-            login_account=make("login_account", rl.login_account),
-            login_address=make("login_address", rl.login_address),
-            register_address=make("register_address", rl.register_address),
-            reset_account=make("reset_account", rl.reset_account),
-            reset_address=make("reset_address", rl.reset_address),
-        )
 
 
 def _account_key(email: str) -> str:
@@ -597,8 +562,5 @@ async def sync_status(ctx: CtxDep) -> SyncStatusOut:
         store_epoch=ctx.epoch,
         server_time_ms=int(now * 1000),
         server_time=datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
-        restore_stamp_hold=hold.status() if (hold := ctx.components.get("stamp_hold")) is not None else None,
+        restore_stamp_hold=ctx.stamp_hold.status() if ctx.stamp_hold is not None else None,
     )
-
-
-HealthCheck = Callable[[], Awaitable[bool]]

@@ -75,7 +75,7 @@ from relay.sync_hub import (
 )
 
 if TYPE_CHECKING:
-    from relay.app import RelayContext
+    from relay.context import RelayContext
 
 log = get_logger("relay.rest_sync")
 
@@ -829,19 +829,17 @@ def parse_check(value: Any) -> tuple[list[tuple[str, bytes]], int, int]:
 
 
 def _hub(ctx: RelayContext) -> SyncHub:
-    hub = ctx.components.get("sync_hub")
+    hub = ctx.sync_hub
     if hub is None:
         raise ApiError(503, "unavailable", "The relay is starting; try again shortly.")
-    assert isinstance(hub, SyncHub)
     return hub
 
 
 def _service(ctx: RelayContext) -> RestSync:
-    service = ctx.components.get("rest_sync")
-    if service is None:
-        service = ctx.components["rest_sync"] = RestSync()
-    assert isinstance(service, RestSync)
-    return service
+    for ext in ctx.extensions:
+        if isinstance(ext, RestSyncExtension):
+            return ext.service
+    raise ApiError(503, "unavailable", "The REST sync API is not running in this relay.")
 
 
 def _etag(ctx: RelayContext, *parts: object) -> str:
@@ -1035,12 +1033,13 @@ class RestSyncExtension:
 
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
+        self.service = RestSync()
 
     def install(self, app: FastAPI, ctx: RelayContext) -> None:
         app.include_router(router)
 
     async def start(self, ctx: RelayContext) -> None:
-        ctx.components["rest_sync"] = RestSync()
+        self.service = RestSync()
 
     async def stop(self, ctx: RelayContext) -> None:
-        ctx.components.pop("rest_sync", None)
+        self.service = RestSync()  # drop the caches and replays of the run that ended

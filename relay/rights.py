@@ -65,7 +65,7 @@ class RightsCache:
         return cert.user_id in self._disabled or cert.cert_id in self._revoked_certs
 
     def can_read(self, user_id: str, doc_id: str) -> bool:
-        """Read rights follow the connection's identity (DESIGN, "Relay").
+        """Read rights follow the connection's identity (docs/design.md, "Relay").
 
         Every signed-in user reads the catalog, shops and booking days (availability needs the
         day; records name customers only by opaque id); a ``user:`` document only by its user.

@@ -1,8 +1,9 @@
 """The sync websocket ``/api/v1/sync`` and the document store, plugged into the relay app.
 
-Why an extension: the app factory (``relay.app``) owns accounts and tokens and opens extensions
-after them and closes them before them, so on SIGTERM the hub can still tell every client to
-come back (close 1001) and the store can finish its commits while accounts are open.
+Why an extension: the app factory (``relay.app``, which imports this module) owns accounts and
+tokens and opens extensions after them and closes them before them, so on SIGTERM the hub can
+still tell every client to come back (close 1001) and the store can finish its commits while
+accounts are open.
 
 Socket writes: an ASGI ``websocket.send`` event is one frame and one ``write`` syscall, and on
 loopback most of a delivery's CPU is that syscall and the layers above it (Starlette's state
@@ -11,7 +12,8 @@ uvicorn's ``websockets-sansio`` implementation (the one ``relay.cli`` runs), fra
 message with that connection's own ``websockets`` protocol object and writes them with one
 ``transport.write``, honouring the same flow control (``writable``) and state checks as uvicorn's
 ``send``. On any other ASGI server, or if uvicorn's internals ever change shape, it falls back to
-one ``websocket.send`` per message (:func:`_uvicorn_sansio`).
+one ``websocket.send`` per message. Every access to uvicorn's and Starlette's private objects is
+in ``relay.ws_protocol`` (:class:`relay.ws_protocol.FastWriter`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
-from relay.app import RelayContext
 from relay.config import RelayConfig, SyncLimits
+from relay.context import RelayContext
 from relay.documents import DocumentManager
 from relay.fanout import open_fanout
 from relay.logging import get_logger, log_event
@@ -34,27 +36,9 @@ from relay.rights import RightsCache
 from relay.stamp_hold import open_stamp_hold
 from relay.store.open import AnyDocumentStore, open_document_store, store_description
 from relay.sync_hub import SyncHub, highest_stamp
+from relay.ws_protocol import FALLBACK, FAST_PATH, FastWriter
 
 log = get_logger("relay.sync")
-
-
-def _uvicorn_sansio(ws: WebSocket) -> Any | None:
-    """uvicorn's ``WebSocketsSansIOProtocol`` behind ``ws``, if that is what serves it, else None.
-
-    Starlette keeps the ASGI ``receive`` callable it was given; under uvicorn's sans-I/O websocket
-    implementation (and no middleware wrapping ``receive`` for websockets, as in this app) that is
-    the protocol's bound ``receive`` method. Every attribute ``send_many`` touches is checked.
-    """
-    proto = getattr(getattr(ws, "_receive", None), "__self__", None)
-    if proto is None or "WebSocketsSansIOProtocol" not in {c.__name__ for c in type(proto).__mro__}:
-        return None
-    needed = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete")
-    if not all(hasattr(proto, name) for name in needed):
-        return None
-    conn = proto.conn
-    if not (callable(getattr(conn, "send_binary", None)) and callable(getattr(conn, "data_to_send", None))):
-        return None
-    return proto
 
 
 class AsgiTransport:
@@ -62,7 +46,12 @@ class AsgiTransport:
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
-        self._sansio = _uvicorn_sansio(ws)
+        self._fast = FastWriter.of(ws)
+
+    @property
+    def writer(self) -> str:
+        """``FAST_PATH`` or ``FALLBACK``: how this socket's messages are written."""
+        return FAST_PATH if self._fast is not None else FALLBACK
 
     async def recv(self) -> bytes | str | None:
         try:
@@ -82,50 +71,34 @@ class AsgiTransport:
 
     def write_now(self, items: list[bytes]) -> bool:
         """Frame and write ``items`` at once, with one socket write, if the socket is open and not
-        paused by flow control; False (nothing written) otherwise, or off uvicorn's sans-I/O."""
-        proto = self._sansio
-        if (
-            proto is None
-            or not proto.writable.is_set()
-            or proto.disconnected
-            or proto.close_sent
-            or not proto.handshake_complete
-        ):
+        paused by flow control; False (nothing written) otherwise, or off the fast path."""
+        fast = self._fast
+        if fast is None or not fast.can_write_now:
             return False
-        conn = proto.conn
-        for data in items:
-            conn.send_binary(data)
-        proto.transport.write(b"".join(conn.data_to_send()))
+        fast.write(items)
         return True
 
     async def send_many(self, items: list[bytes]) -> None:
         """Send ``items`` in order, as one socket write when the server allows (module docstring)."""
-        proto = self._sansio
-        if proto is None:
-            for data in items:
-                await self.ws.send_bytes(data)
-            return
-        await proto.writable.wait()  # uvicorn's flow control: paused while the socket is full
-        if proto.disconnected or proto.close_sent or not proto.handshake_complete:
-            for data in items:  # let the ordinary path raise (or refuse) as it would
-                await self.ws.send_bytes(data)
-            return
-        conn = proto.conn
-        for data in items:
-            conn.send_binary(data)
-        proto.transport.write(b"".join(conn.data_to_send()))
+        fast = self._fast
+        if fast is not None:
+            await fast.wait_writable()
+            if fast.is_open:
+                fast.write(items)
+                return
+        for data in items:  # off the fast path, or closing: the ordinary path raises or refuses
+            await self.ws.send_bytes(data)
 
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close(code, reason)
 
     def abort(self) -> None:
-        """Drop the TCP connection now, without the closing handshake (off uvicorn's sans-I/O
-        protocol: nothing). For a peer that takes no bytes: neither asyncio's ``close`` nor
-        uvicorn's close timeout ever ends a connection whose write buffer cannot drain."""
-        proto = self._sansio
-        if proto is not None and not proto.disconnected:
-            proto.transport.abort()
+        """Drop the TCP connection now, without the closing handshake (off the fast path:
+        nothing). For a peer that takes no bytes: neither asyncio's ``close`` nor uvicorn's close
+        timeout ever ends a connection whose write buffer cannot drain."""
+        if self._fast is not None:
+            self._fast.abort()
 
 
 def bearer_token(headers: Any) -> str | None:
@@ -162,6 +135,12 @@ class SyncExtension:
         self._hold_task: asyncio.Task[None] | None = None
 
     def install(self, app: FastAPI, ctx: RelayContext) -> None:
+        writers = ctx.metrics.counter(
+            "quickslot_sync_socket_writer_total",
+            "Sync websockets served, by how their messages are written (relay.ws_protocol)",
+            ["writer"],
+        )
+
         @app.websocket("/api/v1/sync")
         async def sync_socket(ws: WebSocket) -> None:
             hub = self.hub
@@ -170,7 +149,9 @@ class SyncExtension:
                 await ws.close(1013, "relay starting: try again shortly")
                 return
             proof = (ws.headers.get(PROOF_HEADER), ws.headers.get(PROOF_TIME_HEADER))
-            await hub.serve(AsgiTransport(ws), bearer_token(ws.headers), proof, client_host(ws))
+            transport = AsgiTransport(ws)
+            writers.labels(writer=transport.writer).inc()
+            await hub.serve(transport, bearer_token(ws.headers), proof, client_host(ws))
 
     async def start(self, ctx: RelayContext) -> None:
         commit_latency = ctx.metrics.histogram(
@@ -216,7 +197,7 @@ class SyncExtension:
         hold = await open_stamp_hold(self.store, self.config.restore_stamp_hold_s)
         hub.stamp_hold = hold
         hold.register_metrics(ctx.metrics)
-        ctx.components["stamp_hold"] = hold
+        ctx.stamp_hold = hold
         self._hold_task = asyncio.create_task(hold.run(hub.stamp_held), name="restore-stamp-hold")
         manager = self.manager
         loaded = ctx.metrics.gauge("quickslot_loaded_documents", "Documents loaded in memory")
@@ -232,8 +213,8 @@ class SyncExtension:
         ctx.hooks.on_family_revoked.append(hub.family_revoked)
         ctx.hooks.on_user_disabled.append(hub.user_disabled)
         ctx.hooks.on_user_changed.append(on_changed)
-        ctx.components["sync_hub"] = hub
-        ctx.components["docstore"] = self.store
+        ctx.sync_hub = hub
+        ctx.docstore = self.store
         self.hub = hub
 
         async def say_goodbye_on_stop() -> None:

@@ -1,10 +1,10 @@
 """Tiny editing traces in the real traces' format, so the harness tests need neither the data nor time.
 
-Why generated: the real traces live outside the repository (``../shared/bench-data``) and take
-seconds to load; the tests must check the replay machinery (prefixes, the plain replay, the
-concurrent schedule, worker deadlines) in milliseconds. The concurrent trace is built so that any
-correct CRDT must reach its ``endContent``: in each round two agents edit disjoint regions of the
-text (left and right of a character neither touches), so no two concurrent inserts ever share a
+Why generated: the real traces (``benchmarks/data/``) take seconds to load; the tests must check
+the replay machinery (prefixes, the plain replay, the concurrent schedule, worker deadlines) in
+milliseconds. The concurrent trace is built so that any correct CRDT must reach its
+``endContent``: in each round two agents edit disjoint regions of the text (left and right of a
+character neither touches), so no two concurrent inserts ever share a
 position, and the merged text is known without a CRDT.
 """
 

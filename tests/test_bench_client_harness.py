@@ -2,7 +2,7 @@
 
 Why a test: the client suite drives ``LocalClient``, the sync service and a relay process, so a
 change to any of them (a new store schema, a sync flag, the relay's CLI) could silently break the
-benchmark (issue 6: "so the harness itself cannot silently break"). This asserts structure and
+benchmark ("so the harness itself cannot silently break"). This asserts structure and
 sanity (every subject measured and checked, the baseline's settings equal the client's, ratios
 positive, JSON, markdown and plots written), never a time: timings on a shared box say nothing.
 """

@@ -1,6 +1,6 @@
 """Every engine adapter speaks the interface correctly, and the engine suite catches wrong engines.
 
-Why: a benchmark of an engine that diverged must be reported as diverged, not as fast (issue 6),
+Why: a benchmark of an engine that diverged must be reported as diverged, not as fast,
 and a new adapter must be one file that the same checks cover. Each installed adapter is driven
 through the whole interface on a small case and must converge; an adapter that is not installed
 is skipped with the reason (the tests never install: ``QUICKSLOT_BENCH_NO_INSTALL``). The trace

@@ -1,6 +1,6 @@
 """The benchmark harness itself: a tiny run of the engine and domain suites must produce sane output.
 
-Why a test: benchmarks only run by hand, so a refactor could silently break them (issue 6, "so
+Why a test: benchmarks only run by hand, so a refactor could silently break them ("so
 the harness itself cannot silently break"). This asserts structure and sanity (every workload and
 engine present, ratios positive, plots written, an engine that disagrees reported as diverged),
 never a time: timings on a shared CI box say nothing.

@@ -2,7 +2,7 @@
 
 Why a test: the relay suite starts processes, installs a Node baseline and drives websocket
 clients from worker processes; any refactor of the relay (flags, protocol, the hub's pieces the
-direct server reuses) could silently break it (issue 6: "so the harness itself cannot silently
+direct server reuses) could silently break it ("so the harness itself cannot silently
 break"). This asserts structure and sanity, never a time. QuickSlot's own lanes always run; the
 baseline checks skip, with the reason, where Node/npm or pycrdt-websocket cannot be had.
 """
@@ -245,7 +245,7 @@ def test_markers_and_yjs_framing_round_trip() -> None:
 
 
 def test_postgresql_lane_ran_beside_sqlite_with_a_ratio(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
-    """One node on PostgreSQL against one node on SQLite, in the same run (issue 8's Measure)."""
+    """One node on PostgreSQL against one node on SQLite, in the same run (docs/operations.md)."""
     from tests.servers.postgres import unavailable_reason
 
     _, data, _ = tiny_run
@@ -262,7 +262,7 @@ def test_postgresql_lane_ran_beside_sqlite_with_a_ratio(tiny_run: tuple[Path, di
 
 
 def test_three_node_lane_ran_in_fan_out(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
-    """Three nodes behind HAProxy take part in fan-out (issue 8's Measure); at the tiny scale the
+    """Three nodes behind HAProxy take part in fan-out (docs/operations.md); at the tiny scale the
     many-documents workload leaves the lane out, to keep the harness test short."""
     _, data, _ = tiny_run
     rows = {r["workload"]: r for r in _rows(data, servers.QUICKSLOT_CLUSTER)}

@@ -2,7 +2,7 @@
 
 Why these tests matter: the relay applies bytes from strangers, so the one promise the wrapper
 makes above all is "the only thing that ever escapes is ``EngineError``, and when it does the
-document is exactly as it was" (DESIGN, "Untrusted bytes"). That is proven here on at least
+document is exactly as it was" (docs/design.md, "Relay", untrusted input). That is proven here on at least
 10,000 mutated *real* updates (taken from a booking document written with the authoring API), in
 a deterministic seeded loop so CI always runs the same cases and a failure names its seed.
 """

@@ -1,7 +1,7 @@
 """Interoperability with y-py, the other Yrs binding: same Yjs v1 bytes, read both ways.
 
-Why: DESIGN promises that any Yjs peer can exchange updates with QuickSlot at the engine level,
-and y-py (yrs 0.12, a different Yrs and a different encoder) is the independent peer we can run
+Why: docs/design.md ("Engine") promises that any Yjs peer can exchange updates with QuickSlot at the engine
+level, and y-py (yrs 0.12, a different Yrs and a different encoder) is the independent peer we can run
 in-process. What it shows, checked here:
 
 * y-py writes plain values (strings, numbers, nested maps); crdt_core reads them. y-py encodes
@@ -11,7 +11,7 @@ in-process. What it shows, checked here:
 * crdt_core writes signed records (binary values); y-py reads them as ``bytearray`` with identical
   bytes, so a y-py peer can carry our records even though it cannot author binary values.
 * State vectors and diffs flow both ways and both sides converge. Reordering into y-py is not
-  tested: y-py 0.6.2 drops an update that arrives before its dependencies (DESIGN).
+  tested: y-py 0.6.2 drops an update that arrives before its dependencies (docs/design.md, "Engine").
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def test_validation_refuses_a_plain_value_written_by_ypy() -> None:
 
 
 def test_ypy_cannot_write_binary_values() -> None:
-    """Measured in DESIGN; if a future y-py could, records could be authored there too."""
+    """As docs/design.md ("Engine") says; if a future y-py could, records could be authored there too."""
     ydoc = _ypy_doc(9)
     with pytest.raises(TypeError):
         _ypy_set(ydoc, "reservations", {"r1": b"\x00\x01"})

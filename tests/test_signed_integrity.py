@@ -65,7 +65,8 @@ def test_a_device_writing_its_own_record_under_another_devices_client_id_is_refu
     res = Reservation("m-1", "s1", 1, "mallory", mallory.hlc())
     raw = sign_record(DOC, res.id, res.KIND, res.to_fields(), mallory.device, SCHEMA_VERSION)
     update = squat.write([("reservations", res.id, raw)])
-    assert assert_refused(DOC, relay, update, world.cache()).code == Reason.FOREIGN_CLIENT == "foreign_client"
+    assert assert_refused(DOC, relay, update, world.cache()).code == Reason.FOREIGN_CLIENT
+    assert Reason.FOREIGN_CLIENT.value == "foreign_client"
     # The victim's real write at that id is accepted, not skipped as a re-send.
     real, u = victim.book(phones["victim"], DOC, "s1", 1)
     assert not receive(DOC, relay, u, world.cache()).noop

@@ -655,7 +655,7 @@ def test_cancelled_and_declined_win_over_too_large_a_no_show_does_not() -> None:
 
 
 def test_stamp_order_is_the_tentative_order() -> None:
-    """What the relay calls to number claims that reach it together (D5): (HLC, customer, id)."""
+    """What the relay calls to number claims that reach it together: (HLC, customer, id)."""
     day = Day(World(), customers=3, clock_offsets_min=[0, -5, -5])
     a, b, c = day.book(0, "s1", 1), day.book(1, "s1", 1), day.book(2, "s1", 1)
     state = day.state()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from benchmarks.adapters import BaseAdapter, Entry
+from benchmarks.adapters.base import BaseAdapter, Entry
 from crdt_core import __version__ as _core_version
 from crdt_core.engine import Replica, merge_updates
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from typing import Any
 
-from benchmarks.adapters import BaseAdapter, Entry, Patch, Unsupported
+from benchmarks.adapters.base import BaseAdapter, Entry, Patch, Unsupported
 
 __all__ = ["LoroAdapter"]
 

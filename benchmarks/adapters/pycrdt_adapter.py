@@ -15,7 +15,7 @@ from typing import Any
 
 import pycrdt
 
-from benchmarks.adapters import BaseAdapter, Entry, Patch
+from benchmarks.adapters.base import BaseAdapter, Entry, Patch
 
 __all__ = ["PycrdtAdapter", "PycrdtDoc"]
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks.adapters import BaseAdapter, EngineUnavailable, Entry, Patch
+from benchmarks.adapters.base import BaseAdapter, EngineUnavailable, Entry, Patch
 
 __all__ = ["NODE_CACHE", "YjsNodeAdapter", "YjsTimeout", "ensure_yjs"]
 

@@ -1,6 +1,6 @@
 """y-py 0.6.2 (yrs 0.12), the abandoned predecessor of pycrdt, as a baseline of another Yrs.
 
-Why it needs a mapping: y-py cannot store a binary map value (``TypeError``, DESIGN), so this
+Why it needs a mapping: y-py cannot store a binary map value (``TypeError``, docs/design.md "Engine"), so this
 adapter stores each value as base64 text and decodes it on read. Its updates therefore carry
 about a third more payload than the other engines'; the results say so rather than hide it.
 y-py has no ``merge_updates``, so merging is reported as unsupported. It also drops updates that
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from typing import Any
 
-from benchmarks.adapters import BaseAdapter, Entry, Patch, Unsupported
+from benchmarks.adapters.base import BaseAdapter, Entry, Patch, Unsupported
 
 __all__ = ["YpyAdapter"]
 

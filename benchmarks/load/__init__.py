@@ -1,7 +1,7 @@
 """Sustained load on one relay process: many authenticated connections, a steady update rate.
 
-Issue 7 asks whether one relay process holds 1,000 concurrent authenticated connections under a
-steady update rate across many documents, with no errors and bounded memory. This package answers
+Can one relay process hold 1,000 concurrent authenticated connections under a
+steady update rate across many documents, with no errors and bounded memory? This package answers
 it with a real relay (``python -m relay.cli serve`` on a free loopback port, its own data
 directory) and real websocket clients in driver processes:
 

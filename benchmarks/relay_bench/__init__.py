@@ -2,7 +2,7 @@
 
 * :mod:`.servers`: the servers compared (the QuickSlot relay as a real process, the same hub
   served without ASGI, y-websocket on Node, pycrdt-websocket), started on loopback ports;
-* :mod:`.direct_server`: the ASGI-free QuickSlot sync server (DESIGN's experiment);
+* :mod:`.direct_server`: the ASGI-free QuickSlot sync server (the experiment of docs/design.md, "Relay");
 * :mod:`.node`: installs the y-websocket server into ``bench-results/.node``;
 * :mod:`.payloads`: pre-signed booking updates and same-size Yjs updates, with markers;
 * :mod:`.loadgen`: the websocket clients, in worker processes;

@@ -1,6 +1,6 @@
 """The relay's ``SyncHub`` served straight from the ``websockets`` library, without ASGI.
 
-Why this exists: DESIGN ("Relay") asks to measure whether the ASGI layer (uvicorn + Starlette's
+Why this exists: docs/design.md ("Relay") asks to measure whether the ASGI layer (uvicorn + Starlette's
 websocket wrapper) lets the relay spend 10 µs of CPU or less per delivered update, and if it does
 not, to serve the sync websocket straight from ``websockets``. This is that alternative, built
 from the very same pieces as ``relay.sync_endpoint.SyncExtension`` (the SQLite document store,

@@ -1,6 +1,6 @@
 """Install the y-websocket server (Node) into the suite's cache, ``bench-results/.node``.
 
-Why the suite installs it itself: issue 6 asks for baselines "installed by the suite", and the
+Why the suite installs it itself: baselines are "installed by the suite", and the
 npm packages are not project files (``bench-results/`` is ignored by git). The first run calls
 ``npm install`` once (a few seconds); later runs find the cache and skip it.
 
@@ -11,7 +11,7 @@ interoperate with and the one deployed y-websocket servers run, so that is the o
 Its ``utils.js`` imports ``y-leveldb`` unconditionally (used only with ``YPERSISTENCE``), so that
 optional dependency is installed too; ``ws`` is the version range the package declares.
 
-Hocuspocus (``@hocuspocus/server``, issue 6's second Node baseline) goes into its own directory,
+Hocuspocus (``@hocuspocus/server``, the second Node baseline) goes into its own directory,
 ``bench-results/.node/hocuspocus``: it needs ``ws`` 8 where the y-websocket server pins ``ws`` 6,
 and ``npm install --no-save`` of one set into a shared ``node_modules`` would prune the other.
 3.4.4 is pinned: the 4.x releases require Node 22, and 3.x is the line deployed on Node 20.

@@ -1,37 +1,18 @@
 """Benchmark suites by name. A suite is a list of workloads built for the available adapters.
 
 Why a registry: ``--suite`` picks suites by name and ``list`` shows them; the relay and client
-suites of issue 6 plug in here as they land, without touching the runner. ``ALIASES`` keeps old
-names working: ``crdt`` (issue 3's suite) is now ``engine`` plus ``domain``.
+suites plug in here, without touching the runner. ``ALIASES`` keeps old
+names working: ``crdt`` (the first suite) is now ``engine`` plus ``domain``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from benchmarks.adapters import EngineAdapter
-from benchmarks.harness import Target, Workload
+from benchmarks.suites.common import Suite
 
 __all__ = ["ALIASES", "SUITES", "Suite", "expand"]
-
-
-class Suite:
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        build: Callable[[dict[str, EngineAdapter[Any]]], list[Workload]],
-        targets: tuple[Target, ...] = (),
-        uses_engines: bool = True,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.build = build
-        self.targets = targets
-        self.uses_engines = uses_engines
-        """Whether the suite measures the engine adapters (the runner starts Node only if one does)."""
 
 
 def _engine() -> Suite:

@@ -1,4 +1,4 @@
-"""The ``client`` suite: what the offline-first client costs on a phone-sized budget (issues 5 and 6).
+"""The ``client`` suite: what the offline-first client costs on a phone-sized budget.
 
 Why these workloads:
 
@@ -7,7 +7,7 @@ Why these workloads:
   update in the outbox and update the projections, all in one SQLite transaction (WAL,
   ``synchronous=FULL``: committed means on disk), then read the row back. The baseline is the
   original design's way, a plain ``reservations`` row plus a ``sync_queue`` row in one
-  transaction, with the same SQLite settings and driver (``client_bench/plain.py``). Issue 5's
+  transaction, with the same SQLite settings and driver (``client_bench/plain.py``). The client's
   targets: within 3x of the plain insert, and under 5 ms at p99. Swept over the number of
   reservations already in the day (the verdict and the document grow with it).
 * **shops**: the category listing (``quickslot shops --category``) over N shops, from the
@@ -55,7 +55,7 @@ __all__ = ["TARGETS", "suite", "suite_description", "workloads"]
 
 suite_description = (
     "the offline-first client: local booking latency, shop browsing and catching up from a real relay, "
-    "against the original design's plain SQLite rows (issues 5 and 6)"
+    "against the original design's plain SQLite rows"
 )
 
 BOOK = "LocalClient.book"
@@ -73,11 +73,11 @@ TARGET_SIZE = 1_000
 
 TARGETS = (
     Target(
-        f"booking median within 3x of the plain insert ({TARGET_SIZE:,} reservations in the day; issue 5)",
+        f"booking median within 3x of the plain insert ({TARGET_SIZE:,} reservations in the day)",
         "booking", BOOK, TARGET_SIZE, "ratio", 3.0, 1.0, "x",
     ),
     Target(
-        f"booking p99 under 5 ms ({TARGET_SIZE:,} reservations in the day; issue 5)",
+        f"booking p99 under 5 ms ({TARGET_SIZE:,} reservations in the day)",
         "booking", BOOK, TARGET_SIZE, "p99", 5.0, 1e3, "ms",
     ),
     Target(
@@ -575,6 +575,6 @@ def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
 
 def suite() -> Any:
     """The registry entry (``SUITES["client"]`` in ``benchmarks/suites/__init__.py``)."""
-    from benchmarks.suites import Suite
+    from benchmarks.suites.common import Suite
 
     return Suite("client", suite_description, workloads, TARGETS, uses_engines=False)

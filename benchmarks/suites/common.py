@@ -22,10 +22,13 @@ from benchmarks.harness import (
     Progress,
     Result,
     Scale,
+    Target,
+    Workload,
 )
 
 __all__ = [
     "Adapters",
+    "Suite",
     "LimitTracker",
     "check_doc",
     "contents",
@@ -118,3 +121,20 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
     """
     with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as path:
         yield Path(path)
+
+
+class Suite:
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        build: Callable[[dict[str, EngineAdapter[Any]]], list[Workload]],
+        targets: tuple[Target, ...] = (),
+        uses_engines: bool = True,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.build = build
+        self.targets = targets
+        self.uses_engines = uses_engines
+        """Whether the suite measures the engine adapters (the runner starts Node only if one does)."""

@@ -1,7 +1,7 @@
 """The ``crdt`` suite of old, kept as an alias: ``--suite crdt`` runs ``engine`` and ``domain``.
 
-Why keep it: issue 3's commands and docs say ``--suite crdt``, and scripts that ran it must go on
-working after issue 6 split it into the engine suite (engine operations against other engines)
+Why keep it: earlier commands and docs say ``--suite crdt``, and scripts that ran it must go on
+working after it was split into the engine suite (engine operations against other engines)
 and the domain suite (booking rules on top of the engine). The runner expands the alias; the
 names below are re-exported for code that imported them from here.
 """

@@ -1,6 +1,6 @@
 """The ``domain`` suite: what QuickSlot's booking rules cost on top of the engine.
 
-Why these workloads (issue 6's domain suite, issue 3's measurements): a reservation storm (many
+Why these workloads (the domain suite's questions): a reservation storm (many
 clients booking the same day's slots offline, the last seats contended) and the time to merge
 their claims and compute the verdict; validating an incoming update, signatures included; the
 verdict on a realistic day; the document's bytes per reservation as it grows, signed against

@@ -319,7 +319,7 @@ class ApplyUpdates:
     title: str = "Catching up on N single updates: one by one vs merged vs folded"
     description: str = (
         "A replica receives the N single-booking updates of a day. `one-by-one` applies each; "
-        "`merged` merges them with the engine's `merge_updates` and applies the result (DESIGN: "
+        "`merged` merges them with the engine's `merge_updates` and applies the result (docs/design.md: "
         "quadratic in N for the Yrs engines); `fold` applies them to a scratch document and applies "
         "its encoded state (what crdt_core's `fold_updates` does); `batch` (loro only) hands them all "
         "to the engine's batch import. Time per update; checked: same contents."

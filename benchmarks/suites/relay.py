@@ -1,9 +1,9 @@
 """The ``relay`` suite: the QuickSlot relay as a real process against y-websocket and pycrdt-websocket.
 
-Why these workloads (issue 4's "Measure" section, issue 6's relay suite, DESIGN's "Relay"):
+Why these workloads (the relay's targets in docs/benchmarks.md, "Relay", and docs/design.md, "Relay"):
 
 * **fan-out**: N clients on one document, each sending booking updates at a steady rate; the
-  relay's CPU per delivered update (DESIGN's figure: y-websocket ~5.5 µs, pycrdt-websocket
+  relay's CPU per delivered update (docs/design.md's figures: y-websocket ~5.5 µs, pycrdt-websocket
   40-46 µs, target <= 10 µs), delivered updates per second, end-to-end latency p50/p99 (send to
   receipt at every other client), peak RSS and bytes on the wire;
 * **many documents**: 500 documents with 20 updates each, one writer and one reader per
@@ -11,7 +11,7 @@ Why these workloads (issue 4's "Measure" section, issue 6's relay suite, DESIGN'
   servers: the echo of the update they broadcast back to the sender);
 * **catch-up**: a client subscribes to a document with a 10,000-update history;
 * **idle memory**: N documents loaded and left idle, RSS growth per document;
-* **idle connections** (issue 6): N connections open, authenticated and subscribed, then idle;
+* **idle connections**: N connections open, authenticated and subscribed, then idle;
   the server's RSS per connection and its CPU while nothing happens.
 
 Every server runs as its own process on loopback, all in the same run, and subjects are
@@ -27,8 +27,8 @@ starts, ``fsync`` and ``synchronous_commit`` on), so the fan-out and many-docume
 node on SQLite against one node on PostgreSQL as a ratio in the same run.
 
 Subjects: ``quickslot`` (``python -m relay.cli serve``), ``quickslot direct`` (the same
-``SyncHub`` on the ``websockets`` library without ASGI: DESIGN's experiment, the transport being
-the only difference), ``quickslot direct batched`` (the same, writing each connection's queued
+``SyncHub`` on the ``websockets`` library without ASGI: the experiment of docs/design.md, "Relay", the
+transport being the only difference), ``quickslot direct batched`` (the same, writing each connection's queued
 frames with one syscall per event-loop turn, which only the direct server can do; fan-out only),
 the baseline ``y-websocket``, ``pycrdt-websocket`` and ``hocuspocus`` (``@hocuspocus/server`` on Node,
 in the live workloads only: it drops a document when its last connection closes). Clients offer
@@ -82,7 +82,7 @@ __all__ = ["SCALE_SHAPES", "TARGETS", "suite_description", "workloads"]
 
 suite_description = (
     "the QuickSlot relay (real process) against y-websocket and pycrdt-websocket in the same run "
-    "(issue 4's Measure section)"
+    "(docs/benchmarks.md, Relay targets)"
 )
 
 FANOUT_LANES = (
@@ -96,19 +96,19 @@ MAX_ROUNDS = 3
 
 TARGETS = (
     Target(
-        "fan-out: relay CPU per delivered update <= 10 µs (DESIGN), 50 clients",
+        "fan-out: relay CPU per delivered update <= 10 µs (docs/design.md), 50 clients",
         "fanout_cpu", QUICKSLOT, 50, "median", 10.0, 1e6, "µs",
     ),
     Target(
-        "fan-out: p99 latency at 50 clients no worse than y-websocket's (issue 4)",
+        "fan-out: p99 latency at 50 clients no worse than y-websocket's",
         "fanout_p99", QUICKSLOT, 50, "ratio", 1.0, 1.0, "x",
     ),
     Target(
-        "500 documents x 20 updates: throughput at least y-websocket's (time per update ratio, issue 4)",
+        "500 documents x 20 updates: throughput at least y-websocket's (time per update ratio)",
         "docs_throughput", QUICKSLOT, 500, "ratio", 1.0, 1.0, "x",
     ),
     Target(
-        "memory per idle loaded document no more than y-websocket's (issue 4)",
+        "memory per idle loaded document no more than y-websocket's",
         "idle_memory", QUICKSLOT, 1000, "ratio", 1.0, 1.0, "x",
     ),
 )  # fmt: skip
@@ -969,6 +969,6 @@ def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
 
 def suite() -> Any:
     """The registry entry: ``SUITES["relay"] = relay.suite`` in ``benchmarks/suites/__init__.py``."""
-    from benchmarks.suites import Suite
+    from benchmarks.suites.common import Suite
 
     return Suite("relay", suite_description, workloads, TARGETS)

@@ -386,6 +386,6 @@ def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
 
 def suite() -> Any:
     """The registry entry (``SUITES["rest"]`` in ``benchmarks/suites/__init__.py``)."""
-    from benchmarks.suites import Suite
+    from benchmarks.suites.common import Suite
 
     return Suite("rest", suite_description, workloads, (), uses_engines=False)

@@ -1,8 +1,9 @@
 """The relay's document store: what the relay needs from durable storage, as a ``Protocol``.
 
-Why an interface: SQLite (:mod:`relay.store.sqlite`) is the embedded default for one node; DESIGN's
-scale-out plan puts many relay nodes on one PostgreSQL. Everything above the store (the loaded
-document manager, the websocket layer, the operator CLI) talks to :class:`DocumentStore` only.
+Why an interface: SQLite (:mod:`relay.store.sqlite`) is the embedded default for one node; the
+scale-out design (docs/design.md, "Scale-out") puts many relay nodes on one PostgreSQL. Everything above the
+store (the loaded document manager, the websocket layer, the operator CLI) talks to :class:`DocumentStore`
+only.
 
 Theory of operation (every implementation must keep these promises):
 
@@ -18,8 +19,8 @@ Theory of operation (every implementation must keep these promises):
 * **Order.** Appends are committed in the order :meth:`DocumentStore.enqueue_append` was *called*
   (which is when the append is ordered, not when its result is awaited). The document manager
   relies on this to pipeline several updates of one document into one commit.
-* **Stamps.** The relay stamps booking claims with per-document numbers, gap-free (DESIGN,
-  "The booking verdict"). The stamp update carries its numbers in its bytes, so the caller picks
+* **Stamps.** The relay stamps booking claims with per-document numbers, gap-free (docs/design.md,
+  "Booking verdict"). The stamp update carries its numbers in its bytes, so the caller picks
   them before the commit: it passes ``stamp_base`` (which must equal the stored next stamp) and
   ``stamp_count``; the store checks and advances the counter in the same transaction that stores
   the updates, or refuses that append with :class:`StampConflictError`. A relay restored from a
@@ -246,7 +247,8 @@ class DocumentMeta(Protocol):
 
 
 def should_compact(log_bytes: int, snapshot_bytes: int, min_bytes: int = 0) -> bool:
-    """DESIGN's rule: compact when the log's bytes outgrow the snapshot's (not after a fixed count).
+    """The rule of docs/design.md, "Relay": compact when the log's bytes outgrow the snapshot's (not after a
+    fixed count).
 
     Folding costs about the size of snapshot + log, and this rule only folds once the log is at
     least as big as the snapshot, so the total compaction work stays proportional to the bytes

@@ -4,7 +4,7 @@ The evidence: each worker's fsynced journal (what the relay acknowledged to it, 
 showed over time), each worker's final report (after a quiet sync), and the relay's SQLite file,
 opened directly (read-only) rather than asked through the relay.
 
-The invariants (``DESIGN.md``, "The booking verdict"; ``crdt_core/verdict.py``):
+The invariants (docs/design.md, "Booking verdict" and "Invariants"; ``crdt_core/verdict.py``):
 
 (a) **acked ⇒ stored**: every update the relay acknowledged is contained in the relay's stored
     document (its Yjs state vector covers the update's), and every acknowledged booking holds a
@@ -14,7 +14,7 @@ The invariants (``DESIGN.md``, "The booking verdict"; ``crdt_core/verdict.py``):
 (c) **agreement**: every client computes the same verdict for every document.
 (d) **capacity**: in *every* verdict any client ever showed, the seats held in a slot never
     exceed its capacity.
-(e) **finality**: DESIGN.md says a stamped, confirmed claim "is never demoted by a claim that
+(e) **finality**: docs/design.md says a stamped, confirmed claim "is never demoted by a claim that
     arrives later. Only a cancellation, a staff decision or a capacity cut changes it", and a
     replica shows a claim as final only when it holds the gap-free stamp prefix up to it. The
     chaos run never cuts capacity, so the precise invariant checked is: once a client has shown

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,11 @@ import pytest
 from client.cli import SCHEMAS
 from tests.relay.auth_helpers import (
     PASSWORD,
+    QUICK_ACCOUNT_EVENTS,
     REPO,
     FixedPortRelay,
     _env,
+    applied_by_relay_blocking,
     free_port,
     run_cli,
     serving_fixed_port_relay,
@@ -128,7 +129,7 @@ class Cli:
             r = run_cli("user", "grant", self.email, *extra, data_dir=data_dir)
             assert r.returncode == 0, r.stderr
         if grant:
-            time.sleep(1.3)  # the relay picks up CLI grants by polling
+            applied_by_relay_blocking(relay_url)  # the relay picks up CLI grants by polling
         login = self.json("login", "login", "--email", self.email, "--password-stdin", stdin=PASSWORD)
         assert login["user_id"] == reg["user_id"] and login["relay"] == relay_url
         assert PASSWORD not in json.dumps(login)
@@ -137,7 +138,7 @@ class Cli:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("clirelay"))
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("clirelay"), *QUICK_ACCOUNT_EVENTS)
 
 
 # --- tests ---------------------------------------------------------------------------------------------

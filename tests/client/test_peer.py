@@ -82,9 +82,11 @@ from tests.client.test_cli import check
 from tests.crdt_factory import World, fixed_seed_key
 from tests.relay.auth_helpers import (
     PASSWORD,
+    QUICK_ACCOUNT_EVENTS,
     REPO,
     FixedPortRelay,
     _env,
+    applied_by_relay,
     cli_json,
     free_port,
     serving_fixed_port_relay,
@@ -693,7 +695,7 @@ async def test_peer_sync_cli_exit_codes(tmp_path: Path, world: World) -> None:
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("peerrelay"))
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("peerrelay"), *QUICK_ACCOUNT_EVENTS)
 
 
 async def account(
@@ -707,7 +709,7 @@ async def account(
         await asyncio.to_thread(
             cli_json, "user", "grant", email, "--owner", owner_of, data_dir=relay.data_dir
         )
-        await asyncio.sleep(1.3)  # the relay picks up CLI grants by polling
+        await applied_by_relay(relay)  # the relay picks up CLI grants by polling
     await auth.login(email, PASSWORD)
     return local, auth
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 import client.local as local_mod
@@ -34,11 +35,14 @@ from crdt_core.pop import proof_headers, rest
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
 from tests.client import OPENED, close_all
+from tests.eventually import eventually
 from tests.relay.auth_helpers import (
     GENEROUS_LIMITS,
     PASSWORD,
+    QUICK_ACCOUNT_EVENTS,
     FixedPortRelay,
     RelayProcess,
+    applied_by_relay,
     cli_json,
     serving_fixed_port_relay,
     unique_email,
@@ -48,10 +52,9 @@ DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
 
 
-
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
-    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("relay"))
+    yield from serving_fixed_port_relay(tmp_path_factory.mktemp("relay"), *QUICK_ACCOUNT_EVENTS)
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +97,7 @@ async def accounts(
             await asyncio.to_thread(
                 cli_json, "user", "grant", emails[name], "--owner", shop, data_dir=relay.data_dir
             )
-        await asyncio.sleep(1.3)
+        await applied_by_relay(relay)
     for name, (_local, auth) in out.items():
         await auth.login(emails[name], PASSWORD)
     return out
@@ -113,16 +116,6 @@ async def open_shop(
     await owner.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
     summary = await service(owner, relay, auth).sync_once()
     assert summary.pending == 0 and not summary.rejected, summary
-
-
-async def wait_until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_offline_booking_reaches_the_relay_and_other_clients(
@@ -193,7 +186,9 @@ async def test_bookings_queued_while_the_relay_is_down_go_out_by_themselves(
         async def delivered() -> bool:
             return (await carol.outbox_counts()).pending == 0
 
-        await wait_until_async(delivered)  # no local action: the service noticed on its own
+        await eventually(
+            delivered, timeout=15.0, what="outbox delivered"
+        )  # no local action: the service noticed on its own
     finally:
         svc.stop()
         await asyncio.wait_for(task, 10)
@@ -207,9 +202,19 @@ async def test_bookings_queued_while_the_relay_is_down_go_out_by_themselves(
     assert held == {r.reservation_id for r in booked}
 
 
+async def access_token_expired(profile: LocalClient) -> None:
+    """Wait until the profile's stored access token is past its ``exp`` (``--access-ttl``)."""
+    tokens = profile.secrets.tokens()
+    assert tokens is not None
+    exp = jwt.decode(tokens.access.reveal(), options={"verify_signature": False})["exp"]
+    await eventually(lambda: time.time() >= exp + 0.05, timeout=30.0, what="access token expired")
+
+
 async def test_expiring_access_tokens_are_refreshed_silently(tmp_path: Path) -> None:
     shop = "shop3"
-    with RelayProcess(tmp_path / "relay", *GENEROUS_LIMITS, "--access-ttl", "2") as relay:
+    with RelayProcess(
+        tmp_path / "relay", *GENEROUS_LIMITS, *QUICK_ACCOUNT_EVENTS, "--access-ttl", "2"
+    ) as relay:
         people = await accounts(relay, tmp_path, ["owner", "dave"], {"owner": shop})
         owner, owner_auth = people["owner"]
         dave, dave_auth = people["dave"]
@@ -217,7 +222,7 @@ async def test_expiring_access_tokens_are_refreshed_silently(tmp_path: Path) -> 
         await dave.follow(shop)
         svc = service(dave, relay, dave_auth)
         await svc.sync_once()
-        await asyncio.sleep(2.2)  # the stored access token is now expired: 4001 at connect
+        await access_token_expired(dave)  # 4001 at connect from now on
         await dave.book(shop, DAY, SLOT)
         summary = await svc.sync_once()
         assert summary.refreshed == 1 and summary.pending == 0, summary
@@ -232,7 +237,7 @@ async def test_expiring_access_tokens_are_refreshed_silently(tmp_path: Path) -> 
             async def delivered() -> bool:
                 return (await dave.outbox_counts()).pending == 0
 
-            await wait_until_async(delivered)
+            await eventually(delivered, timeout=15.0, what="outbox delivered")
         finally:
             svc.stop()
             await asyncio.wait_for(task, 10)
@@ -249,7 +254,7 @@ async def test_expiring_access_tokens_are_refreshed_silently(tmp_path: Path) -> 
         async with httpx.AsyncClient(base_url=relay.base_url) as http:
             stolen = await http.post("/api/v1/auth/refresh", json={"refresh_token": tokens.refresh.reveal()})
             assert stolen.status_code == 200, stolen.text
-        await asyncio.sleep(2.2)  # Dave's access token expires: his next sync has to refresh
+        await access_token_expired(dave)  # his next sync has to refresh
         await dave.book(shop, DAY, SLOT)
         drain(dave)
         with pytest.raises(SyncLoginRequired):
@@ -362,7 +367,9 @@ async def test_a_revoked_session_says_log_in_again(relay: FixedPortRelay, tmp_pa
 
 async def test_rate_limited_entries_are_retried_on_a_timer(tmp_path: Path) -> None:
     shop = "shop6"
-    with RelayProcess(tmp_path / "relay", *GENEROUS_LIMITS, "--sync-rate", "5", "--sync-burst", "3") as relay:
+    with RelayProcess(
+        tmp_path / "relay", *GENEROUS_LIMITS, *QUICK_ACCOUNT_EVENTS, "--sync-rate", "5", "--sync-burst", "3"
+    ) as relay:
         people = await accounts(relay, tmp_path, ["owner", "ivy"], {"owner": shop})
         owner, owner_auth = people["owner"]
         ivy, ivy_auth = people["ivy"]
@@ -377,7 +384,9 @@ async def test_rate_limited_entries_are_retried_on_a_timer(tmp_path: Path) -> No
             async def delivered() -> bool:
                 return (await ivy.outbox_counts()).pending == 0
 
-            await wait_until_async(delivered)  # no further local write: the retry timer did it
+            await eventually(
+                delivered, timeout=15.0, what="outbox delivered"
+            )  # no further local write: the retry timer did it
         finally:
             svc.stop()
             await asyncio.wait_for(task, 10)

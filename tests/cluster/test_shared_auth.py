@@ -29,7 +29,8 @@ from crdt_core.messages import CloseCode
 from crdt_core.pop import rest
 from crdt_core.protocol import DocSynced
 from relay.keys_pg import ACTIVATION_DELAY_S
-from tests.relay.auth_helpers import PASSWORD, RelayProcess, bearer, login, register, unique_email, wait_until
+from tests.eventually import eventually_blocking
+from tests.relay.auth_helpers import PASSWORD, RelayProcess, bearer, login, register, unique_email
 from tests.relay.sync_helpers import Account, SyncClient, login_device, new_account, token_headers
 from tests.relay.test_auth_reset import read_mail_dir, token_from
 
@@ -183,13 +184,15 @@ def test_key_rotation_reaches_both_nodes(cluster: tuple[RelayProcess, RelayProce
         since = time.monotonic()
         # Published on both nodes first (so whatever either signs, both verify)...
         for client in (ca, cb):
-            wait_until(
+            eventually_blocking(
                 lambda c=client: new_kid in {k["kid"] for k in c.get("/.well-known/jwks.json").json()["keys"]}
             )
         assert time.monotonic() - since < BOUND_S
         # ...then both sign with it once its activation time comes.
         for client in (ca, cb):
-            wait_until(lambda c=client: c.get("/.well-known/jwks.json").json()["keys"][0]["kid"] == new_kid)
+            eventually_blocking(
+                lambda c=client: c.get("/.well-known/jwks.json").json()["keys"][0]["kid"] == new_kid
+            )
         assert time.monotonic() - since < BOUND_S + ACTIVATION_DELAY_S
         on_a, on_b = login(ca, email), login(cb, email)
         for tokens in (on_a, on_b):

@@ -19,6 +19,7 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from tests.eventually import eventually
 from tests.faults.proxy import Fault, FaultProxy, FaultRates, FaultRecord
 
 Received = list[bytes]
@@ -44,14 +45,6 @@ async def recording_server(send_down: int = 0) -> AsyncIterator[tuple[Server, Re
 
 def port_of(server: Server) -> int:
     return int(next(iter(server.sockets)).getsockname()[1])
-
-
-async def wait_for(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def expected_delivery(n: int, records: list[FaultRecord], direction: str) -> list[int]:
@@ -86,9 +79,9 @@ async def run_upward(seed: int, rates: FaultRates, n: int = 150) -> tuple[list[F
             async with connect(f"ws://127.0.0.1:{proxy.port}/", compression=None) as ws:
                 for i in range(n):
                     await ws.send(i.to_bytes(4, "big"))
-                await wait_for(lambda: proxy.counters["messages_up"] == n)
+                await eventually(lambda: proxy.counters["messages_up"] == n)
                 expected = n - proxy.counters["drop"] + proxy.counters["duplicate"]
-                await wait_for(lambda: len(got) >= expected)
+                await eventually(lambda: len(got) >= expected)
                 await asyncio.sleep(0.1)  # nothing more arrives
             return list(proxy.log), [int.from_bytes(m, "big") for m in got]
 
@@ -135,7 +128,7 @@ async def test_delay_holds_messages_back_by_the_drawn_amounts() -> None:
                 started = time.monotonic()
                 for i in range(n):
                     await ws.send(i.to_bytes(4, "big"))
-                await wait_for(lambda: len(got) == n)
+                await eventually(lambda: len(got) == n)
                 elapsed = time.monotonic() - started
     assert proxy.counters["delay"] == n
     assert elapsed >= owed * 0.95 and owed > 0.5
@@ -153,7 +146,7 @@ async def test_cut_and_truncate_abort_the_connection_without_a_close_frame(kind:
                     await asyncio.wait_for(ws.recv(), 5)
             assert closed.value.rcvd is None  # aborted: no close frame came back
             assert proxy.counters[kind.value] == 1
-            await wait_for(lambda: proxy.open_connections == 0)
+            await eventually(lambda: proxy.open_connections == 0)
     assert got == []  # neither a whole nor a partial message was delivered
 
 
@@ -162,14 +155,14 @@ async def test_cut_all_partitions_and_the_upstream_can_move() -> None:
         async with FaultProxy(("127.0.0.1", port_of(first)), seed=1) as proxy:
             ws = await connect(f"ws://127.0.0.1:{proxy.port}/", compression=None)
             await ws.send(b"one")
-            await wait_for(lambda: got_first == [b"one"])
+            await eventually(lambda: got_first == [b"one"])
             assert proxy.cut_all() == 1
             with pytest.raises(websockets.ConnectionClosedError):
                 await asyncio.wait_for(ws.recv(), 5)
             proxy.set_upstream("127.0.0.1", port_of(second))  # the relay came back elsewhere
             async with connect(f"ws://127.0.0.1:{proxy.port}/", compression=None) as ws2:
                 await ws2.send(b"two")
-                await wait_for(lambda: got_second == [b"two"])
+                await eventually(lambda: got_second == [b"two"])
             assert proxy.counters["connections"] == 2 and proxy.counters["cut_all"] == 1
 
 
@@ -210,6 +203,6 @@ async def test_a_rule_drops_exactly_the_matching_message_and_keeps_the_seeded_se
             async with connect(f"ws://127.0.0.1:{proxy.port}/", compression=None) as ws:
                 for n in (1, 3, 3, 5):
                     await ws.send(msgpack.packb({"n": n}))
-                await wait_for(lambda: len(got) == 3)
+                await eventually(lambda: len(got) == 3)
     assert [msgpack.unpackb(m)["n"] for m in got] == [1, 3, 5]  # only the first match, once
     assert proxy.log == [FaultRecord(0, "up", 1, Fault.DROP)]

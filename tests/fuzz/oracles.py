@@ -150,5 +150,3 @@ def _proof_verdict(message: Auth, real_token: str) -> bool | None:
     except ProofError:
         return False
     return True
-
-

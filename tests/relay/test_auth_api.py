@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.passwords import legacy_pbkdf2_hash
+from tests.eventually import eventually_blocking
 from tests.relay.auth_helpers import (
     GENEROUS_LIMITS,
     PASSWORD,
@@ -27,7 +28,6 @@ from tests.relay.auth_helpers import (
     register,
     store_args,
     unique_email,
-    wait_until,
 )
 
 
@@ -208,7 +208,7 @@ def test_disabled_user_is_shut_out(client: httpx.Client, relay: RelayProcess) ->
     r = client.post("/api/v1/auth/login", json={"email": email, "password": "wrong password!"})
     assert r.json()["code"] == "invalid_credentials"
     # The running server learns of the CLI's change through account_events.
-    wait_until(
+    eventually_blocking(
         lambda: client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"])).status_code == 401
     )
     assert (
@@ -219,7 +219,7 @@ def test_disabled_user_is_shut_out(client: httpx.Client, relay: RelayProcess) ->
     assert r.status_code == 401
 
     relay.cli_json("user", "enable", email)
-    wait_until(
+    eventually_blocking(
         lambda: (
             client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
         )
@@ -268,7 +268,7 @@ def test_jwks_and_key_rotation_keep_old_tokens_valid(client: httpx.Client, relay
         tokens = login(client, email)
         return bool(jwt.get_unverified_header(tokens["access_token"])["kid"] == new_kid)
 
-    wait_until(new_key_in_use)
+    eventually_blocking(new_key_in_use)
     kids = [k["kid"] for k in client.get("/.well-known/jwks.json").json()["keys"]]
     assert kids[0] == new_kid and old_kid in kids
     # Tokens signed with the retired key stay valid until they expire.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,9 +20,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from relay.app import RelayContext, create_app
+from relay.app import create_app
 from relay.config import RateLimit, RateLimits, RelayConfig
+from relay.context import RelayContext
 from relay.tokens import TokenExpired, TokenInvalid, TokenRevoked
+from tests.eventually import eventually
 from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, STORES, run_cli, store_args
 
 BIG = RateLimit(10_000, 60)
@@ -111,14 +112,6 @@ async def signin(client: httpx.AsyncClient, email: str) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     tokens: dict[str, Any] = r.json()
     return tokens
-
-
-async def eventually(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_extension_is_installed_and_started(env: Env) -> None:

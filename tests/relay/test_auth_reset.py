@@ -15,6 +15,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.eventually import eventually_blocking
 from tests.relay.auth_helpers import (
     GENEROUS_LIMITS,
     PASSWORD,
@@ -24,7 +25,6 @@ from tests.relay.auth_helpers import (
     login,
     register,
     unique_email,
-    wait_until,
 )
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -105,7 +105,7 @@ def read_mail_dir(mail_dir: Path, to: str) -> bytes:
                 return data
         return None
 
-    found: bytes = wait_until(find)
+    found: bytes = eventually_blocking(find)
     return found
 
 
@@ -192,7 +192,7 @@ def test_reset_through_smtp(smtp_relay: RelayProcess, smtp_server: tuple[Collect
     collector, _ = smtp_server
 
     def fetch(to: str) -> bytes:
-        found: bytes = wait_until(lambda: collector.find(to))
+        found: bytes = eventually_blocking(lambda: collector.find(to))
         return found
 
     with smtp_relay.client() as client:

@@ -1,6 +1,7 @@
 """The relay fits its connection limit to its open-file limit (relay/fdlimit.py).
 
-Found by the load run (issue 7): with a soft ``RLIMIT_NOFILE`` below what ``--max-connections``
+Found by the load run (docs/reliability.md, "Load"): with a soft ``RLIMIT_NOFILE`` below what
+``--max-connections``
 needs (1024 is the usual default, 10,000 the relay's), clients past the descriptor limit hung in
 the listen backlog until their own timeout, asyncio logged a traceback per refused accept (about
 290,000 log lines in 100 s) and the live connections waited seconds for their acks. The relay

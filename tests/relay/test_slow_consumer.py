@@ -1,6 +1,6 @@
-"""A consumer that stops reading, against a real relay process (issue 4; protocol section 7: 1013).
+"""A consumer that stops reading, against a real relay process (docs/protocol.md, section 7: 1013).
 
-Issue 4: each connection has a bounded send queue; a consumer that falls behind is disconnected
+Each connection has a bounded send queue; a consumer that falls behind is disconnected
 with "try again later" (1013), catches up by state vector when it returns, and never grows the
 relay's memory without bound.
 

@@ -25,7 +25,15 @@ from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, U
 from crdt_core.reader import read_bookings
 from crdt_core.records import RELAY_SIGNER_PREFIX
 from crdt_core.schema import SlotTemplate
-from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, rss_bytes, store_args
+from tests.relay.auth_helpers import (
+    GENEROUS_LIMITS,
+    QUICK_ACCOUNT_EVENTS,
+    STORES,
+    RelayProcess,
+    applied_by_relay,
+    rss_bytes,
+    store_args,
+)
 from tests.relay.store_backends import LONG_STORES, copy_store
 from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
 
@@ -37,7 +45,9 @@ DOC = f"bookings:{SHOP}:{DAY}"
 @pytest.fixture(scope="module", params=STORES)
 def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     data = tmp_path_factory.mktemp("relay-sync") / "data"
-    with RelayProcess(data, *GENEROUS_LIMITS, *store_args(request, request.param)) as proc:
+    with RelayProcess(
+        data, *GENEROUS_LIMITS, *QUICK_ACCOUNT_EVENTS, *store_args(request, request.param)
+    ) as proc:
         yield proc
 
 
@@ -178,7 +188,7 @@ async def test_booking_carried_by_another_user_is_accepted_and_stamped(
 async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client) -> None:
     owner, stranger = new_account(relay, http), new_account(relay, http)
     relay.cli_json("user", "grant", owner.email, "--owner", "shopx")
-    await asyncio.sleep(1.5)  # the server picks up CLI changes by polling account events
+    await applied_by_relay(relay)  # the server picks up CLI changes by polling account events
     from tests.relay.sync_helpers import login_device
 
     owner = login_device(relay, http, owner.email)  # a new certificate carries the grant

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from crdt_core.authoring import Author
 from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode
 from crdt_core.protocol import Acked, DocSynced
@@ -94,7 +95,7 @@ async def test_sigterm_tells_clients_to_come_back(tmp_path: Path, store_flags: l
 
 
 async def _writer(
-    relay: RelayProcess, acct_access: str, author: object, acked: list[str], stop: asyncio.Event
+    relay: RelayProcess, acct_access: str, author: Author, acked: list[str], stop: asyncio.Event
 ) -> None:
     """Books as fast as acks come back until the relay dies; records every acknowledged booking."""
     try:
@@ -103,7 +104,7 @@ async def _writer(
         if not isinstance(await c.subscribe(DOC, replica), DocSynced):
             return
         while not stop.is_set() and not c.closed.done():
-            res, update = author.book(replica, DOC, f"s{random.randrange(5)}", 1)  # type: ignore[attr-defined]
+            res, update = author.book(replica, DOC, f"s{random.randrange(5)}", 1)
             try:
                 answer = await c.push(DOC, update)
             except (TimeoutError, Exception):

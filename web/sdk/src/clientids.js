@@ -1,4 +1,4 @@
-// Yjs client ids bound to signers (crdt_core/clientids.py, decision D1). A signer's ids are derived,
+// Yjs client ids bound to signers (crdt_core/clientids.py; docs/records.md, "Yjs client ids"). A signer's ids are derived,
 // so any replica can check offline that a struct's client id belongs to the record's signer:
 //   clientId(signer, g) = first 53 bits of SHA-256("quickslot-client-v1\0" + signer + "\0" + g16be)
 // 53 bits because Yjs keeps client ids in JavaScript numbers.

@@ -1,6 +1,6 @@
 // The domain schema (crdt_core/schema.py): document ids, which top-level maps each kind of document
 // holds, and one field table per record kind. Tables, not hand-written checks, so this file reads
-// line by line against crdt_core and DESIGN's "Documents".
+// line by line against crdt_core and docs/design.md's "Documents".
 
 import { Float64 } from "./canonical.js";
 import { codePoints, isWireInt } from "./certs.js";

@@ -148,7 +148,7 @@ class Batch {
 }
 
 /**
- * The writer table (DESIGN): throws forbidden when the author lacks the right.
+ * The writer table (docs/records.md section 8, "Who may write what"): throws forbidden when the author lacks the right.
  * @param {DocId} doc @param {TypedRecord} rec @param {Rights} rights @param {Batch} batch
  */
 function checkRights(doc, rec, rights, batch) {

@@ -1,0 +1,173 @@
+"""The repository's own modules import each other without a cycle (static, from the source).
+
+Every import counts: at module level, inside functions (a lazy import only hides a cycle until
+someone moves it) and under ``if TYPE_CHECKING:`` (a cycle of types is still a cycle of design).
+``from pkg import name`` depends on the submodule ``pkg.name`` when there is one, else on
+``pkg``; importing ``pkg.sub`` is not counted as depending on ``pkg``'s ``__init__``.
+Rules for who may import whom: docs/architecture.md, "Import rules".
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("crdt_core", "relay", "client", "benchmarks", "tests", "tools")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def own_modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "node_modules" not in path.parts:
+                found[_module_name(path)] = path
+    return found
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The repository modules ``name`` (at ``path``) imports anywhere in its source."""
+    tree = _tree(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                sub = f"{source}.{alias.name}"
+                found.add(sub if sub in modules else source)
+    return {dep for dep in found if dep in modules and dep != name}
+
+
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+@cache
+def import_graph() -> dict[str, set[str]]:
+    modules = own_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, list[str]]] = [(root, sorted(graph[root]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, pending = work[-1]
+            if pending:
+                nxt = pending.pop()
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, sorted(graph[nxt])))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_cycle_finder_sees_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
+    graph = import_graph()
+    assert "relay.context" in graph["relay.app"]
+    assert "relay.sync_endpoint" in graph["relay.app"]
+    assert "relay.account_types" in graph["relay.device_certs"]  # under TYPE_CHECKING
+    assert "relay.account_store_pg" in graph["relay.accounts"]  # inside a function
+
+
+def test_no_import_cycle_among_the_repositorys_modules() -> None:
+    found = cycles(import_graph())
+    assert found == [], "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def _external_imports(path: Path) -> set[str]:
+    tree = _tree(path)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+    return found
+
+
+#: Which of the repository's packages each shipped package may not import (docs/architecture.md).
+FORBIDDEN = {
+    "crdt_core": {"relay", "client", "benchmarks", "tests", "tools"},
+    "relay": {"client", "benchmarks", "tests", "tools"},
+    "client": {"relay", "benchmarks", "tests", "tools"},
+}
+
+
+def test_packages_import_only_what_the_layering_allows() -> None:
+    graph = import_graph()
+    wrong = sorted(
+        f"{name} imports {dep}"
+        for name, deps in graph.items()
+        for dep in deps
+        if dep.split(".")[0] in FORBIDDEN.get(name.split(".")[0], set())
+    )
+    assert wrong == []
+
+
+def test_the_engine_and_uvicorns_internals_each_have_one_importer() -> None:
+    modules = own_modules()
+    pycrdt = sorted(
+        n for n, p in modules.items() if any(m.split(".")[0] == "pycrdt" for m in _external_imports(p))
+    )
+    internals = sorted(
+        n for n, p in modules.items() if any(m.startswith("uvicorn.protocols") for m in _external_imports(p))
+    )
+    shipped = [n for n in pycrdt if n.split(".")[0] in FORBIDDEN]
+    assert shipped == ["crdt_core.engine"], pycrdt
+    assert [n for n in internals if n.split(".")[0] in FORBIDDEN] == ["relay.ws_protocol"], internals
