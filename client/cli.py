@@ -685,7 +685,8 @@ async def cmd_reservations(ctx: Ctx) -> Result:
     shown = [{**row, "state": state_words(r.state)} for row, r in zip(rows, found, strict=True)]
     human = table(
         shown, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
-        "(no reservations)",
+        "(no reservations on this device; bookings made on another device show once their day is "
+        "opened here: `quickslot slots SHOP DAY`, then `quickslot sync`)",
     )  # fmt: skip
     return {"reservations": rows}, human
 
