@@ -26,7 +26,6 @@ login ceremony. Keeping the ceremony here means the secrets are handled in one p
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.local import LocalClient
 from client.tls import tls_failure
+from crdt_core.b64 import b64url, b64url_decode
 from crdt_core.certs import DeviceKey, public_bytes
 from crdt_core.pop import proof_headers, rest
 
@@ -102,14 +102,6 @@ class LoginResult:
     relay_keys: dict[str, bytes]
 
 
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def http_base(relay_url: str) -> str:
     """The relay's HTTP base URL for a ``ws://``/``wss://``/``http(s)://`` URL given by the user."""
     url = relay_url.rstrip("/")
@@ -164,7 +156,7 @@ async def fetch_relay_keys(http: httpx.AsyncClient) -> dict[str, bytes]:
     keys: dict[str, bytes] = {}
     for jwk in response.json().get("keys", []):
         if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and "kid" in jwk and "x" in jwk:
-            raw = _b64url_decode(str(jwk["x"]))
+            raw = b64url_decode(str(jwk["x"]))
             if len(raw) == 32:
                 keys[str(jwk["kid"])] = raw
     if not keys:
@@ -290,7 +282,7 @@ class AuthClient:
             response = await self._post(
                 http,
                 "/api/v1/auth/login",
-                {"email": email, "password": password, "device_public_key": _b64url(public_bytes(key))},
+                {"email": email, "password": password, "device_public_key": b64url(public_bytes(key))},
             )
         if response.status_code != 200:
             code, message = _error(response)
@@ -299,7 +291,7 @@ class AuthClient:
         cert_text = body.get("device_certificate")
         if not cert_text:
             raise AuthError(200, "no_certificate", "the relay issued no device certificate")
-        device = DeviceKey(key, _b64url_decode(cert_text))
+        device = DeviceKey(key, b64url_decode(cert_text))
         user_id = str(body["user"]["id"])
         # The identity first (it verifies the certificate against the keys), then the tokens.
         await self.local.set_identity(user_id, device, relay_keys)
@@ -338,7 +330,7 @@ class AuthClient:
             body: dict[str, Any] = {"refresh_token": tokens.refresh.reveal()}
             identity = self.local.identity
             if identity is not None:
-                body["device_public_key"] = _b64url(public_bytes(identity.device.private))
+                body["device_public_key"] = b64url(public_bytes(identity.device.private))
             async with self._http() as http:
                 response = await self._post(http, "/api/v1/auth/refresh", body)
             if response.status_code in (400, 401, 403):
@@ -356,7 +348,7 @@ class AuthClient:
             cert_text = data.get("device_certificate")
             if identity is not None and cert_text:
                 # A renewed certificate carries the account's current grants.
-                device = DeviceKey(identity.device.private, _b64url_decode(cert_text))
+                device = DeviceKey(identity.device.private, b64url_decode(cert_text))
                 try:
                     await self.local.set_identity(identity.user_id, device, identity.relay_keys)
                 except Exception as exc:  # noqa: BLE001 - keep the old certificate, it still signs

@@ -70,6 +70,8 @@ from client.local import ClientError, InvalidRequest, LocalClient, NotAllowed, N
 from client.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvailability, SlotRow, StaffRow
 from client.secrets import SecretStore
 from client.store import OutboxEntry
+from crdt_core.errors import SchemaError
+from crdt_core.schema import parse_day
 from crdt_core.verdict import ClaimState
 
 if TYPE_CHECKING:
@@ -182,6 +184,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "not_synced": [{"doc": _S, "reason": _S}],
         "deferred": [_S],
         "pending": int,
+        "transport": _S,
+        "transport_reason": _S,
         "events": [EVENT],
     },  # fmt: skip
     "status": {
@@ -194,6 +198,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "rejected": int,
         "entries": [ENTRY],
         "last_sync_ms": _OI,
+        "transport": _S,
+        "last_transport": _OS,
+        "last_transport_reason": _OS,
     },  # fmt: skip
     "following": {"following": [{"doc": _S, "why": [_S]}]},
     "unfollow": {"unfollowed": _S},
@@ -704,9 +711,29 @@ def _service(ctx: Ctx) -> SyncService:
     ctx.require_login()
     url = ctx.relay()
     assert url is not None
+    given = getattr(ctx.args, "transport", None)
+    if given is not None and given != ctx.config.get("transport"):
+        _write_config(ctx.home, transport=given)
     return SyncService(
-        ctx.local, url, ssl_context=ctx.tls().ssl_context(), backoff_initial_s=0.5, backoff_max_s=30.0
+        ctx.local,
+        url,
+        ssl_context=ctx.tls().ssl_context(),
+        backoff_initial_s=0.5,
+        backoff_max_s=30.0,
+        transport=_transport(ctx),
+        http_poll_s=getattr(ctx.args, "poll", None) or 5.0,
     )
+
+
+def _transport(ctx: Ctx) -> str:
+    """``--transport``, else the one remembered in the profile, else auto."""
+    value = getattr(ctx.args, "transport", None) or ctx.config.get("transport")
+    return value if value in ("auto", "websocket", "http") else "auto"
+
+
+def _remember_transport(ctx: Ctx, svc: SyncService) -> None:
+    if svc.last_transport is not None:
+        _write_config(ctx.home, last_transport=svc.last_transport, last_transport_reason=svc.transport_reason)
 
 
 async def cmd_sync(ctx: Ctx) -> Result:
@@ -719,6 +746,7 @@ async def cmd_sync(ctx: Ctx) -> Result:
     finally:
         if svc.last_sync_ms is not None:
             _write_config(ctx.home, last_sync_ms=svc.last_sync_ms)
+        _remember_transport(ctx, svc)
     events = _drain(ctx.local)
     data = {
         "relay": summary.relay_url, "epoch": summary.epoch, "epoch_changed": summary.epoch_changed,
@@ -728,14 +756,17 @@ async def cmd_sync(ctx: Ctx) -> Result:
         "rebuilt": [{"doc": d, "reason": r} for d, r in sorted(summary.rebuilt.items())],
         "conflicts": [{"doc": d, "reason": r} for d, r in sorted(summary.conflicts.items())],
         "not_synced": [{"doc": d, "reason": r} for d, r in sorted(summary.refused_docs.items())],
-        "deferred": list(summary.deferred), "pending": summary.pending,
-        "events": [e.to_dict() for e in events],
+        "deferred": list(summary.deferred),
+        "pending": summary.pending, "transport": svc.last_transport or svc.transport,
+        "transport_reason": svc.transport_reason, "events": [e.to_dict() for e in events],
     }  # fmt: skip
     lines = [describe_event(e) for e in events if not isinstance(e, Synced | RelayReachable)]
     lines.append(
         f"synced {len(summary.docs)} documents: {summary.applied} updates in, {summary.acked} changes "
         f"accepted, {len(summary.rejected)} rejected, {summary.pending} pending"
     )
+    if svc.last_transport == "http":
+        lines.append(f"over plain HTTP: {svc.transport_reason}")
     lines += [
         f"{d} did not fit the relay's and was rebuilt from it: {r}"
         for d, r in sorted(summary.conflicts.items())
@@ -785,6 +816,7 @@ async def _watch(ctx: Ctx, svc: SyncService) -> Result:
         print(line, flush=True)
         if isinstance(event, Synced):
             _write_config(ctx.home, last_sync_ms=event.at_ms)
+            _remember_transport(ctx, svc)
 
     if not ctx.args.json:
         print(f"watching {svc.relay_url} (Ctrl-C to stop)", flush=True)
@@ -832,6 +864,10 @@ async def _reachable(url: str, verify: Any = True) -> bool:
         return False
 
 
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 async def cmd_status(ctx: Ctx) -> Result:
     relay = ctx.relay(required=False)
     counts = await ctx.local.outbox_counts()
@@ -843,7 +879,9 @@ async def cmd_status(ctx: Ctx) -> Result:
         "logged_in": ctx.local.identity is not None, "user_id": ctx.local.user_id, "relay": relay,
         "relay_reachable": reachable, "queue_size": counts.total, "pending": counts.pending,
         "rejected": counts.rejected, "entries": [_entry(e) for e in entries],
-        "last_sync_ms": last,
+        "last_sync_ms": last, "transport": _transport(ctx),
+        "last_transport": _opt_str(ctx.config.get("last_transport")),
+        "last_transport_reason": _opt_str(ctx.config.get("last_transport_reason")),
     }  # fmt: skip
     when = "never" if last is None else _dt.datetime.fromtimestamp(last / 1000).isoformat(" ", "seconds")
     lines = [
@@ -851,6 +889,8 @@ async def cmd_status(ctx: Ctx) -> Result:
         f"relay:     {relay or '-'} ({'reachable' if reachable else 'unreachable' if relay else 'unknown'})",
         f"queue:     {counts.total} ({counts.pending} pending, {counts.rejected} rejected)",
         f"last sync: {when}",
+        f"transport: {data['transport']} (last sync: {data['last_transport'] or '-'}"
+        + (f", {data['last_transport_reason']})" if data["last_transport_reason"] else ")"),
     ]
     if entries:
         rows = [
@@ -1121,8 +1161,8 @@ def _weekdays(text: str) -> list[int]:
 
 def _day(text: str) -> str:
     try:
-        return _dt.date.fromisoformat(text).isoformat()
-    except ValueError:
+        return parse_day(text).isoformat()
+    except SchemaError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
@@ -1265,6 +1305,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("reservations", cmd_reservations, "your reservations and their state")
     p = add("sync", cmd_sync, "sync with the relay once (or --watch until interrupted)")
     p.add_argument("--watch", action="store_true", help="stay connected, printing events as lines")
+    p.add_argument(
+        "--transport",
+        choices=("auto", "websocket", "http"),
+        metavar="auto|websocket|http",
+        help="auto: websocket, plain HTTP when websockets are blocked; or only one of them "
+        "(remembered in the profile; default: the remembered one, else auto)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="--watch over plain HTTP: seconds between checks for updates (default: 5)",
+    )
     add("status", cmd_status, "queue, rejected changes, last sync, relay reachability")
     add("following", cmd_following, "the documents this profile keeps in sync, and why")
     p = add("unfollow", cmd_unfollow, "stop syncing a browsed or followed document")

@@ -591,10 +591,21 @@ class Demo:
         self.t.check(own, "each customer lists only their own booking, under their own user id")
 
 
+#: What `make demo` must take at most on the reference machine (2 cores), end to end.
+TARGET_S = 30.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.demo_e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--verbose", action="store_true", help="print every process's duration")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=TARGET_S,
+        metavar="S",
+        help="fail (exit 3) when the demo takes longer than S seconds (default: %(default)s; 0: no target)",
+    )
     args = parser.parse_args(argv)
     timeline = Timeline(verbose=args.verbose)
     root = Path(tempfile.mkdtemp(prefix="quickslot-demo-"))
@@ -617,14 +628,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     took = timeline.elapsed()
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"{timeline.processes} processes, {cpu.ru_utime + cpu.ru_stime:.1f}s of CPU; {took:.1f}s in all")
+    code, line = outcome(took, args.target, error, len(timeline.failures))
+    print(line, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def outcome(took: float, target: float, error: str | None, broken: int) -> tuple[int, str]:
+    """The demo's exit status and last line.
+
+    A demo that holds every invariant but misses its time target fails too (exit 3): CLI start-up
+    and the relay's first answers are what a new user waits on, so a slow demo is a regression
+    to see, not a pass.
+    """
     if error is not None:
-        print(f"demo FAILED after {took:.1f}s: {error}", file=sys.stderr)
-        return 2
-    if timeline.failures:
-        print(f"demo FAILED in {took:.1f}s: {len(timeline.failures)} invariant(s) broken", file=sys.stderr)
-        return 1
-    print(f"demo passed in {took:.1f}s (target: under 30s): every invariant holds")
-    return 0
+        return 2, f"demo FAILED after {took:.1f}s: {error}"
+    if broken:
+        return 1, f"demo FAILED in {took:.1f}s: {broken} invariant(s) broken"
+    if target and took > target:
+        return (
+            3,
+            f"demo FAILED its time target: every invariant holds, but it took {took:.1f}s"
+            f" (target: {target:g}s)",
+        )
+    goal = f" (target: under {target:g}s)" if target else ""
+    return 0, f"demo passed in {took:.1f}s{goal}: every invariant holds"
 
 
 if __name__ == "__main__":

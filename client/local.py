@@ -101,10 +101,11 @@ from crdt_core.schema import (
     StatusEvent,
     TypedRecord,
     check_id,
+    parse_day,
     parse_doc_id,
     parse_record,
 )
-from crdt_core.validation import ArrivalPolicy, Rights, validate_update
+from crdt_core.validation import ArrivalPolicy, Rights, may_write, validate_update
 from crdt_core.verdict import (
     ClaimState,
     ClaimVerdict,
@@ -113,6 +114,7 @@ from crdt_core.verdict import (
     VerdictChange,
     compute_verdict,
     exceeds_capacity,
+    tentative_key,
 )
 from crdt_core.yupdate import decode_update
 
@@ -317,8 +319,8 @@ def _as_day(day: _dt.date | str) -> _dt.date:
     if isinstance(day, _dt.date):
         return day
     try:
-        return _dt.date.fromisoformat(day)
-    except (TypeError, ValueError):
+        return parse_day(day)
+    except SchemaError:
         raise InvalidRequest(f"not a day (YYYY-MM-DD): {day!r}") from None
 
 
@@ -396,7 +398,7 @@ def _appended(
             before = slot.claims
         if before and before[-1].stamp is None:
             last = state.reservations.get(before[-1].reservation_id)
-            if last is None or (last.hlc, last.customer, last.id) >= (rec.hlc, rec.customer, rec.id):
+            if last is None or tentative_key(last) >= tentative_key(rec):
                 return None
         waiting = 0
         blocked = False  # a waitlisted claim, or a no-show that did not fit, blocks all after it
@@ -1059,13 +1061,6 @@ class LocalClient:
             row = self._pick(await proj.query_reservation(work.tx, reservation_id))
             if row is None:
                 raise NotFound(f"no reservation {reservation_id!r} here")
-            if kind is EventType.CANCEL:
-                if row.customer != author.user_id:
-                    raise NotAllowed("only the customer can cancel a reservation")
-                if row.state in (ClaimState.CANCELLED, ClaimState.DECLINED):
-                    raise InvalidRequest(f"reservation {reservation_id} is already {row.state.value}")
-            elif not (identity.rights.admin or identity.rights.staffs(row.shop_id)):
-                raise NotAllowed(f"only staff of {row.shop_id} can {kind.value.replace('_', '-')} a booking")
             event = StatusEvent(
                 id=new_id(),
                 reservation=reservation_id,
@@ -1074,6 +1069,12 @@ class LocalClient:
                 hlc=author.hlc(),
                 reason=reason,
             )
+            if not may_write(parse_doc_id(row.doc_id), event, identity.rights, row.customer):
+                if kind is EventType.CANCEL:
+                    raise NotAllowed("only the customer can cancel a reservation")
+                raise NotAllowed(f"only staff of {row.shop_id} can {kind.value.replace('_', '-')} a booking")
+            if kind is EventType.CANCEL and row.state in (ClaimState.CANCELLED, ClaimState.DECLINED):
+                raise InvalidRequest(f"reservation {reservation_id} is already {row.state.value}")
             await self._put(
                 work, parse_doc_id(row.doc_id), [event], ("reservation", reservation_id, kind.value)
             )
@@ -1110,7 +1111,7 @@ class LocalClient:
         """Owner or admin: the shop's catalog entry and its profile, two documents, one transaction."""
         author, identity = self._require_author()
         _id(shop_id, "shop id")
-        if not (identity.rights.admin or identity.rights.owns(shop_id)):
+        if not identity.rights.manages(shop_id):
             raise NotAllowed(f"only the owner of {shop_id} or an admin can create it")
         async with self._write(local=True) as work:
             hlc = author.hlc()
@@ -1154,13 +1155,11 @@ class LocalClient:
                           "lon": lon, "image_url": image_url, "hours": hours}  # fmt: skip
         summary_changes = {k: v for k, v in summary_fields.items() if v is not None}
         profile_changes = {k: v for k, v in profile_fields.items() if v is not None}
-        if {"category", "location", "rating", "active"} & summary_changes.keys() and not (
-            identity.rights.admin or identity.rights.owns(shop_id)
-        ):
+        owner = identity.rights.manages(shop_id)
+        if {"category", "location", "rating", "active"} & summary_changes.keys() and not owner:
             raise NotAllowed(f"only the owner of {shop_id} or an admin can change its catalog entry")
-        if not (identity.rights.admin or identity.rights.staffs(shop_id)):
+        if not identity.rights.edits(shop_id):
             raise NotAllowed(f"only staff of {shop_id} can edit it")
-        owner = identity.rights.admin or identity.rights.owns(shop_id)
         async with self._write(local=True) as work:
             current = await proj.query_shop(work.tx, shop_id)
             if current is None or (current.summary is None and current.profile is None):
@@ -1210,7 +1209,7 @@ class LocalClient:
         """Staff, owner or admin: offer a slot, or change one (same id; the newest template wins)."""
         author, identity = self._require_author()
         _id(shop_id, "shop id")
-        if not (identity.rights.admin or identity.rights.staffs(shop_id)):
+        if not identity.rights.edits(shop_id):
             raise NotAllowed(f"only staff of {shop_id} can change its slots")
         days = None if weekdays is None else tuple(sorted(set(weekdays)))
         async with self._write(local=True) as work:
@@ -1227,7 +1226,7 @@ class LocalClient:
         """Owner or admin: name a staff member (or co-owner); ``active=False`` removes them."""
         author, identity = self._require_author()
         _id(shop_id, "shop id")
-        if not (identity.rights.admin or identity.rights.owns(shop_id)):
+        if not identity.rights.manages(shop_id):
             raise NotAllowed(f"only the owner of {shop_id} or an admin can change its staff")
         async with self._write(local=True) as work:
             rec = StaffEntry(user=_id(user_id, "user id"), role=role, active=active, hlc=author.hlc())

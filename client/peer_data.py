@@ -33,8 +33,8 @@ import msgpack
 
 from client.local import LocalClient
 from crdt_core.engine import EMPTY_UPDATE, Replica, diff_update
+from crdt_core.equivocation import find_equivocation
 from crdt_core.errors import EngineError, SchemaError
-from crdt_core.records import open_record
 from crdt_core.schema import CERTS_ROOT
 from crdt_core.yupdate import decode_update, encode_state_vector
 
@@ -85,38 +85,6 @@ def split_by_writer(update: bytes) -> list[bytes]:
     except EngineError:
         return [update]
     return [data for _rank, _client, data in sorted(parts)]
-
-
-def find_equivocation(replica: Replica, update: bytes) -> str | None:
-    """Whether ``update`` claims a Yjs id this replica holds with different content.
-
-    Returns a description naming the id, the key and the signer, or None. Read-only.
-    """
-    try:
-        decoded = decode_update(update)
-    except EngineError:
-        return None  # validation reports it as malformed
-    clocks = replica.state_clocks()
-    for ins in decoded.inserts:
-        if ins.clock >= clocks.get(ins.client, 0):
-            continue  # new here: validation decides
-        try:
-            held = replica.get_bytes(ins.root, ins.key)
-        except EngineError:
-            held = None
-        if held == ins.value:
-            continue
-        signer = "unknown signer"
-        if isinstance(ins.value, bytes):
-            try:
-                signer = f"signed by {open_record(ins.value).signer}"
-            except SchemaError:
-                pass
-        return (
-            f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key}, {signer}) is held here "
-            "with different content"
-        )
-    return None
 
 
 def content_digest(replica: Replica) -> bytes:

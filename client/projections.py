@@ -37,6 +37,8 @@ from crdt_core.schema import (
     SlotTemplate,
     StaffEntry,
     TypedRecord,
+    capacities_on,
+    capacity_on,
 )
 from crdt_core.verdict import ClaimState, ClaimVerdict, Verdict, VerdictChange, diff_verdicts
 
@@ -116,12 +118,8 @@ class SlotRow:
     active: bool
 
     def capacity_on(self, day: _dt.date) -> int:
-        """Same rule as ``SlotTemplate.capacity_on``: inactive or off-day slots offer no seat."""
-        if not self.active:
-            return 0
-        if self.weekdays is not None and day.weekday() not in self.weekdays:
-            return 0
-        return self.capacity
+        """``crdt_core.schema.capacity_on``: inactive or off-day slots offer no seat."""
+        return capacity_on(day, self.capacity, self.weekdays, self.active)
 
 
 @dataclass(frozen=True)
@@ -268,10 +266,6 @@ async def project_records(tx: Tx, doc: DocId, records: Iterable[ProjectedRecord]
     await tx.executemany(_UPSERT_SLOT, slots)
     await tx.executemany(_UPSERT_STAFF, staff)
     return bool(slots)
-
-
-def capacities_on(templates: Mapping[str, SlotTemplate], day: _dt.date) -> dict[str, int]:
-    return {slot: t.capacity_on(day) for slot, t in templates.items()}
 
 
 # --- bookings documents ------------------------------------------------------------------------

@@ -92,6 +92,7 @@ __all__ = [
     "SyncService",
     "SyncStopped",
     "SyncSummary",
+    "SyncWebsocketBlocked",
     "sync_url",
 ]
 
@@ -141,6 +142,11 @@ class SyncRelayInsecure(SyncRelayUnreachable):
     """
 
 
+class SyncWebsocketBlocked(SyncRelayUnreachable):
+    """The websocket could not be opened but the relay answers plain HTTP (``transport="auto"``
+    only): the sync goes over HTTP instead (:mod:`client.http_sync`)."""
+
+
 class SyncLoginRequired(SyncError):
     """The relay refused the session for good (or the refresh failed): log in again."""
 
@@ -188,6 +194,25 @@ def sync_url(relay_url: str) -> str:
     elif base.startswith("http://"):
         base = "ws://" + base[len("http://") :]
     return base + "/api/v1/sync"
+
+
+async def rebuild_doc(svc: SyncService, summary: SyncSummary, doc: str, state: bytes) -> bool:
+    """Rebuild ``doc`` from the relay's whole ``state`` (``LocalClient.rebuild_from_relay``) and
+    drop the retry timers of the entries it replaced; False (logged, in the summary) if it failed.
+    Shared by the websocket session and :mod:`client.http_sync`."""
+    try:
+        result = await svc.local.rebuild_from_relay(doc, state)
+    except ValidationError as exc:
+        log.warning("doc_rebuild_failed", extra={"doc": doc, "code": exc.code, "detail": exc.detail})
+        summary.rebuild_failed[doc] = f"{exc.code}: {exc.detail}"
+        return False
+    summary.rebuilt[doc] = result.reason
+    summary.rebuild_failed.pop(doc, None)
+    pending = {e.id for e in await svc.local.pending_entries()}
+    for entry_id in list(svc._not_before):
+        if entry_id not in pending:
+            svc._forget_retry(entry_id)  # replaced by the rebuild's new entries
+    return True
 
 
 class _Closed(Exception):
@@ -404,20 +429,9 @@ class _Session:
         await self._resync(doc, full=True)
 
     async def _rebuild(self, doc: str, state: bytes) -> None:
-        try:
-            result = await self.local.rebuild_from_relay(doc, state)
-        except ValidationError as exc:
-            reason = f"{exc.code}: {exc.detail}"
-            log.warning("doc_rebuild_failed", extra={"doc": doc, "code": exc.code, "detail": exc.detail})
-            self.summary.rebuild_failed[doc] = reason
+        if not await rebuild_doc(self.svc, self.summary, doc, state):
             self.repaired.add(doc)
             return
-        self.summary.rebuilt[doc] = result.reason
-        self.summary.rebuild_failed.pop(doc, None)
-        pending = {e.id for e in await self.local.pending_entries()}
-        for entry_id in list(self.svc._not_before):
-            if entry_id not in pending:
-                self.svc._forget_retry(entry_id)  # replaced by the rebuild's new entries
         await self.flush_outbox()
 
     async def _apply_live(self, updates: list[tuple[str, bytes]]) -> None:
@@ -765,6 +779,9 @@ class SyncService:
         connect_timeout_s: float = 10.0,
         response_timeout_s: float = 30.0,
         rng: random.Random | None = None,
+        transport: str = "auto",
+        http_poll_s: float = 5.0,
+        ws_retry_s: float = 300.0,
     ) -> None:
         self.local = local
         self.relay_url = http_base(relay_url)
@@ -782,6 +799,15 @@ class SyncService:
         self.connect_timeout_s = connect_timeout_s
         self.response_timeout_s = response_timeout_s
         self._rng = rng or random.Random()
+        #: "auto" (websocket, plain HTTP when it is blocked), "websocket" or "http"; see
+        #: client.http_sync. http_poll_s: a watch's poll interval over HTTP; ws_retry_s: how long
+        #: an auto watch polls HTTP before trying the websocket again.
+        self.transport = transport
+        self.http_poll_s = http_poll_s
+        self.ws_retry_s = ws_retry_s
+        #: Which transport the last sync used ("websocket"/"http") and why.
+        self.last_transport: str | None = None
+        self.transport_reason = ""
         self._not_before: dict[int, float] = {}
         self._attempts: dict[int, int] = {}
         self._stop = asyncio.Event()
@@ -875,12 +901,12 @@ class SyncService:
                 if exc.response.status_code == 401:
                     await self._refresh(summary)
                     continue
-                raise SyncRelayUnreachable(f"handshake refused: {exc}") from exc
+                raise await self._unopened(f"handshake refused: {exc}", exc) from exc
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
                 insecure = tls_failure(exc)
                 if insecure is not None:
                     raise SyncRelayInsecure(insecure) from exc
-                raise SyncRelayUnreachable(str(exc) or type(exc).__name__) from exc
+                raise await self._unopened(str(exc) or type(exc).__name__, exc) from exc
             session = _Session(self, ws, summary)
             try:
                 await session.await_welcome(self.connect_timeout_s)
@@ -889,6 +915,10 @@ class SyncService:
                 if close_action(closed.code) is CloseAction.REFRESH_TOKEN:
                     await self._refresh(summary)
                     continue
+                if closed.code == CloseCode.ABNORMAL:  # dropped before the first message
+                    blocked = await self._unopened("", closed)
+                    if isinstance(blocked, SyncWebsocketBlocked):
+                        raise blocked from closed
                 if closed.reason == STALE_REASON and not clock_checked:
                     # Our clock, not our session, is wrong: learn the relay's and try once more.
                     clock_checked = True
@@ -901,6 +931,19 @@ class SyncService:
             self.connect_count += 1
             return session
         raise SyncLoginRequired("the relay keeps refusing fresh tokens: log in again")
+
+    async def _unopened(self, message: str, exc: BaseException) -> SyncRelayUnreachable:
+        """The error for a websocket that did not open: blocked (auto falls back to HTTP) or not."""
+        if self.transport == "auto":
+            from client.http_sync import http_reachable, websocket_blocked
+
+            why = (
+                "the connection dropped (1006) before the first message" if isinstance(exc, _Closed) else None
+            )
+            why = why or websocket_blocked(exc)
+            if why is not None and await http_reachable(self):
+                return SyncWebsocketBlocked(why)
+        return SyncRelayUnreachable(message)
 
     async def _refresh(self, summary: SyncSummary) -> None:
         try:
@@ -966,12 +1009,27 @@ class SyncService:
             SyncLoginRequired: tokens cleared, ``LoggedOut`` emitted.
             SyncStopped: the relay closed for good.
         """
+        if self.transport != "websocket":
+            from client.http_sync import sync_once_with_fallback
+
+            return await sync_once_with_fallback(
+                self,
+                lambda: self._sync_once_ws(timeout_s, retry_window_s, settle_s),
+                timeout_s,
+                retry_window_s,
+            )
+        self.last_transport, self.transport_reason = "websocket", "configured: --transport websocket"
+        return await self._sync_once_ws(timeout_s, retry_window_s, settle_s)
+
+    async def _sync_once_ws(self, timeout_s: float, retry_window_s: float, settle_s: float) -> SyncSummary:
         summary = SyncSummary(self.relay_url)
         started = time.monotonic()
         deadline = started + timeout_s
         for _attempt in range(4):
             try:
                 session = await self._connect(summary)
+            except SyncWebsocketBlocked:
+                raise  # auto: client.http_sync syncs over HTTP instead
             except SyncRelayUnreachable as exc:
                 self._report_unreachable(str(exc), None)
                 raise
@@ -1042,7 +1100,13 @@ class SyncService:
         when it starts, so it cannot be lost), and the next ``run`` starts afresh.
         """
         try:
-            await self._run()
+            if self.transport == "websocket":
+                self.last_transport, self.transport_reason = "websocket", "configured: --transport websocket"
+                await self._run()
+            else:
+                from client.http_sync import run_with_fallback
+
+                await run_with_fallback(self, self._run)
         finally:
             self._stop.clear()
 
@@ -1052,6 +1116,8 @@ class SyncService:
             summary = SyncSummary(self.relay_url)
             try:
                 session = await self._connect(summary)
+            except SyncWebsocketBlocked:
+                raise  # auto: client.http_sync polls over HTTP instead
             except SyncRelayUnreachable as exc:
                 delay = self._jitter(backoff)
                 self._report_unreachable(str(exc), delay)

@@ -44,7 +44,7 @@ from crdt_core.certs import (
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.errors import CodecError, ValidationError
-from crdt_core.reader import BookingsState
+from crdt_core.reader import BookingsState, newest_per
 from crdt_core.records import RECORD_DOMAIN, RECORD_FORMAT, RELAY_SIGNER_PREFIX, open_record, sign_record
 from crdt_core.schema import (
     CERTS_ROOT,
@@ -60,10 +60,12 @@ from crdt_core.schema import (
     StatusEvent,
     TypedRecord,
     UserProfile,
+    capacities_on,
+    parse_day,
     stamp_key,
 )
 from crdt_core.validation import ArrivalPolicy, Rights, validate_update
-from crdt_core.verdict import compute_verdict
+from crdt_core.verdict import compute_verdict, stamp_prefix
 
 __all__ = [
     "CORPUS_FORMAT",
@@ -352,10 +354,9 @@ def judge_message(case: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _capacities(slots: Sequence[Mapping[str, Any]], day: _dt.date) -> dict[str, int]:
-    """Per slot id, the seats of the current template (greatest (hlc, key)) on ``day``."""
-    best: dict[str, tuple[str, str, SlotTemplate]] = {}
-    for s in slots:
-        template = SlotTemplate(
+    """Per slot id, the seats of its current template (``reader.newest_per``) on ``day``."""
+    templates = {
+        s["key"]: SlotTemplate(
             id=s["id"],
             service="any",
             start="09:00",
@@ -365,14 +366,15 @@ def _capacities(slots: Sequence[Mapping[str, Any]], day: _dt.date) -> dict[str, 
             active=s["active"],
             hlc=s["hlc"],
         )
-        held = best.get(template.id)
-        if held is None or (template.hlc, s["key"]) > held[:2]:
-            best[template.id] = (template.hlc, s["key"], template)
-    return {slot: entry[2].capacity_on(day) for slot, entry in best.items()}
+        for s in slots
+    }
+    if len(templates) != len(slots):
+        raise ValueError("a verdict case names one slot record key twice")
+    return capacities_on(newest_per(templates, lambda t: t.id), day)
 
 
 def judge_verdict(case: Mapping[str, Any]) -> dict[str, Any]:
-    day = _dt.date.fromisoformat(case["day"])
+    day = parse_day(case["day"])
     state = BookingsState(
         doc=DocId.bookings(SHOP, day),
         reservations={r["id"]: Reservation(**r) for r in case["reservations"]},
@@ -2082,10 +2084,7 @@ def _verdict_case(
 ) -> dict[str, Any]:
     stamp_list = stamps or []
     if prefix is None:
-        prefix = 0
-        numbers = {s["no"] for s in stamp_list}
-        while prefix + 1 in numbers:
-            prefix += 1
+        prefix = stamp_prefix({s["no"] for s in stamp_list})
     return {
         "name": name,
         "note": note,

@@ -25,8 +25,6 @@ Pure (no I/O): the relay, the reference client and every test or benchmark clien
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +34,8 @@ from typing import Any, Final
 import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from crdt_core.b64 import b64url, b64url_decode
 
 __all__ = [
     "DOMAIN",
@@ -110,24 +110,11 @@ def statement(purpose: Purpose, audience: str, jti: str, at: int) -> bytes:
     return DOMAIN + body
 
 
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    if not isinstance(text, str) or not text.isascii():
-        raise ValueError("not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-
-
 def cnf_claim(device_public_key: bytes) -> dict[str, Any]:
     """The ``cnf`` claim binding a token to an Ed25519 device key (RFC 7800, ``jwk`` member)."""
     if len(device_public_key) != KEY_BYTES:
         raise ValueError("an Ed25519 public key is 32 bytes")
-    return {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": _b64url(device_public_key)}}
+    return {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64url(device_public_key)}}
 
 
 def bound_key(claims: Mapping[str, Any]) -> bytes | None:
@@ -146,8 +133,8 @@ def bound_key(claims: Mapping[str, Any]) -> bytes | None:
     if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
         raise ValueError("cnf.jwk must be an OKP Ed25519 key")
     x = jwk.get("x")
-    raw = _b64url_decode(x) if isinstance(x, str) else b""
-    if len(raw) != KEY_BYTES or _b64url(raw) != x:
+    raw = b64url_decode(x) if isinstance(x, str) else b""
+    if len(raw) != KEY_BYTES or b64url(raw) != x:
         raise ValueError("cnf.jwk.x must be base64url of 32 bytes")
     return raw
 
@@ -198,7 +185,7 @@ def parse_proof(signature: str | bytes | None, at: str | int | None) -> Proof | 
             "proof_invalid", "proof of possession failed: a proof needs both its signature and its time"
         )
     try:
-        raw = signature if isinstance(signature, bytes) else _b64url_decode(signature)
+        raw = signature if isinstance(signature, bytes) else b64url_decode(signature)
         when = at if isinstance(at, int) else (int(at) if at.isascii() and at.isdigit() else -1)
     except ValueError:
         raw, when = b"", -1
@@ -225,7 +212,7 @@ def token_binding(token: str) -> Binding | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(_b64url_decode(parts[1]))
+        claims = json.loads(b64url_decode(parts[1]))
     except ValueError:
         return None
     if not isinstance(claims, dict):
@@ -283,6 +270,6 @@ def proof_headers(
     if own is not None:
         binding, key = own
         proof = make_proof(key, purpose, binding.audience, binding.jti, int(clock()))
-        headers[PROOF_HEADER] = _b64url(proof.signature)
+        headers[PROOF_HEADER] = b64url(proof.signature)
         headers[PROOF_TIME_HEADER] = str(proof.at)
     return headers

@@ -8,8 +8,9 @@ skipped and counted rather than crashing a client's UI.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from crdt_core.engine import Replica
 from crdt_core.errors import SchemaError
@@ -27,7 +28,16 @@ from crdt_core.schema import (
     parse_record,
 )
 
-__all__ = ["BookingsState", "read_bookings", "read_map", "schema_version_of", "slot_templates"]
+__all__ = [
+    "BookingsState",
+    "highest_stamp",
+    "newest",
+    "newest_per",
+    "read_bookings",
+    "read_map",
+    "schema_version_of",
+    "slot_templates",
+]
 
 T = TypeVar("T", bound=TypedRecord)
 
@@ -89,19 +99,48 @@ def read_bookings(replica: Replica, doc_id: str | DocId) -> BookingsState:
     )
 
 
-def slot_templates(replica: Replica, shop_doc: str | DocId) -> dict[str, SlotTemplate]:
-    """The current template of every slot: the record with the greatest (HLC, record key) wins.
+class _Versioned(Protocol):
+    @property
+    def hlc(self) -> str: ...
 
-    A newer signed template supersedes an older one (that is how capacity is changed); the record
-    key breaks HLC ties so every replica picks the same one.
+
+V = TypeVar("V", bound=_Versioned)
+
+
+def newest_per(records: Mapping[str, V], ident: Callable[[V], str]) -> dict[str, V]:
+    """Per logical id (``ident``), the record that supersedes the others (a slot's templates, a
+    shop's catalogue entries): the greatest (HLC, record key); the key breaks HLC ties so every
+    replica picks the same one."""
+    best: dict[str, tuple[str, str, V]] = {}
+    for key, rec in records.items():
+        logical = ident(rec)
+        held = best.get(logical)
+        if held is None or (rec.hlc, key) > held[:2]:
+            best[logical] = (rec.hlc, key, rec)
+    return {logical: entry[2] for logical, entry in best.items()}
+
+
+def newest(records: Mapping[str, V]) -> V | None:
+    """The record of one thing (a shop's profile) that supersedes the others: see :func:`newest_per`."""
+    return newest_per(records, lambda _rec: "").get("")
+
+
+def slot_templates(replica: Replica, shop_doc: str | DocId) -> dict[str, SlotTemplate]:
+    """The current template of every slot (:func:`newest_per` by slot id).
+
+    A newer signed template supersedes an older one (that is how capacity is changed).
     """
     doc = shop_doc if isinstance(shop_doc, DocId) else parse_doc_id(shop_doc)
-    best: dict[str, tuple[str, str, SlotTemplate]] = {}
-    for key, rec in read_map(replica, doc, "slots").items():
-        if not isinstance(rec, SlotTemplate):
-            continue
-        rank = (rec.hlc, key)
-        held = best.get(rec.id)
-        if held is None or rank > held[:2]:
-            best[rec.id] = (rec.hlc, key, rec)
-    return {slot: entry[2] for slot, entry in best.items()}
+    templates = {
+        key: rec for key, rec in read_map(replica, doc, "slots").items() if isinstance(rec, SlotTemplate)
+    }
+    return newest_per(templates, lambda rec: rec.id)
+
+
+def highest_stamp(replica: Replica) -> int:
+    """The highest stamp number a document holds, 0 for none, so numbering continues after it.
+
+    Read from the keys of the stamps map (``stamp_key(no)``; validation holds each stamp at its
+    own number's key) without opening a record. Keys that are not ASCII digits are not stamps.
+    """
+    return max((int(key) for key in replica.keys(Stamp.ROOT) if key.isascii() and key.isdigit()), default=0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final
@@ -38,6 +38,9 @@ __all__ = [
     "StatusEvent",
     "TypedRecord",
     "UserProfile",
+    "capacities_on",
+    "capacity_on",
+    "parse_day",
     "parse_doc_id",
     "parse_record",
     "record_class",
@@ -104,6 +107,21 @@ def check_id(value: object, what: str = "id") -> str:
     return value
 
 
+def parse_day(text: object) -> _dt.date:
+    """A bookings document's day: exactly ``YYYY-MM-DD`` and a real date (``date.fromisoformat``
+    alone also takes ``20270111`` and ``2027-W02-1``, which would name the same document twice).
+
+    Raises:
+        SchemaError: any other spelling, or no such day.
+    """
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise SchemaError("bookings day must be YYYY-MM-DD")
+    try:
+        return _dt.date.fromisoformat(text)
+    except ValueError:
+        raise SchemaError(f"no such day {text!r}") from None
+
+
 def parse_doc_id(text: object) -> DocId:
     """Parse and check a document id; every other spelling is refused.
 
@@ -122,13 +140,7 @@ def parse_doc_id(text: object) -> DocId:
     if kind == "bookings":
         shop, _, day = rest.partition(":")
         check_id(shop, "shop id")
-        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
-            raise SchemaError("bookings day must be YYYY-MM-DD")
-        try:
-            date = _dt.date.fromisoformat(day)
-        except ValueError:
-            raise SchemaError(f"no such day {day!r}") from None
-        return DocId(DocKind.BOOKINGS, shop_id=shop, day=date)
+        return DocId(DocKind.BOOKINGS, shop_id=shop, day=parse_day(day))
     raise SchemaError(f"unknown document kind in {text!r}")
 
 
@@ -341,11 +353,23 @@ class SlotTemplate(TypedRecord):
     hlc: str
 
     def capacity_on(self, day: _dt.date) -> int:
-        if not self.active:
-            return 0
-        if self.weekdays is not None and day.weekday() not in self.weekdays:
-            return 0
-        return self.capacity
+        return capacity_on(day, self.capacity, self.weekdays, self.active)
+
+
+def capacity_on(day: _dt.date, capacity: int, weekdays: Collection[int] | None, active: bool) -> int:
+    """Seats a slot offers on ``day``: none when it is inactive or ``day`` is not one of its
+    ``weekdays`` (0 = Monday; None: every day), else its capacity. The one rule for verdicts,
+    the relay's arrival checks and the client's projections."""
+    if not active:
+        return 0
+    if weekdays is not None and day.weekday() not in weekdays:
+        return 0
+    return capacity
+
+
+def capacities_on(templates: Mapping[str, SlotTemplate], day: _dt.date) -> dict[str, int]:
+    """Seats per slot id on ``day`` (the verdict's capacities), from each slot's current template."""
+    return {slot: template.capacity_on(day) for slot, template in templates.items()}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
    device key of a certificate present in the document or in the same update
    (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
    validity (``certificate_expired``).
-7. The author may write it (``forbidden``): docs/records.md section 8's writer table, see ``_check_rights``.
+7. The author may write it (``forbidden``): docs/records.md section 8's writer table, :func:`may_write`.
 8. At arrival (``ArrivalPolicy``: the relay, and peers for what other peers send them): no HLC
    from the future (``clock_skew``), none older than the back-dating window, ``min(max_backdate_ms,
    the certificate's lifetime exp - iat)`` (``backdated``), no revoked certificate (``revoked``),
@@ -63,7 +63,15 @@ from crdt_core.schema import (
 )
 from crdt_core.yupdate import DecodedUpdate, decode_update
 
-__all__ = ["AcceptedRecord", "ArrivalPolicy", "Reason", "Rights", "ValidatedUpdate", "validate_update"]
+__all__ = [
+    "AcceptedRecord",
+    "ArrivalPolicy",
+    "Reason",
+    "Rights",
+    "ValidatedUpdate",
+    "may_write",
+    "validate_update",
+]
 
 
 class Reason(StrEnum):
@@ -122,6 +130,14 @@ class Rights:
 
     def staffs(self, shop: str | None) -> bool:
         return shop is not None and (shop in self.staff_of or shop in self.owner_of)
+
+    def manages(self, shop: str | None) -> bool:
+        """May change ``shop``'s catalog entry and staff (:func:`may_write`): admin or owner."""
+        return self.admin or self.owns(shop)
+
+    def edits(self, shop: str | None) -> bool:
+        """May change ``shop``'s profile and slots and act on its bookings: admin, owner or staff."""
+        return self.admin or self.staffs(shop)
 
 
 #: The relay's default back-dating window: 30 days.
@@ -252,39 +268,51 @@ class _Batch:
         return rec
 
 
-def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch) -> None:
-    """docs/records.md section 8, "Who may write what". Raises ValidationError(forbidden) when the
-    author lacks the right."""
-    shop = doc.shop_id
+def may_write(doc: DocId, record: TypedRecord, rights: Rights, target_customer: str | None = None) -> bool:
+    """docs/records.md section 8, "Who may write what": whether a user with ``rights`` may write
+    ``record`` in ``doc``.
+
+    The one rule: validation refuses (``forbidden``) what this refuses, and clients ask it before
+    writing. ``target_customer``: for a status event, the customer of the reservation it is about
+    (None: the reservation is unknown, no right).
+    Stamps are the relay's alone (refused before rights): never.
+    """
     if isinstance(record, Category):
-        ok = rights.admin
-    elif isinstance(record, ShopSummary):
-        ok = rights.admin or rights.owns(record.id)
-    elif isinstance(record, (ShopProfile, SlotTemplate)):
-        ok = rights.admin or rights.staffs(shop)
-    elif isinstance(record, StaffEntry):
-        ok = rights.admin or rights.owns(shop)
-    elif isinstance(record, Reservation):
-        ok = record.customer == rights.user_id
-        if not ok:
-            raise _fail(Reason.FORBIDDEN, f"reservation {record.id} is in another customer's name")
-    elif isinstance(record, StatusEvent):
+        return rights.admin
+    if isinstance(record, ShopSummary):
+        return rights.manages(record.id)
+    if isinstance(record, (ShopProfile, SlotTemplate)):
+        return rights.edits(doc.shop_id)
+    if isinstance(record, StaffEntry):
+        return rights.manages(doc.shop_id)
+    if isinstance(record, Reservation):
+        return record.customer == rights.user_id
+    if isinstance(record, StatusEvent):
+        if record.by != rights.user_id or target_customer is None:
+            return False
+        if record.type == "cancel":
+            return target_customer == rights.user_id
+        # confirm, decline, no_show; and an event type from a newer schema: inert here, so only
+        # staff may write it
+        return rights.edits(doc.shop_id)
+    if isinstance(record, UserProfile):
+        return doc.user_id == rights.user_id
+    return False
+
+
+def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch) -> None:
+    """Raises ValidationError(forbidden) when :func:`may_write` refuses, naming why where it can."""
+    target_customer = None
+    if isinstance(record, Reservation) and record.customer != rights.user_id:
+        raise _fail(Reason.FORBIDDEN, f"reservation {record.id} is in another customer's name")
+    if isinstance(record, StatusEvent):
         if record.by != rights.user_id:
             raise _fail(Reason.FORBIDDEN, f"event {record.id} names another author")
         target = batch.reservation(record.reservation)
         if target is None:
             raise _fail(Reason.UNKNOWN_RESERVATION, f"event {record.id} refers to an unknown reservation")
-        if record.type == "cancel":
-            ok = target.customer == rights.user_id
-        elif record.type in ("confirm", "decline", "no_show"):
-            ok = rights.admin or rights.staffs(shop)
-        else:  # an event type from a newer schema: inert here, so only staff may write it
-            ok = rights.admin or rights.staffs(shop)
-    elif isinstance(record, UserProfile):
-        ok = doc.user_id == rights.user_id
-    else:  # Stamp is relay-only and handled before rights
-        ok = False
-    if not ok:
+        target_customer = target.customer
+    if not may_write(doc, record, rights, target_customer):
         raise _fail(Reason.FORBIDDEN, f"{rights.user_id} may not write this {record.KIND} in {doc}")
 
 

@@ -55,7 +55,7 @@ and such a raise gives it back the seat it held before the cut.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -173,7 +173,8 @@ def claim_order(state: BookingsState) -> list[tuple[Reservation, int | None]]:
     return [(r, no) for no, r in stamped] + [(r, None) for r in tentative]
 
 
-def stamp_prefix(stamps: Mapping[int, object]) -> int:
+def stamp_prefix(stamps: Container[int]) -> int:
+    """How many stamps, from number 1, a document holds with no gap (the numbers or a map by number)."""
     n = 0
     while n + 1 in stamps:
         n += 1

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from crdt_core.b64 import b64url_decode
 from crdt_core.certs import issue_certificate
-from relay.keys import KeyStore, b64url_decode
+from relay.keys import KeyStore
 
 if TYPE_CHECKING:
     from relay.account_types import User

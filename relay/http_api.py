@@ -26,12 +26,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crdt_core.b64 import b64url
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER, ProofError, parse_proof, rest
 from relay.accounts import AccountError, InvalidEmail, Session, normalize_email
 from relay.config import SYNC_PROTOCOL_VERSION
 from relay.context import RelayContext
 from relay.device_certs import parse_device_public_key
-from relay.keys import b64url
 from relay.logging import get_logger
 from relay.metrics import CONTENT_TYPE, MetricsRegistry
 from relay.ratelimit import RateDecision, RateLimiter

@@ -21,7 +21,6 @@ operator CLI can rotate while the server runs; the server reloads on the ``keys_
 from __future__ import annotations
 
 import asyncio
-import base64
 import fcntl
 import hashlib
 import json
@@ -36,28 +35,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from crdt_core.b64 import b64url, b64url_decode
 from crdt_core.certs import SigningKey
 
 MANIFEST = "manifest.json"
 LOCKFILE = ".lock"
-
-
-def b64url(data: bytes) -> str:
-    """Unpadded base64url, the encoding JOSE uses."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Decode base64url with or without padding; raises ``ValueError`` on junk."""
-    if not isinstance(text, str) or any(c not in _B64URL_ALPHABET for c in text.rstrip("=")):
-        raise ValueError("not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as e:
-        raise ValueError("not base64url") from e
-
-
-_B64URL_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:

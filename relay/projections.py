@@ -26,8 +26,17 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from crdt_core.engine import Replica
-from crdt_core.reader import read_bookings, read_map, slot_templates
-from crdt_core.schema import Category, DocId, ShopProfile, ShopSummary, SlotTemplate, TypedRecord
+from crdt_core.hlc import Timestamp
+from crdt_core.reader import newest, newest_per, read_bookings, read_map, slot_templates
+from crdt_core.schema import (
+    Category,
+    DocId,
+    ShopProfile,
+    ShopSummary,
+    SlotTemplate,
+    TypedRecord,
+    capacities_on,
+)
 from crdt_core.verdict import ClaimState, compute_verdict
 
 __all__ = [
@@ -45,22 +54,14 @@ P = TypeVar("P")
 
 
 def hlc_ms(hlc: str) -> int:
-    """The wall-clock milliseconds of an HLC string (``<13 digits>-<counter>-<node>``)."""
-    return int(hlc[:13])
+    """The wall-clock milliseconds of an HLC string (``crdt_core.hlc``)."""
+    return Timestamp.parse(hlc).wall_ms
 
 
 def _latest(records: dict[str, TypedRecord], cls: type[TypedRecord], ident: str) -> dict[str, Any]:
-    """Per logical id (``ident`` field), the record with the greatest (hlc, record key)."""
-    best: dict[str, tuple[str, str, Any]] = {}
-    for key, rec in records.items():
-        if not isinstance(rec, cls):
-            continue
-        logical = getattr(rec, ident)
-        rank = (rec.hlc, key)  # type: ignore[attr-defined]
-        held = best.get(logical)
-        if held is None or rank > held[:2]:
-            best[logical] = (rank[0], key, rec)
-    return {logical: entry[2] for logical, entry in best.items()}
+    """Per logical id (``ident`` field), the current record (``crdt_core.reader.newest_per``)."""
+    kept: dict[str, Any] = {key: rec for key, rec in records.items() if isinstance(rec, cls)}
+    return newest_per(kept, lambda rec: str(getattr(rec, ident)))
 
 
 def _category(rec: Category) -> dict[str, Any]:
@@ -154,13 +155,9 @@ class ShopView:
 def shop_view(replica: Replica, shop_id: str) -> ShopView:
     doc = DocId.shop(shop_id)
     profiles = read_map(replica, doc, "profile")
-    best: tuple[str, str, ShopProfile] | None = None
-    for key, rec in profiles.items():
-        if isinstance(rec, ShopProfile) and (best is None or (rec.hlc, key) > best[:2]):
-            best = (rec.hlc, key, rec)
+    p = newest({key: rec for key, rec in profiles.items() if isinstance(rec, ShopProfile)})
     profile = None
-    if best is not None:
-        p = best[2]
+    if p is not None:
         profile = {
             "name": p.name,
             "description": p.description,
@@ -198,7 +195,7 @@ def day_view(replica: Replica, doc_id: str, templates: dict[str, SlotTemplate]) 
     state = read_bookings(replica, doc_id)
     day = state.doc.day
     assert day is not None
-    capacities = {sid: t.capacity_on(day) for sid, t in templates.items()}
+    capacities = capacities_on(templates, day)
     verdict = compute_verdict(state, capacities)
     slots: list[dict[str, Any]] = []
     for t in sorted(templates.values(), key=lambda t: (t.start, t.id)):

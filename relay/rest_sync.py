@@ -53,6 +53,7 @@ import msgpack
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from crdt_core.b64 import b64url
 from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica
 from crdt_core.errors import SchemaError, ValidationError
 from crdt_core.messages import ErrorCode
@@ -384,7 +385,7 @@ def cached_json(request: Request, payload: Callable[[], Any], etag: str) -> Resp
 
 
 def _cursor_out(last_id: str | None) -> str | None:
-    return None if last_id is None else base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+    return None if last_id is None else b64url(last_id.encode())
 
 
 def _cursor_in(cursor: str | None) -> str | None:
@@ -471,14 +472,14 @@ class RestSync:
         )
 
     async def shop(self, hub: SyncHub, shop_id: str) -> tuple[ShopView, int]:
-        doc = f"shop:{shop_id}"
+        doc = str(DocId.shop(shop_id))
         return await hub.manager.read(
             doc, lambda replica, seq: (self.shops.get(doc, seq, replica, shop_id), seq)
         )
 
     async def day(self, hub: SyncHub, shop_id: str, day: str) -> tuple[dict[str, Any], int, int]:
         view, shop_seq = await self.shop(hub, shop_id)
-        doc = f"bookings:{shop_id}:{day}"
+        doc = str(DocId.bookings(shop_id, day))
         key = f"{doc}@{shop_seq}"
         out, seq = await hub.manager.read(
             doc, lambda replica, seq: (self.days.get(key, seq, replica, doc, view.templates), seq)

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from crdt_core.engine import EngineError, Replica
 from crdt_core.reader import read_bookings
 from crdt_core.schema import Reservation
+from crdt_core.verdict import stamp_order
 from crdt_core.yupdate import decode_update
 from relay.documents import ManagerClosedError
 from relay.logging import get_logger, log_event
@@ -285,7 +286,8 @@ def held_claims(replica: Replica, doc: str, stored: StoredDocument) -> list[str]
     """The document's claims with no stamp, in the order the relay stored them.
 
     The order is the update log's (seq order); claims already folded into the snapshot come
-    first (they were stored earlier), in the verdict's tentative order (HLC, customer, id).
+    first (they were stored earlier), in the verdict's tentative order
+    (``crdt_core.verdict.stamp_order``).
     """
     state = read_bookings(replica, doc)
     stamped = {s.reservation for s in state.stamps.values()}
@@ -301,9 +303,7 @@ def held_claims(replica: Replica, doc: str, stored: StoredDocument) -> list[str]
         for ins in decoded.inserts:
             if ins.root == Reservation.ROOT and ins.key in waiting:
                 position.setdefault(ins.key, len(position))
-    folded = sorted(
-        (r for rid, r in waiting.items() if rid not in position), key=lambda r: (r.hlc, r.customer, r.id)
-    )
+    folded = stamp_order(r for rid, r in waiting.items() if rid not in position)
     logged = sorted((rid for rid in waiting if rid in position), key=position.__getitem__)
     return [r.id for r in folded] + logged
 

@@ -27,6 +27,7 @@ from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
+from crdt_core.reader import highest_stamp
 from relay.config import RelayConfig, SyncLimits
 from relay.context import RelayContext
 from relay.documents import DocumentManager
@@ -35,7 +36,7 @@ from relay.logging import get_logger, log_event
 from relay.rights import RightsCache
 from relay.stamp_hold import open_stamp_hold
 from relay.store.open import AnyDocumentStore, open_document_store, store_description
-from relay.sync_hub import SyncHub, highest_stamp
+from relay.sync_hub import SyncHub
 from relay.ws_protocol import FALLBACK, FAST_PATH, FastWriter
 
 log = get_logger("relay.sync")

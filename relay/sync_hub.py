@@ -84,6 +84,7 @@ from crdt_core.authoring import write_stamps
 from crdt_core.certs import CertificateCache, SigningKey
 from crdt_core.clientids import GENERATIONS, client_id_for
 from crdt_core.engine import Replica
+from crdt_core.equivocation import find_equivocation
 from crdt_core.errors import EngineError, ValidationError
 from crdt_core.messages import (
     MAX_STAMPS,
@@ -104,10 +105,9 @@ from crdt_core.protocol import (
 )
 from crdt_core.reader import slot_templates
 from crdt_core.records import RELAY_SIGNER_PREFIX
-from crdt_core.schema import DocId, DocKind, SlotTemplate, parse_doc_id
+from crdt_core.schema import DocId, DocKind, SlotTemplate, capacities_on, parse_doc_id
 from crdt_core.validation import ArrivalPolicy, Reason, ValidatedUpdate, validate_update
 from crdt_core.verdict import exceeds_capacity, stamp_order
-from crdt_core.yupdate import decode_update
 from relay.anonymous_slots import AnonymousSlots, address_key
 from relay.config import SyncLimits
 from relay.documents import (
@@ -746,7 +746,7 @@ class SyncHub:
 
     async def _capacities(self, doc: str) -> dict[str, int] | None:
         """Seats per slot on a bookings document's day, from the relay's copy of the shop document
-        (``SlotTemplate.capacity_on``: 0 for a slot not offered that day); None for other kinds."""
+        (``crdt_core.schema.capacities_on``: 0 for a slot not offered that day); None for other kinds."""
         parsed = parse_doc_id(doc)
         if parsed.kind is not DocKind.BOOKINGS:
             return None
@@ -764,7 +764,7 @@ class SyncHub:
             return found
 
         found = await self.manager.read(shop_doc, templates)
-        return {slot: template.capacity_on(day) for slot, template in found.items()}
+        return capacities_on(found, day)
 
     def _stamper(self, doc: str) -> Callable[[Replica, ValidatedUpdate, StampSequence], bytes | None]:
         def build(replica: Replica, checked: ValidatedUpdate, stamps: StampSequence) -> bytes | None:
@@ -1111,28 +1111,12 @@ def refuse_equivocation(replica: Replica, update: bytes) -> None:
     acknowledged as a re-send and dropped: a device that signed two versions of one id
     (equivocation), or a writer that took another device's next id first (that device's offline
     booking would be acknowledged and lost). Refused, the id is named and the sender's outbox
-    shows the entry as failed. The rule of ``client.peer_data.find_equivocation``: only structs
-    the document has integrated are compared (a parked re-send is not).
+    shows the entry as failed. The rule is ``crdt_core.equivocation.find_equivocation``, the one
+    peers apply to each other: only structs the document has integrated are compared.
 
     Raises:
         ValidationError: code ``equivocation``.
     """
-    try:
-        decoded = decode_update(update)
-    except EngineError:
-        return  # not for a no-op the engine has diffed; validation owns malformed input
-    clocks = replica.state_clocks()
-    for ins in decoded.inserts:
-        if ins.clock >= clocks.get(ins.client, 0) or replica.get_bytes(ins.root, ins.key) == ins.value:
-            continue
-        raise ValidationError(
-            "equivocation",
-            f"Yjs id {ins.client}:{ins.clock} ({ins.root}/{ins.key}) is held with different content",
-        )
-
-
-def highest_stamp(replica: Replica) -> int:
-    """The highest stamp number a loaded document holds, so numbering continues after a restore."""
-    if "stamps" not in replica.roots():
-        return 0
-    return max((int(key) for key in replica.keys("stamps") if key.isdigit()), default=0)
+    clash = find_equivocation(replica, update)
+    if clash is not None:
+        raise ValidationError("equivocation", clash)

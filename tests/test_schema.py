@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import given, strategies as st
 
+from client.projections import SlotRow
 from crdt_core.engine import Replica
 from crdt_core.errors import SchemaError, ValidationError
 from crdt_core.reader import read_map, schema_version_of
@@ -24,6 +25,8 @@ from crdt_core.schema import (
     Stamp,
     StatusEvent,
     TypedRecord,
+    capacity_on,
+    parse_day,
     parse_doc_id,
     parse_record,
     record_class,
@@ -389,3 +392,31 @@ def test_slot_capacity_on_a_day() -> None:
     assert slot.capacity_on(tuesday) == 0
     assert typed(SlotTemplate, {**GOOD_SLOT, "active": False}).capacity_on(monday) == 0
     assert typed(SlotTemplate, GOOD_SLOT).capacity_on(tuesday) == 3
+
+
+@given(
+    day=st.dates(),
+    capacity=st.integers(0, 10_000),
+    weekdays=st.none() | st.lists(st.integers(0, 6), unique=True).map(lambda d: tuple(sorted(d))),
+    active=st.booleans(),
+)
+def test_the_clients_slot_rows_offer_the_seats_the_core_rule_does(
+    day: dt.date, capacity: int, weekdays: tuple[int, ...] | None, active: bool
+) -> None:
+    """The client's projection rows once carried their own copy of the rule; now they call it."""
+    template = SlotTemplate(
+        id="s", service="cut", start="09:00", duration=30, capacity=capacity, weekdays=weekdays,
+        active=active, hlc="0000000000001-000000-a",
+    )  # fmt: skip
+    row = SlotRow("shop", "s", "cut", "09:00", 30, capacity, weekdays, active)
+    seats = capacity_on(day, capacity, weekdays, active)
+    assert template.capacity_on(day) == row.capacity_on(day) == seats
+    assert seats == (capacity if active and (weekdays is None or day.weekday() in weekdays) else 0)
+
+
+@pytest.mark.parametrize("text", ["20270111", "2027-W02-1", "2027-1-11", "2027-02-30", " 2027-01-11", None])
+def test_a_day_has_one_spelling(text: object) -> None:
+    """``date.fromisoformat`` alone (the client's and the CLI's former copies) took the first two."""
+    with pytest.raises(SchemaError):
+        parse_day(text)
+    assert parse_day("2027-01-11") == dt.date(2027, 1, 11)

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
+from crdt_core.reader import highest_stamp
 from relay.accounts import open_auth
 from relay.config import RelayConfig, SyncLimits
 from relay.documents import DocumentManager
@@ -35,7 +36,7 @@ from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
 from relay.store.sqlite import SQLiteDocumentStore
 from relay.sync_endpoint import bearer_token
-from relay.sync_hub import SyncHub, highest_stamp
+from relay.sync_hub import SyncHub
 
 
 class WebsocketsTransport:

@@ -298,8 +298,11 @@ def test_last_seat_contended_offline_end_to_end(relay: FixedPortRelay, tmp_path:
     assert PASSWORD not in profile_text and "token" not in profile_text
 
 
-def test_sync_watch_prints_events_until_interrupted(relay: FixedPortRelay, tmp_path: Path) -> None:
-    shop = "clishop2"
+@pytest.mark.parametrize("transport", ["auto", "http"])
+def test_sync_watch_prints_events_until_interrupted(
+    relay: FixedPortRelay, tmp_path: Path, transport: str
+) -> None:
+    shop = f"clishop2{transport}"
     owner = Cli(tmp_path / "owner2")
     owner.register_and_login(relay.base_url, [["--owner", shop]], relay.data_dir)
     owner.json(
@@ -312,6 +315,7 @@ def test_sync_watch_prints_events_until_interrupted(relay: FixedPortRelay, tmp_p
     env = _env()
     env["QUICKSLOT_SECRETS"] = "file"
     cmd = [sys.executable, "-m", "client.cli", "--home", str(owner.home), "--json", "sync", "--watch"]
+    cmd += ["--transport", transport, "--poll", "0.5"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -325,5 +329,23 @@ def test_sync_watch_prints_events_until_interrupted(relay: FixedPortRelay, tmp_p
     assert proc.returncode == 0, err
     for extra in out.splitlines():
         check(json.loads(extra), SCHEMAS["event"])
-    assert owner.json("status", "status")["pending"] == 0
+    status = owner.json("status", "status")
+    assert status["pending"] == 0
+    assert status["last_transport"] == ("websocket" if transport == "auto" else "http"), status
     assert os.stat(owner.home).st_mode & 0o077 == 0
+
+
+def test_sync_transport_is_remembered_and_shown_in_status(relay: FixedPortRelay, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "carol")
+    cli.register_and_login(relay.base_url)
+    assert cli.json("status", "status")["transport"] == "auto"
+    synced = cli.json("sync", "sync", "--transport", "http")
+    assert synced["transport"] == "http" and "configured" in synced["transport_reason"], synced
+    status = cli.json("status", "status")
+    assert (status["transport"], status["last_transport"]) == ("http", "http"), status
+    assert cli.json("sync", "sync")["transport"] == "http"  # remembered in the profile
+    human = cli.run("status")
+    assert human.returncode == 0 and "transport: http (last sync: http" in human.stdout, human.stdout
+    back = cli.json("sync", "sync", "--transport", "auto")
+    assert back["transport"] == "websocket" and back["transport_reason"].startswith("auto"), back
+    assert cli.json("status", "status")["last_transport"] == "websocket"

@@ -29,6 +29,7 @@ from client.events import (
     RelayUnreachable,
 )
 from client.local import LocalClient
+from client.projections import ReservationRow
 from client.secrets import SecretStore
 from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService
 from crdt_core.pop import proof_headers, rest
@@ -116,6 +117,26 @@ async def open_shop(
     await owner.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
     summary = await service(owner, relay, auth).sync_once()
     assert summary.pending == 0 and not summary.rejected, summary
+
+
+async def book_with_a_forged_confirm(
+    local: LocalClient, svc: SyncService, shop: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[ReservationRow, ReservationRow]:
+    """Sync, book, confirm that booking as if staff (the relay refuses it), book again; returns
+    both bookings, events drained. The second booking continues the refused write's client clock."""
+    await svc.sync_once()
+    first = await local.book(shop, DAY, SLOT)
+    # The app believes its user is staff (a stale role, say): the relay knows better.
+    monkeypatch.setattr(
+        local_mod.Identity,
+        "rights",
+        property(lambda self: Rights(self.user_id, False, frozenset(), frozenset({shop}))),
+    )
+    await local.confirm(first.reservation_id)
+    monkeypatch.undo()
+    second = await local.book(shop, DAY, SLOT)
+    drain(local)
+    return first, second
 
 
 async def test_offline_booking_reaches_the_relay_and_other_clients(
@@ -275,18 +296,7 @@ async def test_a_rejected_entry_is_terminal_and_does_not_block_the_next(
     await open_shop(owner, owner_auth, relay, shop, capacity=5)
     await erin.follow(shop)
     svc = service(erin, relay, erin_auth)
-    await svc.sync_once()
-    first = await erin.book(shop, DAY, SLOT)
-    # Erin's app believes she is staff (a stale role, say): the relay knows better.
-    monkeypatch.setattr(
-        local_mod.Identity,
-        "rights",
-        property(lambda self: Rights(self.user_id, False, frozenset(), frozenset({shop}))),
-    )
-    await erin.confirm(first.reservation_id)
-    monkeypatch.undo()
-    second = await erin.book(shop, DAY, SLOT)
-    drain(erin)
+    first, second = await book_with_a_forged_confirm(erin, svc, shop, monkeypatch)
 
     summary = await svc.sync_once()
     assert summary.pending == 0, summary

@@ -227,6 +227,7 @@ class FaultProxy:
         port: int = 0,
         strip_extensions: bool = True,
         reorder_hold_s: float = 0.05,
+        refuse_upgrades: int | None = None,
     ) -> None:
         self.upstream = upstream
         self.seed = seed
@@ -235,6 +236,10 @@ class FaultProxy:
         self.port = port
         self.strip_extensions = strip_extensions
         self.reorder_hold_s = reorder_hold_s
+        #: Answer every websocket upgrade with this HTTP status instead of forwarding it, as a
+        #: corporate proxy that blocks websockets does (plain HTTP still passes); counted in
+        #: ``upgrades_refused``.
+        self.refuse_upgrades = refuse_upgrades
         self.counters: Counter[str] = Counter()
         """Faults injected by kind, plus ``connections``, ``upstream_refused``, ``messages_up`` /
         ``messages_down`` (data messages seen) and ``cut_all`` (connections cut from outside)."""
@@ -346,6 +351,16 @@ class FaultProxy:
         conn.upstream = (u_reader, u_writer)
         request = await c_reader.readuntil(b"\r\n\r\n")
         upgrade = _is_upgrade(request)
+        if upgrade and self.refuse_upgrades is not None:
+            self.counters["upgrades_refused"] += 1
+            body = b"websockets are not allowed here\n"
+            c_writer.write(
+                f"HTTP/1.1 {self.refuse_upgrades} Blocked\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await c_writer.drain()
+            return
         if upgrade and self.strip_extensions:
             request = _strip_extensions(request)
         u_writer.write(request)

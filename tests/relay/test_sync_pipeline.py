@@ -35,12 +35,13 @@ from crdt_core.messages import (
     decode,
 )
 from crdt_core.pop import Proof, Purpose
+from crdt_core.reader import highest_stamp
 from relay.config import SyncLimits
 from relay.documents import DocumentManager
 from relay.metrics import MetricsRegistry
 from relay.rights import RightsCache
 from relay.store.open import AnyDocumentStore
-from relay.sync_hub import SyncHub, highest_stamp
+from relay.sync_hub import SyncHub
 from relay.tokens import Claims, TokenError
 from tests.relay.store_backends import BACKENDS, StoreBackend, backend_fixture
 

@@ -32,3 +32,5 @@ export { book, newId, writeRecords } from "./booking.js";
 export { SyncConnection, SyncError } from "./connection.js";
 export { authProof, popStatement, tokenClaims } from "./pop.js";
 export { RelayError, fetchRelayKeys, login, register } from "./relay-api.js";
+export { IndexedDBStore, MemoryStore, TABLES } from "./store.js";
+export { QuickSlotClient, backoffDelay, bookingsDoc } from "./client.js";
