@@ -26,6 +26,7 @@ login ceremony. Keeping the ceremony here means the secrets are handled in one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -115,18 +116,27 @@ def http_base(relay_url: str) -> str:
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:
-    try:
+    code: object = None
+    message: object = None
+    with contextlib.suppress(ValueError):
         body = response.json()
-    except ValueError:
-        return f"http_{response.status_code}", ""
-    if isinstance(body, dict):
-        code = body.get("code")
-        message = body.get("message")
-        if code is None and isinstance(body.get("detail"), dict):
-            code = body["detail"].get("code")
-            message = body["detail"].get("message")
-        return str(code or f"http_{response.status_code}"), str(message or "")
-    return f"http_{response.status_code}", ""
+        if isinstance(body, dict):
+            code = body.get("code")
+            message = body.get("message")
+            if code is None and isinstance(body.get("detail"), dict):
+                code = body["detail"].get("code")
+                message = body["detail"].get("message")
+    status = response.status_code
+    generic = message in (None, "", "Not Found", "Method Not Allowed")
+    if code is not None and not (status in (404, 405) and generic):
+        return str(code), str(message or "")
+    # No route of the relay's API answered: most likely the URL names another server, or a path.
+    if status in (404, 405):
+        return "not_a_relay", (
+            f"{response.request.url} answered HTTP {status}: is --relay the relay's base URL "
+            "(e.g. http://127.0.0.1:8765, no path)?"
+        )
+    return f"http_{status}", f"{response.request.url} answered HTTP {status}"
 
 
 async def fetch_relay_keys(http: httpx.AsyncClient) -> dict[str, bytes]:

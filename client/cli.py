@@ -17,7 +17,8 @@ Exit codes (:data:`EXIT_CODES`):
 * 0 ok; 1 unexpected failure;
 * 2 usage error (bad arguments, an id or value the schema refuses);
 * 3 authentication needed (not logged in, wrong credentials, session revoked: log in again);
-* 4 rejected (the relay refused: email taken, a queued change set aside, not allowed, not found);
+* 4 rejected (the relay refused: email taken, a queued change set aside, not allowed, not found;
+  or ``sync`` could not send every queued change, each named with why on its output);
 * 5 relay unreachable (``sync``, ``login``, ``register``; never ``book``, which queues), or for
   ``peer sync`` the peer unreachable;
 * 6 relay insecure: its TLS certificate is not trusted, or matches no ``--pin`` (nothing was sent;
@@ -47,6 +48,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -179,6 +181,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "rejected": [{"entry_id": int, "code": _S, "reason": _S}],
         "rebuilt": [{"doc": _S, "reason": _S}],
         "conflicts": [{"doc": _S, "reason": _S}],
+        "not_synced": [{"doc": _S, "reason": _S}],
+        "deferred": [_S],
         "pending": int,
         "transport": _S,
         "transport_reason": _S,
@@ -198,6 +202,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "last_transport": _OS,
         "last_transport_reason": _OS,
     },  # fmt: skip
+    "following": {"following": [{"doc": _S, "why": [_S]}]},
+    "unfollow": {"unfollowed": _S},
+    "refused": {"refused": [{**ENTRY, "why": _S, "what_to_do": _S}]},
+    "discard": {"discarded": [int]},
+    "retry": CHANGE,
     "shop create": {**SHOP_DETAIL, "queued": bool},
     "shop edit": {**SHOP_DETAIL, "queued": bool},
     "slot add": {"slot": SLOT, "queued": bool},
@@ -472,7 +481,13 @@ async def cmd_register(ctx: Ctx) -> Result:
     body = await auth.register(email, password, name)
     _write_config(ctx.home, relay=auth.base_url, tls=ctx.remember_tls())
     data = {"user_id": str(body.get("id", "")), "email": email, "relay": auth.base_url}
-    return data, f"registered {email} ({data['user_id']}) at {auth.base_url}; now run `quickslot login`"
+    if ctx.args.no_login:
+        return data, f"registered {email} ({data['user_id']}) at {auth.base_url}; now run `quickslot login`"
+    # A newcomer's next step is to book: log in now (a fresh device key), as `login` would.
+    result = await auth.login(email, password)
+    _write_config(ctx.home, email=result.email, user_id=result.user_id)
+    data["cert_id"] = result.cert_id
+    return data, f"registered and logged in as {email} ({result.user_id}) at {auth.base_url}"
 
 
 async def cmd_login(ctx: Ctx) -> Result:
@@ -569,17 +584,63 @@ async def cmd_shop_show(ctx: Ctx) -> Result:
     return data, "\n".join(lines)
 
 
+def _shop_known(detail: ShopDetail | None) -> bool:
+    if detail is None:
+        return False
+    return detail.summary is not None or detail.profile is not None or bool(detail.slots)
+
+
+async def _fetch_shop(ctx: Ctx, shop: str, day: str) -> ShopDetail | None:
+    """The shop as this device knows it, after fetching it (and ``day``) from the relay first
+    when it is not here yet and a session is open: a newcomer need not know which `sync` to run.
+
+    Raises ``NotFound`` when the relay has no such shop (its subscriptions are dropped again),
+    and ``CliError`` (5) when it is not here and the relay cannot be reached."""
+    await ctx.local.slots(shop, day)  # subscribes the shop and the day
+    detail = await ctx.local.shop(shop)
+    here = detail is not None and (detail.profile is not None or bool(detail.slots))  # its own doc
+    if here or ctx.local.identity is None or ctx.relay(required=False) is None:
+        return detail
+    try:
+        await _service(ctx).sync_once()
+    except Exception as exc:
+        err = _classify(exc)
+        if err is None or err.exit_code != EXIT_UNREACHABLE:
+            raise
+        raise CliError(
+            EXIT_UNREACHABLE,
+            "relay_unreachable",
+            f"shop {shop!r} is not on this device yet and the relay is unreachable ({err.message}): "
+            "run `quickslot sync` once online, then try again",
+        ) from exc
+    detail = await ctx.local.shop(shop)
+    if not _shop_known(detail) and not _my_shop(ctx, shop):
+        await ctx.local.unsubscribe(f"shop:{shop}")
+        await ctx.local.unsubscribe(f"bookings:{shop}:{day}")
+        raise NotFound(f"the relay has no shop {shop!r}: see `quickslot shops` for the shops there")
+    return detail
+
+
+def _my_shop(ctx: Ctx, shop: str) -> bool:
+    """The profile owns or staffs ``shop``: it follows it even before the shop reaches the relay."""
+    identity = ctx.local.identity
+    return identity is not None and shop in identity.certificate.owner_of | identity.certificate.staff_of
+
+
 async def cmd_slots(ctx: Ctx) -> Result:
+    detail = await _fetch_shop(ctx, ctx.args.shop, ctx.args.date)
+    if not _shop_known(detail) and not _my_shop(ctx, ctx.args.shop):
+        raise NotFound(f"no shop {ctx.args.shop!r} on this device: log in and run `quickslot sync`")
     rows = await ctx.local.slots(ctx.args.shop, ctx.args.date)
     data_rows = [_availability(r) for r in rows]
     known = all(r.known for r in rows) if rows else False
     human = table(
         data_rows,
         ["slot_id", "service", "start", "duration", "capacity", "seats_left", "waitlisted"],
-        "(no slots that day: sync the shop first?)",
+        f"(shop {ctx.args.shop} offers no slots on {ctx.args.date})",
     )
-    if not known:
-        human += "\n(no bookings of this day known here yet; `quickslot sync` fetches them)"
+    if rows and not known:
+        human += "\n(the bookings of this day are not fetched yet; `quickslot sync` fetches them)"
     return {"shop_id": ctx.args.shop, "day": ctx.args.date, "known": known, "slots": data_rows}, human
 
 
@@ -592,6 +653,14 @@ def _change(row: ReservationRow, verb: str) -> Result:
 
 async def cmd_book(ctx: Ctx) -> Result:
     ctx.require_login()
+    shop, slot = ctx.args.shop, ctx.args.slot
+    detail = await _fetch_shop(ctx, shop, ctx.args.date)
+    if not _shop_known(detail):
+        raise NotFound(f"no shop {shop!r} on this device: run `quickslot sync` first")
+    assert detail is not None
+    if slot not in {s.slot_id for s in detail.slots}:
+        offered = ", ".join(sorted(s.slot_id for s in detail.slots)) or "none"
+        raise NotFound(f"shop {shop!r} has no slot {slot!r} (its slots: {offered}; see `quickslot slots`)")
     row = await ctx.local.book(ctx.args.shop, ctx.args.date, ctx.args.slot, party=ctx.args.party)
     return _change(row, "booked")
 
@@ -623,7 +692,8 @@ async def cmd_reservations(ctx: Ctx) -> Result:
     shown = [{**row, "state": state_words(r.state)} for row, r in zip(rows, found, strict=True)]
     human = table(
         shown, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
-        "(no reservations)",
+        "(no reservations on this device; bookings made on another device show once their day is "
+        "opened here: `quickslot slots SHOP DAY`, then `quickslot sync`)",
     )  # fmt: skip
     return {"reservations": rows}, human
 
@@ -685,6 +755,8 @@ async def cmd_sync(ctx: Ctx) -> Result:
         "rejected": [{"entry_id": i, "code": c, "reason": r} for i, c, r in summary.rejected],
         "rebuilt": [{"doc": d, "reason": r} for d, r in sorted(summary.rebuilt.items())],
         "conflicts": [{"doc": d, "reason": r} for d, r in sorted(summary.conflicts.items())],
+        "not_synced": [{"doc": d, "reason": r} for d, r in sorted(summary.refused_docs.items())],
+        "deferred": list(summary.deferred),
         "pending": summary.pending, "transport": svc.last_transport or svc.transport,
         "transport_reason": svc.transport_reason, "events": [e.to_dict() for e in events],
     }  # fmt: skip
@@ -699,9 +771,33 @@ async def cmd_sync(ctx: Ctx) -> Result:
         f"{d} did not fit the relay's and was rebuilt from it: {r}"
         for d, r in sorted(summary.conflicts.items())
     ]
-    if summary.rejected:
+    lines += [f"{d} was not synced: {r}" for d, r in sorted(summary.refused_docs.items())]
+    if summary.deferred:
+        lines.append(
+            f"{len(summary.deferred)} followed documents did not fit the relay's limit per connection "
+            "this time (they sync on a later round; `quickslot following` lists what is followed)"
+        )
+    if summary.pending:
+        # Never a silent "1 pending": say which changes did not go out, and why.
+        lines += await _unsent_lines(ctx, summary)
+    if summary.rejected or summary.pending:
         ctx.args.exit_code = EXIT_REJECTED
     return data, "\n".join(lines)
+
+
+async def _unsent_lines(ctx: Ctx, summary: SyncSummary) -> list[str]:
+    entries = await ctx.local.pending_entries()
+    lines = [f"{len(entries)} change(s) could not be sent this time:"]
+    for e in entries[:20]:
+        why = summary.refused_docs.get(e.doc_id) or e.last_error
+        if why is None and e.doc_id in summary.deferred:
+            why = "its document did not fit the relay's limit of documents per connection"
+        what = f"{e.entity_type} {e.entity_id} ({e.operation}) in {e.doc_id}"
+        lines.append(f"  {e.id}: {what}: {why or 'no answer yet'}")
+    if len(entries) > 20:
+        lines.append(f"  ... and {len(entries) - 20} more (`quickslot status`)")
+    lines.append("they stay queued: run `quickslot sync` again; `quickslot status` shows them")
+    return lines
 
 
 async def _watch(ctx: Ctx, svc: SyncService) -> Result:
@@ -740,6 +836,22 @@ async def _watch(ctx: Ctx, svc: SyncService) -> Result:
         raise CliError(EXIT_AUTH, "login_required", "the relay ended the session: log in again")
     ctx.args.streamed = True
     return {}, ""
+
+
+async def cmd_following(ctx: Ctx) -> Result:
+    followed = await ctx.local.following()
+    rows = [{"doc": d, "why": sorted(r)} for d, r in sorted(followed.items())]
+    human = table(rows, ["doc", "why"])
+    human += (
+        "\n(every document here is synced by `quickslot sync`; `quickslot unfollow DOC` stops one "
+        "that was browsed or followed; past days that are settled are released by themselves)"
+    )
+    return {"following": rows}, human
+
+
+async def cmd_unfollow(ctx: Ctx) -> Result:
+    await ctx.local.unfollow(ctx.args.doc)
+    return {"unfollowed": ctx.args.doc}, f"no longer following {ctx.args.doc} (its data stays here)"
 
 
 async def _reachable(url: str, verify: Any = True) -> bool:
@@ -786,7 +898,98 @@ async def cmd_status(ctx: Ctx) -> Result:
             for e in entries
         ]
         lines += ["", table(rows, ["id", "state", "entity", "operation", "doc_id", "retry_count", "why"])]
+    if counts.rejected:
+        lines.append(
+            f"{counts.rejected} change(s) refused by the relay: `quickslot refused` says what to do; "
+            "`quickslot retry ID` makes one again, `quickslot discard ID` forgets it"
+        )
     return data, "\n".join(lines)
+
+
+#: What the user can do about a change the relay refused, by the relay's reason code prefix.
+REFUSED_HINTS = {
+    "party_too_large": "book a smaller party (`quickslot retry ID --party N`) or discard it",
+    "not_allowed": "this account may not make that change: discard it",
+    "backdated": "made too long ago with an expired login: `quickslot retry ID` makes it again now",
+    "unknown_certificate": "log in again, then `quickslot retry ID`",
+}
+
+
+def _refused_hint(entry: OutboxEntry) -> str:
+    reason = f"{entry.reject_code or ''} {entry.reject_reason or ''}"
+    for key, hint in REFUSED_HINTS.items():
+        if key in reason:
+            return hint
+    if entry.entity_type == "reservation":
+        return "`quickslot retry ID` makes the change again, `quickslot discard ID` forgets it"
+    return "redo it with its command once fixed, then `quickslot discard ID`"
+
+
+def _refused_rows(entries: Sequence[OutboxEntry]) -> list[dict[str, Any]]:
+    return [
+        {**_entry(e), "entity": f"{e.entity_type} {e.entity_id}",
+         "why": f"{e.reject_code}: {e.reject_reason}", "what_to_do": _refused_hint(e)}
+        for e in entries
+    ]  # fmt: skip
+
+
+async def cmd_refused(ctx: Ctx) -> Result:
+    rows = _refused_rows(await ctx.local.rejected_entries())
+    human = table(rows, ["id", "entity", "operation", "doc_id", "why", "what_to_do"], "(no refused changes)")
+    return {"refused": rows}, human
+
+
+async def _refused_entry(ctx: Ctx, entry_id: int) -> OutboxEntry:
+    entry = await ctx.local.store.outbox_entry(entry_id)
+    if entry is None or entry.state != "rejected":
+        raise NotFound(f"no refused change {entry_id} here (see `quickslot refused`)")
+    return entry
+
+
+async def cmd_discard(ctx: Ctx) -> Result:
+    ids = [e.id for e in await ctx.local.rejected_entries()] if ctx.args.all else ctx.args.ids
+    if not ids:
+        raise CliError(EXIT_USAGE, "usage", "discard: give refused change ids, or --all")
+    for entry_id in ids:
+        await _refused_entry(ctx, entry_id)
+    for entry_id in ids:
+        await ctx.local.store.dismiss_rejected(entry_id)
+    return {"discarded": list(ids)}, f"discarded {len(ids)} refused change(s)"
+
+
+async def cmd_retry(ctx: Ctx) -> Result:
+    """Make a refused reservation change again, as a new change (the refused one is discarded)."""
+    ctx.require_login()
+    entry = await _refused_entry(ctx, ctx.args.id)
+    if entry.entity_type != "reservation":
+        raise CliError(
+            EXIT_USAGE,
+            "cannot_retry",
+            f"a refused {entry.entity_type} change is not retried automatically: redo it with "
+            f"`quickslot {entry.entity_type} ...`, then `quickslot discard {entry.id}`",
+        )
+    old = await ctx.local.reservation(entry.entity_id)
+    if old is None:
+        raise NotFound(f"reservation {entry.entity_id} is no longer here: `quickslot discard {entry.id}`")
+    op = entry.operation
+    if op == "create":
+        party = ctx.args.party or old.party
+        row = await ctx.local.book(old.shop_id, old.day, old.slot_id, party=party, note=old.note)
+        verb = "booked again"
+    elif op == "cancel":
+        row, verb = await ctx.local.cancel(old.reservation_id), "cancelled again"
+    elif op == "confirm":
+        row, verb = await ctx.local.confirm(old.reservation_id), "confirmed again"
+    elif op == "decline":
+        row, verb = await ctx.local.decline(old.reservation_id), "declined again"
+    elif op == "no_show":
+        row, verb = await ctx.local.no_show(old.reservation_id), "marked no-show again"
+    else:
+        raise CliError(
+            EXIT_USAGE, "cannot_retry", f"cannot retry a {op!r} change: `quickslot discard {entry.id}`"
+        )
+    await ctx.local.store.dismiss_rejected(entry.id)
+    return _change(row, verb)
 
 
 async def cmd_shop_create(ctx: Ctx) -> Result:
@@ -943,7 +1146,10 @@ async def cmd_peer_serve(ctx: Ctx) -> Result:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CliError(EXIT_USAGE, "usage", f"{self.prog}: {message}")
+        # Printed after "quickslot: ": name the subcommand only (never "quickslot: quickslot: ...").
+        where = self.prog.removeprefix("quickslot").strip()
+        hint = f" (see `{self.prog} --help`)"
+        raise CliError(EXIT_USAGE, "usage", f"{where}: {message}{hint}" if where else f"{message}{hint}")
 
 
 def _weekdays(text: str) -> list[int]:
@@ -1036,9 +1242,14 @@ def build_parser() -> argparse.ArgumentParser:
             "SubjectPublicKeyInfo, as curl --pinnedpubkey; repeatable; remembered)",
         )
 
-    p = add("register", cmd_register, "create an account at a relay")
+    p = add("register", cmd_register, "create an account at a relay and log this profile in")
     account(p)
     p.add_argument("--name", help="display name (default: the email's local part)")
+    p.add_argument(
+        "--no-login",
+        action="store_true",
+        help="only create the account, do not log this profile in (default: log in right away)",
+    )
     account(add("login", cmd_login, "log in (a fresh device key and certificate)"))
     add("logout", cmd_logout, "log out and forget tokens and device key")
     add("whoami", cmd_whoami, "who this profile signs as")
@@ -1078,7 +1289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("slots", cmd_slots, "a shop's slots on a day, with seats left")
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
-    p = add("book", cmd_book, "book a slot (works offline: queued until the next sync)")
+    p = add("book", cmd_book, "book a slot (offline: queued until sync; online: fetches the shop first)")
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
     p.add_argument("slot", help="slot id (see `quickslot slots SHOP DATE`)")
@@ -1109,6 +1320,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="--watch over plain HTTP: seconds between checks for updates (default: 5)",
     )
     add("status", cmd_status, "queue, rejected changes, last sync, relay reachability")
+    add("following", cmd_following, "the documents this profile keeps in sync, and why")
+    p = add("unfollow", cmd_unfollow, "stop syncing a browsed or followed document")
+    p.add_argument(
+        "doc", metavar="DOC", help="a document id from `quickslot following` (a bare id: that shop)"
+    )
+    add("refused", cmd_refused, "changes the relay refused, why, and what to do about each")
+    p = add("discard", cmd_discard, "forget refused changes (see `quickslot refused`)")
+    p.add_argument("ids", type=int, nargs="*", metavar="ID", help="refused change ids (default: none)")
+    p.add_argument("--all", action="store_true", help="every refused change (default: only the given ids)")
+    p = add("retry", cmd_retry, "make a refused reservation change again, as a new change")
+    p.add_argument("id", type=int, metavar="ID", help="a refused change id (see `quickslot refused`)")
+    p.add_argument(
+        "--party", type=int, help="a refused booking: seats to book instead (default: the refused party)"
+    )
 
     p = add("slot", cmd_slot_add, "staff/owner: add or change a slot")
     slot_sub = p.add_subparsers(dest="slot_command", required=True, parser_class=_Parser)
@@ -1211,14 +1436,43 @@ def _fail(err: CliError, as_json: bool) -> int:
     return err.exit_code
 
 
+def _profile_error(exc: BaseException, home: Path) -> CliError | None:
+    """A failure of the profile's own files, with its path and what to do (None: not one)."""
+    from client.store import DB_FILE
+
+    db = home / DB_FILE
+    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in str(exc) or "not a database" in str(exc)):
+        return CliError(
+            EXIT_FAILURE,
+            "local_database_damaged",
+            f"the profile's database {db} is damaged ({exc}): move it aside (`mv {db} {db}.broken`), "
+            "then `quickslot login` and `quickslot sync` fetch your data again from the relay "
+            "(changes that were never sent are lost)",
+        )
+    if isinstance(exc, sqlite3.Error | OSError):
+        return CliError(
+            EXIT_FAILURE,
+            "local_database_unavailable",
+            f"cannot use the profile at {home} ({db}: {exc}): check that the directory exists or can be "
+            "created and that you may read and write it (pick another one with --home or $QUICKSLOT_HOME)",
+        )
+    return None
+
+
 async def _run(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser() if args.home else default_home()
-    local = await LocalClient.open(home, secret_store=await asyncio.to_thread(_secret_store, home))
+    try:
+        local = await LocalClient.open(home, secret_store=await asyncio.to_thread(_secret_store, home))
+    except (sqlite3.Error, OSError) as exc:
+        raise _profile_error(exc, home) or exc from exc
     try:
         ctx = Ctx(args, home, local)
         args.exit_code = EXIT_OK
         args.streamed = False
-        data, human = await args.handler(ctx)
+        try:
+            data, human = await args.handler(ctx)
+        except sqlite3.Error as exc:
+            raise _profile_error(exc, home) or exc from exc
         if not args.streamed:
             print(json.dumps(data, default=str) if args.json else human, flush=True)
         return int(args.exit_code)

@@ -933,7 +933,14 @@ class LocalClient:
                 await tx.subscribe(str(doc), "browsed")
                 await tx.subscribe(f"shop:{shop_id}", "browsed")
         async with self.store.read() as tx:
-            known = bool(await tx.fetchone("SELECT 1 FROM documents WHERE doc_id = ?", (str(doc),)))
+            # Known: some of it is held here, or a sync found it empty at the relay (a cursor).
+            known = bool(
+                await tx.fetchone(
+                    "SELECT 1 FROM documents WHERE doc_id = ? "
+                    "UNION ALL SELECT 1 FROM doc_cursors WHERE doc_id = ?",
+                    (str(doc), str(doc)),
+                )
+            )
             return await proj.query_slot_availability(tx, shop_id, d, known)
 
     async def reservations(self) -> list[ReservationRow]:
@@ -1365,32 +1372,72 @@ class LocalClient:
     async def follow(self, shop_id: str) -> None:
         await self.subscribe(f"shop:{_id(shop_id, 'shop id')}", "follow")
 
-    async def unfollow(self, shop_id: str) -> None:
-        await self.unsubscribe(f"shop:{shop_id}", "follow")
-
     async def subscribed_docs(self) -> list[str]:
-        """Selective sync: the documents this client keeps up to date.
+        """Selective sync: the documents this client keeps up to date (see :meth:`following`)."""
+        return sorted(await self.following())
+
+    async def following(self, today: _dt.date | None = None) -> dict[str, set[str]]:
+        """The documents this client keeps up to date, each with why.
 
         The catalog; the shops the user owns or staffs (per certificate and staff records), follows
         or browsed; the days of the user's own bookings and the days browsed; the user's own doc.
+        Following stays bounded: a day at least two days past (``today``, default the local date)
+        with no change of ours waiting and none of our claims still tentative is released (its
+        data stays here, it is no longer synced).
         """
-        docs = {"catalog"}
-        docs.update(await self.store.subscriptions())
+        docs: dict[str, set[str]] = {"catalog": {"catalog"}}
+        for doc, reasons in (await self.store.subscriptions()).items():
+            docs.setdefault(doc, set()).update(reasons)
         identity = self._identity
+        unsettled: set[str] = set()
         if identity is not None:
-            docs.add(f"user:{identity.user_id}")
+            docs.setdefault(f"user:{identity.user_id}", set()).add("account")
             for shop in identity.certificate.owner_of | identity.certificate.staff_of:
-                docs.add(f"shop:{shop}")
+                docs.setdefault(f"shop:{shop}", set()).add("role")
             async with self.store.read() as tx:
                 for (shop,) in await tx.fetchall(
                     "SELECT shop_id FROM staff WHERE user_id = ? AND active = 1", (identity.user_id,)
                 ):
-                    docs.add(f"shop:{shop}")
-                for (doc_id,) in await tx.fetchall(
-                    "SELECT DISTINCT doc_id FROM reservations WHERE customer = ?", (identity.user_id,)
+                    docs.setdefault(f"shop:{shop}", set()).add("role")
+                for doc_id, final in await tx.fetchall(
+                    "SELECT doc_id, MIN(final) FROM reservations WHERE customer = ? GROUP BY doc_id",
+                    (identity.user_id,),
                 ):
-                    docs.add(doc_id)
-        return sorted(docs)
+                    docs.setdefault(doc_id, set()).add("your booking")
+                    if not final:
+                        unsettled.add(doc_id)
+        if today is None:
+            today = _dt.datetime.fromtimestamp(self._now_ms() / 1000).date()
+        cutoff = (today - _dt.timedelta(days=1)).isoformat()
+        waiting = {e.doc_id for e in await self.store.pending_entries()}
+        settled = [
+            doc for doc in docs
+            if doc.startswith("bookings:") and doc.rsplit(":", 1)[1] < cutoff
+            and doc not in waiting and doc not in unsettled
+        ]  # fmt: skip
+        if settled:
+            async with self.store.transaction() as tx:
+                for doc in settled:
+                    await tx.unsubscribe(doc)
+                    del docs[doc]
+        return docs
+
+    async def unfollow(self, doc_id: str) -> None:
+        """Stop keeping ``doc_id`` up to date (``following``); its data stays here.
+
+        Raises:
+            InvalidRequest: the document is followed because of the user's role, account or own
+                bookings (or changes of ours wait in it), not because it was browsed or followed.
+        """
+        did = str(parse_doc_id(doc_id if ":" in doc_id else f"shop:{doc_id}"))  # a bare id: a shop
+        reasons = (await self.following()).get(did)
+        if reasons is None:
+            raise NotFound(f"{did} is not followed (see `quickslot following`)")
+        fixed = reasons & {"catalog", "account", "role", "your booking"}
+        if fixed or any(e.doc_id == did for e in await self.store.pending_entries()):
+            why = ", ".join(sorted(fixed)) or "changes of yours wait to be sent"
+            raise InvalidRequest(f"{did} is followed for good while it matters ({why})")
+        await self.unsubscribe(did)
 
     # --- outbox (for the sync engine) ------------------------------------------------------------
 

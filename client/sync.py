@@ -164,6 +164,9 @@ class SyncSummary:
     epoch_changed: bool = False
     docs: tuple[str, ...] = ()
     refused_docs: dict[str, str] = field(default_factory=dict)
+    #: Documents left out because the relay's per-connection limit (``max_docs``) was reached:
+    #: they are synced on a later round (pending changes always go first).
+    deferred: tuple[str, ...] = ()
     applied: int = 0
     sent: int = 0
     acked: int = 0
@@ -237,6 +240,8 @@ class _Session:
         self.closed: _Closed | None = None
         self.inflight: dict[int, str] = {}  # uid -> doc, outbox entries and extras alike
         self.refused: dict[str, str] = {}
+        #: Documents wanted but not subscribed because of the relay's ``max_docs`` (in order).
+        self.deferred: dict[str, None] = {}
         self.needs_resync: set[str] = set()
         #: The first catch-up of this connection completed (it was healthy, not just open).
         self.synced = False
@@ -450,6 +455,8 @@ class _Session:
 
     async def _on_synced(self, event: DocSynced) -> None:
         doc = event.doc
+        if self.summary.refused_docs.get(doc, "").startswith(ErrorCode.TOO_MANY_DOCS):
+            del self.summary.refused_docs[doc]  # synced on a later rotation after all
         rebuilds = await self.local.pending_rebuilds()
         full = _is_full_state(event.update, event.relay_sv)
         if full:
@@ -508,6 +515,14 @@ class _Session:
 
     async def _on_error(self, event: ErrorReceived) -> None:
         if event.uid is None:
+            if event.doc is not None and event.code == ErrorCode.TOO_MANY_DOCS:
+                # The relay's limit, met sooner than its welcome said: try the doc again on a
+                # later rotation; the reason is kept for the user until it syncs.
+                self.rebuilding.discard(event.doc)
+                self.deferred[event.doc] = None
+                self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
+                log.warning("subscription to %s deferred: %s %s", event.doc, event.code, event.reason)
+                return
             if event.doc is not None:
                 self.rebuilding.discard(event.doc)  # no sync answer will come for it
                 self.refused[event.doc] = f"{event.code}: {event.reason}"
@@ -570,14 +585,54 @@ class _Session:
         assert self.welcome is not None
         return self.welcome
 
-    async def subscribe(self, docs: Iterable[str]) -> list[str]:
-        """Subscribe the docs not yet subscribed (or refused) on this connection; returns them."""
+    @property
+    def max_docs(self) -> int | None:
+        """The relay's limit of documents subscribed at once on one connection (its welcome)."""
+        limit = None if self.welcome is None else self.welcome.limits.get("max_docs")
+        return limit if isinstance(limit, int) and limit > 0 else None
+
+    def _full(self) -> bool:
+        limit = self.max_docs
+        return limit is not None and len(self.proto.subscribed_docs()) >= limit
+
+    async def _busy_docs(self) -> set[str]:
+        """Documents that must stay subscribed: changes of ours wait in them or are in flight."""
+        busy = {e.doc_id for e in await self.local.pending_entries()}
+        return busy | set(self.inflight.values()) | self.rebuilding | self.rebuild_waiting
+
+    async def _release(self, keep: set[str], count: int | None = None) -> int:
+        """Unsubscribe up to ``count`` live documents not in ``keep`` (they go back to
+        ``deferred`` when they are still wanted); returns how many."""
+        released = 0
+        for doc in sorted(self.proto.subscribed_docs()):
+            if count is not None and released >= count:
+                break
+            if doc in keep or self.proto.doc_state(doc) is not DocState.LIVE:
+                continue
+            self.proto.unsubscribe(doc)
+            released += 1
+        return released
+
+    async def subscribe(self, docs: Iterable[str], *, urgent: bool = False) -> list[str]:
+        """Subscribe the docs not yet subscribed (or refused) on this connection; returns them.
+
+        At the relay's ``max_docs`` the rest wait in :attr:`deferred`; ``urgent`` docs (changes of
+        ours wait in them) make room instead, by unsubscribing documents with nothing to send.
+        """
         new: list[str] = []
         rebuilds = await self.local.pending_rebuilds()
+        busy: set[str] | None = None
         for doc in docs:
             self.require_open()
             if doc in self.refused or self.proto.doc_state(doc) in _SUBSCRIBED:
                 continue
+            if self._full():
+                if busy is None:
+                    busy = await self._busy_docs() if urgent else set()
+                if not (urgent and await self._release(busy | {doc}, 1)):
+                    self.deferred[doc] = None
+                    continue
+            self.deferred.pop(doc, None)
             try:
                 if doc in rebuilds:  # the whole document, to rebuild the local one from it
                     self.proto.subscribe(doc, _EMPTY_SV)
@@ -626,7 +681,7 @@ class _Session:
         # rebuild replaces them.
         entries = [e for e in await self.local.pending_entries() if e.doc_id not in rebuilds]
         wanted = [e.doc_id for e in entries if e.doc_id not in self.refused]
-        await self.subscribe(dict.fromkeys(wanted))
+        await self.subscribe(dict.fromkeys(wanted), urgent=True)
         now = time.monotonic()
         self._send_bundles(entries, now)
         for entry in entries:
@@ -645,6 +700,15 @@ class _Session:
         self.summary.sent += sent
         await self.send_pending()
         return sent
+
+    async def rotate(self) -> list[str]:
+        """Swap deferred documents in: release the subscribed ones with nothing of ours in
+        flight or waiting, then subscribe as many deferred ones as now fit; returns them."""
+        if not self.deferred:
+            return []
+        await self._release(await self._busy_docs())
+        await self.send_pending()
+        return await self.subscribe(list(self.deferred))
 
     def _send_bundles(self, entries: list[OutboxEntry], now: float) -> None:
         """Send the due entries of a document that carries others' writes as one update first.
@@ -906,8 +970,10 @@ class SyncService:
         summary.epoch = epoch
         store = self.local.store
         stored = await store.get_epoch(self.relay_url)
-        docs = list(await self.local.subscribed_docs())
+        # Documents with changes of ours waiting go first: the relay's max_docs may not fit all.
+        docs = list(dict.fromkeys(e.doc_id for e in await self.local.pending_entries()))
         docs.extend(d for d in await self.local.pending_rebuilds() if d not in docs)
+        docs.extend(d for d in await self.local.subscribed_docs() if d not in docs)
         if stored is None:
             await store.set_epoch(self.relay_url, epoch)
         elif stored != epoch:
@@ -984,6 +1050,7 @@ class SyncService:
                     await asyncio.sleep(wait)
                     await session.flush_outbox()
                 await session.settle(settle_s, min(deadline, time.monotonic() + 10 * settle_s))
+                await self._rotate_all(session, summary, deadline, settle_s)
             except _Closed as closed:
                 await session.close()
                 await self._handle_fatal_close(closed)
@@ -1006,6 +1073,21 @@ class SyncService:
         summary.duration_s = time.monotonic() - started
         self._emit_synced(summary)
         return summary
+
+    async def _rotate_all(
+        self, session: _Session, summary: SyncSummary, deadline: float, settle_s: float
+    ) -> None:
+        """Sync the documents the relay's ``max_docs`` left out, one batch after another."""
+        while session.deferred and time.monotonic() < deadline:
+            new = await session.rotate()
+            if not new:
+                break
+            summary.docs = tuple(sorted(set(summary.docs) | set(new)))
+            await session.wait_for(session.subs_answered(new), max(0.1, deadline - time.monotonic()))
+            await session.flush_outbox()
+            await session.wait_for(session.idle, max(0.1, deadline - time.monotonic()))
+            await session.settle(settle_s, min(deadline, time.monotonic() + 10 * settle_s))
+        summary.deferred = tuple(session.deferred)
 
     # --- forever -------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ CLIENT_EXIT_CODES = """\
 | 1 | failure | an unexpected failure (a bug, or a local database problem; the message names the path) |
 | 2 | usage | bad arguments, or an id or value the record schema refuses |
 | 3 | auth | not logged in, wrong credentials, or the session was revoked: log in again |
-| 4 | rejected | the relay refused (email taken, a queued change set aside, not allowed, not found) |
+| 4 | rejected | the relay refused (a change set aside, not allowed, not found), or `sync` left some unsent |
 | 5 | unreachable | the relay (or, for `peer sync`, the peer) could not be reached; queued changes wait |
 | 6 | insecure | the relay's TLS certificate is not trusted or matches no `--pin`; nothing was sent |
 
