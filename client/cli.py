@@ -714,14 +714,21 @@ def _service(ctx: Ctx) -> SyncService:
     given = getattr(ctx.args, "transport", None)
     if given is not None and given != ctx.config.get("transport"):
         _write_config(ctx.home, transport=given)
+    transport = _transport(ctx)
+    fallback = None
+    if transport != "websocket":
+        from client.http_sync import HttpFallback
+
+        fallback = HttpFallback()
     return SyncService(
         ctx.local,
         url,
         ssl_context=ctx.tls().ssl_context(),
         backoff_initial_s=0.5,
         backoff_max_s=30.0,
-        transport=_transport(ctx),
+        transport=transport,
         http_poll_s=getattr(ctx.args, "poll", None) or 5.0,
+        fallback=fallback,
     )
 
 

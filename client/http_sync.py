@@ -629,3 +629,25 @@ async def run_with_fallback(svc: SyncService, over_websocket: Callable[[], Await
             log.warning("relay %s: %s", svc.relay_url, svc.transport_reason)
             await HttpSync(svc).run(until=time.monotonic() + stint)
             stint = min(stint * 2, svc.ws_retry_s)
+
+
+class HttpFallback:
+    """The HTTP transport, as :class:`client.sync.SyncService` takes it (``fallback=``)."""
+
+    def blocked(self, exc: BaseException) -> str | None:
+        return websocket_blocked(exc)
+
+    async def reachable(self, svc: SyncService) -> bool:
+        return await http_reachable(svc)
+
+    async def sync_once(
+        self,
+        svc: SyncService,
+        over_websocket: Callable[[], Awaitable[SyncSummary]],
+        timeout_s: float,
+        retry_window_s: float,
+    ) -> SyncSummary:
+        return await sync_once_with_fallback(svc, over_websocket, timeout_s, retry_window_s)
+
+    async def run(self, svc: SyncService, over_websocket: Callable[[], Awaitable[None]]) -> None:
+        await run_with_fallback(svc, over_websocket)

@@ -53,9 +53,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -748,6 +748,29 @@ class _Session:
             log.warning("outbox entry %s not sent: %s", entry.id, exc)
 
 
+class TransportFallback(Protocol):
+    """What a :class:`SyncService` needs to sync without a websocket (``client.http_sync.HttpFallback``).
+
+    Why injected rather than imported: the HTTP path drives the service's own outbox, retries and
+    events, so it depends on this module; the service reaching back into it would make the two
+    modules a cycle. The CLI passes one; a service built without one syncs over websockets only.
+    """
+
+    def blocked(self, exc: BaseException) -> str | None: ...
+
+    async def reachable(self, svc: SyncService) -> bool: ...
+
+    async def sync_once(
+        self,
+        svc: SyncService,
+        over_websocket: Callable[[], Awaitable[SyncSummary]],
+        timeout_s: float,
+        retry_window_s: float,
+    ) -> SyncSummary: ...
+
+    async def run(self, svc: SyncService, over_websocket: Callable[[], Awaitable[None]]) -> None: ...
+
+
 class SyncService:
     """Keeps one profile in sync with one relay.
 
@@ -782,6 +805,7 @@ class SyncService:
         transport: str = "auto",
         http_poll_s: float = 5.0,
         ws_retry_s: float = 300.0,
+        fallback: TransportFallback | None = None,
     ) -> None:
         self.local = local
         self.relay_url = http_base(relay_url)
@@ -803,6 +827,9 @@ class SyncService:
         #: client.http_sync. http_poll_s: a watch's poll interval over HTTP; ws_retry_s: how long
         #: an auto watch polls HTTP before trying the websocket again.
         self.transport = transport
+        self.fallback = fallback
+        if transport == "http" and fallback is None:
+            raise ValueError("transport 'http' needs a fallback: pass client.http_sync.HttpFallback()")
         self.http_poll_s = http_poll_s
         self.ws_retry_s = ws_retry_s
         #: Which transport the last sync used ("websocket"/"http") and why.
@@ -934,14 +961,12 @@ class SyncService:
 
     async def _unopened(self, message: str, exc: BaseException) -> SyncRelayUnreachable:
         """The error for a websocket that did not open: blocked (auto falls back to HTTP) or not."""
-        if self.transport == "auto":
-            from client.http_sync import http_reachable, websocket_blocked
-
+        if self.transport == "auto" and self.fallback is not None:
             why = (
                 "the connection dropped (1006) before the first message" if isinstance(exc, _Closed) else None
             )
-            why = why or websocket_blocked(exc)
-            if why is not None and await http_reachable(self):
+            why = why or self.fallback.blocked(exc)
+            if why is not None and await self.fallback.reachable(self):
                 return SyncWebsocketBlocked(why)
         return SyncRelayUnreachable(message)
 
@@ -1009,10 +1034,8 @@ class SyncService:
             SyncLoginRequired: tokens cleared, ``LoggedOut`` emitted.
             SyncStopped: the relay closed for good.
         """
-        if self.transport != "websocket":
-            from client.http_sync import sync_once_with_fallback
-
-            return await sync_once_with_fallback(
+        if self.transport != "websocket" and self.fallback is not None:
+            return await self.fallback.sync_once(
                 self,
                 lambda: self._sync_once_ws(timeout_s, retry_window_s, settle_s),
                 timeout_s,
@@ -1103,10 +1126,11 @@ class SyncService:
             if self.transport == "websocket":
                 self.last_transport, self.transport_reason = "websocket", "configured: --transport websocket"
                 await self._run()
+            elif self.fallback is not None:
+                await self.fallback.run(self, self._run)
             else:
-                from client.http_sync import run_with_fallback
-
-                await run_with_fallback(self, self._run)
+                self.last_transport, self.transport_reason = "websocket", "no HTTP fallback given"
+                await self._run()
         finally:
             self._stop.clear()
 

@@ -28,6 +28,7 @@ from client.events import (
     BookingWaitlisted,
     Synced,
 )
+from client.http_sync import HttpFallback
 from client.local import LocalClient
 from client.sync import SyncService
 from crdt_core.verdict import ClaimState
@@ -76,6 +77,7 @@ def behind(proxy: FaultProxy, local: LocalClient, auth: AuthClient, http_poll_s:
         backoff_max_s=0.8,
         retry_initial_s=0.2,
         http_poll_s=http_poll_s,
+        fallback=HttpFallback(),
     )
 
 
@@ -146,7 +148,10 @@ async def test_http_and_websocket_profiles_contending_for_the_last_seat_agree(
     shop = f"httpshop-{first}"
     (hana, hana_auth), (wes, wes_auth) = await shop_with(relay, tmp_path, shop, ["hana", "wes"])
     syncs = {
-        "http": (hana, SyncService(hana, relay.base_url, auth=hana_auth, transport="http")),
+        "http": (
+            hana,
+            SyncService(hana, relay.base_url, auth=hana_auth, transport="http", fallback=HttpFallback()),
+        ),
         "websocket": (wes, SyncService(wes, relay.base_url, auth=wes_auth, transport="websocket")),
     }
     for local, svc in syncs.values():
@@ -214,7 +219,9 @@ async def test_a_refused_write_over_http_is_set_aside_and_the_document_rebuilt(
 ) -> None:
     shop = "httpshop-refused"
     ((erin, erin_auth),) = await shop_with(relay, tmp_path, shop, ["erin"])
-    svc = SyncService(erin, relay.base_url, auth=erin_auth, transport="http", retry_initial_s=0.2)
+    svc = SyncService(
+        erin, relay.base_url, auth=erin_auth, transport="http", retry_initial_s=0.2, fallback=HttpFallback()
+    )
     await erin.follow(shop)
     _first, second = await book_with_a_forged_confirm(erin, svc, shop, monkeypatch)
     summary = await svc.sync_once()
