@@ -1,5 +1,6 @@
 """The REST sync benchmark suite itself: a tiny run must start a relay, page a real catalogue,
-send real batches and websocket updates, and report ratios against its baselines.
+send real batches and websocket updates, catch a day up both ways, and report ratios against
+its baselines.
 
 Why a test: the suite drives the REST sync API, the websocket and the relay's CLI, so a change to
 any of them could silently break the benchmark. Structure and sanity only, never a time.
@@ -20,10 +21,11 @@ def test_a_tiny_rest_run_measures_every_subject_and_reports_ratios(tmp_path: Pat
     assert "rest" in SUITES
     config = RunConfig(suites=("rest",), scale="tiny", repeat=1, plots=False, command="test rest tiny")
     data = run(config, tmp_path, Progress(stream=io.StringIO()))
-    assert list(data["workloads"]) == ["catalogue_page", "batch_100"]
+    assert list(data["workloads"]) == ["catalogue_page", "batch_100", "catchup_day"]
     subjects = {
         "catalogue_page": {rest.AUTH_ME, rest.PAGE, rest.NOT_MODIFIED},
         "batch_100": {rest.WEBSOCKET, rest.BATCH_MSGPACK, rest.BATCH_JSON},
+        "catchup_day": {rest.WEBSOCKET, rest.CHECK_UPDATES},
     }
     for workload, names in subjects.items():
         rows = [r for r in data["results"] if r["workload"] == workload]
@@ -36,4 +38,14 @@ def test_a_tiny_rest_run_measures_every_subject_and_reports_ratios(tmp_path: Pat
     ratios = {(x["workload"], x["subject"]): x["ratio"] for x in data["ratios"]}
     assert ratios[("catalogue_page", rest.AUTH_ME)] == 1.0 and ratios[("batch_100", rest.WEBSOCKET)] == 1.0
     assert all(math.isfinite(v) and v > 0 for v in ratios.values())
-    assert (tmp_path / "summary.md").read_text().count("vs websocket") == 1
+    assert ratios[("catchup_day", rest.WEBSOCKET)] == 1.0
+    assert (tmp_path / "summary.md").read_text().count("vs websocket") == 2
+    batches = [r for r in data["results"] if r["workload"] == "batch_100"]
+    for r in batches:  # relay CPU and group commits measured for every way of sending
+        assert r["extra"]["cpu_per_update_s"] > 0 and r["extra"]["median_commits"] >= 1, r["subject"]
+    days = {r["subject"]: r for r in data["results"] if r["workload"] == "catchup_day"}
+    assert {len(r["samples"]) for r in days.values()} == {2}
+    diff = days[rest.WEBSOCKET]["extra"]["day_diff_bytes"]
+    for r in days.values():  # both received the whole day, and counted at least its bytes
+        assert r["extra"]["median_bytes"] > diff > 40 * 100, r["subject"]
+    assert days[rest.WEBSOCKET]["extra"]["bytes_vs_websocket"] == 1.0

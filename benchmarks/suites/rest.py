@@ -13,20 +13,31 @@ Why these workloads:
   (``batch_msgpack``, ``batch_json``) against the baseline ``websocket``: the same 100 updates
   pipelined on an open, already subscribed sync websocket, until the last ack. Sample: from the
   first byte sent to the last ack (every update durable and stamped). Each round writes fresh
-  documents, subjects in rotating order.
+  documents, subjects in rotating order. Beside the time, per subject: the relay process's CPU
+  per update (``/proc``, over the same window) and the document store's group commits
+  (``quickslot_commit_latency_seconds_count`` in ``/metrics``), which say whether a batch saves
+  relay work or only round trips.
+* **catchup_day**: a fresh client catching up one booking day of N signed bookings (1,000 at full
+  scale), written through the relay beforehand: ``check_updates`` (``POST /check-updates`` with an
+  empty state vector, following ``next_cursor``, default budget, on a new connection) against the
+  baseline ``websocket`` (connect, subscribe with an empty state vector, until the sync answer).
+  Sample: from connecting to caught up; both must receive the same diff. Payload bytes both ways
+  (HTTP bodies; websocket messages, which the relay never deflates; headers and framing not
+  counted) and relay CPU are reported beside the time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +54,8 @@ __all__ = ["suite", "suite_description", "workloads"]
 
 suite_description = (
     "the sync API over plain HTTP: catalogue pages and 304s against the cheapest authenticated call, "
-    "a 100-update batch against the same updates on the websocket"
+    "a 100-update batch against the same updates on the websocket, "
+    "a day's catch-up (check-updates) against a websocket subscribe"
 )
 
 AUTH_ME = "auth_me"
@@ -52,6 +64,9 @@ NOT_MODIFIED = "not_modified"
 WEBSOCKET = "websocket"
 BATCH_MSGPACK = "batch_msgpack"
 BATCH_JSON = "batch_json"
+CHECK_UPDATES = "check_updates"
+#: The document store's group commits so far (the count of its commit-latency histogram).
+COMMITS = "quickslot_commit_latency_seconds_count"
 PAGE_SIZE = 100
 ME = "/api/v1/auth/me"
 BATCH_DOCS = 10
@@ -265,6 +280,33 @@ def _page_round(
     return timings, body
 
 
+class _Meter:
+    """The relay's CPU (``/proc``) and group commits (``/metrics``) over one measured window.
+
+    ``/metrics`` is read before the CPU sample at the start and after it at the end, so serving
+    it is outside the window."""
+
+    def __init__(self, relay: QuickSlotAsgi) -> None:
+        self.relay = relay
+        self._commits = 0.0
+        self._cpu: Any = None
+
+    def _commit_count(self) -> float:
+        value = self.relay.metric(COMMITS)
+        if value is None:
+            raise RuntimeError(f"the relay's /metrics has no {COMMITS}")
+        return value
+
+    def start(self) -> None:
+        self._commits = self._commit_count()
+        self._cpu = self.relay.process.cpu()
+
+    def stop(self) -> tuple[float, float]:
+        """CPU seconds and commits since :meth:`start`."""
+        cpu = self.relay.process.cpu().seconds_since(self._cpu)
+        return cpu, self._commit_count() - self._commits
+
+
 @dataclass
 class Batch100:
     name: str = "batch_100"
@@ -273,7 +315,8 @@ class Batch100:
         "100 signed bookings over 10 day documents, sent as one `POST /api/v1/sync/batch` (msgpack, or "
         "JSON with base64) against the same kind of updates pipelined on an open, subscribed sync "
         "websocket. Sample: first byte sent to the last ack (every update durable and stamped); fresh "
-        "documents every round, subjects in rotating order."
+        "documents every round, subjects in rotating order. Also per subject: relay CPU per update "
+        "(/proc) and group commits per 100 updates (/metrics), over the same window."
     )
     baseline: str | None = WEBSOCKET
 
@@ -285,10 +328,13 @@ class Batch100:
         results = {
             s: Result(self.name, s, "quickslot", size, "time", "s/op", "batch", size) for s in subjects
         }
+        for r in results.values():
+            r.extra |= {"cpu_s": [], "commits": []}
         rounds = _rounds(config) + 1  # round 0 is a warm-up
         with scratch_dir("quickslot-rest-bench-") as workdir:
             relay = QuickSlotAsgi(workdir)
             relay.start()
+            meter = _Meter(relay)
             try:
                 ids = dict(zip(subjects, relay.ensure_identities(len(subjects)), strict=True))
                 with httpx.Client(base_url=relay.base, timeout=120) as http:
@@ -297,13 +343,19 @@ class Batch100:
                             docs = _docs(f"b{round_no}x{n}", round_no * len(subjects) + n)
                             items = _bookings(ids[subject], docs, size)
                             if subject == WEBSOCKET:
-                                seconds = asyncio.run(_websocket(relay, ids[subject], docs, items))
+                                seconds, (cpu, commits) = asyncio.run(
+                                    _websocket(relay, ids[subject], docs, items, meter)
+                                )
                             else:
+                                meter.start()
                                 seconds = _post_batch(
                                     http, ids[subject], items, binary=subject == BATCH_MSGPACK
                                 )
+                                cpu, commits = meter.stop()
                             if round_no > 0:
                                 results[subject].samples.append(seconds)
+                                results[subject].extra["cpu_s"].append(cpu)
+                                results[subject].extra["commits"].append(commits)
             except Exception as exc:
                 for r in results.values():
                     r.status, r.note, r.samples = DIVERGED, f"failed: {type(exc).__name__}: {exc}"[:600], []
@@ -311,7 +363,13 @@ class Batch100:
                 relay.stop()
         for r in results.values():
             if r.samples:
-                r.note = f"median {fmt_seconds(statistics.median(r.samples))} per {size} updates"
+                cpu = statistics.median(r.extra["cpu_s"]) / size
+                commits = statistics.median(r.extra["commits"])
+                r.extra |= {"cpu_per_update_s": cpu, "median_commits": commits}
+                r.note = (
+                    f"median {fmt_seconds(statistics.median(r.samples))} per {size} updates; "
+                    f"relay CPU {fmt_seconds(cpu)} per update; {commits:g} group commits"
+                )
                 progress.say(f"  batch_100 {r.subject}: {r.note}")
         return list(results.values())
 
@@ -334,15 +392,46 @@ def _bookings(who: Identity, docs: list[str], n: int) -> list[tuple[str, int, by
     return out
 
 
-async def _websocket(
-    relay: QuickSlotAsgi, who: Identity, docs: list[str], items: list[tuple[str, int, bytes]]
-) -> float:
-    """Subscribe to ``docs`` (untimed), then send every update and wait for every ack."""
+class _Socket:
+    """An open sync websocket driven by the client protocol, counting message bytes both ways."""
+
+    def __init__(self, ws: Any) -> None:
+        from crdt_core.protocol import ClientProtocol
+
+        self.ws = ws
+        self.proto = ClientProtocol(header_auth=True)
+        self.sent = 0
+        self.received = 0
+
+    async def flush(self) -> None:
+        for data in self.proto.data_to_send():
+            self.sent += len(data)
+            await self.ws.send(data)
+
+    async def pump(self, until: Callable[[list[Any]], bool]) -> list[Any]:
+        """Receive (answering what the protocol answers) until ``until(events so far)``."""
+        from crdt_core.protocol import ErrorReceived
+
+        seen: list[Any] = []
+        while not until(seen):
+            message = await self.ws.recv()
+            self.received += len(message)
+            self.proto.receive_message(message)
+            await self.flush()
+            for event in self.proto.events_received():
+                if isinstance(event, ErrorReceived):
+                    raise RuntimeError(f"websocket refused: {event.code} {event.reason}")
+                seen.append(event)
+        return seen
+
+
+@contextlib.asynccontextmanager
+async def _socket(relay: QuickSlotAsgi, who: Identity) -> AsyncIterator[_Socket]:
+    """A sync websocket for ``who``, welcomed (header auth with the proof of possession)."""
     import websockets
 
     from crdt_core.authoring import Author
     from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER, auth_proof
-    from crdt_core.protocol import Acked, ClientProtocol, DocSynced, ErrorReceived
 
     assert isinstance(who.author, Author)
     headers = {"Authorization": f"Bearer {who.access}"}
@@ -351,37 +440,167 @@ async def _websocket(
         headers[PROOF_HEADER] = base64.urlsafe_b64encode(proof.signature).rstrip(b"=").decode()
         headers[PROOF_TIME_HEADER] = str(proof.at)
     async with websockets.connect(relay.url(""), additional_headers=headers, max_size=2**26) as ws:
-        proto = ClientProtocol(header_auth=True)
+        sock = _Socket(ws)
+        await sock.pump(lambda seen: sock.proto.welcome is not None)
+        yield sock
 
-        async def pump(until: Callable[[list[Any]], bool]) -> None:
-            seen: list[Any] = []
-            while not until(seen):
-                proto.receive_message(await ws.recv())  # type: ignore[arg-type]
-                for data in proto.data_to_send():
-                    await ws.send(data)
-                for event in proto.events_received():
-                    if isinstance(event, ErrorReceived):
-                        raise RuntimeError(f"websocket refused: {event.code} {event.reason}")
-                    seen.append(event)
 
-        await pump(lambda seen: proto.welcome is not None)
+async def _websocket(
+    relay: QuickSlotAsgi, who: Identity, docs: list[str], items: list[tuple[str, int, bytes]], meter: _Meter
+) -> tuple[float, tuple[float, float]]:
+    """Subscribe to ``docs`` (untimed), then send every update and wait for every ack: the
+    seconds, and ``meter``'s reading over the same part (before the socket closes)."""
+    from crdt_core.protocol import Acked, DocSynced
+
+    async with _socket(relay, who) as sock:
         for doc in docs:
-            proto.subscribe(doc, b"\x00")
-        for data in proto.data_to_send():
-            await ws.send(data)
-        await pump(lambda seen: sum(isinstance(e, DocSynced) for e in seen) >= len(docs))
+            sock.proto.subscribe(doc, b"\x00")
+        await sock.flush()
+        await sock.pump(lambda seen: sum(isinstance(e, DocSynced) for e in seen) >= len(docs))
+        meter.start()
         started = time.perf_counter()
         for doc, uid, update in items:
-            proto.send_update(doc, uid, update)
-        for data in proto.data_to_send():
-            await ws.send(data)
-        await pump(lambda seen: sum(isinstance(e, Acked) for e in seen) >= len(items))
-        return time.perf_counter() - started
+            sock.proto.send_update(doc, uid, update)
+        await sock.flush()
+        await sock.pump(lambda seen: sum(isinstance(e, Acked) for e in seen) >= len(items))
+        seconds = time.perf_counter() - started
+        return seconds, meter.stop()
+
+
+@dataclass
+class CatchUpDay:
+    name: str = "catchup_day"
+    title: str = "A fresh client catching up a day of signed bookings: check-updates vs the websocket"
+    description: str = (
+        "One booking day of N signed bookings (1,000 at full scale), written through the relay first, "
+        "caught up by a fresh client: `POST /api/v1/sync/check-updates` with an empty state vector, "
+        "following next_cursor, default budget, on a new connection, against connecting a sync "
+        "websocket and subscribing with an empty state vector until the sync answer. Sample: connect "
+        "to caught up; both must receive the same diff. Payload bytes (bodies, messages) and relay CPU "
+        "beside the time."
+    )
+    baseline: str | None = WEBSOCKET
+
+    def sizes(self, scale: Scale) -> list[int]:
+        return {"tiny": [40], "quick": [250], "full": [1_000]}[scale]
+
+    def run(self, size: int, config: RunConfig, progress: Progress) -> list[Result]:
+        subjects = [WEBSOCKET, CHECK_UPDATES]
+        results = {
+            s: Result(self.name, s, "quickslot", size, "time", "s/op", "catch-up", 1) for s in subjects
+        }
+        for r in results.values():
+            r.extra |= {"bytes": [], "cpu_s": []}
+        doc = f"bookings:catchup:{(dt.date.today() + dt.timedelta(days=1)).isoformat()}"
+        diffs: set[bytes] = set()
+        with scratch_dir("quickslot-rest-bench-") as workdir:
+            relay = QuickSlotAsgi(workdir)
+            relay.start()
+            meter = _Meter(relay)
+            try:
+                writer, reader = relay.ensure_identities(2)
+                started = time.perf_counter()
+                with httpx.Client(base_url=relay.base, timeout=120) as http:
+                    items = _bookings(writer, [doc], size)
+                    for i in range(0, size, BATCH_UPDATES):
+                        _post_batch(http, writer, items[i : i + BATCH_UPDATES], binary=True)
+                progress.say(f"  day of {size:,} bookings written in {time.perf_counter() - started:.1f} s")
+                for round_no in range(_rounds(config) + 1):  # round 0 is a warm-up
+                    for subject in _rotate(subjects, round_no):
+                        meter.start()
+                        if subject == WEBSOCKET:
+                            seconds, nbytes, diff = asyncio.run(_catch_up_websocket(relay, reader, doc))
+                        else:
+                            seconds, nbytes, diff = _catch_up_rest(relay, reader, doc)
+                        cpu, _ = meter.stop()
+                        diffs.add(diff)
+                        if round_no > 0:
+                            results[subject].samples.append(seconds)
+                            results[subject].extra["bytes"].append(nbytes)
+                            results[subject].extra["cpu_s"].append(cpu)
+                if len(diffs) != 1:
+                    raise RuntimeError(f"the transports sent {len(diffs)} different diffs of the same day")
+            except Exception as exc:
+                for r in results.values():
+                    r.status, r.note, r.samples = DIVERGED, f"failed: {type(exc).__name__}: {exc}"[:600], []
+            finally:
+                relay.stop()
+        self._summarise(results, size, len(next(iter(diffs))) if len(diffs) == 1 else 0, progress)
+        return list(results.values())
+
+    def _summarise(self, results: dict[str, Result], size: int, diff: int, progress: Progress) -> None:
+        base = results[WEBSOCKET]
+        if not base.samples or not results[CHECK_UPDATES].samples:
+            return
+        base_bytes = statistics.median(base.extra["bytes"])
+        for r in results.values():
+            nbytes = statistics.median(r.extra["bytes"])
+            cpu = statistics.median(r.extra["cpu_s"])
+            r.extra |= {
+                "day_diff_bytes": diff,
+                "median_bytes": nbytes,
+                "bytes_vs_websocket": nbytes / base_bytes,
+                "median_cpu_s": cpu,
+            }
+            r.note = (
+                f"{size:,} bookings, diff {diff:,} B: median {fmt_seconds(statistics.median(r.samples))}, "
+                f"{nbytes:,.0f} B ({nbytes / base_bytes:.2f}x websocket), relay CPU {fmt_seconds(cpu)}"
+            )
+            progress.say(f"  catchup_day {r.subject}: {r.note}")
+
+
+def _catch_up_rest(relay: QuickSlotAsgi, who: Identity, doc: str) -> tuple[float, int, bytes]:
+    """``check-updates`` from an empty state vector until ``next_cursor`` is null, on a new
+    connection: seconds, body bytes both ways, the diff(s) received.
+
+    The client applies nothing in the timed part (nor does the websocket side): the next call
+    takes the state vector the answer carries with its diff."""
+    path = "/api/v1/sync/check-updates"
+    sv = ""
+    diffs: list[bytes] = []
+    nbytes = 0
+    # The client object is made untimed (httpx loads CA certificates for it, client-side work that
+    # is no part of the exchange); its pool is empty, so the first call opens a new connection.
+    with httpx.Client(base_url=relay.base, timeout=120) as http:
+        started = time.perf_counter()
+        cursor: str | None = None
+        while True:
+            body = json.dumps({"documents": [{"doc": doc, "state_vector": sv}], "cursor": cursor}).encode()
+            headers = _headers(who, "POST", path) | {"Content-Type": "application/json"}
+            r = http.post(path, content=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"check-updates: {r.status_code} {r.text[:300]}")
+            nbytes += len(body) + r.num_bytes_downloaded
+            answer = r.json()
+            for entry in answer["documents"]:
+                if entry["status"] == "error":
+                    raise RuntimeError(f"check-updates refused {entry['doc']}: {entry['reason']}")
+                if entry.get("update"):
+                    diffs.append(base64.b64decode(entry["update"]))
+                    sv = entry["state_vector"]
+            cursor = answer["next_cursor"]
+            if cursor is None:
+                return time.perf_counter() - started, nbytes, b"".join(diffs)
+
+
+async def _catch_up_websocket(relay: QuickSlotAsgi, who: Identity, doc: str) -> tuple[float, int, bytes]:
+    """Connect, subscribe with an empty state vector, read the sync answer: seconds, message
+    bytes both ways, the diff received."""
+    from crdt_core.protocol import DocSynced
+
+    started = time.perf_counter()
+    async with _socket(relay, who) as sock:
+        sock.proto.subscribe(doc, b"\x00")
+        await sock.flush()
+        seen = await sock.pump(lambda seen: any(isinstance(e, DocSynced) for e in seen))
+        seconds = time.perf_counter() - started
+        synced = next(e for e in seen if isinstance(e, DocSynced))
+        return seconds, sock.sent + sock.received, bytes(synced.update)
 
 
 def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
     """The REST suite runs a relay process; it ignores the engine adapters."""
-    return [CataloguePage(), Batch100()]
+    return [CataloguePage(), Batch100(), CatchUpDay()]
 
 
 def suite() -> Any:
