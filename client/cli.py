@@ -161,7 +161,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "certificate_expires_ms": int,
     },  # fmt: skip
     "categories": {"categories": [CATEGORY]},
-    "shops": {"category": _OS, "shops": [SHOP_ROW]},
+    "shops": {"category": _OS, "search": _OS, "shops": [SHOP_ROW]},
     "shop show": SHOP_DETAIL,
     "slots": {"shop_id": _S, "day": _S, "known": bool, "slots": [AVAILABILITY]},
     "book": CHANGE,
@@ -562,9 +562,11 @@ async def cmd_categories(ctx: Ctx) -> Result:
 
 
 async def cmd_shops(ctx: Ctx) -> Result:
-    rows = [_shop_row(s) for s in await ctx.local.shops(ctx.args.category)]
-    human = table(rows, ["id", "name", "category", "location", "rating"], "(no shops: sync first?)")
-    return {"category": ctx.args.category, "shops": rows}, human
+    search = ctx.args.search
+    rows = [_shop_row(s) for s in await ctx.local.shops(ctx.args.category, search=search)]
+    empty = f"(no shop matches {search!r})" if search else "(no shops: sync first?)"
+    human = table(rows, ["id", "name", "category", "location", "rating"], empty)
+    return {"category": ctx.args.category, "search": search, "shops": rows}, human
 
 
 async def cmd_shop_show(ctx: Ctx) -> Result:
@@ -1263,6 +1265,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("categories", cmd_categories, "list the categories")
     p = add("shops", cmd_shops, "list shops")
     p.add_argument("--category", help="only shops of this category id (default: all)")
+    p.add_argument(
+        "--search",
+        metavar="TEXT",
+        help="only shops whose id, name, category or location contains every word of TEXT,"
+        " ignoring case (default: all)",
+    )
 
     shop = add("shop", cmd_shop_show, "show, create or edit a shop")
     shop_sub = shop.add_subparsers(dest="shop_command", required=True, parser_class=_Parser)

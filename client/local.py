@@ -905,10 +905,20 @@ class LocalClient:
             return await proj.query_categories(tx)
 
     async def shops(
-        self, category: str | None = None, *, include_inactive: bool = False
+        self, category: str | None = None, *, include_inactive: bool = False, search: str | None = None
     ) -> list[proj.ShopRow]:
+        """Shops by name; ``search`` keeps those whose id, name, category or location contains
+        every word of it, ignoring case (the catalogue is local, so this needs no relay)."""
         async with self.store.read() as tx:
-            return await proj.query_shops(tx, category, include_inactive)
+            rows = await proj.query_shops(tx, category, include_inactive)
+        words = (search or "").casefold().split()
+        if not words:
+            return rows
+        return [
+            r
+            for r in rows
+            if all(w in f"{r.id} {r.name} {r.category} {r.location}".casefold() for w in words)
+        ]
 
     async def shop(self, shop_id: str, *, subscribe: bool = True) -> ShopDetail | None:
         """A shop's catalog entry, profile, slots and staff; browsing it subscribes to its document."""

@@ -220,6 +220,8 @@ def test_last_seat_contended_offline_end_to_end(relay: FixedPortRelay, tmp_path:
         assert {"id": "hair", "name": "Hair", "icon": None} in cats
         shops = customer.json("shops", "shops", "--category", "hair")["shops"]
         assert [s["id"] for s in shops] == [SHOP]
+        assert customer.json("shops", "shops", "--search", SHOP.upper())["shops"] == shops
+        assert customer.json("shops", "shops", "--search", "no such words")["shops"] == []
         customer.json("slots", "slots", SHOP, DAY)  # subscribes to the shop and the day
         customer.json("sync", "sync")
         detail = customer.json("shop show", "shop", "show", SHOP)

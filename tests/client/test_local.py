@@ -459,6 +459,10 @@ async def test_admin_category_and_shop_creation_project_the_catalog(
     assert [s.id for s in await admin.shops("hair")] == ["s2", "s1"]
     assert await admin.shops("nails") == []
     assert [s.id for s in await admin.shops("nails", include_inactive=True)] == ["s3"]
+    assert [s.id for s in await admin.shops(search="alp")] == ["s2"]
+    assert [s.id for s in await admin.shops(search="HAIR a")] == ["s2", "s1"]  # every word, any field
+    assert await admin.shops(search="zed b") == []
+    assert [s.id for s in await admin.shops("nails", search="nail", include_inactive=True)] == ["s3"]
     entries = await admin.pending_entries()
     assert [(e.entity_type, e.doc_id) for e in entries][-2:] == [("shop", "catalog"), ("shop", "shop:s3")]
     await push(admin, relay)
