@@ -72,7 +72,6 @@ from relay.sync_hub import (
     STAMP_RETRY_MAX_PAUSE_S,
     SyncHub,
     _Bucket as Bucket,  # the websocket's per-connection rate bucket, per user here
-    refuse_equivocation,
 )
 
 if TYPE_CHECKING:
@@ -603,15 +602,7 @@ class RestSync:
                 log.exception("forwarding update %d on %s failed", uid, doc)
 
         try:
-            return await hub.manager.order(
-                doc,
-                update,
-                hub._check(doc),
-                hub._stamper(doc),
-                on_durable=on_durable,
-                on_commit=hub._announcer(doc, update),
-                check_resend=refuse_equivocation,
-            )
+            return await hub.order_update(doc, update, on_durable)
         except ValidationError as exc:
             hub.rejections.labels(exc.code).inc()
             code = ErrorCode.MISSING_DEPS if exc.code == "missing_deps" else ErrorCode.REJECTED

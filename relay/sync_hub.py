@@ -890,6 +890,30 @@ class SyncHub:
             if retried is not None and not retried.done():
                 retried.set_result(None)
 
+    async def order_update(
+        self,
+        doc: str,
+        update: bytes,
+        on_durable: Callable[[AppendResult, ValidatedUpdate | None, bytes | None], None],
+    ) -> Ordered[ValidatedUpdate]:
+        """Validate, order and stamp one client update: the path every transport shares.
+
+        Why one method: the websocket and the HTTP batch must refuse exactly the same updates
+        (arrival rules, the party limits read from the shop document, re-sends that differ) and
+        stamp and fan them out alike; the HTTP path once built this call itself and skipped the
+        party limits. Raises what ``DocumentManager.order`` raises.
+        """
+        capacities = await self._capacities(doc)
+        return await self.manager.order(
+            doc,
+            update,
+            self._check(doc, capacities),
+            self._stamper(doc),
+            on_durable=on_durable,
+            on_commit=self._announcer(doc, update),
+            check_resend=refuse_equivocation,
+        )
+
     async def _order_now(
         self, conn: SyncConnection, doc: str, uid: int, update: bytes, started: float, attempt: int
     ) -> None:
@@ -904,16 +928,7 @@ class SyncHub:
 
         ordered: Ordered[ValidatedUpdate]
         try:
-            capacities = await self._capacities(doc)
-            ordered = await self.manager.order(
-                doc,
-                update,
-                self._check(doc, capacities),
-                self._stamper(doc),
-                on_durable=on_durable,
-                on_commit=self._announcer(doc, update),
-                check_resend=refuse_equivocation,
-            )
+            ordered = await self.order_update(doc, update, on_durable)
         except ValidationError as exc:
             self.rejections.labels(exc.code).inc()
             code = ErrorCode.MISSING_DEPS if exc.code == "missing_deps" else ErrorCode.REJECTED

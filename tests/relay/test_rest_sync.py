@@ -288,6 +288,23 @@ async def test_batch_refusals_carry_the_websockets_codes_and_reasons(
     assert ok["status"] == "ack" and "replayed" not in ok
 
 
+def test_batch_refuses_impossible_parties_as_the_websocket_does(
+    relay: RelayProcess, http: httpx.Client, shop: Writer
+) -> None:
+    """A party over its slot's capacity (noon seats 1) or over --max-party (default 20) is refused
+    ``party_too_large`` over HTTP too: the batch once ordered updates without the party limits."""
+    doc = f"bookings:{SHOP}:{DAY}"
+    carol = Writer(new_account(relay, http))
+    over_slot = carol.author.book(carol.replica(doc), doc, "noon", 2)[1]
+    dave = Writer(new_account(relay, http))
+    over_limit = dave.author.book(dave.replica(doc), doc, "morning", 21)[1]
+    (slot_answer,) = post_batch(http, carol.account, [(doc, 1, over_slot)])
+    (limit_answer,) = post_batch(http, dave.account, [(doc, 1, over_limit)])
+    for answer in (slot_answer, limit_answer):
+        assert answer["status"] == "error" and answer["code"] == "rejected", answer
+        assert answer["reason"].startswith("party_too_large"), answer
+
+
 def test_bad_bodies_get_json_4xx(relay: RelayProcess, http: httpx.Client) -> None:
     user = new_account(relay, http)
     path = "/api/v1/sync/batch"
