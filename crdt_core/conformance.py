@@ -66,6 +66,7 @@ from crdt_core.schema import (
 )
 from crdt_core.validation import ArrivalPolicy, Rights, validate_update
 from crdt_core.verdict import compute_verdict, stamp_prefix
+from crdt_core.yupdate import encode_varuint
 
 __all__ = [
     "CORPUS_FORMAT",
@@ -1364,17 +1365,8 @@ def _record_cases(w: World) -> list[dict[str, Any]]:
 # --- Yjs updates ---------------------------------------------------------------------------------------
 
 
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _varbytes(raw: bytes) -> bytes:
-    return _varuint(len(raw)) + raw
+    return encode_varuint(len(raw)) + raw
 
 
 def _varstr(text: str) -> bytes:
@@ -1388,28 +1380,28 @@ _HAS_KEY, _HAS_RIGHT, _HAS_ORIGIN = 0x20, 0x40, 0x80
 
 def _any_binary(value: bytes) -> bytes:
     """ContentAny holding one value, a byte array (tag 116): what Yjs and Yrs write for bytes."""
-    return _varuint(1) + bytes([116]) + _varbytes(value)
+    return encode_varuint(1) + bytes([116]) + _varbytes(value)
 
 
 def _map_item(root: str, key: str, content: bytes, ref: int = _REF_ANY) -> bytes:
     """A struct setting ``root[key]`` with no origin: a fresh insert into a top-level map."""
-    return bytes([ref | _HAS_KEY]) + _varuint(1) + _varstr(root) + _varstr(key) + content
+    return bytes([ref | _HAS_KEY]) + encode_varuint(1) + _varstr(root) + _varstr(key) + content
 
 
 def _block(client: int, clock: int, structs: Sequence[bytes]) -> bytes:
-    return _varuint(len(structs)) + _varuint(client) + _varuint(clock) + b"".join(structs)
+    return encode_varuint(len(structs)) + encode_varuint(client) + encode_varuint(clock) + b"".join(structs)
 
 
 def _yjs_update(
     blocks: Sequence[bytes], deletes: Mapping[int, Sequence[tuple[int, int]]] | None = None
 ) -> bytes:
-    out = _varuint(len(blocks)) + b"".join(blocks)
+    out = encode_varuint(len(blocks)) + b"".join(blocks)
     dels = deletes or {}
-    out += _varuint(len(dels))
+    out += encode_varuint(len(dels))
     for client, ranges in dels.items():
-        out += _varuint(client) + _varuint(len(ranges))
+        out += encode_varuint(client) + encode_varuint(len(ranges))
         for clock, length in ranges:
-            out += _varuint(clock) + _varuint(length)
+            out += encode_varuint(clock) + encode_varuint(length)
     return out
 
 
@@ -1601,7 +1593,7 @@ def _update_cases(w: World) -> list[dict[str, Any]]:
                     _block(
                         b_id,
                         0,
-                        [bytes([11 | _HAS_KEY]) + _varuint(1) + _varstr("reservations") + _varstr("k")],
+                        [bytes([11 | _HAS_KEY]) + encode_varuint(1) + _varstr("reservations") + _varstr("k")],
                     )
                 ]
             ),
@@ -1649,34 +1641,34 @@ def _update_cases(w: World) -> list[dict[str, Any]]:
     shapes: list[tuple[str, bytes]] = [
         (
             "any_string_value",
-            _map_item("reservations", "r-s", _varuint(1) + bytes([119]) + _varstr("free text")),
+            _map_item("reservations", "r-s", encode_varuint(1) + bytes([119]) + _varstr("free text")),
         ),
         (
             "any_two_values",
             _map_item(
                 "reservations",
                 "r-s",
-                _varuint(2) + bytes([116]) + _varbytes(b"a") + bytes([116]) + _varbytes(b"b"),
+                encode_varuint(2) + bytes([116]) + _varbytes(b"a") + bytes([116]) + _varbytes(b"b"),
             ),
         ),
         ("string_content", _map_item("reservations", "r-s", _varstr("text"), _REF_STRING)),
-        ("json_content", _map_item("reservations", "r-s", _varuint(1) + _varstr('"x"'), _REF_JSON)),
-        ("nested_map", _map_item("reservations", "r-s", _varuint(1), _REF_TYPE)),
-        ("deleted_content", _map_item("reservations", "r-s", _varuint(1), _REF_DELETED)),
+        ("json_content", _map_item("reservations", "r-s", encode_varuint(1) + _varstr('"x"'), _REF_JSON)),
+        ("nested_map", _map_item("reservations", "r-s", encode_varuint(1), _REF_TYPE)),
+        ("deleted_content", _map_item("reservations", "r-s", encode_varuint(1), _REF_DELETED)),
         (
             "top_level_sequence_item",
-            bytes([_REF_ANY]) + _varuint(1) + _varstr("reservations") + _any_binary(res_b_raw),
+            bytes([_REF_ANY]) + encode_varuint(1) + _varstr("reservations") + _any_binary(res_b_raw),
         ),
         (
             "item_inside_a_nested_type",
             bytes([_REF_ANY | _HAS_KEY])
-            + _varuint(0)
-            + _varuint(alice.client_id())
-            + _varuint(0)
+            + encode_varuint(0)
+            + encode_varuint(alice.client_id())
+            + encode_varuint(0)
             + _varstr("k")
             + _any_binary(res_b_raw),
         ),
-        ("garbage_collected_range", bytes([0]) + _varuint(1)),
+        ("garbage_collected_range", bytes([0]) + encode_varuint(1)),
     ]
     for name, item in shapes:
         cases.append(_update_case(name, DAY_DOC, [state0], _yjs_update([_block(b_id, 0, [item])]), "shape"))
@@ -1697,7 +1689,7 @@ def _update_cases(w: World) -> list[dict[str, Any]]:
             "skip_struct",
             DAY_DOC,
             [state0],
-            _yjs_update([_block(b_id, 0, [bytes([10]) + _varuint(2), res_item])]),
+            _yjs_update([_block(b_id, 0, [bytes([10]) + encode_varuint(2), res_item])]),
             "missing_deps",
         )
     )

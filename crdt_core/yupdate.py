@@ -28,6 +28,7 @@ __all__ = [
     "decode_state_vector",
     "decode_update",
     "encode_state_vector",
+    "encode_varuint",
 ]
 
 _MAX_ANY_DEPTH = 32
@@ -324,6 +325,13 @@ def _write_varuint(out: bytearray, n: int) -> None:
         out.append(0x80 | (n & 0x7F))
         n >>= 7
     out.append(n)
+
+
+def encode_varuint(n: int) -> bytes:
+    """Yjs' unsigned varint (lib0), for whoever hand-builds update bytes (the corpus, tests)."""
+    out = bytearray()
+    _write_varuint(out, n)
+    return bytes(out)
 
 
 def encode_state_vector(clocks: dict[int, int]) -> bytes:

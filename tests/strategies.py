@@ -33,7 +33,7 @@ from crdt_core.schema import (
 )
 from crdt_core.validation import ArrivalPolicy, ValidatedUpdate, validate_update
 from crdt_core.verdict import Verdict, compute_verdict
-from crdt_core.yupdate import decode_update
+from crdt_core.yupdate import decode_update, encode_varuint
 from tests.crdt_factory import NOW_MS, World, relay_replica
 
 SHOP = "shop1"
@@ -152,13 +152,7 @@ def verdict_of(replica: Replica, capacities: dict[str, int], doc: str = DOC) -> 
 # --- hand-made Yjs v1 bytes, for updates no honest writer produces ---------------------------------
 
 
-def varuint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+varuint = encode_varuint
 
 
 def var_string(text: str) -> bytes:

@@ -31,6 +31,7 @@ from crdt_core.yupdate import (
     decode_state_vector,
     decode_update,
     encode_state_vector,
+    encode_varuint,
 )
 from tests.crdt_factory import World
 from tests.test_engine import MUTATION_COUNT, _booking_history, _mutate
@@ -386,13 +387,7 @@ def _alloc_peak(call: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_varuint = encode_varuint
 
 
 HUGE = 2**52
