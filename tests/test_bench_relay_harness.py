@@ -200,7 +200,7 @@ def test_a_missing_baseline_is_reported_unavailable_and_quickslot_still_runs(
         assert fleet.relay is not None and fleet.relay.process.alive()
         (identity,) = fleet.relay.ensure_identities(1)
         assert identity.access
-        # The relay refuses permessage-deflate although the client offers it (relay/cli.py), so
+        # The relay refuses permessage-deflate although the client offers it (relay/cli/commands.py), so
         # the suite's clients, which offer it like browsers do, measure what deployed clients get.
         assert isinstance(identity.author, Author)
         key = identity.author.device.private

@@ -55,7 +55,7 @@ def _grant_owner(relay: QuickSlotAsgi, email: str, shop: str) -> None:
     """``relay.cli user grant EMAIL --owner SHOP``: the operator's command, on the serving relay.
 
     The certificate issued at the next login carries the grant at once, but the relay checks each
-    record against its in-memory view of the account too (``relay/rights.py``), which learns of a
+    record against its in-memory view of the account too (``relay/auth/rights.py``), which learns of a
     grant made by another process at its next poll of ``account_events``: writing before that is
     refused as ``forbidden``. So wait for a few polls.
     """

@@ -22,7 +22,7 @@ Theory of operation
   come back too and are skipped by origin id.
 * **Order per document across nodes** is not the stream's job: two nodes committing seqs 8 and 9
   of one document may publish them in either order. The receiving document manager orders by seq
-  and waits briefly for a missing one (:mod:`relay.documents`).
+  and waits briefly for a missing one (:mod:`relay.documents.manager`).
 """
 
 from __future__ import annotations

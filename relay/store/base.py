@@ -30,7 +30,7 @@ Theory of operation (every implementation must keep these promises):
   one transaction, so an append that commits meanwhile is never lost.
 * **Meta**: a few named values beside the documents (:class:`DocumentMeta`), stored with
   them so they are backed up and restored with them: the epoch the documents were last served
-  under, and a restore's stamp hold (:mod:`relay.stamp_hold`).
+  under, and a restore's stamp hold (:mod:`relay.sync.stamp_hold`).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class DocumentMeta(Protocol):
     """The meta values beside the documents (see "Meta" above); both stores offer it.
 
     Separate from :class:`DocumentStore` because the document manager never needs it: only the
-    restore stamp hold (:mod:`relay.stamp_hold`) does.
+    restore stamp hold (:mod:`relay.sync.stamp_hold`) does.
     """
 
     @property

@@ -75,7 +75,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from relay.config import redact_url
+from relay.ops.config import redact_url
 from relay.store.base import (
     CompactionResult,
     StampConflictError,

@@ -129,7 +129,7 @@ def mint_token(
     typ: str = "access",
     cnf: dict[str, Any] | None = None,
 ) -> str:
-    """An access token exactly as ``relay.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
+    """An access token exactly as ``relay.auth.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
     key = signer or world.relay
     iat = int(time.time()) if iat_s is None else iat_s
     claims: dict[str, Any] = {

@@ -256,7 +256,7 @@ class Restored:
 def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     root = tmp_path_factory.mktemp("restore")
     shop, d = "epochshop", day(3)
-    # A short restore stamp hold (relay/stamp_hold.py; 600 s by default): claims made right after
+    # A short restore stamp hold (relay/sync/stamp_hold.py; 600 s by default): claims made right after
     # the restore wait for it, as they would in production.
     relay = FixedPortRelay(root / "relay-data", "--restore-stamp-hold", "1")
     relay.start()
