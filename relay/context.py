@@ -9,6 +9,7 @@ factory, so the relay's modules form no import cycle (``tests/test_import_cycles
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from relay.auth.keys import KeyStore
 from relay.auth.ratelimit import RateLimiter, TokenBucketLimiter
 from relay.auth.tokens import TokenService
 from relay.ops.config import RateLimit, RelayConfig
-from relay.ops.logging import get_logger
+from relay.ops.logging import get_logger, log_event
 from relay.ops.metrics import MetricsRegistry
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from relay.sync.hub import SyncHub
     from relay.sync.stamp_hold import StampHold
 
-log = get_logger("relay.http.app")
+log = get_logger(__name__)
 
 #: A readiness check an extension adds to ``/healthz`` (False: answer 503).
 HealthCheck = Callable[[], Awaitable[bool]]
@@ -161,7 +162,7 @@ class RelayContext:
                     task.cancel()
                 for task in done:
                     if not task.cancelled() and task.exception() is not None:
-                        log.error("goodbye failed", exc_info=task.exception())
+                        log_event(log, "goodbye_failed", logging.ERROR, exc_info=task.exception())
         finally:
             if then is not None:
                 then()

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -50,7 +51,7 @@ from relay.ops.config import redact_url
 from relay.ops.logging import get_logger, log_event
 from relay.store.pg_migrations import load_or_create_epoch
 
-log = get_logger("relay.auth.account_store_pg")
+log = get_logger(__name__)
 
 CHANNEL = "quickslot_account_events"
 _LISTEN_RETRY_S = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -104,7 +105,7 @@ def _unavailable_as_503(cls: type[_T]) -> type[_T]:
             try:
                 return await fn(*args, **kwargs)
             except UNREACHABLE as e:
-                log.warning("account database unreachable", extra={"error": repr(e)})
+                log_event(log, "account_db_unreachable", logging.WARNING, error=repr(e))
                 raise StoreUnavailable(
                     "The account database is unreachable; try again.", retry_after_s=1
                 ) from e
@@ -481,8 +482,12 @@ class PostgresAccountStore:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning(
-                    "account event listener lost; events fall back to polling", extra={"error": repr(e)}
+                log_event(
+                    log,
+                    "account_events_listener_lost",
+                    logging.WARNING,
+                    error=repr(e),
+                    hint="polling instead",
                 )
             finally:
                 ready.set()

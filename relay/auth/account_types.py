@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.auth.tokens import IssuedToken
+from relay.errors import RelayError
 
 ROLE_ADMIN = "admin"
 KNOWN_ROLES = frozenset({ROLE_ADMIN})
@@ -40,7 +41,7 @@ EV_KEYS_ROTATED = "keys_rotated"
 # errors
 
 
-class AccountError(Exception):
+class AccountError(RelayError):
     """A refused account operation; ``code`` is machine-readable, ``status`` the HTTP status."""
 
     code = "account_error"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import secrets
 import time
@@ -101,7 +102,7 @@ __all__ = [
     "WeakPassword", "normalize_email", "open_auth", "validate_shop_id",
 ]  # fmt: skip
 
-log = get_logger("relay.auth.accounts")
+log = get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # hooks
@@ -145,8 +146,12 @@ class AuthHooks:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception(
-                    "auth hook failed", extra={"hook": getattr(callback, "__name__", repr(callback))}
+                log_event(
+                    log,
+                    "auth_hook_failed",
+                    logging.ERROR,
+                    exc_info=True,
+                    hook=getattr(callback, "__name__", repr(callback)),
                 )
 
 
@@ -558,7 +563,9 @@ class AccountService:
         try:
             await self.store.listen(wake.set)
         except Exception:
-            log.exception("account event listener failed to start; polling only")
+            log_event(
+                log, "account_events_listener_failed", logging.ERROR, exc_info=True, hint="polling only"
+            )
         while not stop.is_set():
             # Cleared before reading: a notification arriving during the read triggers another.
             wake.clear()
@@ -568,7 +575,7 @@ class AccountService:
                     log_event(log, "signing keys reloaded", active_kid=self.keys.active_kid)
                 await self.maintenance()
             except Exception:
-                log.exception("account event poll failed")
+                log_event(log, "account_events_poll_failed", logging.ERROR, exc_info=True)
             stopped = asyncio.ensure_future(stop.wait())
             woken = asyncio.ensure_future(wake.wait())
             try:
@@ -589,7 +596,7 @@ class AccountService:
             try:
                 await coro
             except Exception:
-                log.exception("background task failed")
+                log_event(log, "background_task_failed", logging.ERROR, exc_info=True)
 
         task = asyncio.get_running_loop().create_task(runner())
         self._background.add(task)

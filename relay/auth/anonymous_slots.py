@@ -10,7 +10,7 @@ What is counted: only sockets still waiting for their ``auth`` message. A socket
 its token in the ``Authorization`` header is checked during the handshake and is either
 authenticated or closed before it reads a byte, so it never takes a slot here; an authenticated
 connection is bounded by accounts and ``--max-connections``. A slot is given back when the
-socket authenticates or ends, whichever comes first (``SyncHub._release_anonymous``).
+socket authenticates or ends, whichever comes first (``relay.sync.hub.SyncHub._release_anonymous``).
 
 Which address: the host of the ASGI scope's ``client``, the same source the REST rate limits use
 (``relay.http.api._client_address``); behind a proxy trusted with ``--forwarded-allow-ips``

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from crdt_core.b64 import b64url, b64url_decode
 from crdt_core.certs import SigningKey
+from relay.errors import RelayError
 
 MANIFEST = "manifest.json"
 LOCKFILE = ".lock"
@@ -84,7 +85,7 @@ class ActiveKey:
     private: Ed25519PrivateKey
 
 
-class KeyStoreError(RuntimeError):
+class KeyStoreError(RelayError, RuntimeError):
     """The key directory is unusable (corrupt manifest, missing active private key)."""
 
 

@@ -23,7 +23,7 @@ from typing import Protocol
 from relay.ops.config import RelayConfig, SmtpSettings
 from relay.ops.logging import get_logger, log_event
 
-log = get_logger("relay.auth.mail")
+log = get_logger(__name__)
 
 
 class Mailer(Protocol):

@@ -40,6 +40,7 @@ import jwt
 
 from crdt_core.pop import Proof, ProofError, Purpose, bound_key, check_proof, cnf_claim
 from relay.auth.keys import KeyStore
+from relay.errors import RelayError
 
 TokenType = Literal["access", "refresh"]
 ACCESS: TokenType = "access"
@@ -50,7 +51,7 @@ MAX_TOKEN_LENGTH = 4096
 _REQUIRED = ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"]
 
 
-class TokenError(Exception):
+class TokenError(RelayError):
     """Base of token failures; ``code`` is the machine-readable reason sent to clients."""
 
     code = "token_invalid"

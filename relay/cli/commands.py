@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from relay.errors import RelayError
 from relay.ops.config import (
     DB_FILENAME,
     RateLimit,
@@ -105,7 +107,7 @@ async def _compact(config: RelayConfig) -> dict[str, Any]:
         lock.close()
 
 
-class CliError(Exception):
+class CliError(RelayError):
     """A failure to report to the operator (exit code 1)."""
 
     def __init__(self, message: str, code: str = "failed") -> None:
@@ -555,7 +557,6 @@ def _config(args: argparse.Namespace) -> RelayConfig:
 
 def _fit_open_files(config: RelayConfig) -> RelayConfig:
     """Raise the open-file limit for ``--max-connections``, or lower that to fit (relay.ops.fdlimit)."""
-    import logging
 
     from relay.ops.fdlimit import RESERVED_FDS, fit_connections
     from relay.ops.logging import log_event

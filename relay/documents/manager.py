@@ -91,6 +91,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica, diff_update
+from relay.ops.logging import get_logger, log_event
 from relay.store.base import AppendResult, DocumentStore, StoredDocument, StoreError, check_doc_id
 
 __all__ = [
@@ -104,7 +105,7 @@ __all__ = [
     "StampSequence",
 ]
 
-log = logging.getLogger("quickslot.relay.documents")
+log = get_logger(__name__)
 
 X = TypeVar("X")
 T = TypeVar("T")
@@ -125,7 +126,7 @@ def _log_floor_failure(doc_id: str) -> Callable[[asyncio.Future[int]], None]:
     def done(future: asyncio.Future[int]) -> None:
         if not future.cancelled() and future.exception() is not None:
             # The append queued right behind it fails its stamp_base check and reports to its caller.
-            log.error("! %s: raising the stamp counter failed: %s", doc_id, future.exception())
+            log_event(log, "stamp_floor_failed", logging.ERROR, doc=doc_id, error=repr(future.exception()))
 
     return done
 
@@ -197,7 +198,7 @@ def _durable_callback(
         try:
             on_durable(result, checked, extra)
         except Exception:
-            log.exception("on_durable callback failed for %s", doc_id)
+            log_event(log, "on_durable_callback_failed", logging.ERROR, exc_info=True, doc=doc_id)
 
     return fire
 
@@ -212,7 +213,7 @@ def _own_callback(
         try:
             fn(result, update)
         except Exception:
-            log.exception("callback of the relay's own update failed for %s", doc_id)
+            log_event(log, "own_update_callback_failed", logging.ERROR, exc_info=True, doc=doc_id)
 
     return fire
 
@@ -221,7 +222,7 @@ def _call(doc_id: str, fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception:
-        log.exception("delivery callback failed for %s", doc_id)
+        log_event(log, "delivery_callback_failed", logging.ERROR, exc_info=True, doc=doc_id)
 
 
 @dataclass(slots=True)
@@ -865,7 +866,9 @@ class DocumentManager:
             try:
                 replica.apply_update(update)
             except EngineError as exc:  # stored by another node; the store keeps it either way
-                log.error("! %s: another node's update does not apply: %s", entry.doc_id, exc)
+                log_event(
+                    log, "remote_update_does_not_apply", logging.ERROR, doc=entry.doc_id, error=repr(exc)
+                )
                 continue
             if not _integrated(replica, update):
                 entry.park(update)
@@ -883,11 +886,13 @@ class DocumentManager:
                 self.gap_wait, self._gap_expired, entry, entry.seq
             )
             return
-        log.warning(
-            "= %s: seq %d did not arrive within %.1fs; reloading from the store",
-            entry.doc_id,
-            entry.seq + 1,
-            self.gap_wait,
+        log_event(
+            log,
+            "seq_gap_reload",
+            logging.WARNING,
+            doc=entry.doc_id,
+            missing_seq=entry.seq + 1,
+            waited_s=self.gap_wait,
         )
         self._spawn(self._refresh_if(entry.doc_id, gap_only=True))
 
@@ -909,7 +914,7 @@ class DocumentManager:
                         return  # filled (or refreshed) while we waited for the lock
                     await self._refresh(entry)
         except (StoreError, CapacityError, ManagerClosedError) as exc:
-            log.warning("! %s: refresh failed: %s", doc_id, exc)
+            log_event(log, "refresh_failed", logging.WARNING, doc=doc_id, error=repr(exc))
             left = self._entries.get(doc_id)
             pending = left is not None and (left.waiting or left.expect)
             if left is not None and left.state is LOADED and pending and left.gap_timer is None:
@@ -1184,16 +1189,20 @@ class DocumentManager:
                 if not _integrated(replica, update):
                     holder.park(update)
             except EngineError as exc:  # never stored by us; skip damage rather than lose the doc
-                log.error("! %s: stored update %d is unreadable and skipped: %s", doc_id, seq, exc)
+                log_event(
+                    log, "stored_update_unreadable", logging.ERROR, doc=doc_id, seq=seq, error=repr(exc)
+                )
         next_stamp = stored.next_stamp
         if self._highest_stamp is not None:
             floor = self._highest_stamp(replica) + 1
             if floor > next_stamp:
-                log.warning(
-                    "= %s: stamps continue after %d found in the document (store said %d)",
-                    doc_id,
-                    floor - 1,
-                    next_stamp,
+                log_event(
+                    log,
+                    "stamp_floor_raised",
+                    logging.WARNING,
+                    doc=doc_id,
+                    highest_in_document=floor - 1,
+                    store_next_stamp=next_stamp,
                 )
                 next_stamp = await self._store.set_stamp_floor(doc_id, floor)
         return replica, holder.parked, next_stamp, stored
@@ -1255,7 +1264,9 @@ class DocumentManager:
     def _poison(self, entry: _Entry) -> None:
         if not entry.poisoned:
             entry.poisoned = True
-            log.warning("! %s: memory is ahead of the store; reloading on next use", entry.doc_id)
+            log_event(
+                log, "memory_ahead_of_store", logging.WARNING, doc=entry.doc_id, hint="reloading on next use"
+            )
 
     async def _drain(self, entry: _Entry) -> None:
         """Wait until every append ordered for ``entry`` has committed or failed (lock held).
@@ -1341,4 +1352,4 @@ class DocumentManager:
             try:
                 await self.unload_idle()
             except Exception:
-                log.exception("! idle sweep failed")
+                log_event(log, "idle_sweep_failed", logging.ERROR, exc_info=True)

@@ -21,13 +21,15 @@ from typing import Protocol
 
 import msgpack
 
+from relay.errors import RelayError
+
 __all__ = ["Committed", "DecodeError", "Fanout", "decode", "encode"]
 
 #: Bumped when the wire form changes; a node drops (and logs) messages of another version.
 WIRE_VERSION = 1
 
 
-class DecodeError(ValueError):
+class DecodeError(RelayError, ValueError):
     """A stream entry that is not a fan-out message of this version."""
 
 

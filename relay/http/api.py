@@ -13,6 +13,7 @@ key without a valid proof of possession ``proof_required``, ``proof_stale`` or `
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -33,11 +34,12 @@ from relay.auth.device_certs import parse_device_public_key
 from relay.auth.ratelimit import RateDecision, RateLimiter
 from relay.auth.tokens import Claims, ProofFailed, TokenError
 from relay.context import RelayContext
+from relay.errors import RelayError
 from relay.ops.config import SYNC_PROTOCOL_VERSION
-from relay.ops.logging import get_logger
+from relay.ops.logging import get_logger, log_event
 from relay.ops.metrics import CONTENT_TYPE, MetricsRegistry
 
-log = get_logger("relay.http")
+log = get_logger(__name__)
 
 try:
     SERVER_VERSION = metadata.version("quickslot-sync")
@@ -51,7 +53,7 @@ MAX_AUTH_BODY_BYTES = 64 * 1024
 # errors
 
 
-class ApiError(Exception):
+class ApiError(RelayError):
     """An HTTP error with a machine-readable code."""
 
     def __init__(
@@ -126,7 +128,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
     async def internal_error(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
+        log_event(log, "unhandled_error", logging.ERROR, exc_info=exc)
         return error_response(500, "internal_error", "Internal server error.")
 
     app.add_exception_handler(ApiError, api_error)

@@ -21,6 +21,7 @@ flush and tell clients to come back while the account store is still open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -46,7 +47,7 @@ from relay.ops.metrics import MetricsRegistry
 
 __all__ = ["RelayContext", "RelayExtension", "create_app"]
 
-log = get_logger("relay.http.app")
+log = get_logger(__name__)
 
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
@@ -105,7 +106,7 @@ def create_app(
                 try:
                     await ext.stop(ctx)
                 except Exception:
-                    log.exception("extension stop failed", extra={"extension": ext.name})
+                    log_event(log, "extension_stop_failed", logging.ERROR, exc_info=True, extension=ext.name)
             poller_stop.set()
             await poller
             await ctx.auth.aclose()

@@ -43,8 +43,7 @@ import functools
 import gzip
 import hashlib
 import json
-import random
-import time
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -73,19 +72,16 @@ from relay.http.projections import (
     shop_view,
 )
 from relay.ops.config import RelayConfig
-from relay.ops.logging import get_logger
+from relay.ops.logging import get_logger, log_event
 from relay.store.base import AppendResult, StampConflictError, StoreError
-from relay.sync.hub import (
-    STAMP_CONFLICT_RETRIES,
-    STAMP_RETRY_MAX_PAUSE_S,
-    SyncHub,
-    _Bucket as Bucket,  # the websocket's per-connection rate bucket, per user here
-)
+from relay.sync.connection import Bucket  # the websocket's per-connection rate bucket, per user here
+from relay.sync.hub import SyncHub
+from relay.sync.pipeline import STAMP_CONFLICT_RETRIES, retry_pause
 
 if TYPE_CHECKING:
     from relay.context import RelayContext
 
-log = get_logger("relay.http.rest_sync")
+log = get_logger(__name__)
 
 PREFIX = "/api/v1/sync"
 MSGPACK = "application/msgpack"
@@ -439,21 +435,6 @@ def _held_stamps(replica: Replica, update: bytes) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-class _NoSender:
-    """Stands for "no websocket sent this" in ``SyncHub._publish``: every live subscriber gets the
-    update, and no connection is answered (the HTTP caller is answered by :class:`RestSync`)."""
-
-    class _Proto:
-        @staticmethod
-        def is_unanswered(_uid: int) -> bool:
-            return False
-
-    proto = _Proto()
-
-
-_HTTP_SENDER: Any = _NoSender()
-
-
 # --------------------------------------------------------------------------------------------
 # the service
 
@@ -583,40 +564,38 @@ class RestSync:
         self, hub: SyncHub, user: str, doc: str, uid: int, update: bytes
     ) -> dict[str, Any] | None:
         """The websocket's checks before ordering: doc id, read right (its subscribe), rate, size."""
-        hub.updates_in.inc()
+        hub.metrics.updates_in.inc()
         try:
             parse_doc_id(doc)
         except SchemaError as exc:
             return _error(doc, uid, ErrorCode.BAD_DOC, str(exc))
         if not hub.rights.can_read(user, doc):
-            hub.rejections.labels("forbidden_read").inc()
+            hub.metrics.rejections.labels("forbidden_read").inc()
             return _error(doc, uid, ErrorCode.FORBIDDEN, "no read access to this document")
         if not self._bucket(hub, user).take():
             return _error(doc, uid, ErrorCode.RATE_LIMITED, "too many updates: retry later")
         if hub.manager.doc_bytes(doc) + len(update) > hub.limits.max_doc_bytes:
-            hub.rejections.labels("doc_too_large").inc()
+            hub.metrics.rejections.labels("doc_too_large").inc()
             return _error(doc, uid, ErrorCode.DOC_TOO_LARGE, "document at its size limit")
         return None
 
     async def _order(
         self, hub: SyncHub, doc: str, uid: int, update: bytes
     ) -> Ordered[ValidatedUpdate] | dict[str, Any]:
-        started = time.monotonic()
-
         def on_durable(result: AppendResult, checked: ValidatedUpdate | None, extra: bytes | None) -> None:
             try:
-                hub._publish(_HTTP_SENDER, doc, uid, update, result, checked, extra, started)
+                hub.delivery.committed(doc, update, result, checked, extra)
             except Exception:
-                log.exception("forwarding update %d on %s failed", uid, doc)
+                log_event(log, "forwarding_update_failed", logging.ERROR, exc_info=True, uid=uid, doc=doc)
 
         try:
             return await hub.order_update(doc, update, on_durable)
         except ValidationError as exc:
-            hub.rejections.labels(exc.code).inc()
+            hub.metrics.rejections.labels(exc.code).inc()
             code = ErrorCode.MISSING_DEPS if exc.code == "missing_deps" else ErrorCode.REJECTED
             return _error(doc, uid, code, f"{exc.code}: {exc.detail}"[:400])
         except EngineError as exc:
-            hub.rejections.labels("malformed").inc()
+            hub.metrics.rejections.labels("malformed").inc()
             return _error(doc, uid, ErrorCode.REJECTED, f"malformed: {exc}"[:400])
         except (CapacityError, ManagerClosedError, StoreError) as exc:
             return _error(doc, uid, ErrorCode.INTERNAL, f"not stored, retry: {type(exc).__name__}")
@@ -631,8 +610,8 @@ class RestSync:
                 if attempt == STAMP_CONFLICT_RETRIES:
                     break
                 # Another node stamped this document first; nothing of this update is stored.
-                hub.stamp_retries.inc()
-                await asyncio.sleep(random.uniform(0, min(STAMP_RETRY_MAX_PAUSE_S, 0.001 * 2**attempt)))
+                hub.metrics.stamp_retries.inc()
+                await asyncio.sleep(retry_pause(attempt))
                 again = await self._order(hub, doc, uid, update)
                 if isinstance(again, dict):
                     return again

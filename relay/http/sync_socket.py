@@ -39,7 +39,7 @@ from relay.store.open import AnyDocumentStore, open_document_store, store_descri
 from relay.sync.hub import SyncHub
 from relay.sync.stamp_hold import open_stamp_hold
 
-log = get_logger("relay.sync")
+log = get_logger(__name__)
 
 
 class AsgiTransport:

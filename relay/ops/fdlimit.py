@@ -29,13 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.ops.logging import log_event
+from relay.ops.logging import get_logger, log_event
 
 __all__ = ["ACCEPT_EXHAUSTED", "RESERVED_FDS", "AcceptErrorThrottle", "FdFit", "fit_connections"]
 
 ACCEPT_EXHAUSTED = "socket.accept() out of system resource"
 """The message asyncio's accept loop reports EMFILE/ENFILE/ENOBUFS/ENOMEM with."""
-_logger = logging.getLogger("relay.serve")
+_logger = get_logger(__name__)
 
 RESERVED_FDS = 128
 

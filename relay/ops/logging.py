@@ -119,13 +119,30 @@ def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> Non
         uvicorn_errors.addFilter(ClientFaultFilter())
 
 
+#: The relay's one logger namespace: every relay logger is ``quickslot.relay.<module path>``.
+NAMESPACE = "quickslot.relay"
+
+
 def get_logger(name: str) -> logging.Logger:
-    """Return a logger under the ``relay`` namespace."""
-    return logging.getLogger(name if name.startswith("relay") else f"relay.{name}")
+    """The logger for relay module ``name`` (pass ``__name__``) in the ``quickslot.relay`` namespace:
+    ``relay.sync.hub`` logs as ``quickslot.relay.sync.hub``."""
+    if name == NAMESPACE or name.startswith(NAMESPACE + "."):
+        return logging.getLogger(name)
+    tail = name.removeprefix("relay").lstrip(".")
+    return logging.getLogger(f"{NAMESPACE}.{tail}" if tail else NAMESPACE)
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log ``event`` with structured ``fields`` (scrubbed by the formatter, never pre-formatted)."""
+def log_event(
+    logger: logging.Logger,
+    event: str,
+    level: int = logging.INFO,
+    *,
+    exc_info: BaseException | bool | None = None,
+    **fields: Any,
+) -> None:
+    """Log ``event`` (a short snake_case name, the line's ``event``) with structured ``fields``
+    (scrubbed by the formatter, never pre-formatted into the message); ``exc_info`` adds a
+    traceback as with :meth:`logging.Logger.exception`."""
     if logger.isEnabledFor(level):
         safe = {k if k not in _RECORD_ATTRS else f"{k}_": v for k, v in fields.items()}
-        logger.log(level, event, extra=safe)
+        logger.log(level, event, extra=safe, exc_info=exc_info)

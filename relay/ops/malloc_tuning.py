@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-log = logging.getLogger("relay.serve")
+from relay.ops.logging import get_logger
+
+log = get_logger(__name__)
 
 #: ``mallopt`` parameter numbers from glibc's ``malloc.h``.
 M_MMAP_THRESHOLD = -3

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from relay.errors import RelayError
+
 __all__ = [
     "AppendResult",
     "CompactionResult",
@@ -68,7 +70,7 @@ FIRST_STAMP = 1
 MAX_DOC_ID_LENGTH = 256
 
 
-class StoreError(Exception):
+class StoreError(RelayError):
     """The store could not do what was asked; nothing of that request is stored."""
 
 

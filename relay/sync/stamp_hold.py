@@ -78,7 +78,7 @@ __all__ = [
     "open_stamp_hold",
 ]
 
-log = get_logger("relay.sync.stamp_hold")
+log = get_logger(__name__)
 
 #: Ten minutes: long enough for clients that were online at the restore to reconnect (they retry
 #: within seconds to a minute), short enough that new bookings are not left tentative for long.

@@ -7,16 +7,15 @@ order its encoder or its peers left them. The relay must number claims that arri
 that tentative order (``crdt_core.verdict.stamp_order``); only a claim that reached the relay
 *earlier*, on its own or in another bundle, may rank before one that every replica showed behind it.
 
-The relay side here is the hub's real stamper (``SyncHub._stamper``) with the document manager's
-``StampSequence``, fed real validated updates; what is generated is who books what, with which
-clock, and how the claims travel: random bundles (some of a single claim, some re-carrying claims
-the relay already has), each with its client blocks in a random order.
+The relay side here is the hub's real stamper (``relay.sync.stamping.Stamping.builder``) with
+the document manager's ``StampSequence``, fed real validated updates; what is generated is who
+books what, with which clock, and how the claims travel: random bundles (some of a single claim,
+some re-carrying claims the relay already has), each with its client blocks in a random order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 from hypothesis import event, given, strategies as st
 
@@ -28,7 +27,7 @@ from crdt_core.schema import Reservation
 from crdt_core.validation import validate_update
 from crdt_core.verdict import compute_verdict, tentative_key
 from relay.documents.manager import StampSequence
-from relay.sync.hub import SyncHub
+from relay.sync.stamping import Stamping
 from tests.crdt_factory import NOW_MS, World
 from tests.strategies import DOC, MINUTE_MS, SLOTS, client_block, yjs_update
 
@@ -77,9 +76,9 @@ def journeys(draw: st.DrawFn) -> tuple[list[int], list[tuple[int, int]], list[tu
 
 
 def relay_stamper(world: World) -> object:
-    """The hub's stamping step (``build_extra``) with the only hub state it reads."""
-    hub = SimpleNamespace(signing_key=lambda: world.relay, clock_ms=lambda: NOW_MS, stamp_hold=None)
-    return SyncHub._stamper(hub, DOC)  # type: ignore[arg-type]
+    """The hub's stamping step (``build_extra``); building stamps reads no document manager."""
+    stamping = Stamping(manager=None, signing_key=lambda: world.relay, clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    return stamping.builder(DOC)
 
 
 @given(journeys())

@@ -26,7 +26,7 @@ from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, ValidationError
 from crdt_core.messages import Auth, ClientUpdate, CloseCode, ErrorMessage, Subscribe, Sync
 from relay.store.sqlite import SQLiteDocumentStore
-from relay.sync.hub import SyncConnection
+from relay.sync.connection import SyncConnection
 from tests.relay.sync.test_sync_pipeline import DOC, QueueTransport, Relay, author, serving_in_process
 
 #: Appended to refused messages so a leaked one would be visible in RSS too (not asserted on).
