@@ -160,7 +160,13 @@ class AuthHooks:
 
 
 class AccountService:
-    """The auth flows, over the store, the key store, the token service and the mailer."""
+    """The auth flows, over the store, the key store, the token service and the mailer.
+
+    Why one class of about 440 lines: each public method is one flow of the REST auth API
+    (register, login, refresh, logout, password reset, grants) or of the operator's CLI, and
+    they share one set of collaborators, one failure accounting (``count_failure`` and the
+    metrics) and the account-events cursor that tells every node of revocations.
+    """
 
     def __init__(
         self,

@@ -5,11 +5,11 @@ document was loaded twice by two first users (one copy's updates were lost), an 
 while the document was loading and was applied to a copy that was then replaced, or a document
 was unloaded (and its persistence flushed) while an update was still being written, so the next
 load missed it. The rules below make each of those impossible, and the tests in
-``tests/relay/test_documents_*.py`` force each interleaving with events.
+``tests/relay/documents/`` force each interleaving with events.
 
 Theory of operation
 -------------------
-* Every document has one :class:`_Entry` with an ``asyncio.Lock`` and a state: ``NEW`` (in the
+* Every document has one :class:`Entry` with an ``asyncio.Lock`` and a state: ``NEW`` (in the
   table, not loaded yet), ``LOADED``, ``UNLOADED`` (dropped; whoever still holds it must look the
   document up again). The table never holds two entries for one document.
 * Everything that touches a document's replica runs under its lock: loading, validating and
@@ -81,45 +81,44 @@ on its way through the fan-out. So a loaded entry integrates seqs *in order*:
 from __future__ import annotations
 
 import asyncio
-import enum
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica, diff_update
+from relay.documents.entry import (
+    LOADED,
+    NEW,
+    UNLOADED,
+    Entry,
+    Waiting,
+    count_stamps,
+    integrated,
+    is_noop,
+)
+from relay.documents.results import (
+    Applied,
+    BuildExtra,
+    CapacityError,
+    Check,
+    ManagerClosedError,
+    ManagerStats,
+    OnCommit,
+    OnDurable,
+    Pin,
+    StampSequence,
+)
 from relay.ops.logging import get_logger, log_event
 from relay.store.base import AppendResult, DocumentStore, StoredDocument, StoreError, check_doc_id
 
-__all__ = [
-    "Applied",
-    "CapacityError",
-    "DocumentManager",
-    "ManagerClosedError",
-    "ManagerStats",
-    "Ordered",
-    "Pin",
-    "StampSequence",
-]
+__all__ = ["DocumentManager", "Ordered"]
 
 log = get_logger(__name__)
 
 X = TypeVar("X")
 T = TypeVar("T")
-
-
-class CapacityError(Exception):
-    """No room to load another document: every loaded document is pinned or busy.
-
-    Transient: the websocket layer reports "overloaded, try again later".
-    """
-
-
-class ManagerClosedError(Exception):
-    """The manager is shutting down."""
 
 
 def _log_floor_failure(doc_id: str) -> Callable[[asyncio.Future[int]], None]:
@@ -129,66 +128,6 @@ def _log_floor_failure(doc_id: str) -> Callable[[asyncio.Future[int]], None]:
             log_event(log, "stamp_floor_failed", logging.ERROR, doc=doc_id, error=repr(future.exception()))
 
     return done
-
-
-class StampSequence:
-    """Stamp numbers handed to ``build_extra``: consecutive from the document's next stamp.
-
-    Numbers taken here are stored as allocated in the same transaction as the update that
-    carries them, so stamps stay gap-free per document.
-    """
-
-    __slots__ = ("base", "count", "_open")
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.count = 0
-        self._open = True
-
-    def carried(self, highest: int) -> None:
-        """Stamps up to ``highest`` arrived inside the update itself: hand out numbers after them.
-
-        Why: after a restore from backup, clients send back stamps the relay issued before the
-        loss. Numbering on from the restored counter would write a new stamp under a key a
-        carried stamp already holds, a rewrite every replica refuses for good.
-        """
-        if not self._open or self.count:
-            raise RuntimeError("carried stamps must be declared before any number is taken")
-        self.base = max(self.base, highest + 1)
-
-    def next(self) -> int:
-        if not self._open:
-            raise RuntimeError("stamp numbers can only be taken inside build_extra")
-        number = self.base + self.count
-        self.count += 1
-        return number
-
-    @property
-    def allocated(self) -> range:
-        return range(self.base, self.base + self.count)
-
-    def close(self) -> None:
-        self._open = False
-
-
-#: ``check(replica, update) -> X``: validate an incoming update against the current document.
-#: Raise to refuse it (nothing is applied or stored). Must not modify the replica.
-Check = Callable[[Replica, bytes], X]
-#: ``build_extra(replica, checked, stamps) -> update | None``: the relay's own update to store in
-#: the same transaction (e.g. the stamp records of new booking claims). ``replica`` already holds
-#: the incoming update; take stamp numbers with ``stamps.next()``. It must be idempotent with
-#: respect to the document (stamp only claims that hold no stamp yet): the same claim can come
-#: back inside *different* update bytes (carried by another peer, merged with other records),
-#: which is new to the store but not to the claim.
-BuildExtra = Callable[[Replica, X, StampSequence], bytes | None]
-#: ``on_durable(result, checked, extra)``: called once the append committed, in seq order,
-#: synchronously in the event loop (never for a no-op or a failed commit).
-OnDurable = Callable[[AppendResult, X | None, bytes | None], None]
-
-
-#: ``on_commit(result, checked, extra)``: called as soon as the append committed, before it is
-#: integrated in seq order (the fan-out publishes here, so other nodes never wait on this one).
-OnCommit = Callable[[AppendResult, X | None, bytes | None], None]
 
 
 def _durable_callback(
@@ -225,44 +164,6 @@ def _call(doc_id: str, fn: Callable[[], None]) -> None:
         log_event(log, "delivery_callback_failed", logging.ERROR, exc_info=True, doc=doc_id)
 
 
-@dataclass(slots=True)
-class _Waiting:
-    """A committed append waiting for the seqs before it (see "Several nodes")."""
-
-    last: int
-    #: Another node's updates, applied when their turn comes; ``None`` for this node's own
-    #: commit (already in the replica since it was ordered).
-    updates: tuple[bytes, ...] | None
-    next_stamp: int
-    deliver: Callable[[], None] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Applied(Generic[X]):
-    """The outcome of :meth:`DocumentManager.submit`, returned once it is durable.
-
-    Forward ``update`` (when ``update_seq`` is set) and ``extra`` (when set) to subscribers, in
-    seq order; both are already in the store.
-    """
-
-    doc_id: str
-    #: The document's seq after this submission (for a no-op: its durable seq when acknowledged).
-    seq: int
-    #: The seq of the incoming update; ``None`` when it was a no-op (nothing stored).
-    update_seq: int | None
-    #: The relay's own update (e.g. stamps) and its seq, if ``build_extra`` made one.
-    extra: bytes | None = None
-    extra_seq: int | None = None
-    #: The stamp numbers given out (stored with ``extra``).
-    stamps: range = range(0)
-    #: What ``check`` returned (``None`` for a no-op, which is not checked).
-    checked: X | None = None
-
-    @property
-    def noop(self) -> bool:
-        return self.update_seq is None and self.extra_seq is None
-
-
 class Ordered(Generic[X]):
     """An update validated, applied and ordered in the store, whose commit may still be running.
 
@@ -277,7 +178,7 @@ class Ordered(Generic[X]):
     def __init__(
         self,
         manager: DocumentManager,
-        entry: _Entry,
+        entry: Entry,
         commit: asyncio.Future[AppendResult] | None,
         barrier: list[asyncio.Future[AppendResult]],
         checked: X | None,
@@ -357,163 +258,20 @@ class Ordered(Generic[X]):
             future.add_done_callback(one_done)
 
 
-@dataclass(frozen=True, slots=True)
-class ManagerStats:
-    """For the relay's metrics: gauges first, then counters since the manager started."""
-
-    loaded: int
-    loaded_bytes: int
-    pinned: int
-    loads: int
-    unloads: int
-    evictions: int
-    noops: int
-    reloads_after_failure: int
-    remote_applied: int = 0
-    refreshes: int = 0
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    LOADED = "loaded"
-    UNLOADED = "unloaded"
-
-
-NEW = _State.NEW
-LOADED = _State.LOADED
-UNLOADED = _State.UNLOADED
-
-
-def _count_stamps(entry: _Entry, stamps: StampSequence, commit: asyncio.Future[AppendResult]) -> None:
-    """Advance the document's stamp counter past what ``commit`` carries; the next stamping waits
-    for that commit (``_locked(after_stamps=True)``)."""
-    entry.next_stamp += stamps.count
-    if stamps.count:
-        entry.stamp_commit = commit
-
-
-class _Entry:
-    __slots__ = (
-        "doc_id",
-        "lock",
-        "state",
-        "replica",
-        "seq",
-        "next_stamp",
-        "size",
-        "last_used",
-        "inflight",
-        "poisoned",
-        "parked",
-        "waiting",
-        "gap_timer",
-        "refreshing",
-        "stamp_commit",
-        "expect",
-    )
-
-    def __init__(self, doc_id: str, now: float) -> None:
-        self.doc_id = doc_id
-        self.lock = asyncio.Lock()
-        self.state = NEW
-        self.replica: Replica | None = None
-        #: Every seq up to this one is in the replica and handed on (``on_durable``); the replica
-        #: may be ahead while commits are in flight or wait for an earlier seq.
-        self.seq = 0
-        #: Next stamp number to hand out (ahead of the store while commits are in flight).
-        self.next_stamp = 0
-        #: Approximate memory: bytes of stored updates that make up the replica.
-        self.size = 0
-        self.last_used = now
-        #: Appends ordered for this document and not yet settled (see ``_settle``).
-        self.inflight: list[asyncio.Future[AppendResult]] = []
-        self.poisoned = False
-        #: Digests of stored updates that did not move the state vector (see ``_is_noop``).
-        self.parked: dict[bytes, None] = {}
-        #: Commits waiting for the seqs before them, by first seq (see "Several nodes").
-        self.waiting: dict[int, _Waiting] = {}
-        self.gap_timer: asyncio.TimerHandle | None = None
-        #: Reloading from the store in place: remote commits wait rather than apply.
-        self.refreshing = False
-        #: The last append that allocated stamps (see "Several nodes": nothing is ordered on top
-        #: of one still in flight).
-        self.stamp_commit: asyncio.Future[AppendResult] | None = None
-        #: A refresh without catch-up saw the store at this seq: the seqs up to it are on their
-        #: way through the fan-out and are delivered as they come (or, if not, a gap refresh).
-        self.expect = 0
-
-    def park(self, update: bytes) -> None:
-        self.parked[_digest(update)] = None
-        if len(self.parked) > _MAX_PARKED:
-            del self.parked[next(iter(self.parked))]
-
-
-#: How many parked-update digests one document remembers (oldest forgotten first).
-_MAX_PARKED = 4096
-
-
-def _digest(update: bytes) -> bytes:
-    return hashlib.blake2b(update, digest_size=16).digest()
-
-
-class Pin:
-    """Keeps a document from being unloaded while a subscriber holds it. Release exactly once.
-
-    Usable as a context manager. Pinning does not load the document; the first read does.
-    """
-
-    __slots__ = ("_manager", "doc_id", "_held")
-
-    def __init__(self, manager: DocumentManager, doc_id: str) -> None:
-        self._manager = manager
-        self.doc_id = doc_id
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._manager._unpin(self.doc_id)
-
-    def __enter__(self) -> Pin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 def _no_check(replica: Replica, update: bytes) -> None:
     return None
 
 
-def _is_noop(entry: _Entry, update: bytes, state_vector: bytes) -> bool:
-    """Whether ``update`` adds nothing to the document (a re-send), decided *before* applying it.
-
-    Not "the state vector did not move": an update whose dependencies have not arrived yet (a
-    carrier forwarded a device's later update first) is parked by the engine without integrating,
-    yet it is new and must be stored, or it is acknowledged and then lost with the next reload;
-    and Yrs still adds a zero clock for its client to the state vector, so the comparison is not
-    even stable. Instead:
-
-    * the update's diff against the current state vector is empty: every struct in it is
-      already integrated (and it deletes nothing); or
-    * it is byte-for-byte an update this document stored earlier that did not fully integrate
-      (a parked update sent again); remembered by digest, rebuilt when loading.
-
-    A re-send that is neither (e.g. a parked update re-encoded differently, or one forgotten by
-    compaction) is stored once more: a harmless duplicate row, never a loss.
-    """
-    if diff_update(update, state_vector) == EMPTY_UPDATE:
-        return True
-    return bool(entry.parked) and _digest(update) in entry.parked
-
-
-def _integrated(replica: Replica, update: bytes) -> bool:
-    """Whether everything in ``update`` (just applied) is now covered by the state vector."""
-    return diff_update(update, replica.state_vector()) == EMPTY_UPDATE
-
-
 class DocumentManager:
     """The relay's in-memory documents, backed by a :class:`relay.store.base.DocumentStore`.
+
+    Why one class this long (about 800 lines): its methods are the steps of one per-document
+    state machine (the lock discipline, seq order and commit barriers of "Theory of operation"
+    and "Several nodes"), and each step relies on every other keeping the same invariants on an
+    :class:`relay.documents.entry.Entry` (lock held, ``seq`` and ``waiting`` in step, commits
+    settled in order). Split into classes, one invariant would be kept in several places. What
+    has no such coupling lives beside it: :mod:`relay.documents.results` (what callers hold and
+    get back) and :mod:`relay.documents.entry` (one document's state).
 
     Args:
         store: where documents are loaded from and updates are appended to.
@@ -570,7 +328,7 @@ class DocumentManager:
         self._refresh_slots = asyncio.Semaphore(8)
         #: Set whenever a document may have become evictable (a lock released, a doc dropped).
         self._room = asyncio.Event()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._pins: dict[str, int] = {}
         self._loaded_bytes = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -650,9 +408,10 @@ class DocumentManager:
 
         Under the document's lock, in this order, with no other update of the document between:
 
-        1. a no-op (an update that adds nothing, e.g. a re-send; see :func:`_is_noop`) stops
-           here: nothing is stored; ``check_resend(replica, update)`` may refuse it (raise: a
-           "re-send" whose content differs from what the document holds at those Yjs ids);
+        1. a no-op (an update that adds nothing, e.g. a re-send; see
+           :func:`relay.documents.entry.is_noop`) stops here: nothing is stored;
+           ``check_resend(replica, update)`` may refuse it (raise: a "re-send" whose content
+           differs from what the document holds at those Yjs ids);
            otherwise it is acknowledged, with the current seq, once everything ordered before
            it is durable;
         2. ``check(replica, update)``: raise to refuse; nothing is applied or stored;
@@ -684,14 +443,14 @@ class DocumentManager:
         async with self._locked(doc_id, after_stamps=True) as entry:
             replica = entry.replica
             assert replica is not None
-            if _is_noop(entry, update, replica.state_vector()):
+            if is_noop(entry, update, replica.state_vector()):
                 if check_resend is not None:
                     check_resend(replica, update)
                 barrier = list(entry.inflight)
             else:
                 checked = check(replica, update)
                 replica.apply_update(update)
-                if not _integrated(replica, update):
+                if not integrated(replica, update):
                     entry.park(update)
                 stamps = StampSequence(entry.next_stamp)
                 try:
@@ -717,7 +476,7 @@ class DocumentManager:
                     # The replica already holds what will not be stored: reload it on next use.
                     self._poison(entry)
                     raise
-                _count_stamps(entry, stamps, commit)
+                count_stamps(entry, stamps, commit)
                 # Attached under the lock, so callbacks run in commit (= seq) order: the relay
                 # acknowledges and fans out in exactly the order updates are stored.
                 deliver: Callable[[AppendResult], None] | None = None
@@ -790,7 +549,7 @@ class DocumentManager:
             except BaseException:
                 self._poison(entry)
                 raise
-            _count_stamps(entry, stamps, commit)
+            count_stamps(entry, stamps, commit)
             self._track(
                 entry,
                 commit,
@@ -825,12 +584,12 @@ class DocumentManager:
         settled = entry.state is LOADED and not entry.refreshing
         if (settled and last <= entry.seq) or seq in entry.waiting:
             return False
-        entry.waiting[seq] = _Waiting(last, tuple(updates), next_stamp, deliver)
+        entry.waiting[seq] = Waiting(last, tuple(updates), next_stamp, deliver)
         if settled:
             self._advance(entry)
         return True
 
-    def _advance(self, entry: _Entry) -> None:
+    def _advance(self, entry: Entry) -> None:
         """Integrate waiting commits while the next seq is there; watch for a gap otherwise."""
         waiting = entry.waiting
         while True:
@@ -857,7 +616,7 @@ class DocumentManager:
             entry.gap_timer.cancel()
             entry.gap_timer = None
 
-    def _apply_remote(self, entry: _Entry, item: _Waiting) -> None:
+    def _apply_remote(self, entry: Entry, item: Waiting) -> None:
         replica = entry.replica
         assert replica is not None and item.updates is not None
         for update in item.updates:
@@ -870,14 +629,14 @@ class DocumentManager:
                     log, "remote_update_does_not_apply", logging.ERROR, doc=entry.doc_id, error=repr(exc)
                 )
                 continue
-            if not _integrated(replica, update):
+            if not integrated(replica, update):
                 entry.park(update)
             entry.size += len(update)
             self._loaded_bytes += len(update)
         entry.next_stamp = max(entry.next_stamp, item.next_stamp)
         self._remote_applied += 1
 
-    def _gap_expired(self, entry: _Entry, seen: int) -> None:
+    def _gap_expired(self, entry: Entry, seen: int) -> None:
         entry.gap_timer = None
         if entry.state is not LOADED or not (entry.waiting or entry.expect):
             return
@@ -922,7 +681,7 @@ class DocumentManager:
                     self.gap_wait, self._gap_expired, left, left.seq
                 )
 
-    async def _refresh(self, entry: _Entry, *, catch_up: bool = True) -> None:
+    async def _refresh(self, entry: Entry, *, catch_up: bool = True) -> None:
         """Reload ``entry`` from the store in place (lock held, commits settled). See "Several nodes".
 
         ``catch_up=False`` (a poisoned entry: a refused stamp base, a failed commit): the replica
@@ -999,7 +758,7 @@ class DocumentManager:
         """Mark the document in use (a subscriber) so it is not unloaded until released."""
         check_doc_id(doc_id)
         self._pins[doc_id] = self._pins.get(doc_id, 0) + 1
-        return Pin(self, doc_id)
+        return Pin(self._unpin, doc_id)
 
     def _unpin(self, doc_id: str) -> None:
         left = self._pins.get(doc_id, 0) - 1
@@ -1074,7 +833,7 @@ class DocumentManager:
     @asynccontextmanager
     async def _locked(
         self, doc_id: str, *, settle: bool = False, after_stamps: bool = False
-    ) -> AsyncIterator[_Entry]:
+    ) -> AsyncIterator[Entry]:
         """Yield the document's entry, loaded and locked (optionally with its commits settled, or,
         with several nodes, ``after_stamps``: with no stamping append in flight)."""
         check_doc_id(doc_id)
@@ -1115,7 +874,7 @@ class DocumentManager:
             finally:
                 self._room.set()  # this entry may be evictable now: wake loads waiting for room
 
-    async def _entry_for(self, doc_id: str) -> _Entry:
+    async def _entry_for(self, doc_id: str) -> Entry:
         entry = self._entries.get(doc_id)
         if entry is not None:
             return entry
@@ -1143,11 +902,11 @@ class DocumentManager:
                 except TimeoutError:
                     pass
         # No await between the lookup above and this insert: concurrent first uses share it.
-        entry = _Entry(doc_id, self._clock())
+        entry = Entry(doc_id, self._clock())
         self._entries[doc_id] = entry
         return entry
 
-    async def _load(self, entry: _Entry) -> None:
+    async def _load(self, entry: Entry) -> None:
         replica, parked, next_stamp, stored = await self._read_store(entry.doc_id)
         entry.replica = replica
         entry.parked = parked
@@ -1160,7 +919,7 @@ class DocumentManager:
         if entry.waiting:  # other nodes' commits that arrived while it loaded
             self._advance(entry)
 
-    def _writer_replica(self, entry: _Entry) -> Replica:
+    def _writer_replica(self, entry: Entry) -> Replica:
         """The entry's replica, re-opened under ``writer_id()`` if that changed since it loaded."""
         replica = entry.replica
         assert replica is not None
@@ -1177,7 +936,7 @@ class DocumentManager:
         stored = await self._store.load(doc_id)
         # The relay's own writer id: see the module docstring.
         replica = Replica(None if self.writer_id is None else self.writer_id())
-        holder = _Entry(doc_id, 0.0)  # only for its parked-digest bookkeeping
+        holder = Entry(doc_id, 0.0)  # only for its parked-digest bookkeeping
         if stored.snapshot is not None:
             try:
                 replica.apply_update(stored.snapshot)
@@ -1186,7 +945,7 @@ class DocumentManager:
         for seq, update in stored.updates:
             try:
                 replica.apply_update(update)
-                if not _integrated(replica, update):
+                if not integrated(replica, update):
                     holder.park(update)
             except EngineError as exc:  # never stored by us; skip damage rather than lose the doc
                 log_event(
@@ -1209,7 +968,7 @@ class DocumentManager:
 
     def _track(
         self,
-        entry: _Entry,
+        entry: Entry,
         commit: asyncio.Future[AppendResult],
         deliver: Callable[[AppendResult], None] | None,
         announce: Callable[[AppendResult], None] | None,
@@ -1229,7 +988,7 @@ class DocumentManager:
 
     def _committed(
         self,
-        entry: _Entry,
+        entry: Entry,
         future: asyncio.Future[AppendResult],
         deliver: Callable[[AppendResult], None] | None,
         announce: Callable[[AppendResult], None] | None,
@@ -1251,24 +1010,24 @@ class DocumentManager:
             if call is not None:
                 call()
             return
-        entry.waiting[first] = _Waiting(result.seq, None, 0, call)
+        entry.waiting[first] = Waiting(result.seq, None, 0, call)
         self._advance(entry)
 
-    def _settle(self, entry: _Entry, future: asyncio.Future[AppendResult]) -> bool:
+    def _settle(self, entry: Entry, future: asyncio.Future[AppendResult]) -> bool:
         """Fold a finished commit into the entry (idempotent); returns whether it succeeded."""
         if future.cancelled() or future.exception() is not None:
             self._poison(entry)
             return False
         return True
 
-    def _poison(self, entry: _Entry) -> None:
+    def _poison(self, entry: Entry) -> None:
         if not entry.poisoned:
             entry.poisoned = True
             log_event(
                 log, "memory_ahead_of_store", logging.WARNING, doc=entry.doc_id, hint="reloading on next use"
             )
 
-    async def _drain(self, entry: _Entry) -> None:
+    async def _drain(self, entry: Entry) -> None:
         """Wait until every append ordered for ``entry`` has committed or failed (lock held).
 
         With the lock held nothing new is ordered, so afterwards ``entry.seq`` is the durable seq
@@ -1281,7 +1040,7 @@ class DocumentManager:
                 self._settle(entry, future)
             entry.inflight = []
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: Entry) -> None:
         if entry.gap_timer is not None:
             entry.gap_timer.cancel()
             entry.gap_timer = None
@@ -1298,7 +1057,7 @@ class DocumentManager:
         if self._entries.get(entry.doc_id) is entry:
             del self._entries[entry.doc_id]
 
-    async def _unload_entry(self, entry: _Entry, *, seen: float | None) -> bool:
+    async def _unload_entry(self, entry: Entry, *, seen: float | None) -> bool:
         """Unload ``entry``; with ``seen`` set, only if unpinned and unused since ``seen``."""
 
         def still_wanted() -> bool:

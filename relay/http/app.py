@@ -39,7 +39,7 @@ from relay.http.api import (
     install_error_handlers,
     ops_router,
 )
-from relay.http.rest_sync import RestSyncExtension
+from relay.http.rest_routes import RestSyncExtension
 from relay.http.sync_socket import SyncExtension
 from relay.ops.config import RelayConfig
 from relay.ops.logging import get_logger, log_event

@@ -1,5 +1,9 @@
 """The sync API over plain HTTP: for networks that block websockets, and for simple integrations.
 
+This module is the service (:class:`RestSync`) and the parsing of request bodies; the routes
+are :mod:`relay.http.rest_routes`, the contract (limits, models, schemas)
+:mod:`relay.http.rest_contract`.
+
 Endpoints (all under ``/api/v1/sync/``, all with the REST API's auth: a bearer token, or a token
 bound to a device key with its proof of possession for this method and path):
 
@@ -46,11 +50,10 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import Request, Response
 
 from crdt_core.b64 import b64url
 from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica
@@ -60,18 +63,29 @@ from crdt_core.records import open_record
 from crdt_core.schema import DocId, Stamp, check_id, parse_doc_id
 from crdt_core.validation import ValidatedUpdate
 from crdt_core.yupdate import decode_state_vector, decode_update
-from relay.documents.manager import Applied, CapacityError, ManagerClosedError, Ordered
-from relay.http.api import ApiError, ClaimsDep, CtxDep, ErrorOut
+from relay.documents.manager import Ordered
+from relay.documents.results import Applied, CapacityError, ManagerClosedError
+from relay.http.api import ApiError
 from relay.http.projections import (
     CatalogView,
     ProjectionCache,
     ShopView,
     catalog_view,
     day_view,
-    page,
     shop_view,
 )
-from relay.ops.config import RelayConfig
+from relay.http.rest_contract import (
+    CACHE_CONTROL,
+    DEFAULT_BUDGET,
+    GZIP_MIN_BYTES,
+    IDEMPOTENCY_ENTRIES,
+    JSON,
+    MAX_BATCH_UPDATES,
+    MAX_BUDGET,
+    MAX_CHECK_DOCS,
+    MAX_UID,
+    MSGPACK,
+)
 from relay.ops.logging import get_logger, log_event
 from relay.store.base import AppendResult, StampConflictError, StoreError
 from relay.sync.connection import Bucket  # the websocket's per-connection rate bucket, per user here
@@ -79,238 +93,16 @@ from relay.sync.hub import SyncHub
 from relay.sync.pipeline import STAMP_CONFLICT_RETRIES, retry_pause
 
 if TYPE_CHECKING:
-    from relay.context import RelayContext
+    pass
 
 log = get_logger(__name__)
-
-PREFIX = "/api/v1/sync"
-MSGPACK = "application/msgpack"
-JSON = "application/json"
-#: Largest ``batch`` body (either encoding), and most updates in one batch.
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-MAX_BATCH_UPDATES = 256
-#: Largest ``check-updates`` body, and most documents in one call.
-MAX_CHECK_BYTES = 1024 * 1024
-MAX_CHECK_DOCS = 1000
-#: ``check-updates`` byte budget: default and ceiling (the diffs' raw bytes, before base64).
-DEFAULT_BUDGET = 1024 * 1024
-MAX_BUDGET = 8 * 1024 * 1024
-#: Catalogue pages: default and largest ``limit``.
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 500
-#: Responses at least this large are gzip-encoded for clients that accept it.
-GZIP_MIN_BYTES = 1024
-#: Acks remembered for replays, per relay process (least recently used go first).
-IDEMPOTENCY_ENTRIES = 20_000
-MAX_UID = 2**63 - 1
-CACHE_CONTROL = "private, no-cache"
-
-
-# --------------------------------------------------------------------------------------------
-# documentation models (the handlers build JSON themselves; these describe it in the OpenAPI)
-
-
-class CategoryOut(BaseModel):
-    id: str
-    name: str
-    icon: str | None
-    updated_at_ms: int
-
-
-class ShopOut(BaseModel):
-    id: str
-    name: str
-    category: str
-    location: str
-    lat: float
-    lon: float
-    rating: float | None
-    active: bool
-    updated_at_ms: int
-
-
-class CategoryPage(BaseModel):
-    items: list[CategoryOut]
-    next_cursor: str | None = Field(description="pass as ``cursor`` for the next page; null on the last")
-    seq: int = Field(description="the catalog document's seq this page was read at")
-
-
-class ShopPage(BaseModel):
-    items: list[ShopOut]
-    next_cursor: str | None
-    seq: int
-
-
-class ProfileOut(BaseModel):
-    name: str
-    description: str
-    address: str
-    lat: float
-    lon: float
-    image_url: str | None
-    hours: str
-    updated_at_ms: int
-
-
-class SlotTemplateOut(BaseModel):
-    id: str
-    service: str
-    start: str
-    duration: int
-    capacity: int
-    weekdays: list[int] | None
-    active: bool
-    updated_at_ms: int
-
-
-class ShopDetailOut(BaseModel):
-    id: str
-    summary: ShopOut | None
-    profile: ProfileOut | None
-    services: list[str]
-    slots: list[SlotTemplateOut]
-
-
-class SlotSeatsOut(BaseModel):
-    slot: str
-    service: str
-    start: str
-    duration: int
-    capacity: int
-    seats_taken: int
-    seats_left: int
-    confirmed: int
-    waitlisted: int
-
-
-class DayOut(BaseModel):
-    shop: str
-    day: str
-    weekday: int = Field(description="0 = Monday")
-    slots: list[SlotSeatsOut]
-    unknown_slot_claims: int
-    stamp_prefix: int
-
-
-class StampOut(BaseModel):
-    no: int
-    reservation: str
-
-
-class UpdateResult(BaseModel):
-    doc: str
-    uid: int
-    status: str = Field(description="``ack`` (durably stored) or ``error`` (not stored)")
-    seq: int | None = None
-    stamps: list[StampOut] | None = None
-    stamp_update: str | None = Field(
-        default=None, description="the relay's stamp update (base64 in JSON, bytes in msgpack)"
-    )
-    duplicate: bool | None = Field(default=None, description="the relay already held this update")
-    replayed: bool | None = Field(default=None, description="the remembered answer to this uid")
-    code: str | None = Field(default=None, description="the websocket's ``err`` code")
-    reason: str | None = None
-    retry: bool | None = None
-
-
-class BatchOut(BaseModel):
-    results: list[UpdateResult]
-
-
-class DocCheckOut(BaseModel):
-    doc: str
-    status: str = Field(description="``changed``, ``unchanged`` or ``error``")
-    seq: int | None = None
-    update: str | None = Field(
-        default=None, description="base64 diff; null for a changed document left for the next call"
-    )
-    state_vector: str | None = None
-    code: str | None = None
-    reason: str | None = None
-
-
-class CheckOut(BaseModel):
-    documents: list[DocCheckOut]
-    bytes: int
-    next_cursor: str | None
-
-
-_B64_PATTERN = "^[A-Za-z0-9+/_-]*={0,2}$"
-_DOC_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200}
-BATCH_BODY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["updates"],
-    "properties": {
-        "updates": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_BATCH_UPDATES,
-            "items": {
-                "type": "object",
-                "required": ["doc", "uid", "update"],
-                "properties": {
-                    "doc": _DOC_SCHEMA,
-                    "uid": {"type": "integer", "minimum": 0, "maximum": MAX_UID},
-                    "update": {"type": "string", "pattern": _B64_PATTERN, "description": "base64"},
-                },
-            },
-        }
-    },
-}
-CHECK_BODY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["documents"],
-    "properties": {
-        "documents": {
-            "type": "array",
-            "maxItems": MAX_CHECK_DOCS,
-            "items": {
-                "type": "object",
-                "required": ["doc"],
-                "properties": {
-                    "doc": _DOC_SCHEMA,
-                    "state_vector": {"type": "string", "pattern": _B64_PATTERN, "description": "base64"},
-                },
-            },
-        },
-        "budget": {"type": "integer", "minimum": 1, "maximum": MAX_BUDGET},
-        "cursor": {"type": ["string", "null"], "maxLength": 200},
-    },
-}
-
-
-def _body_doc(schema: dict[str, Any], msgpack_too: bool) -> dict[str, Any]:
-    content: dict[str, Any] = {JSON: {"schema": schema}}
-    if msgpack_too:
-        content[MSGPACK] = {"schema": schema}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-_ERR = {"model": ErrorOut}
-_GET_ERRORS: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not modified (``If-None-Match`` matched the ``ETag``)"},
-    401: _ERR,
-    403: _ERR,
-    404: _ERR,
-    422: _ERR,
-    503: _ERR,
-}
-_POST_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _ERR,
-    401: _ERR,
-    403: _ERR,
-    413: _ERR,
-    415: _ERR,
-    422: _ERR,
-    503: _ERR,
-}
 
 
 # --------------------------------------------------------------------------------------------
 # small helpers
 
 
-def _b64(raw: bytes) -> str:
+def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -330,7 +122,7 @@ def _unprocessable(message: str) -> ApiError:
     return ApiError(422, "validation_error", message)
 
 
-def _media_type(request: Request) -> str:
+def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
@@ -349,7 +141,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def decode_body(request: Request, body: bytes, *, msgpack_ok: bool) -> Any:
     """JSON (or msgpack where allowed) into Python values; 415/400 otherwise."""
-    kind = _media_type(request)
+    kind = media_type(request)
     if kind == JSON:
         try:
             return json.loads(body)
@@ -387,11 +179,11 @@ def cached_json(request: Request, payload: Callable[[], Any], etag: str) -> Resp
     return Response(body, media_type=JSON, headers=headers)
 
 
-def _cursor_out(last_id: str | None) -> str | None:
+def cursor_out(last_id: str | None) -> str | None:
     return None if last_id is None else b64url(last_id.encode())
 
 
-def _cursor_in(cursor: str | None) -> str | None:
+def cursor_in(cursor: str | None) -> str | None:
     if cursor is None or cursor == "":
         return None
     try:
@@ -759,7 +551,7 @@ def parse_batch(value: Any, *, binary: bool, max_update: int) -> list[tuple[str,
     return out
 
 
-def _fingerprint(docs: list[tuple[str, bytes]]) -> str:
+def fingerprint(docs: list[tuple[str, bytes]]) -> str:
     return hashlib.sha256("\n".join(d for d, _ in docs).encode()).hexdigest()[:16]
 
 
@@ -795,230 +587,9 @@ def parse_check(value: Any) -> tuple[list[tuple[str, bytes]], int, int]:
         if not isinstance(cursor, str) or len(cursor) > 200:
             raise _unprocessable("'cursor' must be the next_cursor of the previous answer.")
         index, _, print_ = cursor.partition(".")
-        if not index.isdigit() or int(index) > len(docs) or print_ != _fingerprint(docs):
+        if not index.isdigit() or int(index) > len(docs) or print_ != fingerprint(docs):
             raise ApiError(
                 422, "bad_cursor", "cursor does not continue this list of documents (send the same list)."
             )
         start = int(index)
     return docs, budget, start
-
-
-# --------------------------------------------------------------------------------------------
-# routes
-
-
-def _hub(ctx: RelayContext) -> SyncHub:
-    hub = ctx.sync_hub
-    if hub is None:
-        raise ApiError(503, "unavailable", "The relay is starting; try again shortly.")
-    return hub
-
-
-def _service(ctx: RelayContext) -> RestSync:
-    for ext in ctx.extensions:
-        if isinstance(ext, RestSyncExtension):
-            return ext.service
-    raise ApiError(503, "unavailable", "The REST sync API is not running in this relay.")
-
-
-def _etag(ctx: RelayContext, *parts: object) -> str:
-    return 'W/"' + ".".join([ctx.epoch[:16], *map(str, parts)]) + '"'
-
-
-def _wants_msgpack(request: Request) -> bool:
-    return MSGPACK in request.headers.get("accept", "").lower()
-
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page")]
-Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")]
-Since = Annotated[
-    int | None, Query(ge=0, le=2**53, description="only rows changed at or after this Unix time (ms)")
-]
-Text = Annotated[str | None, Query(max_length=100, description="case-insensitive text search")]
-ShopId = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        openapi_examples={"shop": {"summary": "a shop id", "value": "s0001"}},
-    ),
-]
-
-router = APIRouter(prefix=PREFIX, tags=["sync"])
-
-
-@router.get("/categories", response_model=CategoryPage, responses=_GET_ERRORS)
-async def categories(
-    request: Request,
-    claims: ClaimsDep,
-    ctx: CtxDep,
-    limit: Limit = DEFAULT_LIMIT,
-    cursor: Cursor = None,
-    q: Text = None,
-    updated_since: Since = None,
-) -> Response:
-    """The catalogue's categories, in id order, paged; cacheable (``ETag``, ``If-None-Match``)."""
-    after = _cursor_in(cursor)
-    view, seq = await _service(ctx).catalog(_hub(ctx))
-    needle = q.casefold() if q else None
-    rows = view.categories
-
-    def keep(i: int) -> bool:
-        row = rows[i]
-        if updated_since is not None and row["updated_at_ms"] < updated_since:
-            return False
-        return needle is None or needle in row["name"].casefold()
-
-    def payload() -> dict[str, Any]:
-        items, last = page(rows, view.category_ids, after, limit, keep)
-        return {"items": items, "next_cursor": _cursor_out(last), "seq": seq}
-
-    return cached_json(request, payload, _etag(ctx, "catalog", seq))
-
-
-@router.get("/shops", response_model=ShopPage, responses=_GET_ERRORS)
-async def shops(
-    request: Request,
-    claims: ClaimsDep,
-    ctx: CtxDep,
-    limit: Limit = DEFAULT_LIMIT,
-    cursor: Cursor = None,
-    category: Annotated[str | None, Query(max_length=64, description="only shops of this category")] = None,
-    q: Text = None,
-    updated_since: Since = None,
-) -> Response:
-    """The catalogue's shops, in id order, filtered and paged; cacheable, gzip when large."""
-    after = _cursor_in(cursor)
-    view, seq = await _service(ctx).catalog(_hub(ctx))
-    needle = q.casefold() if q else None
-    rows, text = view.shops, view.shop_text
-
-    def keep(i: int) -> bool:
-        row = rows[i]
-        if category is not None and row["category"] != category:
-            return False
-        if updated_since is not None and row["updated_at_ms"] < updated_since:
-            return False
-        return needle is None or needle in text[i]
-
-    def payload() -> dict[str, Any]:
-        items, last = page(rows, view.shop_ids, after, limit, keep)
-        return {"items": items, "next_cursor": _cursor_out(last), "seq": seq}
-
-    return cached_json(request, payload, _etag(ctx, "catalog", seq))
-
-
-@router.get("/shops/{shop_id}", response_model=ShopDetailOut, responses=_GET_ERRORS)
-async def shop_detail(request: Request, shop_id: ShopId, claims: ClaimsDep, ctx: CtxDep) -> Response:
-    """One shop: its catalogue summary, profile, services and slot templates."""
-    hub, service = _hub(ctx), _service(ctx)
-    catalog, catalog_seq = await service.catalog(hub)
-    view, seq = await service.shop(hub, shop_id)
-    summary = catalog.shop(shop_id)
-    if summary is None and view.empty:
-        raise ApiError(404, "not_found", "No such shop.")
-
-    def payload() -> dict[str, Any]:
-        return {
-            "id": shop_id,
-            "summary": summary,
-            "profile": view.profile,
-            "services": view.services,
-            "slots": list(view.slots),
-        }
-
-    return cached_json(request, payload, _etag(ctx, "shop", catalog_seq, seq))
-
-
-@router.get("/shops/{shop_id}/days/{day}", response_model=DayOut, responses=_GET_ERRORS)
-async def shop_day(
-    request: Request,
-    shop_id: ShopId,
-    day: Annotated[
-        str,
-        Path(
-            pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-            description="YYYY-MM-DD",
-            openapi_examples={"day": {"summary": "a day", "value": "2030-01-07"}},
-        ),
-    ],
-    claims: ClaimsDep,
-    ctx: CtxDep,
-) -> Response:
-    """Seats per slot on one day, from the verdict over the day's bookings: counts only."""
-    try:
-        DocId.bookings(shop_id, day)
-    except SchemaError:
-        raise ApiError(422, "validation_error", "day must be a calendar date (YYYY-MM-DD).") from None
-    out, shop_seq, seq = await _service(ctx).day(_hub(ctx), shop_id, day)
-    return cached_json(request, lambda: {"shop": shop_id, **out}, _etag(ctx, "day", shop_seq, seq))
-
-
-@router.post(
-    "/batch",
-    response_model=BatchOut,
-    responses=_POST_ERRORS,
-    openapi_extra=_body_doc(BATCH_BODY_SCHEMA, msgpack_too=True),
-)
-async def batch(request: Request, claims: ClaimsDep, ctx: CtxDep) -> Response:
-    """Signed Yjs updates for several documents; per update an ack once durable (with its stamps)
-    or the websocket's refusal. Idempotent by ``uid``. ``Accept: application/msgpack`` answers in
-    msgpack (bytes as bytes) instead of JSON (bytes as base64)."""
-    hub = _hub(ctx)
-    body = await read_body(request, MAX_BATCH_BYTES)
-    binary = _media_type(request) != JSON
-    items = parse_batch(
-        decode_body(request, body, msgpack_ok=True), binary=binary, max_update=hub.limits.max_message
-    )
-    results = [dict(r) for r in await _service(ctx).batch(hub, claims.sub, items)]
-    for r in results:
-        if r.get("stamps") is not None:
-            r["stamps"] = [{"no": no, "reservation": res} for no, res in r["stamps"]]
-    if _wants_msgpack(request):
-        return Response(msgpack.packb({"results": results}, use_bin_type=True), media_type=MSGPACK)
-    for r in results:
-        if isinstance(r.get("stamp_update"), bytes):
-            r["stamp_update"] = _b64(r["stamp_update"])
-    return Response(json.dumps({"results": results}, separators=(",", ":")), media_type=JSON)
-
-
-@router.post(
-    "/check-updates",
-    response_model=CheckOut,
-    responses=_POST_ERRORS,
-    openapi_extra=_body_doc(CHECK_BODY_SCHEMA, msgpack_too=False),
-)
-async def check_updates(request: Request, claims: ClaimsDep, ctx: CtxDep) -> Response:
-    """Which of the client's documents changed, and their diffs within ``budget`` bytes; call
-    again with ``next_cursor`` (and the same list, state vectors updated) for the rest."""
-    hub = _hub(ctx)
-    body = await read_body(request, MAX_CHECK_BYTES)
-    docs, budget, start = parse_check(decode_body(request, body, msgpack_ok=False))
-    entries, sent, resume = await _service(ctx).check(hub, claims.sub, docs, budget, start)
-    for e in entries:
-        for name in ("update", "state_vector"):
-            if isinstance(e.get(name), bytes):
-                e[name] = _b64(e[name])
-    cursor = None if resume is None else f"{resume}.{_fingerprint(docs)}"
-    out = {"documents": entries, "bytes": sent, "next_cursor": cursor}
-    return Response(json.dumps(out, separators=(",", ":")), media_type=JSON)
-
-
-class RestSyncExtension:
-    """Plugs the REST sync routes into the relay app; runs on the sync extension's hub."""
-
-    name = "rest_sync"
-
-    def __init__(self, config: RelayConfig) -> None:
-        self.config = config
-        self.service = RestSync()
-
-    def install(self, app: FastAPI, ctx: RelayContext) -> None:
-        app.include_router(router)
-
-    async def start(self, ctx: RelayContext) -> None:
-        self.service = RestSync()
-
-    async def stop(self, ctx: RelayContext) -> None:
-        self.service = RestSync()  # drop the caches and replays of the run that ended

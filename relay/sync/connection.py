@@ -23,7 +23,7 @@ from typing import Protocol
 from crdt_core.messages import CloseCode
 from crdt_core.protocol import RelayProtocol
 from relay.auth.tokens import Claims
-from relay.documents.manager import Pin
+from relay.documents.results import Pin
 from relay.ops.config import SyncLimits
 from relay.ops.metrics import Counter
 

@@ -103,7 +103,8 @@ from crdt_core.validation import ValidatedUpdate
 from relay.auth.anonymous_slots import AnonymousSlots, address_key
 from relay.auth.rights import RightsCache
 from relay.auth.tokens import Claims, ProofFailed, TokenError, TokenExpired, TokenRevoked
-from relay.documents.manager import CapacityError, DocumentManager, ManagerClosedError, Ordered
+from relay.documents.manager import DocumentManager, Ordered
+from relay.documents.results import CapacityError, ManagerClosedError
 from relay.fanout.base import Committed, Fanout
 from relay.ops.config import SyncLimits
 from relay.ops.logging import get_logger, log_event

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from crdt_core.errors import EngineError, ValidationError
 from crdt_core.messages import CloseCode, ErrorCode
 from crdt_core.validation import ValidatedUpdate
-from relay.documents.manager import Applied, CapacityError, DocumentManager, ManagerClosedError, Ordered
+from relay.documents.manager import DocumentManager, Ordered
+from relay.documents.results import Applied, CapacityError, ManagerClosedError
 from relay.ops.config import SyncLimits
 from relay.ops.logging import get_logger, log_event
 from relay.store.base import AppendResult, StampConflictError, StoreError

@@ -60,7 +60,7 @@ from crdt_core.reader import read_bookings
 from crdt_core.schema import Reservation
 from crdt_core.verdict import stamp_order
 from crdt_core.yupdate import decode_update
-from relay.documents.manager import ManagerClosedError
+from relay.documents.results import ManagerClosedError
 from relay.ops.logging import get_logger, log_event
 from relay.ops.metrics import MetricsRegistry
 from relay.store.base import StoredDocument

@@ -18,7 +18,8 @@ from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica
 from crdt_core.validation import ValidatedUpdate
 from crdt_core.verdict import stamp_order
-from relay.documents.manager import DocumentManager, StampSequence
+from relay.documents.manager import DocumentManager
+from relay.documents.results import StampSequence
 from relay.store.base import AppendResult, StoredDocument
 from relay.sync.stamp_hold import StampHold, held_claims
 

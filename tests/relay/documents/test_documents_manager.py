@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from crdt_core.engine import EngineError, Replica
-from relay.documents.manager import Applied, CapacityError, DocumentManager, ManagerClosedError, StampSequence
+from relay.documents.manager import DocumentManager
+from relay.documents.results import Applied, CapacityError, ManagerClosedError, StampSequence
 from relay.store import SQLiteDocumentStore
 
 

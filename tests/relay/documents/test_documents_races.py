@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from crdt_core.engine import Replica
-from relay.documents.manager import DocumentManager, StampSequence
+from relay.documents.manager import DocumentManager
+from relay.documents.results import StampSequence
 from relay.store import (
     AppendResult,
     CompactionResult,

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 
 from crdt_core.engine import Replica
-from relay.documents.manager import Applied, CapacityError, DocumentManager, StampSequence
+from relay.documents.manager import DocumentManager
+from relay.documents.results import Applied, CapacityError, StampSequence
 from relay.store import SQLiteDocumentStore
 
 DOCS = [f"bookings:shop:2025-01-{d:02d}" for d in range(1, 6)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli.commands import _config as config_from_args, build_parser
+from relay.cli.parser import build_parser, config_from_args
 from relay.ops.config import RelayConfig, redact_url
 from relay.store import PostgresDocumentStore, SQLiteDocumentStore, open_document_store
 from tests.relay.auth_helpers import REPO, _env

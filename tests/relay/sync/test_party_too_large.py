@@ -20,7 +20,7 @@ from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.protocol import Acked, ErrorReceived
 from crdt_core.schema import SlotTemplate
-from relay.cli.commands import _config, build_parser
+from relay.cli.parser import build_parser, config_from_args
 from relay.ops.config import SyncLimits
 from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
 from tests.relay.sync_helpers import SyncClient, login_device, new_account
@@ -113,8 +113,8 @@ async def test_a_party_over_the_slot_capacity_or_the_relay_limit_is_refused(rela
 
 def test_max_party_is_a_serve_flag_with_a_default_of_20(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    assert _config(parser.parse_args(["serve"])).sync.max_party == SyncLimits().max_party == 20
-    assert _config(parser.parse_args(["serve", "--max-party", "8"])).sync.max_party == 8
+    assert config_from_args(parser.parse_args(["serve"])).sync.max_party == SyncLimits().max_party == 20
+    assert config_from_args(parser.parse_args(["serve", "--max-party", "8"])).sync.max_party == 8
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
