@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-import client.local as local_mod
-from client.events import (
+import client.local.client as local_mod
+from client.local.client import InvalidRequest, LocalClient, NotAllowed, NotFound, NotLoggedIn
+from client.local.events import (
     BookingConfirmed,
     BookingDemoted,
     BookingPromoted,
@@ -17,9 +18,8 @@ from client.events import (
     ClientEvent,
     LoggedOut,
 )
-from client.local import InvalidRequest, LocalClient, NotAllowed, NotFound, NotLoggedIn
-from client.secrets import SecretStore
-from client.store import DB_FILE
+from client.storage.secrets import SecretStore
+from client.storage.store import DB_FILE
 from crdt_core.authoring import write_stamps
 from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica
@@ -27,8 +27,8 @@ from crdt_core.errors import ValidationError
 from crdt_core.reader import read_bookings
 from crdt_core.schema import DocId
 from crdt_core.verdict import ClaimState, compute_verdict
-from tests.client import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
-from tests.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key, relay_replica
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
+from tests.support.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key, relay_replica
 
 DOC = f"bookings:{SHOP}:{DAY}"
 SHOP_DOC = f"shop:{SHOP}"

@@ -22,7 +22,7 @@ from relay.config import RateLimit
 from relay.keys import KeyStore, KeyStoreError
 from relay.keys_pg import PostgresKeyStore
 from relay.ratelimit_pg import PostgresRateLimiter
-from tests.servers.postgres import PostgresServer
+from tests.support.servers.postgres import PostgresServer
 
 NOW = 1_900_000_000.0
 

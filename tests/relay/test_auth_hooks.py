@@ -24,8 +24,8 @@ from relay.app import create_app
 from relay.config import RateLimit, RateLimits, RelayConfig
 from relay.context import RelayContext
 from relay.tokens import TokenExpired, TokenInvalid, TokenRevoked
-from tests.eventually import eventually
-from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, STORES, run_cli, store_args
+from tests.support.eventually import eventually
+from tests.support.relay_process import FAST_HASH_ARGS, PASSWORD, STORES, run_cli, store_args
 
 BIG = RateLimit(10_000, 60)
 

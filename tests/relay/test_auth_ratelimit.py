@@ -14,7 +14,7 @@ import pytest
 
 from relay.config import RateLimit
 from relay.ratelimit import TokenBucketLimiter
-from tests.relay.auth_helpers import PASSWORD, STORES, RelayProcess, register, store_args, unique_email
+from tests.support.relay_process import PASSWORD, STORES, RelayProcess, register, store_args, unique_email
 
 
 @pytest.fixture(scope="module", params=STORES)

@@ -12,7 +12,7 @@ import pytest
 from relay.cli import _config as config_from_args, build_parser
 from relay.config import RelayConfig, redact_url
 from relay.store import PostgresDocumentStore, SQLiteDocumentStore, open_document_store
-from tests.relay.auth_helpers import REPO, _env
+from tests.support.relay_process import REPO, _env
 
 
 def parse(*argv: str) -> RelayConfig:
