@@ -355,7 +355,7 @@ class _Exchange:
 
 
 def describe(summary: PeerSummary) -> dict[str, Any]:
-    """The ``--json`` form of a summary (``client.cli.app.SCHEMAS["peer sync"]``, without events)."""
+    """The ``--json`` form of a summary (``client.cli.schemas.SCHEMAS["peer sync"]``, without events)."""
 
     def rows(items: list[tuple[str, str, str]]) -> list[dict[str, str]]:
         return [{"doc": d, "code": c, "reason": r} for d, c, r in items]

@@ -30,7 +30,7 @@ import jwt
 import pytest
 import websockets
 
-from client.cli.app import SCHEMAS
+from client.cli.schemas import SCHEMAS
 from client.local.client import LocalClient
 from client.local.events import BookingConfirmed
 from client.peer.auth import PeerAuthError, PeerCredentials, PeerVerifier, Scope, offer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli.app import describe_event
+from client.cli.output import describe_event
 from client.local.client import LocalClient
 from client.local.events import BookingConfirmed, BookingEvent, BookingTooLarge
 from crdt_core.verdict import ClaimState
