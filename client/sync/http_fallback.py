@@ -58,19 +58,15 @@ import websockets
 
 from client.local.events import RelayUnreachable
 from client.storage.store import OutboxEntry
-from client.sync.service import (
-    _EMPTY_SV,
-    _EMPTY_UPDATE,
-    _EXTRA_UID_BASE,
+from client.sync.base import _EMPTY_SV, _EMPTY_UPDATE, _EXTRA_UID_BASE, SyncSummary, rebuild_doc
+from client.sync.errors import (
     SyncLoginRequired,
     SyncRelayInsecure,
     SyncRelayUnreachable,
-    SyncService,
     SyncStopped,
-    SyncSummary,
     SyncWebsocketBlocked,
-    rebuild_doc,
 )
+from client.sync.service import SyncService
 from client.sync.tls import tls_failure
 from crdt_core.errors import ValidationError
 from crdt_core.messages import ErrorCode
