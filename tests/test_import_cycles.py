@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("crdt_core", "relay", "client", "benchmarks", "tests", "tools")
+PACKAGES = ("crdt_core", "relay", "client", "benchmarks", "tests", "tools", "demos")
 
 
 def _module_name(path: Path) -> str:
@@ -143,10 +143,14 @@ def _external_imports(path: Path) -> set[str]:
 
 #: Which of the repository's packages each shipped package may not import (docs/architecture.md).
 FORBIDDEN = {
-    "crdt_core": {"relay", "client", "benchmarks", "tests", "tools"},
-    "relay": {"client", "benchmarks", "tests", "tools"},
-    "client": {"relay", "benchmarks", "tests", "tools"},
+    "crdt_core": {"relay", "client", "benchmarks", "tests", "tools", "demos"},
+    "relay": {"client", "benchmarks", "tests", "tools", "demos"},
+    "client": {"relay", "benchmarks", "tests", "tools", "demos"},
 }
+
+#: The client's layers, bottom up (docs/architecture.md): a subpackage imports only its own
+#: modules and the layers below it; ``sync`` and ``peer`` share a layer and never import each other.
+CLIENT_LAYERS = {"storage": 0, "local": 1, "sync": 2, "peer": 2, "cli": 3}
 
 
 def test_packages_import_only_what_the_layering_allows() -> None:
@@ -218,6 +222,28 @@ def test_only_the_http_layer_imports_the_web_framework() -> None:
         and any(m.split(".")[0] in WEB_FRAMEWORK for m in _external_imports(p))
     )
     assert wrong == []
+
+
+def test_the_clients_subpackages_import_only_the_layers_below_them() -> None:
+    graph = import_graph()
+
+    def layer(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if parts[0] == "client" and len(parts) > 2 else None
+
+    wrong = []
+    for name, deps in graph.items():
+        mine = layer(name)
+        if mine is None:
+            continue
+        for dep in deps:
+            theirs = layer(dep)
+            if theirs is None or theirs == mine:
+                continue
+            if CLIENT_LAYERS[theirs] >= CLIENT_LAYERS[mine]:
+                wrong.append(f"{name} imports {dep}")
+    assert sorted(wrong) == []
+    assert set(CLIENT_LAYERS) == {n.split(".")[1] for n in graph if n.startswith("client.") and "." in n[7:]}
 
 
 def test_the_engine_and_uvicorns_internals_each_have_one_importer() -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 from benchmarks.relay_bench.experiments import load_single_document, quickslot_pool
 from benchmarks.relay_bench.payloads import Identity, bookings_doc
 from benchmarks.relay_bench.servers import PASSWORD, REPO, QuickSlotAsgi, _env
-from client.auth import AuthClient
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.sync import SyncService, SyncSummary
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService, SyncSummary
 from crdt_core.engine import Replica
 
 __all__ = ["Day", "SyncSample", "busy_day", "fresh_sync", "stored_state"]

@@ -5,7 +5,7 @@ the catalogue, a shop and a day's availability with plain ``GET``s, without a CR
 a replica held was validated when it arrived, so reading never re-verifies signatures
 (``crdt_core.reader``); records a newer schema wrote are read as this version reads them.
 
-Reading rules (the same as the reference client's tables, ``client.projections``):
+Reading rules (the same as the reference client's tables, ``client.local.projections``):
 
 * catalog and shop records are "latest record wins": per logical id, the record with the greatest
   ``(hlc, record key)``;

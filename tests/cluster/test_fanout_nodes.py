@@ -29,7 +29,7 @@ from relay.fanout.base import Committed
 from relay.fanout.redis_streams import RedisStreamFanout
 from relay.store.base import AppendResult, StampConflictError, StoreError
 from relay.store.postgres import PostgresDocumentStore
-from tests.servers.redis import RedisServer
+from tests.support.servers.redis import RedisServer
 
 DOC = "bookings:s1:2030-01-01"
 

@@ -22,7 +22,7 @@ from relay.auth.keys import KeyStore, KeyStoreError
 from relay.auth.keys_pg import PostgresKeyStore
 from relay.auth.ratelimit_pg import PostgresRateLimiter
 from relay.ops.config import RateLimit
-from tests.servers.postgres import PostgresServer
+from tests.support.servers.postgres import PostgresServer
 
 NOW = 1_900_000_000.0
 

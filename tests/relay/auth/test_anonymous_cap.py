@@ -35,8 +35,8 @@ from crdt_core.protocol import ClientProtocol, DocSynced, Welcomed
 from relay.auth.anonymous_slots import AnonymousSlots, address_key
 from relay.ops.config import SyncLimits
 from relay.sync.hub import ANONYMOUS_CAP_REASON
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import DEVICE_KEYS, SyncClient, new_account
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.sync_helpers import DEVICE_KEYS, SyncClient, new_account
 
 DOC = "bookings:anoncap:2030-01-07"
 REFUSED = 'quickslot_sync_refused_total{reason="anonymous_per_address"}'

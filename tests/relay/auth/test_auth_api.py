@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.auth.passwords import legacy_pbkdf2_hash
-from tests.eventually import eventually_blocking
-from tests.relay.auth_helpers import (
+from tests.support.eventually import eventually_blocking
+from tests.support.relay_process import (
     GENEROUS_LIMITS,
     PASSWORD,
     STORES,

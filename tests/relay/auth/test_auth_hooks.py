@@ -24,8 +24,8 @@ from relay.auth.tokens import TokenExpired, TokenInvalid, TokenRevoked
 from relay.context import RelayContext
 from relay.http.app import create_app
 from relay.ops.config import RateLimit, RateLimits, RelayConfig
-from tests.eventually import eventually
-from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, STORES, run_cli, store_args
+from tests.support.eventually import eventually
+from tests.support.relay_process import FAST_HASH_ARGS, PASSWORD, STORES, run_cli, store_args
 
 BIG = RateLimit(10_000, 60)
 

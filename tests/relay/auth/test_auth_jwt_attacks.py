@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, bearer, login, register, unique_email
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, bearer, login, register, unique_email
 
 KeyPair = tuple[str, Ed25519PrivateKey]
 

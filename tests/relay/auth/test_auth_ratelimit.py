@@ -14,7 +14,7 @@ import pytest
 
 from relay.auth.ratelimit import TokenBucketLimiter
 from relay.ops.config import RateLimit
-from tests.relay.auth_helpers import PASSWORD, STORES, RelayProcess, register, store_args, unique_email
+from tests.support.relay_process import PASSWORD, STORES, RelayProcess, register, store_args, unique_email
 
 
 @pytest.fixture(scope="module", params=STORES)

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.eventually import eventually_blocking
-from tests.relay.auth_helpers import (
+from tests.support.eventually import eventually_blocking
+from tests.support.relay_process import (
     GENEROUS_LIMITS,
     PASSWORD,
     RelayProcess,

@@ -17,7 +17,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.peer_auth import PEER_DOMAIN, PeerAuthError, PeerCredentials, PeerVerifier, transcript
+from client.peer.auth import PEER_DOMAIN, PeerAuthError, PeerCredentials, PeerVerifier, transcript
 from crdt_core.certs import CERT_DOMAIN, SigningKey, parse_certificate, public_bytes
 from crdt_core.pop import (
     DOMAIN,
@@ -42,7 +42,7 @@ from crdt_core.pop import (
 from crdt_core.records import RECORD_DOMAIN
 from relay.auth.keys import KeyStore
 from relay.auth.tokens import ACCESS, REFRESH, ProofFailed, TokenInvalid, TokenService
-from tests.crdt_factory import World, fixed_seed_key
+from tests.support.crdt_factory import World, fixed_seed_key
 
 NOW = float(int(time.time()))
 ME = rest("GET", "/api/v1/auth/me")

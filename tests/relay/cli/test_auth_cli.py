@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from relay.cli.commands import main
-from tests.relay.auth_helpers import FAST_HASH_ARGS, PASSWORD, RelayProcess, free_port, pg_sql, run_cli
+from tests.support.relay_process import FAST_HASH_ARGS, PASSWORD, RelayProcess, free_port, pg_sql, run_cli
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from crdt_core.pop import rest
 from crdt_core.protocol import DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
 from crdt_core.schema import Category, Reservation, ShopProfile, ShopSummary, SlotTemplate
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.rest_helpers import Writer, b64, call, post_batch, seed_catalogue
-from tests.relay.sync_helpers import SyncClient, fetch_document, new_account, token_headers
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.rest_helpers import Writer, b64, call, post_batch, seed_catalogue
+from tests.support.sync_helpers import SyncClient, fetch_document, new_account, token_headers
 
 DAY = (dt.date.today() + dt.timedelta(days=4)).isoformat()
 SHOP = "restshop"

@@ -21,8 +21,8 @@ from websockets.sync.client import connect
 
 from relay.http.sync_socket import AsgiTransport
 from relay.http.ws_protocol import FALLBACK, FAST_PATH, FastWriter
-from tests.eventually import eventually_blocking
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
+from tests.support.eventually import eventually_blocking
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
 
 
 def writer_counts(metrics_text: str) -> dict[str, float]:

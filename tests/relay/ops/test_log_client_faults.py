@@ -15,8 +15,8 @@ from pathlib import Path
 from relay.ops.logging import ClientFaultFilter
 from tests.fuzz.cases import FrameSpec
 from tests.fuzz.conn import FuzzConn
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import new_account
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.sync_helpers import new_account
 
 UVICORN_MESSAGE = "Invalid UTF-8 sequence received from client."
 

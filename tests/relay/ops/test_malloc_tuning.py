@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from relay.ops.malloc_tuning import ARENA_MAX, tune_malloc
-from tests.relay.auth_helpers import REPO, RelayProcess
+from tests.support.relay_process import REPO, RelayProcess
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator settings")
 

@@ -31,8 +31,8 @@ import websockets
 from crdt_core.engine import Replica
 from crdt_core.pop import SYNC
 from relay.ops.fdlimit import ACCEPT_EXHAUSTED, AcceptErrorThrottle
-from tests.relay.auth_helpers import FAST_HASH_ARGS, GENEROUS_LIMITS, REPO, RelayProcess, _env, free_port
-from tests.relay.sync_helpers import SyncClient, new_account, token_headers
+from tests.support.relay_process import FAST_HASH_ARGS, GENEROUS_LIMITS, REPO, RelayProcess, _env, free_port
+from tests.support.sync_helpers import SyncClient, new_account, token_headers
 
 DOC = "bookings:fdshop:2031-01-01"
 

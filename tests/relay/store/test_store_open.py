@@ -12,7 +12,7 @@ import pytest
 from relay.cli.parser import build_parser, config_from_args
 from relay.ops.config import RelayConfig, redact_url
 from relay.store import PostgresDocumentStore, SQLiteDocumentStore, open_document_store
-from tests.relay.auth_helpers import REPO, _env
+from tests.support.relay_process import REPO, _env
 
 
 def parse(*argv: str) -> RelayConfig:

@@ -17,7 +17,7 @@ import pytest
 from crdt_core.engine import Replica
 from relay.store import PostgresDocumentStore, StampConflictError, StoreError
 from relay.store.pg_migrations import DOCUMENT_COMPONENT, DOCUMENT_MIGRATIONS
-from tests.servers.postgres import PostgresServer
+from tests.support.servers.postgres import PostgresServer
 
 
 def contents(stored: object) -> set[str]:

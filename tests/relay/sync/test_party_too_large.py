@@ -22,8 +22,8 @@ from crdt_core.protocol import Acked, ErrorReceived
 from crdt_core.schema import SlotTemplate
 from relay.cli.parser import build_parser, config_from_args
 from relay.ops.config import SyncLimits
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import SyncClient, login_device, new_account
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.sync_helpers import SyncClient, login_device, new_account
 
 SHOP = "bigparty"
 DAY = (dt.date.today() + dt.timedelta(days=5)).isoformat()

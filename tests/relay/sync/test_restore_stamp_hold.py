@@ -30,9 +30,9 @@ from crdt_core.engine import Replica
 from crdt_core.protocol import Acked, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
 from crdt_core.verdict import ClaimState, Verdict, compute_verdict
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, store_args
 from tests.relay.store_backends import LONG_STORES
-from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, store_args
+from tests.support.sync_helpers import Account, SyncClient, fetch_document, new_account
 
 DAY = (dt.date.today() + dt.timedelta(days=5)).isoformat()
 DOC = f"bookings:holdshop:{DAY}"

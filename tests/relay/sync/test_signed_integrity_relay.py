@@ -27,8 +27,8 @@ from crdt_core.schema import SCHEMA_VERSION, Reservation
 from crdt_core.validation import validate_update
 from relay.auth.keys import KeyStore
 from relay.ops.config import KEYS_DIRNAME
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.sync_helpers import Account, SyncClient, new_account
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.sync_helpers import Account, SyncClient, new_account
 
 DAY = (dt.date.today() + dt.timedelta(days=4)).isoformat()
 DAY_MS = 24 * 3600 * 1000

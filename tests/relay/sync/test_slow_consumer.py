@@ -51,8 +51,8 @@ from crdt_core.pop import SYNC
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, UpdateReceived
 from crdt_core.schema import Reservation
 from relay.sync.connection import CLOSE_GRACE_S
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, rss_bytes
-from tests.relay.sync_helpers import Account, SyncClient, new_account, token_headers
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, rss_bytes
+from tests.support.sync_helpers import Account, SyncClient, new_account, token_headers
 
 DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
 

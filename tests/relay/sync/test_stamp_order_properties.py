@@ -28,8 +28,8 @@ from crdt_core.validation import validate_update
 from crdt_core.verdict import compute_verdict, tentative_key
 from relay.documents.results import StampSequence
 from relay.sync.stamping import Stamping
-from tests.crdt_factory import NOW_MS, World
-from tests.strategies import DOC, MINUTE_MS, SLOTS, client_block, yjs_update
+from tests.support.crdt_factory import NOW_MS, World
+from tests.support.strategies import DOC, MINUTE_MS, SLOTS, client_block, yjs_update
 
 
 @dataclass

@@ -25,7 +25,8 @@ from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, U
 from crdt_core.reader import read_bookings
 from crdt_core.records import RELAY_SIGNER_PREFIX
 from crdt_core.schema import SlotTemplate
-from tests.relay.auth_helpers import (
+from tests.relay.store_backends import LONG_STORES, copy_store
+from tests.support.relay_process import (
     GENEROUS_LIMITS,
     QUICK_ACCOUNT_EVENTS,
     STORES,
@@ -34,8 +35,7 @@ from tests.relay.auth_helpers import (
     rss_bytes,
     store_args,
 )
-from tests.relay.store_backends import LONG_STORES, copy_store
-from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
+from tests.support.sync_helpers import Account, SyncClient, fetch_document, new_account
 
 DAY = (dt.date.today() + dt.timedelta(days=3)).isoformat()
 SHOP = "shop1"
@@ -189,7 +189,7 @@ async def test_shop_edit_needs_ownership(relay: RelayProcess, http: httpx.Client
     owner, stranger = new_account(relay, http), new_account(relay, http)
     relay.cli_json("user", "grant", owner.email, "--owner", "shopx")
     await applied_by_relay(relay)  # the server picks up CLI changes by polling account events
-    from tests.relay.sync_helpers import login_device
+    from tests.support.sync_helpers import login_device
 
     owner = login_device(relay, http, owner.email)  # a new certificate carries the grant
     doc = "shop:shopx"

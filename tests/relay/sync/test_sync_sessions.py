@@ -18,9 +18,9 @@ from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode
 from crdt_core.protocol import Acked, DocSynced
 from crdt_core.reader import read_bookings
-from tests.relay.auth_helpers import GENEROUS_LIMITS, STORES, RelayProcess, run_cli, store_args
 from tests.relay.store_backends import LONG_STORES
-from tests.relay.sync_helpers import SyncClient, fetch_document, login_device, new_account
+from tests.support.relay_process import GENEROUS_LIMITS, STORES, RelayProcess, run_cli, store_args
+from tests.support.sync_helpers import SyncClient, fetch_document, login_device, new_account
 
 DOC = "bookings:shop1:2030-01-15"
 
@@ -167,7 +167,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_booking(
 
 
 async def test_operator_stats_and_compact(tmp_path: Path, store_flags: list[str]) -> None:
-    from tests.relay.auth_helpers import cli_json
+    from tests.support.relay_process import cli_json
 
     data = tmp_path / "data"
     relay = RelayProcess(data, *GENEROUS_LIMITS, *store_flags).start()
