@@ -90,7 +90,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from crdt_core.engine import EMPTY_UPDATE, EngineError, Replica, diff_update
+from crdt_core.engine import EngineError, Replica
 from relay.store.base import AppendResult, DocumentStore, StoredDocument, StoreError, check_doc_id
 
 __all__ = [
@@ -484,7 +484,7 @@ def _no_check(replica: Replica, update: bytes) -> None:
     return None
 
 
-def _is_noop(entry: _Entry, update: bytes, state_vector: bytes) -> bool:
+def _is_noop(entry: _Entry, update: bytes, replica: Replica) -> bool:
     """Whether ``update`` adds nothing to the document (a re-send), decided *before* applying it.
 
     Not "the state vector did not move": an update whose dependencies have not arrived yet (a
@@ -501,14 +501,14 @@ def _is_noop(entry: _Entry, update: bytes, state_vector: bytes) -> bool:
     A re-send that is neither (e.g. a parked update re-encoded differently, or one forgotten by
     compaction) is stored once more: a harmless duplicate row, never a loss.
     """
-    if diff_update(update, state_vector) == EMPTY_UPDATE:
+    if replica.covers(update):
         return True
     return bool(entry.parked) and _digest(update) in entry.parked
 
 
 def _integrated(replica: Replica, update: bytes) -> bool:
     """Whether everything in ``update`` (just applied) is now covered by the state vector."""
-    return diff_update(update, replica.state_vector()) == EMPTY_UPDATE
+    return replica.covers(update)
 
 
 class DocumentManager:
@@ -683,7 +683,7 @@ class DocumentManager:
         async with self._locked(doc_id, after_stamps=True) as entry:
             replica = entry.replica
             assert replica is not None
-            if _is_noop(entry, update, replica.state_vector()):
+            if _is_noop(entry, update, replica):
                 if check_resend is not None:
                     check_resend(replica, update)
                 barrier = list(entry.inflight)
@@ -860,7 +860,7 @@ class DocumentManager:
         replica = entry.replica
         assert replica is not None and item.updates is not None
         for update in item.updates:
-            if entry.expect and diff_update(update, replica.state_vector()) == EMPTY_UPDATE:
+            if entry.expect and replica.covers(update):
                 continue  # already in the replica a refresh read from the store
             try:
                 replica.apply_update(update)
