@@ -562,6 +562,8 @@ class DocumentManager:
         self._clock = clock
         self.gap_wait = gap_wait
         self.on_catchup: Callable[[str, bytes, int], None] | None = None
+        #: ``on_load(seconds)`` after each document load from the store (a metrics histogram).
+        self.on_load: Callable[[float], None] | None = None
         #: The Yjs client id the relay writes its own updates under (None: a random one, for
         #: managers whose builders write no signed records). Set by the hub.
         self.writer_id: Callable[[], int] | None = None
@@ -1143,7 +1145,20 @@ class DocumentManager:
         return entry
 
     async def _load(self, entry: _Entry) -> None:
+        started = time.monotonic()
         replica, parked, next_stamp, stored = await self._read_store(entry.doc_id)
+        seconds = time.monotonic() - started
+        # Info, with its duration: a cold document holds back its first acknowledgement (after
+        # a restart, every document's), so loads must be visible beside the latency they cause.
+        log.info(
+            "= loaded %s in %.3f s: %d updates after the snapshot, %d bytes",
+            entry.doc_id,
+            seconds,
+            len(stored.updates),
+            stored.stored_bytes,
+        )
+        if self.on_load is not None:
+            self.on_load(seconds)
         entry.replica = replica
         entry.parked = parked
         entry.seq = stored.seq

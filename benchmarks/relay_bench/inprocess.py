@@ -11,7 +11,9 @@ document that already holds N bookings can be compared with one into an empty do
 
 Prints, for an empty day document and for one holding ``--fill`` bookings, the CPU per booking
 and bookings per second with ``--inflight`` bookings in flight (each answered after its durable
-commit), and their ratio (docs/benchmarks.md, "Relay", cost independent of document size).
+commit), and their ratio (docs/benchmarks.md, "Relay", cost independent of document size);
+with ``--catchup`` a fresh client's verified catch-up of the full document, with ``--restart``
+the first durable acknowledgement on it from a manager opened anew on the same files.
 """
 
 from __future__ import annotations
@@ -156,8 +158,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     key = relay_key()
     devices = authors(key, args.devices)
     empty_doc, full_doc = bookings_doc("inprocE"), bookings_doc("inprocF")
-    both = bookings(devices, full_doc, args.fill + args.measure)
-    fill, probe_full = both[: args.fill], both[args.fill :]
+    both = bookings(devices, full_doc, args.fill + args.measure + 1)
+    fill, probe_full, after_restart = both[: args.fill], both[args.fill : -1], both[-1]
     probe_empty = bookings(devices, empty_doc, args.measure)
     out: dict[str, Any] = {"fill": args.fill, "measure": args.measure, "inflight": args.inflight}
     with tempfile.TemporaryDirectory(prefix="inprocess-") as tmp:
@@ -177,9 +179,59 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 out[name] = {"cpu_per_update_s": cpu / len(probe), "updates_per_s": len(probe) / wall}
             if prof is not None:
                 prof.dump_stats(args.profile)
+            if args.catchup:
+                out["catchup"] = await catch_up(bench, full_doc)
+        if args.restart:
+            # A new manager and store on the same files: what a relay restarted after SIGKILL
+            # finds (SQLite's journal makes the committed state the same either way).
+            async with Bench(Path(tmp), key) as bench:
+                out["restart"] = await first_ack(bench, full_doc, after_restart)
     out["ratio_rate_full_vs_empty"] = out["full"]["updates_per_s"] / out["empty"]["updates_per_s"]
     out["ratio_cpu_full_vs_empty"] = out["full"]["cpu_per_update_s"] / out["empty"]["cpu_per_update_s"]
     return out
+
+
+async def catch_up(bench: Bench, doc: str) -> dict[str, Any]:
+    """A fresh client's catch-up of ``doc``: the relay's answer to an empty state vector, then
+    the client's validation of it (every record's signature, every certificate) and applying it."""
+    from crdt_core.certs import CertificateCache
+    from crdt_core.validation import validate_update
+
+    assert bench.manager is not None
+    c0, t0 = time.process_time(), time.perf_counter()
+    state, _ = await bench.manager.diff(doc, b"\x00")
+    relay_s = time.perf_counter() - t0
+    relay_cpu = time.process_time() - c0
+    c0, t0 = time.process_time(), time.perf_counter()
+    client = Replica()
+    checked = validate_update(doc, client, state, CertificateCache({bench.key.kid: bench.key.public}))
+    verified_s = time.perf_counter() - t0
+    client.apply_update(state)
+    client_s = time.perf_counter() - t0
+    return {
+        "bytes": len(state),
+        "records": len(checked.records),
+        "relay_s": relay_s,
+        "relay_cpu_s": relay_cpu,
+        "client_validate_s": verified_s,
+        "client_total_s": client_s,
+        "client_cpu_s": time.process_time() - c0,
+    }
+
+
+async def first_ack(bench: Bench, doc: str, update: bytes) -> dict[str, Any]:
+    """From the first update into ``doc`` on a fresh manager to its durable commit: the load of
+    the whole document, validating, stamping and the commit."""
+    assert bench.hub is not None and bench.manager is not None
+    t0 = time.perf_counter()
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def durable(result: Any, checked: Any, extra: Any) -> None:
+        done.set_result(time.perf_counter() - t0)
+
+    await bench.hub.order_update(doc, update, durable)
+    loaded = time.perf_counter() - t0
+    return {"first_ack_s": await done, "ordered_s": loaded}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -190,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--inflight", type=int, default=32, help="bookings in flight at once")
     p.add_argument("--profile", help="write a cProfile of one measured phase here")
     p.add_argument("--profile-which", choices=("empty", "full"), default="full")
+    p.add_argument("--catchup", action="store_true", help="time a fresh client's verified catch-up")
+    p.add_argument("--restart", action="store_true", help="time the first ack after reopening the store")
     res = asyncio.run(measure(p.parse_args(argv)))
     print(json.dumps(res, indent=2))
 
