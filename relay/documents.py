@@ -90,7 +90,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from crdt_core.engine import EngineError, Replica
+from crdt_core.engine import EngineError, Replica, covered_by
 from relay.store.base import AppendResult, DocumentStore, StoredDocument, StoreError, check_doc_id
 
 __all__ = [
@@ -1193,13 +1193,21 @@ class DocumentManager:
                 replica.apply_update(stored.snapshot)
             except EngineError as exc:
                 raise StoreError(f"{doc_id}: stored snapshot is unreadable: {exc}") from None
+        applied: list[bytes] = []
         for seq, update in stored.updates:
             try:
                 replica.apply_update(update)
-                if not _integrated(replica, update):
-                    holder.park(update)
+                applied.append(update)
             except EngineError as exc:  # never stored by us; skip damage rather than lose the doc
                 log.error("! %s: stored update %d is unreadable and skipped: %s", doc_id, seq, exc)
+        # Parked rows, judged once against the final clocks (a row a later one released counts
+        # as integrated, as it does for a re-send): asking per row cost a state vector each,
+        # linear in the document's clients, which made loading a full day quadratic.
+        if applied and replica.holds_parked():
+            clocks = replica.state_clocks()
+            for update in applied:
+                if not covered_by(update, clocks):
+                    holder.park(update)
         next_stamp = stored.next_stamp
         if self._highest_stamp is not None:
             floor = self._highest_stamp(replica) + 1
