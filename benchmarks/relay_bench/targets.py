@@ -38,6 +38,30 @@ def _median(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"args": vars(args), "docs_rounds": {}, "floor": [], "idle": {}}
     rng = random.Random(0)
+    if args.docs:
+        _docs_phase(args, out, rng)
+    if args.idle_conns:
+        # Fresh servers: after the documents phase their heaps hold freed memory that new
+        # connections would reuse, hiding what a connection costs.
+        with scratch_dir("quickslot-targets-") as workdir, Fleet(workdir, (QUICKSLOT, Y_WEBSOCKET)) as fleet:
+            assert fleet.relay is not None
+            fleet.relay.ensure_identities(2 * ACCOUNTS)
+            for name in [n for n in (QUICKSLOT, Y_WEBSOCKET) if n in fleet.lanes]:
+                subject = fleet.lanes[name].subject
+                docs = [bookings_doc(f"idle{name[:2]}k{k}") for k in range(100)]
+                warm = [bookings_doc(f"warm{name[:2]}k{k}") for k in range(10)]
+                out["idle"][name] = ex.idle_connections(
+                    subject,
+                    docs,
+                    args.idle_conns,
+                    accounts=ACCOUNTS,
+                    idle_s=args.idle_seconds,
+                    warm_docs=warm,
+                )
+    return _summarise(out)
+
+
+def _docs_phase(args: argparse.Namespace, out: dict[str, Any], rng: random.Random) -> None:
     with scratch_dir("quickslot-targets-") as workdir, Fleet(workdir, (QUICKSLOT, Y_WEBSOCKET)) as fleet:
         assert fleet.relay is not None
         out["unavailable"] = dict(fleet.unavailable)
@@ -68,20 +92,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["latency"].pop("kept", None)
                 out["docs_rounds"].setdefault(name, []).append(res)
             out["floor"].append(cost_floor.measure())
-        if args.idle_conns:
-            for name in lanes:
-                subject = fleet.lanes[name].subject
-                docs = [bookings_doc(f"idle{name[:2]}k{k}") for k in range(100)]
-                warm = [bookings_doc(f"warm{name[:2]}k{k}") for k in range(10)]
-                out["idle"][name] = ex.idle_connections(
-                    subject,
-                    docs,
-                    args.idle_conns,
-                    accounts=ACCOUNTS,
-                    idle_s=args.idle_seconds,
-                    warm_docs=warm,
-                )
-    fl = cost_floor.median_floor(out["floor"])
+
+
+def _summarise(out: dict[str, Any]) -> dict[str, Any]:
+    fl = cost_floor.median_floor(out["floor"]) if out["floor"] else {}
     cpu = {n: _median([r["cpu_per_update_s"] for r in rs]) for n, rs in out["docs_rounds"].items()}
     rate = {n: _median([r["throughput_per_s"] for r in rs]) for n, rs in out["docs_rounds"].items()}
     summary: dict[str, Any] = {
