@@ -133,6 +133,7 @@ class Replica:
         "_plain",
         "_unexamined",
         "_parkable",
+        "_written",
     )
 
     def __init__(self, client_id: int | None = None) -> None:
@@ -153,6 +154,8 @@ class Replica:
         self._unexamined = False
         #: The engine may hold parked structs: the cache is never kept (each read parses).
         self._parkable = False
+        #: The update the last local write returned: applying it again changes nothing.
+        self._written: bytes | None = None
 
     def __del__(self) -> None:
         # pycrdt keeps a document's observers alive from Rust, which Python's collector cannot
@@ -287,6 +290,8 @@ class Replica:
             raise EngineError(f"update must be bytes, not {type(update).__name__}")
         _check_declared_count(update, UPDATE_BLOCK_MIN_BYTES, "cannot apply update")
         data = bytes(update)
+        if data is self._written:
+            return  # this replica's own last write, handed back (the relay's stamps)
         try:
             self._doc.apply_update(data)
         except BaseException as exc:  # noqa: BLE001
@@ -411,7 +416,8 @@ class Replica:
                 for root, key, value in batch:
                     self._map(root)[key] = value
             clocks[own] = first + len(batch)
-            return encode_map_inserts(own, first, batch)
+            self._written = encode_map_inserts(own, first, batch)
+            return self._written
         # Otherwise the update comes from a document observer (Yrs encodes it at commit, from
         # the transaction's own changes), attached for this transaction only (see above).
         # ``get_update(get_state())`` around the transaction gave the same bytes but cost time
@@ -429,7 +435,8 @@ class Replica:
             self._doc.unobserve(self._capture_sub)
             self._capture_sub = None
         self._follow(self._captured.update)
-        return self._captured.update
+        self._written = self._captured.update
+        return self._written
 
     def set_value(self, root: str, key: str, value: Any) -> bytes:
         """Store a plain value (ints stay ints) as msgpack bytes; returns the update."""
