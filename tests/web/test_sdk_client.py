@@ -26,7 +26,8 @@ import pytest
 
 from tests.client.test_cli import Cli
 from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, FixedPortRelay, RelayProcess, unique_email
-from tests.web.test_sdk_books_at_relay import SDK, _node_command
+from tests.web.sdk_env import SDK
+from tests.web.test_sdk_books_at_relay import _node_command
 
 DRIVER = Path(__file__).resolve().parent / "sdk_driver.mjs"
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()

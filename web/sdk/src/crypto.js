@@ -24,6 +24,22 @@ function hasWebEd25519() {
   return webEd25519;
 }
 
+/** Imported verification keys by their raw bytes (a replica sees a few signers over and over). */
+const verifyKeys = new Map();
+const VERIFY_KEYS_KEPT = 1024;
+
+/** @param {Uint8Array} publicKey @returns {Promise<CryptoKey>} */
+async function verifyKey(publicKey) {
+  const id = String.fromCharCode(...publicKey);
+  let key = verifyKeys.get(id);
+  if (key === undefined) {
+    key = await subtle.importKey("raw", /** @type {BufferSource} */ (publicKey), { name: "Ed25519" }, false, ["verify"]);
+    if (verifyKeys.size >= VERIFY_KEYS_KEPT) verifyKeys.delete(verifyKeys.keys().next().value);
+    verifyKeys.set(id, key);
+  }
+  return key;
+}
+
 /**
  * Whether `signature` is `publicKey`'s Ed25519 signature of `message`. Malformed keys and
  * signatures are simply "does not verify", as in crdt_core.
@@ -34,7 +50,7 @@ export async function ed25519Verify(signature, message, publicKey) {
   if (publicKey.length !== 32 || signature.length !== 64) return false;
   try {
     if (await hasWebEd25519()) {
-      const key = await subtle.importKey("raw", /** @type {BufferSource} */ (publicKey), { name: "Ed25519" }, false, ["verify"]);
+      const key = await verifyKey(publicKey);
       return await subtle.verify({ name: "Ed25519" }, key, /** @type {BufferSource} */ (signature), /** @type {BufferSource} */ (message));
     }
     return await noble.verifyAsync(signature, message, publicKey);
