@@ -18,6 +18,7 @@ import pytest
 from benchmarks.harness import Progress, RunConfig
 from benchmarks.runner import run
 from benchmarks.suites import SUITES, web
+from tests.bench_checks import assert_every_subject_measured
 from tests.web.sdk_env import node_or_skip
 
 
@@ -28,16 +29,11 @@ def test_a_tiny_web_run_measures_every_subject_and_reports_ratios(tmp_path: Path
     data = run(config, tmp_path, Progress(stream=io.StringIO()))
     assert list(data["workloads"]) == ["sdk_verdict", "sdk_catchup", "sdk_book_ack"]
     subjects = {
-        "sdk_verdict": {web.CRDT_CORE, web.SDK_SUBJECT},
+        "sdk_verdict": {web.CRDT_CORE, web.SDK_SUBJECT, web.SDK_WARM},
         "sdk_catchup": {web.CRDT_CORE, web.SDK_SUBJECT},
         "sdk_book_ack": {web.WS_CORE, web.SDK_CLIENT, web.PY_CLIENT},
     }
-    for workload, names in subjects.items():
-        rows = [r for r in data["results"] if r["workload"] == workload]
-        assert {r["subject"] for r in rows} == names
-        for r in rows:
-            assert r["status"] == "ok", (workload, r["subject"], r["note"])
-            assert r["samples"] and all(s > 0 for s in r["samples"])
+    assert_every_subject_measured(data, subjects)
     ratios = {(x["workload"], x["subject"]): x["ratio"] for x in data["ratios"]}
     assert ratios[("sdk_verdict", web.CRDT_CORE)] == 1.0 and ratios[("sdk_book_ack", web.WS_CORE)] == 1.0
     assert all(math.isfinite(v) and v > 0 for v in ratios.values())
@@ -48,4 +44,4 @@ def test_a_tiny_web_run_measures_every_subject_and_reports_ratios(tmp_path: Path
 def test_without_node_every_subject_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda _name: None)
     results = web.SdkVerdict().run(100, RunConfig(scale="tiny"), Progress(stream=io.StringIO()))
-    assert [(r.status, r.note) for r in results] == [("unsupported", "node is not installed")] * 2
+    assert [(r.status, r.note) for r in results] == [("unsupported", "node is not installed")] * 3
