@@ -143,8 +143,9 @@ class SdkVerdict:
     description: str = (
         "A day of N claims (staff confirmations, cancellations, 70% stamped, 12 slots of 6 seats) read "
         "from its document into typed records and its verdict computed: crdt_core (read_bookings + "
-        "compute_verdict, the Python client's path) against the SDK (readBookings + computeVerdict). "
-        "Sample: one read + verdict."
+        "compute_verdict, the Python client's path) against the SDK (readBookings + computeVerdict) on a "
+        "fresh document each time, and again on the same document (records cached, what a client pays "
+        "to recompute after a change). Sample: one read + verdict."
     )
     baseline: str | None = CRDT_CORE
 
@@ -249,8 +250,9 @@ class SdkBookAck:
         "N bookings in a row on one live connection to a real relay process, each timed from the call "
         "to the relay's ack (sent once the update is durable): the Python core signing, writing and "
         "sending on an open sync websocket (the protocol's floor in Python) against the SDK's "
-        "QuickSlotClient.book (sign, validate, store the document and outbox entry, send) until its "
-        "acked event. Sample: one booking."
+        "QuickSlotClient.book (sign, validate, store the document and outbox entry in memory, send) until "
+        "its acked event, and the Python client (LocalClient.book in one durable SQLite transaction, "
+        "then a live SyncService) until its outbox is empty. Sample: one booking."
     )
     baseline: str | None = WS_CORE
 
