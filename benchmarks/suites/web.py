@@ -266,8 +266,8 @@ class SdkBookAck:
         core = Result(self.name, WS_CORE, "quickslot", size, "time", "s/op", "booking", 1)
         sdk = Result(self.name, SDK_CLIENT, "quickslot", size, "time", "s/op", "booking", 1)
         py = Result(self.name, PY_CLIENT, "quickslot", size, "time", "s/op", "booking", 1)
-        shop, day = "wb1", "2027-06-01"
-        doc = f"bookings:{shop}:{day}"
+        # one day per subject: the relay's work per booking grows with the day (stamps, verdict)
+        shop, days = "wb1", {WS_CORE: "2027-06-01", SDK_CLIENT: "2027-06-02", PY_CLIENT: "2027-06-03"}
 
         def measure(node: Node) -> None:
             with scratch_dir("quickslot-web-bench-") as workdir:
@@ -277,13 +277,16 @@ class SdkBookAck:
                     owner, core_id, web_id, py_id = relay.ensure_identities(4)
                     _grant_owner(relay, owner.email, shop)
                     asyncio.run(_create_shop(relay, owner, shop, workdir / "owner"))
+                    doc = f"bookings:{shop}:{days[WS_CORE]}"
                     core.samples = asyncio.run(_core_bookings(relay, core_id, doc, size))
                     got = node.ask(
                         "book", relay=relay.base, email=web_id.email, password=PASSWORD,
-                        shop=shop, day=day, slot="s1", count=size,
+                        shop=shop, day=days[SDK_CLIENT], slot="s1", count=size,
                     )  # fmt: skip
                     sdk.samples = got["samples"]
-                    py.samples = asyncio.run(_client_bookings(relay, py_id, shop, day, size, workdir / "py"))
+                    py.samples = asyncio.run(
+                        _client_bookings(relay, py_id, shop, days[PY_CLIENT], size, workdir / "py")
+                    )
                 finally:
                     relay.stop()
 
