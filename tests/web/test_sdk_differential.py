@@ -11,10 +11,12 @@ certificate, an expired one, a revoked one and one signed by a key nobody trusts
 signers' Yjs ids (``foreign_client``), re-wraps or tampers with honest records (bit flips,
 non-canonical msgpack, a higher schema version, another signer), forges stamps, rewrites and
 deletes, writes in others' names, books impossible parties, back-dates, writes from the future,
-equivocates (two records at one Yjs id, to two replicas), replays old updates to other replicas and
-mutates update bytes. crdt_core judges every delivery as it happens (a refused update is not
-applied); the SDK, in one long-lived Node process (``sdk_differential.mjs``, JSON lines), judges the
-same deliveries on its own replicas, and both must agree on each update's acceptance, refusal
+equivocates (two records at one Yjs id, to two replicas), replays old updates to other replicas,
+mutates update bytes, and dates records a millisecond either side of every arrival-rule and
+certificate-validity edge (so an off-by-one in either implementation is a disagreement).
+crdt_core judges every delivery as it happens (a refused update is not applied); the SDK, in one
+long-lived Node process (``sdk_differential.mjs``, JSON lines), judges the same deliveries on its
+own replicas, and both must agree on each update's acceptance, refusal
 reason, records and no-op flag, and at the end (and at drawn checkpoints) on every replica's
 capacities and verdict: every claim's state, waitlist place, stamp, finality, rank, seats and staff
 confirmation.
@@ -152,7 +154,18 @@ ATTACKS = (
     "equivocate",
     "mutate_bytes",
     "replay",
+    "clock_edge",
 )
+#: Record times (ms from now) on either side of each arrival-rule and validity edge: the
+#: back-dating window of a long certificate (30 days), the future skew (60 s), and the validity
+#: of a current certificate (an hour ago to a day ahead) and of an expired one.
+EDGES = (
+    ("mal_long", -30 * DAY_MS - 1), ("mal_long", -30 * DAY_MS), ("mal_long", -30 * DAY_MS + 1),
+    ("mal", 60_000), ("mal", 60_001), ("mal", -HOUR_MS - 1), ("mal", -HOUR_MS),
+    ("mal", 24 * HOUR_MS - 1), ("mal", 24 * HOUR_MS),
+    ("mal_old", -3 * DAY_MS - 1), ("mal_old", -3 * DAY_MS),
+    ("mal_old", -2 * DAY_MS - 1), ("mal_old", -2 * DAY_MS),
+)  # fmt: skip
 
 
 def author(name: str) -> Author:
@@ -309,10 +322,17 @@ class History:
         )
 
     def booking(
-        self, target: Replica, name: str, slot: str = SLOTS[0], party: int = 1, customer: str | None = None
+        self,
+        target: Replica,
+        name: str,
+        slot: str = SLOTS[0],
+        party: int = 1,
+        customer: str | None = None,
+        at_ms: int | None = None,
     ) -> list[tuple[str, str, bytes]]:
         a = self.authors[name]
-        res = Reservation(a._new_id(), slot, party, customer or a.user_id, a.hlc(), None)
+        hlc = a.hlc() if at_ms is None else f"{at_ms:013d}-000000-{name}"
+        res = Reservation(a._new_id(), slot, party, customer or a.user_id, hlc, None)
         return [*self.with_cert(target, name), (res.ROOT, res.id, self.sign(name, res, res.id))]
 
     def crafted(
@@ -356,6 +376,9 @@ class History:
             self.crafted(
                 node, "mal", self.booking(target, "mal", slot, self.capacities[slot] + 1 + pick % 25)
             )
+        elif kind == "clock_edge":
+            name, offset = EDGES[pick % len(EDGES)]
+            self.crafted(node, name, self.booking(target, name, SLOTS[variant % 2], at_ms=NOW_MS + offset))
         elif kind in ("backdate", "future", "revoked"):
             name = {"future": "mal_future", "revoked": "mal_revoked"}.get(
                 kind, ("mal_old", "mal_long")[variant % 2]
