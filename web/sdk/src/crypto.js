@@ -78,7 +78,7 @@ export async function ed25519Sign(message, key) {
 /**
  * A fresh device key: non-extractable in WebCrypto where the runtime has Ed25519 (stored as the
  * CryptoKey itself: IndexedDB keeps CryptoKeys by structured clone, without exposing the key), else
- * a random seed signed with by @noble/ed25519.
+ * a random seed used by @noble/ed25519.
  * @param {{extractable?: boolean}} [options] extractable: force a raw seed (tools, tests)
  * @returns {Promise<{privateKey: PrivateKey, publicKey: Uint8Array}>}
  */
