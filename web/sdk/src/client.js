@@ -249,13 +249,16 @@ export class QuickSlotClient {
     const body = await response.json();
     const profile = { ...(await this.store.get("profile", "device")), accessToken: body.access_token, refreshToken: body.refresh_token };
     // A renewed certificate carries the account's current grants, but has another id (other Yjs
-    // client ids): adopt it only when no pending entry still needs the old one to be written again.
-    const waiting = [...this.entries.values()].some((e) => e.state === "pending");
-    if (body.device_certificate && !waiting) {
-      const renewed = fromBase64Url(body.device_certificate);
+    // client ids): the old one is kept for as long as pending entries it signed may need writing
+    // again (a rebuild writes them under their signer's ids), as after a new login.
+    if (body.device_certificate) {
       try {
-        await s.trust.verify(renewed);
-        profile.certificate = renewed;
+        const renewed = fromBase64Url(body.device_certificate);
+        const cert = await s.trust.verify(renewed);
+        if (cert.certId !== s.certId) {
+          profile.certificates = this.signersStillNeeded(cert.certId);
+          profile.certificate = renewed;
+        }
       } catch {}
     }
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
