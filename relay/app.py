@@ -43,6 +43,7 @@ from relay.logging import get_logger, log_event
 from relay.metrics import MetricsRegistry
 from relay.rest_sync import RestSyncExtension
 from relay.sync_endpoint import SyncExtension
+from relay.web_app import WebAppExtension
 
 __all__ = ["RelayContext", "RelayExtension", "create_app"]
 
@@ -51,8 +52,11 @@ log = get_logger("relay.app")
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
     """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``,
-    and the REST sync API on the same hub."""
-    return [SyncExtension(config), RestSyncExtension(config)]
+    and the REST sync API on the same hub; the web app at ``/app/`` unless turned off."""
+    exts: list[RelayExtension] = [SyncExtension(config), RestSyncExtension(config)]
+    if config.serve_app:
+        exts.append(WebAppExtension(config.app_dir))
+    return exts
 
 
 def create_app(
