@@ -1,0 +1,322 @@
+"""The web app (web/app) in headless Debian Chromium through Playwright, against a real relay
+process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
+
+* a new user signs up, finds a shop by search, books, and sees "confirmed, final" (screenshots of
+  the main screens at phone and desktop width);
+* wrong password, party 0 and a party above the slot get a clear message on screen;
+* a shop named ``<img src=x onerror=alert(1)>``: the name shows as text and no script runs;
+* two browser profiles go offline, both book the last seat, come back: one is confirmed, the
+  other waitlisted with its place, and a CLI profile counts the same seat taken;
+* a booking made offline survives a reload with the network off (the page comes from the service
+  worker, with the booking and the unsynced count) and is stored once after reconnecting;
+* two tabs of one profile: one syncs, the other books through it, both show the same; closing the
+  syncing tab hands syncing to the other.
+
+One browser for the module, a fresh context (a browser profile) per user. Skipped, with the
+reason, when Chromium, the playwright package or node/npm (to build the app) is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.relay.auth_helpers import PASSWORD, FixedPortRelay, unique_email
+from tools.app_demo import DEMO_SHOPS, DemoShop, Profile, build_app, create_shop, make_operator, seed_catalog
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run",
+]  # fmt: skip
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "docs" / "images"
+DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+XSS_NAME = "<img src=x onerror=alert(1)>"
+TEST_SHOPS = (
+    DemoShop("lastseat", "Last Seat Barber", "hair", "1 Corner", (("seat-10", "haircut", "10:00", 30, 1),)),
+    DemoShop(
+        "xss", XSS_NAME, "food", "<script>alert(2)</script>", (("t-18", "<b>table</b>", "18:00", 60, 4),)
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (tools/ensure-servers installs it)")
+    if shutil.which("npm") is None:
+        pytest.skip("node/npm are not installed: the app cannot be built")
+    build_app()
+    root = tmp_path_factory.mktemp("apprelay")
+    shops = (*DEMO_SHOPS, *TEST_SHOPS)
+    make_operator(root / "data", [s.id for s in shops])
+    process = FixedPortRelay(root / "data")
+    process.start()
+    try:
+        operator = Profile(root / "operator")
+        operator.login(process.base_url)
+        for shop in TEST_SHOPS:
+            create_shop(operator, shop)
+        seed_catalog(operator)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(relay: FixedPortRelay) -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class App:
+    """One browser profile (context) with one page on the app; records dialogs and page errors."""
+
+    def __init__(self, browser: Any, relay: FixedPortRelay, viewport: dict[str, int] = DESKTOP) -> None:
+        self.context = browser.new_context(viewport=viewport)
+        self.context.set_default_timeout(20000)
+        self.base = f"{relay.base_url}/app/"
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.page = self.open_page()
+        self.email = unique_email("web")
+
+    def open_page(self) -> Any:
+        page = self.context.new_page()
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.goto(self.base)
+        page.wait_for_selector("body[data-ready]")
+        return page
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(str(dialog.message))
+        dialog.dismiss()
+
+    def go(self, route: str, page: Any = None) -> None:
+        page = page or self.page
+        page.evaluate("r => { location.hash = r }", route)
+
+    def sign_up(self) -> None:
+        self.go("#/signup")
+        self.page.get_by_label("Email").fill(self.email)
+        self.page.get_by_label("Password (at least 10 characters)").fill(PASSWORD)
+        self.page.get_by_role("button", name="Sign up").click()
+        self.page.get_by_role("heading", name="Find a shop").wait_for()
+
+    def open_day(self, shop: str, day: str = DAY, page: Any = None) -> None:
+        page = page or self.page
+        self.go(f"#/shop/{shop}/{day}", page)
+        page.locator("li.slot").first.wait_for()
+
+    def book(self, service_at: str, party: int = 1, page: Any = None) -> None:
+        page = page or self.page
+        page.locator("#party").fill(str(party))
+        page.get_by_role("button", name=f"Book {service_at}").click()
+
+    def booking_states(self, page: Any = None) -> list[str]:
+        page = page or self.page
+        self.go("#/bookings", page)
+        page.get_by_role("heading", name="My bookings").wait_for()
+        return [str(t) for t in page.locator("li.booking .state").all_inner_texts()]
+
+    def wait_state(self, text: str, page: Any = None) -> None:
+        page = page or self.page
+        self.go("#/bookings", page)
+        page.locator("li.booking .state", has_text=text).first.wait_for()
+
+    def shot(self, name: str, viewport: dict[str, int]) -> None:
+        """A screenshot for docs/web.md: written when missing, or always with UPDATE_SCREENSHOTS=1."""
+        self.page.set_viewport_size(viewport)
+        data = self.page.screenshot(full_page=False)
+        path = IMAGES / f"app-{name}.png"
+        if os.environ.get("UPDATE_SCREENSHOTS") == "1" or not path.exists():
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def cli_slots(relay: FixedPortRelay, tmp_path: Path, shop: str, day: str) -> list[dict[str, Any]]:
+    """A shop's slots on a day as a fresh ``quickslot`` CLI profile sees them after a sync."""
+    cli = Profile(tmp_path / "cli")
+    email = unique_email("cli")
+    cli("register", "--relay", relay.base_url, "--email", email, "--password-stdin", stdin=PASSWORD)
+    cli("slots", shop, day)
+    cli("sync")
+    return list(cli("slots", shop, day)["slots"])
+
+
+def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
+    browser: Any, relay: FixedPortRelay
+) -> None:
+    app = App(browser, relay)
+    try:
+        app.shot("login-phone", PHONE)
+        app.page.set_viewport_size(DESKTOP)
+        app.sign_up()
+        app.page.get_by_label("Search").fill("noodle harbour")
+        shops = app.page.get_by_role("list", name="Shops")
+        shops.get_by_role("link", name="Noodle Bar").wait_for()
+        assert shops.locator("li").count() == 1  # every word matches, in name or place
+        app.shot("shops-desktop", DESKTOP)
+        app.page.set_viewport_size(DESKTOP)
+        shops.get_by_role("link", name="Noodle Bar").click()
+        app.open_day("noodlebar")
+        app.book("12:00 lunch table", party=2)
+        app.page.locator("li.slot[data-slot='lunch-12'] .seats", has_text="6 of 8 seats left").wait_for()
+        app.shot("shop-day-phone", PHONE)
+        app.page.set_viewport_size(DESKTOP)
+        app.wait_state("confirmed, final")
+        assert app.booking_states() == ["confirmed, final"]
+        app.shot("bookings-desktop", DESKTOP)
+        app.shot("bookings-phone", PHONE)
+        assert app.errors == [] and app.dialogs == []
+    finally:
+        app.close()
+
+
+def test_bad_input_gets_a_clear_message(browser: Any, relay: FixedPortRelay) -> None:
+    app = App(browser, relay)
+    try:
+        app.sign_up()
+        app.open_day("cutabove")
+        app.book("10:00 haircut", party=0)
+        alert = app.page.locator("main [role=alert]")
+        alert.filter(has_text="The party must be at least 1 person.").wait_for()
+        app.book("10:00 haircut", party=3)
+        alert.filter(has_text="A party of 3 is larger than this slot: it has 2 seats.").wait_for()
+        assert app.booking_states() == []  # nothing was written
+
+        app.page.get_by_role("button", name="Log out").click()
+        app.page.get_by_role("heading", name="Log in").wait_for()
+        app.page.get_by_label("Email").fill(app.email)
+        app.page.get_by_label("Password").fill("not the password at all")
+        app.page.get_by_role("button", name="Log in").click()
+        app.page.locator("main [role=alert]", has_text="Wrong email or password.").wait_for()
+        app.page.get_by_label("Password").fill(PASSWORD)
+        app.page.get_by_role("button", name="Log in").click()
+        app.page.get_by_role("heading", name="Find a shop").wait_for()
+    finally:
+        app.close()
+
+
+def test_a_shop_named_like_markup_shows_as_text_and_runs_no_script(
+    browser: Any, relay: FixedPortRelay
+) -> None:
+    app = App(browser, relay)
+    try:
+        app.sign_up()
+        app.page.get_by_label("Search").fill("<img")
+        link = app.page.get_by_role("list", name="Shops").get_by_role("link")
+        link.filter(has_text=XSS_NAME).wait_for()
+        link.click()
+        app.page.get_by_role("heading", name=XSS_NAME).wait_for()
+        app.page.locator("li.slot", has_text="<b>table</b>").wait_for()
+        app.book("18:00 <b>table</b>")
+        app.wait_state("confirmed")
+        assert app.page.locator("img, script:not([src]), b").count() == 0
+        assert app.dialogs == [] and app.errors == []
+        # the relay's policy would stop an injected script too: no inline script may run
+        assert "script-src 'self'" in str(
+            app.page.evaluate("fetch(location.href).then(r => r.headers.get('content-security-policy'))")
+        )
+    finally:
+        app.close()
+
+
+def test_two_profiles_offline_book_the_last_seat_one_confirmed_one_waitlisted(
+    browser: Any, relay: FixedPortRelay, tmp_path: Path
+) -> None:
+    ann, bob = App(browser, relay), App(browser, relay)
+    try:
+        for app in (ann, bob):
+            app.sign_up()
+            app.open_day("lastseat")
+            app.page.locator("li.slot .seats", has_text="1 of 1 seats left").wait_for()
+            app.context.set_offline(True)
+            app.page.locator("[data-test=offline]").wait_for()
+            app.book("10:00 haircut")
+            app.page.locator("[data-test=unsynced]", has_text="1 unsynced change").wait_for()
+            assert app.booking_states() == ["saved on this device, not yet sent"]
+        ann.context.set_offline(False)
+        ann.wait_state("confirmed, final")
+        bob.context.set_offline(False)
+        bob.wait_state("waitlisted, place 1")
+        ann.page.locator("[data-test=unsynced]").wait_for(state="detached")
+        assert ann.booking_states() == ["confirmed, final"]
+        assert bob.booking_states() == ["waitlisted, place 1"]
+
+        slots = cli_slots(relay, tmp_path, "lastseat", DAY)
+        assert [(s["slot_id"], s["seats_taken"], s["seats_left"]) for s in slots] == [("seat-10", 1, 0)], (
+            slots
+        )
+    finally:
+        ann.close()
+        bob.close()
+
+
+def test_reload_offline_opens_from_the_service_worker_and_the_booking_syncs_once(
+    browser: Any, relay: FixedPortRelay, tmp_path: Path
+) -> None:
+    app = App(browser, relay)
+    day = (_dt.date.today() + _dt.timedelta(days=31)).isoformat()
+    try:
+        app.sign_up()
+        app.page.wait_for_function("navigator.serviceWorker.controller !== null")
+        app.open_day("noodlebar", day)
+        app.context.set_offline(True)
+        app.book("19:00 dinner table", party=3)
+        app.page.locator("[data-test=unsynced]", has_text="1 unsynced change").wait_for()
+        response = app.page.reload()
+        assert response is not None and response.from_service_worker
+        app.page.wait_for_selector("body[data-ready]")
+        app.page.locator("[data-test=offline]").wait_for()
+        app.page.locator("[data-test=unsynced]", has_text="1 unsynced change").wait_for()
+        assert app.booking_states() == ["saved on this device, not yet sent"]
+        app.shot("offline-phone", PHONE)
+        app.context.set_offline(False)
+        app.wait_state("confirmed, final")
+        app.page.locator("[data-test=unsynced]").wait_for(state="detached")
+
+        taken = {s["slot_id"]: s["seats_taken"] for s in cli_slots(relay, tmp_path, "noodlebar", day)}
+        assert taken == {"lunch-12": 0, "dinner-19": 3}  # stored once, not once per reload
+        assert app.errors == []
+    finally:
+        app.close()
+
+
+def test_two_tabs_of_one_profile_share_one_syncing_client(browser: Any, relay: FixedPortRelay) -> None:
+    app = App(browser, relay)
+    try:
+        app.sign_up()
+        second = app.open_page()  # follows the first tab, which syncs
+        assert second.evaluate("document.querySelector('nav').innerText").count("My bookings") == 1
+        app.open_day("cutabove", page=second)
+        app.book("09:00 haircut", page=second)
+        app.wait_state("confirmed, final")  # booked in the second tab, shown by the first
+        app.wait_state("confirmed, final", page=second)
+        app.page.close()  # the syncing tab goes: the second takes over
+        app.open_day("cutabove", page=second)
+        app.book("10:00 haircut", page=second)
+        app.go("#/bookings", second)
+        second.locator("li.booking .state", has_text="confirmed, final").nth(1).wait_for()
+        assert app.errors == []
+    finally:
+        app.close()
