@@ -137,6 +137,20 @@ class Profile:
             raise RuntimeError(f"quickslot {' '.join(args)}: exit {r.returncode}: {output}")
         return json.loads(r.stdout) if r.stdout.strip() else None
 
+    def many(self, commands: Sequence[Sequence[str]]) -> None:
+        """Several commands in one Python process (the client's start-up paid once)."""
+        argvs = [["--home", str(self.home), "--json", *c] for c in commands]
+        script = (
+            "import json, sys\nfrom client.cli import main\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    code = main(argv)\n"
+            "    if code:\n        sys.exit(f'quickslot {argv}: exit {code}')\n"
+        )
+        cmd = [sys.executable, "-c", script, json.dumps(argvs)]
+        r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"{r.stderr.strip()} {r.stdout.strip()[-2000:]}")
+
     def login(self, relay_url: str, email: str = OPERATOR_EMAIL, password: str = OPERATOR_PASSWORD) -> None:
         self("login", "--relay", relay_url, "--email", email, "--password-stdin", stdin=password)
 

@@ -9,6 +9,8 @@ process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
   other waitlisted with its place, and a CLI profile counts the same seat taken;
 * a booking made offline survives a reload with the network off (the page comes from the service
   worker, with the booking and the unsynced count) and is stored once after reconnecting;
+* a cancellation in one browser promotes the waitlisted booking in another, live, with a notice;
+* staff confirm and decline from the day view, and the customer's screen follows;
 * two tabs of one profile: one syncs, the other books through it, both show the same; closing the
   syncing tab hands syncing to the other.
 
@@ -28,7 +30,16 @@ from typing import Any
 import pytest
 
 from tests.relay.auth_helpers import PASSWORD, FixedPortRelay, unique_email
-from tools.app_demo import DEMO_SHOPS, DemoShop, Profile, build_app, create_shop, make_operator, seed_catalog
+from tools.app_demo import (
+    DEMO_SHOPS,
+    OPERATOR_EMAIL,
+    OPERATOR_PASSWORD,
+    DemoShop,
+    Profile,
+    build_app,
+    make_operator,
+    seed_catalog,
+)
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
@@ -66,9 +77,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
     try:
         operator = Profile(root / "operator")
         operator.login(process.base_url)
-        for shop in TEST_SHOPS:
-            create_shop(operator, shop)
-        seed_catalog(operator)
+        seed_catalog(operator, shops)
         yield process
     finally:
         process.stop()
@@ -111,6 +120,13 @@ class App:
     def go(self, route: str, page: Any = None) -> None:
         page = page or self.page
         page.evaluate("r => { location.hash = r }", route)
+
+    def log_in(self, email: str, password: str) -> None:
+        self.go("#/login")
+        self.page.get_by_label("Email").fill(email)
+        self.page.get_by_label("Password").fill(password)
+        self.page.get_by_role("button", name="Log in").click()
+        self.page.get_by_role("heading", name="Find a shop").wait_for()
 
     def sign_up(self) -> None:
         self.go("#/signup")
@@ -317,6 +333,63 @@ def test_two_tabs_of_one_profile_share_one_syncing_client(browser: Any, relay: F
         app.book("10:00 haircut", page=second)
         app.go("#/bookings", second)
         second.locator("li.booking .state", has_text="confirmed, final").nth(1).wait_for()
-        assert app.errors == []
+        assert app.errors == [], app.errors
     finally:
         app.close()
+
+
+def test_a_cancellation_promotes_the_waitlisted_booking_in_another_browser_live(
+    browser: Any, relay: FixedPortRelay
+) -> None:
+    ann, bob = App(browser, relay), App(browser, relay)
+    day = (_dt.date.today() + _dt.timedelta(days=32)).isoformat()
+    try:
+        for app in (ann, bob):
+            app.sign_up()
+            app.open_day("physio", day)
+            app.book("08:00 physiotherapy")
+        ann.wait_state("confirmed, final")
+        bob.wait_state("waitlisted, place 1")
+        ann.page.locator("li.booking").get_by_role("button", name="Cancel").click()
+        ann.page.locator("li.booking .state", has_text="cancelled").wait_for()
+        # bob's page, untouched, follows: the notice and the new state
+        bob.page.locator("#notice", has_text="moved up from the waitlist: it is confirmed").wait_for()
+        bob.page.locator("li.booking .state", has_text="confirmed, final").wait_for()
+        assert ann.errors == [] and bob.errors == []
+    finally:
+        ann.close()
+        bob.close()
+
+
+def test_staff_confirm_and_decline_and_the_customer_screen_follows(
+    browser: Any, relay: FixedPortRelay
+) -> None:
+    carl, staff = App(browser, relay), App(browser, relay)
+    day = (_dt.date.today() + _dt.timedelta(days=33)).isoformat()
+    try:
+        carl.sign_up()
+        carl.open_day("cutabove", day)
+        carl.book("09:00 haircut")
+        carl.book("10:00 haircut")
+        carl.go("#/bookings")
+        carl.page.locator("li.booking .state", has_text="confirmed, final").nth(1).wait_for()
+
+        staff.log_in(OPERATOR_EMAIL, OPERATOR_PASSWORD)
+        staff.page.get_by_role("link", name="Staff").click()
+        staff.go(f"#/staff/cutabove/{day}")
+        rows = staff.page.get_by_role("list", name="The day's bookings").locator("li.booking")
+        rows.nth(1).wait_for()
+        assert rows.count() == 2
+        rows.nth(0).get_by_role("button", name="Confirm").click()
+        rows.nth(0).locator(".state", has_text="confirmed by the shop").wait_for()
+        rows.nth(1).get_by_role("button", name="Decline").click()
+        rows.nth(1).locator(".state", has_text="declined by the shop").wait_for()
+        staff.shot("staff-desktop", DESKTOP)
+
+        carl.page.locator("li.booking .state", has_text="confirmed, final, confirmed by the shop").wait_for()
+        carl.page.locator("li.booking .state", has_text="declined by the shop").wait_for()
+        carl.page.locator("#notice", has_text="was declined by the shop").wait_for()
+        assert carl.errors == [] and staff.errors == []
+    finally:
+        carl.close()
+        staff.close()

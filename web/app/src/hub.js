@@ -44,7 +44,7 @@ export class Hub {
     this.leader = false;
     /** @type {Map<string, Set<(detail: any) => void>>} */
     this.listeners = new Map();
-    /** @type {Map<number, {resolve: (v: any) => void, reject: (e: any) => void, timer: any}>} */
+    /** @type {Map<number, {method: string, args: any[], resolve: (v: any) => void, reject: (e: any) => void, timer: any}>} */
     this.waiting = new Map();
     this.nextCall = 1;
     /** @type {BroadcastChannel | null} */
@@ -84,8 +84,12 @@ export class Hub {
       for (const type of EVENTS) client.on(type, (detail) => this.emit(type, detail, true));
       this.client = client;
       this.leader = true;
-      for (const [, w] of this.waiting) w.reject(new CallError("the tab that synced closed: try again"));
-      this.waiting.clear();
+      // calls this tab sent to the leader that went: this tab answers them itself now
+      for (const [id, w] of this.waiting) {
+        this.waiting.delete(id);
+        clearTimeout(w.timer);
+        this.local(w.method, w.args).then(w.resolve, w.reject);
+      }
       if (client.user && navigator.onLine !== false) client.start();
       if (!this.watchingNetwork) {
         // the browser knows before the socket does: stop at once, and reconnect without backoff
@@ -160,7 +164,7 @@ export class Hub {
         this.waiting.delete(id);
         reject(new CallError("no answer from the tab that syncs"));
       }, CALL_TIMEOUT_MS);
-      this.waiting.set(id, { resolve, reject, timer });
+      this.waiting.set(id, { method, args, resolve, reject, timer });
       this.channel?.postMessage({ call: true, id, from: this.id, method, args });
     });
   }

@@ -19,6 +19,16 @@ const notice = /** @type {HTMLElement} */ (document.getElementById("notice"));
 let hub;
 /** @type {any} the signed-in user, or null */
 let user = null;
+/** Shop names and slot times seen so far, to name bookings in words. */
+const shopNames = new Map();
+const slotNames = new Map();
+/** @param {any} r a reservation view */
+const describe = (r) => `${shopNames.get(r.shop) ?? r.shop} on ${dayLabel(r.day)} at ${slotNames.get(`${r.shop}/${r.slot}`) ?? r.slot}`;
+/** @param {any[]} shops */
+const learnShops = (shops) => shops.forEach((s) => shopNames.set(s.id, s.name));
+/** @param {string} shopId @param {any[]} slots */
+const learnSlots = (shopId, slots) => slots.forEach((s) => slotNames.set(`${shopId}/${s.slotId}`, `${s.start} ${s.service}`));
+
 /** The current view's refresh (data changed), set by each view. @type {() => Promise<void>} */
 let refreshView = async () => {};
 
@@ -165,6 +175,7 @@ async function shopsView() {
   fill(main, h("h2", {}, "Find a shop"), h("label", { for: "search" }, "Search"), input, chips, list);
   refreshView = async () => {
     const [categories, shops] = await Promise.all([hub.call("categories"), hub.call("shops")]);
+    learnShops(shops);
     fill(
       chips,
       [{ id: null, name: "All" }, ...categories].map((c) =>
@@ -241,6 +252,8 @@ async function shopView(shopId, day) {
 
   refreshView = async () => {
     const [shops, shop, slots, mine] = await Promise.all([hub.call("shops"), hub.call("shop", shopId), hub.call("slots", shopId, day), hub.call("reservations")]);
+    learnShops(shops);
+    learnSlots(shopId, shop.slots);
     const summary = shops.find((/** @type {any} */ s) => s.id === shopId);
     fill(title, shop.profile?.name ?? summary?.name ?? shopId);
     fill(about, [summary?.location, shop.profile?.description, shop.profile?.hours].filter(Boolean).join(" · "));
@@ -274,7 +287,9 @@ async function bookingsView() {
   const refusedList = h("div");
   fill(main, h("h2", {}, "My bookings"), refusedList, list);
   refreshView = async () => {
-    const [mine, outbox] = await Promise.all([hub.call("reservations"), hub.call("outbox")]);
+    const [mine, outbox, shops] = await Promise.all([hub.call("reservations"), hub.call("outbox"), hub.call("shops")]);
+    learnShops(shops);
+    for (const shopId of new Set(mine.map((/** @type {any} */ r) => r.shop))) learnSlots(shopId, (await hub.call("shop", shopId)).slots);
     const refused = new Map(outbox.filter((/** @type {any} */ e) => e.state === "refused").map((/** @type {any} */ e) => [e.reservationId, e]));
     mine.sort((/** @type {any} */ a, /** @type {any} */ b) => (a.day + a.slot < b.day + b.slot ? -1 : 1));
     const orphans = [...refused.values()].filter((e) => !mine.some((/** @type {any} */ r) => r.reservationId === e.reservationId));
@@ -298,7 +313,7 @@ async function bookingsView() {
             h(
               "li",
               { class: "booking", "data-reservation": r.reservationId },
-              h("a", { href: `#/shop/${encodeURIComponent(r.shop)}/${r.day}` }, `${r.shop} · ${r.day} · ${r.slot}`),
+              h("a", { href: `#/shop/${encodeURIComponent(r.shop)}/${r.day}` }, describe(r)),
               h("span", {}, `party of ${r.party}`),
               h("strong", { class: "state" }, stateInWords(r, refused.get(r.reservationId))),
               r.note ? h("span", { class: "note" }, r.note) : null,
@@ -338,7 +353,7 @@ async function staffView(shopId, day) {
     await refreshView();
   };
   refreshView = async () => {
-    await hub.call("slots", shop, day); // keeps the shop and the day in sync
+    learnSlots(shop, await hub.call("slots", shop, day)); // keeps the shop and the day in sync
     const all = (await hub.call("reservations", { all: true })).filter((/** @type {any} */ r) => r.shop === shop && r.day === day);
     all.sort((/** @type {any} */ a, /** @type {any} */ b) => (a.slot + (a.stamp ?? "") < b.slot + (b.stamp ?? "") ? -1 : 1));
     fill(
@@ -350,12 +365,16 @@ async function staffView(shopId, day) {
             return h(
               "li",
               { class: "booking", "data-reservation": r.reservationId },
-              h("span", {}, `${r.slot} · party of ${r.party}`),
+              h("span", {}, `${slotNames.get(`${shop}/${r.slot}`) ?? r.slot} · party of ${r.party}`),
               h("strong", { class: "state" }, stateInWords(r, undefined)),
               r.note ? h("span", { class: "note" }, r.note) : null,
-              open && !r.staffConfirmed ? h("button", { type: "button", on: { click: () => act("confirm", r.reservationId) } }, "Confirm") : null,
-              open ? h("button", { type: "button", on: { click: () => act("decline", r.reservationId) } }, "Decline") : null,
-              r.state === "confirmed" ? h("button", { type: "button", on: { click: () => act("noShow", r.reservationId) } }, "No-show") : null,
+              h(
+                "span",
+                { class: "actions" },
+                open && !r.staffConfirmed ? h("button", { type: "button", on: { click: () => act("confirm", r.reservationId) } }, "Confirm") : null,
+                open ? h("button", { type: "button", on: { click: () => act("decline", r.reservationId) } }, "Decline") : null,
+                r.state === "confirmed" ? h("button", { type: "button", on: { click: () => act("noShow", r.reservationId) } }, "No-show") : null,
+              ),
             );
           }),
     );
@@ -398,7 +417,7 @@ async function start() {
   hub = await Hub.start();
   user = await hub.call("user");
   for (const type of ["change", "status", "acked", "refused"]) hub.on(type, soon);
-  for (const type of NOTICE_EVENTS) hub.on(type, (detail) => (showNotice(noticeInWords(type, detail)), soon()));
+  for (const type of NOTICE_EVENTS) hub.on(type, (detail) => (showNotice(noticeInWords(type, detail, describe)), soon()));
   hub.on("session", async () => {
     user = await hub.call("user");
     await route();
@@ -406,7 +425,7 @@ async function start() {
   });
   addEventListener("online", soon);
   addEventListener("offline", soon);
-  addEventListener("hashchange", () => route().then(soon));
+  addEventListener("hashchange", () => route().then(soon, (err) => fill(main, errorBox(`Could not show this page: ${String(err?.message ?? err)}`))));
   await route();
   await showStatus();
   document.body.dataset.ready = "1";

@@ -49,10 +49,13 @@ export function stateInWords(view, refused) {
   }
 }
 
-/** What changed, for the notice. @param {string} kind @param {any} detail */
-export function noticeInWords(kind, detail) {
+/**
+ * What changed, for the notice.
+ * @param {string} kind @param {any} detail @param {(r: any) => string} describe a booking in words
+ */
+export function noticeInWords(kind, detail, describe = (r) => `${r.shop} on ${r.day} (${r.slot})`) {
   const r = detail?.reservation;
-  const what = r ? `Your booking at ${r.shop} on ${r.day} (${r.slot})` : "A booking";
+  const what = r ? `Your booking at ${describe(r)}` : "A booking";
   switch (kind) {
     case "promoted":
       return `${what} moved up from the waitlist: it is confirmed.`;
