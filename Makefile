@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # so three workers fit two cores; a module stays on one worker (its module-scoped relay starts once).
 PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: demo demo-offline app test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
+.PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -55,6 +55,10 @@ test-web: $(SDK_STAMP) $(APP_STAMP)
 # The web app (web/app): a relay with demo shops on a free loopback port; prints the app's URL.
 app: $(STAMP) $(APP_STAMP)
 	$(BIN)/python -m tools.app_demo
+
+# The web app in Chromium: gzipped size, first paint from cache, booking click to screen (docs/web.md).
+bench-web: $(STAMP) $(APP_STAMP)
+	$(BIN)/python -m benchmarks.web_app
 
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
