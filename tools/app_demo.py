@@ -155,32 +155,37 @@ class Profile:
         self("login", "--relay", relay_url, "--email", email, "--password-stdin", stdin=password)
 
 
-def create_shop(operator: Profile, shop: DemoShop) -> None:
-    operator(
-        "shop",
-        "create",
-        shop.id,
-        "--name",
-        shop.name,
-        "--category",
-        shop.category,
-        "--location",
-        shop.location,
-    )
+def shop_commands(shop: DemoShop) -> list[list[str]]:
+    """The ``quickslot`` commands that create ``shop`` and its slots."""
+    out = [
+        [
+            "shop",
+            "create",
+            shop.id,
+            "--name",
+            shop.name,
+            "--category",
+            shop.category,
+            "--location",
+            shop.location,
+        ]
+    ]
     for slot, service, start, duration, capacity in shop.slots:
-        operator(
-            "slot", "add", shop.id, slot, "--service", service, "--start", start,
-            "--duration", str(duration), "--capacity", str(capacity),
+        out.append(
+            [
+                "slot", "add", shop.id, slot, "--service", service, "--start", start,
+                "--duration", str(duration), "--capacity", str(capacity),
+            ]
         )  # fmt: skip
+    return out
 
 
 def seed_catalog(operator: Profile, shops: Sequence[DemoShop] = DEMO_SHOPS) -> None:
     """Categories, shops and slots, written offline by the logged-in operator, then synced."""
-    for cat, name in CATEGORIES:
-        operator("category", "add", cat, name)
+    commands = [["category", "add", cat, name] for cat, name in CATEGORIES]
     for shop in shops:
-        create_shop(operator, shop)
-    operator("sync")
+        commands += shop_commands(shop)
+    operator.many([*commands, ["sync"]])
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -11,6 +11,9 @@ process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
   worker, with the booking and the unsynced count) and is stored once after reconnecting;
 * a cancellation in one browser promotes the waitlisted booking in another, live, with a notice;
 * staff confirm and decline from the day view, and the customer's screen follows;
+* a booking the relay refuses (its slot shrank while the customer was offline) is listed with the
+  reason in words, and a notice says so;
+* the relay goes down with bookings waiting and comes back: they are sent and confirmed;
 * two tabs of one profile: one syncs, the other books through it, both show the same; closing the
   syncing tab hands syncing to the other.
 
@@ -56,6 +59,7 @@ DESKTOP = {"width": 1280, "height": 800}
 XSS_NAME = "<img src=x onerror=alert(1)>"
 TEST_SHOPS = (
     DemoShop("lastseat", "Last Seat Barber", "hair", "1 Corner", (("seat-10", "haircut", "10:00", 30, 1),)),
+    DemoShop("shrink", "Shrinking Salon", "hair", "2 Corner", (("cut-11", "haircut", "11:00", 30, 2),)),
     DemoShop(
         "xss", XSS_NAME, "food", "<script>alert(2)</script>", (("t-18", "<b>table</b>", "18:00", 60, 4),)
     ),
@@ -81,6 +85,12 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(relay: FixedPortRelay) -> Profile:
+    """The shops' owner's CLI profile, logged in by the relay fixture."""
+    return Profile(relay.data_dir.parent / "operator")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +148,10 @@ class App:
     def open_day(self, shop: str, day: str = DAY, page: Any = None) -> None:
         page = page or self.page
         self.go(f"#/shop/{shop}/{day}", page)
-        page.locator("li.slot").first.wait_for()
+        try:
+            page.locator("li.slot").first.wait_for()
+        except playwright_api.TimeoutError:
+            raise AssertionError(f"no slots at {shop} on {day}: {page.inner_text('body')!r}") from None
 
     def book(self, service_at: str, party: int = 1, page: Any = None) -> None:
         page = page or self.page
@@ -393,3 +406,53 @@ def test_staff_confirm_and_decline_and_the_customer_screen_follows(
     finally:
         carl.close()
         staff.close()
+
+
+def test_a_booking_the_relay_refuses_is_listed_with_the_reason_in_words(
+    browser: Any, relay: FixedPortRelay, operator: Profile
+) -> None:
+    app = App(browser, relay)
+    try:
+        app.sign_up()
+        app.open_day("shrink")
+        app.context.set_offline(True)
+        app.book("11:00 haircut", party=2)
+        app.page.locator("[data-test=unsynced]", has_text="1 unsynced change").wait_for()
+        slot = ["--service", "haircut", "--start", "11:00", "--duration", "30", "--capacity", "1"]
+        operator.many([["slot", "add", "shrink", "cut-11", *slot], ["sync"]])  # the slot shrinks meanwhile
+        app.context.set_offline(False)
+        app.page.locator("#notice", has_text="The relay refused a change").wait_for()
+        app.go("#/bookings")
+        refused = app.page.locator("section", has_text="Refused by the relay")
+        refused.locator("li", has_text="the party is larger than this slot allows").wait_for()
+        app.page.locator("#net", has_text="1 refused").wait_for()
+        assert app.page.locator("[data-test=unsynced]").count() == 0
+        refused.get_by_role("button", name="Dismiss").click()
+        refused.wait_for(state="detached")
+        assert app.errors == []
+    finally:
+        app.close()
+
+
+def test_bookings_made_while_the_relay_is_down_are_sent_when_it_returns(
+    browser: Any, relay: FixedPortRelay
+) -> None:
+    app = App(browser, relay)
+    day = (_dt.date.today() + _dt.timedelta(days=34)).isoformat()
+    try:
+        app.sign_up()
+        app.open_day("noodlebar", day)
+        relay.stop()
+        app.page.locator("[data-test=offline]").wait_for()
+        for _ in range(3):
+            app.book("12:00 lunch table")
+        app.page.locator("[data-test=unsynced]", has_text="3 unsynced changes").wait_for()
+        relay.start()
+        app.page.locator("[data-test=unsynced]").wait_for(state="detached", timeout=30000)
+        app.page.locator("[data-test=offline]").wait_for(state="detached")
+        app.go("#/bookings")
+        app.page.locator("li.booking .state", has_text="confirmed, final").nth(2).wait_for()
+        assert app.booking_states() == ["confirmed, final"] * 3
+        assert app.errors == []
+    finally:
+        app.close()

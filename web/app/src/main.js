@@ -29,6 +29,13 @@ const learnShops = (shops) => shops.forEach((s) => shopNames.set(s.id, s.name));
 /** @param {string} shopId @param {any[]} slots */
 const learnSlots = (shopId, slots) => slots.forEach((s) => slotNames.set(`${shopId}/${s.slotId}`, `${s.start} ${s.service}`));
 
+/** A refused outbox entry in words: what it did, where, when. @param {any} e */
+function actionInWords(e) {
+  const [, shop, day] = String(e.docId).split(":");
+  const what = { book: "Booking", cancel: "Cancelling", confirm: "Confirming", decline: "Declining", no_show: "No-show" }[/** @type {string} */ (e.action)] ?? e.action;
+  return `${what} at ${shopNames.get(shop) ?? shop} on ${day ? dayLabel(day) : "?"}`;
+}
+
 /** The current view's refresh (data changed), set by each view. @type {() => Promise<void>} */
 let refreshView = async () => {};
 
@@ -300,7 +307,7 @@ async function bookingsView() {
             "section",
             { class: "card" },
             h("h3", {}, "Refused by the relay"),
-            h("ul", {}, [...refused.values()].map((e) => h("li", {}, `${e.action} (${e.docId.replace(/^bookings:/, "")}): ${reasonInWords(e.reason)}`))),
+            h("ul", {}, [...refused.values()].map((e) => h("li", {}, `${actionInWords(e)}: ${reasonInWords(e.reason)}`))),
             h("button", { type: "button", on: { click: async () => (await hub.call("dismissRefused"), refreshView()) } }, "Dismiss"),
           )
         : null,
