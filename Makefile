@@ -40,7 +40,8 @@ $(SDK_STAMP): $(SDK)/package-lock.json
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(SDK_STAMP)
 
-# The web app bundles the SDK with esbuild (web/app/package-lock.json); dist/ is what the relay
+# The web app bundles the SDK with esbuild (web/app/package-lock.json) after the same JSDoc type
+# check as the SDK's (its TypeScript); dist/ is what the relay
 # serves at /app/ and what tests/web/test_app_browser.py drives in Chromium.
 APP := web/app
 APP_STAMP := $(APP)/node_modules/.installed
@@ -50,7 +51,7 @@ $(APP_STAMP): $(APP)/package-lock.json $(SDK_STAMP)
 
 test-web: $(SDK_STAMP) $(APP_STAMP)
 	cd $(SDK) && npm run --silent typecheck && node --test --test-reporter=dot test/
-	cd $(APP) && npm run --silent build
+	cd $(APP) && npm run --silent typecheck && npm run --silent build
 
 # The web app (web/app): a relay with demo shops on a free loopback port; prints the app's URL.
 app: $(STAMP) $(APP_STAMP)

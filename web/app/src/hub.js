@@ -169,7 +169,7 @@ export class Hub {
     });
   }
 
-  /** @param {string} method @param {any[]} args */
+  /** @param {string} method @param {any[]} args @returns {Promise<any>} */
   async local(method, args) {
     await this.ready;
     const client = /** @type {QuickSlotClient} */ (this.client);
