@@ -41,8 +41,8 @@ $(SDK_STAMP): $(SDK)/package-lock.json
 	touch $(SDK_STAMP)
 
 # The web app bundles the SDK with esbuild (web/app/package-lock.json) after the same JSDoc type
-# check as the SDK's (its TypeScript); dist/ is what the relay
-# serves at /app/ and what tests/web/test_app_browser.py drives in Chromium.
+# check as the SDK's (its TypeScript); dist/ is what the relay serves at /app/ and what
+# tests/web/test_app_browser.py drives in Chromium.
 APP := web/app
 APP_STAMP := $(APP)/node_modules/.installed
 $(APP_STAMP): $(APP)/package-lock.json $(SDK_STAMP)
