@@ -432,7 +432,16 @@ async function start() {
   });
   addEventListener("online", soon);
   addEventListener("offline", soon);
-  addEventListener("hashchange", () => route().then(soon, (err) => fill(main, errorBox(`Could not show this page: ${String(err?.message ?? err)}`))));
+  addEventListener("hashchange", () =>
+    route().then(
+      () => {
+        // a new page: screen readers and keyboards start at its content, not where the old one was
+        if (!main.contains(document.activeElement)) main.focus({ preventScroll: true });
+        soon();
+      },
+      (err) => fill(main, errorBox(`Could not show this page: ${String(err?.message ?? err)}`)),
+    ),
+  );
   await route();
   await showStatus();
   document.body.dataset.ready = "1";
