@@ -116,13 +116,7 @@ def run(bookings: int, loads: int) -> dict[str, Any]:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 context = browser.new_context(viewport={"width": 390, "height": 844})
-                page = context.new_page()
-                page.goto(f"{relay.base_url}/app/#/signup")
-                page.wait_for_selector("body[data-ready]")
-                page.get_by_label("Email").fill("bench@example.com")
-                page.get_by_label("Password (at least 10 characters)").fill(PASSWORD)
-                page.get_by_role("button", name="Sign up").click()
-                page.get_by_role("heading", name="Find a shop").wait_for()
+                page = sign_up(context, relay.base_url, "bench@example.com")
                 page.wait_for_function("navigator.serviceWorker.controller !== null")
                 page.evaluate("r => { location.hash = r }", f"#/shop/noodlebar/{day}")
                 page.locator("li.slot").first.wait_for()
@@ -153,6 +147,18 @@ def run(bookings: int, loads: int) -> dict[str, Any]:
         finally:
             relay.stop()
     return result
+
+
+def sign_up(context: Any, relay_url: str, email: str) -> Any:
+    """A new page of ``context`` on the app, signed up as ``email``."""
+    page = context.new_page()
+    page.goto(f"{relay_url}/app/#/signup")
+    page.wait_for_selector("body[data-ready]")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password (at least 10 characters)").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    page.get_by_role("heading", name="Find a shop").wait_for()
+    return page
 
 
 def big_day(relay_url: str, day: str) -> None:
@@ -195,13 +201,7 @@ def cli_catch_up(relay_url: str, home: Path, day: str) -> float:
 
 def browser_catch_up(browser: Any, relay_url: str, day: str) -> dict[str, float]:
     context = browser.new_context()
-    page = context.new_page()
-    page.goto(f"{relay_url}/app/#/signup")
-    page.wait_for_selector("body[data-ready]")
-    page.get_by_label("Email").fill("browser-catch-up@example.com")
-    page.get_by_label("Password (at least 10 characters)").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
-    page.get_by_role("heading", name="Find a shop").wait_for()
+    page = sign_up(context, relay_url, "browser-catch-up@example.com")
     taken = f"{BIG_DAY} of {2 * BIG_DAY} seats left"
     started = time.monotonic()
     page.evaluate("r => { location.hash = r }", f"#/shop/{BIG_SHOP.id}/{day}")
