@@ -258,8 +258,10 @@ def test_a_shop_named_like_markup_shows_as_text_and_runs_no_script(
         link.click()
         app.page.get_by_role("heading", name=XSS_NAME).wait_for()
         app.page.locator("li.slot", has_text="<b>table</b>").wait_for()
+        app.page.get_by_label("Note for the shop (optional)").fill("<img src=y onerror=alert(3)> by the window")
         app.book("18:00 <b>table</b>")
         app.wait_state("confirmed")
+        app.page.locator("li.booking .note", has_text="<img src=y onerror=alert(3)> by the window").wait_for()
         assert app.page.locator("img, script:not([src]), b").count() == 0
         assert app.dialogs == [] and app.errors == []
         # the relay's policy would stop an injected script too: no inline script may run

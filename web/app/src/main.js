@@ -55,10 +55,20 @@ function dayLabel(day) {
 /** @param {string} text */
 const errorBox = (text = "") => h("p", { class: "error", role: "alert" }, text);
 
-/** Show a notice (something changed); it stays until dismissed or replaced. @param {string} text */
+const TITLE = document.title;
+
+/**
+ * Show a notice (something changed); it stays until dismissed or replaced. A tab in the background
+ * also marks its title, so the change shows in the tab strip until the tab is looked at.
+ * @param {string} text
+ */
 function showNotice(text) {
   fill(notice, h("span", { class: "notice-text" }, text), " ", h("button", { type: "button", class: "link", on: { click: () => fill(notice) } }, "Dismiss"));
+  if (document.hidden) document.title = `(!) ${TITLE}: a booking changed`;
 }
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) document.title = TITLE;
+});
 
 // --- network status and the unsynced count ---------------------------------------------------------
 
@@ -225,6 +235,7 @@ async function shopView(shopId, day) {
     if (v) location.hash = `#/shop/${encodeURIComponent(shopId)}/${v}`;
   });
   const party = h("input", { id: "party", type: "number", min: 1, max: MAX_PARTY, value: 1, inputmode: "numeric" });
+  const note = h("input", { id: "note", maxlength: 500, autocomplete: "off" });
   const error = errorBox();
   const list = h("ul", { class: "list slots", "aria-label": "Slots" });
   fill(
@@ -236,6 +247,8 @@ async function shopView(shopId, day) {
     days,
     h("label", { for: "party" }, "Party size"),
     party,
+    h("label", { for: "note" }, "Note for the shop (optional)"),
+    note,
     error,
     h("h3", {}, `Slots on ${dayLabel(day)}`),
     list,
@@ -249,7 +262,9 @@ async function shopView(shopId, day) {
     if (n > MAX_PARTY) return void fill(error, `A party may have at most ${MAX_PARTY} people.`);
     fill(error);
     try {
-      const view = await hub.call("book", { shop: shopId, day, slot: slot.slotId, party: n });
+      const text = /** @type {HTMLInputElement} */ (note).value.trim();
+      const view = await hub.call("book", { shop: shopId, day, slot: slot.slotId, party: n, ...(text ? { note: text } : {}) });
+      /** @type {HTMLInputElement} */ (note).value = "";
       showNotice(`Booked ${slot.start} ${slot.service} for ${n}: ${stateInWords(view, undefined)}.`);
       await refreshView();
     } catch (err) {
