@@ -258,7 +258,9 @@ def test_a_shop_named_like_markup_shows_as_text_and_runs_no_script(
         link.click()
         app.page.get_by_role("heading", name=XSS_NAME).wait_for()
         app.page.locator("li.slot", has_text="<b>table</b>").wait_for()
-        app.page.get_by_label("Note for the shop (optional)").fill("<img src=y onerror=alert(3)> by the window")
+        app.page.get_by_label("Note for the shop (optional)").fill(
+            "<img src=y onerror=alert(3)> by the window"
+        )
         app.book("18:00 <b>table</b>")
         app.wait_state("confirmed")
         app.page.locator("li.booking .note", has_text="<img src=y onerror=alert(3)> by the window").wait_for()
@@ -458,3 +460,17 @@ def test_bookings_made_while_the_relay_is_down_are_sent_when_it_returns(
         assert app.errors == []
     finally:
         app.close()
+
+
+def test_two_tabs_opened_at_once_both_start_at_once(browser: Any, relay: FixedPortRelay) -> None:
+    context = browser.new_context()
+    try:
+        pages = [context.new_page() for _ in range(3)]
+        for page in pages:
+            page.goto(f"{relay.base_url}/app/", wait_until="commit")
+        # the followers' first calls reach the leader while it is still opening its client
+        for page in pages:
+            page.wait_for_selector("body[data-ready]", timeout=8000)
+            page.get_by_role("heading", name="Log in").wait_for(timeout=2000)
+    finally:
+        context.close()

@@ -42,6 +42,8 @@ export class Hub {
     /** @type {QuickSlotClient | null} */
     this.client = null;
     this.leader = false;
+    /** Set as soon as this tab holds the lock: calls wait for its client instead of going to another tab. */
+    this.leading = false;
     /** @type {Map<string, Set<(detail: any) => void>>} */
     this.listeners = new Map();
     /** @type {Map<number, {method: string, args: any[], resolve: (v: any) => void, reject: (e: any) => void, timer: any}>} */
@@ -78,6 +80,7 @@ export class Hub {
 
   /** Open the client on the shared database and sync. */
   lead() {
+    this.leading = true;
     this.ready ??= (async () => {
       const store = await IndexedDBStore.open(DATABASE);
       const client = await QuickSlotClient.open({ relay: this.relay, store, backoff: { baseMs: 250, maxMs: 5000 }, requestTimeoutMs: 10000 });
@@ -131,8 +134,8 @@ export class Hub {
   /** @param {any} m */
   async heard(m) {
     if (!m || typeof m !== "object") return;
-    if (m.event && !this.leader) this.emit(m.event, m.detail, false);
-    else if (m.call && this.leader) {
+    if (m.event && !this.leading) this.emit(m.event, m.detail, false);
+    else if (m.call && this.leading) {
       try {
         const value = await this.local(m.method, m.args);
         this.channel?.postMessage({ answer: true, id: m.id, to: m.from, ok: true, value });
@@ -157,7 +160,7 @@ export class Hub {
    * @param {string} method @param {...any} args @returns {Promise<any>}
    */
   call(method, ...args) {
-    if (this.leader) return this.local(method, args);
+    if (this.leading) return this.local(method, args);
     const id = this.nextCall++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
