@@ -13,6 +13,7 @@ process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
 * staff confirm and decline from the day view, and the customer's screen follows;
 * a booking the relay refuses (its slot shrank while the customer was offline) is listed with the
   reason in words, and a notice says so;
+* a slot the shop stops offering while a booking of it waits: the booking says so, and cancels;
 * the relay goes down with bookings waiting and comes back: they are sent and confirmed;
 * two tabs of one profile: one syncs, the other books through it, both show the same; closing the
   syncing tab hands syncing to the other.
@@ -60,6 +61,7 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 TEST_SHOPS = (
     DemoShop("lastseat", "Last Seat Barber", "hair", "1 Corner", (("seat-10", "haircut", "10:00", 30, 1),)),
     DemoShop("shrink", "Shrinking Salon", "hair", "2 Corner", (("cut-11", "haircut", "11:00", 30, 2),)),
+    DemoShop("gone", "Going Away Spa", "health", "3 Corner", (("spa-12", "massage", "12:00", 60, 2),)),
     DemoShop(
         "xss", XSS_NAME, "food", "<script>alert(2)</script>", (("t-18", "<b>table</b>", "18:00", 60, 4),)
     ),
@@ -474,3 +476,29 @@ def test_two_tabs_opened_at_once_both_start_at_once(browser: Any, relay: FixedPo
             page.get_by_role("heading", name="Log in").wait_for(timeout=2000)
     finally:
         context.close()
+
+
+def test_a_slot_removed_while_a_booking_waits_is_said_in_words(
+    browser: Any, relay: FixedPortRelay, operator: Profile
+) -> None:
+    app = App(browser, relay)
+    try:
+        app.sign_up()
+        app.open_day("gone")
+        app.context.set_offline(True)
+        app.book("12:00 massage")
+        app.page.locator("[data-test=unsynced]", has_text="1 unsynced change").wait_for()
+        slot = ["--service", "massage", "--start", "12:00", "--duration", "60", "--capacity", "0"]
+        operator.many([["slot", "add", "gone", "spa-12", *slot], ["sync"]])  # the shop stops offering it
+        app.context.set_offline(False)
+        app.page.locator("[data-test=unsynced]").wait_for(state="detached")
+        app.page.locator("li.slot").wait_for(state="detached")  # the day offers nothing now
+        app.go("#/bookings")
+        booking = app.page.locator("li.booking")
+        booking.locator(".gone", has_text="The shop no longer offers this slot on this day").wait_for()
+        booking.get_by_role("button", name="Cancel").click()
+        booking.locator(".state", has_text="cancelled").wait_for()
+        assert booking.locator(".gone").count() == 0
+        assert app.errors == []
+    finally:
+        app.close()

@@ -312,6 +312,14 @@ async function bookingsView() {
     const [mine, outbox, shops] = await Promise.all([hub.call("reservations"), hub.call("outbox"), hub.call("shops")]);
     learnShops(shops);
     for (const shopId of new Set(mine.map((/** @type {any} */ r) => r.shop))) learnSlots(shopId, (await hub.call("shop", shopId)).slots);
+    // which slots each day still offers: a booking of a slot the shop stopped offering says so
+    const offered = new Map();
+    for (const key of new Set(mine.map((/** @type {any} */ r) => `${r.shop}/${r.day}`))) {
+      const [shopId, day] = key.split("/");
+      offered.set(key, new Set((await hub.call("slots", shopId, day)).map((/** @type {any} */ s) => s.slotId)));
+    }
+    /** @param {any} r */
+    const gone = (r) => ["confirmed", "waitlisted"].includes(r.state) && !r.pending && !offered.get(`${r.shop}/${r.day}`)?.has(r.slot);
     const refused = new Map(outbox.filter((/** @type {any} */ e) => e.state === "refused").map((/** @type {any} */ e) => [e.reservationId, e]));
     mine.sort((/** @type {any} */ a, /** @type {any} */ b) => (a.day + a.slot < b.day + b.slot ? -1 : 1));
     const orphans = [...refused.values()].filter((e) => !mine.some((/** @type {any} */ r) => r.reservationId === e.reservationId));
@@ -338,6 +346,7 @@ async function bookingsView() {
               h("a", { href: `#/shop/${encodeURIComponent(r.shop)}/${r.day}` }, describe(r)),
               h("span", {}, `party of ${r.party}`),
               h("strong", { class: "state" }, stateInWords(r, refused.get(r.reservationId))),
+              gone(r) ? h("span", { class: "gone" }, "The shop no longer offers this slot on this day: ask the shop, or cancel.") : null,
               r.note ? h("span", { class: "note" }, r.note) : null,
               ["confirmed", "waitlisted"].includes(r.state)
                 ? h("button", { type: "button", on: { click: async () => (await hub.call("cancel", r.reservationId), refreshView()) } }, "Cancel")
