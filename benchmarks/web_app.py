@@ -117,7 +117,7 @@ def run(bookings: int, loads: int) -> dict[str, Any]:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 context = browser.new_context(viewport={"width": 390, "height": 844})
                 page = sign_up(context, relay.base_url, "bench@example.com")
-                page.wait_for_function("navigator.serviceWorker.controller !== null")
+                page.wait_for_function("() => navigator.serviceWorker.controller !== null")
                 page.evaluate("r => { location.hash = r }", f"#/shop/noodlebar/{day}")
                 page.locator("li.slot").first.wait_for()
 

@@ -14,6 +14,8 @@ process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
 * a booking the relay refuses (its slot shrank while the customer was offline) is listed with the
   reason in words, and a notice says so;
 * a slot the shop stops offering while a booking of it waits: the booking says so, and cancels;
+* the relay is killed (SIGKILL) as twenty bookings start to flush: after it restarts, each is
+  stored exactly once;
 * the relay goes down with bookings waiting and comes back: they are sent and confirmed;
 * two tabs of one profile: one syncs, the other books through it, both show the same; closing the
   syncing tab hands syncing to the other.
@@ -61,6 +63,7 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 TEST_SHOPS = (
     DemoShop("lastseat", "Last Seat Barber", "hair", "1 Corner", (("seat-10", "haircut", "10:00", 30, 1),)),
     DemoShop("shrink", "Shrinking Salon", "hair", "2 Corner", (("cut-11", "haircut", "11:00", 30, 2),)),
+    DemoShop("flush", "Flush Hall", "food", "4 Corner", (("hall-20", "hall", "20:00", 120, 100),)),
     DemoShop("gone", "Going Away Spa", "health", "3 Corner", (("spa-12", "massage", "12:00", 60, 2),)),
     DemoShop(
         "xss", XSS_NAME, "food", "<script>alert(2)</script>", (("t-18", "<b>table</b>", "18:00", 60, 4),)
@@ -314,7 +317,7 @@ def test_reload_offline_opens_from_the_service_worker_and_the_booking_syncs_once
     day = (_dt.date.today() + _dt.timedelta(days=31)).isoformat()
     try:
         app.sign_up()
-        app.page.wait_for_function("navigator.serviceWorker.controller !== null")
+        app.page.wait_for_function("() => navigator.serviceWorker.controller !== null")
         app.open_day("noodlebar", day)
         app.context.set_offline(True)
         app.book("19:00 dinner table", party=3)
@@ -499,6 +502,33 @@ def test_a_slot_removed_while_a_booking_waits_is_said_in_words(
         booking.get_by_role("button", name="Cancel").click()
         booking.locator(".state", has_text="cancelled").wait_for()
         assert booking.locator(".gone").count() == 0
+        assert app.errors == []
+    finally:
+        app.close()
+
+
+def test_the_relay_killed_mid_flush_loses_and_doubles_nothing(
+    browser: Any, relay: FixedPortRelay, tmp_path: Path
+) -> None:
+    app = App(browser, relay)
+    count = 20
+    try:
+        app.sign_up()
+        app.open_day("flush")
+        app.context.set_offline(True)
+        for _ in range(count):
+            app.book("20:00 hall")
+        app.page.locator("[data-test=unsynced]", has_text=f"{count} unsynced changes").wait_for()
+        app.context.set_offline(False)
+        unsent = "n => parseInt(document.querySelector('[data-test=unsynced]')?.textContent ?? '0') < n"
+        app.page.wait_for_function(unsent, arg=count)  # the first acks are in
+        assert relay.proc is not None
+        relay.proc.kill()  # SIGKILL in the middle of the flush: no shutdown, no last commit
+        relay.proc.wait()
+        relay.start()
+        app.page.locator("[data-test=unsynced]").wait_for(state="detached", timeout=30000)
+        taken = {s["slot_id"]: s["seats_taken"] for s in cli_slots(relay, tmp_path, "flush", DAY)}
+        assert taken == {"hall-20": count}
         assert app.errors == []
     finally:
         app.close()
