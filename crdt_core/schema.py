@@ -40,14 +40,23 @@ __all__ = [
     "UserProfile",
     "capacities_on",
     "capacity_on",
+    "has_control_characters",
     "parse_day",
+    "per_customer_limits",
     "parse_doc_id",
     "parse_record",
     "record_class",
     "stamp_key",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""Version 2 added the slot field ``per_customer`` (docs/records.md section 6)."""
+
+#: Terminal control characters: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F). No text field may
+#: hold one (an ESC or BEL in a shop name would drive the terminal that prints it); a multi-line
+#: field may hold line feeds (U+000A) only.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_MULTILINE_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _HLC_RE = re.compile(r"[0-9]{13}-[0-9]{6}-[A-Za-z0-9_-]{1,64}\Z")
@@ -158,6 +167,15 @@ class _F:
     lo: float | None = None
     hi: float | None = None
     enum: frozenset[str] | None = None
+    multiline: bool = False
+    """Text that may hold line feeds (a shop's description); every other text is one line."""
+    since: int = 1
+    """The schema version that added the field: in an older record it is an unknown field."""
+
+
+def has_control_characters(text: str, multiline: bool = False) -> bool:
+    """Whether ``text`` holds a character no text field may hold (line feeds allowed if ``multiline``)."""
+    return (_CONTROL_MULTILINE_RE if multiline else _CONTROL_RE).search(text) is not None
 
 
 def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
@@ -166,6 +184,8 @@ def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
     if t in ("str", "url"):
         if not isinstance(value, str) or len(value) > spec.max_len:
             raise SchemaError(f"{where} must be text of at most {spec.max_len} characters")
+        if has_control_characters(value, spec.multiline):
+            raise SchemaError(f"{where} holds a control character")
         if t == "url" and value and not re.match(r"https?://", value):
             raise SchemaError(f"{where} must be an http(s) URL")
         return value
@@ -231,13 +251,16 @@ class TypedRecord:
     def from_fields(cls, fields: Mapping[str, Any], schema_version: int = SCHEMA_VERSION) -> TypedRecord:
         known: dict[str, Any] = {}
         for spec in cls.FIELDS:
+            if spec.since > schema_version:
+                known[spec.name] = None  # not a field of that version: an unknown field below
+                continue
             if spec.name in fields:
                 known[spec.name] = _check_field(spec, fields[spec.name], schema_version)
             elif spec.required:
                 raise SchemaError(f"{cls.KIND}: field {spec.name!r} is required")
             else:
                 known[spec.name] = None
-        names = {s.name for s in cls.FIELDS}
+        names = {s.name for s in cls.FIELDS if s.since <= schema_version}
         extra = {k: v for k, v in fields.items() if k not in names}
         if extra and schema_version <= SCHEMA_VERSION:
             raise SchemaError(
@@ -255,6 +278,11 @@ class TypedRecord:
             out[spec.name] = list(value) if isinstance(value, tuple) else value
         out.update(self.extra)
         return out
+
+    def needed_version(self) -> int:
+        """The lowest schema version that holds every field this record sets: what to sign it as,
+        so replicas of older versions read it whole whenever they can."""
+        return max((s.since for s in self.FIELDS if getattr(self, s.name) is not None), default=1)
 
 
 _NAME = _F("name", "str", max_len=120)
@@ -309,7 +337,7 @@ class ShopProfile(TypedRecord):
     ROOT: ClassVar[str] = "profile"
     FIELDS: ClassVar[tuple[_F, ...]] = (
         _NAME,
-        _F("description", "str", max_len=2000),
+        _F("description", "str", max_len=2000, multiline=True),
         _F("address", "str", max_len=300),
         _F("lat", "float", lo=-90, hi=90),
         _F("lon", "float", lo=-180, hi=180),
@@ -342,6 +370,7 @@ class SlotTemplate(TypedRecord):
         _F("weekdays", "weekdays", required=False),
         _F("active", "bool"),
         _HLC,
+        _F("per_customer", "int", required=False, lo=1, hi=100, since=2),
     )
     id: str
     service: str
@@ -351,6 +380,8 @@ class SlotTemplate(TypedRecord):
     weekdays: tuple[int, ...] | None
     active: bool
     hlc: str
+    per_customer: int | None = None
+    """Active claims one customer may hold on this slot on one day (absent: 1); schema version 2."""
 
     def capacity_on(self, day: _dt.date) -> int:
         return capacity_on(day, self.capacity, self.weekdays, self.active)
@@ -365,6 +396,12 @@ def capacity_on(day: _dt.date, capacity: int, weekdays: Collection[int] | None, 
     if weekdays is not None and day.weekday() not in weekdays:
         return 0
     return capacity
+
+
+def per_customer_limits(templates: Mapping[str, SlotTemplate]) -> dict[str, int]:
+    """Per slot id, the active claims one customer may hold on it on one day (the verdict's
+    ``limits``): the current template's ``per_customer``, 1 when absent."""
+    return {slot: template.per_customer or 1 for slot, template in templates.items()}
 
 
 def capacities_on(templates: Mapping[str, SlotTemplate], day: _dt.date) -> dict[str, int]:

@@ -339,7 +339,8 @@ hlcs = st.builds(
 
 
 def text(n: int) -> st.SearchStrategy[str]:
-    return st.text(max_size=n)
+    """Text a record field may hold: no control characters (Unicode category Cc: C0, DEL, C1)."""
+    return st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=n)
 
 
 def number(lo: float, hi: float) -> st.SearchStrategy[float | int]:
