@@ -14,7 +14,9 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
 2. It does not skip any clock the document lacks (``missing_deps``): the sender must re-run the
    state-vector exchange first. This also keeps a pending, unvalidated struct out of the engine.
 3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
-   map's kind with schema-valid fields (``schema``), stored under the key its id demands.
+   map's kind with schema-valid fields (``schema``: no control characters in text either), stored
+   under the key its id demands; a reservation's day lies within :func:`day_in_range` of its HLC
+   (``day_out_of_range``).
 4. Certificates (map ``certs``) verify against the trusted relay keys and sit under their id.
 5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, see
    ``crdt_core.clientids``): ``owns_client(signer, client)`` where the signer is the envelope's
@@ -25,11 +27,13 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
    device key of a certificate present in the document or in the same update
    (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
    validity (``certificate_expired``).
-7. The author may write it (``forbidden``): docs/records.md section 8's writer table, :func:`may_write`.
+7. The author may write it (``forbidden``): docs/records.md section 8's writer table, :func:`may_write`,
+   with staff rights for the users the shop's staff list names (``shop_staff_list``).
 8. At arrival (``ArrivalPolicy``: the relay, and peers for what other peers send them): no HLC
    from the future (``clock_skew``), none older than the back-dating window, ``min(max_backdate_ms,
    the certificate's lifetime exp - iat)`` (``backdated``), no revoked certificate (``revoked``),
-   and rights checked against the author's *current* roles too (the last two at the relay only).
+   and rights checked against the author's *current* roles too (the last two at the relay only);
+   a shop's catalogue entry must name a category the catalogue defines (``unknown_category``).
 """
 
 from __future__ import annotations

@@ -6,13 +6,22 @@ import { Float64 } from "./canonical.js";
 import { codePoints, isWireInt } from "./certs.js";
 import { SchemaError } from "./errors.js";
 
-/** The schema version this SDK knows; newer records are stored with their unknown fields inert. */
-export const SCHEMA_VERSION = 1;
+/** The schema version this SDK knows; newer records are stored with their unknown fields inert.
+ * Version 2 added the slot field `per_customer`. */
+export const SCHEMA_VERSION = 2;
 export const CERTS_ROOT = "certs";
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const HLC_RE = /^[0-9]{13}-[0-9]{6}-[A-Za-z0-9_-]{1,64}$/;
 const HHMM_RE = /^([01][0-9]|2[0-3]):[0-5][0-9]$/;
+// Terminal control characters: C0, DEL and C1. A multi-line field may hold line feeds only.
+const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+const CONTROL_MULTILINE_RE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+
+/** Whether text holds a character no text field may hold (line feeds allowed if multiline). @param {string} text */
+export function hasControlCharacters(text, multiline = false) {
+  return (multiline ? CONTROL_MULTILINE_RE : CONTROL_RE).test(text);
+}
 
 /**
  * A parsed document id.
@@ -84,11 +93,13 @@ export function docIdString(doc) {
  * @property {number | null} lo
  * @property {number | null} hi
  * @property {Set<string> | null} values for enums
+ * @property {boolean} multiline text that may hold line feeds
+ * @property {number} since the schema version that added the field
  */
 
 /**
  * @param {string} name @param {FieldSpec["type"]} type
- * @param {{required?: boolean, maxLen?: number, lo?: number, hi?: number, values?: string[]}} [opts]
+ * @param {{required?: boolean, maxLen?: number, lo?: number, hi?: number, values?: string[], multiline?: boolean, since?: number}} [opts]
  * @returns {FieldSpec}
  */
 function field(name, type, opts = {}) {
@@ -100,6 +111,8 @@ function field(name, type, opts = {}) {
     lo: opts.lo ?? null,
     hi: opts.hi ?? null,
     values: opts.values ? new Set(opts.values) : null,
+    multiline: opts.multiline ?? false,
+    since: opts.since ?? 1,
   };
 }
 
@@ -115,6 +128,7 @@ function checkField(spec, value, schemaVersion) {
     case "url":
       if (typeof value !== "string" || codePoints(value) > spec.maxLen) throw new SchemaError(`${where} must be text of at most ${spec.maxLen} characters`);
       if (spec.type === "url" && value && !/^https?:\/\//.test(value)) throw new SchemaError(`${where} must be an http(s) URL`);
+      if (hasControlCharacters(value, spec.multiline)) throw new SchemaError(`${where} holds a control character`);
       return value;
     case "id":
       return checkId(value, where);
@@ -190,7 +204,7 @@ export const RECORD_KINDS = {
     keyField: null,
     fields: [
       NAME,
-      field("description", "str", { maxLen: 2000 }),
+      field("description", "str", { maxLen: 2000, multiline: true }),
       field("address", "str", { maxLen: 300 }),
       field("lat", "float", { lo: -90, hi: 90 }),
       field("lon", "float", { lo: -180, hi: 180 }),
@@ -211,6 +225,7 @@ export const RECORD_KINDS = {
       field("weekdays", "weekdays", { required: false }),
       field("active", "bool"),
       HLC,
+      field("per_customer", "int", { required: false, lo: 1, hi: 100, since: 2 }),
     ],
   },
   staff: {
@@ -292,12 +307,14 @@ export function parseRecord(docKind, root, key, recordKind, fields, schemaVersio
   if (spec.kind !== "stamp") checkId(key, "record key");
   /** @type {TypedRecord} */
   const record = { kind: spec.kind, extra: {}, schemaVersion };
-  for (const f of spec.fields) {
+  const fieldsThen = spec.fields.filter((f) => f.since <= schemaVersion); // later fields are unknown ones
+  for (const f of spec.fields) if (f.since > schemaVersion) record[f.name] = null;
+  for (const f of fieldsThen) {
     if (Object.hasOwn(fields, f.name)) record[f.name] = checkField(f, fields[f.name], schemaVersion);
     else if (f.required) throw new SchemaError(`${spec.kind}: field ${JSON.stringify(f.name)} is required`);
     else record[f.name] = null;
   }
-  const known = new Set(spec.fields.map((f) => f.name));
+  const known = new Set(fieldsThen.map((f) => f.name));
   for (const [name, value] of Object.entries(fields)) if (!known.has(name)) record.extra[name] = value;
   if (Object.keys(record.extra).length > 0 && schemaVersion <= SCHEMA_VERSION) {
     throw new SchemaError(`${spec.kind}: unknown fields ${Object.keys(record.extra).sort()} in schema version ${schemaVersion}`);
@@ -307,6 +324,18 @@ export function parseRecord(docKind, root, key, recordKind, fields, schemaVersio
   }
   if (spec.kind === "stamp" && key !== stampKey(record.no)) throw new SchemaError(`stamp ${record.no} stored under key ${JSON.stringify(key)}`);
   return record;
+}
+
+/**
+ * The lowest schema version that holds every field a record of `kind` sets: what to sign it as, so
+ * replicas of older versions read it whole whenever they can.
+ * @param {string} kind @param {Record<string, unknown>} fields
+ */
+export function neededVersion(kind, fields) {
+  const spec = RECORD_KINDS[kind];
+  let version = 1;
+  for (const f of spec?.fields ?? []) if (fields[f.name] !== undefined && fields[f.name] !== null) version = Math.max(version, f.since);
+  return version;
 }
 
 /**
