@@ -66,6 +66,9 @@ right away, before the next ``await``, so answers and the live stream never over
   in the relay's copy of the shop document (an open slot: capacity above 0), is refused at
   arrival with ``party_too_large``. The verdict would make it ``too_large`` anyway
   (``crdt_core.verdict``); refusing it tells the sender at once and keeps it out of the log.
+  Likewise a customer's further claim on a slot beyond its ``per_customer`` (``duplicate`` in the
+  verdict) is refused with ``duplicate_booking`` (``crdt_core.repeats``), and the shop's staff
+  list gives staff rights in its days (``crdt_core.shop_rules``, read with the templates).
 """
 
 from __future__ import annotations
@@ -103,9 +106,10 @@ from crdt_core.protocol import (
     UnsubscribeRequested,
     UpdateSubmitted,
 )
-from crdt_core.reader import slot_templates
 from crdt_core.records import RELAY_SIGNER_PREFIX
-from crdt_core.schema import DocId, DocKind, SlotTemplate, capacities_on, parse_doc_id
+from crdt_core.repeats import refuse_repeat_bookings
+from crdt_core.schema import DocId, DocKind, parse_doc_id
+from crdt_core.shop_rules import ShopRules, read_shop_rules
 from crdt_core.validation import ArrivalPolicy, Reason, ValidatedUpdate, validate_update
 from crdt_core.verdict import exceeds_capacity, stamp_order
 from relay.anonymous_slots import AnonymousSlots, address_key
@@ -366,8 +370,8 @@ class SyncHub:
         self.stopping = False
         self.fanout = fanout
         self._retries: set[asyncio.Task[None]] = set()
-        #: Shop document -> (seq, its slot templates), for the party check at arrival.
-        self._templates: dict[str, tuple[int, dict[str, SlotTemplate]]] = {}
+        #: Shop document -> (seq, its slot templates and staff list), for the checks at arrival.
+        self._templates: dict[str, tuple[int, ShopRules]] = {}
         #: A restored relay's stamp hold (``relay.stamp_hold``); None: stamp at once, always.
         self.stamp_hold: StampHold | None = None
         #: Unauthenticated sockets per client address (relay.anonymous_slots).
@@ -717,7 +721,7 @@ class SyncHub:
     # --- updates ---------------------------------------------------------------------------------
 
     def _check(
-        self, doc: str, capacities: dict[str, int] | None = None
+        self, doc: str, shop: tuple[ShopRules, DocId] | None = None
     ) -> Callable[[Replica, bytes], ValidatedUpdate]:
         def check(replica: Replica, update: bytes) -> ValidatedUpdate:
             policy = ArrivalPolicy(
@@ -725,9 +729,13 @@ class SyncHub:
                 is_revoked=self.rights.is_revoked,
                 current_rights=self.rights.current,
             )
-            checked = validate_update(doc, replica, update, self.certs(), policy)
-            if capacities is not None:
-                self._refuse_impossible_parties(checked, capacities)
+            staff = shop[0].staff if shop is not None else None
+            checked = validate_update(doc, replica, update, self.certs(), policy, staff)
+            if shop is not None:
+                rules, day_doc = shop
+                assert day_doc.day is not None
+                self._refuse_impossible_parties(checked, rules.capacities(day_doc.day))
+                refuse_repeat_bookings(replica, day_doc, checked.new_reservations, rules.limits())
             return checked
 
         return check
@@ -744,27 +752,27 @@ class SyncHub:
                 why = f"{what} cannot fit slot {res.slot!r} ({capacity} seats that day)"
                 raise ValidationError(Reason.PARTY_TOO_LARGE.value, why)
 
-    async def _capacities(self, doc: str) -> dict[str, int] | None:
-        """Seats per slot on a bookings document's day, from the relay's copy of the shop document
-        (``crdt_core.schema.capacities_on``: 0 for a slot not offered that day); None for other kinds."""
+    async def _shop_rules(self, doc: str) -> tuple[ShopRules, DocId] | None:
+        """For a bookings document, what the relay's copy of its shop document says (slot
+        capacities and limits, the staff list: ``crdt_core.shop_rules``) and the parsed doc id;
+        None for other kinds."""
         parsed = parse_doc_id(doc)
         if parsed.kind is not DocKind.BOOKINGS:
             return None
-        assert parsed.shop_id is not None and parsed.day is not None
-        shop_doc, day = str(DocId.shop(parsed.shop_id)), parsed.day
+        assert parsed.shop_id is not None
+        shop_doc = str(DocId.shop(parsed.shop_id))
 
-        def templates(replica: Replica, seq: int) -> dict[str, SlotTemplate]:
+        def rules(replica: Replica, seq: int) -> ShopRules:
             held = self._templates.get(shop_doc)
             if held is not None and held[0] == seq:
                 return held[1]
-            found = slot_templates(replica, shop_doc)
+            found = read_shop_rules(replica, shop_doc)
             if len(self._templates) >= TEMPLATE_CACHE_DOCS:
                 self._templates.clear()
             self._templates[shop_doc] = (seq, found)
             return found
 
-        found = await self.manager.read(shop_doc, templates)
-        return capacities_on(found, day)
+        return await self.manager.read(shop_doc, rules), parsed
 
     def _stamper(self, doc: str) -> Callable[[Replica, ValidatedUpdate, StampSequence], bytes | None]:
         def build(replica: Replica, checked: ValidatedUpdate, stamps: StampSequence) -> bytes | None:
@@ -903,11 +911,11 @@ class SyncHub:
         stamp and fan them out alike; the HTTP path once built this call itself and skipped the
         party limits. Raises what ``DocumentManager.order`` raises.
         """
-        capacities = await self._capacities(doc)
+        shop = await self._shop_rules(doc)
         return await self.manager.order(
             doc,
             update,
-            self._check(doc, capacities),
+            self._check(doc, shop),
             self._stamper(doc),
             on_durable=on_durable,
             on_commit=self._announcer(doc, update),
