@@ -71,7 +71,7 @@ from client.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvai
 from client.secrets import SecretStore
 from client.store import OutboxEntry
 from crdt_core.errors import SchemaError
-from crdt_core.schema import parse_day
+from crdt_core.schema import parse_day, printable
 from crdt_core.verdict import ClaimState
 
 if TYPE_CHECKING:
@@ -298,8 +298,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return printable(",".join(str(v) for v in value)) or "-"
+    return printable(str(value))  # a cell is one line: no control character reaches the terminal
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "(none)") -> str:
@@ -316,7 +316,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
 
 
 #: How a verdict state reads to a person where its value alone would puzzle (JSON keeps the value).
-STATE_WORDS = {ClaimState.TOO_LARGE: "party too large for this slot"}
+STATE_WORDS = {
+    ClaimState.TOO_LARGE: "party too large for this slot",
+    ClaimState.DUPLICATE: "duplicate: you already hold a booking of this slot that day",
+}
 
 
 def state_words(state: ClaimState) -> str:
@@ -822,7 +825,7 @@ async def _watch(ctx: Ctx, svc: SyncService) -> Result:
         nonlocal logged_out
         logged_out = logged_out or isinstance(event, LoggedOut)
         line = json.dumps(event.to_dict(), default=str) if ctx.args.json else describe_event(event)
-        print(line, flush=True)
+        print(printable(line, multiline=True), flush=True)
         if isinstance(event, Synced):
             _write_config(ctx.home, last_sync_ms=event.at_ms)
             _remember_transport(ctx, svc)
@@ -918,6 +921,9 @@ async def cmd_status(ctx: Ctx) -> Result:
 #: What the user can do about a change the relay refused, by the relay's reason code prefix.
 REFUSED_HINTS = {
     "party_too_large": "book a smaller party (`quickslot retry ID --party N`) or discard it",
+    "duplicate_booking": "you already hold a booking of this slot that day: keep that one and discard this",
+    "day_out_of_range": "that day is too far in the past or the future to book: discard it",
+    "unknown_category": "pick a category from `quickslot categories`, then discard this",
     "not_allowed": "this account may not make that change: discard it",
     "backdated": "made too long ago with an expired login: `quickslot retry ID` makes it again now",
     "unknown_certificate": "log in again, then `quickslot retry ID`",
@@ -1113,7 +1119,7 @@ async def cmd_peer_serve(ctx: Ctx) -> Result:
         if as_json:
             print(json.dumps({"type": kind, "at_ms": int(time.time() * 1000), **fields}), flush=True)
         else:
-            print(" ".join([kind, *(f"{k}={v}" for k, v in fields.items())]), flush=True)
+            print(printable(" ".join([kind, *(f"{k}={v}" for k, v in fields.items())])), flush=True)
 
     server = PeerServer(ctx.local, host=ctx.args.host, port=ctx.args.port, log=emit)
     try:
@@ -1142,7 +1148,7 @@ async def cmd_peer_serve(ctx: Ctx) -> Result:
             if as_json:
                 print(json.dumps(event.to_dict(), default=str), flush=True)
             else:
-                print(describe_event(event), flush=True)
+                print(printable(describe_event(event), multiline=True), flush=True)
     finally:
         stopping.cancel()
         await server.stop()
@@ -1447,7 +1453,7 @@ def _fail(err: CliError, as_json: bool) -> int:
     if as_json:
         payload = {"error": {"code": err.code, "message": err.message, "exit_code": err.exit_code}}
         print(json.dumps(payload))
-    print(f"quickslot: {err.message}", file=sys.stderr)
+    print(printable(f"quickslot: {err.message}", multiline=True), file=sys.stderr)
     return err.exit_code
 
 
@@ -1489,7 +1495,9 @@ async def _run(args: argparse.Namespace) -> int:
         except sqlite3.Error as exc:
             raise _profile_error(exc, home) or exc from exc
         if not args.streamed:
-            print(json.dumps(data, default=str) if args.json else human, flush=True)
+            print(
+                json.dumps(data, default=str) if args.json else printable(human, multiline=True), flush=True
+            )
         return int(args.exit_code)
     finally:
         await local.close()

@@ -83,7 +83,7 @@ from crdt_core.clientids import GENERATIONS, client_id_for, generation_of
 from crdt_core.engine import EngineError, Replica, parse_state_vector, state_vector_of_update
 from crdt_core.errors import ClockSkewError, SchemaError, SignatureError, ValidationError
 from crdt_core.hlc import HybridClock, Timestamp
-from crdt_core.reader import BookingsState, read_bookings, read_map, slot_templates
+from crdt_core.reader import BookingsState, read_bookings, read_map, shop_staff, slot_templates
 from crdt_core.records import open_record
 from crdt_core.schema import (
     CERTS_ROOT,
@@ -104,8 +104,9 @@ from crdt_core.schema import (
     parse_day,
     parse_doc_id,
     parse_record,
+    per_customer_limits,
 )
-from crdt_core.validation import ArrivalPolicy, Rights, may_write, validate_update
+from crdt_core.validation import ArrivalPolicy, Rights, day_in_range, may_write, validate_update
 from crdt_core.verdict import (
     ClaimState,
     ClaimVerdict,
@@ -349,7 +350,11 @@ def _slots_touched(state: BookingsState, records: Iterable[ProjectedRecord]) -> 
 
 
 def _reverdict(
-    previous: Verdict, state: BookingsState, capacities: Mapping[str, int], slots: set[str]
+    previous: Verdict,
+    state: BookingsState,
+    capacities: Mapping[str, int],
+    slots: set[str],
+    limits: Mapping[str, int] | None = None,
 ) -> Verdict:
     """``compute_verdict(state, capacities)`` when ``state`` differs from ``previous``'s only in ``slots``.
 
@@ -361,7 +366,7 @@ def _reverdict(
     """
     reservations = {rid: r for rid, r in state.reservations.items() if r.slot in slots}
     events = {eid: e for eid, e in state.events.items() if e.reservation in reservations}
-    part = compute_verdict(BookingsState(state.doc, reservations, events, state.stamps), capacities)
+    part = compute_verdict(BookingsState(state.doc, reservations, events, state.stamps), capacities, limits)
     claims = dict(previous.claims)
     claims.update(part.claims)
     by_slot = dict(previous.slots)
@@ -396,6 +401,8 @@ def _appended(
             if slot.capacity != capacity:
                 return None
             before = slot.claims
+        if any(c.customer == rec.customer for c in before):  # a repeat? the general path decides
+            return None
         if before and before[-1].stamp is None:
             last = state.reservations.get(before[-1].reservation_id)
             if last is None or tentative_key(last) >= tentative_key(rec):
@@ -681,6 +688,13 @@ class LocalClient:
         self._docs[doc_id] = loaded
         return loaded
 
+    async def _staff_list(self, tx: Tx, doc: DocId) -> frozenset[str] | None:
+        """For a bookings document, the users its shop's staff list names (staff rights there)."""
+        if doc.kind is not DocKind.BOOKINGS or doc.shop_id is None:
+            return None
+        shop = DocId.shop(doc.shop_id)
+        return shop_staff((await self._load(tx, str(shop))).replica, shop)
+
     async def _shop_templates(self, tx: Tx, shop_id: str) -> dict[str, SlotTemplate]:
         cached = self._templates.get(shop_id)
         if cached is None:
@@ -803,6 +817,7 @@ class LocalClient:
             )
             templates = await self._shop_templates(tx, doc.shop_id)
             capacities = proj.capacities_on(templates, doc.day)
+            limits = per_customer_limits(templates)
             baseline = work.verdicts.get(doc_id) or self._verdicts.get(doc_id)
             slots = None
             if baseline is not None and doc_id not in recapacity:
@@ -815,9 +830,9 @@ class LocalClient:
                 verdict = fast
                 changed = [key for _root, key, _rec in work.touched.get(doc_id, ())]
             elif baseline is None or slots is None:
-                verdict = compute_verdict(state, capacities)
+                verdict = compute_verdict(state, capacities, limits)
             else:
-                verdict = _reverdict(baseline, state, capacities, slots)
+                verdict = _reverdict(baseline, state, capacities, slots, limits)
             changes = await proj.project_bookings(
                 tx, doc, state, verdict, baseline, slots=slots, changed=changed
             )
@@ -875,6 +890,8 @@ class LocalClient:
                 parse_record(doc.kind, rec.ROOT, key, rec.KIND, rec.to_fields(), SCHEMA_VERSION)
             except SchemaError as exc:
                 raise InvalidRequest(str(exc)) from None
+            if isinstance(rec, Reservation) and doc.day is not None and not day_in_range(doc.day, rec.hlc):
+                raise InvalidRequest(f"{doc.day.isoformat()} is too far in the past or the future to book")
             hlc = getattr(rec, "hlc", None)
             if hlc is not None and not identity.certificate.valid_at(Timestamp.parse(hlc).wall_ms):
                 raise NotLoggedIn("the device certificate is not valid now: log in again")
@@ -1079,7 +1096,9 @@ class LocalClient:
                 hlc=author.hlc(),
                 reason=reason,
             )
-            if not may_write(parse_doc_id(row.doc_id), event, identity.rights, row.customer):
+            target = parse_doc_id(row.doc_id)
+            staff = await self._staff_list(work.tx, target) or ()
+            if not may_write(target, event, identity.rights, row.customer, staff):
                 if kind is EventType.CANCEL:
                     raise NotAllowed("only the customer can cancel a reservation")
                 raise NotAllowed(f"only staff of {row.shop_id} can {kind.value.replace('_', '-')} a booking")
@@ -1293,10 +1312,11 @@ class LocalClient:
                     did = str(doc)
                     loaded = await self._load(work.tx, did)
                     try:
-                        validated = validate_update(doc, loaded.replica, update, certs, policy)
+                        staff = await self._staff_list(work.tx, doc)
+                        validated = validate_update(doc, loaded.replica, update, certs, policy, staff)
                     except ValidationError as exc:
                         failed[index] = BatchFailure(index, did, exc)
-                        if exc.code == "missing_deps":
+                        if exc.code in ("missing_deps", "forbidden"):  # forbidden: the staff list may follow
                             retry.append(index)
                         continue
                     failed.pop(index, None)
@@ -1365,7 +1385,7 @@ class LocalClient:
         async with self._read() as tx:
             state = await self._bookings_state(tx, await self._load(tx, str(doc)), doc, ())
             templates = await self._shop_templates(tx, shop_id)
-            return compute_verdict(state, proj.capacities_on(templates, d))
+            return compute_verdict(state, proj.capacities_on(templates, d), per_customer_limits(templates))
 
     async def held_docs(self) -> list[str]:
         return await self.store.held_docs()
@@ -1552,7 +1572,8 @@ class LocalClient:
             tx = work.tx
             old = await self._load(tx, did)
             work.dirty.add(did)
-            validate_update(doc, Replica(), relay_state, certs)  # the relay judged arrival rules
+            staff = await self._staff_list(tx, doc)
+            validate_update(doc, Replica(), relay_state, certs, None, staff)  # the relay judged arrival rules
             relay_clocks = parse_state_vector(state_vector_of_update(relay_state))
             old_clocks = old.replica.state_clocks()
             reason = (await tx.rebuilds()).get(did, "relay update did not fit the local document")
@@ -1623,7 +1644,7 @@ class LocalClient:
                 if entry.operation != "forward":
                     continue
                 try:
-                    if not validate_update(doc, replica, entry.payload, certs).noop:
+                    if not validate_update(doc, replica, entry.payload, certs, None, staff).noop:
                         replica.apply_update(entry.payload)
                 except (ValidationError, EngineError) as exc:
                     log.info("carried update %s left out of rebuilt %s: %s", entry.id, did, exc)

@@ -120,7 +120,7 @@ class Replica:
     (random 53-bit ints are what Yjs uses) and never reuse one across two live copies of a doc.
     """
 
-    __slots__ = ("_doc", "_maps", "_captured", "_capture_sub")
+    __slots__ = ("_doc", "_maps", "_captured", "_capture_sub", "__weakref__")
 
     def __init__(self, client_id: int | None = None) -> None:
         if client_id is not None and not 0 <= client_id < 2**53:

@@ -43,6 +43,7 @@ __all__ = [
     "has_control_characters",
     "parse_day",
     "per_customer_limits",
+    "printable",
     "parse_doc_id",
     "parse_record",
     "record_class",
@@ -176,6 +177,15 @@ class _F:
 def has_control_characters(text: str, multiline: bool = False) -> bool:
     """Whether ``text`` holds a character no text field may hold (line feeds allowed if ``multiline``)."""
     return (_CONTROL_MULTILINE_RE if multiline else _CONTROL_RE).search(text) is not None
+
+
+def printable(text: str, multiline: bool = False) -> str:
+    """``text`` safe to print on a terminal: each control character (line feeds kept when
+    ``multiline``) shown as a visible escape such as ``\\x1b``. For display only: records
+    written before schema version 2 may hold control characters, and a newer version could add a
+    multi-line field."""
+    pattern = _CONTROL_MULTILINE_RE if multiline else _CONTROL_RE
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
