@@ -1043,7 +1043,10 @@ async def cmd_slot_add(ctx: Ctx) -> Result:
 
 async def cmd_staff_add(ctx: Ctx) -> Result:
     ctx.require_login()
-    row = await ctx.local.add_staff(ctx.args.shop, ctx.args.user_id, role=ctx.args.role)
+    who = ctx.args.user_id
+    if "@" in who:  # an email: the relay names the account (asked as an owner of the shop)
+        who = str((await ctx.auth().find_user(ctx.args.shop, who))["user_id"])
+    row = await ctx.local.add_staff(ctx.args.shop, who, role=ctx.args.role)
     return {
         "staff": _staff(row),
         "queued": True,
@@ -1378,7 +1381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = staff_sub.add_parser("add", parents=[common], help="name a staff member (or co-owner)")
     p.set_defaults(handler=cmd_staff_add, schema="staff add")
     p.add_argument("shop", help="shop id")
-    p.add_argument("user_id", help="the person's user id (they see it with `quickslot whoami`)")
+    p.add_argument(
+        "user_id",
+        metavar="EMAIL_OR_USER_ID",
+        help="the person's email (the relay finds their account) or user id (`quickslot whoami`);"
+        " their staff rights count at once, with no grant at the relay and no new login",
+    )
     p.add_argument("--role", default="staff", choices=["staff", "owner"], help="default: staff")
 
     p = add("category", cmd_category_add, "admin: add a category")

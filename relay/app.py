@@ -42,6 +42,7 @@ from relay.http_api import (
 from relay.logging import get_logger, log_event
 from relay.metrics import MetricsRegistry
 from relay.rest_sync import RestSyncExtension
+from relay.staff_lookup import router as staff_lookup_router
 from relay.sync_endpoint import SyncExtension
 
 __all__ = ["RelayContext", "RelayExtension", "create_app"]
@@ -121,6 +122,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(ops_router)
+    app.include_router(staff_lookup_router)
     _uptime = metrics.gauge("relay_uptime_seconds", "Seconds since the relay app was created")
     _uptime.set_function(lambda: time.time() - ctx.started_at)
     metrics.gauge("relay_build_info", "Relay version", ["version"]).labels(version=SERVER_VERSION).set(1)

@@ -401,7 +401,7 @@ async def test_check_updates_catches_a_client_up_within_its_budget(
     assert answer["bytes"] == 0 and answer["next_cursor"] is None
 
     # One more booking: exactly that document is reported, with its diff.
-    _, update = writer.author.book(writer.replica(docs[5]), docs[5], "noon", 1)
+    _, update = writer.author.book(writer.replica(docs[5]), docs[5], "late", 1)
     assert post_batch(http, writer.account, [(docs[5], writer.next_uid(), update)])[0]["status"] == "ack"
     answer = call(http, reader, "POST", "/api/v1/sync/check-updates", json=body).json()
     changed = [e["doc"] for e in answer["documents"] if e["status"] == "changed"]
