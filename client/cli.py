@@ -1036,7 +1036,7 @@ async def cmd_slot_add(ctx: Ctx) -> Result:
     a = ctx.args
     row = await ctx.local.add_slot(
         a.shop, a.slot, service=a.service, start=a.start, duration=a.duration, capacity=a.capacity,
-        weekdays=a.weekdays,
+        weekdays=a.weekdays, per_customer=a.per_customer,
     )  # fmt: skip
     return {"slot": _slot(row), "queued": True}, f"slot {a.slot} of {a.shop} saved (queued for the relay)"
 
@@ -1374,6 +1374,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_weekdays,
         help="days the slot runs, comma-separated, 0 = Monday ... 6 = Sunday, e.g. 0,1,2,3,4"
         " (default: every day)",
+    )
+    p.add_argument(
+        "--per-customer",
+        type=int,
+        metavar="N",
+        help="bookings one customer may hold on this slot on one day, 1 to 100 (default: 1; a further"
+        " booking is refused as duplicate_booking)",
     )
 
     p = add("staff", cmd_staff_add, "owner: name staff")

@@ -689,11 +689,17 @@ class LocalClient:
         return loaded
 
     async def _staff_list(self, tx: Tx, doc: DocId) -> frozenset[str] | None:
-        """For a bookings document, the users its shop's staff list names (staff rights there)."""
-        if doc.kind is not DocKind.BOOKINGS or doc.shop_id is None:
+        """For a bookings or shop document, the users its shop's staff list names (staff rights)."""
+        if doc.kind not in (DocKind.BOOKINGS, DocKind.SHOP) or doc.shop_id is None:
             return None
         shop = DocId.shop(doc.shop_id)
         return shop_staff((await self._load(tx, str(shop))).replica, shop)
+
+    async def _rights_in(self, identity: Identity, shop_id: str) -> Rights:
+        """The profile's rights, with staff rights on ``shop_id`` if its staff list names the user."""
+        async with self._read() as tx:
+            staff = await self._staff_list(tx, DocId.shop(shop_id)) or frozenset()
+        return identity.rights.with_shop_staff(shop_id, staff)
 
     async def _shop_templates(self, tx: Tx, shop_id: str) -> dict[str, SlotTemplate]:
         cached = self._templates.get(shop_id)
@@ -1187,7 +1193,7 @@ class LocalClient:
         owner = identity.rights.manages(shop_id)
         if {"category", "location", "rating", "active"} & summary_changes.keys() and not owner:
             raise NotAllowed(f"only the owner of {shop_id} or an admin can change its catalog entry")
-        if not identity.rights.edits(shop_id):
+        if not (await self._rights_in(identity, shop_id)).edits(shop_id):
             raise NotAllowed(f"only staff of {shop_id} can edit it")
         async with self._write(local=True) as work:
             current = await proj.query_shop(work.tx, shop_id)
@@ -1234,17 +1240,18 @@ class LocalClient:
         capacity: int,
         weekdays: Iterable[int] | None = None,
         active: bool = True,
+        per_customer: int | None = None,
     ) -> SlotRow:
         """Staff, owner or admin: offer a slot, or change one (same id; the newest template wins)."""
         author, identity = self._require_author()
         _id(shop_id, "shop id")
-        if not identity.rights.edits(shop_id):
+        if not (await self._rights_in(identity, shop_id)).edits(shop_id):
             raise NotAllowed(f"only staff of {shop_id} can change its slots")
         days = None if weekdays is None else tuple(sorted(set(weekdays)))
         async with self._write(local=True) as work:
             rec = SlotTemplate(
                 id=_id(slot_id, "slot id"), service=service, start=start, duration=duration,
-                capacity=capacity, weekdays=days, active=active, hlc=author.hlc(),
+                capacity=capacity, weekdays=days, active=active, hlc=author.hlc(), per_customer=per_customer,
             )  # fmt: skip
             await self._put(work, DocId.shop(shop_id), [rec], ("slot", slot_id, "create"))
         return SlotRow(shop_id, slot_id, service, start, duration, capacity, days, active)

@@ -48,6 +48,7 @@ from crdt_core.records import RECORD_DOMAIN, RECORD_FORMAT, RELAY_SIGNER_PREFIX,
 from crdt_core.schema import (
     CERTS_ROOT,
     SCHEMA_VERSION,
+    BookedDay,
     Category,
     DocId,
     Reservation,
@@ -1590,6 +1591,21 @@ def _rule_cases(w: World) -> list[dict[str, Any]]:
         context=[entry("k-st1", "bob", True)],
         note="the staff list grants staff rights, never ownership",
     )
+
+    # -- booked days: the user's own list of (shop, day), schema version 2
+    day_rec = BookedDay(shop=SHOP, day=DAY, hlc=hlc(node="alice"))
+    raw = _signed("user:alice", "k-d1", day_rec, alice)
+    case("booked_day_by_its_user", "user:alice", "days", "k-d1", raw, [alice])
+    raw = _signed("user:alice", "k-d1", day_rec, bob)
+    case("booked_day_in_another_users_document", "user:alice", "days", "k-d1", raw, [bob], "forbidden")
+    raw = _signed("user:alice", "k-d1", day_rec, alice, 1)
+    case(
+        "booked_day_in_schema_version_1", "user:alice", "days", "k-d1", raw, [alice], "schema",
+        note="the record kind exists from schema version 2",
+    )  # fmt: skip
+    fields = {"shop": SHOP, "day": "2027-02-30", "hlc": hlc(node="alice")}
+    raw = _signed_fields("user:alice", "k-d1", "booked_day", fields, alice, 2)
+    case("booked_day_on_no_such_day", "user:alice", "days", "k-d1", raw, [alice], "schema")
     return cases
 
 

@@ -18,6 +18,7 @@ from crdt_core.records import open_record
 from crdt_core.schema import (
     CERTS_ROOT,
     SCHEMA_VERSION,
+    BookedDay,
     Category,
     DocId,
     Reservation,
@@ -32,6 +33,7 @@ from crdt_core.schema import (
 
 __all__ = [
     "BookingsState",
+    "booked_days",
     "category_ids",
     "highest_stamp",
     "newest",
@@ -149,6 +151,15 @@ def shop_staff(replica: Replica, shop_doc: str | DocId) -> frozenset[str]:
     doc = shop_doc if isinstance(shop_doc, DocId) else parse_doc_id(shop_doc)
     entries = {k: r for k, r in read_map(replica, doc, StaffEntry.ROOT).items() if isinstance(r, StaffEntry)}
     return frozenset(user for user, e in newest_per(entries, lambda e: e.user).items() if e.active)
+
+
+def booked_days(replica: Replica, user: str) -> set[tuple[str, str]]:
+    """The (shop id, day) pairs the user's document ``user:<user>`` lists: the bookings documents a
+    new device of the user fetches to show the bookings made on other devices."""
+    doc = DocId.user(user)
+    return {
+        (r.shop, r.day) for r in read_map(replica, doc, BookedDay.ROOT).values() if isinstance(r, BookedDay)
+    }
 
 
 def category_ids(replica: Replica, catalog: DocId | None = None) -> frozenset[str]:

@@ -25,6 +25,7 @@ from crdt_core.errors import SchemaError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BookedDay",
     "Category",
     "DocId",
     "DocKind",
@@ -51,7 +52,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 2
-"""Version 2 added the slot field ``per_customer`` (docs/records.md section 6)."""
+"""Version 2 added the slot field ``per_customer`` and the user document's ``days`` map of
+``booked_day`` records (docs/records.md section 6)."""
 
 #: Terminal control characters: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F). No text field may
 #: hold one (an ESC or BEL in a shop name would drive the terminal that prints it); a multi-line
@@ -162,7 +164,7 @@ class _F:
     """One field: its Python type, whether required, and its bounds."""
 
     name: str
-    type: str  # "str", "id", "hlc", "int", "float", "bool", "hhmm", "weekdays", "enum", "url"
+    type: str  # "str", "id", "hlc", "int", "float", "bool", "hhmm", "day", "weekdays", "enum", "url"
     required: bool = True
     max_len: int = 200
     lo: float | None = None
@@ -204,6 +206,11 @@ def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
     if t == "hlc":
         if not isinstance(value, str) or not _HLC_RE.match(value):
             raise SchemaError(f"{where} must be an HLC timestamp string")
+        return value
+    if t == "day":
+        if not isinstance(value, str):
+            raise SchemaError(f"{where} must be a day YYYY-MM-DD")
+        parse_day(value)
         return value
     if t == "hhmm":
         if not isinstance(value, str) or not _HHMM_RE.match(value):
@@ -252,6 +259,8 @@ class TypedRecord:
     ROOT: ClassVar[str] = ""
     FIELDS: ClassVar[tuple[_F, ...]] = ()
     KEY_FIELD: ClassVar[str | None] = None
+    SINCE: ClassVar[int] = 1
+    """The schema version that added the record kind: a record of an older version is refused."""
     """The field the record's map key must equal (None: the key is a free record id)."""
 
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True, compare=False)
@@ -292,7 +301,7 @@ class TypedRecord:
     def needed_version(self) -> int:
         """The lowest schema version that holds every field this record sets: what to sign it as,
         so replicas of older versions read it whole whenever they can."""
-        return max((s.since for s in self.FIELDS if getattr(self, s.name) is not None), default=1)
+        return max([self.SINCE, *(s.since for s in self.FIELDS if getattr(self, s.name) is not None)])
 
 
 _NAME = _F("name", "str", max_len=120)
@@ -521,6 +530,25 @@ class UserProfile(TypedRecord):
     hlc: str
 
 
+@dataclass(frozen=True)
+class BookedDay(TypedRecord):
+    """A day on which the user booked at a shop, in the user's own document (schema version 2).
+
+    Why: a user's bookings live in the shops' day documents, which name customers by id only; a new
+    device of the user learns from this list which days to fetch to show the bookings it did not
+    make. Written once per (shop, day) by the device that books there first; never removed (a
+    reader ignores days it does not care about, past ones say).
+    """
+
+    KIND: ClassVar[str] = "booked_day"
+    ROOT: ClassVar[str] = "days"
+    SINCE: ClassVar[int] = 2
+    FIELDS: ClassVar[tuple[_F, ...]] = (_F("shop", "id"), _F("day", "day"), _HLC)
+    shop: str
+    day: str
+    hlc: str
+
+
 def stamp_key(no: int) -> str:
     """Stamps are keyed by their number, zero-padded so keys sort like numbers."""
     return f"{no:016d}"
@@ -530,7 +558,7 @@ _BY_DOC_AND_ROOT: dict[DocKind, dict[str, type[TypedRecord]]] = {
     DocKind.CATALOG: {"categories": Category, "shops": ShopSummary},
     DocKind.SHOP: {"profile": ShopProfile, "slots": SlotTemplate, "staff": StaffEntry},
     DocKind.BOOKINGS: {"reservations": Reservation, "events": StatusEvent, "stamps": Stamp},
-    DocKind.USER: {"profile": UserProfile},
+    DocKind.USER: {"profile": UserProfile, "days": BookedDay},
 }
 
 ROOTS: dict[DocKind, frozenset[str]] = {
@@ -556,6 +584,8 @@ def parse_record(
     cls = record_class(kind, root)
     if record_kind != cls.KIND:
         raise SchemaError(f"a {record_kind!r} record cannot live in map {root!r}")
+    if schema_version < cls.SINCE:
+        raise SchemaError(f"{record_kind} records exist from schema version {cls.SINCE}")
     check_id(key, "record key") if cls is not Stamp else None
     record = cls.from_fields(fields, schema_version)
     if cls.KEY_FIELD is not None and getattr(record, cls.KEY_FIELD) != key:

@@ -52,6 +52,7 @@ from crdt_core.reader import category_ids, shop_staff
 from crdt_core.records import Envelope, open_record, verify_envelope
 from crdt_core.schema import (
     CERTS_ROOT,
+    BookedDay,
     Category,
     DocId,
     DocKind,
@@ -322,7 +323,7 @@ def may_write(
         # confirm, decline, no_show; and an event type from a newer schema: inert here, so only
         # staff may write it
         return rights.edits(doc.shop_id)
-    if isinstance(record, UserProfile):
+    if isinstance(record, (UserProfile, BookedDay)):
         return doc.user_id == rights.user_id
     return False
 

@@ -181,3 +181,24 @@ def test_staff_rights_from_the_shops_staff_list_take_effect_without_a_new_certif
     slot = SlotTemplate("s-9", "Cut", "09:00", 30, 4, None, True, bob.hlc())
     assert may_write(doc, slot, nobody, shop_staff={"bob"})
     assert not may_write(doc, StaffEntry("zoe", "staff", True, bob.hlc()), nobody, shop_staff={"bob"})
+
+
+def test_a_users_booked_days_are_written_by_that_user_only_and_list_the_days_to_fetch() -> None:
+    from crdt_core.reader import booked_days
+    from crdt_core.schema import BookedDay
+
+    world = World()
+    ann, bob = world.device("ann"), world.device("bob")
+    mine = Replica(1)
+    entries = [(BookedDay(SHOP, DAY, ann.hlc()), None), (BookedDay(SHOP, "2027-01-20", ann.hlc()), None)]
+    update = ann.put(Replica(ann.client_id()), "user:ann", entries)
+    validate_update("user:ann", mine, update, world.cache())
+    mine.apply_update(update)
+    assert booked_days(mine, "ann") == {(SHOP, DAY), (SHOP, "2027-01-20")}
+    assert open_record(mine.get_bytes("days", next(iter(mine.keys("days")))) or b"").schema_version == 2
+    forged = bob.put(Replica(bob.client_id()), "user:ann", [(BookedDay(SHOP, DAY, bob.hlc()), None)])
+    with pytest.raises(ValidationError) as err:
+        validate_update("user:ann", mine, forged, world.cache())
+    assert err.value.code == "forbidden"
+    with pytest.raises(SchemaError):
+        BookedDay.from_fields({"shop": SHOP, "day": "2027-02-30", "hlc": ann.hlc()}, 2)

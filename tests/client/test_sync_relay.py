@@ -48,6 +48,7 @@ from tests.relay.auth_helpers import (
     serving_fixed_port_relay,
     unique_email,
 )
+from tests.relay.sync_helpers import seed_categories
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
@@ -113,6 +114,7 @@ def service(local: LocalClient, relay: RelayProcess, auth: AuthClient | None = N
 async def open_shop(
     owner: LocalClient, auth: AuthClient, relay: RelayProcess, shop: str, capacity: int
 ) -> None:
+    await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
     await owner.create_shop(shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0)
     await owner.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
     summary = await service(owner, relay, auth).sync_once()

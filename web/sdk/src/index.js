@@ -24,7 +24,7 @@ export {
 } from "./messages.js";
 export { RECORD_FORMAT, openRecord, signRecord, signerRef, verifyEnvelope } from "./records.js";
 export { CERTS_ROOT, MAPS, RECORD_KINDS, SCHEMA_VERSION, capacityOn, docIdString, hasControlCharacters, neededVersion, parseDocId, parseRecord, rootsOf, stampKey } from "./schema.js";
-export { categoryIds, readBookings, readMap, schemaVersionOf, shopStaff, slotTemplates } from "./reader.js";
+export { bookedDays, categoryIds, readBookings, readMap, schemaVersionOf, shopStaff, slotTemplates } from "./reader.js";
 export { DAYS_AFTER_HLC, DAYS_BEFORE_HLC, MAX_BACKDATE_MS, Reason, dayInRange, rightsOf, validateUpdate, withShopStaff } from "./validation.js";
 export {
   ClaimState,

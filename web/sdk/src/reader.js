@@ -99,3 +99,15 @@ export function shopStaff(doc, shopDocId) {
 export function categoryIds(doc) {
   return new Set([...readMap(doc, "catalog", "categories").values()].map((c) => c.id));
 }
+
+/**
+ * The (shop id, day) pairs a user's document lists (`booked_day` records): the bookings documents
+ * a new device of the user fetches to show the bookings made on other devices.
+ * @param {Y.Doc} doc the user's document @param {string} userId
+ * @returns {Array<{shop: string, day: string}>} sorted by day, then shop
+ */
+export function bookedDays(doc, userId) {
+  const seen = new Map();
+  for (const r of readMap(doc, `user:${userId}`, "days").values()) seen.set(`${r.day} ${r.shop}`, { shop: r.shop, day: r.day });
+  return [...seen.keys()].sort().map((k) => seen.get(k));
+}

@@ -7,7 +7,7 @@ import { codePoints, isWireInt } from "./certs.js";
 import { SchemaError } from "./errors.js";
 
 /** The schema version this SDK knows; newer records are stored with their unknown fields inert.
- * Version 2 added the slot field `per_customer`. */
+ * Version 2 added the slot field `per_customer` and the user document's `days` map (`booked_day`). */
 export const SCHEMA_VERSION = 2;
 export const CERTS_ROOT = "certs";
 
@@ -87,7 +87,7 @@ export function docIdString(doc) {
  * One field: its type, whether required, and bounds.
  * @typedef {object} FieldSpec
  * @property {string} name
- * @property {"str"|"id"|"hlc"|"int"|"float"|"bool"|"hhmm"|"weekdays"|"enum"|"url"} type
+ * @property {"str"|"id"|"hlc"|"int"|"float"|"bool"|"hhmm"|"day"|"weekdays"|"enum"|"url"} type
  * @property {boolean} required
  * @property {number} maxLen
  * @property {number | null} lo
@@ -135,6 +135,10 @@ function checkField(spec, value, schemaVersion) {
     case "hlc":
       if (typeof value !== "string" || !HLC_RE.test(value)) throw new SchemaError(`${where} must be an HLC timestamp string`);
       return value;
+    case "day":
+      if (typeof value !== "string" || !/^[0-9]{4}-[0-9]{2}-[0-9]{2}$/.test(value)) throw new SchemaError(`${where} must be a day YYYY-MM-DD`);
+      if (!realDay(value)) throw new SchemaError(`no such day ${JSON.stringify(value)}`);
+      return value;
     case "hhmm":
       if (typeof value !== "string" || !HHMM_RE.test(value)) throw new SchemaError(`${where} must be HH:MM`);
       return value;
@@ -176,6 +180,7 @@ function inRange(spec, value, where) {
  * @property {string} kind
  * @property {FieldSpec[]} fields
  * @property {string | null} keyField
+ * @property {number} [since] the schema version that added the kind (default 1)
  */
 
 const NAME = field("name", "str", { maxLen: 120 });
@@ -255,6 +260,7 @@ export const RECORD_KINDS = {
     keyField: null,
     fields: [field("no", "int", { lo: 1, hi: 2 ** 53 }), field("reservation", "id"), field("at", "int", { lo: 0, hi: 2 ** 53 })],
   },
+  booked_day: { kind: "booked_day", keyField: null, since: 2, fields: [field("shop", "id"), field("day", "day"), HLC] },
   user_profile: {
     kind: "user_profile",
     keyField: null,
@@ -273,7 +279,7 @@ export const MAPS = {
   catalog: { categories: "category", shops: "shop_summary" },
   shop: { profile: "shop_profile", slots: "slot", staff: "staff" },
   bookings: { reservations: "reservation", events: "event", stamps: "stamp" },
-  user: { profile: "user_profile" },
+  user: { profile: "user_profile", days: "booked_day" },
 };
 
 /** The top-level maps a document of this kind may hold (its record maps and `certs`). @param {DocId["kind"]} kind */
@@ -304,6 +310,7 @@ export function parseRecord(docKind, root, key, recordKind, fields, schemaVersio
   if (kindName === undefined) throw new SchemaError(`a ${docKind} document has no map ${JSON.stringify(root)}`);
   const spec = RECORD_KINDS[kindName];
   if (recordKind !== spec.kind) throw new SchemaError(`a ${JSON.stringify(recordKind)} record cannot live in map ${JSON.stringify(root)}`);
+  if (schemaVersion < (spec.since ?? 1)) throw new SchemaError(`${recordKind} records exist from schema version ${spec.since}`);
   if (spec.kind !== "stamp") checkId(key, "record key");
   /** @type {TypedRecord} */
   const record = { kind: spec.kind, extra: {}, schemaVersion };
@@ -333,7 +340,7 @@ export function parseRecord(docKind, root, key, recordKind, fields, schemaVersio
  */
 export function neededVersion(kind, fields) {
   const spec = RECORD_KINDS[kind];
-  let version = 1;
+  let version = spec?.since ?? 1;
   for (const f of spec?.fields ?? []) if (fields[f.name] !== undefined && fields[f.name] !== null) version = Math.max(version, f.since);
   return version;
 }

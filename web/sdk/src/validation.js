@@ -216,6 +216,7 @@ function checkRights(doc, rec, rights, batch) {
       break;
     }
     case "user_profile":
+    case "booked_day":
       ok = doc.kind === "user" && doc.userId === rights.userId;
       break;
   }
