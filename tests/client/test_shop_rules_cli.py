@@ -71,7 +71,9 @@ def test_staff_named_by_email_in_the_shop_data_can_act_at_once(
     assert row["staff_confirmed"] is True
 
 
-def test_repeat_bookings_far_days_and_control_characters(relay: RelayProcess, owner: Cli, tmp_path: Path) -> None:
+def test_repeat_bookings_far_days_and_control_characters(
+    relay: RelayProcess, owner: Cli, tmp_path: Path
+) -> None:
     bob = Cli(tmp_path / "bob")
     bob.register_and_login(relay.base_url)
     first = bob.json("book", "book", SHOP, DAY, SLOT)
@@ -79,7 +81,9 @@ def test_repeat_bookings_far_days_and_control_characters(relay: RelayProcess, ow
     bob.run("sync")
     refused = bob.json("refused", "refused")
     assert any("duplicate_booking" in str(r) for r in refused.values()), refused
-    states = {r["reservation_id"]: r["state"] for r in bob.json("reservations", "reservations")["reservations"]}
+    states = {
+        r["reservation_id"]: r["state"] for r in bob.json("reservations", "reservations")["reservations"]
+    }
     assert states[first["reservation"]["reservation_id"]] == "confirmed"
 
     far = bob.run("book", SHOP, "2020-01-01", SLOT)

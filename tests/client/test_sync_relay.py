@@ -112,11 +112,24 @@ def service(local: LocalClient, relay: RelayProcess, auth: AuthClient | None = N
 
 
 async def open_shop(
-    owner: LocalClient, auth: AuthClient, relay: RelayProcess, shop: str, capacity: int
+    owner: LocalClient,
+    auth: AuthClient,
+    relay: RelayProcess,
+    shop: str,
+    capacity: int,
+    per_customer: int | None = None,
 ) -> None:
     await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
     await owner.create_shop(shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0)
-    await owner.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
+    await owner.add_slot(
+        shop,
+        SLOT,
+        service="haircut",
+        start="10:00",
+        duration=30,
+        capacity=capacity,
+        per_customer=per_customer,
+    )
     summary = await service(owner, relay, auth).sync_once()
     assert summary.pending == 0 and not summary.rejected, summary
 
