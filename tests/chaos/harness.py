@@ -262,9 +262,10 @@ async def setup_accounts(cfg: ChaosConfig, relay: Relay, url: str, plan: dict[st
             SHOP, name="Chaos Cuts", category="hair", location="Main St", lat=1.0, lon=2.0
         )
         for i, slot in enumerate(plan["slots"]):
-            await owner.add_slot(
-                SHOP, slot, service="haircut", start=f"{10 + i}:00", duration=30, capacity=cfg.capacity
-            )
+            await owner.add_slot(  # customers book at random, the same slot again too
+                SHOP, slot, service="haircut", start=f"{10 + i}:00", duration=30, capacity=cfg.capacity,
+                per_customer=100,
+            )  # fmt: skip
         for name, (local, auth) in auths.items():
             await local.follow(SHOP)
             for day in days:

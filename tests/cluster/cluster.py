@@ -140,7 +140,9 @@ async def open_shop(owner: Person, url: str, shop: str, capacity: int) -> None:
     await owner.local.create_shop(
         shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0
     )
-    await owner.local.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
+    await owner.local.add_slot(  # the bookers book it several times each
+        shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity, per_customer=100
+    )
     summary = await owner.service(url).sync_once()
     assert summary.pending == 0 and not summary.rejected, summary
 
