@@ -2626,6 +2626,13 @@ def _verdict_cases() -> list[dict[str, Any]]:
             events=[_ev("e1", "r1", "cancel", "ann", at=20)],
         ),
         _verdict_case(
+            "a_too_large_claim_counts_for_no_repeat",
+            "ann's party of 3 can never fit a slot of 2 (too_large, holds nothing): her next claim counts",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann", 3), _claim("r2", "ann", 1, at=1)],
+            {"r1": _c("too_large", 0), "r2": _c("confirmed", 1)},
+        ),
+        _verdict_case(
             "repeats_count_per_slot",
             "one claim per customer per slot: ann on s-9 and on s-10 holds both",
             [_slot("s-9", 2), _slot("s-10", 2)],

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from crdt_core.engine import Replica
 from crdt_core.errors import SchemaError, ValidationError
 from crdt_core.records import open_record
-from crdt_core.schema import DocId, DocKind, Reservation, Stamp, StatusEvent, parse_record
+from crdt_core.schema import DocKind, Reservation, Stamp, StatusEvent, parse_record
 from crdt_core.validation import Reason
-from crdt_core.verdict import repeat_booking, stamp_order, tentative_key
+from crdt_core.verdict import exceeds_capacity, repeat_booking, stamp_order, tentative_key
 from crdt_core.yupdate import decode_update
 
 __all__ = ["refuse_repeat_bookings"]
@@ -73,9 +73,10 @@ class _DayIndex:
             if rec.reservation not in self.ends or end < self.ends[rec.reservation]:
                 self.ends[rec.reservation] = end
 
-    def counted(self, customer: str, slot: str, limit: int) -> list[str | None]:
-        """End HLCs (None: active) of the customer's claims on the slot that are not repeats, in
-        verdict order (their relative order in the slot: stamped by stamp, then tentative)."""
+    def counted(self, customer: str, slot: str, limit: int, capacity: int) -> list[str | None]:
+        """End HLCs (None: active) of the customer's claims on the slot that count (neither repeats
+        nor too large for ``capacity``), in verdict order (their relative order in the slot:
+        stamped by stamp, then tentative)."""
         mine = self.claims.get((customer, slot), [])
 
         def order(r: Reservation) -> tuple[int, int, tuple[str, str, str]]:
@@ -84,6 +85,8 @@ class _DayIndex:
 
         held: list[str | None] = []
         for r in sorted(mine, key=order):
+            if exceeds_capacity(r.party, capacity):
+                continue
             if not repeat_booking(held, r.hlc, limit):
                 end = self.ends.get(r.id)
                 held.append(end[0] if end is not None else None)
@@ -94,11 +97,15 @@ _INDEXES: weakref.WeakKeyDictionary[Replica, _DayIndex] = weakref.WeakKeyDiction
 
 
 def refuse_repeat_bookings(
-    replica: Replica, doc: DocId, new: Iterable[Reservation], limits: Mapping[str, int]
+    replica: Replica,
+    new: Iterable[Reservation],
+    limits: Mapping[str, int],
+    capacities: Mapping[str, int],
 ) -> None:
     """Raise ``ValidationError(duplicate_booking)`` for the first new claim (in stamp order) whose
     customer already holds ``limits[slot]`` (default 1) active claims on its slot in ``replica``
-    (a bookings document before the update; ``doc`` its id) or earlier in ``new``.
+    (a bookings document before the update) or earlier in ``new``; ``capacities``: seats per slot
+    that day (a claim too large for them counts for nothing, as in the verdict).
     """
     claims = stamp_order(new)
     if not claims:
@@ -110,7 +117,7 @@ def refuse_repeat_bookings(
     extra: dict[tuple[str, str], int] = {}
     for res in claims:
         limit = limits.get(res.slot, 1)
-        held = index.counted(res.customer, res.slot, limit)
+        held = index.counted(res.customer, res.slot, limit, capacities.get(res.slot, 0))
         pair = (res.customer, res.slot)
         if repeat_booking(held + [None] * extra.get(pair, 0), res.hlc, limit):
             raise ValidationError(

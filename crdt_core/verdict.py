@@ -42,9 +42,10 @@ capacity 0: all give capacity 0) keeps the plain rule: its claims wait, in order
 **Repeat claims (``duplicate``).** One customer holds at most ``per_customer`` active claims on
 a slot on one day (the slot template's ``per_customer``, 1 when absent): booking the same slot
 again is not a way to queue twice or to hold seats under two ids. Walking a slot's claims in
-order, a claim is ``duplicate`` when at least that many earlier claims of the same customer in
-that slot are *counted* (not themselves ``duplicate``) and still active at its HLC: not ended by a
-``cancel`` or ``decline`` whose HLC is at or before the claim's own. A ``duplicate`` holds no
+order, a claim that is not ``too_large`` is ``duplicate`` when at least that many earlier claims
+of the same customer in that slot are *counted* (neither ``duplicate`` nor ``too_large``) and
+still active at its HLC: not ended by a ``cancel`` or ``decline`` whose HLC is at or before the
+claim's own. A ``duplicate`` holds no
 seat, has no waitlist place, blocks nobody and counts for nobody (the walk skips it; it keeps its
 rank). Comparing HLCs makes it a function of the merged data (a cancel written *after* the repeat
 claim does not bring it back, so a cancellation still never promotes a claim over the ones
@@ -253,16 +254,17 @@ def compute_verdict(
             position = None
             holds = False
             state_now: ClaimState
+            too_large = exceeds_capacity(res.party, capacity)
             mine = held.setdefault(res.customer, [])
-            repeat = repeat_booking(mine, res.hlc, limit)
-            if not repeat:
+            repeat = not too_large and repeat_booking(mine, res.hlc, limit)
+            if not (repeat or too_large):  # a too_large claim holds nothing: it counts for nothing
                 mine.append(end_hlc)
             if terminal in (ClaimState.CANCELLED, ClaimState.DECLINED):
                 state_now = terminal
+            elif too_large:
+                state_now = ClaimState.TOO_LARGE  # skipped by the walk: it never blocks
             elif repeat:
                 state_now = ClaimState.DUPLICATE  # skipped by the walk: it never blocks
-            elif exceeds_capacity(res.party, capacity):
-                state_now = ClaimState.TOO_LARGE  # skipped by the walk: it never blocks
             else:
                 if not blocked and res.party <= left:
                     left -= res.party

@@ -734,8 +734,9 @@ class SyncHub:
             if shop is not None:
                 rules, day_doc = shop
                 assert day_doc.day is not None
-                self._refuse_impossible_parties(checked, rules.capacities(day_doc.day))
-                refuse_repeat_bookings(replica, day_doc, checked.new_reservations, rules.limits())
+                capacities = rules.capacities(day_doc.day)
+                self._refuse_impossible_parties(checked, capacities)
+                refuse_repeat_bookings(replica, checked.new_reservations, rules.limits(), capacities)
             return checked
 
         return check

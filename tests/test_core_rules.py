@@ -99,9 +99,9 @@ def test_a_repeat_booking_is_duplicate_holds_nothing_and_the_relay_refuses_it() 
     first = write_through(day, ann.client_id(), lambda r: ann.book(r, DOC, "s-9")[0])
     again, update = ann.book(day.copy(ann.client_id()), DOC, "s-9")
     with pytest.raises(ValidationError) as err:
-        refuse_repeat_bookings(day, DocId.bookings(SHOP, DAY), [again], {})
+        refuse_repeat_bookings(day, [again], {}, {})
     assert err.value.code == "duplicate_booking"
-    refuse_repeat_bookings(day, DocId.bookings(SHOP, DAY), [again], {"s-9": 2})  # the slot allows two
+    refuse_repeat_bookings(day, [again], {"s-9": 2}, {})  # the slot allows two
     day.apply_update(update)  # a peer carried it anyway: the verdict decides
     write_through(day, ben.client_id(), lambda r: ben.book(r, DOC, "s-9"))
     verdict = compute_verdict(read_bookings(day, DOC), {"s-9": 2})
@@ -125,10 +125,10 @@ def test_booking_again_after_cancelling_is_not_a_repeat() -> None:
     first = write_through(day, ann.client_id(), lambda r: ann.book(r, DOC, "s-9")[0])
     write_through(day, ann.client_id(), lambda r: ann.event(r, DOC, first.id, "cancel"))
     again, _ = ann.book(day.copy(ann.client_id()), DOC, "s-9")
-    refuse_repeat_bookings(day, DocId.bookings(SHOP, DAY), [again], {})
+    refuse_repeat_bookings(day, [again], {}, {})
     two = [again, Reservation("r-x", "s-9", 1, "ann", ann.hlc())]
     with pytest.raises(ValidationError):  # two new claims in one update: the second is a repeat
-        refuse_repeat_bookings(day, DocId.bookings(SHOP, DAY), two, {})
+        refuse_repeat_bookings(day, two, {}, {})
 
 
 def _catalog_update(world: World, category: str) -> tuple[Replica, bytes]:

@@ -107,18 +107,19 @@ def reference(
             stamp = first_stamp.get(rid)
             final = stamp is not None and stamp <= prefix
             res = state.reservations[rid]
+            too_large = capacities.get(slot, 0) > 0 and party > capacities.get(slot, 0)
             earlier = counted.setdefault(res.customer, [])
             active_then = [end for end in earlier if end is None or end > res.hlc]
-            repeat = len(active_then) >= (limits or {}).get(slot, 1)
-            if not repeat:
+            repeat = not too_large and len(active_then) >= (limits or {}).get(slot, 1)
+            if not repeat and not too_large:
                 earlier.append(ended_at(rid))
             if st_ in TERMINAL:
                 assert st_ is not None
                 out[rid] = Expected(st_, False, None, stamp, final, rank)
+            elif too_large:
+                out[rid] = Expected(ClaimState.TOO_LARGE, False, None, stamp, final, rank)
             elif repeat:
                 out[rid] = Expected(ClaimState.DUPLICATE, False, None, stamp, final, rank)
-            elif capacities.get(slot, 0) > 0 and party > capacities.get(slot, 0):
-                out[rid] = Expected(ClaimState.TOO_LARGE, False, None, stamp, final, rank)
             elif not blocked and party <= left:
                 left -= party
                 out[rid] = Expected(st_ or ClaimState.CONFIRMED, True, None, stamp, final, rank)
@@ -395,19 +396,25 @@ def test_a_capacity_cut_through_a_newer_slot_template_can_demote(
     assert {rid: observed(c) for rid, c in after.claims.items()} == reference(day.state(), caps)
     demoted = {rid for rid, c in before.claims.items() if c.holds_seats and not after.claims[rid].holds_seats}
     if new_cap >= old_cap:
-        # A raise demotes only behind a claim it brings back from too_large, ranked before it.
+        # A raise demotes only behind a claim it brings back from too_large, ranked before it, or
+        # makes a claim duplicate: its customer's earlier claim came back from too_large and counts.
         readmitted = [
             c for rid, c in after.claims.items() if before.claims[rid].state is ClaimState.TOO_LARGE
             and c.state is not ClaimState.TOO_LARGE
         ]  # fmt: skip
         for rid in demoted:
+            if after.claims[rid].state is ClaimState.DUPLICATE:
+                continue
             assert any(c.slot == "s1" and c.rank < after.claims[rid].rank for c in readmitted), rid
     changes = {ch.reservation_id: ch for ch in diff_verdicts(before, after)}
     for rid in demoted:
         assert after.claims[rid].slot == "s1"
         if before.claims[rid].state is ClaimState.CONFIRMED:
             too_large = after.claims[rid].party > new_cap > 0
-            assert changes[rid].kind == ("too_large" if too_large else "demoted")
+            duplicate = after.claims[rid].state is ClaimState.DUPLICATE
+            assert changes[rid].kind == (
+                "too_large" if too_large else "duplicate" if duplicate else "demoted"
+            )
 
 
 def test_a_template_with_an_older_hlc_does_not_supersede_a_newer_one_whatever_the_arrival_order() -> None:

@@ -3,7 +3,7 @@
 // Seats: strict first-come, first-served; cancelled and declined claims hold none, a no-show keeps
 // the seat it held, and a claim whose party exceeds its open slot's capacity is too_large (no seats,
 // no waitlist place, blocks nobody). A customer's claim beyond the slot's per_customer (1 when
-// absent) claims still active at its HLC is duplicate (no seats, no place, blocks nobody, counts for
+// absent) counted claims (not too_large, not duplicate) still active at its HLC is duplicate (no seats, no place, blocks nobody, counts for
 // nobody). Final: stamped within the gap-free stamp prefix.
 
 import { compareCodePoints } from "./bytes.js";
@@ -172,13 +172,14 @@ export function computeVerdict(state, capacities, limits = new Map()) {
       let position = null;
       let holds = false;
       let stateNow;
+      const tooLarge = exceedsCapacity(res.party, capacity);
       const mine = held.get(res.customer) ?? [];
       held.set(res.customer, mine);
-      const repeat = repeatBooking(mine, res.hlc, limit);
-      if (!repeat) mine.push(endHlc);
+      const repeat = !tooLarge && repeatBooking(mine, res.hlc, limit);
+      if (!repeat && !tooLarge) mine.push(endHlc); // a too_large claim holds nothing: it counts for nothing
       if (terminal === ClaimState.CANCELLED || terminal === ClaimState.DECLINED) stateNow = terminal;
+      else if (tooLarge) stateNow = ClaimState.TOO_LARGE; // skipped by the walk
       else if (repeat) stateNow = ClaimState.DUPLICATE; // skipped by the walk
-      else if (exceedsCapacity(res.party, capacity)) stateNow = ClaimState.TOO_LARGE; // skipped by the walk
       else if (!blocked && res.party <= left) {
         left -= res.party;
         holds = true;
