@@ -40,6 +40,7 @@ from relay.http.api import (
     ops_router,
 )
 from relay.http.rest_routes import RestSyncExtension
+from relay.http.staff_lookup import router as staff_lookup_router
 from relay.http.sync_socket import SyncExtension
 from relay.http.web_app import WebAppExtension
 from relay.ops.config import RelayConfig
@@ -126,6 +127,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(ops_router)
+    app.include_router(staff_lookup_router)
     _uptime = metrics.gauge("relay_uptime_seconds", "Seconds since the relay app was created")
     _uptime.set_function(lambda: time.time() - ctx.started_at)
     metrics.gauge("relay_build_info", "Relay version", ["version"]).labels(version=SERVER_VERSION).set(1)

@@ -177,7 +177,8 @@ def test_relay_sigkilled_mid_flush_loses_nothing_acked(relay: FixedPortRelay) ->
         web("slots", shop=shop, day=DAY)
         web("sync")
         web("stop")
-        booked = [web("book", shop=shop, day=DAY, slot="s-1")["reservationId"] for _ in range(count)]
+        # a slot per booking: one customer holds one active claim per slot (a second is refused)
+        booked = [web("book", shop=shop, day=DAY, slot=f"s-{i}")["reservationId"] for i in range(count)]
         assert web("status")["pending"] == count
         web("start")
         web.wait_event("acked")
@@ -248,9 +249,9 @@ def test_expiring_access_tokens_are_refreshed(tmp_path: Path) -> None:
             web("slots", shop="ttlshop", day=DAY)
             web("sync")
             booked = []
-            for _ in range(3):  # the relay closes connections with 4001 as their tokens expire
+            for i in range(3):  # the relay closes connections with 4001 as their tokens expire
                 time.sleep(1.2)
-                booked.append(web("book", shop="ttlshop", day=DAY, slot="s-1")["reservationId"])
+                booked.append(web("book", shop="ttlshop", day=DAY, slot=f"s-{i}")["reservationId"])
                 assert web("sync")["pending"] == 0
             assert [e for e in web.seen if e["event"] == "refreshed"], web.seen
             assert not [e for e in web.seen if e["event"] == "stopped"], web.seen

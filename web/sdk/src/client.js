@@ -16,13 +16,13 @@ import { ValidationError } from "./errors.js";
 import { HybridClock } from "./hlc.js";
 import { DEFAULT_MAX_DOWNLOAD, closeAction, decodeMessage, encodeMessage } from "./messages.js";
 import { authProof, fromBase64Url, toBase64Url } from "./pop.js";
-import { readBookings, readMap, slotTemplates } from "./reader.js";
+import { readBookings, readMap, shopStaff, slotTemplates } from "./reader.js";
 import { RelayError, login as relayLogin, register as relayRegister } from "./relay-api.js";
-import { SCHEMA_VERSION, capacityOn, parseDocId } from "./schema.js";
+import { capacityOn, neededVersion, parseDocId } from "./schema.js";
 import { signRecord } from "./records.js";
 import { MemoryStore } from "./store.js";
 import { Reason, validateUpdate } from "./validation.js";
-import { computeVerdict, currentTemplates, diffVerdicts, slotCapacities } from "./verdict.js";
+import { computeVerdict, currentTemplates, diffVerdicts, perCustomerLimits, slotCapacities } from "./verdict.js";
 import { newId } from "./booking.js";
 
 /** @typedef {import("./store.js").Store} Store */
@@ -86,8 +86,9 @@ export const bookingsDoc = (shop, day) => `bookings:${shop}:${day}`;
  * @param {Array<{root: string, key: string, raw: Uint8Array}>} records @param {number} generation
  * @param {{certId: string, certificate: Uint8Array}} [signer] the certificate that signed `records`
  *   (default the session's): the update goes under that certificate's client id
+ * @param {Set<string> | null} [staff] the shop's staff list, for a bookings document (`staffFor`)
  */
-async function writeSigned(doc, docId, session, records, generation, signer = session) {
+async function writeSigned(doc, docId, session, records, generation, signer = session, staff = null) {
   const missing = records.filter((r) => !doc.getMap(r.root).has(r.key));
   if (missing.length === 0) return null;
   const scratch = new Y.Doc();
@@ -100,7 +101,7 @@ async function writeSigned(doc, docId, session, records, generation, signer = se
     for (const r of missing) scratch.getMap(r.root).set(r.key, r.raw);
   });
   const update = Y.encodeStateAsUpdate(scratch, before);
-  await validateUpdate(parseDocId(docId), doc, update, session.trust, { nowMs: Date.now() });
+  await validateUpdate(parseDocId(docId), doc, update, session.trust, { nowMs: Date.now() }, staff);
   Y.applyUpdate(doc, update);
   return update;
 }
@@ -282,7 +283,7 @@ export class QuickSlotClient {
    * Listen to an event; returns a function that stops listening. Events: `status`, `online`,
    * `offline`, `change` ({docId}), `acked` ({entry}), `refused` ({entry, reason}), `confirmed`,
    * `waitlisted` ({position}), `promoted`, `demoted`, `final`, `cancelled`, `declined`, `no_show`,
-   * `too_large` (each with {reservation}), `stopped` ({code, action}), `refreshed` (the token was rotated), `error` ({docId, code, reason}).
+   * `too_large`, `duplicate` (each with {reservation}), `stopped` ({code, action}), `refreshed` (the token was rotated), `error` ({docId, code, reason}).
    * @param {string} type @param {(detail: any) => void} listener
    */
   on(type, listener) {
@@ -347,8 +348,20 @@ export class QuickSlotClient {
     const day = /** @type {Y.Doc} */ (this.docs.get(docId)?.doc);
     const shopId = `shop:${ref.shopId}`;
     const shop = this.docs.get(shopId)?.doc;
-    const capacities = shop ? slotCapacities(slotTemplates(shop, shopId), ref.day) : new Map();
-    return computeVerdict(readBookings(day, docId), capacities);
+    const templates = shop ? slotTemplates(shop, shopId) : new Map();
+    return computeVerdict(readBookings(day, docId), slotCapacities(templates, ref.day), perCustomerLimits(templates));
+  }
+
+  /**
+   * For a bookings document, the users its shop's staff list names (from this device's copy of the
+   * shop document): they have staff rights there. Null for other documents.
+   * @param {string} docId @returns {Set<string> | null}
+   */
+  staffFor(docId) {
+    const ref = parseDocId(docId);
+    if (ref.kind !== "bookings") return null;
+    const shop = this.docs.get(`shop:${ref.shopId}`)?.doc;
+    return shop ? shopStaff(shop, `shop:${ref.shopId}`) : null;
   }
 
   /** A document changed: tell listeners, and what changed for the user's own reservations. @param {string} docId */
@@ -553,9 +566,9 @@ export class QuickSlotClient {
       if (state.generation >= GENERATIONS) throw new Error("this device used every client id of this document: log in again");
       const signed = [];
       for (const r of records) {
-        signed.push({ root: r.root, key: r.key, raw: await signRecord(docId, r.key, r.kind, r.fields, { signer: s.certId, seed: s.seed }, SCHEMA_VERSION) });
+        signed.push({ root: r.root, key: r.key, raw: await signRecord(docId, r.key, r.kind, r.fields, { signer: s.certId, seed: s.seed }, neededVersion(r.kind, r.fields)) });
       }
-      const update = /** @type {Uint8Array} */ (await writeSigned(state.doc, docId, s, signed, state.generation));
+      const update = /** @type {Uint8Array} */ (await writeSigned(state.doc, docId, s, signed, state.generation, s, this.staffFor(docId)));
       /** @type {OutboxEntry} */
       const entry = { id: outboxKey(this.nextEntry++), docId, update, records: signed, state: "pending", reason: null, action, reservationId, createdMs: Date.now(), signer: s.certId };
       this.entries.set(entry.id, entry);
@@ -875,7 +888,7 @@ export class QuickSlotClient {
     const state = this.docs.get(docId);
     if (!state) return false;
     try {
-      const { noop } = await validateUpdate(parseDocId(docId), state.doc, update, this.requireSession().trust, null);
+      const { noop } = await validateUpdate(parseDocId(docId), state.doc, update, this.requireSession().trust, null, this.staffFor(docId));
       if (noop) return true;
     } catch (err) {
       if (!(err instanceof ValidationError)) throw err;
@@ -1002,7 +1015,7 @@ export class QuickSlotClient {
     const s = this.requireSession();
     const state = /** @type {{doc: Y.Doc, generation: number, rebuild: boolean}} */ (this.docs.get(docId));
     const fresh = new Y.Doc();
-    await validateUpdate(parseDocId(docId), fresh, update, s.trust, null);
+    await validateUpdate(parseDocId(docId), fresh, update, s.trust, null, this.staffFor(docId));
     Y.applyUpdate(fresh, update);
     // the ids this device wrote under: its certificate's, and those of earlier certificates whose
     // records still wait (after a new login); any that the relay lacks structs of moves the document on
@@ -1027,7 +1040,7 @@ export class QuickSlotClient {
         const signer = signerOf(entry);
         const certificate = signer === s.certId ? s.certificate : s.certificates?.[signer];
         if (certificate === undefined) throw new ValidationError(Reason.UNKNOWN_CERTIFICATE, "the certificate that signed it is no longer on this device");
-        if (state.generation < GENERATIONS) rewritten = await writeSigned(fresh, docId, s, entry.records, state.generation, { certId: signer, certificate });
+        if (state.generation < GENERATIONS) rewritten = await writeSigned(fresh, docId, s, entry.records, state.generation, { certId: signer, certificate }, this.staffFor(docId));
       } catch (err) {
         if (!(err instanceof ValidationError)) throw err;
         entry.state = "refused";

@@ -23,10 +23,24 @@ export {
   isValidDocId,
 } from "./messages.js";
 export { RECORD_FORMAT, openRecord, signRecord, signerRef, verifyEnvelope } from "./records.js";
-export { CERTS_ROOT, MAPS, RECORD_KINDS, SCHEMA_VERSION, capacityOn, docIdString, parseDocId, parseRecord, rootsOf, stampKey } from "./schema.js";
-export { readBookings, readMap, schemaVersionOf, slotTemplates } from "./reader.js";
-export { MAX_BACKDATE_MS, Reason, rightsOf, validateUpdate } from "./validation.js";
-export { ClaimState, claimOrder, computeVerdict, currentTemplates, diffVerdicts, exceedsCapacity, slotCapacities, stampOrder, stampPrefix, tentativeKey } from "./verdict.js";
+export { CERTS_ROOT, MAPS, RECORD_KINDS, SCHEMA_VERSION, capacityOn, docIdString, hasControlCharacters, neededVersion, parseDocId, parseRecord, rootsOf, stampKey } from "./schema.js";
+export { bookedDays, categoryIds, readBookings, readMap, schemaVersionOf, shopStaff, slotTemplates } from "./reader.js";
+export { DAYS_AFTER_HLC, DAYS_BEFORE_HLC, MAX_BACKDATE_MS, Reason, dayInRange, rightsOf, validateUpdate, withShopStaff } from "./validation.js";
+export {
+  ClaimState,
+  claimOrder,
+  computeVerdict,
+  currentTemplates,
+  diffVerdicts,
+  exceedsCapacity,
+  newestPer,
+  perCustomerLimits,
+  repeatBooking,
+  slotCapacities,
+  stampOrder,
+  stampPrefix,
+  tentativeKey,
+} from "./verdict.js";
 export { decodeUpdate, stateClocks } from "./yupdate.js";
 export { book, newId, writeRecords } from "./booking.js";
 export { SyncConnection, SyncError } from "./connection.js";

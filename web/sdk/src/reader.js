@@ -7,7 +7,7 @@ import * as Y from "yjs";
 import { SchemaError } from "./errors.js";
 import { openRecord } from "./records.js";
 import { CERTS_ROOT, SCHEMA_VERSION, parseDocId, parseRecord, rootsOf } from "./schema.js";
-import { currentTemplates } from "./verdict.js";
+import { currentTemplates, newestPer } from "./verdict.js";
 
 /** @typedef {import("./schema.js").TypedRecord} TypedRecord */
 /** @typedef {import("./schema.js").DocId} DocId */
@@ -101,4 +101,36 @@ export function readBookings(doc, docId) {
  */
 export function slotTemplates(doc, shopDocId) {
   return currentTemplates(readMap(doc, shopDocId, "slots"));
+}
+
+/**
+ * Users the shop's staff list names as active staff or owners (per user, the newest entry by HLC
+ * then record key): they have staff rights on the shop, whatever their certificate says.
+ * @param {Y.Doc} doc @param {string | DocId} shopDocId
+ * @returns {Set<string>}
+ */
+export function shopStaff(doc, shopDocId) {
+  const current = newestPer(readMap(doc, shopDocId, "staff"), (e) => e.user);
+  return new Set([...current].filter(([, e]) => e.active).map(([user]) => user));
+}
+
+/**
+ * The category ids the catalogue document defines.
+ * @param {Y.Doc} doc
+ * @returns {Set<string>}
+ */
+export function categoryIds(doc) {
+  return new Set([...readMap(doc, "catalog", "categories").values()].map((c) => c.id));
+}
+
+/**
+ * The (shop id, day) pairs a user's document lists (`booked_day` records): the bookings documents
+ * a new device of the user fetches to show the bookings made on other devices.
+ * @param {Y.Doc} doc the user's document @param {string} userId
+ * @returns {Array<{shop: string, day: string}>} sorted by day, then shop
+ */
+export function bookedDays(doc, userId) {
+  const seen = new Map();
+  for (const r of readMap(doc, `user:${userId}`, "days").values()) seen.set(`${r.day} ${r.shop}`, { shop: r.shop, day: r.day });
+  return [...seen.keys()].sort().map((k) => seen.get(k));
 }
