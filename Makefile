@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m client.demo_e2e
+	$(BIN)/python -m demos.e2e
 
 demo-offline: $(STAMP)
-	$(BIN)/python -m client.demo
+	$(BIN)/python -m demos.offline
 
 # Lint first (a prerequisite, so CI, which runs `make test`, goes red on a lint error), then the
 # suite with branch coverage of crdt_core; the floor is [tool.coverage.report] in pyproject.toml.
@@ -55,7 +55,7 @@ test-web: $(SDK_STAMP) $(APP_STAMP)
 
 # The web app (web/app): a relay with demo shops on a free loopback port; prints the app's URL.
 app: $(STAMP) $(APP_STAMP)
-	$(BIN)/python -m tools.app_demo
+	$(BIN)/python -m demos.app
 
 # The web app in Chromium: gzipped size, first paint from cache, booking click to screen (docs/web.md).
 bench-web: $(STAMP) $(APP_STAMP)
@@ -105,7 +105,7 @@ schemathesis: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy crdt_core relay client benchmarks tests
+	$(BIN)/mypy crdt_core relay client demos benchmarks tests
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .

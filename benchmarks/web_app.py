@@ -2,7 +2,7 @@
 
     python -m benchmarks.web_app [--bookings 20] [--loads 5] [--out bench-results/web-app.json]
 
-Starts a relay with the demo shops (tools/app_demo.py) and Debian's Chromium through Playwright
+Starts a relay with the demo shops (demos/app.py) and Debian's Chromium through Playwright
 (flags as in the tests), and measures:
 
 * **size**: the built app's files (web/app/dist), raw and gzipped (level 9), the script alone and
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.app_demo import DEMO_SHOPS, DemoShop, Profile, build_app, make_operator, seed_catalog
+from demos.app import DEMO_SHOPS, DemoShop, Profile, build_app, make_operator, seed_catalog
 
 BIG_DAY = 1000
 BIG_SHOP = DemoShop(
@@ -96,7 +96,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def run(bookings: int, loads: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
-    from tests.relay.auth_helpers import FixedPortRelay
+    from tests.support.relay_process import FixedPortRelay
 
     dist = build_app()
     result: dict[str, Any] = {"size": sizes(dist)}

@@ -35,8 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.relay.auth_helpers import PASSWORD, FixedPortRelay, unique_email
-from tools.app_demo import (
+from demos.app import (
     DEMO_SHOPS,
     OPERATOR_EMAIL,
     OPERATOR_PASSWORD,
@@ -46,6 +45,7 @@ from tools.app_demo import (
     make_operator,
     seed_catalog,
 )
+from tests.support.relay_process import PASSWORD, FixedPortRelay, unique_email
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
