@@ -174,6 +174,17 @@ class App:
         self.go("#/bookings", page)
         page.locator("li.booking .state", has_text=text).first.wait_for()
 
+    def unlabelled(self, page: Any = None) -> list[str]:
+        """Form controls on screen that a screen reader could not name (no label, no aria-label)."""
+        page = page or self.page
+        return list(
+            page.evaluate(
+                "() => [...document.querySelectorAll('input, select, button')]"
+                ".filter(e => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim()))"
+                ".map(e => e.outerHTML)"
+            )
+        )
+
     def shot(self, name: str, viewport: dict[str, int]) -> None:
         """A screenshot for docs/web.md: written when missing, or always with UPDATE_SCREENSHOTS=1."""
         self.page.set_viewport_size(viewport)
@@ -203,6 +214,7 @@ def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
     app = App(browser, relay)
     try:
         app.shot("login-phone", PHONE)
+        assert app.unlabelled() == []
         app.page.set_viewport_size(DESKTOP)
         app.sign_up()
         app.page.get_by_label("Search").fill("noodle harbour")
@@ -215,6 +227,7 @@ def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
         app.open_day("noodlebar")
         app.book("12:00 lunch table", party=2)
         app.page.locator("li.slot[data-slot='lunch-12'] .seats", has_text="6 of 8 seats left").wait_for()
+        assert app.unlabelled() == []
         app.shot("shop-day-phone", PHONE)
         app.page.set_viewport_size(DESKTOP)
         app.wait_state("confirmed, final")
@@ -407,6 +420,7 @@ def test_staff_confirm_and_decline_and_the_customer_screen_follows(
         rows.nth(1).get_by_role("button", name="Decline").click()
         rows.nth(1).locator(".state", has_text="declined by the shop").wait_for()
         staff.shot("staff-desktop", DESKTOP)
+        assert staff.unlabelled() == []
 
         carl.page.locator("li.booking .state", has_text="confirmed, final, confirmed by the shop").wait_for()
         carl.page.locator("li.booking .state", has_text="declined by the shop").wait_for()
