@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crdt_core.engine import EMPTY_UPDATE, Replica, diff_update
+from crdt_core.engine import Replica
 from relay.documents.results import StampSequence
 from relay.store.base import AppendResult
 
@@ -109,7 +109,7 @@ def digest(update: bytes) -> bytes:
     return hashlib.blake2b(update, digest_size=16).digest()
 
 
-def is_noop(entry: Entry, update: bytes, state_vector: bytes) -> bool:
+def is_noop(entry: Entry, update: bytes, replica: Replica) -> bool:
     """Whether ``update`` adds nothing to the document (a re-send), decided *before* applying it.
 
     Not "the state vector did not move": an update whose dependencies have not arrived yet (a
@@ -126,11 +126,11 @@ def is_noop(entry: Entry, update: bytes, state_vector: bytes) -> bool:
     A re-send that is neither (e.g. a parked update re-encoded differently, or one forgotten by
     compaction) is stored once more: a harmless duplicate row, never a loss.
     """
-    if diff_update(update, state_vector) == EMPTY_UPDATE:
+    if replica.covers(update):
         return True
     return bool(entry.parked) and digest(update) in entry.parked
 
 
 def integrated(replica: Replica, update: bytes) -> bool:
     """Whether everything in ``update`` (just applied) is now covered by the state vector."""
-    return diff_update(update, replica.state_vector()) == EMPTY_UPDATE
+    return replica.covers(update)

@@ -172,12 +172,18 @@ class SyncExtension:
         store = self.store
         compactions = ctx.metrics.gauge("quickslot_compactions", "Compactions since start")
         compactions.set_function(lambda: float(store.compactions_done))
+        store.on_compaction = ctx.metrics.histogram(
+            "quickslot_compaction_seconds", "Automatic compaction of one document (fold and write)"
+        ).observe
         self.manager = DocumentManager(
             self.store,
             highest_stamp=highest_stamp,
             idle_seconds=self.limits.idle_unload_s,
             max_documents=self.limits.max_loaded_docs,
         )
+        self.manager.on_load = ctx.metrics.histogram(
+            "quickslot_document_load_seconds", "Loading one document from the store into memory"
+        ).observe
         await self.manager.start()
         rights = RightsCache()
         await rights.load(ctx.account_store)
