@@ -1,8 +1,9 @@
 """The web app (web/app) in headless Debian Chromium through Playwright, against a real relay
 process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
 
-* a new user signs up, finds a shop by search, books, and sees "confirmed, final" (screenshots of
-  the main screens at phone and desktop width);
+* a new user signs up (the device key in IndexedDB is a non-extractable WebCrypto key), finds a
+  shop by search, books, and sees "confirmed, final" (screenshots of the main screens at phone and
+  desktop width);
 * wrong password, party 0 and a party above the slot get a clear message on screen;
 * a shop named ``<img src=x onerror=alert(1)>``: the name shows as text and no script runs;
 * two browser profiles go offline, both book the last seat, come back: one is confirmed, the
@@ -106,6 +107,26 @@ def browser(relay: FixedPortRelay) -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+#: The device key the SDK keeps in the app's IndexedDB profile, as the page can see it.
+DEVICE_KEY = """async () => {
+  const db = await new Promise((ok, fail) => {
+    const r = indexedDB.open("quickslot-app");
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => fail(r.error);
+  });
+  const profile = await new Promise((ok, fail) => {
+    const r = db.transaction("profile").objectStore("profile").get("device");
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => fail(r.error);
+  });
+  db.close();
+  const key = profile.seed;
+  if (!(key instanceof CryptoKey)) return { type: key?.constructor?.name ?? typeof key };
+  const { extractable, algorithm, usages } = key;
+  return { type: "CryptoKey", extractable, algorithm: algorithm.name, usages };
+}"""
 
 
 class App:
@@ -217,6 +238,8 @@ def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
         assert app.unlabelled() == []
         app.page.set_viewport_size(DESKTOP)
         app.sign_up()
+        key = app.page.evaluate(DEVICE_KEY)
+        assert key == {"type": "CryptoKey", "extractable": False, "algorithm": "Ed25519", "usages": ["sign"]}
         app.page.get_by_label("Search").fill("noodle harbour")
         shops = app.page.get_by_role("list", name="Shops")
         shops.get_by_role("link", name="Noodle Bar").wait_for()
