@@ -93,7 +93,7 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     BACKDATED = "backdated"
     REVOKED = "revoked"
-    PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync_hub, verdict.exceeds_capacity
+    PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync.hub, verdict.exceeds_capacity
     FOREIGN_CLIENT = "foreign_client"
 
 

@@ -36,12 +36,12 @@ from crdt_core.certs import DeviceKey, SigningKey, issue_certificate, public_byt
 from crdt_core.engine import Replica
 from crdt_core.hlc import HybridClock
 from crdt_core.reader import highest_stamp
-from relay.config import SyncLimits
-from relay.documents import DocumentManager
-from relay.metrics import MetricsRegistry
-from relay.rights import RightsCache
+from relay.auth.rights import RightsCache
+from relay.documents.manager import DocumentManager
+from relay.ops.config import SyncLimits
+from relay.ops.metrics import MetricsRegistry
 from relay.store.sqlite import SQLiteDocumentStore
-from relay.sync_hub import SyncHub
+from relay.sync.hub import SyncHub
 
 DAY_MS = 86_400_000
 

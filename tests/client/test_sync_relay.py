@@ -17,9 +17,9 @@ import httpx
 import jwt
 import pytest
 
-import client.local as local_mod
-from client.auth import AuthClient
-from client.events import (
+import client.local.client as local_mod
+from client.local.client import LocalClient
+from client.local.events import (
     BookingDemoted,
     BookingRejected,
     BookingWaitlisted,
@@ -28,16 +28,16 @@ from client.events import (
     RelayReachable,
     RelayUnreachable,
 )
-from client.local import LocalClient
-from client.projections import ReservationRow
-from client.secrets import SecretStore
-from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService
+from client.local.projections import ReservationRow
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncLoginRequired, SyncRelayUnreachable, SyncService
 from crdt_core.pop import proof_headers, rest
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
-from tests.client import OPENED, close_all
-from tests.eventually import eventually
-from tests.relay.auth_helpers import (
+from tests.support.clients import OPENED, close_all
+from tests.support.eventually import eventually
+from tests.support.relay_process import (
     GENEROUS_LIMITS,
     PASSWORD,
     QUICK_ACCOUNT_EVENTS,

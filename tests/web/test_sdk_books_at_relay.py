@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, RelayProcess
+from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, RelayProcess
 
 SDK = Path(__file__).resolve().parents[2] / "web" / "sdk"
 

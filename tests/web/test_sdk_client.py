@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.client.test_cli import Cli
-from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, FixedPortRelay, RelayProcess, unique_email
+from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, FixedPortRelay, RelayProcess, unique_email
 from tests.web.test_sdk_books_at_relay import SDK, _node_command
 
 DRIVER = Path(__file__).resolve().parent / "sdk_driver.mjs"

@@ -4,7 +4,7 @@
 // document to its next Yjs client-id generation and rebuild it from the relay's state, live updates,
 // sequence gaps, reconnecting with backoff and jitter after the close codes say so, token refresh);
 // and a small app API (catalog, shops, a day's slots with seats left, book, cancel, staff actions,
-// my reservations, the outbox) with status and events. client/sync.py and client/local.py are the
+// my reservations, the outbox) with status and events. client/sync/service.py and client/local/client.py are the
 // reference. Everything that arrives from the relay is validated before it touches a document.
 
 import * as Y from "yjs";
