@@ -134,6 +134,7 @@ class Replica:
         "_unexamined",
         "_parkable",
         "_written",
+        "__weakref__",
     )
 
     def __init__(self, client_id: int | None = None) -> None:

@@ -72,7 +72,7 @@ from client.cli.schemas import EXIT_CODES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SC
 from client.cli.syncing import cmd_following, cmd_status, cmd_sync, cmd_unfollow
 from client.local.client import LocalClient
 from crdt_core.errors import SchemaError
-from crdt_core.schema import parse_day
+from crdt_core.schema import parse_day, printable
 
 # Start-up time is paid by every command (``make demo`` runs ~70 of them): websockets, the sync
 # protocol and httpx are imported by the commands that talk to the relay, not here.
@@ -295,13 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="days the slot runs, comma-separated, 0 = Monday ... 6 = Sunday, e.g. 0,1,2,3,4"
         " (default: every day)",
     )
+    p.add_argument(
+        "--per-customer",
+        type=int,
+        metavar="N",
+        help="bookings one customer may hold on this slot on one day, 1 to 100 (default: 1; a further"
+        " booking is refused as duplicate_booking)",
+    )
 
     p = add("staff", cmd_staff_add, "owner: name staff")
     staff_sub = p.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
     p = staff_sub.add_parser("add", parents=[common], help="name a staff member (or co-owner)")
     p.set_defaults(handler=cmd_staff_add, schema="staff add")
     p.add_argument("shop", help="shop id")
-    p.add_argument("user_id", help="the person's user id (they see it with `quickslot whoami`)")
+    p.add_argument(
+        "user_id",
+        metavar="EMAIL_OR_USER_ID",
+        help="the person's email (the relay finds their account) or user id (`quickslot whoami`);"
+        " their staff rights count at once, with no grant at the relay and no new login",
+    )
     p.add_argument("--role", default="staff", choices=["staff", "owner"], help="default: staff")
 
     p = add("category", cmd_category_add, "admin: add a category")
@@ -346,7 +358,9 @@ async def _run(args: argparse.Namespace) -> int:
         except sqlite3.Error as exc:
             raise profile_error(exc, home) or exc from exc
         if not args.streamed:
-            print(json.dumps(data, default=str) if args.json else human, flush=True)
+            print(
+                json.dumps(data, default=str) if args.json else printable(human, multiline=True), flush=True
+            )
         return int(args.exit_code)
     finally:
         await local.close()

@@ -17,6 +17,7 @@ from client.cli.schemas import (
 )
 from client.local.client import ClientError, InvalidRequest, NotAllowed, NotFound, NotLoggedIn
 from client.sync.auth import AuthError, LoginRequired, RelayUnavailable
+from crdt_core.schema import printable
 
 
 class CliError(Exception):
@@ -71,7 +72,7 @@ def fail(err: CliError, as_json: bool) -> int:
     if as_json:
         payload = {"error": {"code": err.code, "message": err.message, "exit_code": err.exit_code}}
         print(json.dumps(payload))
-    print(f"quickslot: {err.message}", file=sys.stderr)
+    print(printable(f"quickslot: {err.message}", multiline=True), file=sys.stderr)
     return err.exit_code
 
 

@@ -917,9 +917,10 @@ class DocumentManager:
         log_event(
             log,
             "document_loaded",
+            logging.INFO,
             doc=entry.doc_id,
             seconds=round(seconds, 4),
-            updates_after_snapshot=len(stored.updates),
+            updates=len(stored.updates),
             bytes=stored.stored_bytes,
         )
         if self.on_load is not None:

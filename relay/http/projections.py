@@ -36,6 +36,7 @@ from crdt_core.schema import (
     SlotTemplate,
     TypedRecord,
     capacities_on,
+    per_customer_limits,
 )
 from crdt_core.verdict import ClaimState, compute_verdict
 
@@ -196,7 +197,7 @@ def day_view(replica: Replica, doc_id: str, templates: dict[str, SlotTemplate]) 
     day = state.doc.day
     assert day is not None
     capacities = capacities_on(templates, day)
-    verdict = compute_verdict(state, capacities)
+    verdict = compute_verdict(state, capacities, per_customer_limits(templates))
     slots: list[dict[str, Any]] = []
     for t in sorted(templates.values(), key=lambda t: (t.start, t.id)):
         capacity = capacities[t.id]

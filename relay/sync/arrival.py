@@ -3,7 +3,8 @@
 The writer rules are the core's (``crdt_core.validation.validate_update``, the same function
 every replica runs), judged by the relay's clock and the users' current rights (the arrival
 rules: docs/design.md, "Authorship"). On top: the party limits (``relay.sync.hub``, "Impossible
-parties"), and the re-send check (:func:`refuse_equivocation`).
+parties"), the per-customer limit of a slot (``crdt_core.repeats``), staff rights from the shop's
+staff list (``crdt_core.shop_rules``), and the re-send check (:func:`refuse_equivocation`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from crdt_core.certs import CertificateCache
 from crdt_core.engine import Replica
 from crdt_core.equivocation import find_equivocation
 from crdt_core.errors import ValidationError
-from crdt_core.reader import slot_templates
-from crdt_core.schema import DocId, DocKind, SlotTemplate, capacities_on, parse_doc_id
+from crdt_core.repeats import refuse_repeat_bookings
+from crdt_core.schema import DocId, DocKind, parse_doc_id
+from crdt_core.shop_rules import ShopRules, read_shop_rules
 from crdt_core.validation import ArrivalPolicy, Reason, ValidatedUpdate, validate_update
 from crdt_core.verdict import exceeds_capacity
 from relay.auth.rights import RightsCache
@@ -44,8 +46,8 @@ class ArrivalRules:
         self.limits = limits
         self.clock_ms = clock_ms
         self._certs = CertificateCache(trusted_keys())
-        #: Shop document -> (seq, its slot templates), for the party check at arrival.
-        self._templates: dict[str, tuple[int, dict[str, SlotTemplate]]] = {}
+        #: Shop document -> (seq, its slot templates and staff list), for the checks at arrival.
+        self._templates: dict[str, tuple[int, ShopRules]] = {}
 
     def certs(self) -> CertificateCache:
         """The certificate cache, rebuilt when the relay's key set changes (keys rotate)."""
@@ -55,7 +57,7 @@ class ArrivalRules:
         return self._certs
 
     def checker(
-        self, doc: str, capacities: dict[str, int] | None = None
+        self, doc: str, shop: tuple[ShopRules, DocId] | None = None
     ) -> Callable[[Replica, bytes], ValidatedUpdate]:
         def check(replica: Replica, update: bytes) -> ValidatedUpdate:
             policy = ArrivalPolicy(
@@ -63,9 +65,14 @@ class ArrivalRules:
                 is_revoked=self.rights.is_revoked,
                 current_rights=self.rights.current,
             )
-            checked = validate_update(doc, replica, update, self.certs(), policy)
-            if capacities is not None:
+            staff = shop[0].staff if shop is not None else None
+            checked = validate_update(doc, replica, update, self.certs(), policy, staff)
+            if shop is not None:
+                rules, day_doc = shop
+                assert day_doc.day is not None
+                capacities = rules.capacities(day_doc.day)
                 self.refuse_impossible_parties(checked, capacities)
+                refuse_repeat_bookings(replica, checked.new_reservations, rules.limits(), capacities)
             return checked
 
         return check
@@ -82,27 +89,27 @@ class ArrivalRules:
                 why = f"{what} cannot fit slot {res.slot!r} ({capacity} seats that day)"
                 raise ValidationError(Reason.PARTY_TOO_LARGE.value, why)
 
-    async def capacities(self, doc: str) -> dict[str, int] | None:
-        """Seats per slot on a bookings document's day, from the relay's copy of the shop document
-        (``crdt_core.schema.capacities_on``: 0 for a slot not offered that day); None for other kinds."""
+    async def shop_rules(self, doc: str) -> tuple[ShopRules, DocId] | None:
+        """For a bookings document, what the relay's copy of its shop document says (slot
+        capacities and limits, the staff list: ``crdt_core.shop_rules``) and the parsed doc id;
+        None for other kinds."""
         parsed = parse_doc_id(doc)
         if parsed.kind is not DocKind.BOOKINGS:
             return None
-        assert parsed.shop_id is not None and parsed.day is not None
-        shop_doc, day = str(DocId.shop(parsed.shop_id)), parsed.day
+        assert parsed.shop_id is not None
+        shop_doc = str(DocId.shop(parsed.shop_id))
 
-        def templates(replica: Replica, seq: int) -> dict[str, SlotTemplate]:
+        def rules(replica: Replica, seq: int) -> ShopRules:
             held = self._templates.get(shop_doc)
             if held is not None and held[0] == seq:
                 return held[1]
-            found = slot_templates(replica, shop_doc)
+            found = read_shop_rules(replica, shop_doc)
             if len(self._templates) >= TEMPLATE_CACHE_DOCS:
                 self._templates.clear()
             self._templates[shop_doc] = (seq, found)
             return found
 
-        found = await self.manager.read(shop_doc, templates)
-        return capacities_on(found, day)
+        return await self.manager.read(shop_doc, rules), parsed
 
 
 def refuse_equivocation(replica: Replica, update: bytes) -> None:

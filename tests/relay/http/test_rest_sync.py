@@ -358,8 +358,8 @@ async def test_check_updates_catches_a_client_up_within_its_budget(
     writer = Writer(new_account(relay, http))
     items = []
     for doc in docs:
-        for _ in range(3):
-            _, update = writer.author.book(writer.replica(doc), doc, "morning", 1, note="x" * 300)
+        for slot in ("morning", "noon", "evening"):  # one active claim per customer per slot
+            _, update = writer.author.book(writer.replica(doc), doc, slot, 1, note="x" * 300)
             items.append((doc, writer.next_uid(), update))
     assert {r["status"] for r in post_batch(http, writer.account, items)} == {"ack"}
 
@@ -401,7 +401,7 @@ async def test_check_updates_catches_a_client_up_within_its_budget(
     assert answer["bytes"] == 0 and answer["next_cursor"] is None
 
     # One more booking: exactly that document is reported, with its diff.
-    _, update = writer.author.book(writer.replica(docs[5]), docs[5], "noon", 1)
+    _, update = writer.author.book(writer.replica(docs[5]), docs[5], "late", 1)
     assert post_batch(http, writer.account, [(docs[5], writer.next_uid(), update)])[0]["status"] == "ack"
     answer = call(http, reader, "POST", "/api/v1/sync/check-updates", json=body).json()
     changed = [e["doc"] for e in answer["documents"] if e["status"] == "changed"]

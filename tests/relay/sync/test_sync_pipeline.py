@@ -195,7 +195,7 @@ async def test_pipelined_updates_share_commits_and_are_acked_in_order(relay: Rel
     ta = await relay.connect("alice")
     await relay.subscribe(ta)
     replica = Replica(alice.client_id())
-    updates = [alice.book(replica, DOC, f"s{i % 12 + 1}", 1)[1] for i in range(40)]
+    updates = [alice.book(replica, DOC, f"s{i + 1}", 1)[1] for i in range(40)]
     for uid, update in enumerate(updates, start=1):
         await ta.inbox.put(ClientUpdate(DOC, uid, update).to_wire())
     answers = [await ta.next() for _ in updates]
@@ -223,7 +223,7 @@ async def test_backpressure_stops_reading_at_the_inflight_bound(
 
     monkeypatch.setattr(relay.store, "_transaction", held)
     replica = Replica(alice.client_id())
-    updates = [alice.book(replica, DOC, f"s{i % 12 + 1}", 1)[1] for i in range(20)]
+    updates = [alice.book(replica, DOC, f"s{i + 1}", 1)[1] for i in range(20)]
     for uid, update in enumerate(updates, start=1):
         await ta.inbox.put(ClientUpdate(DOC, uid, update).to_wire())
     await asyncio.sleep(0.3)

@@ -143,7 +143,7 @@ async def test_rejections_keep_the_connection_and_store_nothing(
     assert isinstance(answer, ErrorReceived) and answer.code == ErrorCode.REJECTED
 
     # The connection still works: a valid booking goes through.
-    _, good = mallory.author.book(rm, doc, "s1", 1)
+    _, good = mallory.author.book(rm, doc, "s2", 1)  # another slot: one active claim per slot
     assert isinstance(await cm.push(doc, good), Acked)
 
     # The watcher saw only the two valid bookings and their stamps, never a rejected record.
