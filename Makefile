@@ -55,7 +55,7 @@ test-web: $(SDK_STAMP) $(APP_STAMP)
 
 # The web app (web/app): a relay with demo shops on a free loopback port; prints the app's URL.
 app: $(STAMP) $(APP_STAMP)
-	$(BIN)/python -m tools.app_demo
+	$(BIN)/python -m demos.app
 
 # The web app in Chromium: gzipped size, first paint from cache, booking click to screen (docs/web.md).
 bench-web: $(STAMP) $(APP_STAMP)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.web_app [--bookings 20] [--loads 5] [--out bench-results/web-app.json]
 
-Starts a relay with the demo shops (tools/app_demo.py) and Debian's Chromium through Playwright
+Starts a relay with the demo shops (demos/app.py) and Debian's Chromium through Playwright
 (flags as in the tests), and measures:
 
 * **size**: the built app's files (web/app/dist), raw and gzipped (level 9), the script alone and
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.app_demo import DEMO_SHOPS, DemoShop, Profile, build_app, make_operator, seed_catalog
+from demos.app import DEMO_SHOPS, DemoShop, Profile, build_app, make_operator, seed_catalog
 
 BIG_DAY = 1000
 BIG_SHOP = DemoShop(

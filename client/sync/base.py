@@ -8,8 +8,9 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from client.local.client import LocalClient
 from client.local.events import RelayReachable, RelayUnreachable, Synced
@@ -33,6 +34,32 @@ _MAX_DOWNLOAD = 64 * 1024 * 1024
 _SUBSCRIBED = (DocState.SYNCING, DocState.LIVE, DocState.STALE)
 #: The state vector of a replica holding nothing: a sync with it fetches the whole document.
 _EMPTY_SV = b"\x00"
+
+
+class SyncSocket(Protocol):
+    """What a sync session needs of its connection: a websocket, or an in-memory channel.
+
+    Why a seam: the session's logic (outbox order, acks, refusals, rebuilds, closes) is the same
+    whatever carries the bytes, and a test can drive it against an in-process relay (the sans-I/O
+    ``crdt_core.protocol.RelayProtocol``) without sockets. Iterating yields each message and ends
+    when the connection closes; ``close_code`` is then set.
+    """
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str | None: ...
+
+    async def send(self, message: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes | str]: ...
+
+
+#: Opens a :class:`SyncSocket` to a sync URL with the handshake headers (token, proof).
+SocketOpener = Callable[[str, Mapping[str, str]], Awaitable[SyncSocket]]
 
 
 def _is_full_state(update: bytes, relay_sv: bytes) -> bool:

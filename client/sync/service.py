@@ -52,14 +52,23 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, cast
 
 import websockets
 
 from client.local.client import LocalClient
 from client.sync.auth import AuthClient, LoginRequired, RelayInsecure, RelayUnavailable, http_base
-from client.sync.base import _MAX_DOWNLOAD, ServiceBase, SyncSummary, _Closed, log, sync_url
+from client.sync.base import (
+    _MAX_DOWNLOAD,
+    ServiceBase,
+    SocketOpener,
+    SyncSocket,
+    SyncSummary,
+    _Closed,
+    log,
+    sync_url,
+)
 from client.sync.errors import (
     SyncError,
     SyncLoginRequired,
@@ -122,6 +131,8 @@ class SyncService(ServiceBase):
         poll_interval_s: how often a live session looks for new local writes and due retries.
         batch_size: most received messages applied in one ``apply_remote_batch``.
         response_timeout_s: silence while an answer is due before the connection is dropped.
+        open_socket: opens the sync connection instead of a websocket (``client.sync.base.SyncSocket``:
+            an in-memory channel to an in-process relay, for tests of the session's logic).
     """
 
     def __init__(
@@ -144,6 +155,7 @@ class SyncService(ServiceBase):
         http_poll_s: float = 5.0,
         ws_retry_s: float = 300.0,
         fallback: TransportFallback | None = None,
+        open_socket: SocketOpener | None = None,
     ) -> None:
         self.local = local
         self.relay_url = http_base(relay_url)
@@ -166,6 +178,7 @@ class SyncService(ServiceBase):
         #: an auto watch polls HTTP before trying the websocket again.
         self.transport = transport
         self.fallback = fallback
+        self.open_socket = open_socket
         if transport == "http" and fallback is None:
             raise ValueError(
                 "transport 'http' needs a fallback: pass client.sync.http_fallback.HttpFallback()"
@@ -191,6 +204,20 @@ class SyncService(ServiceBase):
 
     # --- connecting ----------------------------------------------------------------------------
 
+    async def _open_websocket(self, url: str, headers: Mapping[str, str]) -> SyncSocket:
+        """The real transport: a websocket to the relay (what ``open_socket`` stands in for)."""
+        connection = await websockets.connect(
+            url,
+            additional_headers=dict(headers),
+            max_size=_MAX_DOWNLOAD,
+            open_timeout=self.connect_timeout_s,
+            # wss:// with no context of ours: the system's CAs (None would be a ValueError).
+            ssl=(self.ssl_context or True) if url.startswith("wss://") else None,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        return cast(SyncSocket, connection)
+
     async def _connect(self, summary: SyncSummary) -> _Session:
         """Open a session and wait for the welcome, refreshing an expired token once.
 
@@ -214,16 +241,7 @@ class SyncService(ServiceBase):
                 await self._logged_out()
                 raise SyncLoginRequired(f"log in again ({exc})") from exc
             try:
-                ws = await websockets.connect(
-                    self.ws_url,
-                    additional_headers=headers,
-                    max_size=_MAX_DOWNLOAD,
-                    open_timeout=self.connect_timeout_s,
-                    # wss:// with no context of ours: the system's CAs (None would be a ValueError).
-                    ssl=(self.ssl_context or True) if self.ws_url.startswith("wss://") else None,
-                    ping_interval=20,
-                    ping_timeout=20,
-                )
+                ws = await (self.open_socket or self._open_websocket)(self.ws_url, headers)
             except websockets.InvalidStatus as exc:
                 if exc.response.status_code == 401:
                     await self._refresh(summary)

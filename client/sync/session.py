@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterable
 
 import websockets
-from websockets.asyncio.client import ClientConnection
 
 from client.storage.store import OutboxEntry
 from client.sync.base import (
@@ -19,6 +18,7 @@ from client.sync.base import (
     _MAX_DOWNLOAD,
     _SUBSCRIBED,
     ServiceBase,
+    SyncSocket,
     SyncSummary,
     _Closed,
     _is_full_state,
@@ -49,7 +49,7 @@ class _SessionEvents:
 
     """One websocket connection: the protocol machine, the reader and the event processor."""
 
-    def __init__(self, service: ServiceBase, ws: ClientConnection, summary: SyncSummary) -> None:
+    def __init__(self, service: ServiceBase, ws: SyncSocket, summary: SyncSummary) -> None:
         self.svc = service
         self.local = service.local
         self.ws = ws

@@ -22,7 +22,13 @@ from client.storage.secrets import SecretStore
 from client.sync.auth import AuthClient
 from client.sync.service import SyncService
 from tests.support.clients import OPENED
-from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, RelayProcess, unique_email
+from tests.support.relay_process import (
+    GENEROUS_LIMITS,
+    PASSWORD,
+    RelayProcess,
+    applied_by_relay,
+    unique_email,
+)
 from tests.support.servers.haproxy import HAProxy
 from tests.support.servers.redis import RedisServer
 
@@ -130,7 +136,8 @@ async def people(
         # admin too: a shop names a category the catalogue defines, and only admins add one
         await asyncio.to_thread(cluster.nodes[0].cli_json, "user", "grant", out[name].email, "--admin")
     if owner_of:
-        await asyncio.sleep(0.8)  # every node polls account events every 0.2 s
+        # every node applies account changes by its own poll of account events
+        await asyncio.gather(*(applied_by_relay(node) for node in cluster.nodes))
     await asyncio.gather(*(p.auth.login(p.email, PASSWORD) for p in out.values()))
     return out
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.pop import rest
 from crdt_core.schema import Category, ShopSummary
-from tests.support.relay_process import RelayProcess
+from tests.support.relay_process import RelayProcess, applied_by_relay_blocking
 from tests.support.sync_helpers import Account, login_device, new_account, token_headers
 
 
@@ -86,7 +85,7 @@ def post_batch(
 def admin(relay: RelayProcess, http: httpx.Client) -> Writer:
     account = new_account(relay, http)
     relay.cli_json("user", "grant", account.email, "--admin")
-    time.sleep(0.6)  # the server picks up CLI changes by polling account events
+    applied_by_relay_blocking(relay.base_url)  # the relay applies CLI changes by polling
     return Writer(login_device(relay, http, account.email))  # a new certificate carries the role
 
 

@@ -1,8 +1,9 @@
 """The web app (web/app) in headless Debian Chromium through Playwright, against a real relay
 process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
 
-* a new user signs up, finds a shop by search, books, and sees "confirmed, final" (screenshots of
-  the main screens at phone and desktop width);
+* a new user signs up (the device key in IndexedDB is a non-extractable WebCrypto key), finds a
+  shop by search, books, and sees "confirmed, final" (screenshots of the main screens at phone and
+  desktop width);
 * wrong password, party 0 and a party above the slot get a clear message on screen;
 * a shop named ``<img src=x onerror=alert(1)>``: the name shows as text and no script runs;
 * two browser profiles go offline, both book the last seat, come back: one is confirmed, the
@@ -35,8 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.relay_process import PASSWORD, FixedPortRelay, unique_email
-from tools.app_demo import (
+from demos.app import (
     DEMO_SHOPS,
     OPERATOR_EMAIL,
     OPERATOR_PASSWORD,
@@ -46,6 +46,7 @@ from tools.app_demo import (
     make_operator,
     seed_catalog,
 )
+from tests.support.relay_process import PASSWORD, FixedPortRelay, unique_email
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
@@ -106,6 +107,26 @@ def browser(relay: FixedPortRelay) -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+#: The device key the SDK keeps in the app's IndexedDB profile, as the page can see it.
+DEVICE_KEY = """async () => {
+  const db = await new Promise((ok, fail) => {
+    const r = indexedDB.open("quickslot-app");
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => fail(r.error);
+  });
+  const profile = await new Promise((ok, fail) => {
+    const r = db.transaction("profile").objectStore("profile").get("device");
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => fail(r.error);
+  });
+  db.close();
+  const key = profile.seed;
+  if (!(key instanceof CryptoKey)) return { type: key?.constructor?.name ?? typeof key };
+  const { extractable, algorithm, usages } = key;
+  return { type: "CryptoKey", extractable, algorithm: algorithm.name, usages };
+}"""
 
 
 class App:
@@ -174,6 +195,17 @@ class App:
         self.go("#/bookings", page)
         page.locator("li.booking .state", has_text=text).first.wait_for()
 
+    def unlabelled(self, page: Any = None) -> list[str]:
+        """Form controls on screen that a screen reader could not name (no label, no aria-label)."""
+        page = page or self.page
+        return list(
+            page.evaluate(
+                "() => [...document.querySelectorAll('input, select, button')]"
+                ".filter(e => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim()))"
+                ".map(e => e.outerHTML)"
+            )
+        )
+
     def shot(self, name: str, viewport: dict[str, int]) -> None:
         """A screenshot for docs/web.md: written when missing, or always with UPDATE_SCREENSHOTS=1."""
         self.page.set_viewport_size(viewport)
@@ -203,8 +235,11 @@ def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
     app = App(browser, relay)
     try:
         app.shot("login-phone", PHONE)
+        assert app.unlabelled() == []
         app.page.set_viewport_size(DESKTOP)
         app.sign_up()
+        key = app.page.evaluate(DEVICE_KEY)
+        assert key == {"type": "CryptoKey", "extractable": False, "algorithm": "Ed25519", "usages": ["sign"]}
         app.page.get_by_label("Search").fill("noodle harbour")
         shops = app.page.get_by_role("list", name="Shops")
         shops.get_by_role("link", name="Noodle Bar").wait_for()
@@ -215,6 +250,7 @@ def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
         app.open_day("noodlebar")
         app.book("12:00 lunch table", party=2)
         app.page.locator("li.slot[data-slot='lunch-12'] .seats", has_text="6 of 8 seats left").wait_for()
+        assert app.unlabelled() == []
         app.shot("shop-day-phone", PHONE)
         app.page.set_viewport_size(DESKTOP)
         app.wait_state("confirmed, final")
@@ -407,6 +443,7 @@ def test_staff_confirm_and_decline_and_the_customer_screen_follows(
         rows.nth(1).get_by_role("button", name="Decline").click()
         rows.nth(1).locator(".state", has_text="declined by the shop").wait_for()
         staff.shot("staff-desktop", DESKTOP)
+        assert staff.unlabelled() == []
 
         carl.page.locator("li.booking .state", has_text="confirmed, final, confirmed by the shop").wait_for()
         carl.page.locator("li.booking .state", has_text="declined by the shop").wait_for()

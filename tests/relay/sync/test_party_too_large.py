@@ -9,7 +9,6 @@ template, inactive) keeps the plain rule: the claim is stored and waits.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Iterator
 
@@ -22,7 +21,7 @@ from crdt_core.protocol import Acked, ErrorReceived
 from crdt_core.schema import SlotTemplate
 from relay.cli.parser import build_parser, config_from_args
 from relay.ops.config import SyncLimits
-from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.relay_process import GENEROUS_LIMITS, QUICK_ACCOUNT_EVENTS, RelayProcess, applied_by_relay
 from tests.support.sync_helpers import SyncClient, login_device, new_account
 
 SHOP = "bigparty"
@@ -34,7 +33,7 @@ MAX_PARTY = 6
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     data = tmp_path_factory.mktemp("relay-party") / "data"
-    with RelayProcess(data, *GENEROUS_LIMITS, "--max-party", str(MAX_PARTY)) as proc:
+    with RelayProcess(data, *GENEROUS_LIMITS, *QUICK_ACCOUNT_EVENTS, "--max-party", str(MAX_PARTY)) as proc:
         yield proc
 
 
@@ -63,7 +62,7 @@ async def test_a_party_over_the_slot_capacity_or_the_relay_limit_is_refused(rela
     with relay.client() as http:
         owner, guest = new_account(relay, http), new_account(relay, http)
         relay.cli_json("user", "grant", owner.email, "--owner", SHOP)
-        await asyncio.sleep(1.5)  # the server picks up CLI changes by polling account events
+        await applied_by_relay(relay)  # the relay applies CLI changes by polling account events
         owner = login_device(relay, http, owner.email)  # a new certificate carries the grant
     shop_doc = f"shop:{SHOP}"
     co = await SyncClient.connect(relay, owner.access)

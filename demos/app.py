@@ -1,6 +1,6 @@
 """`make app`: a relay with demo shops on a free loopback port, serving the web app at /app/.
 
-Run it with ``python -m tools.app_demo`` (``--port N`` for a fixed port, ``--data DIR`` to keep the
+Run it with ``python -m demos.app`` (``--port N`` for a fixed port, ``--data DIR`` to keep the
 relay's data). It builds the app when ``web/app/dist`` is missing or older than its sources, makes
 an operator account (admin, owner of the demo shops) in a fresh data directory, starts
 ``relay.cli serve``, creates the demo categories, shops and slots from a ``quickslot`` CLI profile,

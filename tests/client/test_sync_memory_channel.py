@@ -1,0 +1,123 @@
+"""The sync service against an in-process relay over an in-memory channel (no sockets).
+
+The same ``SyncService`` and session code the CLI runs, with ``open_socket`` set to
+:meth:`tests.support.memory_relay.MemoryRelay.open`: the relay side is crdt_core's sans-I/O
+``RelayProtocol`` over validated, stamped documents. The real relay is tested in
+``tests/client/test_sync_relay.py``; these tests pin the session's logic fast and exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from client.local.client import LocalClient
+from client.sync.errors import SyncLoginRequired
+from client.sync.service import SyncService
+from crdt_core.reader import read_bookings
+from crdt_core.verdict import ClaimState, compute_verdict
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
+from tests.support.crdt_factory import World
+from tests.support.memory_relay import MemoryRelay
+
+DOC = f"bookings:{SHOP}:{DAY}"
+URL = "http://relay.memory.invalid"
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    await close_all()
+
+
+async def customer(tmp: Path, world: World, relay: MemoryRelay, name: str) -> tuple[LocalClient, SyncService]:
+    local = await open_profile(tmp / name, world, f"u-{name}")
+    await pull(local, relay.store, ["catalog", f"shop:{SHOP}"])
+    token = f"token-{name}"
+    relay.tokens[token] = f"u-{name}"
+    local.secrets.set_tokens(token, f"refresh-{name}")
+    return local, SyncService(local, URL, open_socket=relay.open, connect_timeout_s=5, response_timeout_s=5)
+
+
+async def test_two_offline_bookings_for_the_last_seat_end_in_one_verdict(tmp_path: Path) -> None:
+    world = World()
+    relay = MemoryRelay(FakeRelay(world))
+    await setup_shop(tmp_path, world, relay.store, capacity=1)
+    (alice, alice_sync), (bob, bob_sync) = [
+        await customer(tmp_path, world, relay, n) for n in ("alice", "bob")
+    ]
+    a = await alice.book(SHOP, DAY, "cut-10")
+    b = await bob.book(SHOP, DAY, "cut-10")
+
+    first = await alice_sync.sync_once(timeout_s=10)
+    second = await bob_sync.sync_once(timeout_s=10)
+    await alice_sync.sync_once(timeout_s=10)  # alice now hears of bob's claim and its stamp
+
+    assert first.rejected == [] and second.rejected == []
+    assert (await alice.outbox_counts()).pending == 0 and (await bob.outbox_counts()).pending == 0
+    truth = compute_verdict(read_bookings(relay.store.replica(DOC), DOC), {"cut-10": 1})
+    assert truth.claims[a.reservation_id].state is ClaimState.CONFIRMED
+    assert truth.claims[b.reservation_id].state is ClaimState.WAITLISTED
+    for local in (alice, bob):
+        mine = {r.reservation_id: r for r in await local.reservations()}
+        for rid, row in mine.items():
+            assert (row.state, row.stamp, row.waitlist_position) == (
+                truth.claims[rid].state,
+                truth.claims[rid].stamp,
+                truth.claims[rid].position,
+            )
+    assert set(read_bookings(relay.store.replica(DOC), DOC).reservations) == {
+        a.reservation_id,
+        b.reservation_id,
+    }
+
+
+async def test_a_live_session_receives_another_clients_booking_and_its_stamp(tmp_path: Path) -> None:
+    world = World()
+    relay = MemoryRelay(FakeRelay(world))
+    await setup_shop(tmp_path, world, relay.store, capacity=2)
+    (alice, alice_sync), (bob, bob_sync) = [
+        await customer(tmp_path, world, relay, n) for n in ("alice", "bob")
+    ]
+    await alice.subscribe(DOC)
+    await alice_sync.sync_once(timeout_s=10)
+    assert relay.connections == set()  # sync_once closes its connection when done
+
+    b = await bob.book(SHOP, DAY, "cut-10")
+    await bob_sync.sync_once(timeout_s=10)
+    await alice_sync.sync_once(timeout_s=10)
+    verdict = await alice.verdict(SHOP, DAY)
+    assert verdict.claims[b.reservation_id].state is ClaimState.CONFIRMED
+    assert verdict.claims[b.reservation_id].stamp == 1
+
+
+async def test_a_refusal_sets_the_write_aside_with_its_reason(tmp_path: Path) -> None:
+    world = World()
+    relay = MemoryRelay(FakeRelay(world))
+    await setup_shop(tmp_path, world, relay.store, capacity=2)
+    alice, alice_sync = await customer(tmp_path, world, relay, "alice")
+    booked = await alice.book(SHOP, DAY, "cut-10")
+    relay.refuse_with = "not_allowed"
+
+    summary = await alice_sync.sync_once(timeout_s=10)
+
+    assert len(summary.rejected) == 1
+    counts = await alice.outbox_counts()
+    assert (counts.pending, counts.rejected) == (0, 1)
+    row = next(r for r in await alice.reservations() if r.reservation_id == booked.reservation_id)
+    assert row.rejected_code == "not_allowed"
+
+
+async def test_a_token_the_relay_refuses_means_log_in_again(tmp_path: Path) -> None:
+    world = World()
+    relay = MemoryRelay(FakeRelay(world))
+    await setup_shop(tmp_path, world, relay.store, capacity=2)
+    alice, alice_sync = await customer(tmp_path, world, relay, "alice")
+    await alice.book(SHOP, DAY, "cut-10")
+    relay.tokens.clear()
+
+    with pytest.raises(SyncLoginRequired):
+        await alice_sync.sync_once(timeout_s=10)
+    assert (await alice.outbox_counts()).pending == 1  # nothing lost: it waits for the next login
