@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m client.demo_e2e
+	$(BIN)/python -m demos.e2e
 
 demo-offline: $(STAMP)
-	$(BIN)/python -m client.demo
+	$(BIN)/python -m demos.offline
 
 # Lint first (a prerequisite, so CI, which runs `make test`, goes red on a lint error), then the
 # suite with branch coverage of crdt_core; the floor is [tool.coverage.report] in pyproject.toml.
@@ -87,7 +87,7 @@ schemathesis: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy crdt_core relay client benchmarks tests
+	$(BIN)/mypy crdt_core relay client demos benchmarks tests
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .

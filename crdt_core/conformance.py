@@ -8,7 +8,7 @@ and bookings days with the verdict every replica must compute. ``conformance/REA
 the files for implementers.
 
 Why generated: every case is built from fixed seeds and fixed clocks, so the checked-in files are
-reproducible (``tests/test_conformance.py`` regenerates them and compares). Every case states the
+reproducible (``tests/core/test_conformance.py`` regenerates them and compares). Every case states the
 outcome it is *meant* to have; :func:`build_corpus` runs crdt_core on each and refuses to emit a
 corpus where the two disagree, so the files are a specification checked against this
 implementation, not a recording of whatever it happens to do.

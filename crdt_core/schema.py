@@ -15,6 +15,7 @@ version does not know is accepted only from a newer version, where it is treated
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -137,11 +138,19 @@ def parse_day(text: object) -> _dt.date:
 def parse_doc_id(text: object) -> DocId:
     """Parse and check a document id; every other spelling is refused.
 
+    Remembers the last ids it parsed (a ``DocId`` is immutable): the relay parses the id of the
+    document an update is for several times per update (profile of the per-booking path).
+
     Raises:
         SchemaError: unknown kind, malformed id or date.
     """
     if not isinstance(text, str) or len(text) > 200:
         raise SchemaError("doc id must be a short string")
+    return _parse_doc_id(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_doc_id(text: str) -> DocId:
     if text == "catalog":
         return DocId(DocKind.CATALOG)
     kind, _, rest = text.partition(":")

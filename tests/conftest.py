@@ -25,4 +25,4 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 # Fixtures for the real servers the scale-out tests start (pg_server, pg_dsn, ...).
-pytest_plugins = ["tests.servers.pytest_plugin"]
+pytest_plugins = ["tests.support.servers.pytest_plugin"]

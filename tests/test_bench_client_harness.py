@@ -76,14 +76,16 @@ def test_the_baseline_uses_the_clients_sqlite_settings(tiny_run: tuple[Path, dic
     _, data, _ = tiny_run
     rows = {r["subject"]: r for r in data["results"] if r["workload"] == "booking"}
     ours, base = rows[client_suite.BOOK]["extra"], rows[client_suite.PLAIN]["extra"]
-    assert ours["synchronous"] == base["synchronous"] == 2  # FULL, what client/store.py sets
+    assert ours["synchronous"] == base["synchronous"] == 2  # FULL, what client/storage/store.py sets
     assert str(ours["journal_mode"]).lower() == str(base["journal_mode"]).lower() == "wal"
     for pragma in plain.PRAGMAS:
         assert pragma.startswith("PRAGMA ")
     source = Path(__file__).resolve().parents[1] / "client" / "store.py"
     text = source.read_text(encoding="utf-8")
     for setting in ("journal_mode = WAL", "synchronous = FULL", "busy_timeout"):
-        assert setting in text, f"client/store.py no longer sets {setting}: update client_bench/plain.py"
+        assert setting in text, (
+            f"client/storage/store.py no longer sets {setting}: update client_bench/plain.py"
+        )
 
 
 def test_ratios_targets_json_markdown_and_plots(tiny_run: tuple[Path, dict[str, Any], str]) -> None:

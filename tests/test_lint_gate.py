@@ -81,7 +81,7 @@ def test_make_test_lints_the_whole_tree_before_the_suite() -> None:
     suite = first("-m pytest")
     assert first("ruff check .") < suite
     assert first("ruff format --check .") < suite
-    assert first("mypy crdt_core relay client benchmarks tests") < suite
+    assert first("mypy crdt_core relay client demos benchmarks tests") < suite
     assert "--cov" in lines[suite]
 
 

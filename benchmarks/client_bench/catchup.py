@@ -21,10 +21,10 @@ from pathlib import Path
 from benchmarks.relay_bench.experiments import load_single_document, quickslot_pool
 from benchmarks.relay_bench.payloads import Identity, bookings_doc
 from benchmarks.relay_bench.servers import PASSWORD, REPO, QuickSlotAsgi, _env
-from client.auth import AuthClient
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.sync import SyncService, SyncSummary
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService, SyncSummary
 from crdt_core.engine import Replica
 
 __all__ = ["Day", "SyncSample", "busy_day", "fresh_sync", "stored_state"]
@@ -55,7 +55,7 @@ def _grant_owner(relay: QuickSlotAsgi, email: str, shop: str) -> None:
     """``relay.cli user grant EMAIL --owner SHOP``: the operator's command, on the serving relay.
 
     The certificate issued at the next login carries the grant at once, but the relay checks each
-    record against its in-memory view of the account too (``relay/rights.py``), which learns of a
+    record against its in-memory view of the account too (``relay/auth/rights.py``), which learns of a
     grant made by another process at its next poll of ``account_events``: writing before that is
     refused as ``forbidden``. So wait for a few polls.
     """

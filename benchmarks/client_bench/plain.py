@@ -3,7 +3,7 @@
 Why this baseline: before the CRDT documents, a booking was a row in a ``reservations`` table plus
 a ``sync_queue`` row (the server decided who got the seat), and browsing read a ``shops`` table.
 That is the cheapest a durable offline booking can be, so the client's costs are stated as a
-multiple of it. Same SQLite, same file settings as ``client/store.py`` (WAL, ``synchronous=FULL``,
+multiple of it. Same SQLite, same file settings as ``client/storage/store.py`` (WAL, ``synchronous=FULL``,
 ``busy_timeout``, ``BEGIN IMMEDIATE`` per write) and, for the named baseline, the same driver
 (aiosqlite: one thread hop per statement); :func:`book_sync` is the same without aiosqlite.
 """
@@ -30,7 +30,7 @@ __all__ = [
     "shops_in",
 ]
 
-#: The pragmas ``client.store.Store.open`` sets, in the same order (checked against a live store
+#: The pragmas ``client.storage.store.Store.open`` sets, in the same order (checked against a live store
 #: by the suite, which records both in the results).
 PRAGMAS = (
     "PRAGMA busy_timeout = 10000",

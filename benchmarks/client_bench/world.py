@@ -20,8 +20,8 @@ from functools import cache
 from pathlib import Path
 
 from benchmarks.fixtures import DOC, NOW_MS, RELAY, SHOP, SLOTS, booking_day
-from client.local import LocalClient
-from client.secrets import SecretStore
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
 from crdt_core.authoring import Author
 from crdt_core.certs import DeviceKey, issue_certificate, public_bytes
 from crdt_core.engine import Replica

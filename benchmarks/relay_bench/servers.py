@@ -6,7 +6,7 @@
 * ``quickslot direct``: the same ``SyncHub`` served straight from ``websockets``
   (:mod:`benchmarks.relay_bench.direct_server`), reading accounts and keys from the relay's data
   directory, with its own document store: the ASGI-versus-direct experiment of docs/design.md. Like the relay
-  (``relay/cli.py`` serves with ``ws_per_message_deflate=False``), it refuses permessage-deflate,
+  (``relay/cli/commands.py`` serves with ``ws_per_message_deflate=False``), it refuses permessage-deflate,
   so the transport is the only difference.
 * ``quickslot direct batched``: the same, writing every frame a connection has queued in one
   event-loop turn with one syscall (what serving from ``websockets`` makes possible and ASGI
@@ -15,7 +15,7 @@
   it), in-memory only.
 * ``pycrdt-websocket``: pycrdt's ``WebsocketServer`` under uvicorn, in-memory only.
 * ``quickslot postgresql``: the relay again, as a real process with ``--store`` on a PostgreSQL
-  server the suite starts itself (``tests/servers/postgres.py``: temporary directory, loopback,
+  server the suite starts itself (``tests/support/servers/postgres.py``: temporary directory, loopback,
   ``fsync`` on): one node on the shared store against one node on the embedded SQLite file. It has
   its own data directory, accounts and keys. Its CPU figures are the relay process's only; the
   PostgreSQL server's CPU is reported beside them (``extra.store_cpu_s``).
@@ -91,7 +91,7 @@ AUTH_LIMIT_ARGS = [
 #: Sync limits raised for measuring: updates per second and burst per connection, documents per
 #: connection, connections, and a send queue deep enough that the measuring clients, which share
 #: the cores with the server, are never cut off as slow consumers mid-run (a measurement of
-#: throughput, not of the cut-off, which tests/relay/test_slow_consumer.py covers).
+#: throughput, not of the cut-off, which tests/relay/sync/test_slow_consumer.py covers).
 SYNC_LIMIT_ARGS = [
     "--sync-rate", "1000000", "--sync-burst", "1000000", "--max-docs", "100000",
     "--max-connections", "100000", "--send-queue-bytes", str(256 * 1024 * 1024),
@@ -304,9 +304,9 @@ class QuickSlotPostgres(QuickSlotAsgi):
 
     def start(self) -> None:
         try:  # the tests' helper: a real server in a temporary directory, as root or not
-            from tests.servers.postgres import PostgresServer, unavailable_reason
+            from tests.support.servers.postgres import PostgresServer, unavailable_reason
         except ImportError as exc:
-            raise Unavailable(f"tests/servers/postgres.py not importable: {exc}") from exc
+            raise Unavailable(f"tests/support/servers/postgres.py not importable: {exc}") from exc
         reason = unavailable_reason()
         if reason is not None:
             raise Unavailable(reason)
@@ -336,7 +336,7 @@ class QuickSlotPostgres(QuickSlotAsgi):
     def version(self) -> str:
         bin_dir = None
         try:
-            from tests.servers.postgres import find_bin_dir
+            from tests.support.servers.postgres import find_bin_dir
 
             bin_dir = find_bin_dir()
         except ImportError:
@@ -586,7 +586,7 @@ class Fleet:
 # on SQLite (``quickslot``) and one node on PostgreSQL (``quickslot postgresql``): clients connect
 # to HAProxy, which spreads them round robin, so the fan-out workload's subscribers sit on all three
 # nodes and every update crosses Redis to reach two thirds of them. The servers are the tests'
-# launchers (tests/servers: temporary directories, free loopback ports, ``fsync`` on).
+# launchers (tests/support/servers: temporary directories, free loopback ports, ``fsync`` on).
 #
 # Measured like the others from the client side (throughput, latency). CPU: ``process`` is node 1
 # (what the suite samples for every subject); ``store_cpu_s`` adds PostgreSQL's and the other two
@@ -608,9 +608,9 @@ class QuickSlotCluster(QuickSlotPostgres):
 
     def start(self) -> None:
         try:
-            from tests.servers import haproxy, postgres, redis
+            from tests.support.servers import haproxy, postgres, redis
         except ImportError as exc:
-            raise Unavailable(f"tests/servers not importable: {exc}") from exc
+            raise Unavailable(f"tests/support/servers not importable: {exc}") from exc
         for reason in (
             postgres.unavailable_reason(),
             redis.unavailable_reason(),

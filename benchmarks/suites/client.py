@@ -229,7 +229,7 @@ class BookingLatency:
         "`plain insert (aiosqlite)`, the baseline: the original design's `reservations` row plus a "
         "`sync_queue` row (JSON payload) in one `BEGIN IMMEDIATE` transaction through aiosqlite; "
         "`plain insert (sqlite3)`: the same without aiosqlite's worker thread. Every subject: WAL, "
-        "`synchronous=FULL` (what `client/store.py` sets), the same file system. Each round copies "
+        "`synchronous=FULL` (what `client/storage/store.py` sets), the same file system. Each round copies "
         "the built profile, makes one untimed booking (it loads the document), then times each of "
         "the next bookings separately."
     )

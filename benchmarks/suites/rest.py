@@ -1,4 +1,4 @@
-"""The ``rest`` suite: the sync API over plain HTTP (``relay/rest_sync.py``) on a real relay process.
+"""The ``rest`` suite: the sync API over plain HTTP (``relay/http/rest_sync.py``) on a real relay process.
 
 Why these workloads:
 

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client.auth import AuthClient
-from client.local import ClientError, LocalClient
-from client.secrets import SecretStore
-from client.store import OutboxEntry
-from client.sync import SyncError, SyncService
+from client.local.client import ClientError, LocalClient
+from client.storage.secrets import SecretStore
+from client.storage.store import OutboxEntry
+from client.sync.auth import AuthClient
+from client.sync.service import SyncError, SyncService
 from crdt_core.verdict import ClaimState, Verdict
 from tests.chaos.journal import Journal, read_journal
 

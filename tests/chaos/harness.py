@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.auth import AuthClient
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.sync import SyncService
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService
 from tests.chaos.checker import CheckResult, check_run
 from tests.chaos.durability import AckAudit
 from tests.faults.proxy import FaultProxy, FaultRates
-from tests.relay.auth_helpers import (
+from tests.support.relay_process import (
     GENEROUS_LIMITS,
     PASSWORD,
     REPO,

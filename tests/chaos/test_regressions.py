@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from client.auth import AuthClient
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.sync import SyncService
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService
 from crdt_core.messages import CloseCode
 from crdt_core.verdict import ClaimState
 from tests.chaos.harness import SHOP, ChaosConfig, Relay, _plan, setup_accounts

@@ -17,8 +17,8 @@ from crdt_core.verdict import ClaimState
 
 # The module's relay and the profile cleanup are test_sync_relay's fixtures.
 from tests.client.test_sync_relay import _close_profiles, accounts, open_shop, relay, service  # noqa: F401
-from tests.relay.auth_helpers import FixedPortRelay
-from tests.strategies import client_block, yjs_update
+from tests.support.relay_process import FixedPortRelay
+from tests.support.strategies import client_block, yjs_update
 
 SLOT = "cut-10"
 TRIES = 4
@@ -71,7 +71,7 @@ async def test_a_tablet_that_met_bob_first_still_keeps_alice_first(
 
     Sent one by one, the relay would stamp them in the tablet's order and give Bob the seat
     every device showed Alice holding; the sync sends a carrier's queued updates of a document as
-    one bundle first (``client.sync._Session._send_bundles``), whose claims the relay stamps in
+    one bundle first (``client.sync.service._Session._send_bundles``), whose claims the relay stamps in
     their tentative order.
     """
     shop = "meetshop"

@@ -1,6 +1,6 @@
 """The ``quickslot`` CLI in real subprocesses, against a real relay process and real profile dirs.
 
-Every ``--json`` output is checked against ``client.cli.SCHEMAS`` with a tiny checker (required
+Every ``--json`` output is checked against ``client.cli.schemas.SCHEMAS`` with a tiny checker (required
 keys and types); exit codes are checked for usage errors (2), missing login (3), an unreachable
 relay (5), and an offline booking (0, queued). The end-to-end flow: an admin-granted owner creates
 a category, a shop and a slot of capacity 1; two customers book the last seat while the relay is
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from client.cli import SCHEMAS
-from tests.relay.auth_helpers import (
+from client.cli.schemas import SCHEMAS
+from tests.support.relay_process import (
     PASSWORD,
     QUICK_ACCOUNT_EVENTS,
     REPO,
@@ -44,7 +44,7 @@ SLOT = "cut-10"
 
 
 def check(value: Any, spec: Any, path: str = "$") -> None:
-    """Assert ``value`` matches ``spec`` (see client.cli's docstring: types, tuples, dicts, lists)."""
+    """Assert ``value`` matches ``spec`` (see client.cli.app's docstring: types, tuples, dicts, lists)."""
     if spec is None:
         assert value is None, f"{path}: expected null, got {value!r}"
     elif isinstance(spec, tuple):

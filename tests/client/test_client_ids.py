@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from client.local import LocalClient
-from client.peer_data import apply_from_peer
+from client.local.client import LocalClient
+from client.peer.data import apply_from_peer
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.reader import read_bookings
@@ -26,11 +26,11 @@ from crdt_core.records import sign_record
 from crdt_core.schema import CERTS_ROOT, SCHEMA_VERSION, DocId, Reservation
 from crdt_core.verdict import Verdict
 from crdt_core.yupdate import decode_state_vector
-from tests.client import DAY as OFFLINE_DAY, SHOP as OFFLINE_SHOP, close_all, open_profile
 from tests.client.test_rejected_verdict import forge_booking
 from tests.client.test_sync_relay import SLOT, accounts, open_shop, service
-from tests.crdt_factory import World
-from tests.relay.auth_helpers import FixedPortRelay, serving_fixed_port_relay
+from tests.support.clients import DAY as OFFLINE_DAY, SHOP as OFFLINE_SHOP, close_all, open_profile
+from tests.support.crdt_factory import World
+from tests.support.relay_process import FixedPortRelay, serving_fixed_port_relay
 
 DAY = (_dt.date.today() + _dt.timedelta(days=43)).isoformat()
 
@@ -179,7 +179,7 @@ async def test_a_relay_update_that_does_not_fit_rebuilds_the_document_from_the_r
     handed = await apply_from_peer(vic, [(str(doc), to_vic)])
     assert handed.applied == 1 and not handed.refused, handed
     assert "r-version-a" in (await vic.verdict(shop, DAY)).claims
-    caplog.set_level(logging.WARNING, logger="client.sync")
+    caplog.set_level(logging.WARNING, logger="client.sync.service")
     summary = await service(vic, relay, vic_auth).sync_once()
     assert str(doc) in summary.conflicts and str(doc) in summary.rebuilt, summary
     assert any(r.getMessage() == "relay_update_conflict" for r in caplog.records)

@@ -1,4 +1,4 @@
-"""``python -m client.demo_e2e`` (`make demo`) as a subprocess: it passes, tells its story, and cleans up.
+"""``python -m demos.e2e`` (`make demo`) as a subprocess: it passes, tells its story, and cleans up.
 
 The demo starts its own relay and CLI processes; this only checks its exit code, the key lines
 of its timeline (the offline contention, the waitlist and promotion notices, the staff
@@ -38,7 +38,7 @@ def test_demo_e2e_passes_and_tells_the_story() -> None:
     done = subprocess.run(
         # No time target here: the suite runs it beside other tests on a loaded machine (the
         # target is make demo's; test_a_demo_past_its_time_target_fails_loudly checks the rule).
-        [sys.executable, "-m", "client.demo_e2e", "--target", "0"],
+        [sys.executable, "-m", "demos.e2e", "--target", "0"],
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -100,7 +100,7 @@ def test_demo_e2e_passes_and_tells_the_story() -> None:
 
 def test_a_demo_past_its_time_target_fails_loudly() -> None:
     """`make demo` once said "passed" at 32.8 s against its 30 s target: now that is exit 3."""
-    from client.demo_e2e import TARGET_S, outcome
+    from demos.e2e import TARGET_S, outcome
 
     assert outcome(12.0, TARGET_S, None, 0) == (
         0,

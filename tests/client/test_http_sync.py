@@ -5,7 +5,7 @@ How websockets are blocked: a loopback proxy (``tests/faults/proxy.py`` with
 ``403 Blocked`` while it forwards plain HTTP untouched, as a corporate proxy that forbids
 websockets does. The profile behind it runs with the default ``transport="auto"``: it tries the
 websocket, is refused, finds that plain HTTP works and syncs over the relay's REST sync API
-(``client/http_sync.py``). The proxy counts the refused upgrades and the websocket messages it
+(``client/sync/http_fallback.py``). The proxy counts the refused upgrades and the websocket messages it
 carried, so the tests can say that nothing went over a websocket.
 """
 
@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from client.auth import AuthClient
-from client.events import (
+from client.local.client import LocalClient
+from client.local.events import (
     BookingCancelled,
     BookingConfirmed,
     BookingDemoted,
@@ -28,9 +28,9 @@ from client.events import (
     BookingWaitlisted,
     Synced,
 )
-from client.http_sync import HttpFallback
-from client.local import LocalClient
-from client.sync import SyncService
+from client.sync.auth import AuthClient
+from client.sync.http_fallback import HttpFallback
+from client.sync.service import SyncService
 from crdt_core.verdict import ClaimState
 from tests.client.test_sync_relay import (  # noqa: F401 - the module's relay and profile cleanup
     DAY,
@@ -44,7 +44,7 @@ from tests.client.test_sync_relay import (  # noqa: F401 - the module's relay an
     service,
 )
 from tests.faults.proxy import Fault, FaultProxy
-from tests.relay.auth_helpers import FixedPortRelay
+from tests.support.relay_process import FixedPortRelay
 
 Person = tuple[LocalClient, AuthClient]
 

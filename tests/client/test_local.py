@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-import client.local as local_mod
-from client.events import (
+import client.local.base as base_mod
+import client.local.model as model_mod
+from client.local.client import InvalidRequest, LocalClient, NotAllowed, NotFound, NotLoggedIn
+from client.local.events import (
     BookingConfirmed,
     BookingDemoted,
     BookingPromoted,
@@ -17,9 +19,8 @@ from client.events import (
     ClientEvent,
     LoggedOut,
 )
-from client.local import InvalidRequest, LocalClient, NotAllowed, NotFound, NotLoggedIn
-from client.secrets import SecretStore
-from client.store import DB_FILE
+from client.storage.secrets import SecretStore
+from client.storage.store import DB_FILE
 from crdt_core.authoring import write_stamps
 from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica
@@ -27,8 +28,8 @@ from crdt_core.errors import ValidationError
 from crdt_core.reader import read_bookings
 from crdt_core.schema import DocId
 from crdt_core.verdict import ClaimState, compute_verdict
-from tests.client import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
-from tests.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key, relay_replica
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
+from tests.support.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key, relay_replica
 
 DOC = f"bookings:{SHOP}:{DAY}"
 SHOP_DOC = f"shop:{SHOP}"
@@ -349,7 +350,8 @@ async def test_batch_applies_out_of_order_updates_and_computes_each_verdict_once
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(local_mod, "compute_verdict", counting)
+    for module in (base_mod, model_mod):  # the write path and its incremental verdicts
+        monkeypatch.setattr(module, "compute_verdict", counting)
     # u2 continues the writer's history from u1: alone it is refused (missing_deps).
     with pytest.raises(ValidationError, match="missing_deps"):
         await alice.apply_remote(DOC, u2)
@@ -644,16 +646,16 @@ async def test_a_booking_after_another_process_committed_is_redone_not_lost(
     alice = await customer(tmp_path, world, relay, "alice")
     twin = await open_profile(tmp_path / "alice", world, "u-alice")  # a second process, in effect
     stale: list[bool] = []
-    real = local_mod._unchanged_since
+    real = model_mod._unchanged_since
 
     def spy(conn: Any, data_version: int) -> None:
         try:
             real(conn, data_version)
-        except local_mod._Stale:
+        except model_mod._Stale:
             stale.append(True)
             raise
 
-    monkeypatch.setattr(local_mod, "_unchanged_since", spy)
+    monkeypatch.setattr(base_mod, "_unchanged_since", spy)
     booked = [
         await alice.book(SHOP, DAY, "cut-10"),
         await twin.book(SHOP, DAY, "cut-10"),

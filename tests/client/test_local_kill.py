@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.store import DB_FILE
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.storage.store import DB_FILE
 from crdt_core.engine import Replica
 from crdt_core.reader import read_bookings
-from tests.client import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
-from tests.crdt_factory import NOW_MS, World
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
+from tests.support.crdt_factory import NOW_MS, World
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = f"bookings:{SHOP}:{DAY}"

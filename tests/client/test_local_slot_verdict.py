@@ -14,12 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from client.local import LocalClient
-from client.projections import capacities_on
+from client.local.client import LocalClient
+from client.local.projections import capacities_on
 from crdt_core.reader import read_bookings, slot_templates
 from crdt_core.verdict import compute_verdict
-from tests.client import DAY, DAY_DATE, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
-from tests.crdt_factory import NOW_MS, World
+from tests.support.clients import (
+    DAY,
+    DAY_DATE,
+    SHOP,
+    FakeRelay,
+    close_all,
+    open_profile,
+    pull,
+    push,
+    setup_shop,
+)
+from tests.support.crdt_factory import NOW_MS, World
 
 DOC = f"bookings:{SHOP}:{DAY}"
 SHOP_DOC = f"shop:{SHOP}"

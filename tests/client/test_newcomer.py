@@ -21,7 +21,15 @@ import httpx
 import pytest
 
 from tests.client.test_cli import Cli
-from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, REPO, RelayProcess, _env, free_port, run_cli
+from tests.support.relay_process import (
+    GENEROUS_LIMITS,
+    PASSWORD,
+    REPO,
+    RelayProcess,
+    _env,
+    free_port,
+    run_cli,
+)
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SHOP = "newshop1"

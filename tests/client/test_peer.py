@@ -4,7 +4,7 @@ Three layers, each with what only it can show:
 
 * the sans-I/O machines in peer mode (handshake order, no stamps, digests only between peers);
 * in-process peers (a :class:`PeerServer` and :func:`peer_sync` over real websockets) whose
-  credentials come from a deterministic relay key (``tests.crdt_factory.World``), so expired,
+  credentials come from a deterministic relay key (``tests.support.crdt_factory.World``), so expired,
   foreign, stolen and mismatched credentials, forged updates and equivocation are cheap to make;
 * the must-show story with real processes: ``quickslot peer serve`` on the shop's tablet,
   ``quickslot peer sync`` from the customer's phone while the relay is down, then only the tablet
@@ -30,21 +30,21 @@ import jwt
 import pytest
 import websockets
 
-from client.auth import AuthClient
-from client.cli import SCHEMAS
-from client.events import BookingConfirmed
-from client.local import LocalClient
-from client.peer import (
+from client.cli.schemas import SCHEMAS
+from client.local.client import LocalClient
+from client.local.events import BookingConfirmed
+from client.peer.auth import PeerAuthError, PeerCredentials, PeerVerifier, Scope, offer
+from client.peer.data import content_digest, find_equivocation, split_by_writer
+from client.peer.dialer import (
     PeerLink,
     PeerRefusedUs,
     PeerUntrusted,
     peer_sync,
 )
-from client.peer_auth import PeerAuthError, PeerCredentials, PeerVerifier, Scope, offer
-from client.peer_data import content_digest, find_equivocation, split_by_writer
-from client.peer_server import PeerServer
-from client.secrets import SecretStore
-from client.sync import SyncService
+from client.peer.server import PeerServer
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService
 from crdt_core.authoring import Author
 from crdt_core.certs import DeviceKey, SigningKey, parse_certificate, public_bytes
 from crdt_core.clientids import client_id_for
@@ -77,10 +77,10 @@ from crdt_core.protocol import (
 )
 from crdt_core.schema import DocId, Reservation
 from crdt_core.yupdate import decode_update
-from tests.client import FakeRelay, close_all, open_profile, pull, push
 from tests.client.test_cli import check
-from tests.crdt_factory import World, fixed_seed_key
-from tests.relay.auth_helpers import (
+from tests.support.clients import FakeRelay, close_all, open_profile, pull, push
+from tests.support.crdt_factory import World, fixed_seed_key
+from tests.support.relay_process import (
     PASSWORD,
     QUICK_ACCOUNT_EVENTS,
     REPO,
@@ -92,7 +92,7 @@ from tests.relay.auth_helpers import (
     serving_fixed_port_relay,
     unique_email,
 )
-from tests.relay.sync_helpers import seed_categories
+from tests.support.sync_helpers import seed_categories
 
 SHOP = "peershop"
 SLOT = "cut-10"
@@ -130,7 +130,7 @@ def mint_token(
     typ: str = "access",
     cnf: dict[str, Any] | None = None,
 ) -> str:
-    """An access token exactly as ``relay.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
+    """An access token exactly as ``relay.auth.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
     key = signer or world.relay
     iat = int(time.time()) if iat_s is None else iat_s
     claims: dict[str, Any] = {

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from client.local import LocalClient
+from client.local.client import LocalClient
 from crdt_core.authoring import new_id
 from crdt_core.schema import DocId, Reservation
 from crdt_core.verdict import ClaimState, Verdict
-from tests.client import OPENED, close_all
 from tests.client.test_sync_relay import SLOT, accounts, open_shop, service
-from tests.relay.auth_helpers import FixedPortRelay, serving_fixed_port_relay
+from tests.support.clients import OPENED, close_all
+from tests.support.relay_process import FixedPortRelay, serving_fixed_port_relay
 
 DAY = (_dt.date.today() + _dt.timedelta(days=41)).isoformat()
 

@@ -18,10 +18,10 @@ import pytest
 from keyring.backends import fail, null
 from keyring.errors import PasswordDeleteError
 
-import client.secrets as secrets_mod
-from client.secrets import SECRETS_FILE, Secret, SecretStore, SecretStoreError, keyring_is_usable
-from tests.client import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
-from tests.crdt_factory import World, fixed_seed_key
+import client.storage.secrets as secrets_mod
+from client.storage.secrets import SECRETS_FILE, Secret, SecretStore, SecretStoreError, keyring_is_usable
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
+from tests.support.crdt_factory import World, fixed_seed_key
 
 ACCESS = "eyJhbGciOiJFZERTQSJ9.access-token-secret-4f1c"
 REFRESH = "refresh-token-secret-9d2e7b"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.test_cli import Cli
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
 
 SHOP = "staffshop"
 SLOT = "cut-9"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from client.store import DB_FILE, MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from client.storage.store import DB_FILE, MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from crdt_core.engine import Replica
 
 

@@ -17,9 +17,9 @@ import httpx
 import jwt
 import pytest
 
-import client.local as local_mod
-from client.auth import AuthClient
-from client.events import (
+import client.local.client as local_mod
+from client.local.client import LocalClient
+from client.local.events import (
     BookingDemoted,
     BookingRejected,
     BookingWaitlisted,
@@ -28,16 +28,16 @@ from client.events import (
     RelayReachable,
     RelayUnreachable,
 )
-from client.local import LocalClient
-from client.projections import ReservationRow
-from client.secrets import SecretStore
-from client.sync import SyncLoginRequired, SyncRelayUnreachable, SyncService
+from client.local.projections import ReservationRow
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncLoginRequired, SyncRelayUnreachable, SyncService
 from crdt_core.pop import proof_headers, rest
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
-from tests.client import OPENED, close_all
-from tests.eventually import eventually
-from tests.relay.auth_helpers import (
+from tests.support.clients import OPENED, close_all
+from tests.support.eventually import eventually
+from tests.support.relay_process import (
     GENEROUS_LIMITS,
     PASSWORD,
     QUICK_ACCOUNT_EVENTS,
@@ -48,7 +48,7 @@ from tests.relay.auth_helpers import (
     serving_fixed_port_relay,
     unique_email,
 )
-from tests.relay.sync_helpers import seed_categories
+from tests.support.sync_helpers import seed_categories
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
@@ -121,7 +121,7 @@ async def open_shop(
 ) -> None:
     """The owner creates ``shop`` with slot ``SLOT`` and syncs it. Its customers here book the slot
     again and again, so it allows ``per_customer`` active claims each (the default rule, one, is
-    tested in tests/client/test_shop_rules_cli.py and tests/relay/test_shop_rules_at_relay.py)."""
+    tested in tests/client/test_shop_rules_cli.py and tests/relay/sync/test_shop_rules_at_relay.py)."""
     await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
     await owner.create_shop(shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0)
     await owner.add_slot(

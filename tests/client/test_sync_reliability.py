@@ -35,31 +35,31 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import client.local as local_mod
-from client.auth import AuthClient
-from client.events import ClientEvent, RelayReachable, RelayUnreachable
-from client.local import ClientError, LocalClient
-from client.secrets import SecretStore
-from client.store import DB_FILE
-from client.sync import SyncService
+import client.local.client as local_mod
+from client.local.client import ClientError, LocalClient
+from client.local.events import ClientEvent, RelayReachable, RelayUnreachable
+from client.storage.secrets import SecretStore
+from client.storage.store import DB_FILE
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import EMPTY_UPDATE, Replica
 from crdt_core.reader import read_bookings
 from crdt_core.validation import Rights
 from crdt_core.verdict import ClaimState
 from crdt_core.yupdate import decode_state_vector, decode_update
-from tests.client import (
+from tests.client.test_cli import Cli
+from tests.client.test_sync_relay import accounts, drain, open_profile, open_shop, service
+from tests.support.clients import (
     DAY as OFFLINE_DAY,
     OPENED,
     SHOP as OFFLINE_SHOP,
     close_all,
     open_profile as offline_profile,
 )
-from tests.client.test_cli import Cli
-from tests.client.test_sync_relay import accounts, drain, open_profile, open_shop, service
-from tests.crdt_factory import World
-from tests.relay.auth_helpers import REPO, FixedPortRelay, _env, serving_fixed_port_relay
-from tests.relay.sync_helpers import seed_categories
+from tests.support.crdt_factory import World
+from tests.support.relay_process import REPO, FixedPortRelay, _env, serving_fixed_port_relay
+from tests.support.sync_helpers import seed_categories
 
 FIRST_DAY = _dt.date.today() + _dt.timedelta(days=40)
 SLOT = "cut-10"
@@ -257,7 +257,7 @@ class Restored:
 def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     root = tmp_path_factory.mktemp("restore")
     shop, d = "epochshop", day(3)
-    # A short restore stamp hold (relay/stamp_hold.py; 600 s by default): claims made right after
+    # A short restore stamp hold (relay/sync/stamp_hold.py; 600 s by default): claims made right after
     # the restore wait for it, as they would in production.
     relay = FixedPortRelay(root / "relay-data", "--restore-stamp-hold", "1")
     relay.start()

@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from client.auth import AuthClient, RelayInsecure
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.sync import SyncRelayInsecure, SyncService
-from client.tls import PinMismatch, TlsSettings, format_pin, parse_pin, pin_of_certificate, tls_failure
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient, RelayInsecure
+from client.sync.service import SyncRelayInsecure, SyncService
+from client.sync.tls import PinMismatch, TlsSettings, format_pin, parse_pin, pin_of_certificate, tls_failure
 from tests.client.test_cli import Cli
-from tests.relay.auth_helpers import PASSWORD, FixedPortRelay
+from tests.support.relay_process import PASSWORD, FixedPortRelay
 
 EXIT_INSECURE = 6
 

@@ -23,13 +23,13 @@ import pytest
 import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.auth import AuthClient
-from client.local import LocalClient
-from client.peer import PeerLink, peer_sync
-from client.peer_auth import PeerCredentials, PeerVerifier, transcript
-from client.peer_server import PeerServer
-from client.secrets import SecretStore
-from client.sync import SyncService
+from client.local.client import LocalClient
+from client.peer.auth import PeerCredentials, PeerVerifier, transcript
+from client.peer.dialer import PeerLink, peer_sync
+from client.peer.server import PeerServer
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService
 from crdt_core.certs import Certificate, public_bytes
 from crdt_core.messages import CloseCode
 from crdt_core.pop import (
@@ -45,8 +45,8 @@ from crdt_core.pop import (
     rest,
     token_binding,
 )
-from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, RelayProcess, bearer, login, unique_email
-from tests.relay.sync_helpers import SyncClient, b64url, new_account, remember_key
+from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, RelayProcess, bearer, login, unique_email
+from tests.support.sync_helpers import SyncClient, b64url, new_account, remember_key
 
 ME = rest("GET", "/api/v1/auth/me")
 LOGOUT = rest("POST", "/api/v1/auth/logout")

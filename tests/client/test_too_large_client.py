@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import describe_event
-from client.events import BookingConfirmed, BookingEvent, BookingTooLarge
-from client.local import LocalClient
+from client.cli.output import describe_event
+from client.local.client import LocalClient
+from client.local.events import BookingConfirmed, BookingEvent, BookingTooLarge
 from crdt_core.verdict import ClaimState
-from tests.client import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
-from tests.crdt_factory import World
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
+from tests.support.crdt_factory import World
 
 SHOP_DOC = f"shop:{SHOP}"
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from client.auth import AuthClient
-from client.local import LocalClient
-from client.secrets import SecretStore
-from client.sync import SyncService
-from tests.client import OPENED
-from tests.relay.auth_helpers import GENEROUS_LIMITS, PASSWORD, RelayProcess, unique_email
-from tests.servers.haproxy import HAProxy
-from tests.servers.redis import RedisServer
+from client.local.client import LocalClient
+from client.storage.secrets import SecretStore
+from client.sync.auth import AuthClient
+from client.sync.service import SyncService
+from tests.support.clients import OPENED
+from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, RelayProcess, unique_email
+from tests.support.servers.haproxy import HAProxy
+from tests.support.servers.redis import RedisServer
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import redis
+from tests.support.servers import redis
 
 
 @pytest.fixture

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from client.sync import SyncService
-from tests.client import close_all
+from client.sync.service import SyncService
 from tests.cluster.cluster import DAY, SLOT, Cluster, Person, bookings_doc, open_shop, people
-from tests.servers.haproxy import unavailable_reason as haproxy_unavailable
-from tests.servers.postgres import PostgresServer
-from tests.servers.redis import RedisServer, unavailable_reason as redis_unavailable
+from tests.support.clients import close_all
+from tests.support.servers.haproxy import unavailable_reason as haproxy_unavailable
+from tests.support.servers.postgres import PostgresServer
+from tests.support.servers.redis import RedisServer, unavailable_reason as redis_unavailable
 
 
 @pytest.fixture(scope="module")

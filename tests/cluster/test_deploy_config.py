@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.relay.auth_helpers import REPO
-from tests.servers.haproxy import find_haproxy, unavailable_reason
+from tests.support.relay_process import REPO
+from tests.support.servers.haproxy import find_haproxy, unavailable_reason
 
 
 def test_deploy_haproxy_cfg_is_valid(tmp_path: Path) -> None:

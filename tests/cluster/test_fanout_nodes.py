@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from crdt_core.engine import Replica
-from relay.documents import DocumentManager, StampSequence
+from relay.documents.manager import DocumentManager
+from relay.documents.results import StampSequence
 from relay.fanout.base import Committed
 from relay.fanout.redis_streams import RedisStreamFanout
 from relay.store.base import AppendResult, StampConflictError, StoreError
 from relay.store.postgres import PostgresDocumentStore
-from tests.servers.redis import RedisServer
+from tests.support.servers.redis import RedisServer
 
 DOC = "bookings:s1:2030-01-01"
 

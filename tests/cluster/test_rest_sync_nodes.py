@@ -21,10 +21,10 @@ import pytest
 from crdt_core.engine import Replica
 from crdt_core.protocol import DocSynced, StampReceived, UpdateReceived
 from crdt_core.reader import read_bookings
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess
-from tests.relay.rest_helpers import Writer, b64, post_batch
-from tests.relay.sync_helpers import SyncClient, fetch_document, new_account, token_headers
-from tests.servers.redis import RedisServer
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+from tests.support.rest_helpers import Writer, b64, post_batch
+from tests.support.servers.redis import RedisServer
+from tests.support.sync_helpers import SyncClient, fetch_document, new_account, token_headers
 
 DAY = (dt.date.today() + dt.timedelta(days=9)).isoformat()
 DOC = f"bookings:restnodes:{DAY}"

@@ -20,9 +20,9 @@ import pytest
 from crdt_core.engine import Replica
 from crdt_core.protocol import Acked, StampReceived
 from crdt_core.reader import read_bookings
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, store_args
-from tests.relay.sync_helpers import Account, SyncClient, fetch_document, new_account
-from tests.servers.redis import RedisServer
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, store_args
+from tests.support.servers.redis import RedisServer
+from tests.support.sync_helpers import Account, SyncClient, fetch_document, new_account
 
 DOC = f"bookings:holdnodes:{(dt.date.today() + dt.timedelta(days=6)).isoformat()}"
 SLOT = "cut-10"

@@ -19,8 +19,8 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from tests.eventually import eventually
 from tests.faults.proxy import Fault, FaultProxy, FaultRates, FaultRecord
+from tests.support.eventually import eventually
 
 Received = list[bytes]
 

@@ -1,6 +1,6 @@
 """A raw websocket connection to the relay for fuzzing: sends anything, decodes everything it gets.
 
-Unlike ``tests.relay.sync_helpers.SyncClient`` it runs no client state machine: the fuzzer sends
+Unlike ``tests.support.sync_helpers.SyncClient`` it runs no client state machine: the fuzzer sends
 messages a correct client never would, and every message the relay sends back is decoded with the
 reference codec, so a malformed answer from the relay is itself a finding (``malformed``).
 """

@@ -26,7 +26,7 @@ from crdt_core.schema import SCHEMA_VERSION, Reservation, StatusEvent, UserProfi
 from crdt_core.yupdate import decode_update
 from tests.fuzz.cases import Corpus
 from tests.fuzz.generators import client_message
-from tests.strategies import map_item, struct_block, yjs_update
+from tests.support.strategies import map_item, struct_block, yjs_update
 
 DAY_MS = 86_400_000
 

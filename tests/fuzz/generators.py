@@ -49,7 +49,7 @@ from tests.fuzz.wire import (
     huge_header,
     pack_map,
 )
-from tests.strategies import map_item, struct_block, varuint, yjs_update
+from tests.support.strategies import map_item, struct_block, varuint, yjs_update
 
 CLIENT_TYPES = ("sub", "upd", "unsub", "auth")
 OTHER_TYPES = ("welcome", "sync", "ack", "stamp", "stamped", "err", "hello", "challenge", "x", "")

@@ -57,8 +57,8 @@ from tests.fuzz.oracles import (
     predict_first,
     predict_open,
 )
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, peak_rss_bytes, rss_bytes
-from tests.relay.sync_helpers import Account, SyncClient, login_device, new_account
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, peak_rss_bytes, rss_bytes
+from tests.support.sync_helpers import Account, SyncClient, login_device, new_account
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ left the pin (and a re-subscription's registration) in place for the rest of the
 protocol had already dropped the subscription, so it counted against no ``max_docs`` limit: one
 authenticated connection could keep any number of documents loaded and unloadable, up to the
 relay's document bound, after which every user's new subscriptions fail. Fixed in
-``relay.sync_hub.SyncHub._subscribe``: a refused subscription ends the hub's side of it too.
+``relay.sync.hub.SyncHub._subscribe``: a refused subscription ends the hub's side of it too.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from crdt_core.messages import ErrorCode
 from crdt_core.protocol import Acked, DocSynced, ErrorReceived
 from crdt_core.records import sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation
-from tests.relay.auth_helpers import GENEROUS_LIMITS, RelayProcess, peak_rss_bytes
-from tests.relay.sync_helpers import SyncClient, new_account
-from tests.strategies import map_item, struct_block, yjs_update
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, peak_rss_bytes
+from tests.support.strategies import map_item, struct_block, yjs_update
+from tests.support.sync_helpers import SyncClient, new_account
 
 IDLE_S = 0.4
 BAD_SV = b"\xff"  # a state vector that does not decode: err bad_doc

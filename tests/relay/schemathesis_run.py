@@ -9,7 +9,7 @@ sign proofs of possession), and ``schemathesis run`` generates requests for ever
 * ``response_schema_conformance``, ``status_code_conformance``, ``content_type_conformance``:
   every answer is one the OpenAPI documents.
 
-The normal test suite runs a bounded pass (``tests/relay/test_rest_sync_schema.py``);
+The normal test suite runs a bounded pass (``tests/relay/http/test_rest_sync_schema.py``);
 ``make schemathesis`` runs a long one::
 
     python -m tests.relay.schemathesis_run --max-examples 500 --seed 7
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.relay.auth_helpers import GENEROUS_LIMITS, REPO, RelayProcess, login, register, unique_email
-from tests.relay.rest_helpers import seed_catalogue
+from tests.support.relay_process import GENEROUS_LIMITS, REPO, RelayProcess, login, register, unique_email
+from tests.support.rest_helpers import seed_catalogue
 
 CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"
 

@@ -3,7 +3,7 @@ export { Float64, canonicalPack, checkCanonical, decodeExact } from "./canonical
 export { fromHex, toHex } from "./bytes.js";
 export { CertificateCache, certIdOf, issueCertificate, parseCertificate, validAt } from "./certs.js";
 export { GENERATIONS, clientIdFor, clientIdsOf, generationOf, ownsClient } from "./clientids.js";
-export { ed25519PublicKey } from "./crypto.js";
+export { ed25519PublicKey, newDeviceKey } from "./crypto.js";
 export { SchemaError, SignatureError, ValidationError } from "./errors.js";
 export { EngineError } from "./engine-error.js";
 export { ClockSkewError, HybridClock, Timestamp, compareTimestamps } from "./hlc.js";
@@ -44,7 +44,7 @@ export {
 export { decodeUpdate, stateClocks } from "./yupdate.js";
 export { book, newId, writeRecords } from "./booking.js";
 export { SyncConnection, SyncError } from "./connection.js";
-export { authProof, popStatement, tokenClaims } from "./pop.js";
+export { authProof, fromBase64Url, popStatement, toBase64Url, tokenClaims } from "./pop.js";
 export { RelayError, fetchRelayKeys, login, register } from "./relay-api.js";
 export { IndexedDBStore, MemoryStore, TABLES } from "./store.js";
 export { QuickSlotClient, backoffDelay, bookingsDoc } from "./client.js";

@@ -27,14 +27,37 @@ export function readMap(doc, docId, root) {
   if (!doc.share.has(root)) return out;
   for (const [key, raw] of doc.getMap(root).entries()) {
     if (!(raw instanceof Uint8Array)) continue;
-    try {
-      const env = openRecord(raw, { canonical: false });
-      out.set(key, parseRecord(ref.kind, root, key, env.kind, env.fields, env.schemaVersion));
-    } catch (err) {
-      if (!(err instanceof SchemaError)) throw err;
-    }
+    const record = parsedRecord(raw, ref.kind, root, key);
+    if (record !== null) out.set(key, record);
   }
   return out;
+}
+
+/**
+ * Records already parsed, by the value Yjs holds (the same Uint8Array each time a map is read):
+ * a client recomputes a day's verdict after every change, and decoding every record again made
+ * each booking cost a little more than the one before.
+ * @type {WeakMap<Uint8Array, {kind: string, root: string, key: string, record: TypedRecord | null}>}
+ */
+const parsed = new WeakMap();
+
+/**
+ * The typed record `raw` holds under `root`/`key` of a document of `kind`, or null if it does not
+ * parse. @param {Uint8Array} raw @param {string} kind @param {string} root @param {string} key
+ * @returns {TypedRecord | null}
+ */
+function parsedRecord(raw, kind, root, key) {
+  const hit = parsed.get(raw);
+  if (hit && hit.kind === kind && hit.root === root && hit.key === key) return hit.record;
+  let record = null;
+  try {
+    const env = openRecord(raw, { canonical: false });
+    record = parseRecord(/** @type {any} */ (kind), root, key, env.kind, env.fields, env.schemaVersion);
+  } catch (err) {
+    if (!(err instanceof SchemaError)) throw err;
+  }
+  parsed.set(raw, { kind, root, key, record });
+  return record;
 }
 
 /**

@@ -1,0 +1,1 @@
+"""Tests of the pure core (``crdt_core``): engine, schema, records, validation, verdict, protocol."""
