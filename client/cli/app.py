@@ -358,8 +358,9 @@ async def _run(args: argparse.Namespace) -> int:
         except sqlite3.Error as exc:
             raise profile_error(exc, home) or exc from exc
         if not args.streamed:
-            shown = json.dumps(data, default=str) if args.json else printable(human, multiline=True)
-            print(shown, flush=True)
+            print(
+                json.dumps(data, default=str) if args.json else printable(human, multiline=True), flush=True
+            )
         return int(args.exit_code)
     finally:
         await local.close()

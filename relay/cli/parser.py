@@ -345,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
         " so clients re-send the stamps the backup lacks first (0: off; default %(default)s)",
     )
     serve.add_argument(
+        "--no-app",
+        dest="serve_app",
+        action="store_false",
+        help="do not serve the web app at /app/ (default: served)",
+    )
+    serve.add_argument(
+        "--app-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the built web app to serve (default: web/app/dist)",
+    )
+    serve.add_argument(
         "--forwarded-allow-ips",
         default=None,
         metavar="IPS",
@@ -438,6 +451,8 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         ),
         redis_url=args.redis,
         restore_stamp_hold_s=args.restore_stamp_hold,
+        serve_app=args.serve_app,
+        app_dir=args.app_dir,
         rate_limits=RateLimits(
             login_account=args.login_rate_account,
             login_address=args.login_rate_address,

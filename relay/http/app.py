@@ -42,6 +42,7 @@ from relay.http.api import (
 from relay.http.rest_routes import RestSyncExtension
 from relay.http.staff_lookup import router as staff_lookup_router
 from relay.http.sync_socket import SyncExtension
+from relay.http.web_app import WebAppExtension
 from relay.ops.config import RelayConfig
 from relay.ops.logging import get_logger, log_event
 from relay.ops.metrics import MetricsRegistry
@@ -53,8 +54,11 @@ log = get_logger(__name__)
 
 def _builtin_extensions(config: RelayConfig) -> list[RelayExtension]:
     """Extensions every relay runs: the document store and the sync websocket ``/api/v1/sync``,
-    and the REST sync API on the same hub."""
-    return [SyncExtension(config), RestSyncExtension(config)]
+    and the REST sync API on the same hub; the web app at ``/app/`` unless turned off."""
+    exts: list[RelayExtension] = [SyncExtension(config), RestSyncExtension(config)]
+    if config.serve_app:
+        exts.append(WebAppExtension(config.app_dir))
+    return exts
 
 
 def create_app(

@@ -207,6 +207,10 @@ class RelayConfig:
     # After a restore (the epoch changed under stored documents): how long new claims wait
     # unstamped so clients can re-send the stamps the backup lacks (relay.sync.stamp_hold); 0: never.
     restore_stamp_hold_s: float = 600.0
+    # The web app (relay.http.web_app) at /app/: on unless --no-app; ``app_dir`` None is the built
+    # app of this checkout (web/app/dist).
+    serve_app: bool = True
+    app_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.access_ttl_s <= 0 or self.refresh_ttl_s <= 0 or self.certificate_ttl_s <= 0:

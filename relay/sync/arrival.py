@@ -3,9 +3,8 @@
 The writer rules are the core's (``crdt_core.validation.validate_update``, the same function
 every replica runs), judged by the relay's clock and the users' current rights (the arrival
 rules: docs/design.md, "Authorship"). On top: the party limits (``relay.sync.hub``, "Impossible
-parties"), a customer's repeat claim on a slot (``duplicate_booking``, ``crdt_core.repeats``), and
-the re-send check (:func:`refuse_equivocation`). The shop's staff list (``crdt_core.shop_rules``,
-read with the slot templates) gives staff rights in its days.
+parties"), the per-customer limit of a slot (``crdt_core.repeats``), staff rights from the shop's
+staff list (``crdt_core.shop_rules``), and the re-send check (:func:`refuse_equivocation`).
 """
 
 from __future__ import annotations

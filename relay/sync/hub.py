@@ -73,14 +73,15 @@ live stream never overtake each other.
   several customers' offline bookings never reorders them. Claims of *different* updates are
   numbered in the order the updates are ordered, even when they share one group commit: each
   update's stamp records are built, applied and fanned out with it before the batch exists.
-* **Impossible parties** (``_refuse_impossible_parties``): a bookings update with a reservation whose
-  party exceeds ``SyncLimits.max_party`` (``--max-party``), or the capacity its slot has that day
-  in the relay's copy of the shop document (an open slot: capacity above 0), is refused at
-  arrival with ``party_too_large``. The verdict would make it ``too_large`` anyway
+* **Impossible parties** (``ArrivalRules.refuse_impossible_parties``): a bookings update with a
+  reservation whose party exceeds ``SyncLimits.max_party`` (``--max-party``), or the capacity
+  its slot has that day in the relay's copy of the shop document (an open slot: capacity above
+  0), is refused at arrival with ``party_too_large``. The verdict would make it ``too_large`` anyway
   (``crdt_core.verdict``); refusing it tells the sender at once and keeps it out of the log.
   Likewise a customer's further claim on a slot beyond its ``per_customer`` (``duplicate`` in the
   verdict) is refused with ``duplicate_booking`` (``crdt_core.repeats``), and the shop's staff
-  list gives staff rights in its days (``crdt_core.shop_rules``, read with the templates).
+  list gives staff rights in its days (``crdt_core.shop_rules``, read with the templates). These
+  checks live in ``relay.sync.arrival``.
 """
 
 from __future__ import annotations

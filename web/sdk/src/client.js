@@ -435,12 +435,15 @@ export class QuickSlotClient {
     return out.sort((a, b) => (a.start + a.slotId < b.start + b.slotId ? -1 : 1));
   }
 
-  /** @param {string} docId @param {string} reservationId */
-  view(docId, reservationId) {
+  /**
+   * @param {string} docId @param {string} reservationId
+   * @param {Map<string, any>} [read] the day's reservations already read (a caller viewing many at once reads them once)
+   */
+  view(docId, reservationId, read) {
     const ref = /** @type {{kind: "bookings", shopId: string, day: string}} */ (parseDocId(docId));
     const verdict = this.verdicts.get(docId) ?? this.verdictOf(docId);
     const doc = /** @type {Y.Doc} */ (this.docs.get(docId)?.doc);
-    const res = readMap(doc, docId, "reservations").get(reservationId);
+    const res = (read ?? readMap(doc, docId, "reservations")).get(reservationId);
     if (!res) return null;
     const claim = verdict.claims.get(reservationId);
     const outbox = [...this.entries.values()].filter((e) => e.reservationId === reservationId && e.docId === docId);
@@ -459,8 +462,9 @@ export class QuickSlotClient {
     const out = [];
     for (const docId of [...this.docs.keys()].sort()) {
       if (parseDocId(docId).kind !== "bookings") continue;
-      for (const id of readMap(/** @type {Y.Doc} */ (this.docs.get(docId)?.doc), docId, "reservations").keys()) {
-        const v = this.view(docId, id);
+      const read = readMap(/** @type {Y.Doc} */ (this.docs.get(docId)?.doc), docId, "reservations");
+      for (const id of read.keys()) {
+        const v = this.view(docId, id, read);
         if (v && (all || v.customer === this.session?.userId)) out.push(v);
       }
     }
