@@ -301,7 +301,7 @@ class AuthClient:
 
     async def find_user(self, shop_id: str, email: str) -> dict[str, Any]:
         """The ``{user_id, display_name}`` of the account with ``email``: asked as an owner of
-        ``shop_id`` (``relay.staff_lookup``), to name that person in the shop's staff list.
+        ``shop_id`` (``relay.http.staff_lookup``), to name that person in the shop's staff list.
 
         Raises:
             AuthError: ``no_such_user``, ``forbidden`` (not an owner of the shop), ...

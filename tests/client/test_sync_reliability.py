@@ -391,8 +391,13 @@ def replicas(relay: FixedPortRelay, tmp_path_factory: pytest.TempPathFactory) ->
         owner, owner_auth = people["owner"]
         await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
         await owner.create_shop(shop, name="Conv", category="hair", location="X", lat=1.0, lon=2.0)
-        await owner.add_slot(shop, "s2", service="cut", start="09:00", duration=30, capacity=2)
-        await owner.add_slot(shop, "s3", service="dye", start="10:00", duration=60, capacity=3)
+        # random schedules book a slot again and again for one customer: let them hold several
+        await owner.add_slot(
+            shop, "s2", service="cut", start="09:00", duration=30, capacity=2, per_customer=100
+        )
+        await owner.add_slot(
+            shop, "s3", service="dye", start="10:00", duration=60, capacity=3, per_customer=100
+        )
         assert (await service(owner, relay, owner_auth).sync_once()).pending == 0
         for name in CUSTOMERS:
             local, auth = people[name]
