@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -15,11 +14,11 @@ from client.cli.schemas import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from client.local.client import ClientError, InvalidRequest, NotAllowed, NotFound, NotLoggedIn
-from client.sync.auth import AuthError, LoginRequired, RelayUnavailable
+from client.errors import ClientError
+from client.local.errors import InvalidRequest, NotAllowed, NotFound, NotLoggedIn
 
 
-class CliError(Exception):
+class CliError(ClientError):
     """A failure to report with an exit code (and a stable ``code`` for ``--json``)."""
 
     def __init__(self, exit_code: int, code: str, message: str) -> None:
@@ -46,15 +45,19 @@ def classify(exc: BaseException) -> CliError | None:
         return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
     if sync is not None and isinstance(exc, sync.SyncStopped):
         return CliError(EXIT_REJECTED, "relay_stopped", str(exc))
-    if isinstance(exc, LoginRequired | NotLoggedIn):
+    if isinstance(exc, NotLoggedIn):
         return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
-    if isinstance(exc, AuthError):
+    # client.sync.auth (httpx, the device keys) is loaded by whatever raised one of its errors.
+    auth = sys.modules.get("client.sync.auth")
+    if auth is not None and isinstance(exc, auth.LoginRequired):
+        return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
+    if auth is not None and isinstance(exc, auth.AuthError):
         if exc.status == 401:
             return CliError(EXIT_AUTH, exc.code, f"{exc.code}: {exc.message or 'authentication failed'}")
         if exc.status in (400, 422):
             return CliError(EXIT_USAGE, exc.code, str(exc))
         return CliError(EXIT_REJECTED, exc.code, str(exc))
-    if isinstance(exc, RelayUnavailable):
+    if auth is not None and isinstance(exc, auth.RelayUnavailable):
         return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
     if isinstance(exc, InvalidRequest):
         return CliError(EXIT_USAGE, "invalid", str(exc))
@@ -77,6 +80,8 @@ def fail(err: CliError, as_json: bool) -> int:
 
 def profile_error(exc: BaseException, home: Path) -> CliError | None:
     """A failure of the profile's own files, with its path and what to do (None: not one)."""
+    import sqlite3  # loaded already by the store that raised; not at start-up
+
     from client.storage.store import DB_FILE
 
     db = home / DB_FILE

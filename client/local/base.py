@@ -1,5 +1,7 @@
 """The core of :class:`client.local.client.LocalClient`: one profile's state and its write path."""
 
+from __future__ import annotations
+
 import asyncio
 import base64
 import json
@@ -29,9 +31,9 @@ from client.local.model import (
     _unchanged_since,
     _Work,
     _writer_client,
-    log,
 )
 from client.local.projections import ProjectedRecord
+from client.log import get_logger
 from client.storage.secrets import SecretStore
 from client.storage.store import DB_FILE, DEFAULT_COMPACT_MIN_BYTES, AppendResult, Store, Tx
 from crdt_core.authoring import Author, new_id
@@ -54,6 +56,8 @@ from crdt_core.schema import (
     parse_record,
 )
 from crdt_core.verdict import Verdict, compute_verdict
+
+log = get_logger(__name__)
 
 
 class LocalBase:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
 from client.local.client import LocalClient
+from client.log import get_logger
 from client.peer.auth import (
     PeerAuthError,
     PeerCredentials,
@@ -59,7 +59,7 @@ from crdt_core.protocol import (
 
 __all__ = ["SERVER_NAME", "PeerServer"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SERVER_NAME = "quickslot-peer/0.1"
 #: Documents one peer connection may subscribe at once (more: ``err too_many_docs``).

@@ -13,6 +13,7 @@ from typing import Any
 
 from client.local.client import LocalClient
 from client.local.events import RelayReachable, RelayUnreachable, Synced
+from client.log import get_logger, log_event
 from client.sync.auth import AuthClient, http_base
 from client.sync.errors import SyncLoginRequired, SyncStopped
 from crdt_core.errors import EngineError, ValidationError
@@ -22,7 +23,7 @@ from crdt_core.protocol import (
 )
 from crdt_core.yupdate import decode_state_vector, decode_update
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Yjs's encoding of an update that carries nothing: never worth sending.
 _EMPTY_UPDATE = b"\x00\x00"
@@ -96,7 +97,7 @@ async def rebuild_doc(svc: ServiceBase, summary: SyncSummary, doc: str, state: b
     try:
         result = await svc.local.rebuild_from_relay(doc, state)
     except ValidationError as exc:
-        log.warning("doc_rebuild_failed", extra={"doc": doc, "code": exc.code, "detail": exc.detail})
+        log_event(log, "doc_rebuild_failed", logging.WARNING, doc=doc, code=exc.code, detail=exc.detail)
         summary.rebuild_failed[doc] = f"{exc.code}: {exc.detail}"
         return False
     summary.rebuilt[doc] = result.reason

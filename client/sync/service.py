@@ -58,8 +58,9 @@ from typing import Any, Protocol
 import websockets
 
 from client.local.client import LocalClient
+from client.log import get_logger
 from client.sync.auth import AuthClient, LoginRequired, RelayInsecure, RelayUnavailable, http_base
-from client.sync.base import _MAX_DOWNLOAD, ServiceBase, SyncSummary, _Closed, log, sync_url
+from client.sync.base import _MAX_DOWNLOAD, ServiceBase, SyncSummary, _Closed, sync_url
 from client.sync.errors import (
     SyncError,
     SyncLoginRequired,
@@ -72,6 +73,8 @@ from client.sync.session import _Session
 from client.sync.tls import tls_failure
 from crdt_core.messages import CloseAction, CloseCode, close_action
 from crdt_core.pop import STALE_REASON, SYNC, proof_headers
+
+log = get_logger(__name__)
 
 __all__ = [
     "SyncError",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from client.log import get_logger, log_event
 from client.storage.store import OutboxEntry
 from client.sync.base import (
     _EMPTY_SV,
@@ -22,7 +24,6 @@ from client.sync.base import (
     SyncSummary,
     _Closed,
     _is_full_state,
-    log,
     rebuild_doc,
 )
 from crdt_core.engine import merge_updates
@@ -41,6 +42,8 @@ from crdt_core.protocol import (
     UpdateReceived,
     Welcomed,
 )
+
+log = get_logger(__name__)
 
 
 class _SessionEvents:
@@ -242,7 +245,9 @@ class _SessionEvents:
     async def _conflict(self, doc: str, what: str, error: ValidationError) -> None:
         """A relay update did not apply here even so: rebuild ``doc`` from the relay's state."""
         reason = f"{what} did not apply locally: {error.code}: {error.detail}"
-        log.warning("relay_update_conflict", extra={"doc": doc, "code": error.code, "detail": error.detail})
+        log_event(
+            log, "relay_update_conflict", logging.WARNING, doc=doc, code=error.code, detail=error.detail
+        )
         self.summary.conflicts[doc] = reason
         if doc in self.repaired:
             return  # rebuilt on this connection already: the next sync tries again
