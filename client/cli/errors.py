@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from client.cli.schemas import (
     EXIT_AUTH,
@@ -26,6 +27,9 @@ class CliError(ClientError):
         self.exit_code = exit_code
         self.code = code
         self.message = message
+        #: What happened before the failure and must not be lost with it (booking events learnt
+        #: before a peer went away): ``(event as JSON, line for a person)``, printed by :func:`fail`.
+        self.happened: list[tuple[dict[str, Any], str]] = []
 
 
 def classify(exc: BaseException) -> CliError | None:
@@ -72,8 +76,13 @@ def classify(exc: BaseException) -> CliError | None:
 
 def fail(err: CliError, as_json: bool) -> int:
     if as_json:
-        payload = {"error": {"code": err.code, "message": err.message, "exit_code": err.exit_code}}
-        print(json.dumps(payload))
+        payload: dict[str, Any] = {"code": err.code, "message": err.message, "exit_code": err.exit_code}
+        if err.happened:
+            payload["events"] = [event for event, _line in err.happened]
+        print(json.dumps({"error": payload}, default=str))
+    else:
+        for _event, line in err.happened:
+            print(line, flush=True)
     print(f"quickslot: {err.message}", file=sys.stderr)
     return err.exit_code
 

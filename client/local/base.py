@@ -230,6 +230,13 @@ class LocalBase:
         self._author = None
         self.emit(LoggedOut(at_ms=self._now_ms(), reason=reason))
 
+    async def certificate_on_disk(self) -> bytes | None:
+        """The device certificate the profile's store holds now: None once any process sharing
+        the profile logged out (this object's :attr:`identity` is only what it read at open)."""
+        async with self.store.read() as tx:
+            text = await tx.get_meta(_META_CERT)
+        return None if text is None else base64.b64decode(text)
+
     def _require_author(self) -> tuple[Author, Identity]:
         if self._author is None or self._identity is None:
             raise NotLoggedIn("not logged in")

@@ -38,6 +38,7 @@ from client.errors import ClientError
 from client.local.client import LocalClient
 from client.log import get_logger
 from client.sync.tls import tls_failure
+from client.sync.urls import http_base
 from crdt_core.b64 import b64url, b64url_decode
 from crdt_core.certs import DeviceKey, public_bytes
 from crdt_core.pop import proof_headers, rest
@@ -101,19 +102,6 @@ class LoginResult:
     email: str
     cert_id: str
     relay_keys: dict[str, bytes]
-
-
-def http_base(relay_url: str) -> str:
-    """The relay's HTTP base URL for a ``ws://``/``wss://``/``http(s)://`` URL given by the user."""
-    url = relay_url.rstrip("/")
-    if url.startswith("ws://"):
-        url = "http://" + url[len("ws://") :]
-    elif url.startswith("wss://"):
-        url = "https://" + url[len("wss://") :]
-    for suffix in ("/api/v1/sync",):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:
