@@ -465,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="read the password from the first line of stdin (required)",
     )
+    imported = user_sub.add_parser(
+        "import",
+        parents=[common],
+        help="create accounts from a JSON-lines file with their password hashes (PBKDF2 from the"
+        " original system, or Argon2id); each user's first login upgrades the hash (docs/relay.md)",
+    )
+    imported.add_argument("file", help='one {"email", "password_hash", "name", "roles"} object per line')
     user_sub.add_parser("list", parents=[common], help="list accounts")
     disable = user_sub.add_parser("disable", parents=[common], help="disable an account and end its sessions")
     disable.add_argument("email", help="the account's email address")
@@ -750,6 +757,12 @@ def run(args: argparse.Namespace) -> Any:
                 password = _read_password()
                 return asyncio.run(_with_auth(config, lambda a: _user_add(a, args, password)))
             _require_data_dir(config)
+            if args.user_command == "import":
+                from relay.user_import import import_users, parse_lines
+
+                with open(args.file, encoding="utf-8") as source:
+                    rows, skipped = parse_lines(source)
+                return asyncio.run(_with_auth(config, lambda a: import_users(a, rows, skipped)))
             if args.user_command == "list":
                 return asyncio.run(_with_auth(config, _user_list))
             if args.user_command in ("disable", "enable"):
@@ -811,6 +824,11 @@ def _print_human(args: argparse.Namespace, result: Any) -> None:
         widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
         for row in [headers, *table]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return
+    if args.command == "user" and args.user_command == "import":
+        for row in result["skipped"]:
+            print(f"line {row['line']}: skipped: {row['reason']}")
+        print(f"imported {len(result['imported'])} accounts, skipped {len(result['skipped'])}")
         return
     if args.command == "user":
         verb = {"add": "added", "disable": "disabled", "enable": "enabled", "grant": "updated"}[
