@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # so three workers fit two cores; a module stays on one worker (its module-scoped relay starts once).
 PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: demo demo-offline test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
+.PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -40,8 +40,26 @@ $(SDK_STAMP): $(SDK)/package-lock.json
 	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(SDK_STAMP)
 
-test-web: $(SDK_STAMP)
+# The web app bundles the SDK with esbuild (web/app/package-lock.json) after the same JSDoc type
+# check as the SDK's (its TypeScript); dist/ is what the relay serves at /app/ and what
+# tests/web/test_app_browser.py drives in Chromium.
+APP := web/app
+APP_STAMP := $(APP)/node_modules/.installed
+$(APP_STAMP): $(APP)/package-lock.json $(SDK_STAMP)
+	cd $(APP) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(APP_STAMP)
+
+test-web: $(SDK_STAMP) $(APP_STAMP)
 	cd $(SDK) && npm run --silent typecheck && node --test --test-reporter=dot test/
+	cd $(APP) && npm run --silent typecheck && npm run --silent build
+
+# The web app (web/app): a relay with demo shops on a free loopback port; prints the app's URL.
+app: $(STAMP) $(APP_STAMP)
+	$(BIN)/python -m tools.app_demo
+
+# The web app in Chromium: gzipped size, first paint from cache, booking click to screen (docs/web.md).
+bench-web: $(STAMP) $(APP_STAMP)
+	$(BIN)/python -m benchmarks.web_app
 
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q

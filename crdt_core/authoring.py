@@ -24,7 +24,6 @@ from crdt_core.hlc import HybridClock
 from crdt_core.records import sign_record, signer_ref
 from crdt_core.schema import (
     CERTS_ROOT,
-    SCHEMA_VERSION,
     DocId,
     EventType,
     Reservation,
@@ -111,7 +110,7 @@ class Author:
         for record, key in records:
             if key is None:
                 key = getattr(record, record.KEY_FIELD) if record.KEY_FIELD else self._new_id()
-            raw = sign_record(did, key, record.KIND, record.to_fields(), self.device, SCHEMA_VERSION)
+            raw = sign_record(did, key, record.KIND, record.to_fields(), self.device, record.needed_version())
             entries.append((record.ROOT, key, raw))
         return replica.write(entries)
 
@@ -175,7 +174,11 @@ def write_stamps(
         stamp = Stamp(no=first_no + offset, reservation=rid, at=at_ms)
         key = stamp_key(stamp.no)
         entries.append(
-            (Stamp.ROOT, key, sign_record(did, key, Stamp.KIND, stamp.to_fields(), relay_key, SCHEMA_VERSION))
+            (
+                Stamp.ROOT,
+                key,
+                sign_record(did, key, Stamp.KIND, stamp.to_fields(), relay_key, stamp.needed_version()),
+            )
         )
         stamps.append(stamp)
     return stamps, replica.write(entries)

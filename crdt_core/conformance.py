@@ -19,7 +19,6 @@ Building is pure; the only I/O is :func:`main` (``python -m crdt_core.conformanc
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import struct
 import sys
@@ -44,11 +43,12 @@ from crdt_core.certs import (
 from crdt_core.clientids import client_id_for
 from crdt_core.engine import Replica
 from crdt_core.errors import CodecError, ValidationError
-from crdt_core.reader import BookingsState, newest_per
+from crdt_core.reader import BookingsState, newest_per, shop_staff
 from crdt_core.records import RECORD_DOMAIN, RECORD_FORMAT, RELAY_SIGNER_PREFIX, open_record, sign_record
 from crdt_core.schema import (
     CERTS_ROOT,
     SCHEMA_VERSION,
+    BookedDay,
     Category,
     DocId,
     Reservation,
@@ -62,6 +62,7 @@ from crdt_core.schema import (
     UserProfile,
     capacities_on,
     parse_day,
+    per_customer_limits,
     stamp_key,
 )
 from crdt_core.validation import ArrivalPolicy, Rights, validate_update
@@ -221,10 +222,11 @@ class World:
 
 
 def _signed(
-    doc: str, key: str, record: TypedRecord, by: Device | SigningKey, version: int = SCHEMA_VERSION
+    doc: str, key: str, record: TypedRecord, by: Device | SigningKey, version: int | None = None
 ) -> bytes:
+    """``record`` signed by ``by``, as the lowest schema version that holds it unless ``version``."""
     signer = by.key if isinstance(by, Device) else by
-    return sign_record(doc, key, record.KIND, record.to_fields(), signer, version)
+    return sign_record(doc, key, record.KIND, record.to_fields(), signer, version or record.needed_version())
 
 
 def _signed_fields(
@@ -233,7 +235,7 @@ def _signed_fields(
     kind: str,
     fields: dict[str, Any],
     by: Device | SigningKey,
-    version: int = SCHEMA_VERSION,
+    version: int = 1,
 ) -> bytes:
     signer = by.key if isinstance(by, Device) else by
     return sign_record(doc, key, kind, fields, signer, version)
@@ -289,10 +291,15 @@ def _arrival(spec: Mapping[str, Any] | None) -> ArrivalPolicy | None:
 
 
 def _outcome(
-    doc: str, replica: Replica, update: bytes, trusted: Mapping[str, bytes], arrival: Mapping[str, Any] | None
+    doc: str,
+    replica: Replica,
+    update: bytes,
+    trusted: Mapping[str, bytes],
+    arrival: Mapping[str, Any] | None,
+    staff: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     try:
-        result = validate_update(doc, replica, update, CertificateCache(trusted), _arrival(arrival))
+        result = validate_update(doc, replica, update, CertificateCache(trusted), _arrival(arrival), staff)
     except ValidationError as exc:
         return {"valid": False, "reason": exc.code}
     return {"valid": True, "records": sorted([r.root, r.key] for r in result.records)}
@@ -321,7 +328,18 @@ def judge_record(case: Mapping[str, Any], keys: Mapping[str, Any]) -> dict[str, 
             signer = "unparsable"
     writer = doc_state.copy(client_id_for(signer, 0))
     update = writer.write([(case["root"], case["key"], value)])
-    return _outcome(case["doc"], doc_state, update, trusted, case.get("arrival"))
+    return _outcome(case["doc"], doc_state, update, trusted, case.get("arrival"), _staff_of(case))
+
+
+def _staff_of(case: Mapping[str, Any]) -> frozenset[str] | None:
+    """The staff list of the case's ``shop`` entries (records of the bookings document's shop)."""
+    if "shop" not in case:
+        return None
+    shop = Replica(1)
+    entries = [(c["root"], c["key"], bytes.fromhex(c["value"])) for c in case["shop"]]
+    if entries:
+        shop.write(entries)
+    return shop_staff(shop, SHOP_DOC)
 
 
 def judge_update(case: Mapping[str, Any], keys: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,8 +372,8 @@ def judge_message(case: Mapping[str, Any]) -> dict[str, Any]:
     return {"valid": True, "t": message.TYPE, "direction": direction, "fields": _jsonable(fields)}
 
 
-def _capacities(slots: Sequence[Mapping[str, Any]], day: _dt.date) -> dict[str, int]:
-    """Per slot id, the seats of its current template (``reader.newest_per``) on ``day``."""
+def _templates(slots: Sequence[Mapping[str, Any]]) -> dict[str, SlotTemplate]:
+    """Per slot id, its current template (``reader.newest_per``) from a verdict case's ``slots``."""
     templates = {
         s["key"]: SlotTemplate(
             id=s["id"],
@@ -366,12 +384,13 @@ def _capacities(slots: Sequence[Mapping[str, Any]], day: _dt.date) -> dict[str, 
             weekdays=tuple(s["weekdays"]) if s.get("weekdays") is not None else None,
             active=s["active"],
             hlc=s["hlc"],
+            per_customer=s.get("per_customer"),
         )
         for s in slots
     }
     if len(templates) != len(slots):
         raise ValueError("a verdict case names one slot record key twice")
-    return capacities_on(newest_per(templates, lambda t: t.id), day)
+    return newest_per(templates, lambda t: t.id)
 
 
 def judge_verdict(case: Mapping[str, Any]) -> dict[str, Any]:
@@ -382,7 +401,8 @@ def judge_verdict(case: Mapping[str, Any]) -> dict[str, Any]:
         events={e["id"]: StatusEvent(**e) for e in case["events"]},
         stamps={s["no"]: Stamp(no=s["no"], reservation=s["reservation"], at=0) for s in case["stamps"]},
     )
-    verdict = compute_verdict(state, _capacities(case["slots"], day))
+    templates = _templates(case["slots"])
+    verdict = compute_verdict(state, capacities_on(templates, day), per_customer_limits(templates))
     claims = {
         rid: {
             "state": c.state.value,
@@ -411,8 +431,10 @@ def _record_case(
     context: Sequence[tuple[str, str, bytes]] = (),
     arrival: dict[str, Any] | None = None,
     note: str = "",
+    shop: Sequence[tuple[str, str, bytes]] | None = None,
 ) -> dict[str, Any]:
-    """``expect`` is a reason code, or ``{"kind": ..., ...}`` for a valid record (its parsed form)."""
+    """``expect`` is a reason code, or ``{"kind": ..., ...}`` for a valid record (its parsed form).
+    ``shop``: entries of the bookings document's shop document (its staff list counts)."""
     case: dict[str, Any] = {
         "name": name,
         "note": note,
@@ -423,6 +445,8 @@ def _record_case(
         "certificates": [d.cert_id for d in certificates],
         "context": [{"root": r, "key": k, "value": _hex(v)} for r, k, v in context],
     }
+    if shop is not None:
+        case["shop"] = [{"root": r, "key": k, "value": _hex(v)} for r, k, v in shop]
     if arrival is not None:
         case["arrival"] = arrival
     if isinstance(expect, str):
@@ -1362,6 +1386,229 @@ def _record_cases(w: World) -> list[dict[str, Any]]:
     return cases
 
 
+def _rule_cases(w: World) -> list[dict[str, Any]]:
+    """Control characters in text, a booking's day against its HLC, the slot's ``per_customer``
+    (schema version 2), a shop's category at arrival, and staff rights from the shop's staff list."""
+    alice, bob, sam, olga, ada = w["alice"], w["bob"], w["sam"], w["olga"], w["ada"]
+    cases: list[dict[str, Any]] = []
+
+    def case(
+        name: str,
+        doc: str,
+        root: str,
+        key: str,
+        value: bytes,
+        certs: Sequence[Device],
+        reason: str = "",
+        **kw: Any,
+    ) -> None:
+        expect: str | dict[str, Any] = reason or _parsed(value)
+        cases.append(_record_case(name, doc, root, key, value, expect, certificates=certs, **kw))
+
+    # -- control characters: one-line text refuses C0, DEL and C1; a description may hold line feeds
+    prof = ShopProfile("Cut & Go", "", "Main St 1", 0, 0, None, "9-17", hlc(node="sam"))
+    for label, field_name, text in (
+        ("escape_in_a_shop_name", "name", "Cut \x1b[31mGo"),
+        ("bell_in_a_shop_name", "name", "Cut\x07"),
+        ("newline_in_an_address", "address", "Main St 1\nFake line"),
+        ("c1_csi_in_the_hours", "hours", "9-17\x9b2J"),
+        ("delete_in_a_shop_name", "name", "Cut\x7f"),
+        ("carriage_return_in_a_description", "description", "line one\rline two"),
+    ):
+        fields = {**prof.to_fields(), field_name: text}
+        raw = _signed_fields(SHOP_DOC, "k-p", "shop_profile", fields, sam)
+        case(f"control_{label}", SHOP_DOC, "profile", "k-p", raw, [sam], "schema")
+    fields = {**prof.to_fields(), "description": "Cuts.\nNo appointment needed."}
+    raw = _signed_fields(SHOP_DOC, "k-p", "shop_profile", fields, sam)
+    case("line_feed_in_a_description", SHOP_DOC, "profile", "k-p", raw, [sam], note="a multi-line field")
+    res = _res("r-ctl", "bob", note="ring twice\x07")
+    case(
+        "control_bell_in_a_note",
+        DAY_DOC,
+        "reservations",
+        res.id,
+        _signed(DAY_DOC, res.id, res, bob),
+        [bob],
+        "schema",
+    )
+    res_a = _res("r-alice", "alice", party=2)
+    with_res_a = [("reservations", res_a.id, _signed(DAY_DOC, res_a.id, res_a, alice))]
+    ev = _event("e-ctl", res_a.id, "decline", "sam", 1000, reason="full\x1b]0;owned\x07")
+    raw = _signed(DAY_DOC, ev.id, ev, sam)
+    case("control_osc_in_a_reason", DAY_DOC, "events", ev.id, raw, [alice, sam], "schema", context=with_res_a)
+    cat = {"id": "c-x", "name": "Hair\u0085", "hlc": hlc(node="ada")}
+    raw = _signed_fields(CATALOG_DOC, "k-c", "category", cat, ada)
+    case("control_c1_next_line_in_a_category_name", CATALOG_DOC, "categories", "k-c", raw, [ada], "schema")
+
+    # -- a booking's day: from its HLC's UTC date minus 1 day to plus 366 days
+    for label, day, reason in (
+        ("day_before_the_hlc_date", "2027-01-14", ""),
+        ("two_days_before_the_hlc_date", "2027-01-13", "day_out_of_range"),
+        ("far_past_day", "2020-01-01", "day_out_of_range"),
+        ("day_366_days_ahead", "2028-01-16", ""),
+        ("day_367_days_ahead", "2028-01-17", "day_out_of_range"),
+        ("far_future_day", "9999-12-31", "day_out_of_range"),
+    ):
+        doc = f"bookings:{SHOP}:{day}"
+        res = _res("r-d", "bob")
+        case(
+            f"reservation_{label}", doc, "reservations", res.id, _signed(doc, res.id, res, bob), [bob], reason
+        )
+
+    # -- per_customer: a slot field of schema version 2
+    slot = SlotTemplate("s-9", "Class", "18:00", 60, 12, None, True, hlc(node="sam"), per_customer=3)
+    raw = _signed(SHOP_DOC, "k-s", slot, sam, 2)
+    case("slot_per_customer_in_schema_version_2", SHOP_DOC, "slots", "k-s", raw, [sam])
+    raw = _signed(SHOP_DOC, "k-s", slot, sam, 1)
+    case(
+        "slot_per_customer_in_schema_version_1",
+        SHOP_DOC,
+        "slots",
+        "k-s",
+        raw,
+        [sam],
+        "schema",
+        note="a field version 1 does not have",
+    )
+    raw = _signed_fields(SHOP_DOC, "k-s", "slot", {**slot.to_fields(), "per_customer": 0}, sam, 2)
+    case("slot_per_customer_zero", SHOP_DOC, "slots", "k-s", raw, [sam], "schema")
+
+    # -- a shop's category must exist (arrival)
+    summ = ShopSummary(SHOP, "Cut & Go", "c-none", "Main St 1", 1, 2, None, True, hlc(node="olga"))
+    raw = _signed(CATALOG_DOC, "k-sh", summ, olga)
+    arrival = {"now_ms": NOW_MS}
+    case(
+        "arrival_shop_in_a_category_that_does_not_exist",
+        CATALOG_DOC,
+        "shops",
+        "k-sh",
+        raw,
+        [olga],
+        "unknown_category",
+        arrival=arrival,
+    )
+    case(
+        "shop_in_an_unknown_category_without_arrival_rules",
+        CATALOG_DOC,
+        "shops",
+        "k-sh",
+        raw,
+        [olga],
+        note="a replica judging what the relay forwards does not look the category up",
+    )
+    known = Category(id="c-none", name="Other", icon=None, hlc=hlc(node="ada"))
+    held = [("categories", "k-c1", _signed(CATALOG_DOC, "k-c1", known, ada))]
+    case(
+        "arrival_shop_in_a_category_the_catalogue_defines",
+        CATALOG_DOC,
+        "shops",
+        "k-sh",
+        raw,
+        [olga, ada],
+        context=held,
+        arrival=arrival,
+    )
+
+    # -- staff rights from the shop's staff list (entries signed by the owner)
+    NO_RIGHTS = {"admin": False, "owner_of": [], "staff_of": []}  # noqa: N806
+
+    def entry(key: str, user: str, active: bool, at: int = 0) -> tuple[str, str, bytes]:
+        rec = StaffEntry(user=user, role="staff", active=active, hlc=hlc(at, node="olga"))
+        return ("staff", key, _signed(SHOP_DOC, key, rec, olga))
+
+    ev = _event("e-bob", res_a.id, "confirm", "bob", 1000)
+    raw = _signed(DAY_DOC, ev.id, ev, bob)
+    listed = [("certs", olga.cert_id, olga.key.certificate), entry("k-st1", "bob", True)]
+    case(
+        "confirm_by_a_user_the_staff_list_names",
+        DAY_DOC,
+        "events",
+        ev.id,
+        raw,
+        [alice, bob],
+        context=with_res_a,
+        shop=listed,
+        note="bob's certificate names no shop",
+    )
+    case(
+        "confirm_by_a_user_the_staff_list_names_at_arrival",
+        DAY_DOC,
+        "events",
+        ev.id,
+        raw,
+        [alice, bob],
+        context=with_res_a,
+        shop=listed,
+        arrival={"now_ms": NOW_MS, "current_rights": {"bob": NO_RIGHTS}},
+        note="the relay gives bob no shop either: the owner's word in the shop document counts",
+    )
+    removed = [*listed, entry("k-st2", "bob", False, 500)]
+    case(
+        "confirm_by_a_user_the_staff_list_removed",
+        DAY_DOC,
+        "events",
+        ev.id,
+        raw,
+        [alice, bob],
+        "forbidden",
+        context=with_res_a,
+        shop=removed,
+        note="the newest entry for bob (hlc, key) is inactive",
+    )
+    case(
+        "confirm_by_a_user_the_staff_list_names_without_a_relay_account",
+        DAY_DOC,
+        "events",
+        ev.id,
+        raw,
+        [alice, bob],
+        "forbidden",
+        context=with_res_a,
+        shop=listed,
+        arrival={"now_ms": NOW_MS, "current_rights": {}},
+    )
+    slot_b = SlotTemplate("s-b", "Cut", "10:00", 30, 2, None, True, hlc(1000, node="bob"))
+    raw = _signed(SHOP_DOC, "k-sb", slot_b, bob)
+    case(
+        "slot_by_a_user_the_staff_list_names",
+        SHOP_DOC,
+        "slots",
+        "k-sb",
+        raw,
+        [olga, bob],
+        context=[entry("k-st1", "bob", True)],
+    )
+    entry_b = StaffEntry(user="alice", role="staff", active=True, hlc=hlc(1000, node="bob"))
+    raw = _signed(SHOP_DOC, "k-st9", entry_b, bob)
+    case(
+        "staff_entry_by_a_user_the_staff_list_names",
+        SHOP_DOC,
+        "staff",
+        "k-st9",
+        raw,
+        [olga, bob],
+        "forbidden",
+        context=[entry("k-st1", "bob", True)],
+        note="the staff list grants staff rights, never ownership",
+    )
+
+    # -- booked days: the user's own list of (shop, day), schema version 2
+    day_rec = BookedDay(shop=SHOP, day=DAY, hlc=hlc(node="alice"))
+    raw = _signed("user:alice", "k-d1", day_rec, alice)
+    case("booked_day_by_its_user", "user:alice", "days", "k-d1", raw, [alice])
+    raw = _signed("user:alice", "k-d1", day_rec, bob)
+    case("booked_day_in_another_users_document", "user:alice", "days", "k-d1", raw, [bob], "forbidden")
+    raw = _signed("user:alice", "k-d1", day_rec, alice, 1)
+    case(
+        "booked_day_in_schema_version_1", "user:alice", "days", "k-d1", raw, [alice], "schema",
+        note="the record kind exists from schema version 2",
+    )  # fmt: skip
+    fields = {"shop": SHOP, "day": "2027-02-30", "hlc": hlc(node="alice")}
+    raw = _signed_fields("user:alice", "k-d1", "booked_day", fields, alice, 2)
+    case("booked_day_on_no_such_day", "user:alice", "days", "k-d1", raw, [alice], "schema")
+    return cases
+
+
 # --- Yjs updates ---------------------------------------------------------------------------------------
 
 
@@ -2032,6 +2279,7 @@ def _slot(
     at: int = -DAY_MS,
     active: bool = True,
     weekdays: Sequence[int] | None = None,
+    per_customer: int | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "key": key or f"k-{slot_id}",
@@ -2042,6 +2290,8 @@ def _slot(
     }
     if weekdays is not None:
         out["weekdays"] = list(weekdays)
+    if per_customer is not None:
+        out["per_customer"] = per_customer
     return out
 
 
@@ -2106,8 +2356,9 @@ def _verdict_cases() -> list[dict[str, Any]]:
         ),
         _verdict_case(
             "tentative_order_hlc_then_customer_then_id",
-            "unstamped claims rank by (hlc, customer, reservation id), each compared as a string",
-            [_slot("s-9", 2)],
+            "unstamped claims rank by (hlc, customer, reservation id), each compared as a string"
+            " (amy may hold 3 claims here)",
+            [_slot("s-9", 2, per_customer=3)],
             [
                 {**_claim("r-y", "zed"), "hlc": hlc(5, node="dev")},
                 {**_claim("r-x", "amy"), "hlc": hlc(5, node="dev")},
@@ -2327,6 +2578,67 @@ def _verdict_cases() -> list[dict[str, Any]]:
             [_claim("r1", "ann", 3), _claim("r2", "ben", 1, at=1)],
             {"r1": _c("waitlisted", 0, position=1), "r2": _c("waitlisted", 1, position=2)},
         ),
+        _verdict_case(
+            "repeat_booking_is_duplicate_and_blocks_nobody",
+            "ann books s-9 twice: her second claim is duplicate (no seat, no place); ben behind it is served",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann"), _claim("r2", "ann", at=1), _claim("r3", "ben", 1, at=2)],
+            {
+                "r1": _c("confirmed", 0, stamp=1, final=True),
+                "r2": _c("duplicate", 1, stamp=2, final=True),
+                "r3": _c("confirmed", 2, stamp=3, final=True),
+            },
+            stamps=[_st(1, "r1"), _st(2, "r2"), _st(3, "r3")],
+        ),
+        _verdict_case(
+            "waitlisted_claim_counts_as_active",
+            "ann waits for s-9 (full); booking it again does not queue her twice",
+            [_slot("s-9", 1)],
+            [_claim("r0", "ben"), _claim("r1", "ann", at=1), _claim("r2", "ann", at=2)],
+            {
+                "r0": _c("confirmed", 0),
+                "r1": _c("waitlisted", 1, position=1),
+                "r2": _c("duplicate", 2),
+            },
+        ),
+        _verdict_case(
+            "per_customer_allows_more",
+            "the slot's per_customer 2: ann's first two claims count, her third is duplicate",
+            [_slot("s-9", 5, per_customer=2)],
+            [_claim("r1", "ann"), _claim("r2", "ann", at=1), _claim("r3", "ann", at=2)],
+            {"r1": _c("confirmed", 0), "r2": _c("confirmed", 1), "r3": _c("duplicate", 2)},
+        ),
+        _verdict_case(
+            "booking_again_after_a_cancel",
+            "ann cancelled r1 (at +5 ms) before booking r2 (at +9 ms): r2 counts",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann"), _claim("r2", "ann", at=9)],
+            {"r1": _c("cancelled", 0), "r2": _c("confirmed", 1)},
+            events=[_ev("e1", "r1", "cancel", "ann", at=5)],
+        ),
+        _verdict_case(
+            "a_cancel_after_the_repeat_does_not_revive_it",
+            "r1 cancelled at +20 ms, after r2 was written (+9 ms): r2 was a repeat when written and stays"
+            " duplicate, so the cancel promotes no claim over those behind it",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann"), _claim("r2", "ann", at=9), _claim("r3", "ben", at=10)],
+            {"r1": _c("cancelled", 0), "r2": _c("duplicate", 1), "r3": _c("confirmed", 2)},
+            events=[_ev("e1", "r1", "cancel", "ann", at=20)],
+        ),
+        _verdict_case(
+            "a_too_large_claim_counts_for_no_repeat",
+            "ann's party of 3 can never fit a slot of 2 (too_large, holds nothing): her next claim counts",
+            [_slot("s-9", 2)],
+            [_claim("r1", "ann", 3), _claim("r2", "ann", 1, at=1)],
+            {"r1": _c("too_large", 0), "r2": _c("confirmed", 1)},
+        ),
+        _verdict_case(
+            "repeats_count_per_slot",
+            "one claim per customer per slot: ann on s-9 and on s-10 holds both",
+            [_slot("s-9", 2), _slot("s-10", 2)],
+            [_claim("r1", "ann"), _claim("r2", "ann", slot="s-10", at=1)],
+            {"r1": _c("confirmed", 0), "r2": _c("confirmed", 0)},
+        ),
     ]
     return cases
 
@@ -2398,7 +2710,7 @@ def build_corpus() -> dict[str, str]:
     """
     world = World()
     keys = world.keys_file()
-    records = _checked(_record_cases(world), lambda c: judge_record(c, keys), "records")
+    records = _checked(_record_cases(world) + _rule_cases(world), lambda c: judge_record(c, keys), "records")
     updates = _checked(_update_cases(world), lambda c: judge_update(c, keys), "updates")
     messages = _checked(_message_cases(), judge_message, "messages")
     verdicts = _checked(_verdict_cases(), judge_verdict, "verdicts")

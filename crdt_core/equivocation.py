@@ -34,7 +34,7 @@ def find_equivocation(replica: Replica, update: bytes) -> str | None:
         decoded = decode_update(update)
     except EngineError:
         return None
-    clocks = replica.state_clocks()
+    clocks = replica.clocks()
     for ins in decoded.inserts:
         if ins.clock >= clocks.get(ins.client, 0):
             continue  # new here: validation decides

@@ -18,9 +18,12 @@ from crdt_core.records import open_record
 from crdt_core.schema import (
     CERTS_ROOT,
     SCHEMA_VERSION,
+    BookedDay,
+    Category,
     DocId,
     Reservation,
     SlotTemplate,
+    StaffEntry,
     Stamp,
     StatusEvent,
     TypedRecord,
@@ -30,12 +33,15 @@ from crdt_core.schema import (
 
 __all__ = [
     "BookingsState",
+    "booked_days",
+    "category_ids",
     "highest_stamp",
     "newest",
     "newest_per",
     "read_bookings",
     "read_map",
     "schema_version_of",
+    "shop_staff",
     "slot_templates",
 ]
 
@@ -135,6 +141,31 @@ def slot_templates(replica: Replica, shop_doc: str | DocId) -> dict[str, SlotTem
         key: rec for key, rec in read_map(replica, doc, "slots").items() if isinstance(rec, SlotTemplate)
     }
     return newest_per(templates, lambda rec: rec.id)
+
+
+def shop_staff(replica: Replica, shop_doc: str | DocId) -> frozenset[str]:
+    """Users the shop's staff list names as active staff or owners: per user, the current entry
+    (:func:`newest_per`) with ``active`` true. Every entry was signed by an admin or an owner of
+    the shop when it arrived (``validation.may_write``), so this is the owner's word; it grants
+    staff rights (``validation.Rights.with_shop_staff``), never ownership."""
+    doc = shop_doc if isinstance(shop_doc, DocId) else parse_doc_id(shop_doc)
+    entries = {k: r for k, r in read_map(replica, doc, StaffEntry.ROOT).items() if isinstance(r, StaffEntry)}
+    return frozenset(user for user, e in newest_per(entries, lambda e: e.user).items() if e.active)
+
+
+def booked_days(replica: Replica, user: str) -> set[tuple[str, str]]:
+    """The (shop id, day) pairs the user's document ``user:<user>`` lists: the bookings documents a
+    new device of the user fetches to show the bookings made on other devices."""
+    doc = DocId.user(user)
+    return {
+        (r.shop, r.day) for r in read_map(replica, doc, BookedDay.ROOT).values() if isinstance(r, BookedDay)
+    }
+
+
+def category_ids(replica: Replica, catalog: DocId | None = None) -> frozenset[str]:
+    """The category ids the catalogue document defines (categories are never removed)."""
+    doc = catalog if catalog is not None else DocId.catalog()
+    return frozenset(r.id for r in read_map(replica, doc, Category.ROOT).values() if isinstance(r, Category))
 
 
 def highest_stamp(replica: Replica) -> int:

@@ -15,6 +15,7 @@ version does not know is accepted only from a newer version, where it is treated
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from crdt_core.errors import SchemaError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BookedDay",
     "Category",
     "DocId",
     "DocKind",
@@ -40,14 +42,25 @@ __all__ = [
     "UserProfile",
     "capacities_on",
     "capacity_on",
+    "has_control_characters",
     "parse_day",
+    "per_customer_limits",
+    "printable",
     "parse_doc_id",
     "parse_record",
     "record_class",
     "stamp_key",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""Version 2 added the slot field ``per_customer`` and the user document's ``days`` map of
+``booked_day`` records (docs/records.md section 6)."""
+
+#: Terminal control characters: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F). No text field may
+#: hold one (an ESC or BEL in a shop name would drive the terminal that prints it); a multi-line
+#: field may hold line feeds (U+000A) only.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_MULTILINE_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _HLC_RE = re.compile(r"[0-9]{13}-[0-9]{6}-[A-Za-z0-9_-]{1,64}\Z")
@@ -125,11 +138,19 @@ def parse_day(text: object) -> _dt.date:
 def parse_doc_id(text: object) -> DocId:
     """Parse and check a document id; every other spelling is refused.
 
+    Remembers the last ids it parsed (a ``DocId`` is immutable): the relay parses the id of the
+    document an update is for several times per update (profile of the per-booking path).
+
     Raises:
         SchemaError: unknown kind, malformed id or date.
     """
     if not isinstance(text, str) or len(text) > 200:
         raise SchemaError("doc id must be a short string")
+    return _parse_doc_id(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_doc_id(text: str) -> DocId:
     if text == "catalog":
         return DocId(DocKind.CATALOG)
     kind, _, rest = text.partition(":")
@@ -152,12 +173,30 @@ class _F:
     """One field: its Python type, whether required, and its bounds."""
 
     name: str
-    type: str  # "str", "id", "hlc", "int", "float", "bool", "hhmm", "weekdays", "enum", "url"
+    type: str  # "str", "id", "hlc", "int", "float", "bool", "hhmm", "day", "weekdays", "enum", "url"
     required: bool = True
     max_len: int = 200
     lo: float | None = None
     hi: float | None = None
     enum: frozenset[str] | None = None
+    multiline: bool = False
+    """Text that may hold line feeds (a shop's description); every other text is one line."""
+    since: int = 1
+    """The schema version that added the field: in an older record it is an unknown field."""
+
+
+def has_control_characters(text: str, multiline: bool = False) -> bool:
+    """Whether ``text`` holds a character no text field may hold (line feeds allowed if ``multiline``)."""
+    return (_CONTROL_MULTILINE_RE if multiline else _CONTROL_RE).search(text) is not None
+
+
+def printable(text: str, multiline: bool = False) -> str:
+    """``text`` safe to print on a terminal: each control character (line feeds kept when
+    ``multiline``) shown as a visible escape such as ``\\x1b``. For display only: records
+    written before schema version 2 may hold control characters, and a newer version could add a
+    multi-line field."""
+    pattern = _CONTROL_MULTILINE_RE if multiline else _CONTROL_RE
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
@@ -166,6 +205,8 @@ def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
     if t in ("str", "url"):
         if not isinstance(value, str) or len(value) > spec.max_len:
             raise SchemaError(f"{where} must be text of at most {spec.max_len} characters")
+        if has_control_characters(value, spec.multiline):
+            raise SchemaError(f"{where} holds a control character")
         if t == "url" and value and not re.match(r"https?://", value):
             raise SchemaError(f"{where} must be an http(s) URL")
         return value
@@ -174,6 +215,11 @@ def _check_field(spec: _F, value: Any, schema_version: int) -> Any:
     if t == "hlc":
         if not isinstance(value, str) or not _HLC_RE.match(value):
             raise SchemaError(f"{where} must be an HLC timestamp string")
+        return value
+    if t == "day":
+        if not isinstance(value, str):
+            raise SchemaError(f"{where} must be a day YYYY-MM-DD")
+        parse_day(value)
         return value
     if t == "hhmm":
         if not isinstance(value, str) or not _HHMM_RE.match(value):
@@ -222,6 +268,8 @@ class TypedRecord:
     ROOT: ClassVar[str] = ""
     FIELDS: ClassVar[tuple[_F, ...]] = ()
     KEY_FIELD: ClassVar[str | None] = None
+    SINCE: ClassVar[int] = 1
+    """The schema version that added the record kind: a record of an older version is refused."""
     """The field the record's map key must equal (None: the key is a free record id)."""
 
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True, compare=False)
@@ -231,13 +279,16 @@ class TypedRecord:
     def from_fields(cls, fields: Mapping[str, Any], schema_version: int = SCHEMA_VERSION) -> TypedRecord:
         known: dict[str, Any] = {}
         for spec in cls.FIELDS:
+            if spec.since > schema_version:
+                known[spec.name] = None  # not a field of that version: an unknown field below
+                continue
             if spec.name in fields:
                 known[spec.name] = _check_field(spec, fields[spec.name], schema_version)
             elif spec.required:
                 raise SchemaError(f"{cls.KIND}: field {spec.name!r} is required")
             else:
                 known[spec.name] = None
-        names = {s.name for s in cls.FIELDS}
+        names = {s.name for s in cls.FIELDS if s.since <= schema_version}
         extra = {k: v for k, v in fields.items() if k not in names}
         if extra and schema_version <= SCHEMA_VERSION:
             raise SchemaError(
@@ -255,6 +306,11 @@ class TypedRecord:
             out[spec.name] = list(value) if isinstance(value, tuple) else value
         out.update(self.extra)
         return out
+
+    def needed_version(self) -> int:
+        """The lowest schema version that holds every field this record sets: what to sign it as,
+        so replicas of older versions read it whole whenever they can."""
+        return max([self.SINCE, *(s.since for s in self.FIELDS if getattr(self, s.name) is not None)])
 
 
 _NAME = _F("name", "str", max_len=120)
@@ -309,7 +365,7 @@ class ShopProfile(TypedRecord):
     ROOT: ClassVar[str] = "profile"
     FIELDS: ClassVar[tuple[_F, ...]] = (
         _NAME,
-        _F("description", "str", max_len=2000),
+        _F("description", "str", max_len=2000, multiline=True),
         _F("address", "str", max_len=300),
         _F("lat", "float", lo=-90, hi=90),
         _F("lon", "float", lo=-180, hi=180),
@@ -342,6 +398,7 @@ class SlotTemplate(TypedRecord):
         _F("weekdays", "weekdays", required=False),
         _F("active", "bool"),
         _HLC,
+        _F("per_customer", "int", required=False, lo=1, hi=100, since=2),
     )
     id: str
     service: str
@@ -351,6 +408,8 @@ class SlotTemplate(TypedRecord):
     weekdays: tuple[int, ...] | None
     active: bool
     hlc: str
+    per_customer: int | None = None
+    """Active claims one customer may hold on this slot on one day (absent: 1); schema version 2."""
 
     def capacity_on(self, day: _dt.date) -> int:
         return capacity_on(day, self.capacity, self.weekdays, self.active)
@@ -365,6 +424,12 @@ def capacity_on(day: _dt.date, capacity: int, weekdays: Collection[int] | None, 
     if weekdays is not None and day.weekday() not in weekdays:
         return 0
     return capacity
+
+
+def per_customer_limits(templates: Mapping[str, SlotTemplate]) -> dict[str, int]:
+    """Per slot id, the active claims one customer may hold on it on one day (the verdict's
+    ``limits``): the current template's ``per_customer``, 1 when absent."""
+    return {slot: template.per_customer or 1 for slot, template in templates.items()}
 
 
 def capacities_on(templates: Mapping[str, SlotTemplate], day: _dt.date) -> dict[str, int]:
@@ -474,6 +539,25 @@ class UserProfile(TypedRecord):
     hlc: str
 
 
+@dataclass(frozen=True)
+class BookedDay(TypedRecord):
+    """A day on which the user booked at a shop, in the user's own document (schema version 2).
+
+    Why: a user's bookings live in the shops' day documents, which name customers by id only; a new
+    device of the user learns from this list which days to fetch to show the bookings it did not
+    make. Written once per (shop, day) by the device that books there first; never removed (a
+    reader ignores days it does not care about, past ones say).
+    """
+
+    KIND: ClassVar[str] = "booked_day"
+    ROOT: ClassVar[str] = "days"
+    SINCE: ClassVar[int] = 2
+    FIELDS: ClassVar[tuple[_F, ...]] = (_F("shop", "id"), _F("day", "day"), _HLC)
+    shop: str
+    day: str
+    hlc: str
+
+
 def stamp_key(no: int) -> str:
     """Stamps are keyed by their number, zero-padded so keys sort like numbers."""
     return f"{no:016d}"
@@ -483,7 +567,7 @@ _BY_DOC_AND_ROOT: dict[DocKind, dict[str, type[TypedRecord]]] = {
     DocKind.CATALOG: {"categories": Category, "shops": ShopSummary},
     DocKind.SHOP: {"profile": ShopProfile, "slots": SlotTemplate, "staff": StaffEntry},
     DocKind.BOOKINGS: {"reservations": Reservation, "events": StatusEvent, "stamps": Stamp},
-    DocKind.USER: {"profile": UserProfile},
+    DocKind.USER: {"profile": UserProfile, "days": BookedDay},
 }
 
 ROOTS: dict[DocKind, frozenset[str]] = {
@@ -509,6 +593,8 @@ def parse_record(
     cls = record_class(kind, root)
     if record_kind != cls.KIND:
         raise SchemaError(f"a {record_kind!r} record cannot live in map {root!r}")
+    if schema_version < cls.SINCE:
+        raise SchemaError(f"{record_kind} records exist from schema version {cls.SINCE}")
     check_id(key, "record key") if cls is not Stamp else None
     record = cls.from_fields(fields, schema_version)
     if cls.KEY_FIELD is not None and getattr(record, cls.KEY_FIELD) != key:

@@ -14,7 +14,9 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
 2. It does not skip any clock the document lacks (``missing_deps``): the sender must re-run the
    state-vector exchange first. This also keeps a pending, unvalidated struct out of the engine.
 3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
-   map's kind with schema-valid fields (``schema``), stored under the key its id demands.
+   map's kind with schema-valid fields (``schema``: no control characters in text either), stored
+   under the key its id demands; a reservation's day lies within :func:`day_in_range` of its HLC
+   (``day_out_of_range``).
 4. Certificates (map ``certs``) verify against the trusted relay keys and sit under their id.
 5. Each struct's Yjs client id belongs to the record's signer (``foreign_client``, see
    ``crdt_core.clientids``): ``owns_client(signer, client)`` where the signer is the envelope's
@@ -25,16 +27,19 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
    device key of a certificate present in the document or in the same update
    (``unknown_certificate``, ``bad_signature``), with the record's HLC inside the certificate's
    validity (``certificate_expired``).
-7. The author may write it (``forbidden``): docs/records.md section 8's writer table, :func:`may_write`.
+7. The author may write it (``forbidden``): docs/records.md section 8's writer table, :func:`may_write`,
+   with staff rights for the users the shop's staff list names (``shop_staff_list``).
 8. At arrival (``ArrivalPolicy``: the relay, and peers for what other peers send them): no HLC
    from the future (``clock_skew``), none older than the back-dating window, ``min(max_backdate_ms,
    the certificate's lifetime exp - iat)`` (``backdated``), no revoked certificate (``revoked``),
-   and rights checked against the author's *current* roles too (the last two at the relay only).
+   and rights checked against the author's *current* roles too (the last two at the relay only);
+   a shop's catalogue entry must name a category the catalogue defines (``unknown_category``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import datetime as _dt
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -43,9 +48,11 @@ from crdt_core.clientids import owns_client
 from crdt_core.engine import Replica
 from crdt_core.errors import EngineError, SchemaError, SignatureError, ValidationError
 from crdt_core.hlc import Timestamp
+from crdt_core.reader import category_ids, shop_staff
 from crdt_core.records import Envelope, open_record, verify_envelope
 from crdt_core.schema import (
     CERTS_ROOT,
+    BookedDay,
     Category,
     DocId,
     DocKind,
@@ -69,6 +76,7 @@ __all__ = [
     "Reason",
     "Rights",
     "ValidatedUpdate",
+    "day_in_range",
     "may_write",
     "validate_update",
 ]
@@ -93,8 +101,11 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock_skew"
     BACKDATED = "backdated"
     REVOKED = "revoked"
-    PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync_hub, verdict.exceeds_capacity
+    PARTY_TOO_LARGE = "party_too_large"  # relay arrival only: relay.sync.hub, verdict.exceeds_capacity
     FOREIGN_CLIENT = "foreign_client"
+    DAY_OUT_OF_RANGE = "day_out_of_range"
+    UNKNOWN_CATEGORY = "unknown_category"  # arrival only
+    DUPLICATE_BOOKING = "duplicate_booking"  # relay arrival only: crdt_core.repeats, verdict.repeat_booking
 
 
 def _fail(reason: Reason, detail: str) -> ValidationError:
@@ -134,6 +145,14 @@ class Rights:
     def manages(self, shop: str | None) -> bool:
         """May change ``shop``'s catalog entry and staff (:func:`may_write`): admin or owner."""
         return self.admin or self.owns(shop)
+
+    def with_shop_staff(self, shop: str | None, staff: Collection[str]) -> Rights:
+        """These rights plus staff rights on ``shop`` when its staff list (``reader.shop_staff``)
+        names this user: rights an owner gives in the shop's data count at once, everywhere,
+        without a new certificate. They never include ownership (``manages``)."""
+        if shop is None or self.user_id not in staff or shop in self.staff_of:
+            return self
+        return Rights(self.user_id, self.admin, self.owner_of, self.staff_of | {shop})
 
     def edits(self, shop: str | None) -> bool:
         """May change ``shop``'s profile and slots and act on its bookings: admin, owner or staff."""
@@ -268,15 +287,24 @@ class _Batch:
         return rec
 
 
-def may_write(doc: DocId, record: TypedRecord, rights: Rights, target_customer: str | None = None) -> bool:
+def may_write(
+    doc: DocId,
+    record: TypedRecord,
+    rights: Rights,
+    target_customer: str | None = None,
+    shop_staff: Collection[str] = (),
+) -> bool:
     """docs/records.md section 8, "Who may write what": whether a user with ``rights`` may write
     ``record`` in ``doc``.
 
+    ``shop_staff``: the users the shop's staff list names (``reader.shop_staff`` of ``shop:S``):
+    they have staff rights on S whatever their certificate says.
     The one rule: validation refuses (``forbidden``) what this refuses, and clients ask it before
     writing. ``target_customer``: for a status event, the customer of the reservation it is about
     (None: the reservation is unknown, no right).
     Stamps are the relay's alone (refused before rights): never.
     """
+    rights = rights.with_shop_staff(doc.shop_id, shop_staff)
     if isinstance(record, Category):
         return rights.admin
     if isinstance(record, ShopSummary):
@@ -295,12 +323,14 @@ def may_write(doc: DocId, record: TypedRecord, rights: Rights, target_customer: 
         # confirm, decline, no_show; and an event type from a newer schema: inert here, so only
         # staff may write it
         return rights.edits(doc.shop_id)
-    if isinstance(record, UserProfile):
+    if isinstance(record, (UserProfile, BookedDay)):
         return doc.user_id == rights.user_id
     return False
 
 
-def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch) -> None:
+def _check_rights(
+    doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch, staff: Collection[str]
+) -> None:
     """Raises ValidationError(forbidden) when :func:`may_write` refuses, naming why where it can."""
     target_customer = None
     if isinstance(record, Reservation) and record.customer != rights.user_id:
@@ -312,7 +342,7 @@ def _check_rights(doc: DocId, record: TypedRecord, rights: Rights, batch: _Batch
         if target is None:
             raise _fail(Reason.UNKNOWN_RESERVATION, f"event {record.id} refers to an unknown reservation")
         target_customer = target.customer
-    if not may_write(doc, record, rights, target_customer):
+    if not may_write(doc, record, rights, target_customer, staff):
         raise _fail(Reason.FORBIDDEN, f"{rights.user_id} may not write this {record.KIND} in {doc}")
 
 
@@ -322,12 +352,31 @@ def validate_update(
     update: bytes,
     certs: CertificateCache,
     policy: ArrivalPolicy | None = None,
+    shop_staff_list: Collection[str] | None = None,
+) -> ValidatedUpdate:
+    """See :func:`_validate_update`; its reads of ``replica`` share one engine transaction
+    (``Replica.reading``: one per read cost two state-vector copies each, linear in the
+    document's clients)."""
+    with replica.reading():
+        return _validate_update(doc_id, replica, update, certs, policy, shop_staff_list)
+
+
+def _validate_update(
+    doc_id: str | DocId,
+    replica: Replica,
+    update: bytes,
+    certs: CertificateCache,
+    policy: ArrivalPolicy | None = None,
+    shop_staff_list: Collection[str] | None = None,
 ) -> ValidatedUpdate:
     """Accept or refuse a whole update for ``replica`` (which is not modified).
 
     Args:
         certs: the trusted relay keys, with a cache of certificates already verified under them.
         policy: arrival-time checks; the relay passes one, peers may pass None.
+        shop_staff_list: for a bookings document, the users its shop's staff list names
+            (``reader.shop_staff`` of the replica's copy of ``shop:S``); they have staff rights
+            there. For a shop document it is read from ``replica`` itself; None elsewhere.
 
     Returns:
         What the update adds; ``noop`` when it adds nothing (a harmless re-send).
@@ -344,7 +393,7 @@ def validate_update(
     except EngineError as exc:
         raise _fail(Reason.MALFORMED, str(exc)) from None
     _check_struct_runs(decoded)
-    clocks = replica.state_clocks()
+    clocks = replica.clocks()
     for other in decoded.others:
         if other.clock + other.length <= clocks.get(other.client, 0):
             continue  # already integrated: the engine ignores it
@@ -403,8 +452,13 @@ def validate_update(
         except SchemaError as exc:
             raise _fail(Reason.SCHEMA, f"{ins.root}/{ins.key}: {exc}") from None
         if isinstance(rec, Reservation):
+            _check_day(doc, rec)
             batch.new_reservations[rec.id] = rec
         typed.append((ins.root, ins.key, env, rec))
+
+    staff: Collection[str] = shop_staff_list or ()
+    if doc.kind is DocKind.SHOP and any(not isinstance(rec, Stamp) for *_, rec in typed):
+        staff = shop_staff(replica, doc)
 
     for root, key, env, rec in typed:
         if isinstance(rec, Stamp) and env.relay_kid is None:
@@ -418,14 +472,57 @@ def validate_update(
             if batch.reservation(rec.reservation) is None:
                 raise _fail(Reason.UNKNOWN_RESERVATION, f"stamp {rec.no} for an unknown reservation")
         else:
-            rights = Rights.of(author)
+            rights, granted = Rights.of(author), staff
             if policy is not None:
                 _check_arrival(author, rec, policy)
                 if policy.current_rights is not None:
-                    rights = rights.narrowed(policy.current_rights(author.user_id))
-            _check_rights(doc, rec, rights, batch)
+                    current = policy.current_rights(author.user_id)
+                    rights = rights.narrowed(current)
+                    if current is None:  # not a user at the relay now: no staff list helps
+                        granted = ()
+                if isinstance(rec, ShopSummary):
+                    _check_category(rec, replica, typed)
+            _check_rights(doc, rec, rights, batch, granted)
         result.records.append(AcceptedRecord(root, key, env, rec, author))
     return result
+
+
+#: A reservation's day may lie at most this many days before its HLC's (UTC) date...
+DAYS_BEFORE_HLC = 1
+#: ... and at most this many days after it.
+DAYS_AFTER_HLC = 366
+
+
+def day_in_range(day: _dt.date, hlc: str) -> bool:
+    """Whether a reservation written at ``hlc`` may be for ``day``: from the HLC's UTC date minus
+    ``DAYS_BEFORE_HLC`` (a shop's local day may still be yesterday in UTC) to plus ``DAYS_AFTER_HLC``.
+    Decided from the record alone, so every replica agrees; a device cannot move its HLC into the
+    past or the future to get round it, since the HLC must lie in its certificate's validity."""
+    written = _dt.datetime.fromtimestamp(Timestamp.parse(hlc).wall_ms / 1000, _dt.UTC).date()
+    offset = (day - written).days
+    return -DAYS_BEFORE_HLC <= offset <= DAYS_AFTER_HLC
+
+
+def _check_day(doc: DocId, rec: Reservation) -> None:
+    assert doc.day is not None  # reservations live only in bookings documents
+    if not day_in_range(doc.day, rec.hlc):
+        raise _fail(
+            Reason.DAY_OUT_OF_RANGE,
+            f"reservation {rec.id} for {doc.day.isoformat()} was written at {rec.hlc}: a booking's day"
+            f" must lie from {DAYS_BEFORE_HLC} day before to {DAYS_AFTER_HLC} days after it",
+        )
+
+
+def _check_category(
+    rec: ShopSummary, replica: Replica, typed: list[tuple[str, str, Envelope, TypedRecord]]
+) -> None:
+    """Arrival rule: a shop's category must be one the catalogue defines (or this update adds)."""
+    if any(isinstance(other, Category) and other.id == rec.category for *_, other in typed):
+        return
+    if rec.category not in category_ids(replica):
+        raise _fail(
+            Reason.UNKNOWN_CATEGORY, f"shop {rec.id} names category {rec.category!r}, which does not exist"
+        )
 
 
 def _check_client(client: int, signer: str, root: str, key: str) -> None:

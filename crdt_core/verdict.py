@@ -39,6 +39,20 @@ open that day (no template known here, an inactive template, a weekday it is not
 capacity 0: all give capacity 0) keeps the plain rule: its claims wait, in order, until it opens.
 ``exceeds_capacity`` is this test, shared with the relay's refusal at arrival.
 
+**Repeat claims (``duplicate``).** One customer holds at most ``per_customer`` active claims on
+a slot on one day (the slot template's ``per_customer``, 1 when absent): booking the same slot
+again is not a way to queue twice or to hold seats under two ids. Walking a slot's claims in
+order, a claim that is not ``too_large`` is ``duplicate`` when at least that many earlier claims
+of the same customer in that slot are *counted* (neither ``duplicate`` nor ``too_large``) and
+still active at its HLC: not ended by a ``cancel`` or ``decline`` whose HLC is at or before the
+claim's own. A ``duplicate`` holds no
+seat, has no waitlist place, blocks nobody and counts for nobody (the walk skips it; it keeps its
+rank). Comparing HLCs makes it a function of the merged data (a cancel written *after* the repeat
+claim does not bring it back, so a cancellation still never promotes a claim over the ones
+behind it out of turn), while a customer who cancels and then books again gets the new claim.
+A cancelled or declined claim is that, whatever it would count as. ``repeat_booking`` is the
+relay's arrival test (``duplicate_booking``).
+
 **Stamp order for claims that arrive together.** The relay stamps the claims that reach it in one
 update in ``stamp_order``: the tentative order (HLC, customer, reservation id) every replica
 already showed for them, whatever order the update holds them in, so a device that carries
@@ -70,7 +84,9 @@ __all__ = [
     "VerdictChange",
     "compute_verdict",
     "diff_verdicts",
+    "ended_by",
     "exceeds_capacity",
+    "repeat_booking",
     "stamp_order",
     "tentative_key",
 ]
@@ -84,6 +100,9 @@ class ClaimState(StrEnum):
     NO_SHOW = "no_show"
     TOO_LARGE = "too_large"
     """The party exceeds the slot's capacity that day: no seats, no waitlist place, blocks nobody."""
+    DUPLICATE = "duplicate"
+    """The customer already holds the slot's ``per_customer`` active claims that day: no seats, no
+    waitlist place, blocks nobody."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,12 @@ class Verdict:
 
 def _status(events: list[StatusEvent]) -> tuple[ClaimState | None, bool]:
     """Returns (terminal state or None for active, staff_confirmed)."""
+    terminal, _, confirmed = _status_at(events)
+    return terminal, confirmed
+
+
+def _status_at(events: list[StatusEvent]) -> tuple[ClaimState | None, str | None, bool]:
+    """Returns (terminal state or None for active, the HLC of the event that ended it, staff_confirmed)."""
     terminal: tuple[str, str, ClaimState] | None = None
     no_show = False
     confirmed = False
@@ -138,8 +163,20 @@ def _status(events: list[StatusEvent]) -> tuple[ClaimState | None, bool]:
         elif ev.type == "confirm":
             confirmed = True
     if terminal is not None:
-        return terminal[2], confirmed
-    return (ClaimState.NO_SHOW if no_show else None), confirmed
+        return terminal[2], terminal[0], confirmed
+    return (ClaimState.NO_SHOW if no_show else None), None, confirmed
+
+
+def ended_by(end_hlc: str | None, at_hlc: str) -> bool:
+    """Whether a claim that ended at ``end_hlc`` (None: still active) had ended by ``at_hlc``."""
+    return end_hlc is not None and end_hlc <= at_hlc
+
+
+def repeat_booking(held_ends: Iterable[str | None], claim_hlc: str, limit: int) -> bool:
+    """The ``duplicate`` test: ``held_ends`` are the end HLCs (None: active) of the customer's
+    earlier counted claims on the slot; the claim is a repeat when ``limit`` of them were still
+    active at its HLC. Shared with the relay's refusal at arrival (``duplicate_booking``)."""
+    return sum(1 for end in held_ends if not ended_by(end, claim_hlc)) >= limit
 
 
 def tentative_key(res: Reservation) -> tuple[str, str, str]:
@@ -181,13 +218,17 @@ def stamp_prefix(stamps: Container[int]) -> int:
     return n
 
 
-def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verdict:
+def compute_verdict(
+    state: BookingsState, capacities: Mapping[str, int], limits: Mapping[str, int] | None = None
+) -> Verdict:
     """The verdict for one bookings document.
 
     Args:
         capacities: seats per slot id on this document's day (``SlotTemplate.capacity_on``); a slot
             this replica knows no template for has capacity 0, so its claims wait until it does.
             A claim whose party exceeds a capacity above 0 is ``too_large`` (module docstring).
+        limits: active claims one customer may hold per slot id (``schema.per_customer_limits``);
+            a slot missing here allows 1. Further claims are ``duplicate`` (module docstring).
     """
     events_of: dict[str, list[StatusEvent]] = {}
     for ev in state.events.values():
@@ -202,19 +243,28 @@ def compute_verdict(state: BookingsState, capacities: Mapping[str, int]) -> Verd
     claims: dict[str, ClaimVerdict] = {}
     for slot in sorted(by_slot):
         capacity = max(0, capacities.get(slot, 0))
+        limit = limits.get(slot, 1) if limits is not None else 1
+        held: dict[str, list[str | None]] = {}  # per customer: end HLCs of its counted claims
         left = capacity
         blocked = False
         waiting = 0
         out: list[ClaimVerdict] = []
         for rank, (res, no) in enumerate(by_slot[slot]):
-            terminal, staff_ok = _status(events_of.get(res.id, []))
+            terminal, end_hlc, staff_ok = _status_at(events_of.get(res.id, []))
             position = None
             holds = False
             state_now: ClaimState
+            too_large = exceeds_capacity(res.party, capacity)
+            mine = held.setdefault(res.customer, [])
+            repeat = not too_large and repeat_booking(mine, res.hlc, limit)
+            if not (repeat or too_large):  # a too_large claim holds nothing: it counts for nothing
+                mine.append(end_hlc)
             if terminal in (ClaimState.CANCELLED, ClaimState.DECLINED):
                 state_now = terminal
-            elif exceeds_capacity(res.party, capacity):
+            elif too_large:
                 state_now = ClaimState.TOO_LARGE  # skipped by the walk: it never blocks
+            elif repeat:
+                state_now = ClaimState.DUPLICATE  # skipped by the walk: it never blocks
             else:
                 if not blocked and res.party <= left:
                     left -= res.party

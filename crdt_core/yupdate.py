@@ -15,6 +15,7 @@ checked and every count is compared with the bytes left, so no input makes this 
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 _MAX_ANY_DEPTH = 32
+#: The lib0 ``any`` tag of a byte buffer (a Uint8Array).
+_ANY_BUFFER = 116
 _MAX_SAFE = 2**53
 
 # Struct refs (low five bits of the info byte).
@@ -153,7 +156,7 @@ class _Reader:
         if tag == 117:
             n = self.count("array element")
             return [self.any(depth + 1) for _ in range(n)]
-        if tag == 116:
+        if tag == _ANY_BUFFER:
             return self.var_bytes()
         raise EngineError(f"unknown value tag {tag}")
 
@@ -229,13 +232,33 @@ def _read_content(r: _Reader, ref: int) -> tuple[int, Any, str | None]:
     raise EngineError(f"unknown content ref {ref}")
 
 
+#: Updates up to this size are remembered by :func:`decode_update` (the last few only).
+DECODE_MEMO_MAX_BYTES = 16 * 1024
+
+
 def decode_update(update: bytes) -> DecodedUpdate:
-    """Describe what a Yjs v1 update would do, without applying it.
+    """Describe what a Yjs v1 update would do, without applying it. The result is shared with
+    other callers that decode the same bytes: read it, never change it.
+
+    Why remembered: the relay reads one incoming update three times (is it a re-send, is it
+    valid, did it integrate) and each read decoded it in Python again.
 
     Raises:
         EngineError: the bytes are not a well-formed Yjs v1 update (trailing bytes included).
     """
-    r = _Reader(bytes(update))
+    data = bytes(update)
+    if len(data) > DECODE_MEMO_MAX_BYTES:
+        return _decode_update(data)
+    return _decode_small(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_small(update: bytes) -> DecodedUpdate:
+    return _decode_update(update)
+
+
+def _decode_update(update: bytes) -> DecodedUpdate:
+    r = _Reader(update)
     out = DecodedUpdate()
     n_clients = r.count("client block")
     for _ in range(n_clients):
@@ -331,6 +354,30 @@ def encode_varuint(n: int) -> bytes:
     """Yjs' unsigned varint (lib0), for whoever hand-builds update bytes (the corpus, tests)."""
     out = bytearray()
     _write_varuint(out, n)
+    return bytes(out)
+
+
+def encode_map_inserts(client: int, clock: int, entries: list[tuple[str, str, bytes]]) -> bytes:
+    """The Yjs v1 update of ``entries`` ``(root, key, value)`` inserted as new keys of top-level
+    maps by ``client`` from ``clock`` on, one item each with no origin holding one ``any`` value
+    of type buffer: byte for byte what Yrs encodes for such a transaction (``Replica.write``
+    relies on it; tests compare the two)."""
+    out = bytearray(b"\x01")
+    _write_varuint(out, len(entries))
+    _write_varuint(out, client)
+    _write_varuint(out, clock)
+    for root, key, value in entries:
+        out.append(0x20 | _ANY)  # has a parent key (map entry), no origins
+        out.append(1)  # parent is a top-level type, by name
+        for text in (root, key):
+            raw = text.encode("utf-8")
+            _write_varuint(out, len(raw))
+            out += raw
+        out.append(1)  # one value
+        out.append(_ANY_BUFFER)
+        _write_varuint(out, len(value))
+        out += value
+    out.append(0)  # empty delete set
     return bytes(out)
 
 

@@ -1,7 +1,7 @@
 """The state one relay app shares between its parts, at ``app.state.relay``.
 
-Why a module of its own: the app factory (``relay.app``), the REST endpoints (``relay.http_api``)
-and the sync extension (``relay.sync_endpoint``) all use the context, and the factory imports the
+Why a module of its own: the app factory (``relay.http.app``), the REST endpoints (``relay.http.api``)
+and the sync extension (``relay.http.sync_socket``) all use the context, and the factory imports the
 other two. With the context here, every one of them imports this module and none imports the
 factory, so the relay's modules form no import cycle (``tests/test_import_cycles.py``).
 """
@@ -9,27 +9,28 @@ factory, so the relay's modules form no import cycle (``tests/test_import_cycles
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from relay.accounts import AccountService, AccountStore, AuthComponents, AuthHooks
-from relay.config import RateLimit, RelayConfig
-from relay.keys import KeyStore
-from relay.logging import get_logger
-from relay.metrics import MetricsRegistry
-from relay.ratelimit import RateLimiter, TokenBucketLimiter
-from relay.tokens import TokenService
+from relay.auth.accounts import AccountService, AccountStore, AuthComponents, AuthHooks
+from relay.auth.keys import KeyStore
+from relay.auth.ratelimit import RateLimiter, TokenBucketLimiter
+from relay.auth.tokens import TokenService
+from relay.ops.config import RateLimit, RelayConfig
+from relay.ops.logging import get_logger, log_event
+from relay.ops.metrics import MetricsRegistry
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from relay.stamp_hold import StampHold
     from relay.store.open import AnyDocumentStore
-    from relay.sync_hub import SyncHub
+    from relay.sync.hub import SyncHub
+    from relay.sync.stamp_hold import StampHold
 
-log = get_logger("relay.app")
+log = get_logger(__name__)
 
 #: A readiness check an extension adds to ``/healthz`` (False: answer 503).
 HealthCheck = Callable[[], Awaitable[bool]]
@@ -102,7 +103,7 @@ class RelayContext:
     #: :meth:`begin_shutdown`); the sync extension tells its clients to come back here.
     goodbyes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     health_checks: list[HealthCheck] = field(default_factory=list)
-    #: Published by the sync extension (``relay.sync_endpoint``) when it starts, for the REST
+    #: Published by the sync extension (``relay.http.sync_socket``) when it starts, for the REST
     #: endpoints and tests; None before that, or in an app built without it.
     sync_hub: SyncHub | None = None
     docstore: AnyDocumentStore | None = None
@@ -161,7 +162,7 @@ class RelayContext:
                     task.cancel()
                 for task in done:
                     if not task.cancelled() and task.exception() is not None:
-                        log.error("goodbye failed", exc_info=task.exception())
+                        log_event(log, "goodbye_failed", logging.ERROR, exc_info=task.exception())
         finally:
             if then is not None:
                 then()

@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmarks.harness import Progress, RunConfig
 from benchmarks.runner import run
 from benchmarks.suites import SUITES, rest
+from tests.bench_checks import assert_every_subject_measured
 
 
 def test_a_tiny_rest_run_measures_every_subject_and_reports_ratios(tmp_path: Path) -> None:
@@ -27,12 +28,7 @@ def test_a_tiny_rest_run_measures_every_subject_and_reports_ratios(tmp_path: Pat
         "batch_100": {rest.WEBSOCKET, rest.BATCH_MSGPACK, rest.BATCH_JSON},
         "catchup_day": {rest.WEBSOCKET, rest.CHECK_UPDATES},
     }
-    for workload, names in subjects.items():
-        rows = [r for r in data["results"] if r["workload"] == workload]
-        assert {r["subject"] for r in rows} == names
-        for r in rows:
-            assert r["status"] == "ok", (workload, r["subject"], r["note"])
-            assert r["samples"] and all(s > 0 for s in r["samples"])
+    assert_every_subject_measured(data, subjects)
     pages = [r for r in data["results"] if r["workload"] == "catalogue_page"]
     assert {len(r["samples"]) for r in pages} == {5 * 2}  # 500 shops at 100, two rounds, each kind alike
     ratios = {(x["workload"], x["subject"]): x["ratio"] for x in data["ratios"]}

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from client.cli.app import build_parser as client_parser
-from relay.cli import build_parser as relay_parser
+from relay.cli.parser import build_parser as relay_parser
 from tools import cli_docs
 
 

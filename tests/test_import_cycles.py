@@ -119,10 +119,10 @@ def test_the_cycle_finder_sees_a_cycle() -> None:
 
 def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     graph = import_graph()
-    assert "relay.context" in graph["relay.app"]
-    assert "relay.sync_endpoint" in graph["relay.app"]
-    assert "relay.account_types" in graph["relay.device_certs"]  # under TYPE_CHECKING
-    assert "relay.account_store_pg" in graph["relay.accounts"]  # inside a function
+    assert "relay.context" in graph["relay.http.app"]
+    assert "relay.http.sync_socket" in graph["relay.http.app"]
+    assert "relay.auth.account_types" in graph["relay.auth.device_certs"]  # under TYPE_CHECKING
+    assert "relay.auth.account_store_pg" in graph["relay.auth.accounts"]  # inside a function
 
 
 def test_no_import_cycle_among_the_repositorys_modules() -> None:
@@ -164,6 +164,66 @@ def test_packages_import_only_what_the_layering_allows() -> None:
     assert wrong == []
 
 
+#: The relay's layers, lowest first: a relay module may import its own subpackage and the layers
+#: below its own, never a sibling in its layer or anything above (docs/architecture.md).
+RELAY_LAYERS: list[set[str]] = [
+    {"relay.errors"},
+    {"relay.ops"},
+    {"relay.store", "relay.fanout"},
+    {"relay.auth", "relay.documents"},
+    {"relay.sync"},
+    {"relay.context"},
+    {"relay.http"},
+    {"relay.cli"},
+]
+
+
+def _relay_part(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else name
+
+
+def _relay_layer(name: str) -> int | None:
+    part = _relay_part(name)
+    return next((i for i, layer in enumerate(RELAY_LAYERS) if part in layer), None)
+
+
+def test_every_relay_module_sits_in_a_layer() -> None:
+    homeless = [n for n in own_modules() if n.startswith("relay.") and _relay_layer(n) is None]
+    assert homeless == []
+
+
+def test_relay_layers_import_only_downwards() -> None:
+    graph = import_graph()
+    wrong = sorted(
+        f"{name} imports {dep}"
+        for name, deps in graph.items()
+        if name.startswith("relay.")
+        for dep in deps
+        if dep.startswith("relay.")
+        and _relay_part(dep) != _relay_part(name)
+        and not (_relay_layer(dep) or 0) < (_relay_layer(name) or 0)
+    )
+    assert wrong == []
+
+
+#: Only these relay subpackages import the web framework and server (FastAPI, Starlette, uvicorn);
+#: ``relay.context`` names ``FastAPI`` as a type only.
+WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
+WEB_IMPORTERS = {"relay.http", "relay.cli", "relay.context"}
+
+
+def test_only_the_http_layer_imports_the_web_framework() -> None:
+    wrong = sorted(
+        n
+        for n, p in own_modules().items()
+        if n.startswith("relay.")
+        and _relay_part(n) not in WEB_IMPORTERS
+        and any(m.split(".")[0] in WEB_FRAMEWORK for m in _external_imports(p))
+    )
+    assert wrong == []
+
+
 def test_the_clients_subpackages_import_only_the_layers_below_them() -> None:
     graph = import_graph()
 
@@ -196,4 +256,4 @@ def test_the_engine_and_uvicorns_internals_each_have_one_importer() -> None:
     )
     shipped = [n for n in pycrdt if n.split(".")[0] in FORBIDDEN]
     assert shipped == ["crdt_core.engine"], pycrdt
-    assert [n for n in internals if n.split(".")[0] in FORBIDDEN] == ["relay.ws_protocol"], internals
+    assert [n for n in internals if n.split(".")[0] in FORBIDDEN] == ["relay.http.ws_protocol"], internals

@@ -114,7 +114,7 @@ def _section(prog: str, about: str, parser: argparse.ArgumentParser, depth: int)
 
 def render() -> str:
     from client.cli.app import build_parser as client_parser
-    from relay.cli import build_parser as relay_parser
+    from relay.cli.parser import build_parser as relay_parser
 
     lines = [INTRO]
     lines += _section("quickslot", "the offline-first booking client", client_parser(), 2)

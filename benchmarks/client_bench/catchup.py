@@ -55,17 +55,19 @@ def _grant_owner(relay: QuickSlotAsgi, email: str, shop: str) -> None:
     """``relay.cli user grant EMAIL --owner SHOP``: the operator's command, on the serving relay.
 
     The certificate issued at the next login carries the grant at once, but the relay checks each
-    record against its in-memory view of the account too (``relay/rights.py``), which learns of a
+    record against its in-memory view of the account too (``relay/auth/rights.py``), which learns of a
     grant made by another process at its next poll of ``account_events``: writing before that is
     refused as ``forbidden``. So wait for a few polls.
     """
-    argv = ["user", "grant", email, "--owner", shop, "--data", str(relay.data), "--json"]
-    done = subprocess.run(
-        [sys.executable, "-m", "relay.cli", *argv],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"relay.cli user grant failed: {done.stderr[-500:]}")
+    # admin too: the shop names a category the catalogue must define, and only admins add one
+    for what in (["--owner", shop], ["--admin"]):
+        argv = ["user", "grant", email, *what, "--data", str(relay.data), "--json"]
+        done = subprocess.run(
+            [sys.executable, "-m", "relay.cli", *argv],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"relay.cli user grant failed: {done.stderr[-500:]}")
     time.sleep(5 * EVENTS_POLL_S)
 
 
@@ -78,6 +80,7 @@ async def _create_shop(relay: QuickSlotAsgi, owner: Identity, shop: str, path: P
     local = await _open(path)
     try:
         await AuthClient(local, relay.base).login(owner.email, PASSWORD)
+        await local.add_category("bench", "Benchmarks")
         await local.create_shop(shop, name="Catch-up Shop", category="bench", location="Main", lat=1, lon=2)
         for i, slot in enumerate(SLOTS):
             await local.add_slot(

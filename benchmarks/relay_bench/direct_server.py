@@ -3,7 +3,7 @@
 Why this exists: docs/design.md ("Relay") asks to measure whether the ASGI layer (uvicorn + Starlette's
 websocket wrapper) lets the relay spend 10 µs of CPU or less per delivered update, and if it does
 not, to serve the sync websocket straight from ``websockets``. This is that alternative, built
-from the very same pieces as ``relay.sync_endpoint.SyncExtension`` (the SQLite document store,
+from the very same pieces as ``relay.http.sync_socket.SyncExtension`` (the SQLite document store,
 the DocumentManager, the rights cache, the token service and keys of a relay data directory),
 so the benchmark can run both in one run and attribute the difference to the transport alone.
 It lives in the benchmark package on purpose: it is an experiment, not a second relay.
@@ -29,14 +29,14 @@ from websockets.protocol import State
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
 from crdt_core.reader import highest_stamp
-from relay.accounts import open_auth
-from relay.config import RelayConfig, SyncLimits
-from relay.documents import DocumentManager
-from relay.metrics import MetricsRegistry
-from relay.rights import RightsCache
+from relay.auth.accounts import open_auth
+from relay.auth.rights import RightsCache
+from relay.documents.manager import DocumentManager
+from relay.http.sync_socket import bearer_token
+from relay.ops.config import RelayConfig, SyncLimits
+from relay.ops.metrics import MetricsRegistry
 from relay.store.sqlite import SQLiteDocumentStore
-from relay.sync_endpoint import bearer_token
-from relay.sync_hub import SyncHub
+from relay.sync.hub import SyncHub
 
 
 class WebsocketsTransport:

@@ -171,7 +171,11 @@ class Identity:
 
 
 def quickslot_updates(identity: Identity, doc: str, sender: int, seqs: Sequence[int]) -> list[bytes]:
-    """Pre-signed booking updates of one client for one document (its certificate rides on the first)."""
+    """Pre-signed booking updates of one client for one document (its certificate rides on the first).
+
+    Each booking is on a slot of its own (``s<seq + 1>``): one customer holds one active claim per
+    slot and day, and the relay refuses a second (``duplicate_booking``).
+    """
     from crdt_core.authoring import Author
     from crdt_core.engine import Replica
 
@@ -180,7 +184,7 @@ def quickslot_updates(identity: Identity, doc: str, sender: int, seqs: Sequence[
     replica = Replica(author.client_id())
     out = []
     for seq in seqs:
-        _, update = author.book(replica, doc, f"s{seq % 12 + 1}", 1 + seq % 3, note=marker(sender, seq))
+        _, update = author.book(replica, doc, f"s{seq + 1}", 1 + seq % 3, note=marker(sender, seq))
         out.append(update)
     return out
 

@@ -6,7 +6,7 @@
 * ``quickslot direct``: the same ``SyncHub`` served straight from ``websockets``
   (:mod:`benchmarks.relay_bench.direct_server`), reading accounts and keys from the relay's data
   directory, with its own document store: the ASGI-versus-direct experiment of docs/design.md. Like the relay
-  (``relay/cli.py`` serves with ``ws_per_message_deflate=False``), it refuses permessage-deflate,
+  (``relay/cli/commands.py`` serves with ``ws_per_message_deflate=False``), it refuses permessage-deflate,
   so the transport is the only difference.
 * ``quickslot direct batched``: the same, writing every frame a connection has queued in one
   event-loop turn with one syscall (what serving from ``websockets`` makes possible and ASGI
@@ -91,7 +91,7 @@ AUTH_LIMIT_ARGS = [
 #: Sync limits raised for measuring: updates per second and burst per connection, documents per
 #: connection, connections, and a send queue deep enough that the measuring clients, which share
 #: the cores with the server, are never cut off as slow consumers mid-run (a measurement of
-#: throughput, not of the cut-off, which tests/relay/test_slow_consumer.py covers).
+#: throughput, not of the cut-off, which tests/relay/sync/test_slow_consumer.py covers).
 SYNC_LIMIT_ARGS = [
     "--sync-rate", "1000000", "--sync-burst", "1000000", "--max-docs", "100000",
     "--max-connections", "100000", "--send-queue-bytes", str(256 * 1024 * 1024),

@@ -49,11 +49,19 @@ def _rest() -> Suite:
     return built
 
 
+def _web() -> Suite:
+    from benchmarks.suites import web
+
+    built: Suite = web.suite()
+    return built
+
+
 SUITES: dict[str, Callable[[], Suite]] = {
     "engine": _engine,
     "domain": _domain,
     "relay": _relay,
     "rest": _rest,
+    "web": _web,
 }
 if importlib.util.find_spec("benchmarks.suites.client") is not None:
     SUITES["client"] = _client

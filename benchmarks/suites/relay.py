@@ -59,7 +59,7 @@ from benchmarks.harness import (
     fmt_seconds,
     stats,
 )
-from benchmarks.relay_bench import experiments as ex
+from benchmarks.relay_bench import experiments as ex, floor as cost_floor
 from benchmarks.relay_bench.payloads import bookings_doc, yjs_value_size_for
 from benchmarks.relay_bench.servers import (
     BASELINE,
@@ -478,6 +478,8 @@ def _fanout_workloads() -> list[Any]:
 @dataclass
 class DocsRun:
     rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    floor: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    """The Ed25519 floor (``benchmarks.relay_bench.floor``), measured after every round."""
     unavailable: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -552,8 +554,19 @@ def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
                     + (f"; {'; '.join(res['notes'])}" if res["notes"] else "")
                 )
                 run.rounds.setdefault(name, []).append(res)
+            run.floor.append(cost_floor.measure())
     _cache(config)[key] = run
     return run
+
+
+#: Target 1 (docs/benchmarks.md, "Relay"): QuickSlot's CPU per durably acknowledged booking is at
+#: most this many times y-websocket's CPU per update plus one Ed25519 verification, same run.
+FLOOR_FACTOR = 1.25
+
+
+def floor_ratio(quickslot_s: float, baseline_s: float, verify_s: float) -> float:
+    """QuickSlot's CPU per booking over (the baseline's per update + one verification)."""
+    return quickslot_s / (baseline_s + verify_s)
 
 
 @dataclass
@@ -612,7 +625,64 @@ class _DocsWorkload:
             if r.subject != PYCRDT_WEBSOCKET and PYCRDT_WEBSOCKET in medians:
                 bits.append(f"{_vs(medians[r.subject], medians[PYCRDT_WEBSOCKET])} pycrdt-websocket")
             bits += _store_note(r.subject, medians, rounds)
+            bits += self._floor_note(r.subject, dr)
             r.note = "; ".join(bits)
+        for r in out:
+            progress.result(r)
+        return out
+
+    def _floor_note(self, subject: str, dr: DocsRun) -> list[str]:
+        """Target 1 beside QuickSlot's CPU row: the floor as measured in this run."""
+        if self.name != "docs_cpu" or subject != QUICKSLOT or not dr.floor:
+            return []
+        cpu = {
+            n: sorted(x["cpu_per_update_s"] for x in dr.rounds.get(n, [])) for n in (QUICKSLOT, Y_WEBSOCKET)
+        }
+        if not cpu[QUICKSLOT] or not cpu[Y_WEBSOCKET]:
+            return []
+        qs, yws = (v[len(v) // 2] for v in (cpu[QUICKSLOT], cpu[Y_WEBSOCKET]))
+        fl = cost_floor.median_floor(dr.floor)
+        ratio = floor_ratio(qs, yws, fl["verify_s"])
+        bits = [
+            f"floor in this run (cryptography): Ed25519 verify {fmt_seconds(fl['verify_s'])}, "
+            f"sign {fmt_seconds(fl['sign_s'])}",
+            f"target 1: {ratio:.2f}x (y-websocket {fmt_seconds(yws)} + one verification), "
+            f"limit {FLOOR_FACTOR}x: {'met' if ratio <= FLOOR_FACTOR else 'not met'}",
+        ]
+        nacl = cost_floor.median_floor(dr.floor, "pynacl")
+        if nacl:
+            bits.append(
+                f"PyNaCl here: verify {fmt_seconds(nacl['verify_s'])}, sign {fmt_seconds(nacl['sign_s'])}"
+            )
+        return bits
+
+
+@dataclass
+class CostFloor:
+    """The floor itself as rows of the report, so it sits in results.json beside the servers."""
+
+    name: str = "cost_floor"
+    title: str = "Cost floor: one Ed25519 verification and one signature (CPU)"
+    description: str = (
+        "CPU per operation of Ed25519 over a record-sized message with `cryptography` (what crdt_core "
+        "uses) and PyNaCl/libsodium when installed, measured in this run (5 samples of 2,000 each); "
+        "the relay's targets are stated against these (docs/benchmarks.md, Relay)."
+    )
+    baseline: str | None = None
+
+    def sizes(self, scale: Scale) -> list[int]:
+        return [1]
+
+    def run(self, size: int, config: RunConfig, progress: Progress) -> list[Result]:
+        samples = [cost_floor.measure(500 if config.scale == "tiny" else 2_000) for _ in range(5)]
+        out = []
+        for lib in ("cryptography", "pynacl"):
+            for what in ("verify", "sign"):
+                r = Result(self.name, f"{lib} {what}", lib, size, "time", "s/op", what, 1)
+                r.samples = [s[lib][f"{what}_s"] for s in samples if lib in s]
+                if not r.samples:
+                    r.status, r.note = UNSUPPORTED, f"unavailable: {lib} is not installed"
+                out.append(r)
         for r in out:
             progress.result(r)
         return out
@@ -964,7 +1034,14 @@ def _idle_conn_workloads() -> list[Any]:
 
 def workloads(adapters: dict[str, EngineAdapter[Any]]) -> list[Any]:
     """The relay suite ignores the engine adapters: its subjects are servers."""
-    return [*_fanout_workloads(), *_docs_workloads(), CatchUp(), IdleMemory(), *_idle_conn_workloads()]
+    return [
+        CostFloor(),
+        *_fanout_workloads(),
+        *_docs_workloads(),
+        CatchUp(),
+        IdleMemory(),
+        *_idle_conn_workloads(),
+    ]
 
 
 def suite() -> Any:

@@ -1,4 +1,4 @@
-"""The ``rest`` suite: the sync API over plain HTTP (``relay/rest_sync.py``) on a real relay process.
+"""The ``rest`` suite: the sync API over plain HTTP (``relay/http/rest_sync.py``) on a real relay process.
 
 Why these workloads:
 
@@ -387,7 +387,7 @@ def _bookings(who: Identity, docs: list[str], n: int) -> list[tuple[str, int, by
     out = []
     for i in range(n):
         doc = docs[i % len(docs)]
-        _, update = who.author.book(replicas[doc], doc, "s1", 1)
+        _, update = who.author.book(replicas[doc], doc, f"s{i + 1}", 1)  # one claim per slot and customer
         out.append((doc, i + 1, update))
     return out
 

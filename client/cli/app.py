@@ -302,13 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="days the slot runs, comma-separated, 0 = Monday ... 6 = Sunday, e.g. 0,1,2,3,4"
         " (default: every day)",
     )
+    p.add_argument(
+        "--per-customer",
+        type=int,
+        metavar="N",
+        help="bookings one customer may hold on this slot on one day, 1 to 100 (default: 1; a further"
+        " booking is refused as duplicate_booking)",
+    )
 
     p = add("staff", "manage:cmd_staff_add", "owner: name staff")
     staff_sub = p.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
     p = staff_sub.add_parser("add", parents=[common], help="name a staff member (or co-owner)")
     p.set_defaults(handler="manage:cmd_staff_add", schema="staff add")
     p.add_argument("shop", help="shop id")
-    p.add_argument("user_id", help="the person's user id (they see it with `quickslot whoami`)")
+    p.add_argument(
+        "user_id",
+        metavar="EMAIL_OR_USER_ID",
+        help="the person's email (the relay finds their account) or user id (`quickslot whoami`);"
+        " their staff rights count at once, with no grant at the relay and no new login",
+    )
     p.add_argument("--role", default="staff", choices=["staff", "owner"], help="default: staff")
 
     p = add("category", "manage:cmd_category_add", "admin: add a category")
@@ -344,6 +356,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     from client.cli.context import Ctx, default_home, secret_store
     from client.local.client import LocalClient
+    from crdt_core.schema import printable
 
     handler = handler_of(args.handler)
     home = Path(args.home).expanduser() if args.home else default_home()
@@ -360,7 +373,9 @@ async def _run(args: argparse.Namespace) -> int:
         except sqlite3.Error as exc:
             raise profile_error(exc, home) or exc from exc
         if not args.streamed:
-            print(json.dumps(data, default=str) if args.json else human, flush=True)
+            print(
+                json.dumps(data, default=str) if args.json else printable(human, multiline=True), flush=True
+            )
         return int(args.exit_code)
     finally:
         await local.close()

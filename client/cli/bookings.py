@@ -73,6 +73,9 @@ async def cmd_reservations(ctx: Ctx) -> Result:
 #: What the user can do about a change the relay refused, by the relay's reason code prefix.
 REFUSED_HINTS = {
     "party_too_large": "book a smaller party (`quickslot retry ID --party N`) or discard it",
+    "duplicate_booking": "you already hold a booking of this slot that day: keep that one and discard this",
+    "day_out_of_range": "that day is too far in the past or the future to book: discard it",
+    "unknown_category": "pick a category from `quickslot categories`, then discard this",
     "not_allowed": "this account may not make that change: discard it",
     "backdated": "made too long ago with an expired login: `quickslot retry ID` makes it again now",
     "unknown_certificate": "log in again, then `quickslot retry ID`",

@@ -83,7 +83,9 @@ def fail(err: CliError, as_json: bool) -> int:
     else:
         for _event, line in err.happened:
             print(line, flush=True)
-    print(f"quickslot: {err.message}", file=sys.stderr)
+    from crdt_core.schema import printable  # never raw control characters on a terminal
+
+    print(printable(f"quickslot: {err.message}", multiline=True), file=sys.stderr)
     return err.exit_code
 
 

@@ -37,14 +37,17 @@ async def cmd_slot_add(ctx: Ctx) -> Result:
     a = ctx.args
     row = await ctx.local.add_slot(
         a.shop, a.slot, service=a.service, start=a.start, duration=a.duration, capacity=a.capacity,
-        weekdays=a.weekdays,
+        weekdays=a.weekdays, per_customer=a.per_customer,
     )  # fmt: skip
     return {"slot": slot_json(row), "queued": True}, f"slot {a.slot} of {a.shop} saved (queued for the relay)"
 
 
 async def cmd_staff_add(ctx: Ctx) -> Result:
     ctx.require_login()
-    row = await ctx.local.add_staff(ctx.args.shop, ctx.args.user_id, role=ctx.args.role)
+    who = ctx.args.user_id
+    if "@" in who:  # an email: the relay names the account (asked as an owner of the shop)
+        who = str((await ctx.auth().find_user(ctx.args.shop, who))["user_id"])
+    row = await ctx.local.add_staff(ctx.args.shop, who, role=ctx.args.role)
     return {
         "staff": staff_json(row),
         "queued": True,

@@ -25,6 +25,7 @@ from client.local.projections import (
     StaffRow,
 )
 from client.storage.store import OutboxEntry
+from crdt_core.schema import printable
 from crdt_core.verdict import ClaimState
 
 # --- converting rows to JSON ------------------------------------------------------------------------
@@ -83,8 +84,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return printable(",".join(str(v) for v in value)) or "-"
+    return printable(str(value))  # a cell is one line: no control character reaches the terminal
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "(none)") -> str:
@@ -101,7 +102,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
 
 
 #: How a verdict state reads to a person where its value alone would puzzle (JSON keeps the value).
-STATE_WORDS = {ClaimState.TOO_LARGE: "party too large for this slot"}
+STATE_WORDS = {
+    ClaimState.TOO_LARGE: "party too large for this slot",
+    ClaimState.DUPLICATE: "duplicate: you already hold a booking of this slot that day",
+}
 
 
 def state_words(state: ClaimState) -> str:

@@ -13,6 +13,7 @@ from client.cli.context import Ctx, Result, drain
 from client.cli.errors import CliError
 from client.cli.output import describe_event
 from client.cli.schemas import EXIT_AUTH, EXIT_FAILURE, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
+from crdt_core.schema import printable
 
 
 def peer_error(exc: Exception) -> CliError:
@@ -92,7 +93,7 @@ async def cmd_peer_serve(ctx: Ctx) -> Result:
         if as_json:
             print(json.dumps({"type": kind, "at_ms": int(time.time() * 1000), **fields}), flush=True)
         else:
-            print(" ".join([kind, *(f"{k}={v}" for k, v in fields.items())]), flush=True)
+            print(printable(" ".join([kind, *(f"{k}={v}" for k, v in fields.items())])), flush=True)
 
     server = PeerServer(ctx.local, host=ctx.args.host, port=ctx.args.port, log=emit)
     try:
@@ -122,7 +123,7 @@ async def cmd_peer_serve(ctx: Ctx) -> Result:
             if as_json:
                 print(json.dumps(event.to_dict(), default=str), flush=True)
             else:
-                print(describe_event(event), flush=True)
+                print(printable(describe_event(event), multiline=True), flush=True)
     finally:
         stopping.cancel()
         ended.cancel()

@@ -22,6 +22,7 @@ from client.cli.errors import CliError
 from client.cli.output import describe_event, entry_json, table
 from client.cli.schemas import EXIT_AUTH, EXIT_REJECTED
 from client.local.events import ClientEvent, LoggedOut, RelayReachable, Synced
+from crdt_core.schema import printable
 
 if TYPE_CHECKING:
     from client.sync.service import SyncService, SyncSummary
@@ -104,7 +105,7 @@ async def _watch(ctx: Ctx, svc: SyncService) -> Result:
         nonlocal logged_out
         logged_out = logged_out or isinstance(event, LoggedOut)
         line = json.dumps(event.to_dict(), default=str) if ctx.args.json else describe_event(event)
-        print(line, flush=True)
+        print(printable(line, multiline=True), flush=True)
         if isinstance(event, Synced):
             write_config(ctx.home, last_sync_ms=event.at_ms)
             remember_transport(ctx, svc)

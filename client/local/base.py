@@ -42,7 +42,7 @@ from crdt_core.clientids import generation_of
 from crdt_core.engine import EngineError, Replica
 from crdt_core.errors import ClockSkewError, SchemaError, SignatureError
 from crdt_core.hlc import HybridClock, Timestamp
-from crdt_core.reader import BookingsState, read_bookings, slot_templates
+from crdt_core.reader import BookingsState, read_bookings, shop_staff, slot_templates
 from crdt_core.schema import (
     SCHEMA_VERSION,
     DocId,
@@ -54,7 +54,9 @@ from crdt_core.schema import (
     TypedRecord,
     parse_doc_id,
     parse_record,
+    per_customer_limits,
 )
+from crdt_core.validation import Rights, day_in_range
 from crdt_core.verdict import Verdict, compute_verdict
 
 log = get_logger(__name__)
@@ -332,6 +334,19 @@ class LocalBase:
         self._docs[doc_id] = loaded
         return loaded
 
+    async def _staff_list(self, tx: Tx, doc: DocId) -> frozenset[str] | None:
+        """For a bookings or shop document, the users its shop's staff list names (staff rights)."""
+        if doc.kind not in (DocKind.BOOKINGS, DocKind.SHOP) or doc.shop_id is None:
+            return None
+        shop = DocId.shop(doc.shop_id)
+        return shop_staff((await self._load(tx, str(shop))).replica, shop)
+
+    async def _rights_in(self, identity: Identity, shop_id: str) -> Rights:
+        """The profile's rights, with staff rights on ``shop_id`` if its staff list names the user."""
+        async with self._read() as tx:
+            staff = await self._staff_list(tx, DocId.shop(shop_id)) or frozenset()
+        return identity.rights.with_shop_staff(shop_id, staff)
+
     async def _shop_templates(self, tx: Tx, shop_id: str) -> dict[str, SlotTemplate]:
         cached = self._templates.get(shop_id)
         if cached is None:
@@ -454,6 +469,7 @@ class LocalBase:
             )
             templates = await self._shop_templates(tx, doc.shop_id)
             capacities = proj.capacities_on(templates, doc.day)
+            limits = per_customer_limits(templates)
             baseline = work.verdicts.get(doc_id) or self._verdicts.get(doc_id)
             slots = None
             if baseline is not None and doc_id not in recapacity:
@@ -466,9 +482,9 @@ class LocalBase:
                 verdict = fast
                 changed = [key for _root, key, _rec in work.touched.get(doc_id, ())]
             elif baseline is None or slots is None:
-                verdict = compute_verdict(state, capacities)
+                verdict = compute_verdict(state, capacities, limits)
             else:
-                verdict = _reverdict(baseline, state, capacities, slots)
+                verdict = _reverdict(baseline, state, capacities, slots, limits)
             changes = await proj.project_bookings(
                 tx, doc, state, verdict, baseline, slots=slots, changed=changed
             )
@@ -526,6 +542,8 @@ class LocalBase:
                 parse_record(doc.kind, rec.ROOT, key, rec.KIND, rec.to_fields(), SCHEMA_VERSION)
             except SchemaError as exc:
                 raise InvalidRequest(str(exc)) from None
+            if isinstance(rec, Reservation) and doc.day is not None and not day_in_range(doc.day, rec.hlc):
+                raise InvalidRequest(f"{doc.day.isoformat()} is too far in the past or the future to book")
             hlc = getattr(rec, "hlc", None)
             if hlc is not None and not identity.certificate.valid_at(Timestamp.parse(hlc).wall_ms):
                 raise NotLoggedIn("the device certificate is not valid now: log in again")

@@ -132,7 +132,9 @@ class Booking(Browsing):
                 hlc=author.hlc(),
                 reason=reason,
             )
-            if not may_write(parse_doc_id(row.doc_id), event, identity.rights, row.customer):
+            target = parse_doc_id(row.doc_id)
+            staff = await self._staff_list(work.tx, target) or ()
+            if not may_write(target, event, identity.rights, row.customer, staff):
                 if kind is EventType.CANCEL:
                     raise NotAllowed("only the customer can cancel a reservation")
                 raise NotAllowed(f"only staff of {row.shop_id} can {kind.value.replace('_', '-')} a booking")
@@ -221,7 +223,7 @@ class Booking(Browsing):
         owner = identity.rights.manages(shop_id)
         if {"category", "location", "rating", "active"} & summary_changes.keys() and not owner:
             raise NotAllowed(f"only the owner of {shop_id} or an admin can change its catalog entry")
-        if not identity.rights.edits(shop_id):
+        if not (await self._rights_in(identity, shop_id)).edits(shop_id):
             raise NotAllowed(f"only staff of {shop_id} can edit it")
         async with self._write(local=True) as work:
             current = await proj.query_shop(work.tx, shop_id)
@@ -268,17 +270,18 @@ class Booking(Browsing):
         capacity: int,
         weekdays: Iterable[int] | None = None,
         active: bool = True,
+        per_customer: int | None = None,
     ) -> SlotRow:
         """Staff, owner or admin: offer a slot, or change one (same id; the newest template wins)."""
         author, identity = self._require_author()
         _id(shop_id, "shop id")
-        if not identity.rights.edits(shop_id):
+        if not (await self._rights_in(identity, shop_id)).edits(shop_id):
             raise NotAllowed(f"only staff of {shop_id} can change its slots")
         days = None if weekdays is None else tuple(sorted(set(weekdays)))
         async with self._write(local=True) as work:
             rec = SlotTemplate(
                 id=_id(slot_id, "slot id"), service=service, start=start, duration=duration,
-                capacity=capacity, weekdays=days, active=active, hlc=author.hlc(),
+                capacity=capacity, weekdays=days, active=active, hlc=author.hlc(), per_customer=per_customer,
             )  # fmt: skip
             await self._put(work, DocId.shop(shop_id), [rec], ("slot", slot_id, "create"))
         return SlotRow(shop_id, slot_id, service, start, duration, capacity, days, active)

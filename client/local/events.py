@@ -31,6 +31,7 @@ __all__ = [
     "BookingNoShow",
     "BookingPromoted",
     "BookingRejected",
+    "BookingDuplicate",
     "BookingTooLarge",
     "BookingWaitlisted",
     "ClientEvent",
@@ -130,6 +131,12 @@ class BookingTooLarge(BookingEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BookingDuplicate(BookingEvent):
+    """The customer already holds the slot's allowed number of active bookings that day (one
+    unless the shop allows more): this one holds no seat and does not wait."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class BookingRejected(ClientEvent):
     """The relay refused a queued change for good; it is set aside, with its reason, for ``status``."""
 
@@ -177,6 +184,7 @@ _BY_STATE: dict[ClaimState, type[BookingEvent]] = {
     ClaimState.DECLINED: BookingDeclined,
     ClaimState.NO_SHOW: BookingNoShow,
     ClaimState.TOO_LARGE: BookingTooLarge,
+    ClaimState.DUPLICATE: BookingDuplicate,
 }
 
 

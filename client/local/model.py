@@ -231,7 +231,11 @@ def _slots_touched(state: BookingsState, records: Iterable[ProjectedRecord]) -> 
 
 
 def _reverdict(
-    previous: Verdict, state: BookingsState, capacities: Mapping[str, int], slots: set[str]
+    previous: Verdict,
+    state: BookingsState,
+    capacities: Mapping[str, int],
+    slots: set[str],
+    limits: Mapping[str, int] | None = None,
 ) -> Verdict:
     """``compute_verdict(state, capacities)`` when ``state`` differs from ``previous``'s only in ``slots``.
 
@@ -243,7 +247,7 @@ def _reverdict(
     """
     reservations = {rid: r for rid, r in state.reservations.items() if r.slot in slots}
     events = {eid: e for eid, e in state.events.items() if e.reservation in reservations}
-    part = compute_verdict(BookingsState(state.doc, reservations, events, state.stamps), capacities)
+    part = compute_verdict(BookingsState(state.doc, reservations, events, state.stamps), capacities, limits)
     claims = dict(previous.claims)
     claims.update(part.claims)
     by_slot = dict(previous.slots)
@@ -278,6 +282,8 @@ def _appended(
             if slot.capacity != capacity:
                 return None
             before = slot.claims
+        if any(c.customer == rec.customer for c in before):  # a repeat? the general path decides
+            return None
         if before and before[-1].stamp is None:
             last = state.reservations.get(before[-1].reservation_id)
             if last is None or tentative_key(last) >= tentative_key(rec):

@@ -28,7 +28,7 @@ from crdt_core.clientids import GENERATIONS, client_id_for
 from crdt_core.engine import EngineError, Replica, parse_state_vector, state_vector_of_update
 from crdt_core.errors import SchemaError, ValidationError
 from crdt_core.reader import read_map
-from crdt_core.schema import CERTS_ROOT, DocId, DocKind, TypedRecord, parse_doc_id
+from crdt_core.schema import CERTS_ROOT, DocId, DocKind, TypedRecord, parse_doc_id, per_customer_limits
 from crdt_core.validation import ArrivalPolicy, validate_update
 from crdt_core.verdict import Verdict, VerdictChange, compute_verdict
 from crdt_core.yupdate import decode_update
@@ -89,10 +89,11 @@ class RemoteSync(LocalBase):
                     did = str(doc)
                     loaded = await self._load(work.tx, did)
                     try:
-                        validated = validate_update(doc, loaded.replica, update, certs, policy)
+                        staff = await self._staff_list(work.tx, doc)
+                        validated = validate_update(doc, loaded.replica, update, certs, policy, staff)
                     except ValidationError as exc:
                         failed[index] = BatchFailure(index, did, exc)
-                        if exc.code == "missing_deps":
+                        if exc.code in ("missing_deps", "forbidden"):  # forbidden: the staff list may follow
                             retry.append(index)
                         continue
                     failed.pop(index, None)
@@ -161,7 +162,7 @@ class RemoteSync(LocalBase):
         async with self._read() as tx:
             state = await self._bookings_state(tx, await self._load(tx, str(doc)), doc, ())
             templates = await self._shop_templates(tx, shop_id)
-            return compute_verdict(state, proj.capacities_on(templates, d))
+            return compute_verdict(state, proj.capacities_on(templates, d), per_customer_limits(templates))
 
     # --- outbox (for the sync engine) ------------------------------------------------------------
 
@@ -266,7 +267,8 @@ class RemoteSync(LocalBase):
             tx = work.tx
             old = await self._load(tx, did)
             work.dirty.add(did)
-            validate_update(doc, Replica(), relay_state, certs)  # the relay judged arrival rules
+            staff = await self._staff_list(tx, doc)
+            validate_update(doc, Replica(), relay_state, certs, None, staff)  # the relay judged arrival rules
             relay_clocks = parse_state_vector(state_vector_of_update(relay_state))
             old_clocks = old.replica.state_clocks()
             reason = (await tx.rebuilds()).get(did, "relay update did not fit the local document")
@@ -337,7 +339,7 @@ class RemoteSync(LocalBase):
                 if entry.operation != "forward":
                     continue
                 try:
-                    if not validate_update(doc, replica, entry.payload, certs).noop:
+                    if not validate_update(doc, replica, entry.payload, certs, None, staff).noop:
                         replica.apply_update(entry.payload)
                 except (ValidationError, EngineError) as exc:
                     log.info("carried update %s left out of rebuilt %s: %s", entry.id, did, exc)

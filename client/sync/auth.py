@@ -288,6 +288,25 @@ class AuthClient:
         log.info("logged in as %s", user_id)
         return LoginResult(user_id, email, device.cert_id, relay_keys)
 
+    async def find_user(self, shop_id: str, email: str) -> dict[str, Any]:
+        """The ``{user_id, display_name}`` of the account with ``email``: asked as an owner of
+        ``shop_id`` (``relay.staff_lookup``), to name that person in the shop's staff list.
+
+        Raises:
+            AuthError: ``no_such_user``, ``forbidden`` (not an owner of the shop), ...
+            LoginRequired: no tokens, or the relay refused them.
+        """
+        path = f"/api/v1/shops/{shop_id}/staff-lookup"
+        async with self._http() as http:
+            response = await self._post(http, path, {"email": email}, await self.access_token())
+            if response.status_code == 401 and _error(response)[0] == "token_expired":
+                response = await self._post(http, path, {"email": email}, await self.refresh())
+        if response.status_code != 200:
+            code, message = _error(response)
+            raise AuthError(response.status_code, code, message)
+        body: dict[str, Any] = response.json()
+        return body
+
     async def access_token(self) -> str:
         """The stored access token (it may be expired: the relay says so with close 4001).
 

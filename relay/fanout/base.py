@@ -10,7 +10,7 @@ What a message promises: ``updates`` are *already durable* in the shared store u
 ``seq .. seq + len(updates) - 1`` (a booking and its stamp update travel together, as they were
 stored together). A node that receives one may apply it to its in-memory replica without storing
 it, and hand it to its subscribers; a node that misses one notices the hole in the document's
-seqs and reloads the document from the store (:mod:`relay.documents`).
+seqs and reloads the document from the store (:mod:`relay.documents.manager`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from typing import Protocol
 
 import msgpack
 
+from relay.errors import RelayError
+
 __all__ = ["Committed", "DecodeError", "Fanout", "decode", "encode"]
 
 #: Bumped when the wire form changes; a node drops (and logs) messages of another version.
 WIRE_VERSION = 1
 
 
-class DecodeError(ValueError):
+class DecodeError(RelayError, ValueError):
     """A stream entry that is not a fan-out message of this version."""
 
 

@@ -22,7 +22,7 @@ Theory of operation
   come back too and are skipped by origin id.
 * **Order per document across nodes** is not the stream's job: two nodes committing seqs 8 and 9
   of one document may publish them in either order. The receiving document manager orders by seq
-  and waits briefly for a missing one (:mod:`relay.documents`).
+  and waits briefly for a missing one (:mod:`relay.documents.manager`).
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from relay.fanout.base import Committed, DecodeError, OnMessage, OnReset, decode, encode
+from relay.ops.logging import get_logger, log_event
 
 __all__ = ["FanoutStats", "RedisStreamFanout"]
 
-log = logging.getLogger("quickslot.relay.fanout")
+log = get_logger(__name__)
 
 _FIELD = b"m"
 
@@ -131,13 +132,15 @@ class RedisStreamFanout:
             self._run_id = await self._server_run_id()
             self.connected = True
         except (RedisError, OSError) as exc:
-            log.warning("fan-out: Redis unreachable at start, will keep trying: %s", exc)
+            log_event(
+                log, "fanout_unreachable_at_start", logging.WARNING, error=repr(exc), hint="will keep trying"
+            )
         self._ids = {key: f"{start_ms}-0" for key in self.keys}
         self._tasks = [
             asyncio.create_task(self._publish_forever(), name="fanout-publish"),
             asyncio.create_task(self._consume_forever(on_message, on_reset), name="fanout-consume"),
         ]
-        log.info("fan-out started", extra={"node": self.node_id, "streams": self.keys})
+        log_event(log, "fanout_started", node=self.node_id, streams=self.keys)
 
     async def close(self) -> None:
         self._closing = True
@@ -170,7 +173,9 @@ class RedisStreamFanout:
             self._backlog.popleft()
             self._dropped += 1
             if self._dropped % 1000 == 1:
-                log.error("fan-out backlog full (Redis down?): dropped %d entries so far", self._dropped)
+                log_event(
+                    log, "fanout_backlog_full", logging.ERROR, dropped=self._dropped, hint="Redis down?"
+                )
         self._wake.set()
 
     async def _publish_forever(self) -> None:
@@ -192,7 +197,9 @@ class RedisStreamFanout:
                     await pipe.execute()
                 except (RedisError, OSError) as exc:
                     if self.connected:
-                        log.warning("fan-out: publishing failed, retrying: %s", exc)
+                        log_event(
+                            log, "fanout_publish_failed", logging.WARNING, error=repr(exc), hint="retrying"
+                        )
                     self.connected = False
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
@@ -241,20 +248,27 @@ class RedisStreamFanout:
                     must_check, last_check = False, time.monotonic()
                     if lost:
                         self._resets += 1
-                        log.warning("fan-out: entries may be lost (Redis restarted or stream trimmed)")
+                        log_event(
+                            log,
+                            "fanout_entries_may_be_lost",
+                            logging.WARNING,
+                            hint="Redis restarted or stream trimmed",
+                        )
                         try:
                             on_reset()
                         except Exception:
-                            log.exception("fan-out reset handler failed")
+                            log_event(log, "fanout_reset_handler_failed", logging.ERROR, exc_info=True)
                     if not self.connected:
                         self.connected = True
                         self._wake.set()  # the publisher may be sleeping on its backoff
-                        log.info("fan-out: connected to Redis again")
+                        log_event(log, "fanout_reconnected")
                 streams: Any = self._ids
                 reply: Any = await self._redis.xread(streams, count=512, block=self.block_ms)
             except (RedisError, OSError) as exc:
                 if self.connected:
-                    log.warning("fan-out: reading failed, reconnecting: %s", exc)
+                    log_event(
+                        log, "fanout_read_failed", logging.WARNING, error=repr(exc), hint="reconnecting"
+                    )
                 self.connected = False
                 must_check = True
                 await asyncio.sleep(backoff)
@@ -273,7 +287,7 @@ class RedisStreamFanout:
                         message = decode(data)
                     except DecodeError as exc:
                         self._undecodable += 1
-                        log.error("fan-out: skipping entry %s: %s", entry_id, exc)
+                        log_event(log, "fanout_entry_skipped", logging.ERROR, entry=entry_id, error=repr(exc))
                         continue
                     if message.origin == self.node_id:
                         continue
@@ -281,4 +295,11 @@ class RedisStreamFanout:
                     try:
                         on_message(message)
                     except Exception:
-                        log.exception("fan-out: delivering %s seq %d failed", message.doc, message.seq)
+                        log_event(
+                            log,
+                            "fanout_delivery_failed",
+                            logging.ERROR,
+                            exc_info=True,
+                            doc=message.doc,
+                            seq=message.seq,
+                        )

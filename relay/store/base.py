@@ -30,7 +30,7 @@ Theory of operation (every implementation must keep these promises):
   one transaction, so an append that commits meanwhile is never lost.
 * **Meta**: a few named values beside the documents (:class:`DocumentMeta`), stored with
   them so they are backed up and restored with them: the epoch the documents were last served
-  under, and a restore's stamp hold (:mod:`relay.stamp_hold`).
+  under, and a restore's stamp hold (:mod:`relay.sync.stamp_hold`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from relay.errors import RelayError
 
 __all__ = [
     "AppendResult",
@@ -68,7 +70,7 @@ FIRST_STAMP = 1
 MAX_DOC_ID_LENGTH = 256
 
 
-class StoreError(Exception):
+class StoreError(RelayError):
     """The store could not do what was asked; nothing of that request is stored."""
 
 
@@ -227,7 +229,7 @@ class DocumentMeta(Protocol):
     """The meta values beside the documents (see "Meta" above); both stores offer it.
 
     Separate from :class:`DocumentStore` because the document manager never needs it: only the
-    restore stamp hold (:mod:`relay.stamp_hold`) does.
+    restore stamp hold (:mod:`relay.sync.stamp_hold`) does.
     """
 
     @property

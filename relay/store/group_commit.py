@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Self
 
 from crdt_core.engine import EngineError, Replica
+from relay.ops.logging import get_logger, log_event
 from relay.store.base import (
     FIRST_STAMP,
     AppendResult,
@@ -59,7 +60,7 @@ __all__ = [
     "take_append",
 ]
 
-log = logging.getLogger("quickslot.relay.store")
+log = get_logger(__name__)
 
 #: ``on_commit(requests_in_batch, seconds)``: a hook for the commit-latency histogram.
 CommitHook = Callable[[int, float], None]
@@ -232,8 +233,14 @@ def fold(stored: StoredDocument) -> bytes:
         try:
             scratch.apply_update(update)
         except EngineError as exc:
-            log.error(
-                "! %s: log row %d is unreadable and is dropped by compaction: %s", stored.doc_id, seq, exc
+            log_event(
+                log,
+                "log_row_unreadable",
+                logging.ERROR,
+                doc=stored.doc_id,
+                seq=seq,
+                error=repr(exc),
+                hint="dropped by compaction",
             )
     return scratch.encode_state()
 
@@ -283,6 +290,8 @@ class GroupCommitStore(ABC):
         self.compact_min_bytes = compact_min_bytes
         self._reader_count = readers
         self._on_commit = on_commit
+        #: ``on_compaction(seconds)``: a hook for the compaction-duration histogram (set after open).
+        self.on_compaction: Callable[[float], None] | None = None
         self._epoch: str | None = None
         self._queue: asyncio.Queue[Job | _Stop] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
@@ -477,20 +486,36 @@ class GroupCommitStore(ABC):
     async def _auto_compact(self, doc_id: str) -> None:
         try:
             async with self._compaction_slots:
+                started = time.monotonic()
                 result = await self.compact(doc_id)
+                seconds = time.monotonic() - started
             if result is not None:
-                log.debug(
-                    "= compacted %s up to seq %d: %d rows (%d bytes) into %d bytes",
-                    doc_id,
-                    result.covered_seq,
-                    result.removed_rows,
-                    result.removed_bytes,
-                    result.snapshot_bytes,
+                # Info, with its duration: a compaction folds the whole document (CPU in a
+                # thread, then one write), so it shows beside latency it may explain.
+                log_event(
+                    log,
+                    "compacted",
+                    logging.INFO,
+                    doc=doc_id,
+                    seconds=round(seconds, 4),
+                    covered_seq=result.covered_seq,
+                    removed_rows=result.removed_rows,
+                    removed_bytes=result.removed_bytes,
+                    snapshot_bytes=result.snapshot_bytes,
                 )
+                if self.on_compaction is not None:
+                    self.on_compaction(seconds)
         except (StoreClosedError, asyncio.CancelledError):
             pass
         except Exception:
-            log.exception("! compaction of %s failed; the log is kept and retried later", doc_id)
+            log_event(
+                log,
+                "compaction_failed",
+                logging.ERROR,
+                exc_info=True,
+                doc=doc_id,
+                hint="log kept, retried later",
+            )
 
     # --- the writer (group commit) ------------------------------------------------------------
 
@@ -513,7 +538,7 @@ class GroupCommitStore(ABC):
             try:
                 await self._commit_batch(batch)
             except Exception as exc:  # never let the writer die with requests waiting
-                log.exception("! writer failed")
+                log_event(log, "writer_failed", logging.ERROR, exc_info=True)
                 for job in batch:
                     settle(job, as_store_error(exc))
             if stop:
@@ -532,7 +557,14 @@ class GroupCommitStore(ABC):
                 settle(batch[0], as_store_error(exc))
                 return
             # Isolate the culprit: retry each request in its own transaction, in order.
-            log.warning("! group commit of %d requests failed (%s); retrying one by one", len(batch), exc)
+            log_event(
+                log,
+                "group_commit_failed",
+                logging.WARNING,
+                requests=len(batch),
+                error=repr(exc),
+                hint="retrying one by one",
+            )
             for job in batch:
                 try:
                     (outcome,) = await self._transaction([job])
@@ -545,7 +577,7 @@ class GroupCommitStore(ABC):
             try:
                 self._on_commit(len(batch), elapsed)
             except Exception:  # a metrics hook must not break commits
-                log.exception("! on_commit hook failed")
+                log_event(log, "on_commit_hook_failed", logging.ERROR, exc_info=True)
         for job, outcome in zip(batch, outcomes, strict=True):
             settle(job, outcome)
 

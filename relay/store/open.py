@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.config import RelayConfig, is_postgres_url
+from relay.ops.config import RelayConfig, is_postgres_url
 from relay.store.postgres import PostgresDocumentStore
 from relay.store.sqlite import SQLiteDocumentStore
 
@@ -37,7 +37,7 @@ async def open_document_store(config: RelayConfig, **options: Any) -> AnyDocumen
 
 def store_description(config: RelayConfig) -> str:
     """Where the documents are, for logs (no password)."""
-    from relay.config import redact_url
+    from relay.ops.config import redact_url
 
     if config.store_url is not None:
         replica = config.store_replica_url

@@ -75,7 +75,8 @@ from typing import Any, Final
 
 import asyncpg
 
-from relay.config import redact_url
+from relay.ops.config import redact_url
+from relay.ops.logging import get_logger, log_event
 from relay.store.base import (
     CompactionResult,
     StampConflictError,
@@ -112,7 +113,7 @@ from relay.store.pg_migrations import (
 
 __all__ = ["PostgresDocumentStore"]
 
-log = logging.getLogger("quickslot.relay.store.postgres")
+log = get_logger(__name__)
 
 # SQLSTATEs after which the whole transaction may simply be run again.
 _RETRYABLE: Final = {"40001", "40P01"}  # serialization_failure, deadlock_detected
@@ -263,7 +264,7 @@ class PostgresDocumentStore(GroupCommitStore):
                 ) from exc
             raise
         if applied:
-            log.info("applied document schema migrations %s", applied)
+            log_event(log, "schema_migrations_applied", versions=applied)
         await self._check_replica()
         self._writer = writer
         self._start_writer()
@@ -276,12 +277,23 @@ class PostgresDocumentStore(GroupCommitStore):
         try:
             standby = await self._replica.fetchval("SELECT pg_is_in_recovery()")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning(
-                "! replica %s unreachable (%s): reads go to the primary", redact_url(self.replica_url), exc
+            log_event(
+                log,
+                "replica_unreachable",
+                logging.WARNING,
+                replica=redact_url(self.replica_url),
+                error=repr(exc),
+                hint="reads go to the primary",
             )
             return
         if not standby:
-            log.warning("! %s is not a standby: is --store-replica right?", redact_url(self.replica_url))
+            log_event(
+                log,
+                "replica_not_a_standby",
+                logging.WARNING,
+                replica=redact_url(self.replica_url),
+                hint="is --store-replica right?",
+            )
 
     async def _connect_writer(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(
@@ -353,7 +365,14 @@ class PostgresDocumentStore(GroupCommitStore):
             rows = await self._replica.fetch(_LOAD_SQL, doc_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self.replica_fallbacks += 1
-            log.warning("! replica read of %s failed (%s); reading the primary", doc_id, exc)
+            log_event(
+                log,
+                "replica_read_failed",
+                logging.WARNING,
+                doc=doc_id,
+                error=repr(exc),
+                hint="reading the primary",
+            )
             return await self._load_primary(doc_id)
         from_replica = assemble(doc_id, rows)
         try:
@@ -406,7 +425,9 @@ class PostgresDocumentStore(GroupCommitStore):
             try:
                 row = await self._replica.fetchrow(_STATS_SQL)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("! replica stats failed (%s); reading the primary", exc)
+                log_event(
+                    log, "replica_stats_failed", logging.WARNING, error=repr(exc), hint="reading the primary"
+                )
         if row is None:
             row = await self._primary().fetchrow(_STATS_SQL)
         assert row is not None
@@ -429,7 +450,7 @@ class PostgresDocumentStore(GroupCommitStore):
         conn = self._writer
         if conn is None or conn.is_closed():
             if conn is not None:
-                log.warning("! the store's writer connection was lost; reconnecting")
+                log_event(log, "writer_connection_lost", logging.WARNING, hint="reconnecting")
             try:
                 conn = await self._connect_writer()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
@@ -467,7 +488,7 @@ class PostgresDocumentStore(GroupCommitStore):
                 # running node (a restore). Create them now; rows already locked stay locked.
                 lost = [d for d in doc_ids if d not in heads]
                 self._known_heads.difference_update(lost)
-                log.warning("! document heads vanished from the database (restored?): %s", lost[:5])
+                log_event(log, "document_heads_vanished", logging.WARNING, docs=lost[:5], hint="restored?")
                 await conn.execute(_CREATE_HEADS, lost)
                 heads = heads_from_rows(await conn.fetch(_LOCK_HEADS, doc_ids))
                 if len(heads) != len(doc_ids):

@@ -49,6 +49,7 @@ from typing import Final, Literal, TypeVar
 
 import aiosqlite
 
+from relay.ops.logging import get_logger, log_event
 from relay.store.base import (
     CompactionResult,
     StampConflictError,
@@ -78,7 +79,7 @@ from relay.store.group_commit import (
 
 __all__ = ["DB_FILENAME", "SCHEMA_VERSION", "SQLiteDocumentStore"]
 
-log = logging.getLogger("quickslot.relay.store")
+log = get_logger(__name__)
 
 DB_FILENAME: Final = "relay.sqlite3"
 SCHEMA_VERSION: Final = 1
@@ -433,7 +434,7 @@ def _run_transaction(
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
-                log.exception("! rollback failed")
+                log_event(log, "rollback_failed", logging.ERROR, exc_info=True)
         raise
     return outcomes, appended
 

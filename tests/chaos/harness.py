@@ -249,17 +249,23 @@ async def setup_accounts(cfg: ChaosConfig, relay: Relay, url: str, plan: dict[st
         await asyncio.to_thread(
             cli_json, "user", "grant", emails["owner"], "--owner", SHOP, data_dir=relay.data_dir
         )
+        # admin too: a shop names a category the catalogue defines, and only admins add one
+        await asyncio.to_thread(
+            cli_json, "user", "grant", emails["owner"], "--admin", data_dir=relay.data_dir
+        )
         await asyncio.sleep(0.6)  # the relay polls account events every 0.2 s
         for name, (_local, auth) in auths.items():
             await auth.login(emails[name], PASSWORD)
         owner, owner_auth = auths["owner"]
+        await owner.add_category("hair", "Hair")
         await owner.create_shop(
             SHOP, name="Chaos Cuts", category="hair", location="Main St", lat=1.0, lon=2.0
         )
         for i, slot in enumerate(plan["slots"]):
-            await owner.add_slot(
-                SHOP, slot, service="haircut", start=f"{10 + i}:00", duration=30, capacity=cfg.capacity
-            )
+            await owner.add_slot(  # customers book at random, the same slot again too
+                SHOP, slot, service="haircut", start=f"{10 + i}:00", duration=30, capacity=cfg.capacity,
+                per_customer=100,
+            )  # fmt: skip
         for name, (local, auth) in auths.items():
             await local.follow(SHOP)
             for day in days:

@@ -74,7 +74,9 @@ async def test_fifty_bookings_leave_one_client_id_for_the_device(
         people["erin"],
         people["fred"],
     )
-    await open_shop(owner, owner_auth, relay, shop, capacity=60)
+    await open_shop(
+        owner, owner_auth, relay, shop, capacity=60, per_customer=100
+    )  # one customer books the slot again and again
     await erin.slots(shop, DAY)
     erin_sync = service(erin, relay, erin_auth)
     await erin_sync.sync_once()
@@ -100,7 +102,9 @@ async def test_a_refused_write_does_not_wedge_the_writes_queued_behind_it(
     shop = "idsrefused"
     people = await accounts(relay, tmp_path, ["owner", "bob", "erin"], {"owner": shop})
     (owner, owner_auth), (bob, bob_auth), (erin, erin_auth) = people["owner"], people["bob"], people["erin"]
-    await open_shop(owner, owner_auth, relay, shop, capacity=10)
+    await open_shop(
+        owner, owner_auth, relay, shop, capacity=10, per_customer=100
+    )  # one customer books the slot again and again
     await erin.slots(shop, DAY)
     erin_sync = service(erin, relay, erin_auth)
     await erin_sync.sync_once()

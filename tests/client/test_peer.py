@@ -92,6 +92,7 @@ from tests.support.relay_process import (
     serving_fixed_port_relay,
     unique_email,
 )
+from tests.support.sync_helpers import seed_categories
 
 SHOP = "peershop"
 SLOT = "cut-10"
@@ -129,7 +130,7 @@ def mint_token(
     typ: str = "access",
     cnf: dict[str, Any] | None = None,
 ) -> str:
-    """An access token exactly as ``relay.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
+    """An access token exactly as ``relay.auth.tokens.TokenService.issue`` writes one (``cnf``: bound)."""
     key = signer or world.relay
     iat = int(time.time()) if iat_s is None else iat_s
     claims: dict[str, Any] = {
@@ -728,6 +729,7 @@ async def test_a_booking_made_offline_reaches_the_relay_through_the_shops_tablet
     tablet, tablet_auth = await account(relay, tablet_home, owner_of=shop)
     phone, phone_auth = await account(relay, phone_home)
     assert tablet.user_id and phone.user_id
+    await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
     await tablet.create_shop(shop, name="Tablet Cuts", category="hair", location="Main St", lat=1.0, lon=2.0)
     await tablet.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=2)
     assert (await service(tablet, relay, tablet_auth).sync_once()).pending == 0

@@ -48,6 +48,7 @@ from tests.support.relay_process import (
     serving_fixed_port_relay,
     unique_email,
 )
+from tests.support.sync_helpers import seed_categories
 
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
 SLOT = "cut-10"
@@ -111,10 +112,27 @@ def service(local: LocalClient, relay: RelayProcess, auth: AuthClient | None = N
 
 
 async def open_shop(
-    owner: LocalClient, auth: AuthClient, relay: RelayProcess, shop: str, capacity: int
+    owner: LocalClient,
+    auth: AuthClient,
+    relay: RelayProcess,
+    shop: str,
+    capacity: int,
+    per_customer: int | None = 100,
 ) -> None:
+    """The owner creates ``shop`` with slot ``SLOT`` and syncs it. Its customers here book the slot
+    again and again, so it allows ``per_customer`` active claims each (the default rule, one, is
+    tested in tests/client/test_shop_rules_cli.py and tests/relay/test_shop_rules_at_relay.py)."""
+    await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
     await owner.create_shop(shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0)
-    await owner.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
+    await owner.add_slot(
+        shop,
+        SLOT,
+        service="haircut",
+        start="10:00",
+        duration=30,
+        capacity=capacity,
+        per_customer=per_customer,
+    )
     summary = await service(owner, relay, auth).sync_once()
     assert summary.pending == 0 and not summary.rejected, summary
 

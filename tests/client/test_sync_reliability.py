@@ -59,6 +59,7 @@ from tests.support.clients import (
 )
 from tests.support.crdt_factory import World
 from tests.support.relay_process import REPO, FixedPortRelay, _env, serving_fixed_port_relay
+from tests.support.sync_helpers import seed_categories
 
 FIRST_DAY = _dt.date.today() + _dt.timedelta(days=40)
 SLOT = "cut-10"
@@ -256,7 +257,7 @@ class Restored:
 def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     root = tmp_path_factory.mktemp("restore")
     shop, d = "epochshop", day(3)
-    # A short restore stamp hold (relay/stamp_hold.py; 600 s by default): claims made right after
+    # A short restore stamp hold (relay/sync/stamp_hold.py; 600 s by default): claims made right after
     # the restore wait for it, as they would in production.
     relay = FixedPortRelay(root / "relay-data", "--restore-stamp-hold", "1")
     relay.start()
@@ -388,6 +389,7 @@ def replicas(relay: FixedPortRelay, tmp_path_factory: pytest.TempPathFactory) ->
     async def setup() -> Replicas:
         people = await accounts(relay, root, ["owner", *CUSTOMERS], {"owner": shop})
         owner, owner_auth = people["owner"]
+        await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
         await owner.create_shop(shop, name="Conv", category="hair", location="X", lat=1.0, lon=2.0)
         await owner.add_slot(shop, "s2", service="cut", start="09:00", duration=30, capacity=2)
         await owner.add_slot(shop, "s3", service="dye", start="10:00", duration=60, capacity=3)

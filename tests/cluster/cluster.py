@@ -127,6 +127,8 @@ async def people(
     await asyncio.gather(*(one(name) for name in names))
     for name, shop in owner_of.items():
         await asyncio.to_thread(cluster.nodes[0].cli_json, "user", "grant", out[name].email, "--owner", shop)
+        # admin too: a shop names a category the catalogue defines, and only admins add one
+        await asyncio.to_thread(cluster.nodes[0].cli_json, "user", "grant", out[name].email, "--admin")
     if owner_of:
         await asyncio.sleep(0.8)  # every node polls account events every 0.2 s
     await asyncio.gather(*(p.auth.login(p.email, PASSWORD) for p in out.values()))
@@ -134,10 +136,13 @@ async def people(
 
 
 async def open_shop(owner: Person, url: str, shop: str, capacity: int) -> None:
+    await owner.local.add_category("hair", "Hair")
     await owner.local.create_shop(
         shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0
     )
-    await owner.local.add_slot(shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity)
+    await owner.local.add_slot(  # the bookers book it several times each
+        shop, SLOT, service="haircut", start="10:00", duration=30, capacity=capacity, per_customer=100
+    )
     summary = await owner.service(url).sync_once()
     assert summary.pending == 0 and not summary.rejected, summary
 

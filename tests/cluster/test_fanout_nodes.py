@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from crdt_core.engine import Replica
-from relay.documents import DocumentManager, StampSequence
+from relay.documents.manager import DocumentManager
+from relay.documents.results import StampSequence
 from relay.fanout.base import Committed
 from relay.fanout.redis_streams import RedisStreamFanout
 from relay.store.base import AppendResult, StampConflictError, StoreError

@@ -70,8 +70,8 @@ async def test_batches_on_two_nodes_are_all_stamped_once_and_reach_the_other_nod
 
         async def post(i: int, w: Writer) -> list[dict[str, Any]]:
             items = []
-            for n in range(5):
-                _, u = w.author.book(w.replica(DOC), DOC, "s1", 1)
+            for n in range(5):  # a slot per booking: one active claim per customer per slot
+                _, u = w.author.book(w.replica(DOC), DOC, f"s{n + 2}", 1)
                 items.append({"doc": DOC, "uid": n, "update": b64(u)})
             node = a if i % 2 else b
             async with httpx.AsyncClient(base_url=node.base_url, timeout=60) as client:

@@ -28,8 +28,8 @@ from crdt_core.engine import Replica
 from crdt_core.messages import CloseCode
 from crdt_core.pop import rest
 from crdt_core.protocol import DocSynced
-from relay.keys_pg import ACTIVATION_DELAY_S
-from tests.relay.test_auth_reset import read_mail_dir, token_from
+from relay.auth.keys_pg import ACTIVATION_DELAY_S
+from tests.relay.auth.test_auth_reset import read_mail_dir, token_from
 from tests.support.eventually import eventually_blocking
 from tests.support.relay_process import PASSWORD, RelayProcess, bearer, login, register, unique_email
 from tests.support.sync_helpers import Account, SyncClient, login_device, new_account, token_headers

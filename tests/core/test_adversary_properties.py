@@ -4,7 +4,7 @@ The model (crdt_core only, no sockets): customer phones, a staff phone and the s
 the usual carrier between peers) write real signed records into one bookings day, each under the
 one Yjs client id its signer owns for that document (generation ``g``). A relay model validates
 what reaches it with an ``ArrivalPolicy``, refuses a party over capacity (``party_too_large``, as
-``relay.sync_hub`` does) and a re-send that differs from what it holds at the same Yjs id
+``relay.sync.hub`` does) and a re-send that differs from what it holds at the same Yjs id
 (``equivocation``), and stamps each update's new claims under its own derived client id, in
 ``crdt_core.verdict.stamp_order``. Devices go offline, exchange state-vector diffs with each other
 (split per writer, as peer sync does, peers judging them with ``ArrivalPolicy.for_peer``; each part

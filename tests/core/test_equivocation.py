@@ -17,7 +17,7 @@ from crdt_core.engine import Replica
 from crdt_core.equivocation import find_equivocation
 from crdt_core.errors import ValidationError
 from crdt_core.records import sign_record
-from relay.sync_hub import refuse_equivocation
+from relay.sync.arrival import refuse_equivocation
 
 CLIENT = 4242
 KEY = SigningKey("kid-1", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))

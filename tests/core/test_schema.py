@@ -122,7 +122,7 @@ def test_each_doc_kind_holds_its_own_maps() -> None:
     assert parse_doc_id("catalog").roots == {"certs", "categories", "shops"}
     assert parse_doc_id("shop:s").roots == {"certs", "profile", "slots", "staff"}
     assert parse_doc_id("bookings:s:2027-01-01").roots == {"certs", "reservations", "events", "stamps"}
-    assert parse_doc_id("user:u").roots == {"certs", "profile"}
+    assert parse_doc_id("user:u").roots == {"certs", "profile", "days"}
     with pytest.raises(SchemaError):
         record_class(DocKind.BOOKINGS, "profile")
 

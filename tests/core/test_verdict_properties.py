@@ -4,8 +4,9 @@ The seat rule is **strict first-come, first-served** (``crdt_core/verdict.py``):
 (stamped claims by stamp, then unstamped ones by HLC, customer, id); an active or no-show claim takes
 its party's seats while it fits; the first claim that does not fit, and every active claim after it,
 waits, in order. A large party therefore blocks smaller later ones, and a cancellation can never
-demote anyone (confirmed claims are a prefix of the active order). :func:`reference` restates that
-rule independently and every scenario's verdict is compared with it.
+demote anyone (confirmed claims are a prefix of the active order). A customer's claim on a slot
+beyond the slot's limit of active claims (1 here) is ``duplicate`` and takes no part in the walk.
+:func:`reference` restates these rules independently and every scenario's verdict is compared with it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from tests.support.strategies import (
 HOLDING = (ClaimState.CONFIRMED, ClaimState.NO_SHOW)
 TERMINAL = (ClaimState.CANCELLED, ClaimState.DECLINED)
 #: Claims outside the seat walk: they hold nothing, wait for nothing and block nobody.
-OUT_OF_LINE = (*TERMINAL, ClaimState.TOO_LARGE)
+OUT_OF_LINE = (*TERMINAL, ClaimState.TOO_LARGE, ClaimState.DUPLICATE)
 
 scenarios = booking_scenarios()
 offsets = st.lists(st.integers(-50, 50), min_size=3, max_size=3)
@@ -66,7 +67,9 @@ class Expected:
     rank: int
 
 
-def reference(state: BookingsState, capacities: dict[str, int]) -> dict[str, Expected]:
+def reference(
+    state: BookingsState, capacities: dict[str, int], limits: dict[str, int] | None = None
+) -> dict[str, Expected]:
     """The documented verdict, written independently of ``verdict.py``."""
     first_stamp: dict[str, int] = {}
     for no in sorted(state.stamps):
@@ -86,19 +89,37 @@ def reference(state: BookingsState, capacities: dict[str, int]) -> dict[str, Exp
             return ClaimState.CANCELLED if ends[0][2] == "cancel" else ClaimState.DECLINED
         return ClaimState.NO_SHOW if any(e.type == "no_show" for e in evs) else None
 
+    def ended_at(rid: str) -> str | None:
+        ends = sorted(
+            (e.hlc, e.id)
+            for e in state.events.values()
+            if e.reservation == rid and e.type in ("cancel", "decline")
+        )
+        return ends[0][0] if ends else None
+
     out: dict[str, Expected] = {}
     for slot in {r.slot for r in state.reservations.values()}:
         claims = sorted((rid for rid, r in state.reservations.items() if r.slot == slot), key=order)
         left, blocked, waiting = capacities.get(slot, 0), False, 0
+        counted: dict[str, list[str | None]] = {}  # per customer: when its counted claims ended
         for rank, rid in enumerate(claims):
             party, st_ = state.reservations[rid].party, status(rid)
             stamp = first_stamp.get(rid)
             final = stamp is not None and stamp <= prefix
+            res = state.reservations[rid]
+            too_large = capacities.get(slot, 0) > 0 and party > capacities.get(slot, 0)
+            earlier = counted.setdefault(res.customer, [])
+            active_then = [end for end in earlier if end is None or end > res.hlc]
+            repeat = not too_large and len(active_then) >= (limits or {}).get(slot, 1)
+            if not repeat and not too_large:
+                earlier.append(ended_at(rid))
             if st_ in TERMINAL:
                 assert st_ is not None
                 out[rid] = Expected(st_, False, None, stamp, final, rank)
-            elif capacities.get(slot, 0) > 0 and party > capacities.get(slot, 0):
+            elif too_large:
                 out[rid] = Expected(ClaimState.TOO_LARGE, False, None, stamp, final, rank)
+            elif repeat:
+                out[rid] = Expected(ClaimState.DUPLICATE, False, None, stamp, final, rank)
             elif not blocked and party <= left:
                 left -= party
                 out[rid] = Expected(st_ or ClaimState.CONFIRMED, True, None, stamp, final, rank)
@@ -375,19 +396,25 @@ def test_a_capacity_cut_through_a_newer_slot_template_can_demote(
     assert {rid: observed(c) for rid, c in after.claims.items()} == reference(day.state(), caps)
     demoted = {rid for rid, c in before.claims.items() if c.holds_seats and not after.claims[rid].holds_seats}
     if new_cap >= old_cap:
-        # A raise demotes only behind a claim it brings back from too_large, ranked before it.
+        # A raise demotes only behind a claim it brings back from too_large, ranked before it, or
+        # makes a claim duplicate: its customer's earlier claim came back from too_large and counts.
         readmitted = [
             c for rid, c in after.claims.items() if before.claims[rid].state is ClaimState.TOO_LARGE
             and c.state is not ClaimState.TOO_LARGE
         ]  # fmt: skip
         for rid in demoted:
+            if after.claims[rid].state is ClaimState.DUPLICATE:
+                continue
             assert any(c.slot == "s1" and c.rank < after.claims[rid].rank for c in readmitted), rid
     changes = {ch.reservation_id: ch for ch in diff_verdicts(before, after)}
     for rid in demoted:
         assert after.claims[rid].slot == "s1"
         if before.claims[rid].state is ClaimState.CONFIRMED:
             too_large = after.claims[rid].party > new_cap > 0
-            assert changes[rid].kind == ("too_large" if too_large else "demoted")
+            duplicate = after.claims[rid].state is ClaimState.DUPLICATE
+            assert changes[rid].kind == (
+                "too_large" if too_large else "duplicate" if duplicate else "demoted"
+            )
 
 
 def test_a_template_with_an_older_hlc_does_not_supersede_a_newer_one_whatever_the_arrival_order() -> None:

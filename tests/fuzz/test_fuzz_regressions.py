@@ -6,7 +6,7 @@ left the pin (and a re-subscription's registration) in place for the rest of the
 protocol had already dropped the subscription, so it counted against no ``max_docs`` limit: one
 authenticated connection could keep any number of documents loaded and unloadable, up to the
 relay's document bound, after which every user's new subscriptions fail. Fixed in
-``relay.sync_hub.SyncHub._subscribe``: a refused subscription ends the hub's side of it too.
+``relay.sync.hub.SyncHub._subscribe``: a refused subscription ends the hub's side of it too.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from crdt_core.protocol import Acked, DocSynced, ErrorReceived, StampReceived, U
 from crdt_core.reader import read_bookings
 from crdt_core.records import sign_record
 from crdt_core.schema import SCHEMA_VERSION, Reservation, UserProfile
-from relay.sync_hub import ANONYMOUS_CAP_REASON
+from relay.sync.hub import ANONYMOUS_CAP_REASON
 from tests.fuzz.corpus import build_corpus
 from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess, bearer, login, run_cli
 from tests.support.strategies import map_item, struct_block, yjs_update

@@ -9,7 +9,7 @@ sign proofs of possession), and ``schemathesis run`` generates requests for ever
 * ``response_schema_conformance``, ``status_code_conformance``, ``content_type_conformance``:
   every answer is one the OpenAPI documents.
 
-The normal test suite runs a bounded pass (``tests/relay/test_rest_sync_schema.py``);
+The normal test suite runs a bounded pass (``tests/relay/http/test_rest_sync_schema.py``);
 ``make schemathesis`` runs a long one::
 
     python -m tests.relay.schemathesis_run --max-examples 500 --seed 7

@@ -1,4 +1,4 @@
-"""Helpers for tests of the REST sync API (``relay.rest_sync``): signed writes posted with
+"""Helpers for tests of the REST sync API (``relay.http.rest_sync``): signed writes posted with
 ``POST /api/v1/sync/batch``, calls with a proof of possession, a seeded catalogue."""
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from crdt_core.engine import Replica
 from crdt_core.errors import ValidationError
 from crdt_core.reader import BookingsState, read_bookings
 from crdt_core.schema import (
+    BookedDay,
     Category,
     Reservation,
     ShopProfile,
@@ -339,7 +340,8 @@ hlcs = st.builds(
 
 
 def text(n: int) -> st.SearchStrategy[str]:
-    return st.text(max_size=n)
+    """Text a record field may hold: no control characters (Unicode category Cc: C0, DEL, C1)."""
+    return st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=n)
 
 
 def number(lo: float, hi: float) -> st.SearchStrategy[float | int]:
@@ -388,7 +390,7 @@ FIELDS: dict[
             "active": st.booleans(),
             "hlc": hlcs,
         },
-        {"weekdays": st.lists(st.integers(0, 6), max_size=7)},
+        {"weekdays": st.lists(st.integers(0, 6), max_size=7), "per_customer": st.integers(1, 100)},
     ),
     StaffEntry: (
         {"user": ids, "role": st.sampled_from(["staff", "owner"]), "active": st.booleans(), "hlc": hlcs},
@@ -413,6 +415,7 @@ FIELDS: dict[
         {"display_name": text(120), "hlc": hlcs},
         {"email": text(254), "phone": text(40), "locale": text(20)},
     ),
+    BookedDay: ({"shop": ids, "day": st.dates().map(lambda d: d.isoformat()), "hlc": hlcs}, {}),
 }
 
 

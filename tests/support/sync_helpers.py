@@ -238,3 +238,34 @@ class SyncClient:
             await self.ws.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._reader, 5)
+
+
+_SEEDED: dict[str, set[str]] = {}
+"""Per relay (its data folder), the categories :func:`seed_categories` wrote."""
+
+
+async def seed_categories(relay: RelayProcess, *categories: str) -> None:
+    """Make an admin account and have it write ``categories`` into the relay's catalogue: a shop's
+    catalogue entry must name a category the catalogue defines (``unknown_category`` at arrival)."""
+    from crdt_core.schema import Category
+    from tests.support.relay_process import applied_by_relay
+
+    seeded = _SEEDED.setdefault(str(relay.data_dir), set())
+    categories = tuple(c for c in categories if c not in seeded)
+    if not categories:
+        return
+    seeded.update(categories)
+    with relay.client() as http:
+        admin = new_account(relay, http)
+        await asyncio.to_thread(relay.cli_json, "user", "grant", admin.email, "--admin")
+        await applied_by_relay(relay)
+        admin = login_device(relay, http, admin.email)
+    conn = await SyncClient.connect(relay, admin.access)
+    try:
+        catalog = Replica(admin.author.client_id())
+        await conn.subscribe("catalog", catalog)
+        records = [(Category(c, c.title(), None, admin.author.hlc()), None) for c in categories]
+        answer = await conn.push("catalog", admin.author.put(catalog, "catalog", records))
+        assert isinstance(answer, Acked), answer
+    finally:
+        await conn.close()

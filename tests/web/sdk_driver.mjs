@@ -44,6 +44,7 @@ const ops = {
   cancel: ({ reservation }) => client.cancel(reservation),
   reservations: ({ all = false }) => client.reservations({ all }),
   outbox: () => client.outbox(),
+  pending: () => client.pendingUpdates(),
   async quit() {
     await client.close();
     setTimeout(() => process.exit(0), 10);

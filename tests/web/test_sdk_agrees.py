@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-SDK = Path(__file__).resolve().parents[2] / "web" / "sdk"
+from tests.web.sdk_env import SDK, node_or_skip
 
 
 def _record_format() -> int:
@@ -27,11 +26,7 @@ def _record_format() -> int:
 def test_sdk_agrees_with_crdt_core(tmp_path: Path) -> None:
     if _record_format() != 2:
         pytest.skip("the SDK implements record format 2; this crdt_core still writes format 1")
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    if not (SDK / "node_modules" / "yjs").is_dir():
-        pytest.skip("web/sdk dependencies missing: run `make test-web` (npm ci)")
+    node = node_or_skip()
     from tests.web.sdk_cases import write_all
 
     counts = write_all(tmp_path)

@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, RelayProcess
-
-SDK = Path(__file__).resolve().parents[2] / "web" / "sdk"
+from tests.web.sdk_env import SDK, node_or_skip
 
 
 def _node_command() -> list[str]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    node = node_or_skip()
     if int(getattr(importlib.import_module("crdt_core.records"), "RECORD_FORMAT", 1)) != 2:
         pytest.skip("the SDK implements record format 2; this relay still writes format 1")
-    if not (SDK / "node_modules" / "yjs").is_dir():
-        pytest.skip("web/sdk dependencies missing: run `make test-web` (npm ci)")
     has_websocket = subprocess.run(
         [node, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False
     )

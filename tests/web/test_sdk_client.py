@@ -26,7 +26,8 @@ import pytest
 
 from tests.client.test_cli import Cli
 from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, FixedPortRelay, RelayProcess, unique_email
-from tests.web.test_sdk_books_at_relay import SDK, _node_command
+from tests.web.sdk_env import SDK
+from tests.web.test_sdk_books_at_relay import _node_command
 
 DRIVER = Path(__file__).resolve().parent / "sdk_driver.mjs"
 DAY = (_dt.date.today() + _dt.timedelta(days=30)).isoformat()
@@ -87,6 +88,21 @@ class Driver:
                 self.proc.wait()
 
 
+def open_shop(owner: Cli, relay: FixedPortRelay, shop: str, slot: str, capacity: int) -> None:
+    """``owner`` registers as the admin and owner of ``shop``, which gets one slot, and syncs."""
+    owner.register_and_login(relay.base_url, [["--admin"], ["--owner", shop]], relay.data_dir)
+    owner.json("category add", "category", "add", "hair", "Hair")
+    owner.json(
+        "shop create", "shop", "create", shop, "--name", "Cut Above", "--category", "hair",
+        "--location", "Main St", "--lat", "1.5", "--lon", "2.5",
+    )  # fmt: skip
+    owner.json(
+        "slot add", "slot", "add", shop, slot, "--service", "haircut", "--start", "10:00",
+        "--duration", "30", "--capacity", str(capacity),
+    )  # fmt: skip
+    assert owner.json("sync", "sync")["pending"] == 0
+
+
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Any:
     _node_command()  # skips without node or the SDK's dependencies
@@ -101,17 +117,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_sdk_and_cli_contend_offline_for_the_last_seat(relay: FixedPortRelay, tmp_path: Path) -> None:
     shop, slot = "webshop1", "cut-10"
     owner, bob = Cli(tmp_path / "owner"), Cli(tmp_path / "bob")
-    owner.register_and_login(relay.base_url, [["--admin"], ["--owner", shop]], relay.data_dir)
-    owner.json("category add", "category", "add", "hair", "Hair")
-    owner.json(
-        "shop create", "shop", "create", shop, "--name", "Cut Above", "--category", "hair",
-        "--location", "Main St", "--lat", "1.5", "--lon", "2.5",
-    )  # fmt: skip
-    owner.json(
-        "slot add", "slot", "add", shop, slot, "--service", "haircut", "--start", "10:00",
-        "--duration", "30", "--capacity", "1",
-    )  # fmt: skip
-    assert owner.json("sync", "sync")["pending"] == 0
+    open_shop(owner, relay, shop, slot, capacity=1)
     bob.register_and_login(relay.base_url)
     bob.json("slots", "slots", shop, DAY)
     bob.json("sync", "sync")
@@ -171,7 +177,8 @@ def test_relay_sigkilled_mid_flush_loses_nothing_acked(relay: FixedPortRelay) ->
         web("slots", shop=shop, day=DAY)
         web("sync")
         web("stop")
-        booked = [web("book", shop=shop, day=DAY, slot="s-1")["reservationId"] for _ in range(count)]
+        # a slot per booking: one customer holds one active claim per slot (a second is refused)
+        booked = [web("book", shop=shop, day=DAY, slot=f"s-{i}")["reservationId"] for i in range(count)]
         assert web("status")["pending"] == count
         web("start")
         web.wait_event("acked")
@@ -242,9 +249,9 @@ def test_expiring_access_tokens_are_refreshed(tmp_path: Path) -> None:
             web("slots", shop="ttlshop", day=DAY)
             web("sync")
             booked = []
-            for _ in range(3):  # the relay closes connections with 4001 as their tokens expire
+            for i in range(3):  # the relay closes connections with 4001 as their tokens expire
                 time.sleep(1.2)
-                booked.append(web("book", shop="ttlshop", day=DAY, slot="s-1")["reservationId"])
+                booked.append(web("book", shop="ttlshop", day=DAY, slot=f"s-{i}")["reservationId"])
                 assert web("sync")["pending"] == 0
             assert [e for e in web.seen if e["event"] == "refreshed"], web.seen
             assert not [e for e in web.seen if e["event"] == "stopped"], web.seen

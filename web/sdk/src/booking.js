@@ -6,7 +6,7 @@
 import * as Y from "yjs";
 import { clientIdFor } from "./clientids.js";
 import { signRecord } from "./records.js";
-import { SCHEMA_VERSION, parseDocId } from "./schema.js";
+import { neededVersion, parseDocId } from "./schema.js";
 import { validateUpdate } from "./validation.js";
 
 /** @typedef {import("./relay-api.js").Session} Session */
@@ -20,19 +20,19 @@ export function newId() {
 /**
  * Sign `records` and write them into `doc` in one transaction; returns the update to send.
  * @param {Y.Doc} doc @param {string} docId @param {Session} session @param {NewRecord[]} records
- * @param {{generation?: number, nowMs?: number}} [options] generation: the document's current one
+ * @param {{generation?: number, nowMs?: number, shopStaff?: Set<string> | null}} [options] generation: the document's current one; shopStaff: the users the shop's staff list names (a bookings document)
  *   (it moves on after the relay refused a write there); nowMs: judged as a peer would at arrival
  * @returns {Promise<Uint8Array>}
  * @throws {import("./errors.js").ValidationError} the write would be refused (nothing is written)
  */
-export async function writeRecords(doc, docId, session, records, { generation = 0, nowMs = Date.now() } = {}) {
+export async function writeRecords(doc, docId, session, records, { generation = 0, nowMs = Date.now(), shopStaff = null } = {}) {
   const scratch = new Y.Doc();
   Y.applyUpdate(scratch, Y.encodeStateAsUpdate(doc));
   scratch.clientID = await clientIdFor(session.certId, generation);
   /** @type {Array<NewRecord & {raw: Uint8Array}>} */
   const signed = [];
   for (const r of records) {
-    const raw = await signRecord(docId, r.key, r.kind, r.fields, { signer: session.certId, seed: session.seed }, SCHEMA_VERSION);
+    const raw = await signRecord(docId, r.key, r.kind, r.fields, { signer: session.certId, seed: session.seed }, neededVersion(r.kind, r.fields));
     signed.push({ ...r, raw });
   }
   const before = Y.encodeStateVector(scratch);
@@ -42,7 +42,7 @@ export async function writeRecords(doc, docId, session, records, { generation = 
     for (const r of signed) scratch.getMap(r.root).set(r.key, r.raw);
   });
   const update = Y.encodeStateAsUpdate(scratch, before);
-  await validateUpdate(parseDocId(docId), doc, update, session.trust, { nowMs });
+  await validateUpdate(parseDocId(docId), doc, update, session.trust, { nowMs }, shopStaff);
   Y.applyUpdate(doc, update);
   return update;
 }

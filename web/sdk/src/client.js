@@ -4,24 +4,25 @@
 // document to its next Yjs client-id generation and rebuild it from the relay's state, live updates,
 // sequence gaps, reconnecting with backoff and jitter after the close codes say so, token refresh);
 // and a small app API (catalog, shops, a day's slots with seats left, book, cancel, staff actions,
-// my reservations, the outbox) with status and events. client/sync.py and client/local.py are the
+// my reservations, the outbox) with status and events. client/sync/service.py and client/local/client.py are the
 // reference. Everything that arrives from the relay is validated before it touches a document.
 
 import * as Y from "yjs";
 import { CertificateCache } from "./certs.js";
 import { clientIdFor, GENERATIONS } from "./clientids.js";
 import { ed25519PublicKey } from "./crypto.js";
+import { openRecord } from "./records.js";
 import { ValidationError } from "./errors.js";
 import { HybridClock } from "./hlc.js";
 import { DEFAULT_MAX_DOWNLOAD, closeAction, decodeMessage, encodeMessage } from "./messages.js";
 import { authProof, fromBase64Url, toBase64Url } from "./pop.js";
-import { readBookings, readMap, slotTemplates } from "./reader.js";
+import { readBookings, readMap, shopStaff, slotTemplates } from "./reader.js";
 import { RelayError, login as relayLogin, register as relayRegister } from "./relay-api.js";
-import { SCHEMA_VERSION, capacityOn, parseDocId } from "./schema.js";
+import { capacityOn, neededVersion, parseDocId } from "./schema.js";
 import { signRecord } from "./records.js";
 import { MemoryStore } from "./store.js";
 import { Reason, validateUpdate } from "./validation.js";
-import { computeVerdict, currentTemplates, diffVerdicts, slotCapacities } from "./verdict.js";
+import { computeVerdict, currentTemplates, diffVerdicts, perCustomerLimits, slotCapacities } from "./verdict.js";
 import { newId } from "./booking.js";
 
 /** @typedef {import("./store.js").Store} Store */
@@ -43,6 +44,8 @@ import { newId } from "./booking.js";
  * @property {string} action book, cancel, confirm, decline or no_show
  * @property {string} reservationId
  * @property {number} createdMs
+ * @property {string} [signer] the id of the certificate that signed its records (absent in entries
+ *   stored before it was kept: read from the records)
  */
 
 /**
@@ -67,6 +70,11 @@ export function backoffDelay(attempt, { baseMs, maxMs }, random = Math.random) {
   return Math.round(ceiling * (0.5 + random() / 2));
 }
 
+/** The certificate id that signed an outbox entry's records. @param {OutboxEntry} entry */
+function signerOf(entry) {
+  return entry.signer ?? String(openRecord(entry.records[0].raw, { canonical: false }).signer);
+}
+
 /** A bookings document id. @param {string} shop @param {string} day */
 export const bookingsDoc = (shop, day) => `bookings:${shop}:${day}`;
 
@@ -76,21 +84,24 @@ export const bookingsDoc = (shop, day) => `bookings:${shop}:${day}`;
  * or null when the document already holds every key.
  * @param {Y.Doc} doc @param {string} docId @param {Session} session
  * @param {Array<{root: string, key: string, raw: Uint8Array}>} records @param {number} generation
+ * @param {{certId: string, certificate: Uint8Array}} [signer] the certificate that signed `records`
+ *   (default the session's): the update goes under that certificate's client id
+ * @param {Set<string> | null} [staff] the shop's staff list, for a bookings document (`staffFor`)
  */
-async function writeSigned(doc, docId, session, records, generation) {
+async function writeSigned(doc, docId, session, records, generation, signer = session, staff = null) {
   const missing = records.filter((r) => !doc.getMap(r.root).has(r.key));
   if (missing.length === 0) return null;
   const scratch = new Y.Doc();
   Y.applyUpdate(scratch, Y.encodeStateAsUpdate(doc));
-  scratch.clientID = await clientIdFor(session.certId, generation);
+  scratch.clientID = await clientIdFor(signer.certId, generation);
   const before = Y.encodeStateVector(scratch);
   scratch.transact(() => {
     const certs = scratch.getMap("certs");
-    if (!certs.has(session.certId)) certs.set(session.certId, session.certificate);
+    if (!certs.has(signer.certId)) certs.set(signer.certId, signer.certificate);
     for (const r of missing) scratch.getMap(r.root).set(r.key, r.raw);
   });
   const update = Y.encodeStateAsUpdate(scratch, before);
-  await validateUpdate(parseDocId(docId), doc, update, session.trust, { nowMs: Date.now() });
+  await validateUpdate(parseDocId(docId), doc, update, session.trust, { nowMs: Date.now() }, staff);
   Y.applyUpdate(doc, update);
   return update;
 }
@@ -164,7 +175,9 @@ export class QuickSlotClient {
   async adopt(profile) {
     const trust = new CertificateCache(profile.relayKeys);
     const cert = await trust.verify(profile.certificate);
-    this.session = { ...profile, certId: cert.certId, trust };
+    // profiles stored before the public key was kept hold a raw seed
+    const publicKey = profile.publicKey ?? (await ed25519PublicKey(profile.seed));
+    this.session = { ...profile, publicKey, certificates: profile.certificates ?? {}, certId: cert.certId, trust };
     this.rights = cert;
     this.clock = new HybridClock(cert.certId);
   }
@@ -188,13 +201,34 @@ export class QuickSlotClient {
       accessToken: session.accessToken,
       refreshToken: session.refreshToken,
       seed: session.seed,
+      publicKey: session.publicKey,
       certificate: session.certificate,
+      // earlier certificates whose records still wait: a rebuild writes them again under their ids
+      certificates: this.signersStillNeeded(session.certId),
       relayKeys: session.trust.trustedKeys,
     };
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
     await this.adopt(profile);
     this.updateStatus({ stoppedBy: null });
     return this.user;
+  }
+
+  /**
+   * The earlier certificates (by id) that signed pending outbox entries, for a new login whose
+   * certificate is `certId`.
+   * @param {string} certId @returns {Record<string, Uint8Array>}
+   */
+  signersStillNeeded(certId) {
+    const s = this.session;
+    if (!s) return {};
+    const held = { ...s.certificates, [s.certId]: s.certificate };
+    /** @type {Record<string, Uint8Array>} */
+    const kept = {};
+    for (const entry of this.entries.values()) {
+      const signer = signerOf(entry);
+      if (entry.state === "pending" && signer !== certId && held[signer]) kept[signer] = held[signer];
+    }
+    return kept;
   }
 
   /** The signed-in user and the rights its certificate carries, or null. */
@@ -210,19 +244,22 @@ export class QuickSlotClient {
     const response = await fetch(new URL("/api/v1/auth/refresh", this.relay), {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ refresh_token: s.refreshToken, device_public_key: toBase64Url(await ed25519PublicKey(s.seed)) }),
+      body: JSON.stringify({ refresh_token: s.refreshToken, device_public_key: toBase64Url(s.publicKey) }),
     });
     if (response.status !== 200) throw new RelayError(response.status, "refresh_refused", "log in again");
     const body = await response.json();
     const profile = { ...(await this.store.get("profile", "device")), accessToken: body.access_token, refreshToken: body.refresh_token };
     // A renewed certificate carries the account's current grants, but has another id (other Yjs
-    // client ids): adopt it only when no pending entry still needs the old one to be written again.
-    const waiting = [...this.entries.values()].some((e) => e.state === "pending");
-    if (body.device_certificate && !waiting) {
-      const renewed = fromBase64Url(body.device_certificate);
+    // client ids): the old one is kept for as long as pending entries it signed may need writing
+    // again (a rebuild writes them under their signer's ids), as after a new login.
+    if (body.device_certificate) {
       try {
-        await s.trust.verify(renewed);
-        profile.certificate = renewed;
+        const renewed = fromBase64Url(body.device_certificate);
+        const cert = await s.trust.verify(renewed);
+        if (cert.certId !== s.certId) {
+          profile.certificates = this.signersStillNeeded(cert.certId);
+          profile.certificate = renewed;
+        }
       } catch {}
     }
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
@@ -246,7 +283,7 @@ export class QuickSlotClient {
    * Listen to an event; returns a function that stops listening. Events: `status`, `online`,
    * `offline`, `change` ({docId}), `acked` ({entry}), `refused` ({entry, reason}), `confirmed`,
    * `waitlisted` ({position}), `promoted`, `demoted`, `final`, `cancelled`, `declined`, `no_show`,
-   * `too_large` (each with {reservation}), `stopped` ({code, action}), `refreshed` (the token was rotated), `error` ({docId, code, reason}).
+   * `too_large`, `duplicate` (each with {reservation}), `stopped` ({code, action}), `refreshed` (the token was rotated), `error` ({docId, code, reason}).
    * @param {string} type @param {(detail: any) => void} listener
    */
   on(type, listener) {
@@ -311,8 +348,20 @@ export class QuickSlotClient {
     const day = /** @type {Y.Doc} */ (this.docs.get(docId)?.doc);
     const shopId = `shop:${ref.shopId}`;
     const shop = this.docs.get(shopId)?.doc;
-    const capacities = shop ? slotCapacities(slotTemplates(shop, shopId), ref.day) : new Map();
-    return computeVerdict(readBookings(day, docId), capacities);
+    const templates = shop ? slotTemplates(shop, shopId) : new Map();
+    return computeVerdict(readBookings(day, docId), slotCapacities(templates, ref.day), perCustomerLimits(templates));
+  }
+
+  /**
+   * For a bookings document, the users its shop's staff list names (from this device's copy of the
+   * shop document): they have staff rights there. Null for other documents.
+   * @param {string} docId @returns {Set<string> | null}
+   */
+  staffFor(docId) {
+    const ref = parseDocId(docId);
+    if (ref.kind !== "bookings") return null;
+    const shop = this.docs.get(`shop:${ref.shopId}`)?.doc;
+    return shop ? shopStaff(shop, `shop:${ref.shopId}`) : null;
   }
 
   /** A document changed: tell listeners, and what changed for the user's own reservations. @param {string} docId */
@@ -386,12 +435,15 @@ export class QuickSlotClient {
     return out.sort((a, b) => (a.start + a.slotId < b.start + b.slotId ? -1 : 1));
   }
 
-  /** @param {string} docId @param {string} reservationId */
-  view(docId, reservationId) {
+  /**
+   * @param {string} docId @param {string} reservationId
+   * @param {Map<string, any>} [read] the day's reservations already read (a caller viewing many at once reads them once)
+   */
+  view(docId, reservationId, read) {
     const ref = /** @type {{kind: "bookings", shopId: string, day: string}} */ (parseDocId(docId));
     const verdict = this.verdicts.get(docId) ?? this.verdictOf(docId);
     const doc = /** @type {Y.Doc} */ (this.docs.get(docId)?.doc);
-    const res = readMap(doc, docId, "reservations").get(reservationId);
+    const res = (read ?? readMap(doc, docId, "reservations")).get(reservationId);
     if (!res) return null;
     const claim = verdict.claims.get(reservationId);
     const outbox = [...this.entries.values()].filter((e) => e.reservationId === reservationId && e.docId === docId);
@@ -410,8 +462,9 @@ export class QuickSlotClient {
     const out = [];
     for (const docId of [...this.docs.keys()].sort()) {
       if (parseDocId(docId).kind !== "bookings") continue;
-      for (const id of readMap(/** @type {Y.Doc} */ (this.docs.get(docId)?.doc), docId, "reservations").keys()) {
-        const v = this.view(docId, id);
+      const read = readMap(/** @type {Y.Doc} */ (this.docs.get(docId)?.doc), docId, "reservations");
+      for (const id of read.keys()) {
+        const v = this.view(docId, id, read);
         if (v && (all || v.customer === this.session?.userId)) out.push(v);
       }
     }
@@ -421,6 +474,17 @@ export class QuickSlotClient {
   /** The outbox, oldest first: pending writes and the ones the relay refused (with the reason). */
   outbox() {
     return [...this.entries.values()].map((e) => ({ id: e.id, docId: e.docId, action: e.action, reservationId: e.reservationId, state: e.state, reason: e.reason }));
+  }
+
+  /**
+   * The signed updates still waiting for the relay, oldest first, for another device to carry
+   * (store-and-forward, docs/web.md): any replica validates them as it would from this device, and
+   * a carrier that reaches the relay gets them stamped. They stay in this outbox until the relay
+   * acknowledges them to this device too (a re-send of what it holds is acknowledged as such).
+   * @returns {Array<{docId: string, update: Uint8Array}>}
+   */
+  pendingUpdates() {
+    return [...this.entries.values()].filter((e) => e.state === "pending").map((e) => ({ docId: e.docId, update: e.update }));
   }
 
   /** Forget the refused entries (after showing them). */
@@ -502,11 +566,11 @@ export class QuickSlotClient {
       if (state.generation >= GENERATIONS) throw new Error("this device used every client id of this document: log in again");
       const signed = [];
       for (const r of records) {
-        signed.push({ root: r.root, key: r.key, raw: await signRecord(docId, r.key, r.kind, r.fields, { signer: s.certId, seed: s.seed }, SCHEMA_VERSION) });
+        signed.push({ root: r.root, key: r.key, raw: await signRecord(docId, r.key, r.kind, r.fields, { signer: s.certId, seed: s.seed }, neededVersion(r.kind, r.fields)) });
       }
-      const update = /** @type {Uint8Array} */ (await writeSigned(state.doc, docId, s, signed, state.generation));
+      const update = /** @type {Uint8Array} */ (await writeSigned(state.doc, docId, s, signed, state.generation, s, this.staffFor(docId)));
       /** @type {OutboxEntry} */
-      const entry = { id: outboxKey(this.nextEntry++), docId, update, records: signed, state: "pending", reason: null, action, reservationId, createdMs: Date.now() };
+      const entry = { id: outboxKey(this.nextEntry++), docId, update, records: signed, state: "pending", reason: null, action, reservationId, createdMs: Date.now(), signer: s.certId };
       this.entries.set(entry.id, entry);
       await this.store.batch([this.docOp(docId), { table: "outbox", key: entry.id, value: entry }]);
       this.updateStatus({});
@@ -824,7 +888,7 @@ export class QuickSlotClient {
     const state = this.docs.get(docId);
     if (!state) return false;
     try {
-      const { noop } = await validateUpdate(parseDocId(docId), state.doc, update, this.requireSession().trust, null);
+      const { noop } = await validateUpdate(parseDocId(docId), state.doc, update, this.requireSession().trust, null, this.staffFor(docId));
       if (noop) return true;
     } catch (err) {
       if (!(err instanceof ValidationError)) throw err;
@@ -951,12 +1015,20 @@ export class QuickSlotClient {
     const s = this.requireSession();
     const state = /** @type {{doc: Y.Doc, generation: number, rebuild: boolean}} */ (this.docs.get(docId));
     const fresh = new Y.Doc();
-    await validateUpdate(parseDocId(docId), fresh, update, s.trust, null);
+    await validateUpdate(parseDocId(docId), fresh, update, s.trust, null, this.staffFor(docId));
     Y.applyUpdate(fresh, update);
-    const mine = await clientIdFor(s.certId, state.generation);
-    const oldClock = Y.decodeStateVector(Y.encodeStateVector(state.doc)).get(mine) ?? 0;
-    const relayClock = Y.decodeStateVector(Y.encodeStateVector(fresh)).get(mine) ?? 0;
-    if (oldClock > relayClock) state.generation += 1;
+    // the ids this device wrote under: its certificate's, and those of earlier certificates whose
+    // records still wait (after a new login); any that the relay lacks structs of moves the document on
+    const pending = [...this.entries.values()].filter((e) => e.docId === docId && e.state === "pending");
+    const held = Y.decodeStateVector(Y.encodeStateVector(state.doc));
+    const relayHolds = Y.decodeStateVector(Y.encodeStateVector(fresh));
+    for (const signer of new Set([s.certId, ...pending.map(signerOf)])) {
+      const mine = await clientIdFor(signer, state.generation);
+      if ((held.get(mine) ?? 0) > (relayHolds.get(mine) ?? 0)) {
+        state.generation += 1;
+        break;
+      }
+    }
     state.doc = fresh;
     state.rebuild = false;
     /** @type {StoreOp[]} */
@@ -965,7 +1037,10 @@ export class QuickSlotClient {
       if (entry.docId !== docId || entry.state !== "pending") continue;
       let rewritten = null;
       try {
-        if (state.generation < GENERATIONS) rewritten = await writeSigned(fresh, docId, s, entry.records, state.generation);
+        const signer = signerOf(entry);
+        const certificate = signer === s.certId ? s.certificate : s.certificates?.[signer];
+        if (certificate === undefined) throw new ValidationError(Reason.UNKNOWN_CERTIFICATE, "the certificate that signed it is no longer on this device");
+        if (state.generation < GENERATIONS) rewritten = await writeSigned(fresh, docId, s, entry.records, state.generation, { certId: signer, certificate }, this.staffFor(docId));
       } catch (err) {
         if (!(err instanceof ValidationError)) throw err;
         entry.state = "refused";

@@ -9,9 +9,18 @@ export const POP_DOMAIN = utf8("quickslot-relay-pop-v1\0");
 /** The purpose of a proof for the sync websocket. */
 export const SYNC_PURPOSE = "sync";
 
-/** @param {string} text @returns {Uint8Array} */
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
+
+/**
+ * The bytes of unpadded (or padded) base64url `text`, strictly as crdt_core.b64 decodes it: only the
+ * URL-safe alphabet, padding only at the end, no impossible length. Anything else throws, rather
+ * than decode many texts to one byte string (`atob` alone would take "+", "/" and spaces).
+ * @param {string} text @returns {Uint8Array}
+ */
 export function fromBase64Url(text) {
-  const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (text.length % 4)) % 4);
+  const body = typeof text === "string" ? text.replace(/=+$/, "") : "";
+  if (typeof text !== "string" || !BASE64URL.test(body) || body.length % 4 === 1) throw new SyntaxError("not base64url");
+  const b64 = body.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (body.length % 4)) % 4);
   return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 }
 
@@ -46,7 +55,7 @@ export function popStatement(purpose, audience, jti, at) {
 
 /**
  * The `auth` message's proof for a token bound to a device key, or null for a bearer token.
- * @param {string} token @param {Uint8Array} seed the device's private key
+ * @param {string} token @param {import("./crypto.js").PrivateKey} seed the device's private key
  * @param {number} [nowS] unix seconds (the relay accepts ±300 s)
  * @returns {Promise<{proof: Uint8Array, proofTime: number} | null>}
  */

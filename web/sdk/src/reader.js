@@ -7,7 +7,7 @@ import * as Y from "yjs";
 import { SchemaError } from "./errors.js";
 import { openRecord } from "./records.js";
 import { CERTS_ROOT, SCHEMA_VERSION, parseDocId, parseRecord, rootsOf } from "./schema.js";
-import { currentTemplates } from "./verdict.js";
+import { currentTemplates, newestPer } from "./verdict.js";
 
 /** @typedef {import("./schema.js").TypedRecord} TypedRecord */
 /** @typedef {import("./schema.js").DocId} DocId */
@@ -27,14 +27,37 @@ export function readMap(doc, docId, root) {
   if (!doc.share.has(root)) return out;
   for (const [key, raw] of doc.getMap(root).entries()) {
     if (!(raw instanceof Uint8Array)) continue;
-    try {
-      const env = openRecord(raw, { canonical: false });
-      out.set(key, parseRecord(ref.kind, root, key, env.kind, env.fields, env.schemaVersion));
-    } catch (err) {
-      if (!(err instanceof SchemaError)) throw err;
-    }
+    const record = parsedRecord(raw, ref.kind, root, key);
+    if (record !== null) out.set(key, record);
   }
   return out;
+}
+
+/**
+ * Records already parsed, by the value Yjs holds (the same Uint8Array each time a map is read):
+ * a client recomputes a day's verdict after every change, and decoding every record again made
+ * each booking cost a little more than the one before.
+ * @type {WeakMap<Uint8Array, {kind: string, root: string, key: string, record: TypedRecord | null}>}
+ */
+const parsed = new WeakMap();
+
+/**
+ * The typed record `raw` holds under `root`/`key` of a document of `kind`, or null if it does not
+ * parse. @param {Uint8Array} raw @param {string} kind @param {string} root @param {string} key
+ * @returns {TypedRecord | null}
+ */
+function parsedRecord(raw, kind, root, key) {
+  const hit = parsed.get(raw);
+  if (hit && hit.kind === kind && hit.root === root && hit.key === key) return hit.record;
+  let record = null;
+  try {
+    const env = openRecord(raw, { canonical: false });
+    record = parseRecord(/** @type {any} */ (kind), root, key, env.kind, env.fields, env.schemaVersion);
+  } catch (err) {
+    if (!(err instanceof SchemaError)) throw err;
+  }
+  parsed.set(raw, { kind, root, key, record });
+  return record;
 }
 
 /**
@@ -78,4 +101,36 @@ export function readBookings(doc, docId) {
  */
 export function slotTemplates(doc, shopDocId) {
   return currentTemplates(readMap(doc, shopDocId, "slots"));
+}
+
+/**
+ * Users the shop's staff list names as active staff or owners (per user, the newest entry by HLC
+ * then record key): they have staff rights on the shop, whatever their certificate says.
+ * @param {Y.Doc} doc @param {string | DocId} shopDocId
+ * @returns {Set<string>}
+ */
+export function shopStaff(doc, shopDocId) {
+  const current = newestPer(readMap(doc, shopDocId, "staff"), (e) => e.user);
+  return new Set([...current].filter(([, e]) => e.active).map(([user]) => user));
+}
+
+/**
+ * The category ids the catalogue document defines.
+ * @param {Y.Doc} doc
+ * @returns {Set<string>}
+ */
+export function categoryIds(doc) {
+  return new Set([...readMap(doc, "catalog", "categories").values()].map((c) => c.id));
+}
+
+/**
+ * The (shop id, day) pairs a user's document lists (`booked_day` records): the bookings documents
+ * a new device of the user fetches to show the bookings made on other devices.
+ * @param {Y.Doc} doc the user's document @param {string} userId
+ * @returns {Array<{shop: string, day: string}>} sorted by day, then shop
+ */
+export function bookedDays(doc, userId) {
+  const seen = new Map();
+  for (const r of readMap(doc, `user:${userId}`, "days").values()) seen.set(`${r.day} ${r.shop}`, { shop: r.shop, day: r.day });
+  return [...seen.keys()].sort().map((k) => seen.get(k));
 }

@@ -51,7 +51,7 @@ function signedMessage(docId, key, schemaVersion, kind, fieldsRaw, signer) {
  * Encode and sign one record.
  * @param {string} docId @param {string} key @param {string} kind
  * @param {Record<string, unknown>} fields
- * @param {{signer: string, seed: Uint8Array}} author `signer` from signerRef, `seed` its 32-byte private key
+ * @param {{signer: string, seed: import("./crypto.js").PrivateKey}} author `signer` from signerRef, `seed` its private key (a 32-byte seed or a CryptoKey)
  * @param {number} schemaVersion
  * @returns {Promise<Uint8Array>}
  */

@@ -1,7 +1,7 @@
 // The relay's REST calls a client needs before syncing: register, log in with a fresh device key
 // (which returns the device certificate), and the relay's public keys (its JWK Set).
 
-import { ed25519PublicKey } from "./crypto.js";
+import { newDeviceKey } from "./crypto.js";
 import { CertificateCache } from "./certs.js";
 import { fromBase64Url, toBase64Url } from "./pop.js";
 
@@ -68,7 +68,11 @@ export async function fetchRelayKeys(baseUrl) {
  * @property {string} userId
  * @property {string} accessToken
  * @property {string} refreshToken
- * @property {Uint8Array} seed the device's private key
+ * @property {import("./crypto.js").PrivateKey} seed the device's private key: a non-extractable
+ *   WebCrypto CryptoKey where the runtime does Ed25519, else its raw 32-byte seed
+ * @property {Uint8Array} publicKey the device's public key (what the certificate certifies)
+ * @property {Record<string, Uint8Array>} [certificates] earlier certificates of this client (by id)
+ *   that signed records still waiting in its outbox (QuickSlotClient keeps them across a new login)
  * @property {Uint8Array} certificate
  * @property {string} certId
  * @property {CertificateCache} trust
@@ -81,12 +85,12 @@ export async function fetchRelayKeys(baseUrl) {
  * @returns {Promise<Session>}
  */
 export async function login(baseUrl, { email, password }) {
-  const seed = globalThis.crypto.getRandomValues(new Uint8Array(32));
+  const device = await newDeviceKey();
   const trust = new CertificateCache(await fetchRelayKeys(baseUrl));
   const response = await post(baseUrl, "/api/v1/auth/login", {
     email,
     password,
-    device_public_key: toBase64Url(await ed25519PublicKey(seed)),
+    device_public_key: toBase64Url(device.publicKey),
   });
   if (response.status !== 200) throw await failure(response);
   const body = await response.json();
@@ -97,7 +101,8 @@ export async function login(baseUrl, { email, password }) {
     userId: String(body.user.id),
     accessToken: body.access_token,
     refreshToken: body.refresh_token,
-    seed,
+    seed: device.privateKey,
+    publicKey: device.publicKey,
     certificate,
     certId: cert.certId,
     trust,

@@ -6,13 +6,22 @@ import { Float64 } from "./canonical.js";
 import { codePoints, isWireInt } from "./certs.js";
 import { SchemaError } from "./errors.js";
 
-/** The schema version this SDK knows; newer records are stored with their unknown fields inert. */
-export const SCHEMA_VERSION = 1;
+/** The schema version this SDK knows; newer records are stored with their unknown fields inert.
+ * Version 2 added the slot field `per_customer` and the user document's `days` map (`booked_day`). */
+export const SCHEMA_VERSION = 2;
 export const CERTS_ROOT = "certs";
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const HLC_RE = /^[0-9]{13}-[0-9]{6}-[A-Za-z0-9_-]{1,64}$/;
 const HHMM_RE = /^([01][0-9]|2[0-3]):[0-5][0-9]$/;
+// Terminal control characters: C0, DEL and C1. A multi-line field may hold line feeds only.
+const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+const CONTROL_MULTILINE_RE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+
+/** Whether text holds a character no text field may hold (line feeds allowed if multiline). @param {string} text */
+export function hasControlCharacters(text, multiline = false) {
+  return (multiline ? CONTROL_MULTILINE_RE : CONTROL_RE).test(text);
+}
 
 /**
  * A parsed document id.
@@ -78,17 +87,19 @@ export function docIdString(doc) {
  * One field: its type, whether required, and bounds.
  * @typedef {object} FieldSpec
  * @property {string} name
- * @property {"str"|"id"|"hlc"|"int"|"float"|"bool"|"hhmm"|"weekdays"|"enum"|"url"} type
+ * @property {"str"|"id"|"hlc"|"int"|"float"|"bool"|"hhmm"|"day"|"weekdays"|"enum"|"url"} type
  * @property {boolean} required
  * @property {number} maxLen
  * @property {number | null} lo
  * @property {number | null} hi
  * @property {Set<string> | null} values for enums
+ * @property {boolean} multiline text that may hold line feeds
+ * @property {number} since the schema version that added the field
  */
 
 /**
  * @param {string} name @param {FieldSpec["type"]} type
- * @param {{required?: boolean, maxLen?: number, lo?: number, hi?: number, values?: string[]}} [opts]
+ * @param {{required?: boolean, maxLen?: number, lo?: number, hi?: number, values?: string[], multiline?: boolean, since?: number}} [opts]
  * @returns {FieldSpec}
  */
 function field(name, type, opts = {}) {
@@ -100,6 +111,8 @@ function field(name, type, opts = {}) {
     lo: opts.lo ?? null,
     hi: opts.hi ?? null,
     values: opts.values ? new Set(opts.values) : null,
+    multiline: opts.multiline ?? false,
+    since: opts.since ?? 1,
   };
 }
 
@@ -115,11 +128,16 @@ function checkField(spec, value, schemaVersion) {
     case "url":
       if (typeof value !== "string" || codePoints(value) > spec.maxLen) throw new SchemaError(`${where} must be text of at most ${spec.maxLen} characters`);
       if (spec.type === "url" && value && !/^https?:\/\//.test(value)) throw new SchemaError(`${where} must be an http(s) URL`);
+      if (hasControlCharacters(value, spec.multiline)) throw new SchemaError(`${where} holds a control character`);
       return value;
     case "id":
       return checkId(value, where);
     case "hlc":
       if (typeof value !== "string" || !HLC_RE.test(value)) throw new SchemaError(`${where} must be an HLC timestamp string`);
+      return value;
+    case "day":
+      if (typeof value !== "string" || !/^[0-9]{4}-[0-9]{2}-[0-9]{2}$/.test(value)) throw new SchemaError(`${where} must be a day YYYY-MM-DD`);
+      if (!realDay(value)) throw new SchemaError(`no such day ${JSON.stringify(value)}`);
       return value;
     case "hhmm":
       if (typeof value !== "string" || !HHMM_RE.test(value)) throw new SchemaError(`${where} must be HH:MM`);
@@ -162,6 +180,7 @@ function inRange(spec, value, where) {
  * @property {string} kind
  * @property {FieldSpec[]} fields
  * @property {string | null} keyField
+ * @property {number} [since] the schema version that added the kind (default 1)
  */
 
 const NAME = field("name", "str", { maxLen: 120 });
@@ -190,7 +209,7 @@ export const RECORD_KINDS = {
     keyField: null,
     fields: [
       NAME,
-      field("description", "str", { maxLen: 2000 }),
+      field("description", "str", { maxLen: 2000, multiline: true }),
       field("address", "str", { maxLen: 300 }),
       field("lat", "float", { lo: -90, hi: 90 }),
       field("lon", "float", { lo: -180, hi: 180 }),
@@ -211,6 +230,7 @@ export const RECORD_KINDS = {
       field("weekdays", "weekdays", { required: false }),
       field("active", "bool"),
       HLC,
+      field("per_customer", "int", { required: false, lo: 1, hi: 100, since: 2 }),
     ],
   },
   staff: {
@@ -240,6 +260,7 @@ export const RECORD_KINDS = {
     keyField: null,
     fields: [field("no", "int", { lo: 1, hi: 2 ** 53 }), field("reservation", "id"), field("at", "int", { lo: 0, hi: 2 ** 53 })],
   },
+  booked_day: { kind: "booked_day", keyField: null, since: 2, fields: [field("shop", "id"), field("day", "day"), HLC] },
   user_profile: {
     kind: "user_profile",
     keyField: null,
@@ -258,7 +279,7 @@ export const MAPS = {
   catalog: { categories: "category", shops: "shop_summary" },
   shop: { profile: "shop_profile", slots: "slot", staff: "staff" },
   bookings: { reservations: "reservation", events: "event", stamps: "stamp" },
-  user: { profile: "user_profile" },
+  user: { profile: "user_profile", days: "booked_day" },
 };
 
 /** The top-level maps a document of this kind may hold (its record maps and `certs`). @param {DocId["kind"]} kind */
@@ -289,15 +310,18 @@ export function parseRecord(docKind, root, key, recordKind, fields, schemaVersio
   if (kindName === undefined) throw new SchemaError(`a ${docKind} document has no map ${JSON.stringify(root)}`);
   const spec = RECORD_KINDS[kindName];
   if (recordKind !== spec.kind) throw new SchemaError(`a ${JSON.stringify(recordKind)} record cannot live in map ${JSON.stringify(root)}`);
+  if (schemaVersion < (spec.since ?? 1)) throw new SchemaError(`${recordKind} records exist from schema version ${spec.since}`);
   if (spec.kind !== "stamp") checkId(key, "record key");
   /** @type {TypedRecord} */
   const record = { kind: spec.kind, extra: {}, schemaVersion };
-  for (const f of spec.fields) {
+  const fieldsThen = spec.fields.filter((f) => f.since <= schemaVersion); // later fields are unknown ones
+  for (const f of spec.fields) if (f.since > schemaVersion) record[f.name] = null;
+  for (const f of fieldsThen) {
     if (Object.hasOwn(fields, f.name)) record[f.name] = checkField(f, fields[f.name], schemaVersion);
     else if (f.required) throw new SchemaError(`${spec.kind}: field ${JSON.stringify(f.name)} is required`);
     else record[f.name] = null;
   }
-  const known = new Set(spec.fields.map((f) => f.name));
+  const known = new Set(fieldsThen.map((f) => f.name));
   for (const [name, value] of Object.entries(fields)) if (!known.has(name)) record.extra[name] = value;
   if (Object.keys(record.extra).length > 0 && schemaVersion <= SCHEMA_VERSION) {
     throw new SchemaError(`${spec.kind}: unknown fields ${Object.keys(record.extra).sort()} in schema version ${schemaVersion}`);
@@ -307,6 +331,18 @@ export function parseRecord(docKind, root, key, recordKind, fields, schemaVersio
   }
   if (spec.kind === "stamp" && key !== stampKey(record.no)) throw new SchemaError(`stamp ${record.no} stored under key ${JSON.stringify(key)}`);
   return record;
+}
+
+/**
+ * The lowest schema version that holds every field a record of `kind` sets: what to sign it as, so
+ * replicas of older versions read it whole whenever they can.
+ * @param {string} kind @param {Record<string, unknown>} fields
+ */
+export function neededVersion(kind, fields) {
+  const spec = RECORD_KINDS[kind];
+  let version = spec?.since ?? 1;
+  for (const f of spec?.fields ?? []) if (fields[f.name] !== undefined && fields[f.name] !== null) version = Math.max(version, f.since);
+  return version;
 }
 
 /**

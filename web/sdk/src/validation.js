@@ -8,7 +8,10 @@
 //  5. each struct's Yjs client id is its signer's (foreign_client)
 //  6. signatures verify (relay_only, unknown_certificate, bad_signature, certificate_expired)
 //  7. the author may write it (forbidden, unknown_reservation)
-//  8. at arrival only: clock_skew, backdated, revoked, and rights narrowed to current roles
+//  8. at arrival only: clock_skew, backdated, revoked, and rights narrowed to current roles;
+//     a shop's category must exist (unknown_category)
+// A reservation's day must lie within a day before to 366 days after its HLC (day_out_of_range,
+// checked with the schema); the shop's staff list grants staff rights (shopStaff).
 
 import * as Y from "yjs";
 import { CertificateCache, certIdOf, validAt } from "./certs.js";
@@ -18,6 +21,7 @@ import { SchemaError, SignatureError, ValidationError } from "./errors.js";
 import { Timestamp } from "./hlc.js";
 import { openRecord, verifyEnvelope } from "./records.js";
 import { CERTS_ROOT, docIdString, parseDocId, parseRecord, rootsOf } from "./schema.js";
+import { categoryIds, shopStaff } from "./reader.js";
 import { decodeUpdate, stateClocks } from "./yupdate.js";
 
 /** @typedef {import("./certs.js").Certificate} Certificate */
@@ -46,7 +50,28 @@ export const Reason = Object.freeze({
   REVOKED: "revoked",
   PARTY_TOO_LARGE: "party_too_large", // the relay's arrival refusal only (a party above the slot's capacity that day)
   FOREIGN_CLIENT: "foreign_client",
+  DAY_OUT_OF_RANGE: "day_out_of_range",
+  UNKNOWN_CATEGORY: "unknown_category", // arrival only
+  DUPLICATE_BOOKING: "duplicate_booking", // the relay's arrival refusal only (a second active claim on a slot)
 });
+
+/** A reservation's day may lie this many days before its HLC's UTC date... */
+export const DAYS_BEFORE_HLC = 1;
+/** ... and this many days after it. */
+export const DAYS_AFTER_HLC = 366;
+
+/**
+ * Whether a reservation written at `hlc` may be for `day` (YYYY-MM-DD).
+ * @param {string} day @param {string} hlc
+ */
+export function dayInRange(day, hlc) {
+  const [y, m, d] = day.split("-").map(Number);
+  const date = new Date(Date.UTC(2000, m - 1, d));
+  date.setUTCFullYear(y);
+  const written = Math.floor(Timestamp.parse(hlc).wallMs / 86400000);
+  const offset = Math.round(date.getTime() / 86400000) - written;
+  return -DAYS_BEFORE_HLC <= offset && offset <= DAYS_AFTER_HLC;
+}
 
 /** The default back-dating window: 30 days. */
 export const MAX_BACKDATE_MS = 30 * 24 * 3600 * 1000;
@@ -99,6 +124,16 @@ function narrowed(mine, current) {
 const owns = (r, shop) => shop !== undefined && r.ownerOf.has(shop);
 /** @param {Rights} r @param {string | undefined} shop */
 const staffs = (r, shop) => shop !== undefined && (r.staffOf.has(shop) || r.ownerOf.has(shop));
+
+/**
+ * These rights plus staff rights on `shop` when its staff list names the user (never ownership).
+ * @param {Rights} r @param {string | undefined} shop @param {Set<string>} staff
+ * @returns {Rights}
+ */
+export function withShopStaff(r, shop, staff) {
+  if (shop === undefined || !staff.has(r.userId) || r.staffOf.has(shop)) return r;
+  return { ...r, staffOf: new Set([...r.staffOf, shop]) };
+}
 
 /** Lookups across the document and the update being validated; reads never change the document. */
 class Batch {
@@ -181,6 +216,7 @@ function checkRights(doc, rec, rights, batch) {
       break;
     }
     case "user_profile":
+    case "booked_day":
       ok = doc.kind === "user" && doc.userId === rights.userId;
       break;
   }
@@ -199,10 +235,12 @@ function hlcMs(rec) {
  * @param {Uint8Array} update a Yjs v1 update
  * @param {CertificateCache} trust the trusted relay keys with the certificates verified under them
  * @param {ArrivalPolicy | null} [policy] arrival checks (the relay's, or a peer's for peer updates)
+ * @param {Set<string> | null} [shopStaffList] for a bookings document, the users its shop's staff
+ *   list names (`shopStaff` of the replica's copy of shop:S); a shop document's is read from `doc`
  * @returns {Promise<{docId: DocId, records: AcceptedRecord[], noop: boolean}>} what the update adds
  * @throws {ValidationError} with `code` one of `Reason`; the caller must not apply the update
  */
-export async function validateUpdate(docId, doc, update, trust, policy = null) {
+export async function validateUpdate(docId, doc, update, trust, policy = null, shopStaffList = null) {
   /** @type {DocId} */
   let docRef;
   try {
@@ -283,9 +321,17 @@ export async function validateUpdate(docId, doc, update, trust, policy = null) {
       if (err instanceof SchemaError) throw fail(Reason.SCHEMA, `${ins.root}/${ins.key}: ${err.message}`);
       throw err;
     }
-    if (rec.kind === "reservation") batch.newReservations.set(rec.id, rec);
+    if (rec.kind === "reservation") {
+      if (docRef.kind === "bookings" && !dayInRange(docRef.day, rec.hlc)) {
+        throw fail(Reason.DAY_OUT_OF_RANGE, `reservation ${rec.id} for ${docRef.day} was written at ${rec.hlc}`);
+      }
+      batch.newReservations.set(rec.id, rec);
+    }
     typed.push([ins.root, ins.key, env, rec]);
   }
+
+  let staff = shopStaffList ?? new Set();
+  if (docRef.kind === "shop" && typed.some(([, , , rec]) => rec.kind !== "stamp")) staff = shopStaff(doc, docRef);
 
   for (const [root, key, env, rec] of typed) {
     // before the signature check: a stamp has no HLC, so a device-signed one would otherwise be
@@ -297,15 +343,32 @@ export async function validateUpdate(docId, doc, update, trust, policy = null) {
       if (batch.reservation(rec.reservation) === null) throw fail(Reason.UNKNOWN_RESERVATION, `stamp ${rec.no} for an unknown reservation`);
     } else {
       let rights = rightsOf(author);
+      let granted = staff;
       if (policy) {
         checkArrival(author, rec, policy);
-        if (policy.currentRights) rights = narrowed(rights, policy.currentRights(author.userId));
+        if (policy.currentRights) {
+          const current = policy.currentRights(author.userId);
+          rights = narrowed(rights, current);
+          if (current === null) granted = new Set(); // not a user at the relay now
+        }
+        if (rec.kind === "shop_summary") checkCategory(rec, doc, typed);
       }
-      checkRights(docRef, rec, rights, batch);
+      checkRights(docRef, rec, withShopStaff(rights, "shopId" in docRef ? docRef.shopId : undefined, granted), batch);
     }
     records.push({ root, key, envelope: env, record: rec, author });
   }
   return { docId: docRef, records, noop: records.length === 0 };
+}
+
+/**
+ * Arrival rule: a shop's category must be one the catalogue defines (or this update adds).
+ * @param {TypedRecord} rec @param {Y.Doc} doc @param {Array<[string, string, unknown, TypedRecord]>} typed
+ */
+function checkCategory(rec, doc, typed) {
+  if (typed.some(([, , , other]) => other.kind === "category" && other.id === rec.category)) return;
+  if (!categoryIds(doc).has(rec.category)) {
+    throw fail(Reason.UNKNOWN_CATEGORY, `shop ${rec.id} names category ${JSON.stringify(rec.category)}, which the catalogue does not define`);
+  }
 }
 
 /**

@@ -2,7 +2,9 @@
 // Order: stamped claims by their lowest stamp number, then unstamped ones by (HLC, customer, id).
 // Seats: strict first-come, first-served; cancelled and declined claims hold none, a no-show keeps
 // the seat it held, and a claim whose party exceeds its open slot's capacity is too_large (no seats,
-// no waitlist place, blocks nobody). Final: stamped within the gap-free stamp prefix.
+// no waitlist place, blocks nobody). A customer's claim beyond the slot's per_customer (1 when
+// absent) counted claims (not too_large, not duplicate) still active at its HLC is duplicate (no seats, no place, blocks nobody, counts for
+// nobody). Final: stamped within the gap-free stamp prefix.
 
 import { compareCodePoints } from "./bytes.js";
 import { capacityOn } from "./schema.js";
@@ -16,6 +18,7 @@ export const ClaimState = Object.freeze({
   DECLINED: "declined",
   NO_SHOW: "no_show",
   TOO_LARGE: "too_large",
+  DUPLICATE: "duplicate",
 });
 
 /**
@@ -72,6 +75,16 @@ export function exceedsCapacity(party, capacity) {
   return 0 < capacity && capacity < party;
 }
 
+/**
+ * The duplicate test, shared with the relay's duplicate_booking refusal: `heldEnds` are the end
+ * HLCs (null: still active) of the customer's earlier counted claims on the slot; the claim is a
+ * repeat when `limit` of them were still active at its HLC.
+ * @param {Array<string | null>} heldEnds @param {string} claimHlc @param {number} limit
+ */
+export function repeatBooking(heldEnds, claimHlc, limit) {
+  return heldEnds.filter((end) => end === null || compareCodePoints(end, claimHlc) > 0).length >= limit;
+}
+
 /** Highest n such that stamps 1..n are all present. @param {Map<number, unknown>} stamps */
 export function stampPrefix(stamps) {
   let n = 0;
@@ -101,7 +114,7 @@ export function claimOrder(state) {
  * (terminal state or null for active, staff confirmed): the earliest cancel/decline by (HLC, id)
  * wins; else a no_show; a confirm only records that staff acknowledged it.
  * @param {TypedRecord[]} events
- * @returns {[string | null, boolean]}
+ * @returns {[string | null, boolean, string | null]} and the HLC of the event that ended it
  */
 function status(events) {
   /** @type {[string, string, string] | null} */
@@ -115,8 +128,8 @@ function status(events) {
     } else if (ev.type === "no_show") noShow = true;
     else if (ev.type === "confirm") confirmed = true;
   }
-  if (terminal !== null) return [terminal[2], confirmed];
-  return [noShow ? ClaimState.NO_SHOW : null, confirmed];
+  if (terminal !== null) return [terminal[2], confirmed, terminal[0]];
+  return [noShow ? ClaimState.NO_SHOW : null, confirmed, null];
 }
 
 /**
@@ -124,10 +137,13 @@ function status(events) {
  * @param {BookingsState} state
  * @param {Map<string, number> | Record<string, number>} capacities seats per slot id on the document's day
  *   (`slotCapacities`); a slot with no known template has capacity 0, so its claims wait
+ * @param {Map<string, number> | Record<string, number>} [limits] active claims one customer may hold
+ *   per slot id (`perCustomerLimits`); a slot missing here allows 1
  * @returns {Verdict}
  */
-export function computeVerdict(state, capacities) {
+export function computeVerdict(state, capacities, limits = new Map()) {
   const cap = capacities instanceof Map ? capacities : new Map(Object.entries(capacities));
+  const lim = limits instanceof Map ? limits : new Map(Object.entries(limits));
   /** @type {Map<string, TypedRecord[]>} */
   const eventsOf = new Map();
   for (const ev of state.events.values()) eventsOf.set(ev.reservation, [...(eventsOf.get(ev.reservation) ?? []), ev]);
@@ -142,19 +158,28 @@ export function computeVerdict(state, capacities) {
   const claims = new Map();
   for (const slot of [...bySlot.keys()].sort(compareCodePoints)) {
     const capacity = Math.max(0, cap.get(slot) ?? 0);
+    const limit = lim.get(slot) ?? 1;
+    /** @type {Map<string, Array<string | null>>} per customer: end HLCs of its counted claims */
+    const held = new Map();
     let left = capacity;
     let blocked = false;
     let waiting = 0;
     /** @type {ClaimVerdict[]} */
     const out = [];
     /** @type {Array<[TypedRecord, number | null]>} */ (bySlot.get(slot)).forEach(([res, no], rank) => {
-      const [terminal, staffOk] = status(eventsOf.get(res.id) ?? []);
+      const [terminal, staffOk, endHlc] = status(eventsOf.get(res.id) ?? []);
       /** @type {number | null} */
       let position = null;
       let holds = false;
       let stateNow;
+      const tooLarge = exceedsCapacity(res.party, capacity);
+      const mine = held.get(res.customer) ?? [];
+      held.set(res.customer, mine);
+      const repeat = !tooLarge && repeatBooking(mine, res.hlc, limit);
+      if (!repeat && !tooLarge) mine.push(endHlc); // a too_large claim holds nothing: it counts for nothing
       if (terminal === ClaimState.CANCELLED || terminal === ClaimState.DECLINED) stateNow = terminal;
-      else if (exceedsCapacity(res.party, capacity)) stateNow = ClaimState.TOO_LARGE; // skipped by the walk
+      else if (tooLarge) stateNow = ClaimState.TOO_LARGE; // skipped by the walk
+      else if (repeat) stateNow = ClaimState.DUPLICATE; // skipped by the walk
       else if (!blocked && res.party <= left) {
         left -= res.party;
         holds = true;
@@ -192,14 +217,33 @@ export function computeVerdict(state, capacities) {
  * @returns {Map<string, TypedRecord>}
  */
 export function currentTemplates(slotRecords) {
-  const entries = slotRecords instanceof Map ? [...slotRecords] : Object.entries(slotRecords);
+  return newestPer(slotRecords, (rec) => rec.id);
+}
+
+/**
+ * Per logical id (`ident`), the record that supersedes the others: the greatest (HLC, record key).
+ * @param {Map<string, TypedRecord> | Record<string, TypedRecord>} records by record key
+ * @param {(rec: TypedRecord) => string} ident
+ * @returns {Map<string, TypedRecord>}
+ */
+export function newestPer(records, ident) {
+  const entries = records instanceof Map ? [...records] : Object.entries(records);
   /** @type {Map<string, [string, string, TypedRecord]>} */
   const best = new Map();
   for (const [key, rec] of entries) {
-    const held = best.get(rec.id);
-    if (held === undefined || compareTuples([rec.hlc, key], [held[0], held[1]]) > 0) best.set(rec.id, [rec.hlc, key, rec]);
+    const held = best.get(ident(rec));
+    if (held === undefined || compareTuples([rec.hlc, key], [held[0], held[1]]) > 0) best.set(ident(rec), [rec.hlc, key, rec]);
   }
-  return new Map([...best].map(([slot, [, , rec]]) => [slot, rec]));
+  return new Map([...best].map(([id, [, , rec]]) => [id, rec]));
+}
+
+/**
+ * Per slot id, the active claims one customer may hold on it on one day (the verdict's `limits`):
+ * the current template's `per_customer`, 1 when absent.
+ * @param {Map<string, TypedRecord>} templates from currentTemplates
+ */
+export function perCustomerLimits(templates) {
+  return new Map([...templates].map(([slot, rec]) => [slot, rec.per_customer ?? 1]));
 }
 
 /**
@@ -212,7 +256,8 @@ export function slotCapacities(templates, day) {
 
 /**
  * A claim whose state changed between two verdicts: what a client notifies its user about. `kind`:
- * new, promoted, demoted, confirmed, waitlisted, cancelled, declined, no_show, too_large, final, moved.
+ * new, promoted, demoted, confirmed, waitlisted, cancelled, declined, no_show, too_large, duplicate,
+ * final, moved.
  * @typedef {{reservationId: string, customer: string, before: string | null, after: string, kind: string}} VerdictChange
  */
 

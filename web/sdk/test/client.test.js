@@ -172,7 +172,8 @@ test("staff actions: an owner confirms, declines and marks a no-show, offline", 
   const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store });
   assert.deepEqual(client.user?.ownerOf, ["s1"]);
   const ids = [];
-  for (let i = 0; i < 3; i++) ids.push(/** @type {string} */ ((await client.book({ shop: "s1", day: DAY, slot: "s-9" }))?.reservationId));
+  // three slots: one customer holds one active claim per slot (a second is duplicate)
+  for (let i = 0; i < 3; i++) ids.push(/** @type {string} */ ((await client.book({ shop: "s1", day: DAY, slot: `s-${9 + i}` }))?.reservationId));
   const confirmed = await client.confirm(ids[0]); // staff acknowledged it; seats still follow the verdict
   assert.deepEqual([confirmed?.state, confirmed?.staffConfirmed], ["waitlisted", true]);
   assert.equal((await client.decline(ids[1], { reason: "closed" }))?.state, "declined");

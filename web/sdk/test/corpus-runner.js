@@ -22,7 +22,10 @@ import {
   fromHex,
   openRecord,
   parseRecord,
+  perCustomerLimits,
   readBookings,
+  SCHEMA_VERSION,
+  shopStaff,
   schemaVersionOf,
   slotTemplates,
   slotCapacities,
@@ -67,10 +70,11 @@ function docOf(updates) {
 /**
  * Validate and compare with `expect` ({valid:false, reason} or {valid:true, records}).
  * @param {string} docId @param {Y.Doc} doc @param {Uint8Array} update @param {any} trust @param {any} arrival @param {any} expect
+ * @param {Set<string> | null} [staff] the shop's staff list (a case's `shop`)
  */
-async function expectOutcome(docId, doc, update, trust, arrival, expect) {
+async function expectOutcome(docId, doc, update, trust, arrival, expect, staff = null) {
   try {
-    const result = await validateUpdate(docId, doc, update, trust, policyOf(arrival));
+    const result = await validateUpdate(docId, doc, update, trust, policyOf(arrival), staff);
     const got = result.records.map((r) => [r.root, r.key]).sort((a, b) => (a[0] + "\0" + a[1] < b[0] + "\0" + b[1] ? -1 : 1));
     assert.deepEqual({ valid: true, records: got }, { valid: true, records: expect.records }, "crdt_core accepts differently");
     return result;
@@ -138,7 +142,16 @@ export function runCorpus(dir, label) {
       const before = Y.encodeStateVector(writer);
       writer.getMap(c.root).set(c.key, value);
       const update = Y.encodeStateAsUpdate(writer, before);
-      const result = await expectOutcome(c.doc, docOf([state]), update, trust, c.arrival, c.expect);
+      // the shop's staff list, when the case gives the bookings document's shop document
+      let staff = null;
+      if (c.shop) {
+        const shop = new Y.Doc();
+        shop.transact(() => {
+          for (const e of c.shop) shop.getMap(e.root).set(e.key, fromHex(e.value));
+        });
+        staff = shopStaff(shop, "shop:s1");
+      }
+      const result = await expectOutcome(c.doc, docOf([state]), update, trust, c.arrival, c.expect, staff);
       if (result && c.expect.parsed?.certificate) {
         const cert = /** @type {any} */ (result.records.find((r) => r.root === "certs" && r.key === c.key)).record;
         assert.equal(cert.certId, c.expect.parsed.certificate.cert_id);
@@ -199,7 +212,7 @@ export function runCorpus(dir, label) {
         const capacities = slotCapacities(slotTemplates(shop, c.shop_doc), c.day);
         assert.deepEqual(Object.fromEntries(capacities), c.expect.capacities);
         assert.equal(schemaVersionOf(day, c.day_doc), c.expect.schema_version);
-        checkVerdict(computeVerdict(readBookings(day, c.day_doc), capacities), c.expect);
+        checkVerdict(computeVerdict(readBookings(day, c.day_doc), capacities, perCustomerLimits(slotTemplates(shop, c.shop_doc))), c.expect);
       });
     }
   }
@@ -241,7 +254,7 @@ function verdictOf(day, c) {
   /** @param {string} kind @param {string} root @param {string} key @param {any} fields */
   // the corpus says these records are valid (some from a newer schema, e.g. new event types), so
   // they are typed as a newer version would write them: unknown values are kept, and inert
-  const typed = (kind, root, key, fields) => parseRecord(kind === "slot" ? "shop" : "bookings", root, key, kind, fields, 2);
+  const typed = (kind, root, key, fields) => parseRecord(kind === "slot" ? "shop" : "bookings", root, key, kind, fields, SCHEMA_VERSION + 1);
   const templates = currentTemplates(
     new Map(c.slots.map((/** @type {any} */ s) => {
       const { key, ...fields } = s;
@@ -253,7 +266,7 @@ function verdictOf(day, c) {
     events: new Map(c.events.map((/** @type {any} */ e) => [e.id, typed("event", "events", e.id, e)])),
     stamps: new Map(c.stamps.map((/** @type {any} */ s) => [s.no, { kind: "stamp", extra: {}, schemaVersion: 1, no: s.no, reservation: s.reservation, at: 0 }])),
   };
-  return computeVerdict(state, slotCapacities(templates, day));
+  return computeVerdict(state, slotCapacities(templates, day), perCustomerLimits(templates));
 }
 
 /** @param {any} verdict @param {any} expect */

@@ -1,0 +1,7 @@
+"""``python -m relay.cli``: the same as ``quickslot-relay``."""
+
+import sys
+
+from relay.cli.commands import main
+
+sys.exit(main())

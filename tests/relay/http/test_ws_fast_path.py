@@ -1,0 +1,80 @@
+"""The sync websocket's fast path (``relay.http.ws_protocol.FastWriter``) and its fallback.
+
+A relay started from the CLI serves every sync socket through uvicorn's sans-I/O protocol and so
+writes queued messages with one socket write; under any other ASGI server (here Starlette's test
+client) the same transport falls back to one ASGI send per message and still delivers all of
+them in order. ``quickslot_sync_socket_writer_total`` tells which path each socket took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, WebSocket
+from fastapi.testclient import TestClient
+from websockets.sync.client import connect
+
+from relay.http.sync_socket import AsgiTransport
+from relay.http.ws_protocol import FALLBACK, FAST_PATH, FastWriter
+from tests.support.eventually import eventually_blocking
+from tests.support.relay_process import GENEROUS_LIMITS, RelayProcess
+
+
+def writer_counts(metrics_text: str) -> dict[str, float]:
+    found = re.findall(r'^quickslot_sync_socket_writer_total\{writer="([^"]+)"\} (\S+)$', metrics_text, re.M)
+    return {writer: float(value) for writer, value in found}
+
+
+def test_a_relay_started_from_the_cli_uses_the_fast_path(tmp_path: Path) -> None:
+    with (
+        RelayProcess(tmp_path / "data", *GENEROUS_LIMITS) as relay,
+        httpx.Client(base_url=relay.base_url) as http,
+    ):
+        ws_url = relay.base_url.replace("http", "ws", 1) + "/api/v1/sync"
+        for _ in range(2):
+            with connect(ws_url, open_timeout=10, close_timeout=2):
+                pass
+        counts = eventually_blocking(
+            lambda: (c := writer_counts(http.get("/metrics").text)).get(FAST_PATH, 0) >= 2 and c,
+            what="two sockets counted",
+        )
+    assert counts.get(FALLBACK, 0) == 0, counts
+
+
+def test_off_uvicorn_the_transport_falls_back_to_asgi_sends() -> None:
+    seen: dict[str, Any] = {}
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def socket(ws: WebSocket) -> None:
+        await ws.accept()
+        transport = AsgiTransport(ws)
+        seen["writer"] = transport.writer
+        seen["write_now"] = transport.write_now([b"never"])
+        await transport.send_many([b"one", b"two", b"three"])
+        await transport.send(b"four")
+        transport.abort()  # nothing to abort off the fast path: the socket stays usable
+        await transport.send(b"five")
+        await transport.close(1000, "done")
+
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        got = [ws.receive_bytes() for _ in range(5)]
+    assert got == [b"one", b"two", b"three", b"four", b"five"]
+    assert seen == {"writer": FALLBACK, "write_now": False}
+
+
+def test_fast_writer_refuses_anything_but_uvicorns_sansio_protocol() -> None:
+    class NotAProtocol:
+        conn = transport = writable = disconnected = close_sent = handshake_complete = None
+
+        async def receive(self) -> None:
+            await asyncio.sleep(0)
+
+    assert FastWriter.of(object()) is None
+    assert FastWriter.of(SimpleNamespace(_receive=None)) is None
+    assert FastWriter.of(SimpleNamespace(_receive=NotAProtocol().receive)) is None
