@@ -228,7 +228,7 @@ class ServiceBase:
                 )
             )
             raise SyncStopped(f"relay closed {closed.code}: {closed.reason}", closed.code)
-        log.info("connection closed (%s %s); reconnecting", closed.code, closed.reason)
+        log_event(log, "connection_closed", code=closed.code, reason=closed.reason, reconnecting=True)
 
     # --- events --------------------------------------------------------------------------------
 
@@ -237,7 +237,7 @@ class ServiceBase:
         if self._unreachable_reported:
             return
         self._unreachable_reported = True
-        log.warning("relay %s unreachable: %s", self.relay_url, error)
+        log_event(log, "relay_unreachable", logging.WARNING, relay=self.relay_url, error=error)
         self.local.emit(
             RelayUnreachable(
                 at_ms=int(time.time() * 1000), relay_url=self.relay_url, error=error, retry_in_s=retry_in

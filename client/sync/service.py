@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -58,7 +59,7 @@ from typing import Any, Protocol
 import websockets
 
 from client.local.client import LocalClient
-from client.log import get_logger
+from client.log import get_logger, log_event
 from client.sync.auth import AuthClient, LoginRequired, RelayInsecure, RelayUnavailable, http_base
 from client.sync.base import _MAX_DOWNLOAD, ServiceBase, SyncSummary, _Closed, sync_url
 from client.sync.errors import (
@@ -300,12 +301,7 @@ class SyncService(ServiceBase):
         if stored is None:
             await store.set_epoch(self.relay_url, epoch)
         elif stored != epoch:
-            log.warning(
-                "relay %s has a new epoch (%s -> %s): sending local state again",
-                self.relay_url,
-                stored,
-                epoch,
-            )
+            log_event(log, "relay_new_epoch", logging.WARNING, relay=self.relay_url, old=stored, new=epoch)
             held = await store.reset_for_epoch(self.relay_url, epoch)
             summary.epoch_changed = True
             docs.extend(d for d in held if d not in docs)

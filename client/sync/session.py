@@ -97,7 +97,7 @@ class _SessionEvents:
         except websockets.ConnectionClosed:
             pass
         except OSError as exc:
-            log.debug("sync transport error: %s", exc)
+            log_event(log, "sync_transport_error", logging.DEBUG, error=str(exc))
         finally:
             await self.inbox.put(None)
 
@@ -267,7 +267,13 @@ class _SessionEvents:
         result = await self.local.apply_remote_batch(updates)
         self.summary.applied += result.applied
         for failure in result.failed:
-            log.warning("update for %s refused locally: %s", failure.doc_id, failure.error)
+            log_event(
+                log,
+                "relay_update_refused_locally",
+                logging.WARNING,
+                doc=failure.doc_id,
+                error=str(failure.error),
+            )
             if failure.error.code == "missing_deps":
                 self.needs_resync.add(failure.doc_id)  # a resync repairs a gap; if not, a rebuild
             else:
@@ -299,7 +305,13 @@ class _SessionEvents:
             result = await self.local.apply_remote_batch([(doc, event.update)])
             self.summary.applied += result.applied
             for failure in result.failed:
-                log.warning("catch-up of %s refused locally: %s", failure.doc_id, failure.error)
+                log_event(
+                    log,
+                    "catch_up_refused_locally",
+                    logging.WARNING,
+                    doc=failure.doc_id,
+                    error=str(failure.error),
+                )
             if result.failed:
                 await self._save_cursor(doc)
                 await self._conflict(doc, "the relay's catch-up", result.failed[0].error)
@@ -324,7 +336,7 @@ class _SessionEvents:
         try:
             self.proto.send_update(doc, uid, update)
         except LocalProtocolError as exc:
-            log.info("%s of %s not sent as one update (%s); the outbox carries it", what, doc, exc)
+            log_event(log, "extra_update_not_sent", what=what, doc=doc, error=str(exc))
             return False
         self.inflight[uid] = doc
         self.extras[uid] = what
@@ -348,22 +360,36 @@ class _SessionEvents:
                 self.rebuilding.discard(event.doc)
                 self.deferred[event.doc] = None
                 self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
-                log.warning("subscription to %s deferred: %s %s", event.doc, event.code, event.reason)
+                log_event(
+                    log,
+                    "subscription_deferred",
+                    logging.WARNING,
+                    doc=event.doc,
+                    code=event.code,
+                    reason=event.reason,
+                )
                 return
             if event.doc is not None:
                 self.rebuilding.discard(event.doc)  # no sync answer will come for it
                 self.refused[event.doc] = f"{event.code}: {event.reason}"
                 self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
-                log.warning("subscription to %s refused: %s %s", event.doc, event.code, event.reason)
+                log_event(
+                    log,
+                    "subscription_refused",
+                    logging.WARNING,
+                    doc=event.doc,
+                    code=event.code,
+                    reason=event.reason,
+                )
             else:
-                log.warning("relay notice: %s %s", event.code, event.reason)
+                log_event(log, "relay_notice", logging.WARNING, code=event.code, reason=event.reason)
                 if event.code == ErrorCode.RATE_LIMITED:
                     self.svc._slow_down()
             return
         self.inflight.pop(event.uid, None)
         if event.uid >= _EXTRA_UID_BASE:
             what = self.extras.pop(event.uid, "repair update")
-            log.info("relay refused the %s of %s (%s: %s)", what, event.doc, event.code, event.reason)
+            log_event(log, "repair_refused", what=what, doc=event.doc, code=event.code, reason=event.reason)
             if event.doc is not None and not what.startswith("bundle"):  # its entries go alone
                 self.summary.repair_refused[event.doc] = f"{event.code}: {event.reason}"
             return
@@ -475,7 +501,7 @@ class _Session(_SessionEvents):
                 else:
                     self.proto.subscribe(doc, await self.local.state_vector(doc))
             except (LocalProtocolError, ValueError) as exc:
-                log.warning("cannot subscribe to %s: %s", doc, exc)
+                log_event(log, "subscribe_failed", logging.WARNING, doc=doc, error=str(exc))
                 self.refused[doc] = str(exc)
                 continue
             new.append(doc)
@@ -570,7 +596,7 @@ class _Session(_SessionEvents):
             try:
                 bundle = merge_updates(e.payload for e in group)
             except EngineError as exc:
-                log.info("queued updates of %s not bundled: %s", doc, exc)
+                log_event(log, "bundle_not_sent", doc=doc, error=str(exc))
                 continue
             self._send_extra(doc, bundle, f"bundle of {len(group)} queued updates")
 
@@ -580,4 +606,4 @@ class _Session(_SessionEvents):
             self.summary.rejected.append((entry.id, "too_big", str(exc)))
             await self._resync(entry.doc_id, full=True)
         else:
-            log.warning("outbox entry %s not sent: %s", entry.id, exc)
+            log_event(log, "outbox_entry_not_sent", logging.WARNING, entry=entry.id, error=str(exc))
