@@ -35,6 +35,16 @@ def peer_error(exc: Exception) -> CliError:
     return CliError(EXIT_FAILURE, "peer_failed", str(exc))
 
 
+async def _peer_shops(ctx: Ctx, roles: dict[str, str]) -> list[dict[str, Any]]:
+    """The peer's shops with their names as this device knows them (no subscription made)."""
+    out = []
+    for shop_id, role in sorted(roles.items()):
+        detail = await ctx.local.shop(shop_id, subscribe=False)
+        head = None if detail is None else detail.summary or detail.profile
+        out.append({"shop_id": shop_id, "role": role, "name": getattr(head, "name", None)})
+    return out
+
+
 async def cmd_peer_sync(ctx: Ctx) -> Result:
     """One exchange with a peer; nothing it acks leaves the outbox (only the relay's acks do)."""
     from client.peer.auth import PeerAuthError
@@ -58,10 +68,15 @@ async def cmd_peer_sync(ctx: Ctx) -> Result:
     pending = len(queued)
     # What the relay still lacks of this user's own changes; carried ones ("forward") are others'.
     own = sum(1 for e in queued if e.operation != "forward")
+    shops = await _peer_shops(ctx, summary.peer_shops)
     data = {
         **describe(summary), "pending": pending, "own_pending": own, "carried": pending - own,
-        "events": [e.to_dict() for e in events],
+        "peer_shops": shops, "events": [e.to_dict() for e in events],
     }  # fmt: skip
+    who = summary.peer_user
+    if shops:  # a shop's tablet: named by its shop, as the customer knows it
+        named = ", ".join(f"{s['role']} of {s['name'] or s['shop_id']} ({s['shop_id']})" for s in shops)
+        who = f"{named}, user {summary.peer_user}"
     lines = [describe_event(e) for e in events]
     lines += [f"the peer refused an update of {d}: {c}: {r}" for d, c, r in summary.rejected]
     lines += [f"refused an update of {d} from the peer: {c}: {r}" for d, c, r in summary.refused]
@@ -71,7 +86,7 @@ async def cmd_peer_sync(ctx: Ctx) -> Result:
         for d in summary.diverged
     ]
     lines.append(
-        f"exchanged {len(summary.docs)} documents with {summary.peer_user} at {url}: {summary.received} "
+        f"exchanged {len(summary.docs)} documents with {who} at {url}: {summary.received} "
         f"updates in, {summary.sent} stored by the peer; {own} of your changes wait for the relay "
         "(bookings stay tentative until the relay stamps them)"
         + (f"; {pending - own} updates of others are carried for it" if pending > own else "")

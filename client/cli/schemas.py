@@ -152,6 +152,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "pending": int,
         "own_pending": int,
         "carried": int,
+        "peer_shops": [{"shop_id": _S, "role": _S, "name": _OS}],
         "events": [EVENT],
     },  # fmt: skip
     "peer serve": EVENT,

@@ -93,6 +93,8 @@ class PeerSummary:
 
     peer_url: str
     peer_user: str = ""
+    peer_shops: dict[str, str] = field(default_factory=dict)
+    """The shops the peer's certificate makes it owner or staff of: ``shop -> role``."""
     docs: list[str] = field(default_factory=list)
     refused_docs: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Documents the peer does not share with us: ``doc -> (code, reason)``."""
@@ -284,6 +286,8 @@ async def peer_sync(
         welcome = await link.handshake(creds, verifier)
         assert link.peer_cert is not None
         theirs = summary.peer_user = link.peer_cert.user_id
+        summary.peer_shops = {s: "staff" for s in link.peer_cert.staff_of}
+        summary.peer_shops.update({s: "owner" for s in link.peer_cert.owner_of})
         own = await local.subscribed_docs()
         mine = Scope.of_certificate(creds.certificate, own)
         wanted = [d for d in dict.fromkeys([*own, *welcome.docs]) if may_share(d, mine, theirs) is None]

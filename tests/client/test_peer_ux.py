@@ -171,3 +171,15 @@ async def test_notices_learnt_before_the_peer_died_are_printed_with_the_failure(
     # The retry (the tablet is gone) has nothing new to tell: the notice above was the only one.
     mine = await bob.reservation(second.reservation_id)
     assert mine is not None and mine.state.value == "waitlisted"
+
+
+async def test_a_shops_tablet_is_named_by_its_shop(tmp_path: Path, world: World) -> None:
+    _relay, owner, alice, _bob = await shop_setup(tmp_path, world)
+    server = await serve(owner, world)
+    try:
+        data, human = await peer_cli(alice, tmp_path / "u-alice", server.url)
+    finally:
+        await server.stop()
+    assert data["peer_user"] == "u-owner"
+    assert data["peer_shops"] == [{"shop_id": SHOP, "role": "owner", "name": "Peer Cuts"}]
+    assert f"with owner of Peer Cuts ({SHOP}), user u-owner at" in human
