@@ -28,8 +28,41 @@ def get_logger(module: str) -> logging.Logger:
     return logging.getLogger(f"{NAMESPACE}.{short}" if short else NAMESPACE)
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log ``event`` as the message with ``fields`` on the record (never formatted into it)."""
+def log_event(
+    logger: logging.Logger,
+    event: str,
+    level: int = logging.INFO,
+    *,
+    exc_info: BaseException | bool | None = None,
+    **fields: Any,
+) -> None:
+    """Log ``event`` as the message with ``fields`` on the record (never formatted into it).
+
+    A ``hint`` field is the event in words for a person (what :class:`CliFormatter` prints);
+    ``exc_info`` adds a traceback as with :meth:`logging.Logger.exception`.
+    """
     if logger.isEnabledFor(level):
         safe = {k if k not in _RECORD_ATTRS else f"{k}_": v for k, v in fields.items()}
-        logger.log(level, event, extra=safe)
+        logger.log(level, event, extra=safe, exc_info=exc_info)
+
+
+class CliFormatter(logging.Formatter):
+    """How the ``quickslot`` command shows a client log record on stderr: the event's ``hint``
+    (its sentence) when it has one, else the event name and its fields, after ``quickslot:``.
+
+    Why not the event alone: the person at the terminal needs the sentence, the log collector
+    the stable name and fields; one record carries both.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        hint = getattr(record, "hint", None)
+        if hint:
+            text = str(hint)
+        else:
+            extra = {
+                k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")
+            }
+            text = " ".join([record.getMessage(), *(f"{k}={v}" for k, v in extra.items())])
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        return f"quickslot: {text}"

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from client.cli.errors import CliError, classify, fail, profile_error
 from client.cli.schemas import EXIT_CODES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SCHEMAS
-from client.log import get_logger
+from client.log import CliFormatter, get_logger
 
 if TYPE_CHECKING:
     from client.cli.context import Ctx, Result
@@ -385,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``quickslot = "client.cli:main"``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="quickslot: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CliFormatter())  # the event's sentence for a person, not its fields
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     # The sync service's connection warnings are reported by the commands themselves.
     for part in ("base", "service", "session"):
         get_logger(f"client.sync.{part}").setLevel(logging.ERROR)

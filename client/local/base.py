@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import secrets as _random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -33,7 +34,7 @@ from client.local.model import (
     _writer_client,
 )
 from client.local.projections import ProjectedRecord
-from client.log import get_logger
+from client.log import get_logger, log_event
 from client.storage.secrets import SecretStore
 from client.storage.store import DB_FILE, DEFAULT_COMPACT_MIN_BYTES, AppendResult, Store, Tx
 from crdt_core.authoring import Author, new_id
@@ -160,13 +161,25 @@ class LocalBase:
         if user_id and cert_text and self._certs is not None:
             private = await asyncio.to_thread(self.secrets.device_key)
             if private is None:
-                log.warning("profile %s has an identity but no device key: log in again", self.profile_dir)
+                log_event(
+                    log,
+                    "device_key_missing",
+                    logging.WARNING,
+                    profile=str(self.profile_dir),
+                    hint=f"profile {self.profile_dir} has an identity but no device key: log in again",
+                )
                 return
             device = DeviceKey(private, base64.b64decode(cert_text))
             try:
                 self._adopt(user_id, device, self._certs.trusted_keys)
             except ClientError as exc:
-                log.warning("stored identity unusable (%s): log in again", exc)
+                log_event(
+                    log,
+                    "identity_unusable",
+                    logging.WARNING,
+                    error=str(exc),
+                    hint=f"stored identity unusable ({exc}): log in again",
+                )
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -219,7 +232,9 @@ class LocalBase:
                 _META_RELAY_KEYS, json.dumps({k: base64.b64encode(v).decode() for k, v in keys.items()})
             )
         self._certs = CertificateCache(keys)
-        log.info("profile %s now signs as %s (certificate %s)", self.profile_dir, user_id, device.cert_id)
+        log_event(
+            log, "identity_adopted", profile=str(self.profile_dir), user_id=user_id, cert=device.cert_id
+        )
         return identity
 
     async def logout(self, reason: str = "logged out") -> None:
@@ -415,7 +430,7 @@ class LocalBase:
                             doc_id, loaded.replica.encode_state()
                         )
         except Exception as exc:
-            log.warning("compacting %s failed (retried after the next write): %s", ", ".join(doc_ids), exc)
+            log_event(log, "compaction_failed", logging.WARNING, docs=list(doc_ids), error=str(exc))
             for doc_id in doc_ids:
                 self._docs.pop(doc_id, None)
         except BaseException:

@@ -342,7 +342,7 @@ class RemoteSync(LocalBase):
                     if not validate_update(doc, replica, entry.payload, certs, None, staff).noop:
                         replica.apply_update(entry.payload)
                 except (ValidationError, EngineError) as exc:
-                    log.info("carried update %s left out of rebuilt %s: %s", entry.id, did, exc)
+                    log_event(log, "carried_update_left_out", entry=entry.id, doc=did, error=str(exc))
             generation, version = await tx.replace_doc(did, replica.encode_state())
             await tx.delete_entries(dropped)
             new_ids = [

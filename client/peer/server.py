@@ -216,7 +216,7 @@ class PeerServer:
         try:
             await conn.run()
         except Exception:
-            log.exception("peer connection failed")
+            log_event(log, "peer_connection_failed", logging.ERROR, exc_info=True, remote=conn.remote)
             await conn.wire.close(CloseCode.INTERNAL, "internal error")
         finally:
             self.connections.discard(conn)

@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets as _random
 import threading
@@ -41,7 +42,7 @@ from typing import Any, Literal, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.errors import ClientError
-from client.log import get_logger
+from client.log import get_logger, log_event
 
 __all__ = [
     "ACCESS_TOKEN",
@@ -76,7 +77,7 @@ def _warn_once(key: str, message: str, *args: object) -> None:
         if key in _warned:
             return
         _warned.add(key)
-    log.warning(message, *args)
+    log_event(log, key.replace("-", "_"), logging.WARNING, hint=message % args if args else message)
 
 
 class SecretStoreError(ClientError):
@@ -225,7 +226,13 @@ class FileSecretBackend:
             if st.st_uid != os.getuid():
                 raise SecretStoreError(f"{self.path} belongs to another user; refusing to use it")
             if st.st_mode & 0o077:
-                log.warning("secrets file %s was readable by others; restricting it to its owner", self.path)
+                log_event(
+                    log,
+                    "secrets_file_permissions_fixed",
+                    logging.WARNING,
+                    path=str(self.path),
+                    hint=f"secrets file {self.path} was readable by others; restricting it to its owner",
+                )
                 os.fchmod(fh.fileno(), 0o600)
             raw = fh.read()
         try:
@@ -357,7 +364,7 @@ class SecretStore:
         """Remove every secret of this profile (logout, or a refresh the relay refused)."""
         for name in NAMES:
             self._backend.delete(name)
-        log.info("secrets of profile %s cleared", self.profile_dir)
+        log_event(log, "secrets_cleared", profile=str(self.profile_dir))
 
     # --- typed helpers -----------------------------------------------------------------------
 

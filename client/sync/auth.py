@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.errors import ClientError
 from client.local.client import LocalClient
-from client.log import get_logger
+from client.log import get_logger, log_event
 from client.sync.tls import tls_failure
 from client.sync.urls import http_base
 from crdt_core.b64 import b64url, b64url_decode
@@ -209,8 +210,13 @@ class AuthClient:
             raise RelayUnavailable(f"relay answered {response.status_code} for its clock")
         server_s = float(response.json()["server_time_ms"]) / 1000
         self.clock_offset_s = server_s - (before + after) / 2
-        log.warning(
-            "this device's clock is %.0f s off the relay's: proofs use the relay's", self.clock_offset_s
+        log_event(
+            log,
+            "clock_offset",
+            logging.WARNING,
+            offset_s=round(self.clock_offset_s, 1),
+            hint=f"this device's clock is {self.clock_offset_s:.0f} s off the relay's:"
+            " proofs use the relay's",
         )
         return self.clock_offset_s
 
@@ -285,7 +291,7 @@ class AuthClient:
         # The identity first (it verifies the certificate against the keys), then the tokens.
         await self.local.set_identity(user_id, device, relay_keys)
         await asyncio.to_thread(self.local.secrets.set_tokens, body["access_token"], body["refresh_token"])
-        log.info("logged in as %s", user_id)
+        log_event(log, "logged_in", user_id=user_id)
         return LoginResult(user_id, email, device.cert_id, relay_keys)
 
     async def find_user(self, shop_id: str, email: str) -> dict[str, Any]:
@@ -343,7 +349,13 @@ class AuthClient:
                 response = await self._post(http, "/api/v1/auth/refresh", body)
             if response.status_code in (400, 401, 403):
                 code, message = _error(response)
-                log.warning("refresh refused (%s): log in again", code)
+                log_event(
+                    log,
+                    "refresh_refused",
+                    logging.WARNING,
+                    code=code,
+                    hint=f"refresh refused ({code}): log in again",
+                )
                 await asyncio.to_thread(self.local.secrets.clear)
                 raise LoginRequired(response.status_code, code, message or "log in again")
             if response.status_code != 200:
@@ -360,8 +372,8 @@ class AuthClient:
                 try:
                     await self.local.set_identity(identity.user_id, device, identity.relay_keys)
                 except Exception as exc:  # noqa: BLE001 - keep the old certificate, it still signs
-                    log.warning("renewed certificate not adopted: %s", exc)
-            log.info("access token refreshed")
+                    log_event(log, "certificate_not_adopted", logging.WARNING, error=str(exc))
+            log_event(log, "token_refreshed")
             return str(data["access_token"])
 
     async def logout(self) -> None:
@@ -372,7 +384,19 @@ class AuthClient:
                 async with self._http() as http:
                     await self._post(http, "/api/v1/auth/logout", None, tokens.access.reveal())
             except RelayUnavailable as exc:
-                log.warning("relay unreachable at logout (%s); forgetting the tokens anyway", exc)
+                log_event(
+                    log,
+                    "logout_not_sent",
+                    logging.WARNING,
+                    error=str(exc),
+                    hint=f"relay unreachable at logout ({exc}); forgetting the tokens anyway",
+                )
             except LoginRequired as exc:
-                log.warning("logout not sent (%s); forgetting the tokens anyway", exc)
+                log_event(
+                    log,
+                    "logout_not_sent",
+                    logging.WARNING,
+                    error=str(exc),
+                    hint=f"logout not sent ({exc}); forgetting the tokens anyway",
+                )
         await self.local.logout("logged out")

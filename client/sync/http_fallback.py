@@ -257,7 +257,7 @@ class HttpSync:
         if stored is None:
             await store.set_epoch(url, epoch)
         elif stored != epoch:
-            log.warning("relay %s has a new epoch (%s -> %s): sending local state again", url, stored, epoch)
+            log_event(log, "relay_new_epoch", logging.WARNING, relay=url, old=stored, new=epoch)
             self.summary.epoch_changed = True
             return list(await store.reset_for_epoch(url, epoch))
         return []
@@ -304,7 +304,7 @@ class HttpSync:
             if status == "error":
                 reason = f"{entry.get('code')}: {entry.get('reason')}"
                 self.refused[doc] = self.summary.refused_docs[doc] = reason
-                log.warning("relay refused %s: %s", doc, reason)
+                log_event(log, "subscription_refused", logging.WARNING, doc=doc, reason=reason)
                 continue
             if doc in rebuilds:
                 if doc in self.summary.rebuild_failed:
@@ -330,7 +330,7 @@ class HttpSync:
         for doc, _update, relay_sv in diffs:
             await self._save_cursor(doc, seqs.get(doc))
             if doc in failed:
-                log.warning("catch-up of %s refused locally: %s", doc, failed[doc])
+                log_event(log, "catch_up_refused_locally", logging.WARNING, doc=doc, error=str(failed[doc]))
                 await self._conflict(doc, "the relay's catch-up", failed[doc])
                 continue
             if relay_sv:
@@ -428,7 +428,9 @@ class HttpSync:
                 applied = await self.local.apply_remote_batch([(doc, stamp)])
                 self.summary.applied += applied.applied
                 for failure in applied.failed:
-                    log.warning("stamps for %s refused locally: %s", doc, failure.error)
+                    log_event(
+                        log, "stamps_refused_locally", logging.WARNING, doc=doc, error=str(failure.error)
+                    )
                     if failure.error.code != "missing_deps":  # a catch-up repairs a gap
                         await self._conflict(doc, "the relay's stamps", failure.error)
             if uid >= _EXTRA_UID_BASE:
@@ -440,8 +442,8 @@ class HttpSync:
         code, reason = str(result.get("code")), str(result.get("reason", ""))
         retry = bool(result.get("retry"))
         if uid >= _EXTRA_UID_BASE:
-            log.info(
-                "relay refused the %s of %s (%s: %s)", whats.get(uid, "repair update"), doc, code, reason
+            log_event(
+                log, "repair_refused", doc=doc, what=whats.get(uid, "repair update"), code=code, reason=reason
             )
             self.summary.repair_refused[doc] = f"{code}: {reason}"
             return
@@ -567,7 +569,7 @@ class HttpSync:
             except SyncLoginRequired:
                 return
             except SyncStopped as exc:  # the relay refused a well-formed request: a bug, not a blip
-                log.error("sync over HTTP stopped: %s", exc)
+                log_event(log, "http_sync_stopped", logging.ERROR, error=str(exc))
                 svc.local.emit(
                     RelayUnreachable(
                         at_ms=int(time.time() * 1000),
@@ -606,7 +608,13 @@ async def sync_once_with_fallback(
         summary = await over_websocket()
     except SyncWebsocketBlocked as exc:
         svc.transport_reason = f"websocket blocked ({exc}); plain HTTP works"
-        log.warning("relay %s: %s", svc.relay_url, svc.transport_reason)
+        log_event(
+            log,
+            "websocket_blocked",
+            logging.WARNING,
+            relay=svc.relay_url,
+            hint=f"relay {svc.relay_url}: {svc.transport_reason}",
+        )
         return await HttpSync(svc).sync_once(timeout_s, retry_window_s)
     svc.last_transport = "websocket"
     svc.transport_reason = "auto: the websocket opened"
@@ -631,7 +639,13 @@ async def run_with_fallback(svc: SyncService, over_websocket: Callable[[], Await
         except SyncWebsocketBlocked as exc:
             svc.last_transport = "http"
             svc.transport_reason = f"websocket blocked ({exc}); polling over plain HTTP"
-            log.warning("relay %s: %s", svc.relay_url, svc.transport_reason)
+            log_event(
+                log,
+                "websocket_blocked",
+                logging.WARNING,
+                relay=svc.relay_url,
+                hint=f"relay {svc.relay_url}: {svc.transport_reason}",
+            )
             await HttpSync(svc).run(until=time.monotonic() + stint)
             stint = min(stint * 2, svc.ws_retry_s)
 

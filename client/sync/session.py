@@ -168,7 +168,7 @@ class _SessionEvents:
                 if ended or self.proto.close_expected():
                     break
         except Exception:
-            log.exception("sync event processing failed")
+            log_event(log, "sync_event_failed", logging.ERROR, exc_info=True)
             with contextlib.suppress(LocalProtocolError):
                 self.proto.close(CloseCode.INTERNAL, "client error")
             await self.send_pending()

@@ -88,7 +88,7 @@ def test_file_fallback_is_owner_only_with_one_warning(
     SecretStore(tmp_path, keyring_backend=failing())
     assert store.backend_name == "file"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "no OS keyring" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "no OS keyring" in getattr(warnings[0], "hint", "")
 
     store.set_tokens(ACCESS, REFRESH)
     path = tmp_path / SECRETS_FILE
