@@ -607,18 +607,23 @@ async def sync_once_with_fallback(
     try:
         summary = await over_websocket()
     except SyncWebsocketBlocked as exc:
-        svc.transport_reason = f"websocket blocked ({exc}); plain HTTP works"
-        log_event(
-            log,
-            "websocket_blocked",
-            logging.WARNING,
-            relay=svc.relay_url,
-            hint=f"relay {svc.relay_url}: {svc.transport_reason}",
-        )
+        _blocked(svc, f"websocket blocked ({exc}); plain HTTP works")
         return await HttpSync(svc).sync_once(timeout_s, retry_window_s)
     svc.last_transport = "websocket"
     svc.transport_reason = "auto: the websocket opened"
     return summary
+
+
+def _blocked(svc: SyncService, reason: str) -> None:
+    """Remember and log why this round goes over plain HTTP (``quickslot status`` shows it)."""
+    svc.transport_reason = reason
+    log_event(
+        log,
+        "websocket_blocked",
+        logging.WARNING,
+        relay=svc.relay_url,
+        hint=f"relay {svc.relay_url}: {reason}",
+    )
 
 
 async def run_with_fallback(svc: SyncService, over_websocket: Callable[[], Awaitable[None]]) -> None:
@@ -638,14 +643,7 @@ async def run_with_fallback(svc: SyncService, over_websocket: Callable[[], Await
             return
         except SyncWebsocketBlocked as exc:
             svc.last_transport = "http"
-            svc.transport_reason = f"websocket blocked ({exc}); polling over plain HTTP"
-            log_event(
-                log,
-                "websocket_blocked",
-                logging.WARNING,
-                relay=svc.relay_url,
-                hint=f"relay {svc.relay_url}: {svc.transport_reason}",
-            )
+            _blocked(svc, f"websocket blocked ({exc}); polling over plain HTTP")
             await HttpSync(svc).run(until=time.monotonic() + stint)
             stint = min(stint * 2, svc.ws_retry_s)
 
