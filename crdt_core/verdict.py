@@ -64,7 +64,11 @@ to its own (the gap-free prefix): nothing that arrives later can rank before it.
 claim changes only through its own cancellation, a staff decline, or a capacity change: a cut,
 or a raise that brings a ``too_large`` claim ranked before it back into the walk. The relay refuses
 a party above its slot's capacity at arrival, so a stamped claim is ``too_large`` only after a cut,
-and such a raise gives it back the seat it held before the cut.
+and such a raise gives it back the seat it held before the cut. Likewise it refuses a repeat
+booking at arrival (``crdt_core.repeats``), so a stamped claim is ``duplicate`` only after a
+capacity or ``per_customer`` change: that refusal is needed, because a stamped ``duplicate`` would
+count again once a cancel with an earlier HLC arrived late for the claim it repeated, and could
+push a final claim behind it onto the waitlist.
 """
 
 from __future__ import annotations
