@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as _dt
 import json
 import logging
 import sqlite3
@@ -98,10 +99,15 @@ def _weekdays(text: str) -> list[int]:
 
 
 def _day(text: str) -> str:
+    """A day as YYYY-MM-DD, or ``today``/``tomorrow`` (this machine's local date): a booking's day
+    must lie within a year of now, so examples name it relatively and keep working."""
+    relative = {"today": 0, "tomorrow": 1}.get(text.strip().lower())
+    if relative is not None:
+        return (_dt.date.today() + _dt.timedelta(days=relative)).isoformat()
     try:
         return parse_day(text).isoformat()
     except SchemaError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD, today, tomorrow): {text!r}") from None
 
 
 def _port(text: str) -> int:
@@ -232,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("slots", cmd_slots, "a shop's slots on a day, with seats left")
     p.add_argument("shop", help="shop id")
-    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p = add("book", cmd_book, "book a slot (offline: queued until sync; online: fetches the shop first)")
     p.add_argument("shop", help="shop id")
-    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p.add_argument("slot", help="slot id (see `quickslot slots SHOP DATE`)")
     p.add_argument("--party", type=int, default=1, help="seats to book (default: 1)")
     for name, handler, has_reason in (
