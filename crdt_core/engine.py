@@ -26,6 +26,7 @@ update validator (``crdt_core.yupdate``) knows how to read without applying.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import MappingProxyType
@@ -49,6 +50,10 @@ __all__ = [
     "parse_state_vector",
     "state_vector_of_update",
 ]
+
+#: Changes :meth:`Replica.updates_since` remembers (their updates, up to this size each).
+JOURNAL_LENGTH = 64
+JOURNAL_MAX_BYTES = 64 * 1024
 
 #: The Yjs v1 encoding of an update that changes nothing (no structs, empty delete set).
 EMPTY_UPDATE = b"\x00\x00"
@@ -134,6 +139,9 @@ class Replica:
         "_unexamined",
         "_parkable",
         "_written",
+        "_journal",
+        "_journal_seq",
+        "_journal_from",
         "__weakref__",
     )
 
@@ -157,6 +165,11 @@ class Replica:
         self._parkable = False
         #: The update the last local write returned: applying it again changes nothing.
         self._written: bytes | None = None
+        #: The last few changes' updates, numbered (see :meth:`updates_since`); ``_journal_from``:
+        #: the first number it can still answer from.
+        self._journal: deque[tuple[int, bytes]] = deque(maxlen=JOURNAL_LENGTH)
+        self._journal_seq = 0
+        self._journal_from = 1
 
     def __del__(self) -> None:
         # pycrdt keeps a document's observers alive from Rust, which Python's collector cannot
@@ -271,6 +284,35 @@ class Replica:
             if end > have:
                 clocks[client] = end
 
+    def _record(self, update: bytes) -> None:
+        """Number one change and keep its update while the clock cache vouches that it
+        integrated whole (see :meth:`_follow`); otherwise start the journal afresh."""
+        self._journal_seq += 1
+        if self._clocks is None or len(update) > JOURNAL_MAX_BYTES:
+            self._journal.clear()
+            self._journal_from = self._journal_seq + 1
+            return
+        self._journal.append((self._journal_seq, update))
+        if len(self._journal) == JOURNAL_LENGTH:
+            self._journal_from = self._journal[0][0]
+
+    def journal_mark(self) -> int:
+        """The number of the last change (for :meth:`updates_since`)."""
+        return self._journal_seq
+
+    def updates_since(self, mark: int) -> list[bytes] | None:
+        """The updates of the changes after ``mark`` (a :meth:`journal_mark`), each integrated
+        whole when it was applied, in order; None when they are not all known any more (too many,
+        too large, or one the clock cache could not follow): read the document instead.
+
+        Why: an index over a document (``crdt_core.repeats``) brought up to date from the new
+        structs only; asking the engine for them (``diff`` from a state vector) costs time
+        linear in the document's clients.
+        """
+        if mark < self._journal_from - 1 or mark > self._journal_seq:
+            return None
+        return [u for n, u in self._journal if n > mark]
+
     def diff(self, state_vector: bytes) -> bytes:
         """Exactly what a peer with ``state_vector`` lacks (Yjs sync step 2)."""
         _check_declared_count(state_vector, SV_ENTRY_MIN_BYTES, "bad state vector")
@@ -300,8 +342,10 @@ class Replica:
             raise _guard("cannot apply update", exc) from None
         if self._doc._txn is not None:  # inside an open transaction: not integrated yet
             self._clocks, self._unexamined = None, True
+            self._record(data)  # (drops the journal: the cache cannot vouch for it)
             return
         self._follow(data)
+        self._record(data)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -418,6 +462,7 @@ class Replica:
                     self._map(root)[key] = value
             clocks[own] = first + len(batch)
             self._written = encode_map_inserts(own, first, batch)
+            self._record(self._written)
             return self._written
         # Otherwise the update comes from a document observer (Yrs encodes it at commit, from
         # the transaction's own changes), attached for this transaction only (see above).
@@ -437,6 +482,7 @@ class Replica:
             self._capture_sub = None
         self._follow(self._captured.update)
         self._written = self._captured.update
+        self._record(self._written)
         return self._written
 
     def set_value(self, root: str, key: str, value: Any) -> bytes:

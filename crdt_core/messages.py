@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Final, TypeAlias, TypeVar
 
 import msgpack
 
+from crdt_core.canonical import packb
 from crdt_core.errors import CodecError
 
 __all__ = [
@@ -356,7 +357,7 @@ class _Message:
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
-        return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+        return packb(body)
 
     @classmethod
     def from_wire(

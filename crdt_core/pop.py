@@ -31,11 +31,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from crdt_core.b64 import b64url, b64url_decode
+from crdt_core.canonical import packb
 
 __all__ = [
     "DOMAIN",
@@ -106,7 +106,7 @@ def rest(method: str, path: str) -> tuple[str, str, str]:
 def statement(purpose: Purpose, audience: str, jti: str, at: int) -> bytes:
     """The bytes a proof signs (module docstring)."""
     what: Any = list(purpose) if isinstance(purpose, tuple) else purpose
-    body: bytes = msgpack.packb([what, audience, jti, at])
+    body = packb([what, audience, jti, at])
     return DOMAIN + body
 
 

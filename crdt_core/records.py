@@ -32,7 +32,7 @@ import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from crdt_core.canonical import canonical_pack, check_canonical
+from crdt_core.canonical import canonical_pack, check_canonical, packb
 from crdt_core.certs import DeviceKey, SigningKey
 from crdt_core.errors import SchemaError, SignatureError
 
@@ -83,9 +83,7 @@ def signer_ref(signer: DeviceKey | SigningKey) -> str:
 def _signed_message(
     doc_id: str, key: str, schema_version: int, kind: str, fields_raw: bytes, signer: str
 ) -> bytes:
-    body: bytes = msgpack.packb(
-        [doc_id, key, RECORD_FORMAT, schema_version, kind, fields_raw, signer], use_bin_type=True
-    )
+    body = packb([doc_id, key, RECORD_FORMAT, schema_version, kind, fields_raw, signer])
     return RECORD_DOMAIN + body
 
 

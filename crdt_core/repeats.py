@@ -29,7 +29,7 @@ from crdt_core.records import open_record
 from crdt_core.schema import DocKind, Reservation, Stamp, StatusEvent, parse_record
 from crdt_core.validation import Reason
 from crdt_core.verdict import exceeds_capacity, repeat_booking, stamp_order, tentative_key
-from crdt_core.yupdate import decode_update
+from crdt_core.yupdate import MapInsert, decode_update
 
 __all__ = ["refuse_repeat_bookings"]
 
@@ -44,16 +44,35 @@ class _DayIndex:
     stamp_of: dict[str, int] = field(default_factory=dict)
     ends: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Per reservation, the (HLC, event id) of its earliest cancel or decline."""
+    mark: int | None = None
+    """The replica's journal mark indexed so far (``Replica.journal_mark``; None: none yet)."""
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    """(map, key) of every record indexed: a record is indexed once, however it came."""
 
     def catch_up(self, replica: Replica) -> None:
-        """Index the records ``replica`` gained since the last call: its diff from the state
-        vector seen then (only the new structs, whatever the document's size)."""
-        vector = replica.state_vector()
-        if vector == self.vector:
+        """Index the records ``replica`` gained since the last call: the updates of its changes
+        since then when the replica still has them all (``Replica.updates_since``), else its diff
+        from the state vector seen then (only the new structs either way; the diff costs time
+        linear in the document's clients, one per device that booked there)."""
+        recent = None if self.mark is None else replica.updates_since(self.mark)
+        mark = replica.journal_mark()
+        if recent is not None:
+            for update in recent:
+                self._index(decode_update(update).inserts)
+            self.mark = mark
             return
-        for ins in decode_update(replica.diff(self.vector)).inserts:
+        vector = replica.state_vector()
+        if vector != self.vector:
+            self._index(decode_update(replica.diff(self.vector)).inserts)
+        self.vector = vector
+        self.mark = mark
+
+    def _index(self, inserts: Iterable[MapInsert]) -> None:
+        for ins in inserts:
             if ins.root not in _ROOTS or not isinstance(ins.value, bytes):
                 continue
+            if (ins.root, ins.key) in self.seen:
+                continue  # a re-sent record, or one the diff and an update both brought
             try:
                 env = open_record(ins.value, canonical=False)  # held, so checked when it arrived
                 rec = parse_record(
@@ -61,8 +80,8 @@ class _DayIndex:
                 )
             except SchemaError:
                 continue
+            self.seen.add((ins.root, ins.key))
             self._add(rec)
-        self.vector = vector
 
     def _add(self, rec: object) -> None:
         if isinstance(rec, Reservation):

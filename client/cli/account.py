@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from client.cli.context import Ctx, Result, read_email, read_password, sync_service, write_config
+from client.log import get_logger
 
 
 async def cmd_register(ctx: Ctx) -> Result:
@@ -63,7 +62,7 @@ async def _flush_before_logout(ctx: Ctx) -> int | None:
     try:
         summary = await sync_service(ctx).sync_once()
     except Exception as exc:  # noqa: BLE001 - logout must not fail because the relay is away
-        logging.getLogger(__name__).warning("could not send queued changes before logout: %s", exc)
+        get_logger(__name__).warning("could not send queued changes before logout: %s", exc)
         return None
     return summary.acked
 

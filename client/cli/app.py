@@ -40,45 +40,29 @@ prints one ``SCHEMAS["event"]`` object per line (events of :mod:`client.local.ev
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as _dt
+import importlib
 import json
 import logging
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from client.cli.account import cmd_login, cmd_logout, cmd_register, cmd_whoami
-from client.cli.bookings import (
-    cmd_book,
-    cmd_cancel,
-    cmd_confirm,
-    cmd_decline,
-    cmd_discard,
-    cmd_no_show,
-    cmd_refused,
-    cmd_reservations,
-    cmd_retry,
-)
-from client.cli.browse import cmd_categories, cmd_shop_show, cmd_shops, cmd_slots
-from client.cli.context import Ctx, Result, default_home, secret_store
 from client.cli.errors import CliError, classify, fail, profile_error
-from client.cli.manage import cmd_category_add, cmd_shop_create, cmd_shop_edit, cmd_slot_add, cmd_staff_add
-from client.cli.output import describe_event
-from client.cli.peer import cmd_peer_serve, cmd_peer_sync
 from client.cli.schemas import EXIT_CODES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SCHEMAS
-from client.cli.syncing import cmd_following, cmd_status, cmd_sync, cmd_unfollow
-from client.local.client import LocalClient
-from crdt_core.errors import SchemaError
-from crdt_core.schema import parse_day, printable
+from client.log import get_logger
 
-# Start-up time is paid by every command (``make demo`` runs ~70 of them): websockets, the sync
-# protocol and httpx are imported by the commands that talk to the relay, not here.
+if TYPE_CHECKING:
+    from client.cli.context import Ctx, Result
 
-__all__ = ["EXIT_CODES", "SCHEMAS", "CliError", "build_parser", "describe_event", "main"]
+# Start-up time is paid by every command (``make demo`` runs ~70 of them, a script may run hundreds):
+# parsing the arguments (and ``--help``) imports none of the library, the core or asyncio. A
+# command's module is imported when it runs (handlers are named "module:function"), and only the
+# commands that talk to a relay or a peer import websockets, httpx and the sync service.
+
+__all__ = ["EXIT_CODES", "SCHEMAS", "CliError", "build_parser", "main"]
 
 # --- parsing ---------------------------------------------------------------------------------------------
 
@@ -101,6 +85,9 @@ def _weekdays(text: str) -> list[int]:
 def _day(text: str) -> str:
     """A day as YYYY-MM-DD, or ``today``/``tomorrow`` (this machine's local date): a booking's day
     must lie within a year of now, so examples name it relatively and keep working."""
+    from crdt_core.errors import SchemaError
+    from crdt_core.schema import parse_day
+
     relative = {"today": 0, "tomorrow": 1}.get(text.strip().lower())
     if relative is not None:
         return (_dt.date.today() + _dt.timedelta(days=relative)).isoformat()
@@ -130,7 +117,17 @@ def _bool(text: str) -> bool:
 
 _HOURS_HELP = "opening hours, free text shown as written, e.g. 'Mon-Fri 09:00-18:00' (default: none)"
 
-Handler = Callable[[Ctx], Awaitable[Result]]
+Handler = str
+"""A command's function as ``"module:function"`` in ``client.cli`` (imported when it runs)."""
+
+
+def handler_of(name: Handler) -> Callable[[Ctx], Awaitable[Result]]:
+    """The function a parsed command runs (its module imported now, not at start-up)."""
+    module, function = name.split(":")
+    found: Callable[[Ctx], Awaitable[Result]] = getattr(
+        importlib.import_module(f"client.cli.{module}"), function
+    )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
             "SubjectPublicKeyInfo, as curl --pinnedpubkey; repeatable; remembered)",
         )
 
-    p = add("register", cmd_register, "create an account at a relay and log this profile in")
+    p = add("register", "account:cmd_register", "create an account at a relay and log this profile in")
     account(p)
     p.add_argument("--name", help="display name (default: the email's local part)")
     p.add_argument(
@@ -194,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only create the account, do not log this profile in (default: log in right away)",
     )
-    account(add("login", cmd_login, "log in (a fresh device key and certificate)"))
-    add("logout", cmd_logout, "log out and forget tokens and device key")
-    add("whoami", cmd_whoami, "who this profile signs as")
-    add("categories", cmd_categories, "list the categories")
-    p = add("shops", cmd_shops, "list shops")
+    account(add("login", "account:cmd_login", "log in (a fresh device key and certificate)"))
+    add("logout", "account:cmd_logout", "log out and forget tokens and device key")
+    add("whoami", "account:cmd_whoami", "who this profile signs as")
+    add("categories", "browse:cmd_categories", "list the categories")
+    p = add("shops", "browse:cmd_shops", "list shops")
     p.add_argument("--category", help="only shops of this category id (default: all)")
     p.add_argument(
         "--search",
@@ -207,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         " ignoring case (default: all)",
     )
 
-    shop = add("shop", cmd_shop_show, "show, create or edit a shop")
+    shop = add("shop", "browse:cmd_shop_show", "show, create or edit a shop")
     shop_sub = shop.add_subparsers(dest="shop_command", required=True, parser_class=_Parser)
 
     def shop_add(name: str, handler: Handler, help_text: str) -> Any:
@@ -216,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("shop", help="shop id")
         return p
 
-    shop_add("show", cmd_shop_show, "a shop's details, slots and staff")
-    p = shop_add("create", cmd_shop_create, "owner/admin: create a shop")
+    shop_add("show", "browse:cmd_shop_show", "a shop's details, slots and staff")
+    p = shop_add("create", "manage:cmd_shop_create", "owner/admin: create a shop")
     p.add_argument("--name", required=True, help="the shop's name as customers see it")
     p.add_argument("--category", required=True, help="a category id (see `quickslot categories`)")
     p.add_argument("--location", default="", help="a place name, e.g. a town (default: none)")
@@ -226,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="", help="free text shown on the shop's page (default: none)")
     p.add_argument("--address", help="street address (default: none)")
     p.add_argument("--hours", default="", help=_HOURS_HELP)
-    p = shop_add("edit", cmd_shop_edit, "staff/owner: change a shop's fields")
+    p = shop_add("edit", "manage:cmd_shop_edit", "staff/owner: change a shop's fields")
     for f in ("name", "category", "location", "description", "address", "image-url"):
         p.add_argument(f"--{f}", help=f"new {f.replace('-', ' ')} (default: unchanged)")
     p.add_argument("--hours", help=_HOURS_HELP.replace("(default: none)", "(default: unchanged)"))
@@ -236,24 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--active", type=_bool, metavar="yes|no", help="no hides the shop from listings (default: unchanged)"
     )
 
-    p = add("slots", cmd_slots, "a shop's slots on a day, with seats left")
+    p = add("slots", "browse:cmd_slots", "a shop's slots on a day, with seats left")
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
-    p = add("book", cmd_book, "book a slot (offline: queued until sync; online: fetches the shop first)")
+    p = add(
+        "book",
+        "bookings:cmd_book",
+        "book a slot (offline: queued until sync; online: fetches the shop first)",
+    )
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p.add_argument("slot", help="slot id (see `quickslot slots SHOP DATE`)")
     p.add_argument("--party", type=int, default=1, help="seats to book (default: 1)")
     for name, handler, has_reason in (
-        ("cancel", cmd_cancel, True), ("confirm", cmd_confirm, False),
-        ("decline", cmd_decline, True), ("no-show", cmd_no_show, False),
+        ("cancel", "bookings:cmd_cancel", True), ("confirm", "bookings:cmd_confirm", False),
+        ("decline", "bookings:cmd_decline", True), ("no-show", "bookings:cmd_no_show", False),
     ):  # fmt: skip
         p = add(name, handler, f"{name} a reservation")
         p.add_argument("reservation", help="reservation id (see `quickslot reservations`)")
         if has_reason:
             p.add_argument("--reason", help="a short reason shown to the customer (default: none)")
-    add("reservations", cmd_reservations, "your reservations and their state")
-    p = add("sync", cmd_sync, "sync with the relay once (or --watch until interrupted)")
+    add("reservations", "bookings:cmd_reservations", "your reservations and their state")
+    p = add("day", "staff:cmd_day", "staff/owner: every booking of a shop's day, with its state")
+    p.add_argument("shop", help="shop id")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
+    p = add("waitlist", "staff:cmd_waitlist", "staff/owner: who waits for which slot of a day, in order")
+    p.add_argument("shop", help="shop id")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
+    p = add("sync", "syncing:cmd_sync", "sync with the relay once (or --watch until interrupted)")
     p.add_argument("--watch", action="store_true", help="stay connected, printing events as lines")
     p.add_argument(
         "--transport",
@@ -269,26 +276,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="--watch over plain HTTP: seconds between checks for updates (default: 5)",
     )
-    add("status", cmd_status, "queue, rejected changes, last sync, relay reachability")
-    add("following", cmd_following, "the documents this profile keeps in sync, and why")
-    p = add("unfollow", cmd_unfollow, "stop syncing a browsed or followed document")
+    add("status", "syncing:cmd_status", "queue, rejected changes, last sync, relay reachability")
+    add("following", "syncing:cmd_following", "the documents this profile keeps in sync, and why")
+    p = add("unfollow", "syncing:cmd_unfollow", "stop syncing a browsed or followed document")
     p.add_argument(
         "doc", metavar="DOC", help="a document id from `quickslot following` (a bare id: that shop)"
     )
-    add("refused", cmd_refused, "changes the relay refused, why, and what to do about each")
-    p = add("discard", cmd_discard, "forget refused changes (see `quickslot refused`)")
+    add("refused", "bookings:cmd_refused", "changes the relay refused, why, and what to do about each")
+    p = add("discard", "bookings:cmd_discard", "forget refused changes (see `quickslot refused`)")
     p.add_argument("ids", type=int, nargs="*", metavar="ID", help="refused change ids (default: none)")
     p.add_argument("--all", action="store_true", help="every refused change (default: only the given ids)")
-    p = add("retry", cmd_retry, "make a refused reservation change again, as a new change")
+    p = add("retry", "bookings:cmd_retry", "make a refused reservation change again, as a new change")
     p.add_argument("id", type=int, metavar="ID", help="a refused change id (see `quickslot refused`)")
     p.add_argument(
         "--party", type=int, help="a refused booking: seats to book instead (default: the refused party)"
     )
 
-    p = add("slot", cmd_slot_add, "staff/owner: add or change a slot")
+    p = add("slot", "manage:cmd_slot_add", "staff/owner: add or change a slot")
     slot_sub = p.add_subparsers(dest="slot_command", required=True, parser_class=_Parser)
     p = slot_sub.add_parser("add", parents=[common], help="offer a slot (same id: replace it)")
-    p.set_defaults(handler=cmd_slot_add, schema="slot add")
+    p.set_defaults(handler="manage:cmd_slot_add", schema="slot add")
     p.add_argument("shop", help="shop id")
     p.add_argument("slot", help="slot id, chosen by you (an existing id replaces that slot)")
     p.add_argument("--service", required=True, help="what is offered, e.g. haircut")
@@ -309,10 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
         " booking is refused as duplicate_booking)",
     )
 
-    p = add("staff", cmd_staff_add, "owner: name staff")
+    p = add("staff", "manage:cmd_staff_add", "owner: name staff")
     staff_sub = p.add_subparsers(dest="staff_command", required=True, parser_class=_Parser)
     p = staff_sub.add_parser("add", parents=[common], help="name a staff member (or co-owner)")
-    p.set_defaults(handler=cmd_staff_add, schema="staff add")
+    p.set_defaults(handler="manage:cmd_staff_add", schema="staff add")
     p.add_argument("shop", help="shop id")
     p.add_argument(
         "user_id",
@@ -322,18 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--role", default="staff", choices=["staff", "owner"], help="default: staff")
 
-    p = add("category", cmd_category_add, "admin: add a category")
+    p = add("category", "manage:cmd_category_add", "admin: add a category")
     cat_sub = p.add_subparsers(dest="category_command", required=True, parser_class=_Parser)
     p = cat_sub.add_parser("add", parents=[common], help="add a category")
-    p.set_defaults(handler=cmd_category_add, schema="category add")
+    p.set_defaults(handler="manage:cmd_category_add", schema="category add")
     p.add_argument("id", help="category id (letters, digits, _ and -)")
     p.add_argument("name", help="the category's name as people see it")
     p.add_argument("--icon", help="an icon name for apps (default: none)")
 
-    p = add("peer", cmd_peer_sync, "sync with another client directly, with no relay")
+    p = add("peer", "peer:cmd_peer_sync", "sync with another client directly, with no relay")
     peer_sub = p.add_subparsers(dest="peer_command", required=True, parser_class=_Parser)
     p = peer_sub.add_parser("serve", parents=[common], help="accept peers until interrupted")
-    p.set_defaults(handler=cmd_peer_serve, schema="peer serve")
+    p.set_defaults(handler="peer:cmd_peer_serve", schema="peer serve")
     p.add_argument("--port", type=_port, required=True, help="0 picks a free port (printed)")
     p.add_argument(
         "--host",
@@ -341,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default: %(default)s; 0.0.0.0: every network)",
     )
     p = peer_sub.add_parser("sync", parents=[common], help="one exchange with a peer at ws://HOST:PORT")
-    p.set_defaults(handler=cmd_peer_sync, schema="peer sync")
+    p.set_defaults(handler="peer:cmd_peer_sync", schema="peer sync")
     p.add_argument("url", help="ws://HOST:PORT of a `quickslot peer serve`")
     p.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="give up after S seconds (default: 30)"
@@ -350,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import sqlite3
+
+    from client.cli.context import Ctx, default_home, secret_store
+    from client.local.client import LocalClient
+    from crdt_core.schema import printable
+
+    handler = handler_of(args.handler)
     home = Path(args.home).expanduser() if args.home else default_home()
     try:
         local = await LocalClient.open(home, secret_store=await asyncio.to_thread(secret_store, home))
@@ -360,7 +375,7 @@ async def _run(args: argparse.Namespace) -> int:
         args.exit_code = EXIT_OK
         args.streamed = False
         try:
-            data, human = await args.handler(ctx)
+            data, human = await handler(ctx)
         except sqlite3.Error as exc:
             raise profile_error(exc, home) or exc from exc
         if not args.streamed:
@@ -378,18 +393,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = "--json" in argv
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="quickslot: %(message)s")
     # The sync service's connection warnings are reported by the commands themselves.
-    logging.getLogger("client.sync.service").setLevel(logging.ERROR)
+    for part in ("base", "service", "session"):
+        get_logger(f"client.sync.{part}").setLevel(logging.ERROR)
     started = time.monotonic()
     try:
         args = build_parser().parse_args(argv)
         as_json = bool(args.json)
+        import asyncio
+
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure becomes an exit code
         err = classify(exc)
         if err is None:
-            logging.getLogger(__name__).debug("failed after %.2fs", time.monotonic() - started, exc_info=True)
+            get_logger(__name__).debug("failed after %.2fs", time.monotonic() - started, exc_info=True)
             err = CliError(EXIT_FAILURE, "internal", f"{type(exc).__name__}: {exc}")
         return fail(err, as_json)
 

@@ -17,9 +17,10 @@ from client.cli.schemas import EXIT_AUTH, EXIT_USAGE
 from client.local.client import LocalClient
 from client.local.events import ClientEvent
 from client.storage.secrets import SecretStore
-from client.sync.auth import AuthClient, http_base
+from client.sync.urls import http_base
 
 if TYPE_CHECKING:
+    from client.sync.auth import AuthClient
     from client.sync.service import SyncService
     from client.sync.tls import TlsSettings
 
@@ -72,6 +73,8 @@ class Ctx:
         return None if url is None else http_base(str(url))
 
     def auth(self) -> AuthClient:
+        from client.sync.auth import AuthClient  # httpx and the device keys: only when talking to a relay
+
         url = self.relay()
         assert url is not None
         return AuthClient(self.local, url, verify=self.tls().verify())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from client.cli.schemas import (
     EXIT_AUTH,
@@ -15,12 +15,11 @@ from client.cli.schemas import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from client.local.client import ClientError, InvalidRequest, NotAllowed, NotFound, NotLoggedIn
-from client.sync.auth import AuthError, LoginRequired, RelayUnavailable
-from crdt_core.schema import printable
+from client.errors import ClientError
+from client.local.errors import InvalidRequest, NotAllowed, NotFound, NotLoggedIn
 
 
-class CliError(Exception):
+class CliError(ClientError):
     """A failure to report with an exit code (and a stable ``code`` for ``--json``)."""
 
     def __init__(self, exit_code: int, code: str, message: str) -> None:
@@ -28,6 +27,9 @@ class CliError(Exception):
         self.exit_code = exit_code
         self.code = code
         self.message = message
+        #: What happened before the failure and must not be lost with it (booking events learnt
+        #: before a peer went away): ``(event as JSON, line for a person)``, printed by :func:`fail`.
+        self.happened: list[tuple[dict[str, Any], str]] = []
 
 
 def classify(exc: BaseException) -> CliError | None:
@@ -47,15 +49,19 @@ def classify(exc: BaseException) -> CliError | None:
         return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
     if sync is not None and isinstance(exc, sync.SyncStopped):
         return CliError(EXIT_REJECTED, "relay_stopped", str(exc))
-    if isinstance(exc, LoginRequired | NotLoggedIn):
+    if isinstance(exc, NotLoggedIn):
         return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
-    if isinstance(exc, AuthError):
+    # client.sync.auth (httpx, the device keys) is loaded by whatever raised one of its errors.
+    auth = sys.modules.get("client.sync.auth")
+    if auth is not None and isinstance(exc, auth.LoginRequired):
+        return CliError(EXIT_AUTH, "login_required", f"{exc}: log in again")
+    if auth is not None and isinstance(exc, auth.AuthError):
         if exc.status == 401:
             return CliError(EXIT_AUTH, exc.code, f"{exc.code}: {exc.message or 'authentication failed'}")
         if exc.status in (400, 422):
             return CliError(EXIT_USAGE, exc.code, str(exc))
         return CliError(EXIT_REJECTED, exc.code, str(exc))
-    if isinstance(exc, RelayUnavailable):
+    if auth is not None and isinstance(exc, auth.RelayUnavailable):
         return CliError(EXIT_UNREACHABLE, "relay_unreachable", f"relay unreachable: {exc}")
     if isinstance(exc, InvalidRequest):
         return CliError(EXIT_USAGE, "invalid", str(exc))
@@ -70,14 +76,23 @@ def classify(exc: BaseException) -> CliError | None:
 
 def fail(err: CliError, as_json: bool) -> int:
     if as_json:
-        payload = {"error": {"code": err.code, "message": err.message, "exit_code": err.exit_code}}
-        print(json.dumps(payload))
+        payload: dict[str, Any] = {"code": err.code, "message": err.message, "exit_code": err.exit_code}
+        if err.happened:
+            payload["events"] = [event for event, _line in err.happened]
+        print(json.dumps({"error": payload}, default=str))
+    else:
+        for _event, line in err.happened:
+            print(line, flush=True)
+    from crdt_core.schema import printable  # never raw control characters on a terminal
+
     print(printable(f"quickslot: {err.message}", multiline=True), file=sys.stderr)
     return err.exit_code
 
 
 def profile_error(exc: BaseException, home: Path) -> CliError | None:
     """A failure of the profile's own files, with its path and what to do (None: not one)."""
+    import sqlite3  # loaded already by the store that raised; not at start-up
+
     from client.storage.store import DB_FILE
 
     db = home / DB_FILE

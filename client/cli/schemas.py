@@ -64,6 +64,7 @@ CHANGE: dict[str, Any] = {"reservation": RESERVATION, "queued": bool, "message":
 PEER_ROW: dict[str, Any] = {"doc": _S, "code": _S, "reason": _S}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
+    # ``events`` (optional, [EVENT]) in an error: what happened before the failure (peer sync).
     "error": {"error": {"code": _S, "message": _S, "exit_code": int}},
     "event": EVENT,
     "register": {"user_id": _S, "email": _S, "relay": _S},
@@ -88,6 +89,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "decline": CHANGE,
     "no-show": CHANGE,
     "reservations": {"reservations": [RESERVATION]},
+    "day": {"shop_id": _S, "day": _S, "known": bool, "counts": {}, "reservations": [RESERVATION]},
+    "waitlist": {"shop_id": _S, "day": _S, "known": bool, "waitlist": [RESERVATION]},
     "sync": {
         "relay": _S,
         "epoch": _S,
@@ -130,9 +133,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "slot add": {"slot": SLOT, "queued": bool},
     "staff add": {"staff": STAFF, "queued": bool},
     "category add": {"category": CATEGORY, "queued": bool},
-    # Peer sync (docs/peer.md). ``peer sync`` exits 3 when the peer refused our credentials (log in
-    # again while online), 4 when the peer failed our checks or an update was refused either way,
-    # 5 when the peer is unreachable. ``peer serve --json`` prints one "peer serve" object per line.
+    # Peer sync (docs/peer.md). ``peer sync`` exits 2 when the URL is a relay's, not a peer's
+    # (``not_a_peer``), 3 when the peer refused our credentials (log in again while online), 4 when
+    # the peer failed our checks or an update was refused either way, 5 when the peer is
+    # unreachable. ``pending`` counts every queued change, ``own_pending`` this user's own,
+    # ``carried`` those stored from peers for the relay. ``peer serve --json`` prints one
+    # "peer serve" object per line.
     "peer sync": {
         "peer": _S,
         "peer_user": _S,
@@ -144,6 +150,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "refused": [PEER_ROW],
         "diverged": [_S],
         "pending": int,
+        "own_pending": int,
+        "carried": int,
+        "peer_shops": [{"shop_id": _S, "role": _S, "name": _OS}],
         "events": [EVENT],
     },  # fmt: skip
     "peer serve": EVENT,

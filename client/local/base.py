@@ -1,5 +1,7 @@
 """The core of :class:`client.local.client.LocalClient`: one profile's state and its write path."""
 
+from __future__ import annotations
+
 import asyncio
 import base64
 import json
@@ -29,9 +31,9 @@ from client.local.model import (
     _unchanged_since,
     _Work,
     _writer_client,
-    log,
 )
 from client.local.projections import ProjectedRecord
+from client.log import get_logger
 from client.storage.secrets import SecretStore
 from client.storage.store import DB_FILE, DEFAULT_COMPACT_MIN_BYTES, AppendResult, Store, Tx
 from crdt_core.authoring import Author, new_id
@@ -56,6 +58,8 @@ from crdt_core.schema import (
 )
 from crdt_core.validation import Rights, day_in_range
 from crdt_core.verdict import Verdict, compute_verdict
+
+log = get_logger(__name__)
 
 
 class LocalBase:
@@ -227,6 +231,13 @@ class LocalBase:
         self._identity = None
         self._author = None
         self.emit(LoggedOut(at_ms=self._now_ms(), reason=reason))
+
+    async def certificate_on_disk(self) -> bytes | None:
+        """The device certificate the profile's store holds now: None once any process sharing
+        the profile logged out (this object's :attr:`identity` is only what it read at open)."""
+        async with self.store.read() as tx:
+            text = await tx.get_meta(_META_CERT)
+        return None if text is None else base64.b64decode(text)
 
     def _require_author(self) -> tuple[Author, Identity]:
         if self._author is None or self._identity is None:

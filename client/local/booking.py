@@ -1,5 +1,7 @@
 """Writing, offline: bookings and their status events, and the owners' and admins' shop data."""
 
+from __future__ import annotations
+
 import datetime as _dt
 from collections.abc import Iterable
 from typing import Any

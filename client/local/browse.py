@@ -1,6 +1,8 @@
 """Browsing and following, offline: plain indexed queries over the projections, and which
 documents this profile keeps in sync."""
 
+from __future__ import annotations
+
 import datetime as _dt
 
 from client.local import projections as proj

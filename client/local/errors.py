@@ -1,10 +1,10 @@
-"""The client library's exceptions (the tree is drawn in :mod:`client`)."""
+"""The local library's exceptions, under the client's root (the tree is drawn in :mod:`client`)."""
 
 from __future__ import annotations
 
+from client.errors import ClientError
 
-class ClientError(Exception):
-    """Base of the errors the local client raises on purpose (messages are for the user)."""
+__all__ = ["ClientError", "InvalidRequest", "NotAllowed", "NotFound", "NotLoggedIn"]
 
 
 class NotLoggedIn(ClientError):

@@ -1,8 +1,9 @@
 """What the local client's parts share: the identity, batch and rebuild results, a transaction's
 work list, and the helpers of the write path (client ids, verdict recomputation, appended records)."""
 
+from __future__ import annotations
+
 import datetime as _dt
-import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from client.local.errors import InvalidRequest
 from client.local.events import ClientEvent
 from client.local.projections import ProjectedRecord
+from client.log import get_logger
 from client.storage.store import AppendResult, Tx
 from crdt_core.certs import Certificate, DeviceKey
 from crdt_core.clientids import GENERATIONS, client_id_for
@@ -31,7 +33,7 @@ from crdt_core.verdict import (
     tentative_key,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _META_NODE = "hlc_node"
 _META_HLC = "hlc_last"

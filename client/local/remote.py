@@ -1,7 +1,10 @@
 """What the sync engines drive: remote updates, state vectors and diffs, the outbox, and
 rebuilding a document from the relay's."""
 
+from __future__ import annotations
+
 import datetime as _dt
+import logging
 from collections.abc import Callable, Iterable
 
 from client.local import projections as proj
@@ -17,9 +20,9 @@ from client.local.model import (
     _Loaded,
     _signer_of,
     _writer_client,
-    log,
 )
 from client.local.projections import ProjectedRecord
+from client.log import get_logger, log_event
 from client.storage.store import OutboxCounts, OutboxEntry
 from crdt_core.clientids import GENERATIONS, client_id_for
 from crdt_core.engine import EngineError, Replica, parse_state_vector, state_vector_of_update
@@ -29,6 +32,8 @@ from crdt_core.schema import CERTS_ROOT, DocId, DocKind, TypedRecord, parse_doc_
 from crdt_core.validation import ArrivalPolicy, validate_update
 from crdt_core.verdict import Verdict, VerdictChange, compute_verdict
 from crdt_core.yupdate import decode_update
+
+log = get_logger(__name__)
 
 
 class RemoteSync(LocalBase):
@@ -371,8 +376,8 @@ class RemoteSync(LocalBase):
             rewritten=len(queued),
             entries=tuple(new_ids),
         )
-        log.warning(
-            "doc_rebuilt",
-            extra={"doc": did, "reason": reason, "generation": result.generation, "rewritten": len(queued)},
-        )
+        log_event(
+            log, "doc_rebuilt", logging.WARNING,
+            doc=did, reason=reason, generation=result.generation, rewritten=len(queued),
+        )  # fmt: skip
         return result

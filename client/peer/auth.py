@@ -40,6 +40,7 @@ import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from client.errors import ClientError
 from client.local.client import LocalClient
 from crdt_core.certs import Certificate, DeviceKey, parse_certificate
 from crdt_core.errors import SchemaError, SignatureError
@@ -68,7 +69,7 @@ _ACCESS_HEADER_TYP = "at+jwt"
 Role = Literal["acceptor", "dialer"]
 
 
-class PeerAuthError(Exception):
+class PeerAuthError(ClientError):
     """A credential failed a check; ``close_code`` is what the connection closes with."""
 
     def __init__(self, close_code: int, reason: str) -> None:

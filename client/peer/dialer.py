@@ -22,10 +22,12 @@ Why it is shaped this way (docs/peer.md is the full story):
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -43,6 +45,7 @@ from client.peer.auth import (
 from client.peer.data import PeerApply, apply_from_peer, content_digest, split_by_writer
 from client.peer.wire import (
     PeerError,
+    PeerIsARelay,
     PeerProtocolError,
     PeerRefusedUs,
     PeerUnreachable,
@@ -90,6 +93,8 @@ class PeerSummary:
 
     peer_url: str
     peer_user: str = ""
+    peer_shops: dict[str, str] = field(default_factory=dict)
+    """The shops the peer's certificate makes it owner or staff of: ``shop -> role``."""
     docs: list[str] = field(default_factory=list)
     refused_docs: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Documents the peer does not share with us: ``doc -> (code, reason)``."""
@@ -127,8 +132,16 @@ class PeerLink:
             ws = await websockets.connect(
                 url, max_size=DEFAULT_MAX_DOWNLOAD, open_timeout=timeout_s, ping_interval=20, compression=None
             )
+        except websockets.InvalidStatus as exc:
+            # A peer's server never answers the upgrade with an HTTP status; a relay (or any web
+            # server) does, e.g. 404 for a path that is not its websocket.
+            if await relay_answers(url):
+                raise PeerIsARelay(not_a_peer(url)) from exc
+            raise PeerUnreachable(
+                f"{url} is not a peer: it answered HTTP {exc.response.status_code}"
+            ) from exc
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            raise PeerUnreachable(f"cannot reach the peer at {url}: {exc or type(exc).__name__}") from exc
+            raise PeerUnreachable(f"cannot reach the peer at {url}: {why_unreachable(url, exc)}") from exc
         return cls(url, ws, timeout_s)
 
     async def events(self, timeout_s: float | None = None) -> list[ClientEvent]:
@@ -177,7 +190,13 @@ class PeerLink:
         mine = creds.certificate.cert_id
         self.proto.hello(nonce, creds.device.certificate)
         await self.wire.flush()
-        challenge = await self._expect(ChallengeReceived)
+        try:
+            challenge = await self._expect(ChallengeReceived)
+        except PeerError as exc:
+            # A relay's sync websocket takes the connection, then closes it at our peer hello.
+            if await relay_answers(self.url):
+                raise PeerIsARelay(not_a_peer(self.url)) from exc
+            raise
         try:
             cert = verifier.certificate(challenge.cert)
             signed = transcript("acceptor", nonce, challenge.nonce, mine, cert.cert_id)
@@ -215,6 +234,35 @@ async def _apply(local: LocalClient, updates: list[tuple[str, bytes]], summary: 
     return report
 
 
+def not_a_peer(url: str) -> str:
+    return (
+        f"{url} is a relay, not a peer: `quickslot sync` syncs with a relay; `peer sync` needs the "
+        "ws:// URL a `quickslot peer serve` prints"
+    )
+
+
+def why_unreachable(url: str, exc: BaseException) -> str:
+    """A connection failure in words (some, TLS ones above all, have an empty message)."""
+    text = str(exc) or type(exc).__name__
+    if url.startswith("wss://") and isinstance(exc, ssl.SSLError | ConnectionResetError | EOFError):
+        return f"the TLS handshake failed ({text}); a `quickslot peer serve` speaks plain ws://, try that"
+    return text
+
+
+async def relay_answers(url: str) -> bool:
+    """Whether the host of ``url`` answers as a relay does (``GET /healthz``, briefly)."""
+    import httpx  # only when a dial failed
+
+    parts = urlsplit(url)
+    base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=2.0, verify=False) as http:
+            answer = await http.get("/healthz")
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and "json" in answer.headers.get("content-type", "")
+
+
 async def peer_sync(
     local: LocalClient,
     url: str,
@@ -238,6 +286,8 @@ async def peer_sync(
         welcome = await link.handshake(creds, verifier)
         assert link.peer_cert is not None
         theirs = summary.peer_user = link.peer_cert.user_id
+        summary.peer_shops = {s: "staff" for s in link.peer_cert.staff_of}
+        summary.peer_shops.update({s: "owner" for s in link.peer_cert.owner_of})
         own = await local.subscribed_docs()
         mine = Scope.of_certificate(creds.certificate, own)
         wanted = [d for d in dict.fromkeys([*own, *welcome.docs]) if may_share(d, mine, theirs) is None]

@@ -30,6 +30,7 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
 from client.local.client import LocalClient
+from client.log import get_logger, log_event
 from client.peer.auth import (
     PeerAuthError,
     PeerCredentials,
@@ -59,7 +60,7 @@ from crdt_core.protocol import (
 
 __all__ = ["SERVER_NAME", "PeerServer"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SERVER_NAME = "quickslot-peer/0.1"
 #: Documents one peer connection may subscribe at once (more: ``err too_many_docs``).
@@ -90,6 +91,7 @@ class PeerServer:
         now_ms: Callable[[], int] | None = None,
         credentials: PeerCredentials | None = None,
         auth_timeout_s: float = 10.0,
+        watch_s: float = 2.0,
     ) -> None:
         self.local = local
         self.host = host
@@ -104,6 +106,13 @@ class PeerServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.creds: PeerCredentials | None = None
         self.verifier: PeerVerifier | None = None
+        #: How often the server checks that it may still serve (logged in, certificate valid).
+        self.watch_s = watch_s
+        #: Set when the server stopped serving on its own; :attr:`ended` says why.
+        self.stopped = asyncio.Event()
+        self.ended: str | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._signed_in_as: bytes | None = None
 
     @property
     def url(self) -> str:
@@ -123,14 +132,61 @@ class PeerServer:
             self.local, None if self._now_ms is None else self._now_ms()
         )
         self.verifier = PeerVerifier(self.creds, self._now_ms)
+        self._signed_in_as = await self.local.certificate_on_disk()
         self._server = await websockets.serve(
             self._serve, self.host, self.port, max_size=DEFAULT_MAX_MESSAGE, compression=None
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.log("peer_listening", url=self.url, user=self.creds.user_id)
+        self._watch = asyncio.create_task(self._watch_credentials())
+
+    def _now(self) -> int:
+        return self._now_ms() if self._now_ms is not None else int(time.time() * 1000)
+
+    async def why_not_serving(self) -> str | None:
+        """Why this device may no longer serve peers (None: it may).
+
+        Why checked while running: a logout (from any process sharing the profile) revokes the
+        session, and an expired certificate makes every peer refuse what this device signs; a
+        server that went on would hand out a logged-out device's data, or refuse peers with
+        reasons that blame them.
+        """
+        if self.ended is not None:
+            return self.ended
+        assert self.creds is not None
+        if await self.local.certificate_on_disk() != self._signed_in_as:
+            return "this profile logged out (or logged in again): stopped serving peers"
+        expires = self.creds.certificate.expires_at_ms
+        # Credentials handed in (tests playing a bad acceptor) are served as given: the dialer's
+        # own checks must catch them.
+        if self._credentials is None and self._now() >= expires:
+            at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires / 1000))
+            return (
+                f"this device's certificate expired at {at}: stopped serving peers; log in again "
+                "while online, then start `quickslot peer serve` again"
+            )
+        return None
+
+    async def _watch_credentials(self) -> None:
+        while self.ended is None:
+            await asyncio.sleep(self.watch_s)
+            reason = await self.why_not_serving()
+            if reason is not None:
+                self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+            self.log("peer_serve_ended", reason=reason)
+            log_event(log, "peer_serve_ended", logging.WARNING, reason=reason)
+            self.stopped.set()
 
     async def stop(self) -> None:
         """Tell every peer to go away (1001), stop listening, wait for the handlers."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         for conn in list(self.connections):
             await conn.wire.close(CloseCode.GOING_AWAY, "peer going away")
         if self._server is not None:
@@ -150,6 +206,11 @@ class PeerServer:
         await self.stop()
 
     async def _serve(self, ws: ServerConnection) -> None:
+        reason = await self.why_not_serving()
+        if reason is not None:  # between two checks of the watcher: refuse, saying why
+            self._end(reason)
+            await ws.close(CloseCode.GOING_AWAY, reason[:120])
+            return
         conn = _Connection(self, ws)
         self.connections.add(conn)
         try:

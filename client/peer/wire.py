@@ -15,6 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 
+from client.errors import ClientError
 from crdt_core.errors import LocalProtocolError
 from crdt_core.messages import CloseCode
 from crdt_core.protocol import ClientProtocol, RelayProtocol
@@ -44,7 +45,7 @@ _TRANSIENT = frozenset(
 )
 
 
-class PeerError(Exception):
+class PeerError(ClientError):
     """A peer sync did not complete; ``code`` is the websocket close code when there was one."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
@@ -66,6 +67,10 @@ class PeerUntrusted(PeerError):
 
 class PeerProtocolError(PeerError):
     """The connection closed for another reason (a protocol violation, an internal error)."""
+
+
+class PeerIsARelay(PeerError):
+    """The URL is a relay's, not a peer's: ``quickslot sync`` talks to relays."""
 
 
 def closed_error(code: int | None, reason: str) -> PeerError:

@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import hmac
 import json
-import logging
 import os
 import secrets as _random
 import threading
@@ -40,6 +39,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.errors import ClientError
+from client.log import get_logger
 
 __all__ = [
     "ACCESS_TOKEN",
@@ -56,7 +58,7 @@ __all__ = [
     "keyring_is_usable",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ACCESS_TOKEN = "access_token"
 REFRESH_TOKEN = "refresh_token"
@@ -77,7 +79,7 @@ def _warn_once(key: str, message: str, *args: object) -> None:
     log.warning(message, *args)
 
 
-class SecretStoreError(Exception):
+class SecretStoreError(ClientError):
     """The secrets could not be read or written safely (the message never contains a secret)."""
 
 

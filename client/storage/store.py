@@ -70,6 +70,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from client.errors import ClientError
+
 __all__ = [
     "DB_FILE",
     "SCHEMA_VERSION",
@@ -91,7 +93,7 @@ DB_FILE = "quickslot.db"
 DEFAULT_COMPACT_MIN_BYTES = 16 * 1024
 
 
-class StoreError(Exception):
+class StoreError(ClientError):
     """The store cannot be used (a newer schema, a corrupt file)."""
 
 

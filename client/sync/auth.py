@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.errors import ClientError
 from client.local.client import LocalClient
+from client.log import get_logger
 from client.sync.tls import tls_failure
+from client.sync.urls import http_base
 from crdt_core.b64 import b64url, b64url_decode
 from crdt_core.certs import DeviceKey, public_bytes
 from crdt_core.pop import proof_headers, rest
@@ -57,12 +59,12 @@ __all__ = [
     "http_base",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class AuthError(Exception):
+class AuthError(ClientError):
     """The relay refused an auth request; ``code`` is its machine-readable error code."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -76,7 +78,7 @@ class LoginRequired(AuthError):
     """No usable tokens (never logged in, refresh refused, session revoked): log in again."""
 
 
-class RelayUnavailable(Exception):
+class RelayUnavailable(ClientError):
     """The relay could not be reached over HTTP (connection refused, timeout, 5xx)."""
 
 
@@ -100,19 +102,6 @@ class LoginResult:
     email: str
     cert_id: str
     relay_keys: dict[str, bytes]
-
-
-def http_base(relay_url: str) -> str:
-    """The relay's HTTP base URL for a ``ws://``/``wss://``/``http(s)://`` URL given by the user."""
-    url = relay_url.rstrip("/")
-    if url.startswith("ws://"):
-        url = "http://" + url[len("ws://") :]
-    elif url.startswith("wss://"):
-        url = "https://" + url[len("wss://") :]
-    for suffix in ("/api/v1/sync",):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
 
 
 def _error(response: httpx.Response) -> tuple[str, str]:
@@ -301,7 +290,7 @@ class AuthClient:
 
     async def find_user(self, shop_id: str, email: str) -> dict[str, Any]:
         """The ``{user_id, display_name}`` of the account with ``email``: asked as an owner of
-        ``shop_id`` (``relay.staff_lookup``), to name that person in the shop's staff list.
+        ``shop_id`` (``relay.http.staff_lookup``), to name that person in the shop's staff list.
 
         Raises:
             AuthError: ``no_such_user``, ``forbidden`` (not an owner of the shop), ...

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from client.local.client import LocalClient
 from client.local.events import RelayReachable, RelayUnreachable, Synced
+from client.log import get_logger, log_event
 from client.sync.auth import AuthClient, http_base
 from client.sync.errors import SyncLoginRequired, SyncStopped
 from crdt_core.errors import EngineError, ValidationError
@@ -23,7 +24,7 @@ from crdt_core.protocol import (
 )
 from crdt_core.yupdate import decode_state_vector, decode_update
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Yjs's encoding of an update that carries nothing: never worth sending.
 _EMPTY_UPDATE = b"\x00\x00"
@@ -123,7 +124,7 @@ async def rebuild_doc(svc: ServiceBase, summary: SyncSummary, doc: str, state: b
     try:
         result = await svc.local.rebuild_from_relay(doc, state)
     except ValidationError as exc:
-        log.warning("doc_rebuild_failed", extra={"doc": doc, "code": exc.code, "detail": exc.detail})
+        log_event(log, "doc_rebuild_failed", logging.WARNING, doc=doc, code=exc.code, detail=exc.detail)
         summary.rebuild_failed[doc] = f"{exc.code}: {exc.detail}"
         return False
     summary.rebuilt[doc] = result.reason
@@ -254,7 +255,7 @@ class ServiceBase:
                 )
             )
             raise SyncStopped(f"relay closed {closed.code}: {closed.reason}", closed.code)
-        log.info("connection closed (%s %s); reconnecting", closed.code, closed.reason)
+        log_event(log, "connection_closed", code=closed.code, reason=closed.reason, reconnecting=True)
 
     # --- events --------------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class ServiceBase:
         if self._unreachable_reported:
             return
         self._unreachable_reported = True
-        log.warning("relay %s unreachable: %s", self.relay_url, error)
+        log_event(log, "relay_unreachable", logging.WARNING, relay=self.relay_url, error=error)
         self.local.emit(
             RelayUnreachable(
                 at_ms=int(time.time() * 1000), relay_url=self.relay_url, error=error, retry_in_s=retry_in

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from client.errors import ClientError
 
-class SyncError(Exception):
+
+class SyncError(ClientError):
     """A sync could not complete; ``code`` is the close code when the relay closed."""
 
     def __init__(self, message: str, code: int | None = None) -> None:

@@ -57,6 +57,7 @@ import msgpack
 import websockets
 
 from client.local.events import RelayUnreachable
+from client.log import get_logger, log_event
 from client.storage.store import OutboxEntry
 from client.sync.base import _EMPTY_SV, _EMPTY_UPDATE, _EXTRA_UID_BASE, SyncSummary, rebuild_doc
 from client.sync.errors import (
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TRANSPORTS", "HttpSync", "http_reachable", "run_with_fallback", "sync_once_with_fallback"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: ``--transport`` values: try the websocket and fall back to HTTP, or use only one of them.
 TRANSPORTS = ("auto", "websocket", "http")
@@ -152,7 +153,13 @@ def _error_code(response: httpx.Response) -> str:
 
 
 class HttpSync:
-    """One profile's sync over HTTP; shares the :class:`SyncService`'s auth, retry timers and events."""
+    """One profile's sync over HTTP; shares the :class:`SyncService`'s auth, retry timers and events.
+
+    Why one class of ~420 lines: catch-up, flush and their answers walk one ``SyncSummary`` and one
+    HTTP client through one round, the way :class:`~client.sync.session._Session` does over the
+    websocket; splitting it would pass the round's state between halves without making either
+    simpler.
+    """
 
     def __init__(self, svc: SyncService) -> None:
         self.svc = svc
@@ -342,7 +349,9 @@ class HttpSync:
     async def _conflict(self, doc: str, what: str, error: ValidationError) -> None:
         """A relay update did not apply here: rebuild ``doc`` from the relay's state (once)."""
         reason = f"{what} did not apply locally: {error.code}: {error.detail}"
-        log.warning("relay_update_conflict", extra={"doc": doc, "code": error.code, "detail": error.detail})
+        log_event(
+            log, "relay_update_conflict", logging.WARNING, doc=doc, code=error.code, detail=error.detail
+        )
         self.summary.conflicts[doc] = reason
         if doc in self._repaired:
             return

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -58,6 +59,7 @@ from typing import Any, Protocol, cast
 import websockets
 
 from client.local.client import LocalClient
+from client.log import get_logger, log_event
 from client.sync.auth import AuthClient, LoginRequired, RelayInsecure, RelayUnavailable, http_base
 from client.sync.base import (
     _MAX_DOWNLOAD,
@@ -66,7 +68,6 @@ from client.sync.base import (
     SyncSocket,
     SyncSummary,
     _Closed,
-    log,
     sync_url,
 )
 from client.sync.errors import (
@@ -81,6 +82,8 @@ from client.sync.session import _Session
 from client.sync.tls import tls_failure
 from crdt_core.messages import CloseAction, CloseCode, close_action
 from crdt_core.pop import STALE_REASON, SYNC, proof_headers
+
+log = get_logger(__name__)
 
 __all__ = [
     "SyncError",
@@ -315,12 +318,7 @@ class SyncService(ServiceBase):
         if stored is None:
             await store.set_epoch(self.relay_url, epoch)
         elif stored != epoch:
-            log.warning(
-                "relay %s has a new epoch (%s -> %s): sending local state again",
-                self.relay_url,
-                stored,
-                epoch,
-            )
+            log_event(log, "relay_new_epoch", logging.WARNING, relay=self.relay_url, old=stored, new=epoch)
             held = await store.reset_for_epoch(self.relay_url, epoch)
             summary.epoch_changed = True
             docs.extend(d for d in held if d not in docs)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 
 import websockets
 
+from client.log import get_logger, log_event
 from client.storage.store import OutboxEntry
 from client.sync.base import (
     _EMPTY_SV,
@@ -22,7 +24,6 @@ from client.sync.base import (
     SyncSummary,
     _Closed,
     _is_full_state,
-    log,
     rebuild_doc,
 )
 from crdt_core.engine import merge_updates
@@ -41,6 +42,8 @@ from crdt_core.protocol import (
     UpdateReceived,
     Welcomed,
 )
+
+log = get_logger(__name__)
 
 
 class _SessionEvents:
@@ -94,7 +97,7 @@ class _SessionEvents:
         except websockets.ConnectionClosed:
             pass
         except OSError as exc:
-            log.debug("sync transport error: %s", exc)
+            log_event(log, "sync_transport_error", logging.DEBUG, error=str(exc))
         finally:
             await self.inbox.put(None)
 
@@ -242,7 +245,9 @@ class _SessionEvents:
     async def _conflict(self, doc: str, what: str, error: ValidationError) -> None:
         """A relay update did not apply here even so: rebuild ``doc`` from the relay's state."""
         reason = f"{what} did not apply locally: {error.code}: {error.detail}"
-        log.warning("relay_update_conflict", extra={"doc": doc, "code": error.code, "detail": error.detail})
+        log_event(
+            log, "relay_update_conflict", logging.WARNING, doc=doc, code=error.code, detail=error.detail
+        )
         self.summary.conflicts[doc] = reason
         if doc in self.repaired:
             return  # rebuilt on this connection already: the next sync tries again
@@ -262,7 +267,13 @@ class _SessionEvents:
         result = await self.local.apply_remote_batch(updates)
         self.summary.applied += result.applied
         for failure in result.failed:
-            log.warning("update for %s refused locally: %s", failure.doc_id, failure.error)
+            log_event(
+                log,
+                "relay_update_refused_locally",
+                logging.WARNING,
+                doc=failure.doc_id,
+                error=str(failure.error),
+            )
             if failure.error.code == "missing_deps":
                 self.needs_resync.add(failure.doc_id)  # a resync repairs a gap; if not, a rebuild
             else:
@@ -294,7 +305,13 @@ class _SessionEvents:
             result = await self.local.apply_remote_batch([(doc, event.update)])
             self.summary.applied += result.applied
             for failure in result.failed:
-                log.warning("catch-up of %s refused locally: %s", failure.doc_id, failure.error)
+                log_event(
+                    log,
+                    "catch_up_refused_locally",
+                    logging.WARNING,
+                    doc=failure.doc_id,
+                    error=str(failure.error),
+                )
             if result.failed:
                 await self._save_cursor(doc)
                 await self._conflict(doc, "the relay's catch-up", result.failed[0].error)
@@ -319,7 +336,7 @@ class _SessionEvents:
         try:
             self.proto.send_update(doc, uid, update)
         except LocalProtocolError as exc:
-            log.info("%s of %s not sent as one update (%s); the outbox carries it", what, doc, exc)
+            log_event(log, "extra_update_not_sent", what=what, doc=doc, error=str(exc))
             return False
         self.inflight[uid] = doc
         self.extras[uid] = what
@@ -343,22 +360,36 @@ class _SessionEvents:
                 self.rebuilding.discard(event.doc)
                 self.deferred[event.doc] = None
                 self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
-                log.warning("subscription to %s deferred: %s %s", event.doc, event.code, event.reason)
+                log_event(
+                    log,
+                    "subscription_deferred",
+                    logging.WARNING,
+                    doc=event.doc,
+                    code=event.code,
+                    reason=event.reason,
+                )
                 return
             if event.doc is not None:
                 self.rebuilding.discard(event.doc)  # no sync answer will come for it
                 self.refused[event.doc] = f"{event.code}: {event.reason}"
                 self.summary.refused_docs[event.doc] = f"{event.code}: {event.reason}"
-                log.warning("subscription to %s refused: %s %s", event.doc, event.code, event.reason)
+                log_event(
+                    log,
+                    "subscription_refused",
+                    logging.WARNING,
+                    doc=event.doc,
+                    code=event.code,
+                    reason=event.reason,
+                )
             else:
-                log.warning("relay notice: %s %s", event.code, event.reason)
+                log_event(log, "relay_notice", logging.WARNING, code=event.code, reason=event.reason)
                 if event.code == ErrorCode.RATE_LIMITED:
                     self.svc._slow_down()
             return
         self.inflight.pop(event.uid, None)
         if event.uid >= _EXTRA_UID_BASE:
             what = self.extras.pop(event.uid, "repair update")
-            log.info("relay refused the %s of %s (%s: %s)", what, event.doc, event.code, event.reason)
+            log_event(log, "repair_refused", what=what, doc=event.doc, code=event.code, reason=event.reason)
             if event.doc is not None and not what.startswith("bundle"):  # its entries go alone
                 self.summary.repair_refused[event.doc] = f"{event.code}: {event.reason}"
             return
@@ -470,7 +501,7 @@ class _Session(_SessionEvents):
                 else:
                     self.proto.subscribe(doc, await self.local.state_vector(doc))
             except (LocalProtocolError, ValueError) as exc:
-                log.warning("cannot subscribe to %s: %s", doc, exc)
+                log_event(log, "subscribe_failed", logging.WARNING, doc=doc, error=str(exc))
                 self.refused[doc] = str(exc)
                 continue
             new.append(doc)
@@ -565,7 +596,7 @@ class _Session(_SessionEvents):
             try:
                 bundle = merge_updates(e.payload for e in group)
             except EngineError as exc:
-                log.info("queued updates of %s not bundled: %s", doc, exc)
+                log_event(log, "bundle_not_sent", doc=doc, error=str(exc))
                 continue
             self._send_extra(doc, bundle, f"bundle of {len(group)} queued updates")
 
@@ -575,4 +606,4 @@ class _Session(_SessionEvents):
             self.summary.rejected.append((entry.id, "too_big", str(exc)))
             await self._resync(entry.doc_id, full=True)
         else:
-            log.warning("outbox entry %s not sent: %s", entry.id, exc)
+            log_event(log, "outbox_entry_not_sent", logging.WARNING, entry=entry.id, error=str(exc))

@@ -44,8 +44,11 @@ def issue_device_certificate(
 ) -> bytes:
     """Certificate bytes binding ``device_public_key`` to ``user`` and the user's current rights."""
     # Back-dated by the allowed clock skew: a device whose clock runs a little behind the relay's
-    # must not write records that fall before its certificate's start (certificate_expired).
-    issued_at_ms = int((time.time() if now is None else now) * 1000) - CLOCK_SLACK_MS
+    # must not write records that fall before its certificate's start (certificate_expired). At
+    # most half the lifetime, so a short --cert-ttl (300 s or less) is still valid when issued;
+    # the lifetime (exp - iat, which the arrival rules use) stays exactly ttl_s.
+    now_ms = int((time.time() if now is None else now) * 1000)
+    issued_at_ms = now_ms - min(CLOCK_SLACK_MS, ttl_s * 1000 // 2)
     cert = issue_certificate(
         keys.signing_key(),
         user_id=user.user_id,

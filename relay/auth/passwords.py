@@ -192,6 +192,15 @@ def legacy_pbkdf2_hash(password: str, *, iterations: int = 100_000, style: str =
     raise ValueError(f"unknown legacy style {style!r}")
 
 
+def known_hash_format(encoded: str) -> str | None:
+    """``"argon2id"`` or ``"pbkdf2-sha256"`` when ``encoded`` is a hash this relay verifies, else None."""
+    if parse_argon2(encoded) is not None:
+        return "argon2id"
+    if _PASSLIB.match(encoded) or _DJANGO.match(encoded):
+        return "pbkdf2-sha256"
+    return None
+
+
 def verify_password(password: str, encoded: str) -> bool:
     """True when ``password`` matches ``encoded`` (Argon2id or a legacy PBKDF2 format)."""
     if encoded.startswith("$argon2id$"):

@@ -1,19 +1,16 @@
 """``quickslot-relay`` (also ``python -m relay.cli``): serve, and administer users and keys.
 
-:mod:`relay.cli.commands` holds the parser and the commands. ``main`` is importable from here as
-well, so an entry point installed as ``relay.cli:main`` (before the commands had their own module)
-keeps working; it imports the commands only when called.
+:mod:`relay.cli.commands` holds the parser and the commands.
 """
-
-from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["main"]
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``quickslot-relay`` (:func:`relay.cli.commands.main`)."""
+    """The console entry point under its earlier name: an editable install made before the CLI
+    became a package still has a ``quickslot-relay`` script that calls ``relay.cli:main``, and it
+    keeps working until the package is reinstalled (the entry point is now
+    ``relay.cli.commands:main``)."""
     from relay.cli.commands import main as run
 
     return run(argv)

@@ -160,6 +160,12 @@ def run(args: argparse.Namespace) -> Any:
                 password = _read_password()
                 return asyncio.run(_with_auth(config, lambda a: _user_add(a, args, password)))
             _require_data_dir(config)
+            if args.user_command == "import":
+                from relay.auth.user_import import import_users, parse_lines
+
+                with open(args.file, encoding="utf-8") as source:
+                    rows, skipped = parse_lines(source)
+                return asyncio.run(_with_auth(config, lambda a: import_users(a, rows, skipped)))
             if args.user_command == "list":
                 return asyncio.run(_with_auth(config, _user_list))
             if args.user_command in ("disable", "enable"):

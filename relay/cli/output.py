@@ -30,6 +30,11 @@ def print_human(args: argparse.Namespace, result: Any) -> None:
         for row in [headers, *table]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         return
+    if args.command == "user" and args.user_command == "import":
+        for row in result["skipped"]:
+            print(f"line {row['line']}: skipped: {row['reason']}")
+        print(f"imported {len(result['imported'])} accounts, skipped {len(result['skipped'])}")
+        return
     if args.command == "user":
         verb = {"add": "added", "disable": "disabled", "enable": "enabled", "grant": "updated"}[
             args.user_command

@@ -376,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="read the password from the first line of stdin (required)",
     )
+    imported = user_sub.add_parser(
+        "import",
+        parents=[common],
+        help="create accounts from a JSON-lines file with their password hashes (PBKDF2 from the"
+        " original system, or Argon2id); each user's first login upgrades the hash (docs/relay.md)",
+    )
+    imported.add_argument("file", help='one {"email", "password_hash", "name", "roles"} object per line')
     user_sub.add_parser("list", parents=[common], help="list accounts")
     disable = user_sub.add_parser("disable", parents=[common], help="disable an account and end its sessions")
     disable.add_argument("email", help="the account's email address")

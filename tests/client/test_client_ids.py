@@ -179,7 +179,7 @@ async def test_a_relay_update_that_does_not_fit_rebuilds_the_document_from_the_r
     handed = await apply_from_peer(vic, [(str(doc), to_vic)])
     assert handed.applied == 1 and not handed.refused, handed
     assert "r-version-a" in (await vic.verdict(shop, DAY)).claims
-    caplog.set_level(logging.WARNING, logger="client.sync.service")
+    caplog.set_level(logging.WARNING, logger="quickslot.client.sync")
     summary = await service(vic, relay, vic_auth).sync_once()
     assert str(doc) in summary.conflicts and str(doc) in summary.rebuilt, summary
     assert any(r.getMessage() == "relay_update_conflict" for r in caplog.records)

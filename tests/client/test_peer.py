@@ -688,7 +688,8 @@ async def test_peer_sync_cli_exit_codes(tmp_path: Path, world: World) -> None:
     async with PeerServer(owner) as honest:
         rc, out, err = await cli(home, "peer", "sync", honest.url)
     assert rc == 0, err
-    assert "with u-owner" in out and "stay tentative until the relay stamps them" in out, out
+    assert "with owner of Peer Cuts (peershop), user u-owner" in out, out
+    assert "stay tentative until the relay stamps them" in out, out
 
 
 # --- the must-show story: no relay, then only the tablet reaches it -----------------------------------------

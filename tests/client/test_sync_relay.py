@@ -121,7 +121,7 @@ async def open_shop(
 ) -> None:
     """The owner creates ``shop`` with slot ``SLOT`` and syncs it. Its customers here book the slot
     again and again, so it allows ``per_customer`` active claims each (the default rule, one, is
-    tested in tests/client/test_shop_rules_cli.py and tests/relay/test_shop_rules_at_relay.py)."""
+    tested in tests/client/test_shop_rules_cli.py and tests/relay/sync/test_shop_rules_at_relay.py)."""
     await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
     await owner.create_shop(shop, name=f"Shop {shop}", category="hair", location="Main St", lat=1.0, lon=2.0)
     await owner.add_slot(

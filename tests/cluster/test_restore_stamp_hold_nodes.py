@@ -60,10 +60,12 @@ def test_two_nodes_hold_then_stamp_each_held_claim_once_in_stored_order(
     flags = [*GENEROUS_LIMITS, *store, "--redis", redis_server.url, "--restore-stamp-hold", "8"]
     first = RelayProcess(tmp_path / "node1", *flags).start()
     try:
+        # One customer holds one active claim of the slot a day: each claim has its own customer.
         with first.client() as http:
-            a, b = new_account(first, http), new_account(first, http)
-        for _ in range(2):
-            asyncio.run(book(first, a, Replica(a.author.client_id()), stamped=True))
+            accounts = [new_account(first, http) for _ in range(6)]
+        early, (a1, b1, a2, b2) = accounts[:2], accounts[2:]
+        for acct in early:
+            asyncio.run(book(first, acct, Replica(acct.author.client_id()), stamped=True))
     finally:
         assert first.stop() == 0
     first.sql("DELETE FROM relay_meta WHERE key = 'epoch'")  # the restore procedure's last step
@@ -72,17 +74,15 @@ def test_two_nodes_hold_then_stamp_each_held_claim_once_in_stored_order(
     try:
         nodes.append(RelayProcess(tmp_path / "node2", *flags).start())
         assert all(hold_status(n)["window_open"] for n in nodes)
-        ra, rb = Replica(a.author.client_id()), Replica(b.author.client_id())
         order = []
-        turns = ((nodes[0], a, ra), (nodes[1], b, rb), (nodes[0], a, ra), (nodes[1], b, rb))
-        for node, acct, replica in turns:
-            order.append(asyncio.run(book(node, acct, replica, stamped=False)))
+        for node, acct in ((nodes[0], a1), (nodes[1], b1), (nodes[0], a2), (nodes[1], b2)):
+            order.append(asyncio.run(book(node, acct, Replica(acct.author.client_id()), stamped=False)))
         assert hold_status(nodes[0])["held_claims"] == 2 == hold_status(nodes[1])["held_claims"]
         deadline = time.monotonic() + 15
         while any(hold_status(n)["active"] for n in nodes):
             assert time.monotonic() < deadline, [hold_status(n) for n in nodes]
             time.sleep(0.1)
-        views = [asyncio.run(fetch(n, a)) for n in nodes]
+        views = [asyncio.run(fetch(n, a1)) for n in nodes]
     finally:
         for node in nodes:
             node.stop()

@@ -88,3 +88,21 @@ def test_a_loaded_state_holding_parked_structs_is_never_cached() -> None:
     assert dict(loaded.clocks()) == parse_state_vector(loaded.state_vector())
     loaded.apply_update(first)  # releases the parked struct
     assert dict(loaded.clocks()) == parse_state_vector(loaded.state_vector()) == {7: 2}
+
+
+def test_updates_since_answers_only_while_it_knows_every_change() -> None:
+    writer = Replica(7)
+    r = Replica(8)
+    r.clocks()
+    mark = r.journal_mark()
+    first = writer.write([("reservations", "a", b"1")])
+    r.apply_update(first)
+    own = r.write([("stamps", "s1", b"x")])
+    assert r.updates_since(mark) == [first, own]
+    assert r.updates_since(r.journal_mark()) == []
+    later = writer.write([("reservations", "b", b"2")])
+    gap = writer.write([("reservations", "c", b"3")])
+    r.apply_update(gap)  # parked: the clock cache drops itself, so does the journal
+    assert r.updates_since(mark) is None
+    r.apply_update(later)
+    assert r.updates_since(mark) is None

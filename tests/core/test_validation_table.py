@@ -658,7 +658,7 @@ def test_authorised_writers_are_accepted(who: str, doc: str, record: object) -> 
     record = replace(record, hlc=author.hlc())
     receiver = Replica(3)
     update = author.put(Replica(author.client_id()), doc, [(record, None)])
-    # a shop's category must exist at arrival (unknown_category, tests/test_core_rules.py): none here
+    # a shop's category must exist at arrival (unknown_category, tests/core/test_core_rules.py): none here
     policy = None if isinstance(record, ShopSummary) else ArrivalPolicy(now_ms=NOW_MS)
     result = receive(doc, receiver, update, env.world.cache(), policy)
     assert not result.noop

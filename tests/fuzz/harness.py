@@ -538,7 +538,8 @@ class FuzzSession:
     async def _good_client_round(self) -> None:
         assert self._good is not None and self.good is not None and self.corpus is not None
         doc = self.corpus.docs[0]
-        _, update = self.good.author.book(self._good_replica, doc, f"s{self.stats.batches % 3}", 1)
+        # A slot of its own each round: one customer holds one active booking of a slot a day.
+        _, update = self.good.author.book(self._good_replica, doc, f"good-{self.stats.batches}", 1)
         try:
             answer = await asyncio.wait_for(self._good.push(doc, update), ANSWER_TIMEOUT_S)
         except TimeoutError:

@@ -12,6 +12,7 @@ relay's document bound, after which every user's new subscriptions fail. Fixed i
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Iterator
 
@@ -83,7 +84,7 @@ async def test_a_squatted_yjs_id_never_turns_an_offline_booking_into_an_acked_lo
     was accepted and the victim's booking, re-sent on reconnect, was acknowledged as a re-send and
     silently dropped (later: refused as an equivocation). Client ids are bound to signers now
     (crdt_core.clientids): the squat is refused ``foreign_client`` and the booking is stored."""
-    doc = "bookings:squat:2031-03-01"
+    doc = f"bookings:squat:{dt.date.today() + dt.timedelta(days=30)}"  # within day_out_of_range
     with relay.client() as http:
         victim, mallory = new_account(relay, http), new_account(relay, http)
     cv, cm = await SyncClient.connect(relay, victim.access), await SyncClient.connect(relay, mallory.access)

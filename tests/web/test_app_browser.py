@@ -482,10 +482,13 @@ def test_a_booking_the_relay_refuses_is_listed_with_the_reason_in_words(
 
 
 def test_bookings_made_while_the_relay_is_down_are_sent_when_it_returns(
-    browser: Any, relay: FixedPortRelay
+    browser: Any, relay: FixedPortRelay, operator: Profile
 ) -> None:
     app = App(browser, relay)
     day = (_dt.date.today() + _dt.timedelta(days=34)).isoformat()
+    # one customer books the lunch table three times: the slot must allow that many claims each
+    lunch = ["--service", "lunch table", "--start", "12:00", "--duration", "60", "--capacity", "8"]
+    operator.many([["slot", "add", "noodlebar", "lunch-12", *lunch, "--per-customer", "3"], ["sync"]])
     try:
         app.sign_up()
         app.open_day("flush", day)  # its hall takes several bookings of one customer
@@ -546,10 +549,13 @@ def test_a_slot_removed_while_a_booking_waits_is_said_in_words(
 
 
 def test_the_relay_killed_mid_flush_loses_and_doubles_nothing(
-    browser: Any, relay: FixedPortRelay, tmp_path: Path
+    browser: Any, relay: FixedPortRelay, operator: Profile, tmp_path: Path
 ) -> None:
     app = App(browser, relay)
     count = 20
+    # one customer books the hall twenty times: the slot must allow that many claims per customer
+    hall = ["--service", "hall", "--start", "20:00", "--duration", "120", "--capacity", "100"]
+    operator.many([["slot", "add", "flush", "hall-20", *hall, "--per-customer", "100"], ["sync"]])
     try:
         app.sign_up()
         app.open_day("flush")

@@ -26,8 +26,7 @@ def test_a_new_login_keeps_the_old_certificate_for_the_writes_it_signed(fresh_re
         too_many = web("book", shop=shop, day=DAY, slot="s-1", party=50)["reservationId"]
         fine = web("book", shop=shop, day=DAY, slot="s-1", party=2)["reservationId"]
         web("login", email=email, password=PASSWORD)  # a new device key and certificate
-        # another slot: a second booking of s-1 by the same customer would be a duplicate_booking
-        later = web("book", shop=shop, day=DAY, slot="s-2", party=1)["reservationId"]
+        later = web("book", shop=shop, day=DAY, slot="s-2", party=1)["reservationId"]  # one claim per slot
         result = web("sync")
         assert result["pending"] == 0, result
         (refused,) = result["refused"]

@@ -70,18 +70,22 @@ async def fetch(relay: RelayProcess, acct: Account) -> Replica:
     return await fetch_document(relay, acct.access, DOC)
 
 
-async def book_stamped(relay: RelayProcess, acct: Account, replica: Replica, n: int) -> list[str]:
-    """Book ``n`` claims, each acknowledged and stamped at once (no hold)."""
-    c = await SyncClient.connect(relay, acct.access)
-    await c.subscribe(DOC, replica)
+async def book_stamped(relay: RelayProcess, *accts: Account) -> tuple[list[str], Replica]:
+    """Each account books one claim of the slot (one customer holds one active claim of a slot a
+    day), acknowledged and stamped at once (no hold). Returns the claims and the last account's
+    copy of the document, which holds them all."""
     ids = []
-    for _ in range(n):
+    replica = Replica()
+    for acct in accts:
+        replica = Replica(acct.author.client_id())
+        c = await SyncClient.connect(relay, acct.access)
+        await c.subscribe(DOC, replica)
         res, u = acct.author.book(replica, DOC, SLOT, 1)
         assert isinstance(await c.push(DOC, u), Acked)
         replica.apply_update((await c.next_event(StampReceived)).update)
         ids.append(res.id)
-    await c.close()
-    return ids
+        await c.close()
+    return ids, replica
 
 
 async def stamp_into(c: SyncClient, replica: Replica, timeout: float = 10.0) -> StampReceived:
@@ -136,15 +140,15 @@ def lose_a_period(root: Path) -> Lost:
     relay = start(data)
     try:
         with relay.client() as http:
+            earlier = new_account(relay, http), new_account(relay, http)
             lost.x, lost.y = new_account(relay, http), new_account(relay, http)
-        x = Replica(lost.x.author.client_id())
-        asyncio.run(book_stamped(relay, lost.x, x, 2))
+        asyncio.run(book_stamped(relay, *earlier))
     finally:
         assert relay.stop() == 0
     shutil.copytree(data, lost.backup)
     relay = start(data)
     try:
-        (lost.c3,) = asyncio.run(book_stamped(relay, lost.x, x, 1))
+        (lost.c3,), x = asyncio.run(book_stamped(relay, lost.x))
     finally:
         assert relay.stop() == 0
     assert stamps_of(x)[3] == lost.c3
@@ -253,17 +257,17 @@ def store_flags(request: pytest.FixtureRequest) -> list[str]:
 
 
 def served_then_restored(
-    root: Path, hold: str, store_flags: list[str]
-) -> tuple[RelayProcess, Account, Account, list[str]]:
+    root: Path, hold: str, store_flags: list[str], customers: int
+) -> tuple[RelayProcess, list[Account], list[str]]:
     """A relay that served two stamps, "restored" (a new epoch: the ``epoch`` file deleted, or on
-    PostgreSQL its ``relay_meta`` row) and started with ``hold``. Returns the relay, two
-    accounts and the flags that start it again."""
+    PostgreSQL its ``relay_meta`` row) and started with ``hold``. Returns the relay, ``customers``
+    accounts with no claim yet (one claim of the slot each) and the flags that start it again."""
     data = root / "data"
     relay = start(data, *store_flags)
     try:
         with relay.client() as http:
-            a, b = new_account(relay, http), new_account(relay, http)
-        asyncio.run(book_stamped(relay, a, Replica(a.author.client_id()), 2))
+            accounts = [new_account(relay, http) for _ in range(customers + 2)]
+        asyncio.run(book_stamped(relay, *accounts[:2]))
     finally:
         assert relay.stop() == 0
     if store_flags:
@@ -271,48 +275,69 @@ def served_then_restored(
     else:
         (data / "epoch").unlink()
     flags = [*store_flags, "--restore-stamp-hold", hold]
-    return start(data, *flags), a, b, flags
+    return start(data, *flags), accounts[2:], flags
+
+
+class Customer:
+    """One customer's device: its copy of the document and a connection subscribed to it."""
+
+    def __init__(self, acct: Account, conn: SyncClient, replica: Replica) -> None:
+        self.acct, self.conn, self.replica = acct, conn, replica
+
+    @classmethod
+    async def open(cls, relay: RelayProcess, acct: Account) -> Customer:
+        replica = Replica(acct.author.client_id())
+        conn = await SyncClient.connect(relay, acct.access)
+        await conn.subscribe(DOC, replica)
+        return cls(acct, conn, replica)
+
+    def write(self) -> tuple[str, bytes]:
+        """Book the slot locally (not sent): the claim's id and its update."""
+        res, u = self.acct.author.book(self.replica, DOC, SLOT, 1)
+        return res.id, u
+
+    async def send(self, update: bytes) -> None:
+        assert isinstance(await self.conn.push(DOC, update), Acked)
 
 
 def test_held_claims_are_stamped_once_in_stored_order_when_the_window_ends(
     tmp_path: Path, store_flags: list[str]
 ) -> None:
-    relay, a, b, flags = served_then_restored(tmp_path, "4", store_flags)
+    relay, accounts, flags = served_then_restored(tmp_path, "4", store_flags, 5)
 
     async def scenario() -> tuple[list[str], tuple[tuple[int, str], ...], str]:
-        ra, rb = Replica(a.author.client_id()), Replica(b.author.client_id())
-        ca, cb = await SyncClient.connect(relay, a.access), await SyncClient.connect(relay, b.access)
-        await ca.subscribe(DOC, ra)
-        await cb.subscribe(DOC, rb)
-        # B's first claim was made offline before A's two: an earlier HLC, stored after them.
+        a1, a2, b1, b2, later = [await Customer.open(relay, acct) for acct in accounts]
+        # B1's claim was made offline before A1's and A2's: an earlier HLC, stored after them.
         # The stored order (A1, A2, B1, B2) is not the tentative HLC order (B1, A1, A2, B2).
-        offline, offline_update = b.author.book(rb, DOC, SLOT, 1)
+        offline, offline_update = b1.write()
         await asyncio.sleep(0.01)
         order = []
-        for _ in range(2):
-            res, u = a.author.book(ra, DOC, SLOT, 1)
-            assert isinstance(await ca.push(DOC, u), Acked)
-            order.append(res.id)
-        assert isinstance(await cb.push(DOC, offline_update), Acked)
-        order.append(offline.id)
-        res, u = b.author.book(rb, DOC, SLOT, 1)
-        assert isinstance(await cb.push(DOC, u), Acked)
-        order.append(res.id)
+        for online in (a1, a2):
+            rid, u = online.write()
+            await online.send(u)
+            order.append(rid)
+        await b1.send(offline_update)
+        order.append(offline)
+        rid, u = b2.write()
+        await b2.send(u)
+        order.append(rid)
         tentative = [
-            c.reservation_id for c in verdict(await fetch(relay, a)).slots[SLOT].claims if c.stamp is None
+            c.reservation_id
+            for c in verdict(await fetch(relay, a1.acct)).slots[SLOT].claims
+            if c.stamp is None
         ]
         assert tentative != order and sorted(tentative) == sorted(order), (tentative, order)
-        await no_stamp_within(ca, 0.2)
+        await no_stamp_within(a1.conn, 0.2)
         assert status(relay)["held_claims"] == 4
-        event = await cb.next_event(StampReceived, timeout=10)
+        event = await b2.conn.next_event(StampReceived, timeout=10)
         # After the hold a claim is stamped at once, after the held ones.
-        await ca.drain_into(ra, quiet=0.2)
-        late, u = a.author.book(ra, DOC, SLOT, 1)
-        assert isinstance(await ca.push(DOC, u), Acked)
-        assert (await ca.next_event(StampReceived)).stamps == ((7, late.id),)
-        await ca.close()
-        await cb.close()
-        return order, event.stamps, late.id
+        await later.conn.drain_into(later.replica, quiet=0.2)
+        late, u = later.write()
+        await later.send(u)
+        assert (await later.conn.next_event(StampReceived)).stamps == ((7, late),)
+        for customer in (a1, a2, b1, b2, later):
+            await customer.conn.close()
+        return order, event.stamps, late
 
     try:
         order, stamped, late = asyncio.run(scenario())
@@ -325,7 +350,7 @@ def test_held_claims_are_stamped_once_in_stored_order_when_the_window_ends(
     try:
         assert not status(relay)["active"]
         time.sleep(0.3)
-        replica = asyncio.run(fetch(relay, a))
+        replica = asyncio.run(fetch(relay, accounts[0]))
     finally:
         assert relay.stop() == 0
     stamps = stamps_of(replica)
@@ -371,17 +396,16 @@ def test_a_relay_killed_during_the_hold_resumes_it_and_stamps_what_waited(
     waiting, new ones waiting too); restarted with ``--restore-stamp-hold 0`` it ends the hold at
     once and stamps both, in the order they were stored. (That last start takes the path of a
     window that closed while the relay was down: an end already past, swept at start.)"""
-    relay, a, _b, flags = served_then_restored(tmp_path, "120", store_flags)
-    replica = Replica(a.author.client_id())
+    relay, (a, b), flags = served_then_restored(tmp_path, "120", store_flags, 2)
     try:
         until = status(relay)["until"]
-        first = asyncio.run(book_held(relay, a, replica))
+        first = asyncio.run(book_held(relay, a, Replica(a.author.client_id())))
         kill(relay)
         relay = start(tmp_path / "data", *flags)
         hold = status(relay)
         assert hold["active"] and hold["window_open"] and hold["until"] == until, (hold, until)
         assert "restore stamp hold resumed" in relay.log_text()
-        second = asyncio.run(book_held(relay, a, replica))
+        second = asyncio.run(book_held(relay, b, Replica(b.author.client_id())))
         kill(relay)
         relay = start(tmp_path / "data", *flags[:-1], "0")  # the hold flag, now 0
         hold = wait_hold_over(relay)

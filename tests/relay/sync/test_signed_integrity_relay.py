@@ -87,8 +87,9 @@ async def test_an_update_squatting_another_signers_client_id_is_refused(
         answer = await cm.push(doc, squat.write([("reservations", res.id, raw)]))
         assert refused(answer, "foreign_client"), (what, answer)
 
-    # The victim's real next write, at the id mallory tried to take, is stored and stamped.
-    res, update = victim.author.book(rv, doc, "s1", 1)
+    # The victim's real next write, at the id mallory tried to take, is stored and stamped (a
+    # slot the victim holds no booking of: one active booking per customer per slot a day).
+    res, update = victim.author.book(rv, doc, "s2", 1)
     assert isinstance(await cv.push(doc, update), Acked)
     await cm.drain_into(rm, quiet=0.3)
     assert rm.has_key("reservations", res.id)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -71,6 +72,8 @@ MSS = 1024
 #: Bookings per update, each with the schema's longest note: about 13 KB per update.
 PER_UPDATE = 16
 NOTE = "n" * 500
+#: Every booking takes a slot of its own: one customer holds one active booking of a slot a day.
+SLOT_NUMBERS = itertools.count()
 
 SLOW = "quickslot_slow_consumers_total"
 CONNECTIONS = "quickslot_connections"
@@ -216,12 +219,12 @@ async def write_round(writer: SyncClient, account: Account, replica: Replica, do
     """Send ``n`` bookings pipelined and wait until every one is acknowledged and its stamps
     are applied to ``replica``. Returns the highest seq the relay stored for them."""
     uids = set()
-    for i in range(n):
+    for _ in range(n):
         records = [
             (
                 Reservation(
                     id=new_id(),
-                    slot=f"s{(i + k) % 40}",
+                    slot=f"s{next(SLOT_NUMBERS)}",
                     party=1,
                     customer=account.user_id,
                     hlc=account.author.hlc(),
@@ -229,7 +232,7 @@ async def write_round(writer: SyncClient, account: Account, replica: Replica, do
                 ),
                 None,
             )
-            for k in range(PER_UPDATE)
+            for _ in range(PER_UPDATE)
         ]
         writer._uid += 1
         uids.add(writer._uid)

@@ -6,6 +6,8 @@ Each test runs against the SQLite store and against PostgreSQL (``store_flags``)
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
 import random
 import time
 from pathlib import Path
@@ -22,7 +24,8 @@ from tests.relay.store_backends import LONG_STORES
 from tests.support.relay_process import GENEROUS_LIMITS, STORES, RelayProcess, run_cli, store_args
 from tests.support.sync_helpers import SyncClient, fetch_document, login_device, new_account
 
-DOC = "bookings:shop1:2030-01-15"
+# A booking's day must lie from a day before to 366 days after its HLC (day_out_of_range).
+DOC = f"bookings:shop1:{(dt.date.today() + dt.timedelta(days=30)).isoformat()}"
 
 
 @pytest.fixture(params=STORES)
@@ -97,14 +100,16 @@ async def test_sigterm_tells_clients_to_come_back(tmp_path: Path, store_flags: l
 async def _writer(
     relay: RelayProcess, acct_access: str, author: Author, acked: list[str], stop: asyncio.Event
 ) -> None:
-    """Books as fast as acks come back until the relay dies; records every acknowledged booking."""
+    """Books as fast as acks come back until the relay dies; records every acknowledged booking.
+    Each booking is of its own slot: one customer holds one active booking of a slot a day."""
+    slots = (f"s{i}" for i in itertools.count())
     try:
         c = await SyncClient.connect(relay, acct_access)
         replica = Replica(author.client_id())
         if not isinstance(await c.subscribe(DOC, replica), DocSynced):
             return
         while not stop.is_set() and not c.closed.done():
-            res, update = author.book(replica, DOC, f"s{random.randrange(5)}", 1)
+            res, update = author.book(replica, DOC, next(slots), 1)
             try:
                 answer = await c.push(DOC, update)
             except (TimeoutError, Exception):
