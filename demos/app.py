@@ -47,8 +47,6 @@ class DemoShop:
     location: str
     #: (slot id, service, start, duration in minutes, capacity)
     slots: tuple[tuple[str, str, str, int, int], ...]
-    #: bookings one customer may hold on each of its slots per day (None: the default, one)
-    per_customer: int | None = None
 
 
 CATEGORIES = (("hair", "Hair"), ("food", "Food"), ("health", "Health"))
@@ -178,7 +176,6 @@ def shop_commands(shop: DemoShop) -> list[list[str]]:
                 "slot", "add", shop.id, slot, "--service", service, "--start", start,
                 "--duration", str(duration), "--capacity", str(capacity),
             ]
-            + (["--per-customer", str(shop.per_customer)] if shop.per_customer else [])
         )  # fmt: skip
     return out
 
