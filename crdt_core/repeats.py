@@ -5,7 +5,10 @@ slot ``duplicate`` (``crdt_core.verdict``: it holds no seat and blocks nobody), 
 it reaches the relay tells the customer at once and keeps it out of the log, like
 ``party_too_large``. The test is the verdict's own (``verdict.repeat_booking``) over the relay's
 copy of the day: the customer's claims on the slot that count (not ``duplicate`` themselves), still
-active at the new claim's HLC, against the slot's ``per_customer`` (1 when absent).
+active at the new claim's HLC, against the slot's ``per_customer`` (1 when absent). The cancels
+and declines that arrive in the same update count as ends too: a device that booked, cancelled and
+booked the slot again while offline sends all three in one bundle, and its second booking is not a
+repeat (the verdict, which sees the cancel, agrees).
 
 Why an index: the check runs on every booking, and reading the whole day for it cost ~30 ms at
 1,000 reservations. Records are never removed, so a per-replica index of claims by (customer,
@@ -92,10 +95,13 @@ class _DayIndex:
             if rec.reservation not in self.ends or end < self.ends[rec.reservation]:
                 self.ends[rec.reservation] = end
 
-    def counted(self, customer: str, slot: str, limit: int, capacity: int) -> list[str | None]:
+    def counted(
+        self, customer: str, slot: str, limit: int, capacity: int, arriving: Mapping[str, str]
+    ) -> list[str | None]:
         """End HLCs (None: active) of the customer's claims on the slot that count (neither repeats
         nor too large for ``capacity``), in verdict order (their relative order in the slot:
-        stamped by stamp, then tentative)."""
+        stamped by stamp, then tentative); ``arriving``: end HLCs per reservation from the update
+        being checked, which may end a claim earlier than what is held."""
         mine = self.claims.get((customer, slot), [])
 
         def order(r: Reservation) -> tuple[int, int, tuple[str, str, str]]:
@@ -108,8 +114,15 @@ class _DayIndex:
                 continue
             if not repeat_booking(held, r.hlc, limit):
                 end = self.ends.get(r.id)
-                held.append(end[0] if end is not None else None)
+                held.append(_earliest(end[0] if end is not None else None, arriving.get(r.id)))
         return held
+
+
+def _earliest(a: str | None, b: str | None) -> str | None:
+    """The earlier of two end HLCs, None standing for no end."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a, b)
 
 
 _INDEXES: weakref.WeakKeyDictionary[Replica, _DayIndex] = weakref.WeakKeyDictionary()
@@ -120,12 +133,18 @@ def refuse_repeat_bookings(
     new: Iterable[Reservation],
     limits: Mapping[str, int],
     capacities: Mapping[str, int],
+    events: Iterable[StatusEvent] = (),
 ) -> None:
     """Raise ``ValidationError(duplicate_booking)`` for the first new claim (in stamp order) whose
     customer already holds ``limits[slot]`` (default 1) active claims on its slot in ``replica``
     (a bookings document before the update) or earlier in ``new``; ``capacities``: seats per slot
-    that day (a claim too large for them counts for nothing, as in the verdict).
+    that day (a claim too large for them counts for nothing, as in the verdict); ``events``: the
+    status events arriving in the same update (their cancels and declines end claims, held or new).
     """
+    arriving: dict[str, str] = {}
+    for ev in events:
+        if ev.type in ("cancel", "decline"):
+            arriving[ev.reservation] = _earliest(arriving.get(ev.reservation), ev.hlc) or ev.hlc
     claims = stamp_order(new)
     if not claims:
         return
@@ -133,15 +152,17 @@ def refuse_repeat_bookings(
     if index is None:
         index = _INDEXES[replica] = _DayIndex()
     index.catch_up(replica)
-    extra: dict[tuple[str, str], int] = {}
+    extra: dict[tuple[str, str], list[str | None]] = {}
     for res in claims:
         limit = limits.get(res.slot, 1)
-        held = index.counted(res.customer, res.slot, limit, capacities.get(res.slot, 0))
+        capacity = capacities.get(res.slot, 0)
+        held = index.counted(res.customer, res.slot, limit, capacity, arriving)
         pair = (res.customer, res.slot)
-        if repeat_booking(held + [None] * extra.get(pair, 0), res.hlc, limit):
+        if repeat_booking(held + extra.get(pair, []), res.hlc, limit):
             raise ValidationError(
                 Reason.DUPLICATE_BOOKING.value,
                 f"reservation {res.id}: {res.customer} already holds {limit} active booking(s) of slot"
                 f" {res.slot!r} that day",
             )
-        extra[pair] = extra.get(pair, 0) + 1
+        if not exceeds_capacity(res.party, capacity):  # as in counted(): it counts for nothing
+            extra.setdefault(pair, []).append(arriving.get(res.id))

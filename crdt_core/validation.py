@@ -231,6 +231,10 @@ class ValidatedUpdate:
         return [r.record for r in self.records if isinstance(r.record, Reservation)]
 
     @property
+    def new_events(self) -> list[StatusEvent]:
+        return [r.record for r in self.records if isinstance(r.record, StatusEvent)]
+
+    @property
     def new_stamps(self) -> list[Stamp]:
         return [r.record for r in self.records if isinstance(r.record, Stamp)]
 

@@ -62,9 +62,14 @@ updates are stamped in the order the relay orders the updates (arrival).
 **Finality.** A claim is *final* when it is stamped and this replica holds every stamp from 1 up
 to its own (the gap-free prefix): nothing that arrives later can rank before it. A final confirmed
 claim changes only through its own cancellation, a staff decline, or a capacity change: a cut,
-or a raise that brings a ``too_large`` claim ranked before it back into the walk. The relay refuses
+or a raise that brings a ``too_large`` claim ranked before it back into the walk (a raise of the
+slot's ``per_customer`` can likewise bring a ``duplicate`` claim ranked before it back). The relay refuses
 a party above its slot's capacity at arrival, so a stamped claim is ``too_large`` only after a cut,
-and such a raise gives it back the seat it held before the cut.
+and such a raise gives it back the seat it held before the cut. Likewise it refuses a repeat
+booking at arrival (``crdt_core.repeats``), so a stamped claim is ``duplicate`` only after a
+capacity or ``per_customer`` change: that refusal is needed, because a stamped ``duplicate`` would
+count again once a cancel with an earlier HLC arrived late for the claim it repeated, and could
+push a final claim behind it onto the waitlist.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_the_baseline_uses_the_clients_sqlite_settings(tiny_run: tuple[Path, dic
     assert str(ours["journal_mode"]).lower() == str(base["journal_mode"]).lower() == "wal"
     for pragma in plain.PRAGMAS:
         assert pragma.startswith("PRAGMA ")
-    source = Path(__file__).resolve().parents[1] / "client" / "store.py"
+    source = Path(__file__).resolve().parents[1] / "client" / "storage" / "store.py"
     text = source.read_text(encoding="utf-8")
     for setting in ("journal_mode = WAL", "synchronous = FULL", "busy_timeout"):
         assert setting in text, (

@@ -76,7 +76,11 @@ async def _open(path: Path) -> LocalClient:
 
 
 async def _create_shop(relay: QuickSlotAsgi, owner: Identity, shop: str, path: Path) -> None:
-    """The owner logs in from a profile of its own, creates the shop and its slots, and syncs."""
+    """The owner logs in from a profile of its own, creates the shop and its slots, and syncs.
+
+    The slots allow a customer 100 bookings a day (``per_customer``, its largest value): the
+    booking benchmarks time one customer booking the same slot up to 100 times in a row, which
+    the default of one booking per customer would refuse (``duplicate_booking``)."""
     local = await _open(path)
     try:
         await AuthClient(local, relay.base).login(owner.email, PASSWORD)
@@ -84,7 +88,13 @@ async def _create_shop(relay: QuickSlotAsgi, owner: Identity, shop: str, path: P
         await local.create_shop(shop, name="Catch-up Shop", category="bench", location="Main", lat=1, lon=2)
         for i, slot in enumerate(SLOTS):
             await local.add_slot(
-                shop, slot, service="haircut", start=f"{8 + i:02d}:00", duration=60, capacity=10_000
+                shop,
+                slot,
+                service="haircut",
+                start=f"{8 + i:02d}:00",
+                duration=60,
+                capacity=10_000,
+                per_customer=100,
             )
         summary = await SyncService(local, relay.base).sync_once(settle_s=0.0)
         if summary.rejected or summary.pending:

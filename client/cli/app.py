@@ -40,6 +40,7 @@ prints one ``SCHEMAS["event"]`` object per line (events of :mod:`client.local.ev
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import importlib
 import json
 import logging
@@ -82,13 +83,18 @@ def _weekdays(text: str) -> list[int]:
 
 
 def _day(text: str) -> str:
+    """A day as YYYY-MM-DD, or ``today``/``tomorrow`` (this machine's local date): a booking's day
+    must lie within a year of now, so examples name it relatively and keep working."""
     from crdt_core.errors import SchemaError
     from crdt_core.schema import parse_day
 
+    relative = {"today": 0, "tomorrow": 1}.get(text.strip().lower())
+    if relative is not None:
+        return (_dt.date.today() + _dt.timedelta(days=relative)).isoformat()
     try:
         return parse_day(text).isoformat()
     except SchemaError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD, today, tomorrow): {text!r}") from None
 
 
 def _port(text: str) -> int:
@@ -229,14 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("slots", "browse:cmd_slots", "a shop's slots on a day, with seats left")
     p.add_argument("shop", help="shop id")
-    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p = add(
         "book",
         "bookings:cmd_book",
         "book a slot (offline: queued until sync; online: fetches the shop first)",
     )
     p.add_argument("shop", help="shop id")
-    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p.add_argument("slot", help="slot id (see `quickslot slots SHOP DATE`)")
     p.add_argument("--party", type=int, default=1, help="seats to book (default: 1)")
     for name, handler, has_reason in (
@@ -250,10 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("reservations", "bookings:cmd_reservations", "your reservations and their state")
     p = add("day", "staff:cmd_day", "staff/owner: every booking of a shop's day, with its state")
     p.add_argument("shop", help="shop id")
-    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p = add("waitlist", "staff:cmd_waitlist", "staff/owner: who waits for which slot of a day, in order")
     p.add_argument("shop", help="shop id")
-    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD")
+    p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")
     p = add("sync", "syncing:cmd_sync", "sync with the relay once (or --watch until interrupted)")
     p.add_argument("--watch", action="store_true", help="stay connected, printing events as lines")
     p.add_argument(

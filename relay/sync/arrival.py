@@ -72,7 +72,9 @@ class ArrivalRules:
                 assert day_doc.day is not None
                 capacities = rules.capacities(day_doc.day)
                 self.refuse_impossible_parties(checked, capacities)
-                refuse_repeat_bookings(replica, checked.new_reservations, rules.limits(), capacities)
+                refuse_repeat_bookings(
+                    replica, checked.new_reservations, rules.limits(), capacities, checked.new_events
+                )
             return checked
 
         return check

@@ -391,11 +391,8 @@ def replicas(relay: FixedPortRelay, tmp_path_factory: pytest.TempPathFactory) ->
         owner, owner_auth = people["owner"]
         await seed_categories(relay, "hair")  # a shop names a category the catalogue defines
         await owner.create_shop(shop, name="Conv", category="hair", location="X", lat=1.0, lon=2.0)
-        # random schedules book a slot again and again for one customer: let them hold several
-        await owner.add_slot(
-            shop, "s2", service="cut", start="09:00", duration=30, capacity=2, per_customer=100
-        )
-        await owner.add_slot(
+        await owner.add_slot(shop, "s2", service="cut", start="09:00", duration=30, capacity=2)
+        await owner.add_slot(  # a customer may book it many times a day: the schedule's volume
             shop, "s3", service="dye", start="10:00", duration=60, capacity=3, per_customer=100
         )
         assert (await service(owner, relay, owner_auth).sync_once()).pending == 0
@@ -417,12 +414,16 @@ class _Actor:
     online: bool = True
     live: asyncio.Task[None] | None = None
     mine: list[str] = field(default_factory=list)
+    holds: dict[str, str] = field(default_factory=dict)
+    """Day -> the actor's booking of the one-per-customer slot (``ONCE``) it has not cancelled."""
 
 
 Op = tuple[str, int, int, int]
 """(kind, actor index, a, b): the meaning of a and b depends on the kind."""
 
 KINDS = ("book", "book", "book", "cancel", "staff", "browse", "toggle", "sync", "sync")
+ONCE = "s2"
+"""The slot one customer may book once a day (``per_customer`` absent); ``s3`` allows 100."""
 
 
 async def run_schedule(world: Replicas, ops: list[Op], days: list[str]) -> dict[str, int]:
@@ -458,10 +459,19 @@ async def run_schedule(world: Replicas, ops: list[Op], days: list[str]) -> dict[
             actor = actors[who % len(actors)]
             try:
                 if kind == "book":
-                    row = await actor.local.book(shop, days[a % len(days)], slots[b % 2], party=1 + b % 2)
+                    d, slot = days[a % len(days)], slots[b % 2]
+                    if slot == ONCE and d in actor.holds:  # the relay would refuse it: duplicate_booking
+                        slot = "s3"  # a customer who knows its own bookings picks another slot
+                    row = await actor.local.book(shop, d, slot, party=1 + b % 2)
                     actor.mine.append(row.reservation_id)
+                    if slot == ONCE:
+                        actor.holds[d] = row.reservation_id
                 elif kind == "cancel" and actor.mine:
-                    await actor.local.cancel(actor.mine.pop(a % len(actor.mine)))
+                    rid = actor.mine.pop(a % len(actor.mine))
+                    await actor.local.cancel(rid)
+                    # booking the slot again is fine now (the cancel reaches the relay first, or
+                    # with the new booking in one bundle)
+                    actor.holds = {d: held for d, held in actor.holds.items() if held != rid}
                 elif kind == "staff":
                     staff = actors[2]
                     rows = await staff.local.day_reservations(shop, days[a % len(days)])

@@ -131,6 +131,26 @@ def test_booking_again_after_cancelling_is_not_a_repeat() -> None:
         refuse_repeat_bookings(day, two, {}, {})
 
 
+def test_a_cancel_arriving_with_the_rebooking_ends_the_first_claim() -> None:
+    """An offline device books, cancels and books again; all three reach the relay in one bundle:
+    the cancel in that bundle ends the first claim, so the second is not a repeat (a held claim
+    cancelled in the bundle likewise)."""
+    world = World()
+    ann = world.device("ann")
+    day = Replica(1)
+    phone = day.copy(ann.client_id())
+    first, _ = ann.book(phone, DOC, "s-9")
+    cancel, _ = ann.event(phone, DOC, first.id, "cancel")
+    again, _ = ann.book(phone, DOC, "s-9")
+    refuse_repeat_bookings(day, [first, again], {}, {}, [cancel])
+    with pytest.raises(ValidationError):  # without the cancel the second is a repeat
+        refuse_repeat_bookings(day, [first, again], {}, {})
+    held = write_through(day, ann.client_id(), lambda r: ann.book(r, DOC, "s-9")[0])
+    end, _ = ann.event(day.copy(ann.client_id()), DOC, held.id, "cancel")
+    later = Reservation("r-later", "s-9", 1, "ann", ann.hlc())
+    refuse_repeat_bookings(day, [later], {}, {}, [end])
+
+
 def _catalog_update(world: World, category: str) -> tuple[Replica, bytes]:
     ada, olga = world.device("ada", roles=["admin"]), world.device("olga", owner_of=[SHOP])
     catalog = Replica(1)

@@ -12,6 +12,9 @@ through a newer signed slot template, and quiesce everyone. After every step the
   its seat);
 * the relay's stamps are exactly 1..n, one per reservation it holds, and a device's stamps are
   the relay's;
+* the relay, which refuses a repeat booking at arrival (``duplicate_booking``) as the real relay
+  does, never refuses one a device made after checking its own copy (devices do not book a slot
+  their customer still holds that day), so no replica ever computes a ``duplicate`` claim;
 * once quiesced, every replica holds the same documents and computes the same verdict.
 """
 
@@ -27,9 +30,10 @@ from crdt_core.certs import CertificateCache
 from crdt_core.engine import Replica
 from crdt_core.errors import ValidationError
 from crdt_core.reader import read_bookings, slot_templates
-from crdt_core.schema import SlotTemplate, parse_doc_id
-from crdt_core.validation import ArrivalPolicy
-from crdt_core.verdict import ClaimState, Verdict, compute_verdict
+from crdt_core.repeats import refuse_repeat_bookings
+from crdt_core.schema import SlotTemplate, capacities_on, parse_doc_id, per_customer_limits
+from crdt_core.validation import ArrivalPolicy, validate_update
+from crdt_core.verdict import ClaimState, Verdict, compute_verdict, repeat_booking
 from tests.support.crdt_factory import NOW_MS, World, relay_replica
 from tests.support.strategies import DOC, RETRYABLE, SHOP, SHOP_DOC, SLOTS, Inbox, receive
 
@@ -83,9 +87,20 @@ class ReplicasMachine(RuleBasedStateMachine):
         )
 
     def _relay_accepts(self, update: bytes, *, must: bool) -> bool:
-        """The relay validates, applies, stamps new claims in the same step and fans out both."""
+        """The relay validates, refuses repeat bookings (as ``relay.sync.arrival`` does), applies,
+        stamps new claims in the same step and fans out both."""
         try:
-            result = receive(DOC, self.relay, update, self.cache, self.policy)
+            result = validate_update(DOC, self.relay, update, self.cache, self.policy)
+            templates = slot_templates(self.relay_shop, SHOP_DOC)
+            assert DAY is not None
+            refuse_repeat_bookings(
+                self.relay,
+                result.new_reservations,
+                per_customer_limits(templates),
+                capacities_on(templates, DAY),
+                result.new_events,
+            )
+            self.relay.apply_update(update)
         except ValidationError as exc:
             assert not must and exc.code in RETRYABLE, exc
             event("the relay refused an update that arrived too early")
@@ -132,6 +147,24 @@ class ReplicasMachine(RuleBasedStateMachine):
             if r.customer == device.author.user_id and r.id not in cancelled
         )
 
+    def _holds(self, device: Device, slot: str) -> bool:
+        """Whether the device's customer still holds a claim on ``slot`` by its own copy: one not
+        ended by a cancel or decline at or before the HLC its next booking would carry. The relay
+        refuses such a booking (``duplicate_booking``); like a client that knows its own claims,
+        the model does not write it, and the relay's copy (which holds every claim this device
+        wrote, and every end the device has seen) must agree."""
+        state = read_bookings(device.day.replica, DOC)
+        ends: dict[str, str] = {}
+        for ev in state.events.values():
+            if ev.type in ("cancel", "decline") and ev.hlc < ends.get(ev.reservation, "\uffff"):
+                ends[ev.reservation] = ev.hlc
+        mine = [
+            ends.get(r.id)
+            for r in state.reservations.values()
+            if r.customer == device.author.user_id and r.slot == slot
+        ]
+        return repeat_booking(mine, device.author.hlc(), 1)
+
     def _with_own(self) -> list[Device]:
         return [d for d in self.devices if self._own_active(d)]
 
@@ -154,6 +187,9 @@ class ReplicasMachine(RuleBasedStateMachine):
     @rule(who=st.integers(0, 3), slot=st.sampled_from(SLOTS), party=st.integers(1, 4))
     def book(self, who: int, slot: str, party: int) -> None:
         device = self._pick(self.devices, who)
+        if self._holds(device, slot):
+            event("a device did not book a slot its customer holds")
+            return
         _, update = device.author.book(device.day.replica, DOC, slot, party)
         device.up.append(update)
         self.quiesced = False
@@ -164,6 +200,9 @@ class ReplicasMachine(RuleBasedStateMachine):
         """Booking while connected: the update goes straight to the relay, which stamps it at once,
         unless it depends on updates still queued (then it waits in the queue behind them)."""
         device = self._pick([d for d in self.devices if d.online], who)
+        if self._holds(device, slot):
+            event("a device did not book a slot its customer holds")
+            return
         _, update = device.author.book(device.day.replica, DOC, slot, party)
         if device.up or not self._relay_accepts(update, must=False):
             device.up.append(update)
@@ -303,6 +342,7 @@ class ReplicasMachine(RuleBasedStateMachine):
         verdicts = [self._verdict(k) for k in range(len(self._replicas()))]
         assert all(v == verdicts[0] for v in verdicts)
         assert all(c.stamp is not None and c.final for c in verdicts[0].claims.values())
+        assert all(c.state is not ClaimState.DUPLICATE for c in verdicts[0].claims.values())
 
 
 ReplicasMachine.TestCase.settings = settings(stateful_step_count=80)
