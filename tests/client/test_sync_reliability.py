@@ -529,8 +529,8 @@ async def run_schedule(world: Replicas, ops: list[Op], days: list[str]) -> dict[
                 for a in actors
             ]
             assert projected[0] == projected[1] == projected[2], d
-            for slot_id, slot in verdicts[0].slots.items():
-                assert slot.seats_taken <= slot.capacity, (d, slot_id, slot)
+            for slot_id, seats in verdicts[0].slots.items():
+                assert seats.seats_taken <= seats.capacity, (d, slot_id, seats)
             state = await bookings_of(actors[0].local, f"bookings:{shop}:{d}")
             assert sorted(s.reservation for s in state.stamps.values()) == sorted(state.reservations)
             assert sorted(state.stamps) == list(range(1, len(state.reservations) + 1))
