@@ -13,18 +13,16 @@ outcome it is *meant* to have; :func:`build_corpus` runs crdt_core on each and r
 corpus where the two disagree, so the files are a specification checked against this
 implementation, not a recording of whatever it happens to do.
 
-Building is pure; the only I/O is :func:`main` (``python -m crdt_core.conformance write DIR`` and
-``check DIR``).
+Building is pure, like the rest of crdt_core: :func:`build_corpus` returns the files' text, and
+``tools/conformance.py`` writes or checks them (``python -m tools.conformance write DIR``).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import msgpack
@@ -76,7 +74,6 @@ __all__ = [
     "judge_record",
     "judge_update",
     "judge_verdict",
-    "main",
 ]
 
 #: Version of the corpus files' layout (not of the records or the protocol they test).
@@ -2741,31 +2738,3 @@ def build_corpus() -> dict[str, str]:
     out = {"manifest.json": _dump(manifest)}
     out.update({name: _dump(value) for name, value in files.items()})
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``write DIR``: (re)write the corpus files; ``check DIR``: exit 1 if they differ from a fresh build."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] not in ("write", "check"):
-        print("usage: python -m crdt_core.conformance write|check DIR", file=sys.stderr)
-        return 2
-    command, folder = args[0], Path(args[1])
-    corpus = build_corpus()
-    if command == "write":
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text in corpus.items():
-            (folder / name).write_text(text, encoding="utf-8")
-        print(f"wrote {len(corpus)} files to {folder}")
-        return 0
-    stale = [
-        name
-        for name, text in corpus.items()
-        if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text
-    ]
-    for name in stale:
-        print(f"{folder / name} differs from a fresh build", file=sys.stderr)
-    return 1 if stale else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

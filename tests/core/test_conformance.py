@@ -36,10 +36,10 @@ def fresh() -> dict[str, str]:
 
 def test_checked_in_corpus_is_a_fresh_build(fresh: dict[str, str]) -> None:
     on_disk = {p.name for p in CORPUS.glob("*.json")}
-    assert on_disk == set(fresh), "run: python -m crdt_core.conformance write conformance/"
+    assert on_disk == set(fresh), "run: python -m tools.conformance write conformance/"
     for name, text in fresh.items():
         assert (CORPUS / name).read_text(encoding="utf-8") == text, (
-            f"{name} is stale: python -m crdt_core.conformance write conformance/"
+            f"{name} is stale: python -m tools.conformance write conformance/"
         )
 
 
