@@ -166,6 +166,34 @@ test("close codes: transient ones reconnect with backoff, 4003 stops and asks fo
   await client.close();
 });
 
+test("a malformed message from the relay drops the connection (4002) and reconnects; nothing throws", async () => {
+  /** @type {any[]} */
+  const sockets = [];
+  const WebSocketImpl = scriptedSocket((socket, m) => {
+    if (m.t !== "auth") return;
+    socket.reply("welcome", { user: "alice", epoch: "e1", server: "fake", limits: { max_message: 1 << 20 } });
+    if (sockets.length === 1) {
+      const garbage = new Event("message"); // not msgpack at all, then a map with no type
+      Object.assign(garbage, { data: Uint8Array.of(0xc1, 0xff, 0x00).buffer });
+      setTimeout(() => socket.dispatchEvent(garbage), 5);
+    }
+  }, sockets);
+  const store = new MemoryStore();
+  await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+  const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (WebSocketImpl), backoff: { baseMs: 5, maxMs: 20 } });
+  /** @type {string[]} */
+  const seen = [];
+  for (const type of ["online", "offline", "error"]) client.on(type, (d) => seen.push(`${type}${d.code && type !== "error" ? `:${d.code}` : ""}`));
+  client.start();
+  await new Promise((resolve) => {
+    client.on("online", () => {
+      if (sockets.length === 2) resolve(undefined);
+    });
+  });
+  assert.deepEqual(seen, ["online", "error", "offline:4002", "online"]);
+  await client.close();
+});
+
 test("staff actions: an owner confirms, declines and marks a no-show, offline", async () => {
   const store = new MemoryStore();
   await store.batch([{ table: "profile", key: "device", value: await profile(["s1"]) }]);
