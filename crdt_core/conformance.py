@@ -1749,6 +1749,24 @@ def _update_cases(w: World) -> list[dict[str, Any]]:
             note="a no-op: accepted, nothing new",
         )
     )
+    res_a_other = _res("r-alice", "alice", party=1)
+    reused_clocks = Replica(alice.client_id()).write(
+        [
+            ("certs", alice.cert_id, alice.key.certificate),
+            ("reservations", res_a.id, _signed(DAY_DOC, res_a.id, res_a_other, alice)),
+        ]
+    )
+    cases.append(
+        _update_case(
+            "held_struct_id_with_other_content",
+            DAY_DOC,
+            [state0],
+            reused_clocks,
+            "rewrite",
+            note="the writer reused its clocks (a device restored from an older backup): the same"
+            " Yjs ids with another record, which the engine would silently ignore",
+        )
+    )
     cases.append(
         _update_case(
             "certificate_alone",

@@ -10,7 +10,10 @@ The rules, in the order checked (first failure wins; one bad record refuses the 
 
 1. The update is a well-formed Yjs v1 update that only *inserts new keys into top-level maps*:
    no delete set (``deletion``), no overwrite of a key (``rewrite``, which Yjs encodes as an item
-   with an origin, or as a second item for an existing key), nothing else (``shape``).
+   with an origin, or as a second item for an existing key), nothing else (``shape``). A struct
+   the document already holds under the same Yjs id (client, clock) must hold the same record:
+   otherwise its writer reused clocks (a device or a relay restored from an older backup) and
+   the engine would silently keep one copy here and another elsewhere, so it is a ``rewrite``.
 2. It does not skip any clock the document lacks (``missing_deps``): the sender must re-run the
    state-vector exchange first. This also keeps a pending, unvalidated struct out of the engine.
 3. Each map belongs to the document's kind (``wrong_map``) and each value is a record of that
@@ -350,6 +353,14 @@ def _check_rights(
         raise _fail(Reason.FORBIDDEN, f"{rights.user_id} may not write this {record.KIND} in {doc}")
 
 
+def _held(replica: Replica, root: str, key: str) -> bytes | None:
+    """The record the document holds at ``root/key``; None when it holds none (or not a record)."""
+    try:
+        return replica.get_bytes(root, key)
+    except EngineError:
+        return None
+
+
 def validate_update(
     doc_id: str | DocId,
     replica: Replica,
@@ -415,6 +426,13 @@ def _validate_update(
             )
 
     fresh = [ins for ins in decoded.inserts if ins.clock >= clocks.get(ins.client, 0)]
+    for ins in decoded.inserts:
+        if ins.clock < clocks.get(ins.client, 0) and _held(replica, ins.root, ins.key) != ins.value:
+            raise _fail(
+                Reason.REWRITE,
+                f"struct {ins.client}:{ins.clock} ({ins.root}/{ins.key}) differs from the one held "
+                "under that id: its writer reused clocks",
+            )
     result = ValidatedUpdate(doc)
     batch = _Batch(replica, doc, certs)
     seen: set[tuple[str, str]] = set()

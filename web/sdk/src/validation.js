@@ -1,7 +1,8 @@
 // Update validation (crdt_core/validation.py): the writer rules every replica enforces, whoever
 // carried the update. Reads the update's structs (never applies it), so a refused update leaves the
 // document exactly as it was. The rules and their order (first failure wins) are crdt_core's:
-//  1. only inserts of new keys into top-level maps (deletion, rewrite, shape; malformed bytes)
+//  1. only inserts of new keys into top-level maps (deletion, rewrite, shape; malformed bytes);
+//     a struct the document holds under the same Yjs id must hold the same record (rewrite)
 //  2. no skipped clocks (missing_deps)
 //  3. maps of the document's kind (wrong_map), schema-valid records under the right key (schema)
 //  4. certificates verify and sit under their id (bad_certificate)
@@ -272,6 +273,12 @@ export async function validateUpdate(docId, doc, update, trust, policy = null, s
   }
 
   const fresh = decoded.inserts.filter((ins) => ins.clock >= clockOf(ins.client));
+  for (const ins of decoded.inserts) {
+    // A struct held under the same id must be the same record: else its writer reused clocks.
+    if (ins.clock < clockOf(ins.client) && !sameRecord(heldRecord(doc, ins.root, ins.key), ins.value)) {
+      throw fail(Reason.REWRITE, `struct ${ins.client}:${ins.clock} (${ins.root}/${ins.key}) differs from the one held under that id: its writer reused clocks`);
+    }
+  }
   /** @type {AcceptedRecord[]} */
   const records = [];
   const batch = new Batch(doc, docRef, trust);
@@ -358,6 +365,21 @@ export async function validateUpdate(docId, doc, update, trust, policy = null, s
     records.push({ root, key, envelope: env, record: rec, author });
   }
   return { docId: docRef, records, noop: records.length === 0 };
+}
+
+/**
+ * The record the document holds at root/key (undefined: none, or not a record).
+ * @param {Y.Doc} doc @param {string} root @param {string} key @returns {Uint8Array | undefined}
+ */
+function heldRecord(doc, root, key) {
+  const value = doc.share.has(root) ? doc.getMap(root).get(key) : undefined;
+  return value instanceof Uint8Array ? value : undefined;
+}
+
+/** @param {Uint8Array | undefined} held @param {unknown} value */
+function sameRecord(held, value) {
+  if (held === undefined || !(value instanceof Uint8Array) || held.length !== value.length) return false;
+  return held.every((byte, i) => byte === value[i]);
 }
 
 /**
