@@ -35,6 +35,7 @@ from relay.auth.ratelimit import RateDecision, RateLimiter
 from relay.auth.tokens import Claims, ProofFailed, TokenError
 from relay.context import RelayContext
 from relay.errors import RelayError
+from relay.http import refresh_cookie
 from relay.ops.config import SYNC_PROTOCOL_VERSION
 from relay.ops.logging import get_logger, log_event
 from relay.ops.metrics import CONTENT_TYPE, MetricsRegistry
@@ -302,7 +303,12 @@ class LoginIn(BaseModel):
 
 
 class RefreshIn(BaseModel):
-    refresh_token: str = Field(max_length=4096)
+    refresh_token: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="The refresh token; omitted by a browser client whose token is the HttpOnly "
+        "cookie (header QuickSlot-Refresh: cookie)",
+    )
     device_public_key: str | None = Field(default=None, max_length=128)
 
 
@@ -317,7 +323,10 @@ class ResetConfirmIn(BaseModel):
 
 class TokenOut(BaseModel):
     access_token: str
-    refresh_token: str
+    refresh_token: str | None = Field(
+        description="null when the request asked for the refresh token as a cookie "
+        "(QuickSlot-Refresh: cookie)"
+    )
     token_type: str = "bearer"
     expires_in: int
     refresh_expires_in: int
@@ -442,13 +451,41 @@ def _device_key(text: str | None) -> bytes | None:
         ) from None
 
 
-def _token_out(ctx: RelayContext, session: Session) -> TokenOut:
+#: The opt-in header of a browser client that keeps its refresh token as an HttpOnly cookie.
+CookieHeader = Annotated[
+    str | None,
+    Header(
+        alias=refresh_cookie.COOKIE_HEADER,
+        description="`cookie`: the refresh token travels as the HttpOnly cookie quickslot_refresh "
+        "(Path=/api/v1/auth/refresh), not in JSON bodies (docs/relay.md, auth)",
+    ),
+]
+
+
+def _cookie_mode(request: Request) -> bool:
+    """The client asked for the cookie; refused (403 ``cross_origin``) if the browser says the
+    request comes from another origin (``relay.http.refresh_cookie``)."""
+    if not refresh_cookie.wants_cookie(request):
+        return False
+    why = refresh_cookie.cross_origin(request)
+    if why is not None:
+        raise ApiError(403, "cross_origin", f"Refused: {why}.")
+    return True
+
+
+def _token_out(
+    ctx: RelayContext, session: Session, cookie: tuple[Request, Response] | None = None
+) -> TokenOut:
+    """The token pair for the body; with ``cookie`` the refresh token goes into the cookie."""
     cert = session.device_certificate
+    refresh_ttl = session.refresh.claims.exp - session.refresh.claims.iat
+    if cookie is not None:
+        refresh_cookie.set_refresh_cookie(cookie[1], cookie[0], session.refresh.token, refresh_ttl)
     return TokenOut(
         access_token=session.access.token,
-        refresh_token=session.refresh.token,
+        refresh_token=None if cookie is not None else session.refresh.token,
         expires_in=session.access.claims.exp - session.access.claims.iat,
-        refresh_expires_in=session.refresh.claims.exp - session.refresh.claims.iat,
+        refresh_expires_in=refresh_ttl,
         user=UserOut(**session.user.public()),
         device_certificate=b64url(cert) if cert is not None else None,
     )
@@ -469,9 +506,13 @@ async def register(body: RegisterIn, request: Request, ctx: CtxDep) -> UserOut:
 
 
 @auth_router.post("/login", response_model=TokenOut)
-async def login(body: LoginIn, request: Request, ctx: CtxDep) -> TokenOut:
+async def login(
+    body: LoginIn, request: Request, response: Response, ctx: CtxDep, _cookie: CookieHeader = None
+) -> TokenOut:
     """Exchange email and password for an access/refresh token pair (and a device certificate
-    when ``device_public_key`` is given)."""
+    when ``device_public_key`` is given). With ``QuickSlot-Refresh: cookie`` the refresh token is
+    set as an HttpOnly cookie instead of returned."""
+    cookie = _cookie_mode(request)
     device_key = _device_key(body.device_public_key)
     await _enforce(
         ctx,
@@ -480,16 +521,29 @@ async def login(body: LoginIn, request: Request, ctx: CtxDep) -> TokenOut:
         (ctx.limiters.login_account, _account_key(body.email)),
     )
     session = await ctx.accounts.login(body.email, body.password, device_key)
-    return _token_out(ctx, session)
+    return _token_out(ctx, session, (request, response) if cookie else None)
 
 
 @auth_router.post("/refresh", response_model=TokenOut)
-async def refresh(body: RefreshIn, ctx: CtxDep) -> TokenOut:
+async def refresh(
+    body: RefreshIn, request: Request, response: Response, ctx: CtxDep, _cookie: CookieHeader = None
+) -> TokenOut:
     """Rotate a refresh token: the presented one is spent, a new pair is returned. Presenting a
-    spent refresh token revokes the whole session family."""
+    spent refresh token revokes the whole session family. With ``QuickSlot-Refresh: cookie`` the
+    token comes from the body or else the cookie, and the new one goes into the cookie."""
+    cookie = _cookie_mode(request)
     device_key = _device_key(body.device_public_key)
-    session = await ctx.accounts.refresh(body.refresh_token, device_key)
-    return _token_out(ctx, session)
+    token = body.refresh_token
+    if token is None and cookie:
+        token = request.cookies.get(refresh_cookie.COOKIE_NAME)
+    if token is None:
+        raise ApiError(
+            401,
+            "missing_token",
+            "A refresh token is required (refresh_token, or the cookie with QuickSlot-Refresh: cookie).",
+        )
+    session = await ctx.accounts.refresh(token, device_key)
+    return _token_out(ctx, session, (request, response) if cookie else None)
 
 
 @auth_router.get("/me", response_model=UserOut)
@@ -500,10 +554,15 @@ async def me(claims: ClaimsDep, ctx: CtxDep) -> UserOut:
 
 
 @auth_router.post("/logout", status_code=204, response_class=Response)
-async def logout(claims: ClaimsDep, ctx: CtxDep) -> Response:
-    """Revoke this session's refresh family (its access tokens stop working too)."""
+async def logout(claims: ClaimsDep, request: Request, ctx: CtxDep, _cookie: CookieHeader = None) -> Response:
+    """Revoke this session's refresh family (its access tokens stop working too); with
+    ``QuickSlot-Refresh: cookie`` the refresh cookie is cleared as well."""
+    cookie = _cookie_mode(request)
     await ctx.accounts.logout(claims)
-    return Response(status_code=204)
+    response = Response(status_code=204)
+    if cookie:
+        refresh_cookie.clear_refresh_cookie(response, request)
+    return response
 
 
 @auth_router.post("/password-reset/request", status_code=202, response_model=StatusOut)
