@@ -83,7 +83,8 @@ export class Hub {
     this.leading = true;
     this.ready ??= (async () => {
       const store = await IndexedDBStore.open(DATABASE);
-      const client = await QuickSlotClient.open({ relay: this.relay, store, backoff: { baseMs: 250, maxMs: 5000 }, requestTimeoutMs: 10000 });
+      // the refresh token stays in the relay's HttpOnly cookie, out of reach of this page's script
+      const client = await QuickSlotClient.open({ relay: this.relay, store, backoff: { baseMs: 250, maxMs: 5000 }, requestTimeoutMs: 10000, refreshCookie: true });
       for (const type of EVENTS) client.on(type, (detail) => this.emit(type, detail, true));
       this.client = client;
       this.leader = true;
@@ -207,9 +208,13 @@ export class Hub {
     return await fn.apply(client, args);
   }
 
-  /** Forget the profile: close the client, delete the database, open an empty one. */
+  /**
+   * Log out at the relay (its session ends and the refresh cookie is cleared; offline, the relay
+   * is not told), then forget the profile: close the client, delete the database, open an empty one.
+   */
   async logout() {
     const client = /** @type {QuickSlotClient} */ (this.client);
+    if (client.user) await client.logout();
     await client.close();
     await new Promise((resolve) => {
       const request = indexedDB.deleteDatabase(DATABASE);

@@ -15,14 +15,14 @@ import { openRecord } from "./records.js";
 import { ValidationError } from "./errors.js";
 import { HybridClock } from "./hlc.js";
 import { DEFAULT_MAX_DOWNLOAD, closeAction, decodeMessage, encodeMessage } from "./messages.js";
-import { authProof, fromBase64Url, toBase64Url } from "./pop.js";
+import { authProof, fromBase64Url, restProofHeaders, toBase64Url } from "./pop.js";
 import { readBookings, readMap, shopStaff, slotTemplates } from "./reader.js";
-import { RelayError, login as relayLogin, register as relayRegister } from "./relay-api.js";
+import { REFRESH_COOKIE_HEADER, RelayError, post, login as relayLogin, register as relayRegister } from "./relay-api.js";
 import { capacityOn, neededVersion, parseDocId } from "./schema.js";
 import { signRecord } from "./records.js";
 import { MemoryStore } from "./store.js";
 import { Reason, validateUpdate } from "./validation.js";
-import { computeVerdict, currentTemplates, diffVerdicts, perCustomerLimits, slotCapacities } from "./verdict.js";
+import { computeVerdict, currentTemplates, diffVerdicts, endingEvent, perCustomerLimits, slotCapacities } from "./verdict.js";
 import { newId } from "./booking.js";
 
 /** @typedef {import("./store.js").Store} Store */
@@ -109,11 +109,13 @@ async function writeSigned(doc, docId, session, records, generation, signer = se
 export class QuickSlotClient {
   /**
    * @param {string} relay @param {Store} store
-   * @param {{WebSocketImpl?: typeof WebSocket, backoff?: {baseMs: number, maxMs: number}, requestTimeoutMs?: number}} options
+   * @param {{WebSocketImpl?: typeof WebSocket, backoff?: {baseMs: number, maxMs: number}, requestTimeoutMs?: number, refreshCookie?: boolean}} options
    */
   constructor(relay, store, options) {
     this.relay = relay;
     this.store = store;
+    /** The refresh token lives in the relay's HttpOnly cookie, not in the store (a page on the relay's origin). */
+    this.refreshCookie = options.refreshCookie ?? false;
     this.WebSocketImpl = options.WebSocketImpl ?? globalThis.WebSocket;
     this.backoff = options.backoff ?? { baseMs: 250, maxMs: 30000 };
     this.requestTimeoutMs = options.requestTimeoutMs ?? 20000;
@@ -126,6 +128,8 @@ export class QuickSlotClient {
     this.nextEntry = 1;
     /** @type {Map<string, Verdict>} the last verdict of each bookings day, for events */
     this.verdicts = new Map();
+    /** @type {WeakMap<Verdict, Map<string, any>>} the ending events of a verdict's day (`endingsOf`) */
+    this.endings = new WeakMap();
     /** @type {Map<string, Set<(detail: any) => void>>} */
     this.listeners = new Map();
     /** @type {Status} */
@@ -146,8 +150,10 @@ export class QuickSlotClient {
 
   /**
    * Open a client for `relay` on `store` (default: a MemoryStore), loading whatever the store
-   * kept: the signed-in device, documents, outbox.
-   * @param {{relay: string, store?: Store, WebSocketImpl?: typeof WebSocket, backoff?: {baseMs: number, maxMs: number}, requestTimeoutMs?: number}} options
+   * kept: the signed-in device, documents, outbox. `refreshCookie`: a browser page served by the
+   * relay keeps its refresh token in the relay's HttpOnly cookie, out of reach of page script and
+   * out of the store (docs/web.md); elsewhere (node, another origin) it stays in the store.
+   * @param {{relay: string, store?: Store, WebSocketImpl?: typeof WebSocket, backoff?: {baseMs: number, maxMs: number}, requestTimeoutMs?: number, refreshCookie?: boolean}} options
    */
   static async open({ relay, store = new MemoryStore(), ...options }) {
     const client = new QuickSlotClient(relay, store, options);
@@ -194,7 +200,7 @@ export class QuickSlotClient {
    * @param {{email: string, password: string}} credentials
    */
   async login(credentials) {
-    const session = await relayLogin(this.relay, credentials);
+    const session = await relayLogin(this.relay, credentials, { refreshCookie: this.refreshCookie });
     const profile = {
       relay: this.relay,
       userId: session.userId,
@@ -238,23 +244,24 @@ export class QuickSlotClient {
     return { userId: this.session.userId, admin: c.roles.has("admin"), ownerOf: [...c.ownerOf].sort(), staffOf: [...c.staffOf].sort() };
   }
 
-  /** Rotate the refresh token (close 4001); a refused refresh means: log in again. */
+  /**
+   * Rotate the refresh token (close 4001); a refused refresh means: log in again. With
+   * `refreshCookie` the browser sends the cookie and keeps the new one; a token still in the store
+   * (kept before the cookie) is presented once, and the relay moves it into the cookie.
+   */
   async refresh() {
     const s = this.requireSession();
-    const response = await fetch(new URL("/api/v1/auth/refresh", this.relay), {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ refresh_token: s.refreshToken, device_public_key: toBase64Url(s.publicKey) }),
-    });
+    const body = { device_public_key: toBase64Url(s.publicKey), ...(s.refreshToken ? { refresh_token: s.refreshToken } : {}) };
+    const response = await post(this.relay, "/api/v1/auth/refresh", body, this.refreshCookie ? REFRESH_COOKIE_HEADER : {});
     if (response.status !== 200) throw new RelayError(response.status, "refresh_refused", "log in again");
-    const body = await response.json();
-    const profile = { ...(await this.store.get("profile", "device")), accessToken: body.access_token, refreshToken: body.refresh_token };
+    const answer = await response.json();
+    const profile = { ...(await this.store.get("profile", "device")), accessToken: answer.access_token, refreshToken: answer.refresh_token ?? null };
     // A renewed certificate carries the account's current grants, but has another id (other Yjs
     // client ids): the old one is kept for as long as pending entries it signed may need writing
     // again (a rebuild writes them under their signer's ids), as after a new login.
-    if (body.device_certificate) {
+    if (answer.device_certificate) {
       try {
-        const renewed = fromBase64Url(body.device_certificate);
+        const renewed = fromBase64Url(answer.device_certificate);
         const cert = await s.trust.verify(renewed);
         if (cert.certId !== s.certId) {
           profile.certificates = this.signersStillNeeded(cert.certId);
@@ -265,6 +272,32 @@ export class QuickSlotClient {
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
     await this.adopt(profile);
     this.emit("refreshed", {});
+  }
+
+  /**
+   * Log out at the relay (its session family is revoked, and the refresh cookie cleared) and stop
+   * syncing; the caller forgets the store. An expired access token is refreshed once first. Never
+   * throws: offline, the relay is not told (the refresh token dies when it expires, or with the
+   * cookie the next login replaces).
+   */
+  async logout() {
+    this.stop();
+    const path = "/api/v1/auth/logout";
+    const attempt = async () => {
+      const s = this.requireSession();
+      const headers = { ...(await restProofHeaders(s.accessToken, s.seed, "POST", path)), ...(this.refreshCookie ? REFRESH_COOKIE_HEADER : {}) };
+      return post(this.relay, path, {}, headers);
+    };
+    try {
+      let response = await attempt();
+      if (response.status === 401) {
+        await this.refresh();
+        response = await attempt();
+      }
+      return response.status === 204;
+    } catch {
+      return false;
+    }
   }
 
   requireSession() {
@@ -447,11 +480,37 @@ export class QuickSlotClient {
     if (!res) return null;
     const claim = verdict.claims.get(reservationId);
     const outbox = [...this.entries.values()].filter((e) => e.reservationId === reservationId && e.docId === docId);
+    const ending = claim?.state === "cancelled" || claim?.state === "declined" ? this.endingsOf(docId, verdict, doc).get(reservationId) ?? null : null;
     return {
       reservationId, shop: ref.shopId, day: ref.day, slot: res.slot, party: res.party, customer: res.customer, note: res.note,
       state: claim?.state ?? "waitlisted", position: claim?.position ?? null, stamp: claim?.stamp ?? null, final: claim?.final ?? false, staffConfirmed: claim?.staffConfirmed ?? false,
       pending: outbox.some((e) => e.state === "pending"),
+      // who ended a cancelled or declined booking (the customer, or the shop's staff) and the reason they gave
+      endedBy: ending ? (ending.type === "decline" || ending.by !== res.customer ? "shop" : "customer") : null,
+      reason: ending?.reason ?? null,
     };  // prettier-ignore
+  }
+
+  /**
+   * The event that ended each ended reservation of a bookings day (`endingEvent`), read once per
+   * verdict (a new verdict comes with every change of the day).
+   * @param {string} docId @param {Verdict} verdict @param {Y.Doc} doc
+   * @returns {Map<string, any>}
+   */
+  endingsOf(docId, verdict, doc) {
+    let endings = this.endings.get(verdict);
+    if (!endings) {
+      /** @type {Map<string, any[]>} */
+      const byReservation = new Map();
+      for (const ev of readMap(doc, docId, "events").values()) byReservation.set(ev.reservation, [...(byReservation.get(ev.reservation) ?? []), ev]);
+      endings = new Map();
+      for (const [id, events] of byReservation) {
+        const ending = endingEvent(events);
+        if (ending) endings.set(id, ending);
+      }
+      this.endings.set(verdict, endings);
+    }
+    return endings;
   }
 
   /**

@@ -44,7 +44,7 @@ export {
 export { decodeUpdate, stateClocks } from "./yupdate.js";
 export { book, newId, writeRecords } from "./booking.js";
 export { SyncConnection, SyncError } from "./connection.js";
-export { authProof, fromBase64Url, popStatement, toBase64Url, tokenClaims } from "./pop.js";
-export { RelayError, fetchRelayKeys, login, register } from "./relay-api.js";
+export { authProof, fromBase64Url, popStatement, restProofHeaders, toBase64Url, tokenClaims } from "./pop.js";
+export { REFRESH_COOKIE_HEADER, RelayError, fetchRelayKeys, login, register } from "./relay-api.js";
 export { IndexedDBStore, MemoryStore, TABLES } from "./store.js";
 export { QuickSlotClient, backoffDelay, bookingsDoc } from "./client.js";

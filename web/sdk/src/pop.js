@@ -65,3 +65,22 @@ export async function authProof(token, seed, nowS = Math.floor(Date.now() / 1000
   const proof = await ed25519Sign(popStatement(SYNC_PURPOSE, claims.aud, claims.jti, nowS), seed);
   return { proof, proofTime: nowS };
 }
+
+/**
+ * The proof headers of one REST call with a bound access token (crdt_core.pop.proof_headers):
+ * `Authorization` alone for a bearer token.
+ * @param {string} token @param {import("./crypto.js").PrivateKey} seed
+ * @param {string} method @param {string} path without the query
+ * @param {number} [nowS] unix seconds
+ * @returns {Promise<Record<string, string>>}
+ */
+export async function restProofHeaders(token, seed, method, path, nowS = Math.floor(Date.now() / 1000)) {
+  /** @type {Record<string, string>} */
+  const headers = { authorization: `Bearer ${token}` };
+  const claims = tokenClaims(token);
+  if (!claims || !claims.cnf) return headers;
+  const proof = await ed25519Sign(popStatement(["rest", method.toUpperCase(), path], claims.aud, claims.jti, nowS), seed);
+  headers["QuickSlot-Proof"] = toBase64Url(proof);
+  headers["QuickSlot-Proof-Time"] = String(nowS);
+  return headers;
+}

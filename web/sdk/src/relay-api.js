@@ -29,11 +29,24 @@ async function failure(response) {
 }
 
 /**
+ * The header by which a browser client asks for its refresh token as an HttpOnly cookie
+ * (relay/http/refresh_cookie.py): the relay sets it at login and refresh, reads it at refresh
+ * when the body has no token, and clears it at logout; bodies then carry no refresh token.
+ */
+export const REFRESH_COOKIE_HEADER = { "QuickSlot-Refresh": "cookie" };
+
+/**
  * @param {string} baseUrl @param {string} path @param {unknown} body
+ * @param {Record<string, string>} [headers]
  * @returns {Promise<Response>}
  */
-function post(baseUrl, path, body) {
-  return fetch(new URL(path, baseUrl), { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+export function post(baseUrl, path, body, headers = {}) {
+  return fetch(new URL(path, baseUrl), {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+    credentials: "same-origin",
+  });
 }
 
 /** Create an account. @param {string} baseUrl @param {{email: string, password: string, displayName: string}} account */
@@ -67,7 +80,7 @@ export async function fetchRelayKeys(baseUrl) {
  * @typedef {object} Session
  * @property {string} userId
  * @property {string} accessToken
- * @property {string} refreshToken
+ * @property {string | null} refreshToken null when the relay keeps it in an HttpOnly cookie
  * @property {import("./crypto.js").PrivateKey} seed the device's private key: a non-extractable
  *   WebCrypto CryptoKey where the runtime does Ed25519, else its raw 32-byte seed
  * @property {Uint8Array} publicKey the device's public key (what the certificate certifies)
@@ -81,17 +94,21 @@ export async function fetchRelayKeys(baseUrl) {
 /**
  * Log in with a fresh device key: a fresh key per login means the certificate always carries the
  * account's current rights. The certificate is verified against the relay's keys before use.
+ * With `refreshCookie` (a browser page on the relay's origin) the refresh token stays in an
+ * HttpOnly cookie that no script can read, and the session's `refreshToken` is null.
  * @param {string} baseUrl @param {{email: string, password: string}} credentials
+ * @param {{refreshCookie?: boolean}} [options]
  * @returns {Promise<Session>}
  */
-export async function login(baseUrl, { email, password }) {
+export async function login(baseUrl, { email, password }, { refreshCookie = false } = {}) {
   const device = await newDeviceKey();
   const trust = new CertificateCache(await fetchRelayKeys(baseUrl));
-  const response = await post(baseUrl, "/api/v1/auth/login", {
-    email,
-    password,
-    device_public_key: toBase64Url(device.publicKey),
-  });
+  const response = await post(
+    baseUrl,
+    "/api/v1/auth/login",
+    { email, password, device_public_key: toBase64Url(device.publicKey) },
+    refreshCookie ? REFRESH_COOKIE_HEADER : {},
+  );
   if (response.status !== 200) throw await failure(response);
   const body = await response.json();
   if (!body.device_certificate) throw new RelayError(200, "no_certificate", "the relay issued no device certificate");
@@ -100,7 +117,7 @@ export async function login(baseUrl, { email, password }) {
   return {
     userId: String(body.user.id),
     accessToken: body.access_token,
-    refreshToken: body.refresh_token,
+    refreshToken: body.refresh_token ?? null,
     seed: device.privateKey,
     publicKey: device.publicKey,
     certificate,

@@ -117,19 +117,30 @@ export function claimOrder(state) {
  * @returns {[string | null, boolean, string | null]} and the HLC of the event that ended it
  */
 function status(events) {
-  /** @type {[string, string, string] | null} */
-  let terminal = null;
+  const ending = endingEvent(events);
   let noShow = false;
   let confirmed = false;
   for (const ev of events) {
-    if (ev.type === "cancel" || ev.type === "decline") {
-      const state = ev.type === "cancel" ? ClaimState.CANCELLED : ClaimState.DECLINED;
-      if (terminal === null || compareTuples([ev.hlc, ev.id], [terminal[0], terminal[1]]) < 0) terminal = [ev.hlc, ev.id, state];
-    } else if (ev.type === "no_show") noShow = true;
+    if (ev.type === "no_show") noShow = true;
     else if (ev.type === "confirm") confirmed = true;
   }
-  if (terminal !== null) return [terminal[2], confirmed, terminal[0]];
+  if (ending !== null) return [ending.type === "cancel" ? ClaimState.CANCELLED : ClaimState.DECLINED, confirmed, ending.hlc];
   return [noShow ? ClaimState.NO_SHOW : null, confirmed, null];
+}
+
+/**
+ * The cancel or decline that ended a reservation: the earliest by (HLC, id) among its events, or
+ * null. Its `by` (who: the customer or the shop's staff) and `reason` are what a customer is told.
+ * @param {Iterable<TypedRecord>} events one reservation's events
+ * @returns {TypedRecord | null}
+ */
+export function endingEvent(events) {
+  /** @type {TypedRecord | null} */
+  let ending = null;
+  for (const ev of events) {
+    if ((ev.type === "cancel" || ev.type === "decline") && (ending === null || compareTuples([ev.hlc, ev.id], [ending.hlc, ending.id]) < 0)) ending = ev;
+  }
+  return ending;
 }
 
 /**

@@ -102,7 +102,7 @@ test("offline: bookings and events are written at once, queued, and survive a re
   assert.deepEqual(reopened.outbox().map((e) => [e.action, e.state]), [["book", "pending"]]);
   reopened.on("cancelled", () => heard.push("cancelled"));
   const cancelled = await reopened.cancel(/** @type {string} */ (booked?.reservationId));
-  assert.equal(cancelled?.state, "cancelled");
+  assert.deepEqual([cancelled?.state, cancelled?.endedBy, cancelled?.reason], ["cancelled", "customer", null]);
   assert.deepEqual(heard, ["waitlisted:1", "cancelled"]);
   assert.deepEqual(reopened.outbox().map((e) => e.action), ["book", "cancel"]);
   assert.deepEqual(await reopened.slots("s1", DAY), []); // no templates known yet
@@ -204,7 +204,10 @@ test("staff actions: an owner confirms, declines and marks a no-show, offline", 
   for (let i = 0; i < 3; i++) ids.push(/** @type {string} */ ((await client.book({ shop: "s1", day: DAY, slot: `s-${9 + i}` }))?.reservationId));
   const confirmed = await client.confirm(ids[0]); // staff acknowledged it; seats still follow the verdict
   assert.deepEqual([confirmed?.state, confirmed?.staffConfirmed], ["waitlisted", true]);
-  assert.equal((await client.decline(ids[1], { reason: "closed" }))?.state, "declined");
+  const declined = await client.decline(ids[1], { reason: "closed <b>today</b>" });
+  // what the customer is told: the shop declined, and why (as given, never interpreted)
+  assert.deepEqual([declined?.state, declined?.endedBy, declined?.reason], ["declined", "shop", "closed <b>today</b>"]);
+  assert.deepEqual(client.reservations().map((r) => [r.state, r.endedBy, r.reason]), [["waitlisted", null, null], ["declined", "shop", "closed <b>today</b>"], ["waitlisted", null, null]]);
   assert.equal((await client.noShow(ids[2]))?.state, "no_show");
   assert.deepEqual(client.outbox().map((e) => e.action), ["book", "book", "book", "confirm", "decline", "no_show"]);
   await assert.rejects(client.cancel("nosuchreservation"), /no reservation/);
@@ -310,4 +313,45 @@ test("a refused subscription is reported and does not keep syncNow waiting", asy
   assert.deepEqual(await client.syncNow({ timeoutMs: 2000 }), { pending: 0, refused: [] });
   assert.deepEqual(errors, [["user:bob", "forbidden"]]);
   await client.close();
+});
+
+test("refreshCookie: refresh and logout ask for the cookie, a stored token moves into it, logout proves the bound token", async () => {
+  const { ed25519Verify } = await import("../src/crypto.js");
+  const { popStatement, toBase64Url } = await import("../src/index.js");
+  const b64 = (/** @type {any} */ o) => toBase64Url(new TextEncoder().encode(JSON.stringify(o)));
+  const bound = `${b64({ alg: "EdDSA" })}.${b64({ aud: "quickslot", jti: "j1", cnf: { jwk: {} } })}.sig`;
+  const realFetch = globalThis.fetch;
+  /** @type {any[]} */
+  const calls = [];
+  globalThis.fetch = /** @type {any} */ (async (/** @type {URL} */ url, /** @type {any} */ init) => {
+    calls.push({ path: new URL(url).pathname, headers: init.headers, body: JSON.parse(init.body), credentials: init.credentials });
+    if (new URL(url).pathname.endsWith("/logout")) return new Response(null, { status: 204 });
+    return new Response(JSON.stringify({ access_token: bound, refresh_token: null }), { status: 200 });
+  });
+  try {
+    const store = new MemoryStore();
+    await store.batch([{ table: "profile", key: "device", value: await profile() }]); // kept a token before
+    const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, refreshCookie: true });
+    await client.refresh();
+    assert.equal(calls[0].headers["QuickSlot-Refresh"], "cookie");
+    assert.equal(calls[0].credentials, "same-origin");
+    assert.equal(calls[0].body.refresh_token, "r", "the stored token is presented once");
+    assert.equal(/** @type {any} */ (await store.get("profile", "device")).refreshToken, null, "and forgotten");
+    await client.refresh();
+    assert.equal("refresh_token" in calls[1].body, false, "then the cookie alone carries it");
+    assert.ok(calls[1].body.device_public_key, "the new access token is bound to the device key");
+
+    assert.equal(await client.logout(), true);
+    const out = calls[2];
+    assert.equal(out.path, "/api/v1/auth/logout");
+    assert.equal(out.headers["QuickSlot-Refresh"], "cookie");
+    assert.equal(out.headers.authorization, `Bearer ${bound}`);
+    const at = Number(out.headers["QuickSlot-Proof-Time"]);
+    const signed = popStatement(["rest", "POST", "/api/v1/auth/logout"], "quickslot", "j1", at);
+    const { fromBase64Url } = await import("../src/index.js");
+    assert.ok(await ed25519Verify(fromBase64Url(out.headers["QuickSlot-Proof"]), signed, await ed25519PublicKey(deviceSeed)));
+    await client.close();
+  } finally {
+    globalThis.fetch = realFetch;
+  }
 });
