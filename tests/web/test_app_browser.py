@@ -72,17 +72,17 @@ TEST_SHOPS = (
 )
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
+def serve_app(root: Path, shops: tuple[DemoShop, ...], *extra: str) -> Iterator[FixedPortRelay]:
+    """Body of a module's relay fixture: the app built, an operator owning ``shops`` (logged in
+    with a CLI profile in ``root/operator``), the relay started (with ``extra`` flags) and the
+    shops written; skips without Chromium or npm."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (tools/ensure-servers installs it)")
     if shutil.which("npm") is None:
         pytest.skip("node/npm are not installed: the app cannot be built")
     build_app()
-    root = tmp_path_factory.mktemp("apprelay")
-    shops = (*DEMO_SHOPS, *TEST_SHOPS)
     make_operator(root / "data", [s.id for s in shops])
-    process = FixedPortRelay(root / "data")
+    process = FixedPortRelay(root / "data", *extra)
     process.start()
     try:
         operator = Profile(root / "operator")
@@ -91,6 +91,11 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixedPortRelay]:
+    yield from serve_app(tmp_path_factory.mktemp("apprelay"), (*DEMO_SHOPS, *TEST_SHOPS))
 
 
 @pytest.fixture(scope="module")
@@ -441,6 +446,7 @@ def test_staff_confirm_and_decline_and_the_customer_screen_follows(
         rows.nth(0).get_by_role("button", name="Confirm").click()
         rows.nth(0).locator(".state", has_text="confirmed by the shop").wait_for()
         rows.nth(1).get_by_role("button", name="Decline").click()
+        rows.nth(1).get_by_role("button", name="Decline booking").click()  # no reason given
         rows.nth(1).locator(".state", has_text="declined by the shop").wait_for()
         staff.shot("staff-desktop", DESKTOP)
         assert staff.unlabelled() == []

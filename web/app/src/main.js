@@ -2,13 +2,14 @@
 // reads and writes through the SDK's offline client (one per browser profile, see hub.js), so the
 // app works the same with or without a network; the relay serves it at /app/ (relay/web_app.py).
 
+import { ALERT_EVENTS, alertInBackground, notificationControl, wantsAlert } from "./alerts.js";
 import { fill, h } from "./dom.js";
 import { CallError, Hub } from "./hub.js";
 import { accountErrorInWords, noticeInWords, reasonInWords, stateInWords } from "./words.js";
 
 /** The relay's default --max-party; a larger party is refused at arrival. */
 const MAX_PARTY = 20;
-const NOTICE_EVENTS = ["promoted", "demoted", "final", "declined", "no_show", "too_large", "refused", "stopped"];
+const NOTICE_EVENTS = ["promoted", "demoted", "final", "declined", "no_show", "too_large", "refused", "stopped", "cancelled"];
 
 const main = /** @type {HTMLElement} */ (document.getElementById("main"));
 const nav = /** @type {HTMLElement} */ (document.getElementById("nav"));
@@ -307,7 +308,10 @@ async function shopView(shopId, day) {
 async function bookingsView() {
   const list = h("ul", { class: "list bookings", "aria-label": "My bookings" });
   const refusedList = h("div");
-  fill(main, h("h2", {}, "My bookings"), refusedList, list);
+  const notify = h("div", { class: "notify" });
+  const showControl = () => fill(notify, notificationControl(showControl));
+  showControl();
+  fill(main, h("h2", {}, "My bookings"), notify, refusedList, list);
   refreshView = async () => {
     const [mine, outbox, shops] = await Promise.all([hub.call("reservations"), hub.call("outbox"), hub.call("shops")]);
     learnShops(shops);
@@ -373,20 +377,46 @@ async function staffView(shopId, day) {
   const error = errorBox();
   const list = h("ul", { class: "list bookings", "aria-label": "The day's bookings" });
   fill(main, h("h2", {}, "The day's bookings"), h("label", { for: "staff-shop" }, "Shop"), select, h("label", { for: "staff-day" }, "Day"), picker, error, list);
-  /** @param {string} method @param {string} id */
-  const act = async (method, id) => {
+  /** @param {string} method @param {string} id @param {{reason?: string}} [options] */
+  const act = async (method, id, options) => {
     try {
-      await hub.call(method, id);
+      await hub.call(method, id, ...(options ? [options] : []));
       fill(error);
     } catch (err) {
       fill(error, `Could not ${method}: ${String(/** @type {any} */ (err)?.message ?? err)}`);
     }
     await refreshView();
   };
+  /** The booking being declined, and the reason typed so far (kept when the list redraws). */
+  let declining = { id: "", reason: "" };
+  /** Decline: first a reason for the customer (optional; they see it as written), in the row. @param {string} id */
+  const declineForm = (id) => {
+    const input = h("input", { id: "decline-reason", maxlength: 500, autocomplete: "off", value: declining.reason });
+    input.addEventListener("input", () => (declining.reason = /** @type {HTMLInputElement} */ (input).value));
+    return h(
+      "form",
+      {
+        class: "decline",
+        on: {
+          submit: (e) => {
+            e.preventDefault();
+            const reason = declining.reason.trim();
+            declining = { id: "", reason: "" };
+            act("decline", id, reason ? { reason } : undefined);
+          },
+        },
+      },
+      h("label", { for: "decline-reason" }, "Reason for the customer (optional)"),
+      input,
+      h("button", { type: "submit" }, "Decline booking"),
+      h("button", { type: "button", class: "link", on: { click: () => ((declining = { id: "", reason: "" }), refreshView()) } }, "Keep it"),
+    );
+  };
   refreshView = async () => {
     learnSlots(shop, await hub.call("slots", shop, day)); // keeps the shop and the day in sync
     const all = (await hub.call("reservations", { all: true })).filter((/** @type {any} */ r) => r.shop === shop && r.day === day);
     all.sort((/** @type {any} */ a, /** @type {any} */ b) => (a.slot + (a.stamp ?? "") < b.slot + (b.stamp ?? "") ? -1 : 1));
+    const typing = document.activeElement?.id === "decline-reason";
     fill(
       list,
       all.length === 0
@@ -403,12 +433,21 @@ async function staffView(shopId, day) {
                 "span",
                 { class: "actions" },
                 open && !r.staffConfirmed ? h("button", { type: "button", on: { click: () => act("confirm", r.reservationId) } }, "Confirm") : null,
-                open ? h("button", { type: "button", on: { click: () => act("decline", r.reservationId) } }, "Decline") : null,
+                open && declining.id !== r.reservationId
+                  ? h("button", { type: "button", on: { click: () => ((declining = { id: r.reservationId, reason: "" }), refreshView()) } }, "Decline")
+                  : null,
                 r.state === "confirmed" ? h("button", { type: "button", on: { click: () => act("noShow", r.reservationId) } }, "No-show") : null,
               ),
+              open && declining.id === r.reservationId ? declineForm(r.reservationId) : null,
             );
           }),
     );
+    // a redraw while the reason is typed (something synced) keeps the cursor in it
+    const input = /** @type {HTMLInputElement | null} */ (document.getElementById("decline-reason"));
+    if (input && (typing || document.activeElement === document.body)) {
+      input.focus();
+      input.setSelectionRange(input.value.length, input.value.length);
+    }
   };
   await refreshView();
 }
@@ -448,7 +487,21 @@ async function start() {
   hub = await Hub.start();
   user = await hub.call("user");
   for (const type of ["change", "status", "acked", "refused"]) hub.on(type, soon);
-  for (const type of NOTICE_EVENTS) hub.on(type, (detail) => (showNotice(noticeInWords(type, detail, describe)), soon()));
+  for (const type of NOTICE_EVENTS) {
+    hub.on(type, (detail) => {
+      if (type === "cancelled" && detail?.reservation?.endedBy !== "shop") return; // my own: I know
+      showNotice(noticeInWords(type, detail, describe));
+      soon();
+    });
+  }
+  // in the background, the tab that syncs also tells the system (alerts.js)
+  for (const type of ALERT_EVENTS) {
+    hub.on(type, (detail) => {
+      if (!hub.leading || !wantsAlert(type, detail)) return;
+      const tag = `${type}:${detail?.reservation?.reservationId ?? detail?.entry?.id ?? ""}`;
+      alertInBackground(noticeInWords(type, detail, describe), tag).catch((err) => console.warn("notification", err));
+    });
+  }
   hub.on("session", async () => {
     user = await hub.call("user");
     await route();

@@ -22,9 +22,12 @@ export function reasonInWords(reason) {
   return /** @type {Record<string, string>} */ (REASONS)[code] ?? reason;
 }
 
+/** The reason the shop gave, after a colon (shown as text, whatever it holds). @param {string | null | undefined} reason */
+const because = (reason) => (reason && reason.trim() ? `: ${reason.trim()}` : "");
+
 /**
  * A booking's state in words.
- * @param {{state: string, position: number | null, final: boolean, staffConfirmed: boolean, pending: boolean}} view
+ * @param {{state: string, position: number | null, final: boolean, staffConfirmed: boolean, pending: boolean, endedBy?: string | null, reason?: string | null}} view
  * @param {{state: string, reason: string | null} | undefined} refused the outbox entry the relay refused, if any
  */
 export function stateInWords(view, refused) {
@@ -37,9 +40,9 @@ export function stateInWords(view, refused) {
     case "waitlisted":
       return `waitlisted, place ${view.position ?? "?"}`;
     case "cancelled":
-      return "cancelled";
+      return view.endedBy === "shop" ? `cancelled by the shop${because(view.reason)}` : "cancelled";
     case "declined":
-      return "declined by the shop";
+      return `declined by the shop${because(view.reason)}`;
     case "no_show":
       return "marked as not come (no-show)";
     case "too_large":
@@ -66,7 +69,9 @@ export function noticeInWords(kind, detail, describe = (r) => `${r.shop} on ${r.
     case "final":
       return `${what} is confirmed and final.`;
     case "declined":
-      return `${what} was declined by the shop.`;
+      return `${what} was declined by the shop${because(r?.reason)}.`;
+    case "cancelled":
+      return r?.endedBy === "shop" ? `${what} was cancelled by the shop${because(r?.reason)}.` : `${what} is cancelled.`;
     case "no_show":
       return `${what} was marked as no-show.`;
     case "too_large":
