@@ -84,6 +84,7 @@ from relay.auth.tokens import (
     Claims,
     RevocationState,
     TokenError,
+    TokenInvalid,
     TokenRevoked,
     TokenService,
 )
@@ -372,10 +373,15 @@ class AccountService:
                 log_event(log, "password rehashed", user_id=user.user_id, scheme=_scheme(stored_hash))
         return user
 
-    async def login(self, email: str, password: str, device_public_key: bytes | None = None) -> Session:
+    async def login(
+        self, email: str, password: str, device_public_key: bytes | None = None, *, bind_refresh: bool = False
+    ) -> Session:
+        """Log in; with ``bind_refresh`` the refresh token is bound to ``device_public_key`` too
+        (a refresh must present that key: :meth:`refresh`)."""
         user = await self.authenticate(email, password)
         family_id = secrets.token_urlsafe(16)
-        refresh = self.tokens.issue(REFRESH, user.user_id, family_id)
+        refresh_key = device_public_key if bind_refresh else None
+        refresh = self.tokens.issue(REFRESH, user.user_id, family_id, device_key=refresh_key)
         await self.store.create_family(
             family_id=family_id,
             user_id=user.user_id,
@@ -388,16 +394,24 @@ class AccountService:
         log_event(log, "login", user_id=user.user_id, family_id=family_id)
         return Session(access, refresh, user, await self._certificate(user, device_public_key, family_id))
 
-    async def refresh(self, refresh_token: str, device_public_key: bytes | None = None) -> Session:
-        """Rotate a refresh token. Raises ``TokenError`` subclasses for bad tokens,
-        :class:`RefreshTokenReused`, :class:`SessionRevoked` or :class:`AccountDisabled`."""
+    async def refresh(
+        self, refresh_token: str, device_public_key: bytes | None = None, *, bind_refresh: bool = False
+    ) -> Session:
+        """Rotate a refresh token. A bound one (``cnf``) is rotated only for its own device key,
+        and stays bound; ``bind_refresh`` binds an unbound one to ``device_public_key`` from now
+        on. Raises ``TokenError`` subclasses for bad tokens (``token_invalid`` for another key,
+        without spending the token), :class:`RefreshTokenReused`, :class:`SessionRevoked` or
+        :class:`AccountDisabled`."""
         try:
             claims = self.tokens.decode(refresh_token, REFRESH)
+            if claims.cnf_key is not None and claims.cnf_key != device_public_key:
+                raise TokenInvalid("refresh token bound to another device key")
         except TokenError as e:
             self._m_refresh.labels(result=e.code).inc()
             self.count_failure(e.code)
             raise
-        new_refresh = self.tokens.issue(REFRESH, claims.sub, claims.fam)
+        refresh_key = claims.cnf_key or (device_public_key if bind_refresh else None)
+        new_refresh = self.tokens.issue(REFRESH, claims.sub, claims.fam, device_key=refresh_key)
         result = await self.store.rotate_refresh(
             jti=claims.jti,
             new_jti=new_refresh.claims.jti,

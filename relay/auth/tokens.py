@@ -22,6 +22,11 @@ from the token alone, without a lookup; a SHA-256 thumbprint is as long as the E
 itself (32 bytes), so carrying the key costs nothing, and RFC 7800 wants one key member only.
 Tokens issued without a device key carry no ``cnf`` and stay bearer tokens.
 
+A refresh token may be bound too (the browser sessions whose refresh token is an HttpOnly cookie,
+``relay.http.refresh_cookie``): it carries the same ``cnf`` and is rotated only for a refresh that
+presents that device key (:meth:`relay.auth.accounts.AccountService.refresh`), so script that can
+make the browser send the cookie cannot get tokens or a certificate for a key of its own.
+
 Access tokens carry the refresh family id as ``fam`` so that revoking a family (logout, refresh
 reuse, password reset, disabled account) also invalidates its live access tokens:
 :meth:`TokenService.verify_access` consults the in-memory :class:`RevocationState`, which the
@@ -182,10 +187,9 @@ class TokenService:
         jti: str | None = None,
         device_key: bytes | None = None,
     ) -> IssuedToken:
-        """Sign a token of ``typ`` for ``user_id`` in refresh family ``family_id``; an access
-        token given ``device_key`` is bound to it (``cnf``, module docstring)."""
-        if device_key is not None and typ != ACCESS:
-            raise ValueError("only access tokens are bound to a device key")
+        """Sign a token of ``typ`` for ``user_id`` in refresh family ``family_id``; a token given
+        ``device_key`` is bound to it (``cnf``, module docstring): an access token then needs a
+        proof of possession, a refresh token the same key presented with it at refresh."""
         now = int(self.clock())
         key = self.keys.active
         claims = Claims(

@@ -520,7 +520,8 @@ async def login(
         (ctx.limiters.login_address, _client_address(request)),
         (ctx.limiters.login_account, _account_key(body.email)),
     )
-    session = await ctx.accounts.login(body.email, body.password, device_key)
+    # a cookie session's refresh token is bound to the device key: only that key refreshes it
+    session = await ctx.accounts.login(body.email, body.password, device_key, bind_refresh=cookie)
     return _token_out(ctx, session, (request, response) if cookie else None)
 
 
@@ -542,7 +543,7 @@ async def refresh(
             "missing_token",
             "A refresh token is required (refresh_token, or the cookie with QuickSlot-Refresh: cookie).",
         )
-    session = await ctx.accounts.refresh(token, device_key)
+    session = await ctx.accounts.refresh(token, device_key, bind_refresh=cookie)
     return _token_out(ctx, session, (request, response) if cookie else None)
 
 

@@ -14,6 +14,10 @@ login, refresh and logout; the relay then:
   the family, as a spent body token does);
 * clears it at logout (``Max-Age=0``).
 
+The cookie's refresh token is bound to the device key given at login (``cnf``, as bound access
+tokens; ``relay.auth.accounts.AccountService.refresh`` checks it), so script that can make the
+browser send the cookie gets tokens and certificates only for the page's own key.
+
 Clients that send no such header (the CLI, the Python client, peers) get and present their
 tokens in JSON bodies exactly as before.
 

@@ -3,8 +3,9 @@ relay of its own whose access tokens live 10 seconds, so the app refreshes its s
 tests watch:
 
 * the refresh token never reaches script-readable storage: after sign-up it is an ``HttpOnly;
-  SameSite=Strict`` cookie on the refresh path only, and nothing in localStorage, sessionStorage,
-  IndexedDB or ``document.cookie`` holds it (nor any refresh token); a reload keeps the user
+  SameSite=Strict`` cookie on the refresh path only (the token bound to the device key), and
+  nothing in localStorage, sessionStorage, IndexedDB or ``document.cookie`` holds it (nor any
+  refresh token); a reload keeps the user
   logged in, and the app refreshes through the cookie (the body carries no token) and the cookie
   rotates; logging out clears it and the relay refuses a refresh after;
 * a system notification when a booking changes while the page is hidden: the permission is asked
@@ -126,6 +127,9 @@ def test_the_refresh_token_is_an_httponly_cookie_and_a_reload_stays_logged_in(
         assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", COOKIE_PATH)
         assert cookie["secure"] is False  # plain http on loopback; Secure everywhere else
         assert token_type(cookie["value"]) == "rt+jwt"
+        payload = cookie["value"].split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert claims["cnf"]["jwk"]["crv"] == "Ed25519"  # bound to the device key, like the access token
         assert_no_refresh_token_readable(app, cookie["value"])
 
         # a reload keeps the user logged in; the short-lived access token then expires and the app

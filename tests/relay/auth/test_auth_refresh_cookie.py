@@ -10,6 +10,7 @@ the rule is checked on request scopes.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 
@@ -130,15 +131,31 @@ def test_logout_clears_the_cookie_and_it_is_refused_after(client: httpx.Client) 
     assert (r.status_code, r.json()["code"]) == (401, "token_revoked")
 
 
+def new_key() -> tuple[Ed25519PrivateKey, str]:
+    key = Ed25519PrivateKey.generate()
+    return key, base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
+
+
+def cnf_of(token: str) -> object:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("cnf")
+
+
 def test_bound_tokens_keep_working_through_the_cookie(client: httpx.Client) -> None:
     email = unique_email("cookie")
     register(client, email)
-    key = Ed25519PrivateKey.generate()
-    public = base64.urlsafe_b64encode(key.public_key().public_bytes_raw()).rstrip(b"=").decode()
+    key, public = new_key()
     body, token = cookie_login(client, email, device_public_key=public)
     assert body["device_certificate"]
+    # the cookie's refresh token is bound to the device key too: script that can make the browser
+    # send it cannot get tokens or a certificate for a key of its own, nor spend it
+    assert cnf_of(token) == {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": public}}
+    for other in ({"device_public_key": new_key()[1]}, {}):
+        r = refresh_with(client, token, **other)
+        assert (r.status_code, r.json()["code"]) == (401, "token_invalid"), other
     r = refresh_with(client, token, device_public_key=public)
     assert r.status_code == 200, r.text
+    assert cnf_of(set_cookie(r)[0]) == cnf_of(token)  # and stays bound when it rotates
     access = r.json()["access_token"]
     assert r.json()["device_certificate"]
     me = rest("GET", "/api/v1/auth/me")
@@ -151,12 +168,20 @@ def test_bound_tokens_keep_working_through_the_cookie(client: httpx.Client) -> N
 def test_clients_that_do_not_ask_get_body_tokens_and_no_cookie(client: httpx.Client) -> None:
     email = unique_email("body")
     register(client, email)
-    r = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    public = new_key()[1]
+    r = client.post(
+        "/api/v1/auth/login", json={"email": email, "password": PASSWORD, "device_public_key": public}
+    )
     assert r.status_code == 200 and r.json()["refresh_token"]
-    assert r.headers.get_list("set-cookie") == []
+    assert r.headers.get_list("set-cookie") == [] and cnf_of(r.json()["refresh_token"]) is None
     r = client.post(REFRESH, json={"refresh_token": r.json()["refresh_token"]})
     assert r.status_code == 200 and r.json()["refresh_token"]
     assert r.headers.get_list("set-cookie") == []
+
+    # a body token presented with the header moves into a cookie, bound from then on
+    r = refresh_with(client, None, refresh_token=r.json()["refresh_token"], device_public_key=public)
+    assert r.status_code == 200 and r.json()["refresh_token"] is None
+    assert cnf_of(set_cookie(r)[0]) == {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": public}}
 
 
 def _request(scheme: str, host: str, peer: str) -> Request:

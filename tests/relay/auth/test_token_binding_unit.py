@@ -84,8 +84,13 @@ def test_a_token_issued_for_a_device_key_carries_the_key_and_needs_its_proof(tok
     bearer = tokens.issue(ACCESS, "u1", "f2")
     assert "cnf" not in _payload(bearer.token) and bearer.claims.cnf_key is None
     assert tokens.verify_access(bearer.token).sub == "u1"
-    with pytest.raises(ValueError, match="only access tokens"):
-        tokens.issue(REFRESH, "u1", "f1", device_key=public_bytes(device))
+    # A refresh token may be bound too (a browser's cookie session): it carries the key, which the
+    # account service matches at refresh, and is still no access token.
+    bound_refresh = tokens.issue(REFRESH, "u1", "f1", device_key=public_bytes(device))
+    assert _payload(bound_refresh.token)["cnf"] == _payload(issued.token)["cnf"]
+    assert tokens.decode(bound_refresh.token, REFRESH).cnf_key == public_bytes(device)
+    with pytest.raises(TokenInvalid, match="wrong token type"):
+        tokens.verify_access(bound_refresh.token, purpose=SYNC, proof=good)
 
 
 @pytest.mark.parametrize(
