@@ -26,12 +26,14 @@ that uses or sets it must come from our own origin. Three checks, any one enough
 today's browsers: ``SameSite=Strict``; the custom header, which a form cannot send and a
 cross-origin script can send only after a CORS preflight the relay never approves; and, when the
 browser says where the request comes from, ``Origin`` equal to the relay's own origin and
-``Sec-Fetch-Site`` ``same-origin`` (403 ``cross_origin`` otherwise).
+``Sec-Fetch-Site`` ``same-origin`` (403 ``cross_origin`` otherwise; :func:`same_origin` says
+how the relay knows its own origin behind a proxy).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 
@@ -42,6 +44,7 @@ __all__ = [
     "clear_refresh_cookie",
     "cookie_secure",
     "cross_origin",
+    "same_origin",
     "set_refresh_cookie",
     "wants_cookie",
 ]
@@ -58,16 +61,36 @@ def wants_cookie(request: Request) -> bool:
     return request.headers.get(COOKIE_HEADER, "").strip().lower() == COOKIE_MODE
 
 
-def own_origin(request: Request) -> str:
-    """The relay's origin as the browser addressed it: scheme (``https`` behind a proxy trusted
-    with ``--forwarded-allow-ips`` that says so) and the ``Host`` header."""
-    return f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
+    """``host[:port]`` as (lower-case host, port), the port defaulting by ``scheme``."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        return (parts.hostname or "", parts.port or _DEFAULT_PORTS.get(scheme, 0))
+    except ValueError:
+        return None
+
+
+def same_origin(origin: str, request: Request) -> bool:
+    """Whether ``origin`` (a browser's ``Origin`` header) is the relay as the browser addressed it:
+    the same host and port as the ``Host`` header, and the request's scheme or ``https`` (TLS ended
+    at a proxy that does not say so, such as the HAProxy example, reaches the relay as http)."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if scheme not in (request.url.scheme, "https") or parts.netloc == "":
+        return False
+    return _host_port(parts.netloc, scheme) == _host_port(request.headers.get("host", ""), scheme)
 
 
 def cross_origin(request: Request) -> str | None:
     """Why a cookie request came from another origin, as the browser says, or None."""
     origin = request.headers.get("origin")
-    if origin is not None and origin.lower() != own_origin(request):
+    if origin is not None and not same_origin(origin, request):
         return "the request comes from another origin"
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 
 from crdt_core.pop import proof_headers, rest
-from relay.http.refresh_cookie import COOKIE_NAME, COOKIE_PATH, cookie_secure
+from relay.http.refresh_cookie import COOKIE_NAME, COOKIE_PATH, cookie_secure, cross_origin, same_origin
 from tests.support.relay_process import GENEROUS_LIMITS, PASSWORD, RelayProcess, register, unique_email
 
 COOKIE = {"QuickSlot-Refresh": "cookie"}
@@ -184,13 +184,14 @@ def test_clients_that_do_not_ask_get_body_tokens_and_no_cookie(client: httpx.Cli
     assert cnf_of(set_cookie(r)[0]) == {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": public}}
 
 
-def _request(scheme: str, host: str, peer: str) -> Request:
+def _request(scheme: str, host: str, peer: str = "127.0.0.1", **headers: str) -> Request:
     scope = {
         "type": "http",
         "scheme": scheme,
         "method": "POST",
         "path": REFRESH,
-        "headers": [(b"host", host.encode())],
+        "headers": [(b"host", host.encode())]
+        + [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
         "client": (peer, 50000),
         "server": ("127.0.0.1", 8080),
         "query_string": b"",
@@ -215,3 +216,29 @@ def _request(scheme: str, host: str, peer: str) -> Request:
 )
 def test_secure_is_decided_per_request(scheme: str, host: str, peer: str, secure: bool) -> None:
     assert cookie_secure(_request(scheme, host, peer)) is secure
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "origin", "same"),
+    [
+        ("http", "127.0.0.1:8080", "http://127.0.0.1:8080", True),
+        ("https", "book.example", "https://book.example", True),
+        ("https", "book.example", "https://BOOK.example:443", True),
+        # TLS ended at a proxy that does not say so (the HAProxy example): http at the relay
+        ("http", "book.example", "https://book.example", True),
+        ("http", "book.example:8443", "https://book.example:8443", True),
+        ("https", "book.example", "http://book.example", False),  # a downgraded page
+        ("https", "book.example", "https://evil.example", False),
+        ("https", "book.example", "https://book.example:8443", False),
+        ("http", "127.0.0.1:8080", "http://127.0.0.1:8081", False),
+        ("https", "book.example", "null", False),  # an opaque origin (sandboxed frame, file:)
+        ("https", "book.example", "https://book.example:99999", False),
+    ],
+)
+def test_the_origin_must_be_the_relay_as_the_browser_addressed_it(
+    scheme: str, host: str, origin: str, same: bool
+) -> None:
+    assert same_origin(origin, _request(scheme, host)) is same
+    assert (cross_origin(_request(scheme, host, origin=origin)) is None) is same
+    assert cross_origin(_request(scheme, host)) is None  # a browser that says nothing: the other checks
+    assert cross_origin(_request(scheme, host, sec_fetch_site="same-site")) is not None
