@@ -64,8 +64,7 @@ async def cmd_reservations(ctx: Ctx) -> Result:
     shown = [{**row, "state": state_words(r.state)} for row, r in zip(rows, found, strict=True)]
     human = table(
         shown, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
-        "(no reservations on this device; bookings made on another device show once their day is "
-        "opened here: `quickslot slots SHOP DAY`, then `quickslot sync`)",
+        "(no reservations on this device; bookings made on another device show after `quickslot sync`)",
     )  # fmt: skip
     return {"reservations": rows}, human
 

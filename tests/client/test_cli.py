@@ -241,8 +241,12 @@ def test_last_seat_contended_offline_end_to_end(relay: FixedPortRelay, tmp_path:
             assert out["reservation"]["final"] is False
             booked[name] = out["reservation"]["reservation_id"]
         status = alice.json("status", "status")
-        assert status["relay_reachable"] is False and status["pending"] == 1 and status["queue_size"] == 1
-        assert status["entries"][0]["entity_id"] == booked["alice"]
+        # Queued: the booking, and its day listed in Alice's own document (for her other devices).
+        assert status["relay_reachable"] is False and status["pending"] == 2 and status["queue_size"] == 2
+        assert [(e["entity_type"], e["entity_id"]) for e in status["entries"]] == [
+            ("reservation", booked["alice"]),
+            ("booked_day", f"{SHOP}/{DAY}"),
+        ]
         alice.json("error", "sync", code=5)
         human = bob.run("book", SHOP, DAY, SLOT, "--party", "0")
         assert human.returncode == 2

@@ -103,9 +103,13 @@ async def test_a_refusal_sets_the_write_aside_with_its_reason(tmp_path: Path) ->
 
     summary = await alice_sync.sync_once(timeout_s=10)
 
-    assert len(summary.rejected) == 1
+    # Both writes are refused (the booking, and its day listed in the user's document), each set
+    # aside with the relay's reason, and nothing is left pending.
+    assert len(summary.rejected) == 2
     counts = await alice.outbox_counts()
-    assert (counts.pending, counts.rejected) == (0, 1)
+    assert (counts.pending, counts.rejected) == (0, 2)
+    refused = {(e.entity_type, e.reject_code) for e in await alice.rejected_entries()}
+    assert refused == {("reservation", "not_allowed"), ("booked_day", "not_allowed")}
     row = next(r for r in await alice.reservations() if r.reservation_id == booked.reservation_id)
     assert row.rejected_code == "not_allowed"
 
@@ -120,4 +124,4 @@ async def test_a_token_the_relay_refuses_means_log_in_again(tmp_path: Path) -> N
 
     with pytest.raises(SyncLoginRequired):
         await alice_sync.sync_once(timeout_s=10)
-    assert (await alice.outbox_counts()).pending == 1  # nothing lost: it waits for the next login
+    assert (await alice.outbox_counts()).pending == 2  # nothing lost (the booking, its listed day)
