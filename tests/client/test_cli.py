@@ -325,10 +325,18 @@ def test_sync_watch_prints_events_until_interrupted(
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # the first event: synced (the queued changes went out)
-        event = json.loads(line)
+        # The queued changes go out first, each told as acknowledged; then synced.
+        acked = []
+        while (event := json.loads(proc.stdout.readline()))["type"] == "change_acked":
+            check(event, SCHEMAS["event"])
+            acked.append((event["entity_type"], event["operation"], event["doc_id"]))
         check(event, SCHEMAS["event"])
         assert event["type"] == "synced", event
+        assert sorted(acked) == [
+            ("shop", "create", "catalog"),
+            ("shop", "create", f"shop:{shop}"),
+            ("slot", "create", f"shop:{shop}"),
+        ]
     finally:
         proc.send_signal(signal.SIGINT)  # stop cleanly
         out, err = proc.communicate(timeout=20)

@@ -153,6 +153,11 @@ async def test_relay_stamp_makes_the_booking_final_confirmed(
     drain(alice)
     stamps = await push(alice, relay)
     assert await alice.pending_entries() == []
+    # Each ack is told (the booking, then its listed day); the verdict waits for the stamp.
+    assert [(e.type, getattr(e, "entity_type", None)) for e in drain(alice)] == [
+        ("change_acked", "reservation"),
+        ("change_acked", "booked_day"),
+    ]
     ((doc_id, stamp_update),) = stamps
 
     changes = await alice.apply_remote(doc_id, stamp_update)

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from client.local.client import LocalClient
+from client.local.events import BookingConfirmed, ChangeAcked
 from client.sync.errors import SyncLoginRequired
 from client.sync.service import SyncService
 from crdt_core.reader import read_bookings
 from crdt_core.verdict import ClaimState, compute_verdict
-from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
+from tests.support.clients import DAY, SHOP, FakeRelay, close_all, drain, open_profile, pull, setup_shop
 from tests.support.crdt_factory import World
 from tests.support.memory_relay import MemoryRelay
 
@@ -91,6 +92,36 @@ async def test_a_live_session_receives_another_clients_booking_and_its_stamp(tmp
     verdict = await alice.verdict(SHOP, DAY)
     assert verdict.claims[b.reservation_id].state is ClaimState.CONFIRMED
     assert verdict.claims[b.reservation_id].stamp == 1
+
+
+async def test_each_acknowledged_change_is_one_event(tmp_path: Path) -> None:
+    """``ChangeAcked`` per outbox entry the relay acknowledged, once its entry is gone, before the
+    round's ``Synced``; an ack repeated (after a reconnect, say) tells nothing again."""
+    world = World()
+    relay = MemoryRelay(FakeRelay(world))
+    await setup_shop(tmp_path, world, relay.store, capacity=2)
+    alice, alice_sync = await customer(tmp_path, world, relay, "alice")
+    booked = await alice.book(SHOP, DAY, "cut-10")
+    queued = await alice.pending_entries()
+    drain(alice)
+
+    summary = await alice_sync.sync_once(timeout_s=10)
+
+    events = drain(alice)
+    acks = [e for e in events if isinstance(e, ChangeAcked)]
+    assert [(e.entry_id, e.entity_type, e.entity_id, e.operation, e.doc_id) for e in acks] == [
+        (e.id, e.entity_type, e.entity_id, e.operation, e.doc_id) for e in queued
+    ]
+    assert summary.acked == len(acks) == 2  # the booking, and its day listed in alice's document
+    assert events[-1].type == "synced"  # every ack is told before the round ends
+    assert any(isinstance(e, BookingConfirmed) and e.final for e in events)  # the stamp's verdict
+    assert acks[0].to_dict() == {
+        "type": "change_acked", "at_ms": acks[0].at_ms, "entry_id": queued[0].id,
+        "entity_type": "reservation", "entity_id": booked.reservation_id, "operation": "create",
+        "doc_id": DOC,
+    }  # fmt: skip
+    assert await alice.mark_acked(queued[0].id) is False
+    assert drain(alice) == []
 
 
 async def test_a_refusal_sets_the_write_aside_with_its_reason(tmp_path: Path) -> None:
