@@ -8,11 +8,13 @@ The same ``SyncService`` and session code the CLI runs, with ``open_socket`` set
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from client.cli.bookings import _refused_hint
 from client.local.client import LocalClient
 from client.local.events import BookingConfirmed, ChangeAcked
 from client.sync.errors import SyncLoginRequired
@@ -141,6 +143,14 @@ async def test_a_refusal_sets_the_write_aside_with_its_reason(tmp_path: Path) ->
     assert (counts.pending, counts.rejected) == (0, 2)
     refused = {(e.entity_type, e.reject_code) for e in await alice.rejected_entries()}
     assert refused == {("reservation", "not_allowed"), ("booked_day", "not_allowed")}
+    # What `quickslot refused` tells to do (for a reason with no hint of its own): retry the
+    # booking; the day listing needs no command, the next booking that day lists it again.
+    hints = {
+        e.entity_type: _refused_hint(dataclasses.replace(e, reject_code="schema", reject_reason="odd"))
+        for e in await alice.rejected_entries()
+    }
+    assert "quickslot retry ID" in hints["reservation"]
+    assert "next booking on that day lists it again" in hints["booked_day"]
     row = next(r for r in await alice.reservations() if r.reservation_id == booked.reservation_id)
     assert row.rejected_code == "not_allowed"
 
