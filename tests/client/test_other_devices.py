@@ -104,16 +104,7 @@ async def test_a_new_device_shows_the_bookings_made_on_another_one(
         await phone.book(shop, DAY, SLOT, party=2),
         await phone.book(shop, DAY2, SLOT),
     ]
-    # One day listed per (shop, day), by the first booking there, in the user's own document.
-    entries = await phone.pending_entries()
-    user_doc = f"user:{phone.user_id}"
-    assert [(e.entity_type, e.doc_id) for e in entries] == [
-        ("reservation", f"bookings:{shop}:{DAY}"),
-        ("booked_day", user_doc),
-        ("reservation", f"bookings:{shop}:{DAY}"),
-        ("reservation", f"bookings:{shop}:{DAY2}"),
-        ("booked_day", user_doc),
-    ]
+    queued = [(e.entity_type, e.doc_id) for e in await phone.pending_entries()]
     await sync_until_final(phone, relay)
     on_phone = {r.reservation_id: r for r in await phone.reservations()}
     assert set(on_phone) == {r.reservation_id for r in booked}
@@ -136,6 +127,16 @@ async def test_a_new_device_shows_the_bookings_made_on_another_one(
     for doc in (f"bookings:{shop}:{DAY}", f"bookings:{shop}:{DAY2}", f"shop:{shop}"):
         assert "your booking" in followed[doc], followed
     assert (await laptop.outbox_counts()).pending == 0  # reading wrote nothing
+    # What the phone queued: one day listed per (shop, day), by the first booking there, in the
+    # user's own document.
+    user_doc = f"user:{phone.user_id}"
+    assert queued == [
+        ("reservation", f"bookings:{shop}:{DAY}"),
+        ("booked_day", user_doc),
+        ("reservation", f"bookings:{shop}:{DAY}"),
+        ("reservation", f"bookings:{shop}:{DAY2}"),
+        ("booked_day", user_doc),
+    ]
 
     # The same over plain HTTP (websockets blocked): one sync round brings the listed days.
     tablet = await profile(tmp_path / "tablet")
