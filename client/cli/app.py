@@ -253,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("reservation", help="reservation id (see `quickslot reservations`)")
         if has_reason:
             p.add_argument("--reason", help="a short reason shown to the customer (default: none)")
-    add("reservations", "bookings:cmd_reservations", "your reservations and their state")
+    add(
+        "reservations",
+        "bookings:cmd_reservations",
+        "your reservations and their state, those made on your other devices too (after a sync)",
+    )
     p = add("day", "staff:cmd_day", "staff/owner: every booking of a shop's day, with its state")
     p.add_argument("shop", help="shop id")
     p.add_argument("date", type=_day, help="the day, YYYY-MM-DD, today or tomorrow")

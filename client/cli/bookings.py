@@ -64,8 +64,7 @@ async def cmd_reservations(ctx: Ctx) -> Result:
     shown = [{**row, "state": state_words(r.state)} for row, r in zip(rows, found, strict=True)]
     human = table(
         shown, ["reservation_id", "shop_id", "day", "start", "slot_id", "party", "state", "final"],
-        "(no reservations on this device; bookings made on another device show once their day is "
-        "opened here: `quickslot slots SHOP DAY`, then `quickslot sync`)",
+        "(no reservations on this device; bookings made on another device show after `quickslot sync`)",
     )  # fmt: skip
     return {"reservations": rows}, human
 
@@ -82,6 +81,10 @@ REFUSED_HINTS = {
 }
 
 
+#: A refused day listing (``booked_day``, for the user's other devices) needs no command of its own.
+_RELIST = "your next booking on that day lists it again; `quickslot discard ID` forgets this one"
+
+
 def _refused_hint(entry: OutboxEntry) -> str:
     reason = f"{entry.reject_code or ''} {entry.reject_reason or ''}"
     for key, hint in REFUSED_HINTS.items():
@@ -89,6 +92,8 @@ def _refused_hint(entry: OutboxEntry) -> str:
             return hint
     if entry.entity_type == "reservation":
         return "`quickslot retry ID` makes the change again, `quickslot discard ID` forgets it"
+    if entry.entity_type == "booked_day":
+        return _RELIST
     return "redo it with its command once fixed, then `quickslot discard ID`"
 
 
@@ -128,6 +133,8 @@ async def cmd_retry(ctx: Ctx) -> Result:
     """Make a refused reservation change again, as a new change (the refused one is discarded)."""
     ctx.require_login()
     entry = await _refused_entry(ctx, ctx.args.id)
+    if entry.entity_type == "booked_day":
+        raise CliError(EXIT_USAGE, "cannot_retry", f"a refused day listing is not retried: {_RELIST}")
     if entry.entity_type != "reservation":
         raise CliError(
             EXIT_USAGE,

@@ -10,6 +10,7 @@ from client.cli.schemas import AVAILABILITY, ENTRY, PROFILE, RESERVATION, SHOP_R
 from client.local.events import (
     BookingEvent,
     BookingRejected,
+    ChangeAcked,
     ClientEvent,
     LoggedOut,
     RelayReachable,
@@ -126,6 +127,8 @@ def describe_event(event: ClientEvent) -> str:
             f"the relay rejected your {event.entity_type} {event.entity_id} ({event.operation}): "
             f"{event.code}: {event.reason}"
         )
+    if isinstance(event, ChangeAcked):
+        return f"the relay has your {event.entity_type} {event.entity_id} ({event.operation})"
     if isinstance(event, Synced):
         return f"synced {len(event.docs)} documents with {event.relay_url}; {event.pending} changes pending"
     if isinstance(event, RelayUnreachable):

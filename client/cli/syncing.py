@@ -21,7 +21,7 @@ from client.cli.context import (
 from client.cli.errors import CliError
 from client.cli.output import describe_event, entry_json, table
 from client.cli.schemas import EXIT_AUTH, EXIT_REJECTED
-from client.local.events import ClientEvent, LoggedOut, RelayReachable, Synced
+from client.local.events import ChangeAcked, ClientEvent, LoggedOut, RelayReachable, Synced
 from crdt_core.schema import printable
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ async def cmd_sync(ctx: Ctx) -> Result:
         "pending": summary.pending, "transport": svc.last_transport or svc.transport,
         "transport_reason": svc.transport_reason, "events": [e.to_dict() for e in events],
     }  # fmt: skip
-    lines = [describe_event(e) for e in events if not isinstance(e, Synced | RelayReachable)]
+    # Acks are counted in the summary line below, not told one by one.
+    lines = [describe_event(e) for e in events if not isinstance(e, Synced | RelayReachable | ChangeAcked)]
     lines.append(
         f"synced {len(summary.docs)} documents: {summary.applied} updates in, {summary.acked} changes "
         f"accepted, {len(summary.rejected)} rejected, {summary.pending} pending"

@@ -9,10 +9,11 @@ from typing import Any
 from client.local import projections as proj
 from client.local.browse import Browsing
 from client.local.errors import InvalidRequest, NotAllowed, NotFound
-from client.local.model import _as_day, _id, _Stale
+from client.local.model import _as_day, _id, _Stale, _Work
 from client.local.projections import CategoryRow, ReservationRow, ShopDetail, SlotRow, StaffRow
 from crdt_core.authoring import new_id
 from crdt_core.schema import (
+    BookedDay,
     Category,
     DocId,
     EventType,
@@ -42,6 +43,10 @@ class Booking(Browsing):
         note: str | None = None,
     ) -> ReservationRow:
         """Book offline: sign a reservation, write it and its outbox entry in one transaction.
+
+        The first booking of the user in a (shop, day) also lists that day in the user's own
+        document (a ``booked_day`` record, its own outbox entry, same transaction), so the user's
+        other devices learn which day documents to fetch (``following``).
 
         Returns the reservation with its *tentative* verdict on this replica; the relay's stamp
         (or a claim that ranks earlier) may change it later, which is reported as an event.
@@ -77,6 +82,7 @@ class Booking(Browsing):
                         note=note,
                     )  # fmt: skip
                     await self._put(work, doc, [res], ("reservation", res.id, "create"))
+                    await self._note_booked_day(work, res, shop_id, d)
                     await work.tx.subscribe(str(doc), "booking")
                     await work.tx.subscribe(f"shop:{shop_id}", "booking")
                 break
@@ -95,6 +101,15 @@ class Booking(Browsing):
             staff_confirmed=claim.staff_confirmed, holds_seats=claim.holds_seats, rejected_code=None,
             rejected_reason=None, start=template.start, service=template.service,
         )  # fmt: skip
+
+    async def _note_booked_day(self, work: _Work, res: Reservation, shop_id: str, day: _dt.date) -> None:
+        """List (shop, day) in the user's document unless it is there already (written once per
+        day by whichever device books there first; the same reading of the clock as ``res``)."""
+        if (shop_id, day.isoformat()) in await self._booked_days(work.tx, res.customer):
+            return
+        record = BookedDay(shop=shop_id, day=day.isoformat(), hlc=res.hlc)
+        entity = f"{shop_id}/{day.isoformat()}"
+        await self._put(work, DocId.user(res.customer), [record], ("booked_day", entity, "create"))
 
     async def _reservation_in(self, doc_id: str, reservation_id: str) -> ReservationRow:
         async with self.store.read() as tx:

@@ -10,11 +10,17 @@ from client.local.base import LocalBase
 from client.local.errors import InvalidRequest, NotFound
 from client.local.model import _as_day, _id
 from client.local.projections import CategoryRow, ReservationRow, ShopDetail, SlotAvailability
+from client.storage.store import Tx
+from crdt_core.reader import booked_days
 from crdt_core.schema import DocId, parse_doc_id
 
 
 class Browsing(LocalBase):
     """Categories, shops, slots and reservations as stored here; subscriptions and following."""
+
+    #: The user's booked days as last read (``_booked_days``), keyed by the user document's
+    #: state vector: records are never removed, so an equal vector means an equal list.
+    _days_read: tuple[tuple[str, bytes], frozenset[tuple[str, str]]] | None = None
 
     async def categories(self) -> list[CategoryRow]:
         async with self.store.read() as tx:
@@ -118,20 +124,27 @@ class Browsing(LocalBase):
 
         The catalog; the shops the user owns or staffs (per certificate and staff records), follows
         or browsed; the days of the user's own bookings and the days browsed; the user's own doc.
+        The days of the user's bookings are those its reservations here are in, and those the
+        user's document lists (``booked_day``, written by whichever device booked there), with
+        their shops: a new device of the user fetches the bookings other devices made without
+        the user opening each day.
         Following stays bounded: a day at least two days past (``today``, default the local date)
         with no change of ours waiting and none of our claims still tentative is released (its
-        data stays here, it is no longer synced).
+        data stays here, it is no longer synced; a listed day this device never fetched is not
+        fetched at all).
         """
         docs: dict[str, set[str]] = {"catalog": {"catalog"}}
-        for doc, reasons in (await self.store.subscriptions()).items():
+        subscribed = await self.store.subscriptions()
+        for doc, reasons in subscribed.items():
             docs.setdefault(doc, set()).update(reasons)
         identity = self._identity
         unsettled: set[str] = set()
+        booked: dict[str, str] = {}  # the days the user's document lists -> their shops
         if identity is not None:
             docs.setdefault(f"user:{identity.user_id}", set()).add("account")
             for shop in identity.certificate.owner_of | identity.certificate.staff_of:
                 docs.setdefault(f"shop:{shop}", set()).add("role")
-            async with self.store.read() as tx:
+            async with self._read() as tx:
                 for (shop,) in await tx.fetchall(
                     "SELECT shop_id FROM staff WHERE user_id = ? AND active = 1", (identity.user_id,)
                 ):
@@ -143,6 +156,10 @@ class Browsing(LocalBase):
                     docs.setdefault(doc_id, set()).add("your booking")
                     if not final:
                         unsettled.add(doc_id)
+                for shop, day in await self._booked_days(tx, identity.user_id):
+                    doc_id = str(DocId.bookings(shop, day))
+                    docs.setdefault(doc_id, set()).add("your booking")
+                    booked[doc_id] = shop
         if today is None:
             today = _dt.datetime.fromtimestamp(self._now_ms() / 1000).date()
         cutoff = (today - _dt.timedelta(days=1)).isoformat()
@@ -152,12 +169,26 @@ class Browsing(LocalBase):
             if doc.startswith("bookings:") and doc.rsplit(":", 1)[1] < cutoff
             and doc not in waiting and doc not in unsettled
         ]  # fmt: skip
-        if settled:
+        for doc in settled:
+            del docs[doc]
+        released = [doc for doc in settled if doc in subscribed]
+        if released:
             async with self.store.transaction() as tx:
-                for doc in settled:
+                for doc in released:
                     await tx.unsubscribe(doc)
-                    del docs[doc]
+        for doc, shop in booked.items():
+            if doc in docs:  # the slots of a booked day: its verdict needs their capacities
+                docs.setdefault(f"shop:{shop}", set()).add("your booking")
         return docs
+
+    async def _booked_days(self, tx: Tx, user: str) -> frozenset[tuple[str, str]]:
+        """The (shop id, day) pairs the user's own document lists (``booked_day`` records)."""
+        doc = str(DocId.user(user))
+        replica = (await self._load(tx, doc)).replica
+        key = (doc, replica.state_vector())
+        if self._days_read is None or self._days_read[0] != key:
+            self._days_read = (key, frozenset(booked_days(replica, user)))
+        return self._days_read[1]
 
     async def unfollow(self, doc_id: str) -> None:
         """Stop keeping ``doc_id`` up to date (``following``); its data stays here.

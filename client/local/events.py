@@ -6,7 +6,8 @@ frozen dataclass per kind gives both a stable shape (``to_dict``) and an ``isins
 
 Booking events come from the verdict: :func:`booking_event` turns one
 :class:`crdt_core.verdict.VerdictChange` into the event the user should hear about. The local
-store emits them itself after each committed batch; the sync engine emits the connection events
+store emits them itself after each committed batch, and :class:`ChangeAcked` when a sync engine
+marks a queued change acknowledged; the sync engine emits the connection events
 (:class:`Synced`, :class:`RelayUnreachable`, ...) through ``LocalClient.emit``.
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "BookingDuplicate",
     "BookingTooLarge",
     "BookingWaitlisted",
+    "ChangeAcked",
     "ClientEvent",
     "LoggedOut",
     "RelayReachable",
@@ -147,6 +149,20 @@ class BookingRejected(ClientEvent):
     doc_id: str
     code: str
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeAcked(ClientEvent):
+    """The relay durably holds one queued change (its outbox entry is gone): a booking, a status
+    event, a listed day, shop data, or what this device carried for a peer. One per entry, the
+    same fields as :class:`BookingRejected`; a booking's verdict comes with the relay's stamp, as a
+    :class:`BookingEvent`. Like every event, the oldest are dropped when nobody reads them."""
+
+    entry_id: int
+    entity_type: str
+    entity_id: str
+    operation: str
+    doc_id: str
 
 
 @dataclass(frozen=True, kw_only=True)

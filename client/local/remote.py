@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from client.local import projections as proj
 from client.local.base import LocalBase
-from client.local.events import BookingRejected
+from client.local.events import BookingRejected, ChangeAcked
 from client.local.model import (
     _T,
     BatchFailure,
@@ -176,7 +176,20 @@ class RemoteSync(LocalBase):
         return await self.store.outbox_counts()
 
     async def mark_acked(self, entry_id: int) -> bool:
-        return await self.store.mark_acked(entry_id)
+        """The relay durably holds a queued change: drop it from the outbox and emit
+        :class:`ChangeAcked`. False, and no event, when it was gone already (an ack repeated
+        after a reconnect, or another process sharing the profile took it)."""
+        taken = await self.store.take_acked(entry_id)
+        if taken is None:
+            return False
+        entity_type, entity_id, operation, doc_id = taken
+        self.emit(
+            ChangeAcked(
+                at_ms=self._now_ms(), entry_id=entry_id, entity_type=entity_type, entity_id=entity_id,
+                operation=operation, doc_id=doc_id,
+            )
+        )  # fmt: skip
+        return True
 
     async def mark_retry(self, entry_id: int, error: str) -> bool:
         return await self.store.mark_retry(entry_id, error)

@@ -949,9 +949,17 @@ class Store:
 
     async def mark_acked(self, entry_id: int) -> bool:
         """The relay durably has the entry: delete it. Idempotent; False if it was already gone."""
+        return await self.take_acked(entry_id) is not None
+
+    async def take_acked(self, entry_id: int) -> tuple[str, str, str, str] | None:
+        """:meth:`mark_acked`, returning what the entry was: ``(entity_type, entity_id,
+        operation, doc_id)``, or None if it was already gone."""
         async with self.transaction() as tx:
-            row = await tx.fetchone("DELETE FROM outbox WHERE id = ? RETURNING id", (entry_id,))
-        return row is not None
+            row = await tx.fetchone(
+                "DELETE FROM outbox WHERE id = ? RETURNING entity_type, entity_id, operation, doc_id",
+                (entry_id,),
+            )
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), str(row[3]))
 
     async def mark_retry(self, entry_id: int, error: str) -> bool:
         """A retryable failure: count it and keep the entry pending (the engine retries on a timer)."""

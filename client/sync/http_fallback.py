@@ -510,6 +510,11 @@ class HttpSync:
                 docs += [e.doc_id for e in await self.local.pending_entries()] + resend
                 docs = list(dict.fromkeys(docs))
                 await self.catch_up(docs, resend=resend)
+                # The user's document may list days booked on other devices: fetch those too.
+                more = [d for d in await self.local.subscribed_docs() if d not in docs]
+                if more:
+                    await self.catch_up(more)
+                    docs += more
                 retry_until = time.monotonic() + retry_window_s
                 for _ in range(_MAX_ROUNDS):
                     self._follow = set()

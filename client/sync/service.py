@@ -326,6 +326,14 @@ class SyncService(ServiceBase):
         summary.docs = tuple(sorted(set(summary.docs) | set(new)))
         await session.wait_for(session.subs_answered(new), self.response_timeout_s)
         await session.flush_outbox()
+        # What just arrived can widen what is followed: the user's document lists the days the
+        # user booked on other devices (``LocalClient.following``). Subscribe those too, once,
+        # so a new device shows every booking after its first sync.
+        more = await session.subscribe(await self.local.subscribed_docs())
+        if more:
+            summary.docs = tuple(sorted(set(summary.docs) | set(more)))
+            await session.wait_for(session.subs_answered(more), self.response_timeout_s)
+            new = new + more
         return new
 
     # --- one round -----------------------------------------------------------------------------

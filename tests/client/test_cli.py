@@ -241,8 +241,12 @@ def test_last_seat_contended_offline_end_to_end(relay: FixedPortRelay, tmp_path:
             assert out["reservation"]["final"] is False
             booked[name] = out["reservation"]["reservation_id"]
         status = alice.json("status", "status")
-        assert status["relay_reachable"] is False and status["pending"] == 1 and status["queue_size"] == 1
-        assert status["entries"][0]["entity_id"] == booked["alice"]
+        # Queued: the booking, and its day listed in Alice's own document (for her other devices).
+        assert status["relay_reachable"] is False and status["pending"] == 2 and status["queue_size"] == 2
+        assert [(e["entity_type"], e["entity_id"]) for e in status["entries"]] == [
+            ("reservation", booked["alice"]),
+            ("booked_day", f"{SHOP}/{DAY}"),
+        ]
         alice.json("error", "sync", code=5)
         human = bob.run("book", SHOP, DAY, SLOT, "--party", "0")
         assert human.returncode == 2
@@ -321,10 +325,18 @@ def test_sync_watch_prints_events_until_interrupted(
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # the first event: synced (the queued changes went out)
-        event = json.loads(line)
+        # The queued changes go out first, each told as acknowledged; then synced.
+        acked = []
+        while (event := json.loads(proc.stdout.readline()))["type"] == "change_acked":
+            check(event, SCHEMAS["event"])
+            acked.append((event["entity_type"], event["operation"], event["doc_id"]))
         check(event, SCHEMAS["event"])
         assert event["type"] == "synced", event
+        assert sorted(acked) == [
+            ("shop", "create", "catalog"),
+            ("shop", "create", f"shop:{shop}"),
+            ("slot", "create", f"shop:{shop}"),
+        ]
     finally:
         proc.send_signal(signal.SIGINT)  # stop cleanly
         out, err = proc.communicate(timeout=20)

@@ -103,7 +103,8 @@ async def test_a_profile_books_cancels_and_catches_up_with_websockets_blocked(
     mine = await alice.book(shop, DAY, SLOT)
     drain(alice)
     booked = await alice_sync.sync_once()
-    assert booked.acked == 1 and booked.pending == 0 and not booked.rejected, booked
+    # Two writes acked: the booking, and its day listed in the user's own document.
+    assert booked.acked == 2 and booked.pending == 0 and not booked.rejected, booked
     row = await alice.reservation(mine.reservation_id)
     assert row is not None and row.state is ClaimState.CONFIRMED and row.stamp is not None
     events = drain(alice)
@@ -260,7 +261,7 @@ async def test_a_websocket_dropped_before_the_first_message_falls_back_to_http(
         assert svc.last_transport == "http" and "1006" in svc.transport_reason, svc.transport_reason
         mine = await kim.book(shop, DAY, SLOT)
         summary = await svc.sync_once()
-        assert summary.acked == 1 and summary.pending == 0, summary
+        assert summary.acked == 2 and summary.pending == 0, summary  # the booking, its listed day
         row = await kim.reservation(mine.reservation_id)
         assert row is not None and row.state is ClaimState.CONFIRMED and row.stamp is not None
         assert proxy.counters["cut"] >= 1

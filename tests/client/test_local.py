@@ -25,7 +25,7 @@ from crdt_core.authoring import write_stamps
 from crdt_core.certs import SigningKey
 from crdt_core.engine import Replica
 from crdt_core.errors import ValidationError
-from crdt_core.reader import read_bookings
+from crdt_core.reader import booked_days, read_bookings
 from crdt_core.schema import DocId
 from crdt_core.verdict import ClaimState, compute_verdict
 from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, push, setup_shop
@@ -33,6 +33,7 @@ from tests.support.crdt_factory import HOUR_MS, NOW_MS, World, fixed_seed_key, r
 
 DOC = f"bookings:{SHOP}:{DAY}"
 SHOP_DOC = f"shop:{SHOP}"
+LISTED = f"{SHOP}/{DAY}"  # the outbox entity of the user's first booking that day: its booked_day
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +104,7 @@ async def test_offline_book_writes_document_outbox_and_projection_together(
     assert res == await alice.reservation(res.reservation_id)
     assert res.start == "10:00" and res.service == "haircut"
 
-    (entry,) = await alice.pending_entries()
+    entry, listed = await alice.pending_entries()
     assert (entry.entity_type, entry.entity_id, entry.operation, entry.doc_id) == (
         "reservation",
         res.reservation_id,
@@ -114,6 +115,17 @@ async def test_offline_book_writes_document_outbox_and_projection_together(
     scratch = Replica()
     scratch.apply_update(entry.payload)
     assert list(read_bookings(scratch, DOC).reservations) == [res.reservation_id]
+    # The first booking of the day also lists the day in the user's own document, for the
+    # user's other devices (same transaction, an entry of its own).
+    assert (listed.entity_type, listed.entity_id, listed.operation, listed.doc_id) == (
+        "booked_day",
+        LISTED,
+        "create",
+        "user:u-alice",
+    )
+    scratch = Replica()
+    scratch.apply_update(listed.payload)
+    assert booked_days(scratch, "u-alice") == {(SHOP, DAY)}
 
     (slot,) = await alice.slots(SHOP, DAY)
     assert (slot.capacity, slot.seats_taken, slot.seats_left, slot.known) == (2, 2, 0, True)
@@ -124,7 +136,7 @@ async def test_offline_book_writes_document_outbox_and_projection_together(
     assert again.user_id == "u-alice"  # identity restored from meta + the secret store
     (mine,) = await again.reservations()
     assert mine == res
-    assert len(await again.pending_entries()) == 1
+    assert await again.pending_entries() == [entry, listed]
     assert read_bookings(Replica(), DOC).reservations == {}
     doc = await again.document(DOC)
     assert list(doc["reservations"]) == [res.reservation_id]
@@ -141,6 +153,11 @@ async def test_relay_stamp_makes_the_booking_final_confirmed(
     drain(alice)
     stamps = await push(alice, relay)
     assert await alice.pending_entries() == []
+    # Each ack is told (the booking, then its listed day); the verdict waits for the stamp.
+    assert [(e.type, getattr(e, "entity_type", None)) for e in drain(alice)] == [
+        ("change_acked", "reservation"),
+        ("change_acked", "booked_day"),
+    ]
     ((doc_id, stamp_update),) = stamps
 
     changes = await alice.apply_remote(doc_id, stamp_update)
@@ -185,6 +202,7 @@ async def test_last_seat_contention_peer_exchange_and_relay_order(
     # Store-and-forward: what came from the peer is queued for the relay too.
     assert [(e.entity_type, e.operation) for e in await alice.pending_entries()] == [
         ("reservation", "create"),
+        ("booked_day", "create"),
         ("update", "forward"),
     ]
 
@@ -254,14 +272,15 @@ async def test_rejected_entries_are_terminal_and_do_not_block(
     r1 = await alice.book(SHOP, DAY, "cut-10")
     r2 = await alice.book(SHOP, DAY, "cut-10")
     r3 = await alice.book(SHOP, DAY, "cut-10")
-    e1, e2, e3 = await alice.pending_entries()
+    listed, e1, e2, e3 = sorted(await alice.pending_entries(), key=lambda e: e.entity_type != "booked_day")
+    assert listed.entity_id == LISTED and e1.id < listed.id < e2.id  # the day is listed once
     drain(alice)
 
     # The sync engine hits a retryable failure on the head, then the relay refuses the second.
     assert await alice.mark_retry(e1.id, "relay unreachable")
     assert (await alice.pending_entries())[0].retry_count == 1
     await alice.mark_rejected(e2.id, "revoked", "certificate revoked")
-    assert [e.id for e in await alice.pending_entries()] == [e1.id, e3.id]
+    assert [e.id for e in await alice.pending_entries()] == [e1.id, listed.id, e3.id]
     (gone,) = await alice.rejected_entries()
     assert (gone.entity_id, gone.reject_code, gone.reject_reason) == (
         r2.reservation_id,
@@ -537,7 +556,8 @@ async def test_two_processes_sharing_a_profile_never_lose_each_others_writes(
     assert len(set(hlcs)) == 6
     for c in (first, second):
         assert sorted((await c.document(DOC))["reservations"]) == sorted(booked)
-    assert {e.entity_id for e in await first.pending_entries()} == set(booked)
+    # The day is listed in the user's document once, though both processes booked in it.
+    assert sorted(e.entity_id for e in await first.pending_entries()) == sorted([*booked, LISTED])
     await first.close()
     await second.close()
     third = await open_profile(tmp_path / "alice", world)
@@ -610,7 +630,8 @@ async def test_logout_forgets_identity_and_secrets(tmp_path: Path, world: World,
     assert alice.identity is None
     assert alice.secrets.tokens() is None and alice.secrets.device_key() is None
     assert isinstance(drain(alice)[-1], LoggedOut)
-    assert len(await alice.pending_entries()) == 1  # queued work is kept for the next login
+    queued = [e.entity_type for e in await alice.pending_entries()]
+    assert queued == ["reservation", "booked_day"]  # queued work is kept for the next login
     await alice.close()
     again = await LocalClient.open(
         tmp_path / "alice", secret_store=SecretStore(tmp_path / "alice", backend="file")
@@ -673,7 +694,8 @@ async def test_a_booking_after_another_process_committed_is_redone_not_lost(
             read_bookings(client._docs[f"bookings:{SHOP}:{DAY}"].replica, f"bookings:{SHOP}:{DAY}"),
             {"cut-10": 3},
         )
-        assert {e.entity_id for e in await client.pending_entries()} == ids
+        # Nothing queued twice, the day listed once (the redone booking saw the other's listing).
+        assert sorted(e.entity_id for e in await client.pending_entries()) == sorted([*ids, LISTED])
         assert {r.reservation_id: r.state for r in await client.reservations()} == {
             r.reservation_id: r.state for r in booked
         }

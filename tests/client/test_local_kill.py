@@ -25,7 +25,7 @@ from client.local.client import LocalClient
 from client.storage.secrets import SecretStore
 from client.storage.store import DB_FILE
 from crdt_core.engine import Replica
-from crdt_core.reader import read_bookings
+from crdt_core.reader import booked_days, read_bookings
 from tests.support.clients import DAY, SHOP, FakeRelay, close_all, open_profile, pull, setup_shop
 from tests.support.crdt_factory import NOW_MS, World
 
@@ -112,12 +112,14 @@ async def check_profile(profile: Path, world: World, acknowledged: list[str]) ->
         whole.apply_update(await client.diff(DOC, b"\x00"))
         held = read_bookings(whole, DOC)
         # ... and what the outbox would deliver.
+        pending = await client.pending_entries()
+        entries = [e for e in pending if e.doc_id == DOC]
+        listed = [e for e in pending if e.doc_id != DOC]
         queued = Replica()
-        for entry in await client.pending_entries():
+        for entry in entries:
             queued.apply_update(entry.payload)
         doc = read_bookings(queued, DOC)
 
-        entries = await client.pending_entries()
         creates = [e.entity_id for e in entries if e.operation == "create"]
         cancels = [e.entity_id for e in entries if e.operation == "cancel"]
         # One entry per local transaction, none twice.
@@ -137,6 +139,18 @@ async def check_profile(profile: Path, world: World, acknowledged: list[str]) ->
                 assert list(got.reservations) == [entry.entity_id] and not got.events
             else:
                 assert [ev.reservation for ev in got.events.values()] == [entry.entity_id]
+        # The day is listed in the user's document (for the user's other devices) in the same
+        # transaction as the first booking: listed exactly when a booking is held, and once.
+        user = Replica()
+        user.apply_update(await client.diff("user:u-alice", b"\x00"))
+        assert booked_days(user, "u-alice") == ({(SHOP, DAY)} if held.reservations else set())
+        assert [(e.entity_type, e.doc_id) for e in listed] == [("booked_day", "user:u-alice")] * bool(
+            held.reservations
+        )
+        for entry in listed:
+            one = Replica()
+            one.apply_update(entry.payload)
+            assert booked_days(one, "u-alice") == {(SHOP, DAY)}
         # Whatever a child reported done is durable.
         for line in acknowledged:
             kind, rid = line.split()

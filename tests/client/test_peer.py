@@ -322,8 +322,12 @@ async def test_peer_sync_exchanges_both_ways_and_bookings_stay_tentative(
     assert await owner.document(BOOKINGS) == await alice.document(BOOKINGS)
     # A peer's ack is not the relay's: Alice's booking is still queued for the relay, and what the
     # tablet stored from her is queued there too (store-and-forward), one entry per transaction.
-    assert [e.entity_id for e in await alice.pending_entries() if e.operation == "create"] == [
-        booked.reservation_id
+    # Her day listed in her own document waits for the relay too: no peer holds that document.
+    assert [
+        (e.entity_type, e.entity_id) for e in await alice.pending_entries() if e.operation == "create"
+    ] == [
+        ("reservation", booked.reservation_id),
+        ("booked_day", f"{SHOP}/{DAY}"),
     ]
     forwarded = [e for e in await owner.pending_entries() if e.id not in owner_entries]
     assert forwarded and {e.operation for e in forwarded} == {"forward"}

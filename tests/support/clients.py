@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.local.client import LocalClient
+from client.local.events import ClientEvent
 from client.storage.secrets import SecretStore
 from crdt_core.authoring import write_stamps
 from crdt_core.engine import EMPTY_UPDATE, Replica
@@ -93,6 +94,14 @@ async def open_profile(
         author = world.device(user, roles=roles, owner_of=owner_of, staff_of=staff_of)
         await client.set_identity(user, author.device, world.trusted)
     return client
+
+
+def drain(client: LocalClient) -> list[ClientEvent]:
+    """The events the client queued so far, oldest first (the queue is left empty)."""
+    out: list[ClientEvent] = []
+    while not client.events.empty():
+        out.append(client.events.get_nowait())
+    return out
 
 
 async def close_all() -> None:
