@@ -61,11 +61,11 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 class FastWriter:
-    """Direct writes on uvicorn's sans-I/O protocol object behind one Starlette websocket.
+    """Direct writes on uvicorn's sans-I/O protocol object behind one ASGI websocket.
 
-    Starlette keeps the ASGI ``receive`` callable it was given (``WebSocket._receive``); under
-    uvicorn's sans-I/O implementation, with no middleware wrapping ``receive`` for websockets (as
-    in the relay app), that is the protocol's bound ``receive`` method. From the protocol: its
+    Under uvicorn's sans-I/O implementation, with no middleware wrapping ``receive`` for
+    websockets (the relay serves its sync socket outermost: ``relay.http.sync_socket``), the ASGI
+    ``receive`` callable is the protocol's bound ``receive`` method. From the protocol: its
     ``websockets`` connection (``conn.send_binary``, ``conn.data_to_send``) frames messages, its
     ``transport`` writes them, and ``writable``, ``disconnected``, ``close_sent`` and
     ``handshake_complete`` are the flow control and state checks uvicorn's own ``send`` makes.
@@ -77,9 +77,9 @@ class FastWriter:
         self._proto = proto
 
     @classmethod
-    def of(cls, ws: Any) -> FastWriter | None:
-        """The fast writer for Starlette websocket ``ws``, or None off uvicorn's sans-I/O."""
-        proto = getattr(getattr(ws, "_receive", None), "__self__", None)
+    def of(cls, receive: Any) -> FastWriter | None:
+        """The fast writer behind ASGI ``receive``, or None off uvicorn's sans-I/O."""
+        proto = getattr(receive, "__self__", None)
         if proto is None or not isinstance(proto, WebSocketsSansIOProtocol):
             return None
         if not all(hasattr(proto, name) for name in cls._NEEDED):
