@@ -312,7 +312,6 @@ class SyncHub:
             # switch tasks) or at authentication, whichever comes first.
             conn.anonymous_key = key
         self.connections.add(conn)
-        writer = asyncio.create_task(conn.writer(), name=f"sync-writer-{conn.id}")
         try:
             if header_token is not None:
                 self._authenticate(conn, header_token, header_proof)
@@ -321,9 +320,11 @@ class SyncHub:
             self._drop(conn)
             if conn.closing is None:
                 conn.close(CloseCode.NORMAL, "")
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(writer, timeout=2.0)
-            writer.cancel()
+            writer = conn.writer_task  # started by the close at the latest
+            if writer is not None:
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(writer, timeout=2.0)
+                writer.cancel()
 
     async def _read_loop(self, conn: SyncConnection) -> None:
         deadline = time.monotonic() + self.limits.auth_deadline_s
