@@ -198,10 +198,14 @@ class SyncExtension:
             )
             return
         proof = (header(scope, PROOF_HEADER), header(scope, PROOF_TIME_HEADER))
+        token = bearer_token(header(scope, "authorization"))
+        # Nothing reads the request headers again, and the server's scope would keep them (about
+        # 2 KiB) for as long as the connection lives.
+        scope["headers"] = []
         transport = AsgiTransport(receive, send)
         if self._writers is not None:
             self._writers.labels(writer=transport.writer).inc()
-        await hub.serve(transport, bearer_token(header(scope, "authorization")), proof, client_host(scope))
+        await hub.serve(transport, token, proof, client_host(scope))
 
     async def start(self, ctx: RelayContext) -> None:
         commit_latency = ctx.metrics.histogram(

@@ -98,3 +98,51 @@ def test_the_sync_socket_is_served_outside_fastapis_routing(tmp_path: Path) -> N
         assert closed.value.code >= 4000 or closed.value.code == 1002, closed.value.code
         with pytest.raises(WebSocketDisconnect), client.websocket_connect("/api/v1/other") as ws:
             ws.receive_bytes()
+
+
+async def test_the_opening_handshake_is_let_go_once_answered() -> None:
+    """An idle connection keeps neither uvicorn's handshake request and response nor the
+    scope's request headers (about 6 KiB a connection), and the hub still gets what it needs."""
+    import uvicorn
+    from websockets.asyncio.client import connect as aconnect
+
+    from relay.http.sync_socket import SyncExtension
+    from relay.http.ws_protocol import RelayWebSocketProtocol
+    from relay.ops.config import RelayConfig
+
+    seen: dict[str, Any] = {}
+    ext = SyncExtension(RelayConfig(data_dir=Path("unused")))
+
+    class Hub:
+        async def serve(self, transport: AsgiTransport, token: str | None, proof: Any, client: Any) -> None:
+            proto = transport._fast._proto if transport._fast is not None else None
+            seen.update(token=token, proof=proof, client=client, proto=proto)
+            await transport.send(b"hello")
+            await transport.recv()
+
+    ext.hub = Hub()  # type: ignore[assignment]
+    scopes: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scopes.append(scope)
+            await ext.serve_socket(scope, receive, send)
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=RelayWebSocketProtocol, lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    headers = {"Authorization": "Bearer tok", "QuickSlot-Proof": "p", "QuickSlot-Proof-Time": "1"}
+    async with aconnect(f"ws://127.0.0.1:{port}/api/v1/sync", additional_headers=headers) as ws:
+        assert await ws.recv() == b"hello"
+        proto = seen["proto"]
+        assert isinstance(proto, RelayWebSocketProtocol)
+        assert proto.request is None and proto.response is None
+        assert scopes[0]["headers"] == []
+    assert seen["token"] == "tok" and seen["proof"] == ("p", "1") and seen["client"] == "127.0.0.1"
+    server.should_exit = True
+    await task
