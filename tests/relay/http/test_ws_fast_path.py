@@ -146,3 +146,17 @@ async def test_the_opening_handshake_is_let_go_once_answered() -> None:
     assert seen["token"] == "tok" and seen["proof"] == ("p", "1") and seen["client"] == "127.0.0.1"
     server.should_exit = True
     await task
+
+
+def test_the_server_runs_the_sync_socket_ahead_of_the_whole_app(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+
+    from relay.http.app import create_app
+    from relay.http.sync_socket import sync_socket_first
+    from relay.ops.config import RelayConfig
+
+    app = create_app(RelayConfig(data_dir=tmp_path / "data"))
+    outer = sync_socket_first(app)
+    assert isinstance(outer, SyncSocketRoute) and outer.app is app
+    plain = FastAPI()
+    assert sync_socket_first(plain) is plain
