@@ -34,7 +34,15 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["CLIENT_DOMAIN", "GENERATIONS", "client_id_for", "client_ids_of", "generation_of", "owns_client"]
+__all__ = [
+    "CLIENT_DOMAIN",
+    "GENERATIONS",
+    "client_id_for",
+    "client_ids_of",
+    "forget_derived",
+    "generation_of",
+    "owns_client",
+]
 
 CLIENT_DOMAIN = b"quickslot-client-v1\x00"
 #: How many client ids one signer has. A device moves to the next one after a refusal in a
@@ -76,6 +84,11 @@ def _entry(signer: str) -> _Derived:
             _derived.pop(next(iter(_derived)), None)
         entry = _derived[signer] = _Derived()
     return entry
+
+
+def forget_derived() -> None:
+    """Drop every cached id: what a fresh process has (benchmarks of a fresh client's catch-up)."""
+    _derived.clear()
 
 
 def generation_of(signer: str, client_id: int) -> int | None:

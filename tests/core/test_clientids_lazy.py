@@ -36,6 +36,8 @@ def test_a_miss_then_a_late_generation_still_found() -> None:
     assert generation_of(signer, client_id_for(signer, 3)) == 3
     ids = client_ids_of(signer)
     assert ids == {client_id_for(signer, g): g for g in range(GENERATIONS)}
+    clientids.forget_derived()  # a fresh process: the same answers, derived again
+    assert generation_of(signer, client_id_for(signer, 5)) == 5 and generation_of(signer, 12345) is None
 
 
 def test_first_generation_costs_one_derivation(monkeypatch: pytest.MonkeyPatch) -> None:
