@@ -247,6 +247,9 @@ def test_the_repeat_index_built_from_the_maps_equals_the_one_built_from_the_diff
     from_diff.catch_up(day)
     from_diff.seen.discard(("none", "none"))
     assert from_maps.claims == from_diff.claims and len(from_maps.seen) == 5
+    assert not from_maps.stamp_of and len(from_maps.unparsed_stamps) == 1  # read when needed
+    from_maps.parse_stamps()
+    from_diff.parse_stamps()
     assert from_maps.stamp_of == from_diff.stamp_of == {first.id: 1}
     assert from_maps.ends == from_diff.ends and first.id in from_maps.ends
     assert from_maps.vector == day.state_vector() and from_maps.mark == day.journal_mark()
