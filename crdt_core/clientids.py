@@ -33,9 +33,16 @@ not one per write.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 
-__all__ = ["CLIENT_DOMAIN", "GENERATIONS", "client_id_for", "client_ids_of", "generation_of", "owns_client"]
+__all__ = [
+    "CLIENT_DOMAIN",
+    "GENERATIONS",
+    "client_id_for",
+    "client_ids_of",
+    "forget_derived",
+    "generation_of",
+    "owns_client",
+]
 
 CLIENT_DOMAIN = b"quickslot-client-v1\x00"
 #: How many client ids one signer has. A device moves to the next one after a refusal in a
@@ -53,17 +60,66 @@ def client_id_for(signer: str, generation: int) -> int:
     return int.from_bytes(digest[:7], "big") >> 3
 
 
-@lru_cache(maxsize=65536)
+#: Signers whose ids are cached; a cache entry holds the ids of a prefix of the generations.
+_CACHE_LIMIT = 65_536
+
+
+class _Derived:
+    """The ids of ``signer``'s generations 0..upto-1, derived lazily in generation order."""
+
+    __slots__ = ("ids", "upto")
+
+    def __init__(self) -> None:
+        self.ids: dict[int, int] = {}
+        self.upto = 0
+
+
+_derived: dict[str, _Derived] = {}
+
+
+def _entry(signer: str) -> _Derived:
+    entry = _derived.get(signer)
+    if entry is None:
+        if len(_derived) >= _CACHE_LIMIT:
+            _derived.pop(next(iter(_derived)), None)
+        entry = _derived[signer] = _Derived()
+    return entry
+
+
+def forget_derived() -> None:
+    """Drop every cached id: what a fresh process has (benchmarks of a fresh client's catch-up)."""
+    _derived.clear()
+
+
+def generation_of(signer: str, client_id: int) -> int | None:
+    """Which generation of ``signer`` ``client_id`` is, or None if it is not ``signer``'s.
+
+    Derives ``signer``'s ids in generation order only as far as needed and caches them per signer:
+    a device writes under generation 0 unless the relay refused one of its writes, so a signer
+    seen for the first time (a catch-up holds one certificate per booking device) usually costs
+    one hash instead of all ``GENERATIONS``. An id that is not the signer's costs all of them,
+    once per signer; later misses are dictionary lookups. The answer is the same as comparing
+    ``client_id`` with every ``client_id_for(signer, g)``.
+    """
+    entry = _entry(signer)
+    found = entry.ids.get(client_id)
+    if found is not None:
+        return found
+    for g in range(entry.upto, GENERATIONS):
+        derived = client_id_for(signer, g)
+        entry.ids.setdefault(derived, g)
+        entry.upto = g + 1
+        if derived == client_id:
+            return g
+    return None
+
+
 def client_ids_of(signer: str) -> dict[int, int]:
     """``{client id: generation}`` for every id ``signer`` may write under (cached per signer)."""
-    return {client_id_for(signer, g): g for g in range(GENERATIONS)}
+    generation_of(signer, -1)  # no id is negative: derives them all
+    return dict(_entry(signer).ids)
 
 
 def owns_client(signer: str, client_id: int) -> bool:
     """Whether a struct under ``client_id`` may carry a record signed by ``signer``."""
-    return client_id in client_ids_of(signer)
-
-
-def generation_of(signer: str, client_id: int) -> int | None:
-    """Which generation of ``signer`` ``client_id`` is, or None if it is not ``signer``'s."""
-    return client_ids_of(signer).get(client_id)
+    return generation_of(signer, client_id) is not None

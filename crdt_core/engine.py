@@ -311,7 +311,13 @@ class Replica:
         """
         if mark < self._journal_from - 1 or mark > self._journal_seq:
             return None
-        return [u for n, u in self._journal if n > mark]
+        newer: list[bytes] = []
+        for n, u in reversed(self._journal):  # numbered in order: read back to the mark only
+            if n <= mark:
+                break
+            newer.append(u)
+        newer.reverse()
+        return newer
 
     def diff(self, state_vector: bytes) -> bytes:
         """Exactly what a peer with ``state_vector`` lacks (Yjs sync step 2)."""

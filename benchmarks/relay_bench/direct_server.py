@@ -169,7 +169,7 @@ async def main_async(args: argparse.Namespace) -> None:
         transport = BatchingTransport(ws) if args.batch_writes else WebsocketsTransport(ws)
         headers = ws.request.headers
         proof = (headers.get(PROOF_HEADER), headers.get(PROOF_TIME_HEADER))
-        await hub.serve(transport, bearer_token(headers), proof)
+        await hub.serve(transport, bearer_token(headers.get("authorization")), proof)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

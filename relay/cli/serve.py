@@ -63,6 +63,7 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
     import uvicorn
 
     from relay.http.app import create_app
+    from relay.http.sync_socket import sync_socket_first
     from relay.http.ws_protocol import RelayWebSocketProtocol
     from relay.ops.fdlimit import AcceptErrorThrottle
     from relay.ops.malloc_tuning import tune_malloc_and_log
@@ -94,7 +95,7 @@ def serve(config: RelayConfig, *, forwarded_allow_ips: str | None = None) -> int
             ctx.begin_shutdown(then=lambda: uvicorn.Server.handle_exit(self, sig, frame))
 
     uv_config = uvicorn.Config(
-        app,
+        sync_socket_first(app),
         host=config.host,
         port=config.port,
         # uvicorn's websockets-sansio protocol with the pong backlog bounded (relay.http.ws_protocol).

@@ -131,9 +131,10 @@ def create_app(
     _uptime = metrics.gauge("relay_uptime_seconds", "Seconds since the relay app was created")
     _uptime.set_function(lambda: time.time() - ctx.started_at)
     metrics.gauge("relay_build_info", "Relay version", ["version"]).labels(version=SERVER_VERSION).set(1)
-    for ext in exts:
-        ext.install(app, ctx)
-    # Middleware wraps everything added above; the websocket scope passes straight through.
+    # Middleware wraps every route, whenever added; the websocket scope passes straight through.
+    # An extension's own middleware comes after, so outside these (the sync socket's).
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_AUTH_BODY_BYTES)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    for ext in exts:
+        ext.install(app, ctx)
     return app

@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from typing import Any
 
-from fastapi import FastAPI, WebSocket
-from starlette.websockets import WebSocketDisconnect
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crdt_core.pop import PROOF_HEADER, PROOF_TIME_HEADER
 from crdt_core.reader import highest_stamp
@@ -35,6 +34,7 @@ from relay.fanout import open_fanout
 from relay.http.ws_protocol import FALLBACK, FAST_PATH, FastWriter
 from relay.ops.config import RelayConfig, SyncLimits
 from relay.ops.logging import get_logger, log_event
+from relay.ops.metrics import Counter
 from relay.store.open import AnyDocumentStore, open_document_store, store_description
 from relay.sync.hub import SyncHub
 from relay.sync.stamp_hold import open_stamp_hold
@@ -43,11 +43,13 @@ log = get_logger(__name__)
 
 
 class AsgiTransport:
-    """Adapts Starlette's websocket to the hub's :class:`relay.sync.hub.Transport`."""
+    """Adapts an ASGI websocket (its ``receive`` and ``send``, after the accept) to the hub's
+    :class:`relay.sync.hub.Transport`."""
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self._fast = FastWriter.of(ws)
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._fast = FastWriter.of(receive)
 
     @property
     def writer(self) -> str:
@@ -56,10 +58,10 @@ class AsgiTransport:
 
     async def recv(self) -> bytes | str | None:
         try:
-            message = await self.ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
+            message = await self._receive()
+        except Exception:  # the server's receive after the peer went: gone either way
             return None
-        if message["type"] == "websocket.disconnect":
+        if message["type"] != "websocket.receive":
             return None
         data: bytes | None = message.get("bytes")
         if data is not None:
@@ -68,7 +70,7 @@ class AsgiTransport:
         return text if text is not None else b""
 
     async def send(self, data: bytes) -> None:
-        await self.ws.send_bytes(data)
+        await self._send({"type": "websocket.send", "bytes": data})
 
     def write_now(self, items: list[bytes]) -> bool:
         """Frame and write ``items`` at once, with one socket write, if the socket is open and not
@@ -88,11 +90,11 @@ class AsgiTransport:
                 fast.write(items)
                 return
         for data in items:  # off the fast path, or closing: the ordinary path raises or refuses
-            await self.ws.send_bytes(data)
+            await self.send(data)
 
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     def abort(self) -> None:
         """Drop the TCP connection now, without the closing handshake (off the fast path:
@@ -102,19 +104,69 @@ class AsgiTransport:
             self._fast.abort()
 
 
-def bearer_token(headers: Any) -> str | None:
-    value = headers.get("authorization")
-    if not value:
+def header(scope: Scope, name: str) -> str | None:
+    """The first value of request header ``name`` (any case) in an ASGI scope, as Starlette reads it."""
+    wanted = name.lower().encode("latin-1")
+    for key, value in scope.get("headers", ()):
+        if key == wanted:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None without the header, "" if malformed."""
+    if not authorization:
         return None
-    scheme, _, token = value.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 
 
-def client_host(ws: WebSocket) -> str | None:
+def client_host(scope: Scope) -> str | None:
     """The client's address as the REST rate limits see it (``relay.http.api._client_address``):
     the ASGI scope's ``client``, which uvicorn rewrites from ``X-Forwarded-For`` when the peer is
     a proxy trusted with ``--forwarded-allow-ips``."""
-    return ws.client.host if ws.client else None
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+#: Where clients open the sync websocket.
+SYNC_PATH = "/api/v1/sync"
+
+
+def sync_socket_first(app: FastAPI) -> ASGIApp:
+    """What the ASGI server should run: ``app`` behind its own :class:`SyncSocketRoute`, so a
+    sync socket skips even FastAPI's and Starlette's outermost layers (about 1.4 KiB of frames
+    per idle connection); ``app`` itself when it serves no sync socket. The route stays in the
+    app too, for whoever runs the app directly (tests)."""
+    for middleware in app.user_middleware:
+        extension = middleware.kwargs.get("extension")
+        if getattr(middleware, "cls", None) is SyncSocketRoute and isinstance(extension, SyncExtension):
+            return SyncSocketRoute(app, extension=extension)
+    return app
+
+
+class SyncSocketRoute:
+    """ASGI middleware that serves the sync websocket itself, outside FastAPI's routing.
+
+    Why: a sync connection lives for hours, mostly idle, and every layer it passes through keeps
+    a coroutine frame and its per-connection objects alive as long as it does. Behind FastAPI
+    that was Starlette's error and exception middleware, its router, FastAPI's websocket route
+    with two dependency exit stacks, the app's HTTP-only middleware and a Starlette
+    ``WebSocket``: about 9 KiB of the 43 KiB each idle connection cost (tracemalloc over 1,000
+    idle connections; docs/benchmarks.md, "Relay"). Installed outermost, it hands the sync path's
+    ``receive`` and ``send`` straight to the hub; every other scope goes on to the app.
+    """
+
+    def __init__(self, app: ASGIApp, *, extension: SyncExtension) -> None:
+        self.app = app
+        self.extension = extension
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == SYNC_PATH:
+            await self.extension.serve_socket(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 #: The cyclic GC's first threshold while the relay serves (CPython's default is 700; see
@@ -134,6 +186,7 @@ class SyncExtension:
         self._watcher: asyncio.Task[None] | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
         self._hold_task: asyncio.Task[None] | None = None
+        self._writers: Counter | None = None
 
     def install(self, app: FastAPI, ctx: RelayContext) -> None:
         writers = ctx.metrics.counter(
@@ -141,18 +194,30 @@ class SyncExtension:
             "Sync websockets served, by how their messages are written (relay.http.ws_protocol)",
             ["writer"],
         )
+        self._writers = writers
+        # Outermost of the app's middleware (added after the others: relay.http.app).
+        app.add_middleware(SyncSocketRoute, extension=self)
 
-        @app.websocket("/api/v1/sync")
-        async def sync_socket(ws: WebSocket) -> None:
-            hub = self.hub
-            await ws.accept()
-            if hub is None:
-                await ws.close(1013, "relay starting: try again shortly")
-                return
-            proof = (ws.headers.get(PROOF_HEADER), ws.headers.get(PROOF_TIME_HEADER))
-            transport = AsgiTransport(ws)
-            writers.labels(writer=transport.writer).inc()
-            await hub.serve(transport, bearer_token(ws.headers), proof, client_host(ws))
+    async def serve_socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One sync websocket, from the ASGI ``websocket.connect`` to its end."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        hub = self.hub
+        if hub is None:
+            await send(
+                {"type": "websocket.close", "code": 1013, "reason": "relay starting: try again shortly"}
+            )
+            return
+        proof = (header(scope, PROOF_HEADER), header(scope, PROOF_TIME_HEADER))
+        token = bearer_token(header(scope, "authorization"))
+        # Nothing reads the request headers again, and the server's scope would keep them (about
+        # 2 KiB) for as long as the connection lives.
+        scope["headers"] = []
+        transport = AsgiTransport(receive, send)
+        if self._writers is not None:
+            self._writers.labels(writer=transport.writer).inc()
+        await hub.serve(transport, token, proof, client_host(scope))
 
     async def start(self, ctx: RelayContext) -> None:
         commit_latency = ctx.metrics.histogram(

@@ -26,9 +26,12 @@ uvicorn's behaviour changes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
 
 __all__ = ["FAST_PATH", "FALLBACK", "FastWriter", "RelayWebSocketProtocol"]
 
@@ -38,9 +41,17 @@ FALLBACK = "asgi"
 
 
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol whose pong backlog cannot grow."""
+    """uvicorn's ``websockets-sansio`` protocol whose pong backlog cannot grow, and which lets go
+    of the opening handshake once it is answered."""
 
     _held_pongs: bytes = b""
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # uvicorn reads the handshake's request and response only to answer it; kept, they
+            # cost an idle connection about 4 KiB for as long as it lives (parsed headers).
+            self.request = self.response = None  # type: ignore[assignment]
 
     def handle_ping(self) -> None:
         # The first call for a chunk of frames takes the pongs of every ping in it; the next
@@ -61,11 +72,11 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 class FastWriter:
-    """Direct writes on uvicorn's sans-I/O protocol object behind one Starlette websocket.
+    """Direct writes on uvicorn's sans-I/O protocol object behind one ASGI websocket.
 
-    Starlette keeps the ASGI ``receive`` callable it was given (``WebSocket._receive``); under
-    uvicorn's sans-I/O implementation, with no middleware wrapping ``receive`` for websockets (as
-    in the relay app), that is the protocol's bound ``receive`` method. From the protocol: its
+    Under uvicorn's sans-I/O implementation, with no middleware wrapping ``receive`` for
+    websockets (the relay serves its sync socket outermost: ``relay.http.sync_socket``), the ASGI
+    ``receive`` callable is the protocol's bound ``receive`` method. From the protocol: its
     ``websockets`` connection (``conn.send_binary``, ``conn.data_to_send``) frames messages, its
     ``transport`` writes them, and ``writable``, ``disconnected``, ``close_sent`` and
     ``handshake_complete`` are the flow control and state checks uvicorn's own ``send`` makes.
@@ -77,9 +88,9 @@ class FastWriter:
         self._proto = proto
 
     @classmethod
-    def of(cls, ws: Any) -> FastWriter | None:
-        """The fast writer for Starlette websocket ``ws``, or None off uvicorn's sans-I/O."""
-        proto = getattr(getattr(ws, "_receive", None), "__self__", None)
+    def of(cls, receive: Any) -> FastWriter | None:
+        """The fast writer behind ASGI ``receive``, or None off uvicorn's sans-I/O."""
+        proto = getattr(receive, "__self__", None)
         if proto is None or not isinstance(proto, WebSocketsSansIOProtocol):
             return None
         if not all(hasattr(proto, name) for name in cls._NEEDED):

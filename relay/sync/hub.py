@@ -312,7 +312,6 @@ class SyncHub:
             # switch tasks) or at authentication, whichever comes first.
             conn.anonymous_key = key
         self.connections.add(conn)
-        writer = asyncio.create_task(conn.writer(), name=f"sync-writer-{conn.id}")
         try:
             if header_token is not None:
                 self._authenticate(conn, header_token, header_proof)
@@ -321,9 +320,11 @@ class SyncHub:
             self._drop(conn)
             if conn.closing is None:
                 conn.close(CloseCode.NORMAL, "")
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(writer, timeout=2.0)
-            writer.cancel()
+            writer = conn.writer_task  # started by the close at the latest
+            if writer is not None:
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(writer, timeout=2.0)
+                writer.cancel()
 
     async def _read_loop(self, conn: SyncConnection) -> None:
         deadline = time.monotonic() + self.limits.auth_deadline_s
@@ -333,9 +334,13 @@ class SyncHub:
                 conn.room.clear()
                 await conn.room.wait()
                 continue
-            timeout = None if conn.claims is not None else max(0.0, deadline - time.monotonic())
             try:
-                data = await asyncio.wait_for(conn.transport.recv(), timeout)
+                if conn.claims is not None:  # no deadline: no wait_for (a frame less per idle socket)
+                    data = await conn.transport.recv()
+                else:
+                    data = await asyncio.wait_for(
+                        conn.transport.recv(), max(0.0, deadline - time.monotonic())
+                    )
             except TimeoutError:
                 self.metrics.auth_failures.labels("timeout").inc()
                 conn.close(CloseCode.AUTH_TIMEOUT, "authenticate first, within the deadline")

@@ -176,7 +176,7 @@ class UpdatePipeline:
         stored one whose seqs came in turn; with several nodes that may run later, see the manager)."""
         conn, doc, uid = sub.conn, sub.doc, sub.uid
         conn.inflight -= 1
-        conn.room.set()
+        conn.make_room()
         retry = (
             isinstance(outcome, StampConflictError)
             and sub.attempt < STAMP_CONFLICT_RETRIES

@@ -222,3 +222,37 @@ def test_a_users_booked_days_are_written_by_that_user_only_and_list_the_days_to_
     assert err.value.code == "forbidden"
     with pytest.raises(SchemaError):
         BookedDay.from_fields({"shop": SHOP, "day": "2027-02-30", "hlc": ann.hlc()}, 2)
+
+
+def test_the_repeat_index_built_from_the_maps_equals_the_one_built_from_the_diff() -> None:
+    """The first repeat check on a document (a restart's first booking waits for it) indexes its
+    maps' values directly; the index must equal the one the diff of the whole state gives."""
+    from crdt_core.authoring import write_stamps
+    from crdt_core.repeats import _DayIndex
+    from tests.support.crdt_factory import relay_client
+
+    world = World()
+    ann, ben = world.device("ann"), world.device("ben")
+    day = Replica(1)
+    first = write_through(day, ann.client_id(), lambda r: ann.book(r, DOC, "s-9")[0])
+    write_through(day, ben.client_id(), lambda r: ben.book(r, DOC, "s-9"))
+    write_through(day, ann.client_id(), lambda r: ann.event(r, DOC, first.id, "cancel"))
+    write_through(day, ann.client_id(), lambda r: ann.book(r, DOC, "s-2"))
+    write_through(
+        day, relay_client(world.relay), lambda r: write_stamps(r, DOC, world.relay, [first.id], 1, NOW_MS)
+    )
+    from_maps, from_diff = _DayIndex(), _DayIndex()
+    from_diff.seen.add(("none", "none"))  # not a first check: the diff path
+    from_maps.catch_up(day)
+    from_diff.catch_up(day)
+    from_diff.seen.discard(("none", "none"))
+    assert from_maps.claims == from_diff.claims and len(from_maps.seen) == 5
+    assert not from_maps.stamp_of and len(from_maps.unparsed_stamps) == 1  # read when needed
+    from_maps.parse_stamps()
+    from_diff.parse_stamps()
+    assert from_maps.stamp_of == from_diff.stamp_of == {first.id: 1}
+    assert from_maps.ends == from_diff.ends and first.id in from_maps.ends
+    assert from_maps.vector == day.state_vector() and from_maps.mark == day.journal_mark()
+    again, _ = ann.book(day.copy(ann.client_id()), DOC, "s-2")
+    with pytest.raises(ValidationError):  # and it answers: ann holds s-2 already
+        refuse_repeat_bookings(day, [again], {}, {})
