@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # so three workers fit two cores; a module stays on one worker (its module-scoped relay starts once).
 PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
+.PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load soak fuzz chaos schemathesis
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -82,6 +82,13 @@ bench-quick: $(BENCH_STAMP)
 load: $(STAMP)
 	$(BIN)/python -m benchmarks.load --connections 1000 --duration 120 --docs 200 --rate 100 \
 		--out bench-results/load-$$(date -u +%Y%m%d-%H%M%S) $(LOAD_ARGS)
+
+# Memory over hours: one relay process for 2 hours under a steady few updates per second, with day
+# documents rolling over every 2 minutes; RSS slope after warm-up and a plot (docs/benchmarks.md).
+# SOAK_ARGS adds or overrides options of benchmarks.relay_bench.soak (e.g. --hours 8).
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.relay_bench.soak --hours 2 \
+		--out bench-results/soak-$$(date -u +%Y%m%d-%H%M%S) $(SOAK_ARGS)
 
 # Long frame fuzzing against a live relay: 20,000+ generated and mutated frames,
 # figures in docs/reliability.md. FUZZ_ARGS adds or overrides options of tests.fuzz.
