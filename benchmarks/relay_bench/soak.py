@@ -120,6 +120,7 @@ class Connection:
         self.docs: set[str] = set()
         self.pending: dict[int, int] = {}
         self.reader: asyncio.Task[None] | None = None
+        self.closing = False
 
     async def open(self, docs: list[str]) -> None:
         ident = self.device.identity
@@ -150,17 +151,23 @@ class Connection:
             self.docs.discard(doc)
             await self.ws.send(Unsubscribe(doc).to_wire())
 
-    async def send(self, doc: str, uid: int, update: bytes) -> None:
+    async def send(self, doc: str, uid: int, update: bytes) -> bool:
         if self.ws is None:
-            return
+            return False
         self.pending[uid] = time.monotonic_ns()
-        await self.ws.send(ClientUpdate(doc, uid, update).to_wire())
+        try:
+            await self.ws.send(ClientUpdate(doc, uid, update).to_wire())
+        except websockets.ConnectionClosed:
+            self.pending.pop(uid, None)
+            return False  # the reader logs and counts it
         self.c.sent += 1
+        return True
 
     async def _read(self) -> None:
-        assert self.ws is not None
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for data in self.ws:
+        ws = self.ws
+        assert ws is not None
+        try:
+            async for data in ws:
                 m = msgpack.unpackb(data)
                 t = m.get("t")
                 if t in ("ack", "stamped") and m.get("uid") in self.pending:
@@ -175,17 +182,32 @@ class Connection:
                     code = str(m.get("code"))
                     self.c.errors[code] = self.c.errors.get(code, 0) + 1
                     self.pending.pop(m.get("uid"), None)
+        except websockets.ConnectionClosed as exc:
+            # Closed by the relay (or the network), not by us: count it, log why, and let the
+            # main loop reconnect this device.
+            if self.ws is ws and not self.closing:
+                rcvd = exc.rcvd
+                close_code = rcvd.code if rcvd is not None else None
+                key = f"closed:{close_code}"
+                self.c.errors[key] = self.c.errors.get(key, 0) + 1
+                log("closed", device=self.device.identity.email, code=close_code,
+                    reason=repr(rcvd.reason if rcvd is not None else str(exc)))  # fmt: skip
+                self.ws = None
+                self.docs.clear()
+                self.pending.clear()
 
     async def close(self) -> None:
         """Close after the acks of what was sent (a real client would resend the rest on reconnect)."""
         deadline = time.monotonic() + 5
         while self.pending and self.ws is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        self.closing = True
         if self.ws is not None:
             await self.ws.close()
         if self.reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reader
+        self.closing = False
         self.ws = None
         self.docs.clear()
         self.pending.clear()
@@ -296,7 +318,10 @@ class Soak:
                 self.uid += 1
                 await conns[k].send(doc, self.uid, writers[k].update(doc, self.rng, o.cancel_share))
             for conn in conns:
-                if self.rng.random() < tick / o.reconnect_seconds:
+                if conn.ws is None:  # the relay closed it: come back, as a client would
+                    await conn.open(self.docs_for(self.day))
+                    self.c.reconnects += 1
+                elif self.rng.random() < tick / o.reconnect_seconds:
                     await conn.close()
                     await conn.open(self.docs_for(self.day))
                     self.c.reconnects += 1
@@ -444,8 +469,9 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     port = free_port()
     argv = [
         sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--data", str(work / "data"), "--log-level", "WARNING", *FAST_HASH_ARGS, *AUTH_LIMIT_ARGS,
+        "--data", str(work / "data"), *FAST_HASH_ARGS, *AUTH_LIMIT_ARGS,
         "--idle-unload", str(opts.idle_unload), "--access-ttl", str(int(opts.seconds) + 3600),
+        "--log-level", "INFO",
     ]  # fmt: skip
     relay = ServerProcess(
         "relay",
