@@ -64,11 +64,16 @@ bench-web: $(STAMP) $(APP_STAMP)
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
-# The optional baselines (y-py, loro, pycrdt-websocket by pip; yjs by npm into bench-results/.node).
+# The optional baselines (y-py, loro, pycrdt-websocket by pip; yjs and Hocuspocus by npm into
+# bench-results/.node).
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
+# The same-work Hocuspocus lane (SQLite, JWT, Ed25519 per record) needs its locked packages
+# (benchmarks/baselines/hocuspocus/package-lock.json, npm ci) and the SDK's, whose parsers it reuses.
+$(BENCH_STAMP): $(STAMP) benchmarks/baselines/hocuspocus/package-lock.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -c "from benchmarks.adapters.yjs_adapter import ensure_yjs; ensure_yjs()" || echo "yjs baseline unavailable (no node/npm): skipped"
+	$(MAKE) $(SDK_STAMP) || echo "web/sdk packages unavailable: the same-work Hocuspocus lane is skipped"
+	$(BIN)/python -c "from benchmarks.relay_bench.node import ensure_hocuspocus_locked as e; from benchmarks.relay_bench.servers import NODE_CACHE; e(NODE_CACHE)" || echo "same-work Hocuspocus unavailable: skipped"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
