@@ -152,7 +152,7 @@ class FanoutShape:
 
 def fanout_messages(subject: Subject, shape: FanoutShape, doc: str, pool: UpdatePool) -> list[list[Send]]:
     n = shape.clients
-    per = pool.quickslot if subject.dialect == "quickslot" else pool.yjs
+    per = pool.quickslot if subject.signed_records else pool.yjs
     out = []
     for c in range(n):
         msgs = wire(subject.dialect, doc, per[c])
@@ -203,7 +203,9 @@ def fanout(
     lat = latencies(out.sends, out.recvs)
     delivered = len(out.recvs) // 4
     window = _delivery_window(out)
-    sizes = sorted(len(u) for c in range(n) for u in (pool.quickslot if qs else pool.yjs)[c])
+    sizes = sorted(
+        len(u) for c in range(n) for u in (pool.quickslot if subject.signed_records else pool.yjs)[c]
+    )
     return {
         "complete": out.complete and delivered == shape.deliveries,
         "deliveries": delivered,
