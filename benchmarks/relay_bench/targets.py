@@ -125,7 +125,7 @@ def _summarise(out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=500)
     p.add_argument("--per-doc", type=int, default=20)
@@ -134,7 +134,11 @@ def main() -> None:
     p.add_argument("--idle-seconds", type=float, default=5.0)
     fanout_targets.add_arguments(p)
     p.add_argument("--out", type=Path)
-    res = run(p.parse_args())
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    res = run(parser().parse_args(argv))
     text = json.dumps(res, indent=1, default=str)
     if res.get("args", {}).get("out"):
         Path(res["args"]["out"]).write_text(text)
