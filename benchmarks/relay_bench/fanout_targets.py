@@ -91,7 +91,6 @@ def run_fanout(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 sorted(len(u) for u in ex.quickslot_pool(ids, bookings_doc("probe"), range(1), 3)[0])[1]
             )
             rng = random.Random(size)
-            spied = False
             for round_no in range(-1, args.fanout_rounds):  # round -1: a short warm-up, dropped
                 for mode in MODES:
                     shape = shapes[mode]
@@ -101,24 +100,25 @@ def run_fanout(args: argparse.Namespace, out: dict[str, Any]) -> None:
                         )
                     order = lanes if round_no % 2 == 0 else list(reversed(lanes))
                     for name in order:
-                        lane = fleet.lanes[name]
-                        spy = None
-                        if (
-                            args.py_spy
-                            and not spied
-                            and mode == "saturated"
-                            and round_no >= 0
-                            and name == QUICKSLOT
-                        ):
-                            spy, spied = _start_py_spy(lane, args.py_spy, size), True
-                        try:
-                            res = _one_round(fleet, lane, shape, size, round_no, mode, value_size, rng, args)
-                        finally:
-                            if spy is not None:
-                                _stop_py_spy(spy)
+                        res = _one_round(
+                            fleet, fleet.lanes[name], shape, size, round_no, mode, value_size, rng, args
+                        )
                         _say(size, round_no, mode, name, res)
                         if round_no >= 0:
                             rec.setdefault(mode, {}).setdefault(name, []).append(res)
+            if args.py_spy:
+                # One more saturated QuickSlot round under the profiler, kept apart: sampling
+                # pauses the relay, so its figures are not comparable with the rounds above.
+                spy = _start_py_spy(fleet.lanes[QUICKSLOT], args.py_spy, size)
+                try:
+                    res = _one_round(
+                        fleet, fleet.lanes[QUICKSLOT], shapes["saturated"], size, args.fanout_rounds,
+                        "saturated", value_size, rng, args,
+                    )  # fmt: skip
+                finally:
+                    _stop_py_spy(spy)
+                _say(size, args.fanout_rounds, "profiled", QUICKSLOT, res)
+                rec["profiled_round"] = res
 
 
 def _one_round(
