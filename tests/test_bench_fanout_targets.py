@@ -68,3 +68,15 @@ def test_fanout_targets_run_offered_and_saturated_rounds_on_real_servers() -> No
         assert s[mode]["target4_met"] == (lanes[QUICKSLOT]["p99_s"] <= limit)
     assert rec["offered"][QUICKSLOT][0]["offered_per_s"] == pytest.approx(3 * 2 * 3 / 0.3)
     assert rec["saturated"][QUICKSLOT][0]["offered_per_s"] is None
+
+
+def test_cost_per_update_splits_into_a_per_update_and_a_per_recipient_part() -> None:
+    from benchmarks.relay_bench.fanout_targets import _split
+
+    # 100 µs per update plus 5 µs per recipient: 49 recipients and 199 recipients
+    cpd = {50: (100e-6 + 49 * 5e-6) / 49, 200: (100e-6 + 199 * 5e-6) / 199}
+    summary = {
+        str(n): {"saturated": {"lanes": {QUICKSLOT: {"cpu_per_delivery_s": c}}}} for n, c in cpd.items()
+    }
+    got = _split(summary)["saturated"][QUICKSLOT]
+    assert got["per_update_s"] == pytest.approx(100e-6) and got["per_recipient_s"] == pytest.approx(5e-6)

@@ -254,7 +254,30 @@ def summarise_fanout(out: dict[str, Any]) -> dict[str, Any]:
                 m["target4_met"] = qs["p99_s"] <= limit
             s[mode] = m
         summary[size] = s
+    if len(summary) >= 2:
+        summary["split"] = _split(summary)
     return summary
+
+
+def _split(summary: dict[str, Any]) -> dict[str, Any]:
+    """Each server's CPU per update as ``per_update + per_recipient x (clients - 1)``, solved from
+    the smallest and largest size of the run: which part of a delivery's cost is paid once per
+    update (validation, signatures, commit) and which once per recipient (framing, sending)."""
+    lo, hi = sorted(summary, key=int)[0], sorted(summary, key=int)[-1]
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        for name, a in summary[lo].get(mode, {}).get("lanes", {}).items():
+            b = summary[hi].get(mode, {}).get("lanes", {}).get(name)
+            if not b or a["cpu_per_delivery_s"] is None or b["cpu_per_delivery_s"] is None:
+                continue
+            r1, r2 = int(lo) - 1, int(hi) - 1
+            c1, c2 = a["cpu_per_delivery_s"] * r1, b["cpu_per_delivery_s"] * r2
+            per_recipient = (c2 - c1) / (r2 - r1)
+            out.setdefault(mode, {})[name] = {
+                "per_update_s": c1 - per_recipient * r1,
+                "per_recipient_s": per_recipient,
+            }
+    return out
 
 
 def _sum_buckets(a: promhist.Buckets, b: promhist.Buckets) -> promhist.Buckets:
