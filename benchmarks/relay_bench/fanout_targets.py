@@ -38,7 +38,7 @@ MODES = ("offered", "saturated")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fanout", default="", help="fan-out sizes for targets 2 and 4, e.g. 50,200 ('' skips)")
     p.add_argument("--fanout-rounds", type=int, default=2)
-    p.add_argument("--fanout-window", type=int, default=4, help="saturation: updates in flight per client")
+    p.add_argument("--fanout-window", type=int, default=2, help="saturation: updates in flight per client")
     p.add_argument(
         "--fanout-deliveries",
         type=int,
@@ -95,9 +95,7 @@ def run_fanout(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 for mode in MODES:
                     shape = shapes[mode]
                     if round_no < 0:
-                        shape = ex.FanoutShape(
-                            size, max(1, shape.window), shape.rate_per_client or 10.0, shape.window
-                        )
+                        shape = ex.FanoutShape(size, 1, shape.rate_per_client or 10.0, min(1, shape.window))
                     order = lanes if round_no % 2 == 0 else list(reversed(lanes))
                     for name in order:
                         res = _one_round(
