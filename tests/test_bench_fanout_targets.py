@@ -66,6 +66,8 @@ def test_fanout_targets_run_offered_and_saturated_rounds_on_real_servers() -> No
         limit = lanes[Y_WEBSOCKET]["p99_s"] + s[mode]["commit_p99_s"]
         assert s[mode]["target4_limit_s"] == pytest.approx(limit)
         assert s[mode]["target4_met"] == (lanes[QUICKSLOT]["p99_s"] <= limit)
+        assert len(s[mode]["target4_round_ratios"]) == 1  # one round: paired with itself
+        assert s[mode]["target4_round_ratios"][0] == pytest.approx(s[mode]["target4_ratio"])
     assert rec["offered"][QUICKSLOT][0]["offered_per_s"] == pytest.approx(3 * 2 * 3 / 0.3)
     assert rec["saturated"][QUICKSLOT][0]["offered_per_s"] is None
 

@@ -250,11 +250,24 @@ def summarise_fanout(out: dict[str, Any]) -> dict[str, Any]:
                 m["target4_limit_s"] = limit
                 m["target4_ratio"] = qs["p99_s"] / limit
                 m["target4_met"] = qs["p99_s"] <= limit
+            m["target4_round_ratios"] = _paired_target4(rounds)
             s[mode] = m
         summary[size] = s
     if len(summary) >= 2:
         summary["split"] = _split(summary)
     return summary
+
+
+def _paired_target4(rounds: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """Target 4 round by round (QuickSlot's round n against y-websocket's round n and the commits
+    of QuickSlot's round n): how much of a verdict the machine's noise decides."""
+    out = []
+    for q, y in zip(rounds.get(QUICKSLOT, []), rounds.get(Y_WEBSOCKET, []), strict=False):
+        commit = promhist.quantile(q.get("commit_buckets") or [], 0.99)
+        qp, yp = q["latency"].get("p99"), y["latency"].get("p99")
+        if commit is not None and qp is not None and yp is not None:
+            out.append(qp / (yp + commit))
+    return out
 
 
 def _split(summary: dict[str, Any]) -> dict[str, Any]:
