@@ -30,8 +30,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -85,6 +87,10 @@ class SoakOptions:
     warmup_seconds: float = 900.0
     plot: Path | None = None
     seed: int = 0
+    tracemalloc: int = 0
+    """> 0: run the relay under tracemalloc with this many frames per traceback, snapshot it at the
+    end of the warm-up and at the end, and write the growth by allocation site to
+    ``OUT/tracemalloc.txt`` (the relay runs slower: for finding a leak, not for the slope)."""
 
 
 @dataclass
@@ -285,6 +291,7 @@ class Soak:
         self.samples: list[dict[str, Any]] = []
         self.day = 0
         self.uid = 0
+        self.traced = False
 
     def docs_for(self, day: int) -> list[str]:
         return [day_doc(s, d) for s in self.shops for d in (day, day + 1)]
@@ -338,6 +345,9 @@ class Soak:
             if now >= next_sample:
                 next_sample += o.sample_seconds
                 self._sample(relay, base, elapsed)
+                if o.tracemalloc and not self.traced and elapsed >= o.warmup_seconds:
+                    self.traced = True
+                    await asyncio.to_thread(snapshot_now, relay, o.out / "traces" / "trace-0.pickle")
             await asyncio.sleep(tick)
         await asyncio.sleep(2)  # the last acks
         self._sample(relay, base, time.monotonic() - t0)
@@ -391,6 +401,39 @@ class Soak:
             reconnects=self.c.reconnects,
             newcomers=self.c.newcomers,
         )
+
+
+def snapshot_now(relay: ServerProcess, path: Path, timeout: float = 300.0) -> None:
+    """Ask the traced relay for a tracemalloc snapshot (SIGUSR1) and wait until it is written."""
+    os.kill(relay.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    size = -1
+    while time.monotonic() < deadline:  # written once its size stops changing
+        now = path.stat().st_size if path.exists() else -1
+        if now > 0 and now == size:
+            break
+        size = now
+        time.sleep(1.0)
+    log("tracemalloc", snapshot=path.name, bytes=size)
+
+
+def write_growth(traces: Path, out: Path, top: int = 25) -> None:
+    """The allocation sites whose traced memory grew most between the two snapshots."""
+    import tracemalloc
+
+    before = tracemalloc.Snapshot.load(str(traces / "trace-0.pickle"))
+    after = tracemalloc.Snapshot.load(str(traces / "trace-1.pickle"))
+    lines = [
+        f"traced Python memory: {sum(s.size for s in before.statistics('filename')) / MIB:.2f} MiB after the "
+        f"warm-up, {sum(s.size for s in after.statistics('filename')) / MIB:.2f} MiB at the end",
+        "",
+    ]
+    grown = sorted(after.compare_to(before, "traceback"), key=lambda st: st.size_diff, reverse=True)
+    for stat in grown[:top]:
+        lines.append(f"{stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8d} blocks")
+        lines.extend("      " + line for line in stat.traceback.format()[-12:])
+    out.write_text("\n".join(lines) + "\n")
+    log("tracemalloc", growth=out)
 
 
 def plot(samples: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -467,8 +510,16 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     (opts.out / "samples.jsonl").unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="quickslot-soak-"))
     port = free_port()
+    launcher = ["-m", "relay.cli"]
+    if opts.tracemalloc:
+        launcher = [
+            "-m",
+            "benchmarks.relay_bench.traced_relay",
+            str(opts.out / "traces"),
+            str(opts.tracemalloc),
+        ]
     argv = [
-        sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, *launcher, "serve", "--host", "127.0.0.1", "--port", str(port),
         "--data", str(work / "data"), *FAST_HASH_ARGS, *AUTH_LIMIT_ARGS,
         "--idle-unload", str(opts.idle_unload), "--access-ttl", str(int(opts.seconds) + 3600),
         "--log-level", "INFO",
@@ -492,10 +543,20 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         asyncio.run(soak.run(relay, base))
         if not relay.alive():
             raise RuntimeError(f"the relay died:\n{relay.log_tail()}")
+        if opts.tracemalloc:
+            snapshot_now(relay, opts.out / "traces" / "trace-1.pickle")
+            write_growth(opts.out / "traces", opts.out / "tracemalloc.txt")
     finally:
         relay.stop()
         shutil.rmtree(work, ignore_errors=True)
     return write_results(opts, soak.samples, soak.c.errors)
+
+
+#: The options with a default in SoakOptions, each a command-line flag of the same name.
+TUNABLE = (
+    "devices", "shops", "rate", "cancel_share", "day_seconds", "idle_unload", "reconnect_seconds",
+    "newcomer_seconds", "newcomer_stay", "sample_seconds", "warmup_seconds", "seed", "tracemalloc",
+)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -514,10 +575,7 @@ def parser() -> argparse.ArgumentParser:
         "--from-samples", action="store_true",
         help="run nothing: summarize and plot OUT/samples.jsonl again (e.g. with another --warmup-seconds)",
     )  # fmt: skip
-    for name in (
-        "devices", "shops", "rate", "cancel_share", "day_seconds", "idle_unload", "reconnect_seconds",
-        "newcomer_seconds", "newcomer_stay", "sample_seconds", "warmup_seconds", "seed",
-    ):  # fmt: skip
+    for name in TUNABLE:
         default = getattr(d, name)
         p.add_argument(
             "--" + name.replace("_", "-"), type=type(default), default=default, help=f"(default {default})"
@@ -531,11 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds=a.seconds if a.seconds is not None else a.hours * 3600,
         out=a.out,
         plot=a.plot,
-        **{k: getattr(a, k) for k in (
-            "devices", "shops", "rate", "cancel_share", "day_seconds", "idle_unload", "reconnect_seconds",
-            "newcomer_seconds", "newcomer_stay", "sample_seconds", "warmup_seconds", "seed",
-        )},
-    )  # fmt: skip
+        **{k: getattr(a, k) for k in TUNABLE},
+    )
     if a.from_samples:
         lines = (opts.out / "samples.jsonl").read_text().splitlines()
         samples = [json.loads(line) for line in lines if line.strip()]
