@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # start first (tests/conftest.py).
 PYTEST_PARALLEL ?= -n 4 --dist loadfile
 
-.PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load fuzz chaos schemathesis
+.PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load soak fuzz chaos schemathesis
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -66,11 +66,16 @@ bench-web: $(STAMP) $(APP_STAMP)
 thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
-# The optional baselines (y-py, loro, pycrdt-websocket by pip; yjs by npm into bench-results/.node).
+# The optional baselines (y-py, loro, pycrdt-websocket by pip; yjs and Hocuspocus by npm into
+# bench-results/.node).
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
+# The same-work Hocuspocus lane (SQLite, JWT, Ed25519 per record) needs its locked packages
+# (benchmarks/baselines/hocuspocus/package-lock.json, npm ci) and the SDK's, whose parsers it reuses.
+$(BENCH_STAMP): $(STAMP) benchmarks/baselines/hocuspocus/package-lock.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -c "from benchmarks.adapters.yjs_adapter import ensure_yjs; ensure_yjs()" || echo "yjs baseline unavailable (no node/npm): skipped"
+	$(MAKE) $(SDK_STAMP) || echo "web/sdk packages unavailable: the same-work Hocuspocus lane is skipped"
+	$(BIN)/python -c "from benchmarks.relay_bench.node import ensure_hocuspocus_locked as e; from benchmarks.relay_bench.servers import NODE_CACHE; e(NODE_CACHE)" || echo "same-work Hocuspocus unavailable: skipped"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
@@ -84,6 +89,13 @@ bench-quick: $(BENCH_STAMP)
 load: $(STAMP)
 	$(BIN)/python -m benchmarks.load --connections 1000 --duration 120 --docs 200 --rate 100 \
 		--out bench-results/load-$$(date -u +%Y%m%d-%H%M%S) $(LOAD_ARGS)
+
+# Memory over hours: one relay process for 2 hours under a steady few updates per second, with day
+# documents rolling over every 2 minutes; RSS slope after warm-up and a plot (docs/benchmarks.md).
+# SOAK_ARGS adds or overrides options of benchmarks.relay_bench.soak (e.g. --hours 8).
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.relay_bench.soak --hours 2 \
+		--out bench-results/soak-$$(date -u +%Y%m%d-%H%M%S) $(SOAK_ARGS)
 
 # Long frame fuzzing against a live relay: 20,000+ generated and mutated frames,
 # figures in docs/reliability.md. FUZZ_ARGS adds or overrides options of tests.fuzz.

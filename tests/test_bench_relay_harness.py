@@ -275,3 +275,25 @@ def test_three_node_lane_ran_in_fan_out(tiny_run: tuple[Path, dict[str, Any], st
         if row["status"] == "ok":
             assert "one node on PostgreSQL" in row["note"], row["note"]
             assert row["samples"] and all(s > 0 and math.isfinite(s) for s in row["samples"])
+
+
+def test_samework_hocuspocus_ran_and_quickslot_rows_carry_the_ratio(
+    tiny_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    """Target 3: the same-work Hocuspocus runs in fan-out and many documents, and QuickSlot's row
+    of each of those tables states its ratio to it (tests/test_hocuspocus_samework.py checks that
+    the server really verifies)."""
+    _, data, _ = tiny_run
+    rows = _baseline_or_skip(data, servers.HOCUSPOCUS_SAME)
+    assert {r["workload"] for r in rows} == {
+        name for name in data["workloads"] if name.startswith(("fanout", "docs"))
+    }
+    assert all(r["status"] == "ok" for r in rows), [(r["workload"], r["note"]) for r in rows]
+    assert "@hocuspocus/extension-sqlite 3.4.4" in rows[0]["extra"]["version"]
+    for row in rows:
+        (ours,) = [
+            r
+            for r in _rows(data, servers.QUICKSLOT)
+            if r["workload"] == row["workload"] and r["size"] == row["size"]
+        ]
+        assert "x hocuspocus same-work" in ours["note"], ours["note"]

@@ -136,6 +136,10 @@ class FanoutShape:
     per_client: int
     rate_per_client: float
     """Updates per second each client sends (a steady rate)."""
+    window: int = 0
+    """> 0: saturation instead of a steady rate: each client keeps this many of its updates
+    unanswered (closed loop: its next update goes as soon as an ack or echo comes back), so the
+    server is never idle and the run measures what it can deliver, not what was offered."""
 
     @property
     def updates(self) -> int:
@@ -147,15 +151,19 @@ class FanoutShape:
 
     @property
     def duration_s(self) -> float:
-        return self.per_client / self.rate_per_client
+        """The steady rate's sending time (0 for a saturation shape: as fast as answered)."""
+        return 0.0 if self.window else self.per_client / self.rate_per_client
 
 
 def fanout_messages(subject: Subject, shape: FanoutShape, doc: str, pool: UpdatePool) -> list[list[Send]]:
     n = shape.clients
-    per = pool.quickslot if subject.dialect == "quickslot" else pool.yjs
+    per = pool.quickslot if subject.signed_records else pool.yjs
     out = []
     for c in range(n):
         msgs = wire(subject.dialect, doc, per[c])
+        if shape.window:  # closed loop: each send waits for a free place in the window
+            out.append([Send(seq=j, message=m) for j, m in enumerate(msgs)])
+            continue
         stagger = c / (n * shape.rate_per_client)
         out.append(
             [Send(seq=j, message=m, offset=stagger + j / shape.rate_per_client) for j, m in enumerate(msgs)]
@@ -172,8 +180,10 @@ def fanout(
     workers: int = 1,
     compression: bool = True,
     rng: random.Random | None = None,
+    deadline_s: float | None = None,
 ) -> dict[str, Any]:
-    """Every client subscribes to one document and sends its updates at a steady rate."""
+    """Every client subscribes to one document and sends its updates at a steady rate (or, with
+    ``shape.window``, as fast as the server answers; ``deadline_s`` then bounds the run)."""
     rng = rng or random.Random(0)
     n = shape.clients
     sends = fanout_messages(subject, shape, doc, pool)
@@ -191,10 +201,11 @@ def fanout(
             expect_own=shape.per_client,
             expect_stamps=shape.updates if qs else 0,
             stage=0 if c == 0 else 1,
+            window=shape.window,
         )
         for c in range(n)
     ]
-    deadline = shape.duration_s + 60
+    deadline = deadline_s if deadline_s is not None else shape.duration_s + 60
     specs = [
         WorkerSpec("live", part, compression=compression, deadline_s=deadline)
         for part in split(clients, workers)
@@ -203,7 +214,9 @@ def fanout(
     lat = latencies(out.sends, out.recvs)
     delivered = len(out.recvs) // 4
     window = _delivery_window(out)
-    sizes = sorted(len(u) for c in range(n) for u in (pool.quickslot if qs else pool.yjs)[c])
+    sizes = sorted(
+        len(u) for c in range(n) for u in (pool.quickslot if subject.signed_records else pool.yjs)[c]
+    )
     return {
         "complete": out.complete and delivered == shape.deliveries,
         "deliveries": delivered,
@@ -212,7 +225,8 @@ def fanout(
         "server_cpu_s": out.server_cpu_s,
         "cpu_per_delivery_s": out.server_cpu_s / delivered if delivered else None,
         "throughput_per_s": delivered / window,
-        "offered_per_s": shape.deliveries / shape.duration_s,
+        "offered_per_s": shape.deliveries / shape.duration_s if shape.duration_s else None,
+        "window": shape.window,
         "window_s": window,
         "latency": summarize_latency(lat, rng),
         "rss": out.memory.get("rss"),

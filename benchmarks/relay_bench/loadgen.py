@@ -149,7 +149,7 @@ class Client:
 
     async def connect(self, w: WorkerSpec) -> None:
         headers = None
-        if self.spec.token:
+        if self.spec.token and self.spec.dialect == "quickslot":  # Hocuspocus's token is a message
             key = self.spec.device_key
             private = Ed25519PrivateKey.from_private_bytes(key) if key is not None else None
             headers = proof_headers(self.spec.token, private, SYNC)
@@ -176,12 +176,13 @@ class Client:
                 await ws.send(data)
                 self.bytes_sent += len(data)
         elif self.spec.dialect == "hocuspocus":
-            # The auth message first (no auth hook: any token passes), then sync step 1; the
+            # The auth message first (the plain server has no auth hook: any token passes; the
+            # same-work one checks the relay's access token), then sync step 1; the
             # server queues the second until the first is handled.
             doc = self.spec.docs[0]
             self.sync_started = time.monotonic_ns()
             step1 = hocuspocus_message(doc, yjs_message(YJS_STEP1, EMPTY_SV))
-            for data in (hocuspocus_auth(doc, "bench"), step1):
+            for data in (hocuspocus_auth(doc, self.spec.token or "bench"), step1):
                 await ws.send(data)
                 self.bytes_sent += len(data)
         else:

@@ -15,6 +15,12 @@ Hocuspocus (``@hocuspocus/server``, the second Node baseline) goes into its own 
 ``bench-results/.node/hocuspocus``: it needs ``ws`` 8 where the y-websocket server pins ``ws`` 6,
 and ``npm install --no-save`` of one set into a shared ``node_modules`` would prune the other.
 3.4.4 is pinned: the 4.x releases require Node 22, and 3.x is the line deployed on Node 20.
+
+The same-work Hocuspocus lane (``hocuspocus_samework_server.mjs``: SQLite persistence, JWT and
+signature checks) also needs ``@hocuspocus/extension-sqlite`` and with it ``sqlite3``, a native
+module built or fetched by its install script. Its packages are pinned by a committed lock file,
+``benchmarks/baselines/hocuspocus/package-lock.json``, and installed with ``npm ci`` into
+``bench-results/.node/hocuspocus-locked`` (again only when the lock file changed).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "PACKAGES",
     "NodeUnavailable",
     "ensure_hocuspocus",
+    "ensure_hocuspocus_locked",
     "ensure_y_websocket",
     "installed_versions",
 ]
@@ -85,6 +93,32 @@ def ensure_hocuspocus(cache: Path, timeout: float = 300.0) -> Path:
     return _ensure(cache / "hocuspocus", HOCUSPOCUS_PACKAGES, timeout)
 
 
+LOCKED_DIR = Path(__file__).resolve().parents[1] / "baselines" / "hocuspocus"
+
+
+def ensure_hocuspocus_locked(cache: Path, timeout: float = 900.0) -> Path:
+    """Return the ``node_modules`` installed by ``npm ci`` from ``benchmarks/baselines/hocuspocus``'s
+    lock file (``cache/hocuspocus-locked``), installing it when the lock file changed.
+
+    Raises:
+        NodeUnavailable: no ``node``/``npm`` on PATH, or ``npm ci`` failed.
+    """
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        raise NodeUnavailable("node and npm are not both on PATH")
+    target = cache / "hocuspocus-locked"
+    lock = (LOCKED_DIR / "package-lock.json").read_bytes()
+    stamp = target / "node_modules" / ".installed-lock.json"
+    if stamp.exists() and stamp.read_bytes() == lock:
+        return _module_dir(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(LOCKED_DIR / name, target / name)
+    _npm([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], target, timeout, lambda: True)
+    stamp.write_bytes(lock)
+    return _module_dir(target)
+
+
 def _ensure(cache: Path, packages: dict[str, str], timeout: float) -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
@@ -96,19 +130,21 @@ def _ensure(cache: Path, packages: dict[str, str], timeout: float) -> Path:
     if not manifest.exists():
         manifest.write_text(json.dumps({"name": "quickslot-bench-node", "private": True}) + "\n")
     specs = [f"{name}@{version}" for name, version in packages.items()]
-    try:
-        done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--no-save", "--ignore-scripts", *specs],
-            cwd=cache,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise NodeUnavailable(f"npm install failed: {exc}") from exc
-    if done.returncode != 0 or set(installed_versions(cache, packages)) != set(packages):
-        raise NodeUnavailable(
-            f"npm install failed ({done.returncode}): {(done.stderr or done.stdout)[-800:]}"
-        )
+    _npm(
+        [npm, "install", "--no-audit", "--no-fund", "--no-save", "--ignore-scripts", *specs],
+        cache,
+        timeout,
+        lambda: set(installed_versions(cache, packages)) == set(packages),
+    )
     return _module_dir(cache)
+
+
+def _npm(argv: list[str], cwd: Path, timeout: float, installed: Callable[[], bool]) -> None:
+    """Run an npm command; NodeUnavailable unless it succeeded and ``installed()`` agrees."""
+    what = f"npm {argv[1]}"
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NodeUnavailable(f"{what} failed: {exc}") from exc
+    if done.returncode != 0 or not installed():
+        raise NodeUnavailable(f"{what} failed ({done.returncode}): {(done.stderr or done.stdout)[-800:]}")

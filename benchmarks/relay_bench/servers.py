@@ -22,6 +22,12 @@
 * ``hocuspocus``: ``@hocuspocus/server`` 3.4 on Node (the second Node baseline), in-memory
   only, no auth hook; it drops a document when its last connection closes, so it takes part in
   the live workloads (fan-out, many documents, idle connections), not in catch-up or idle memory.
+* ``hocuspocus same-work``: the same Hocuspocus with the work QuickSlot does per booking
+  (``hocuspocus_samework_server.mjs``): SQLite persistence (``@hocuspocus/extension-sqlite``),
+  the relay's own access token checked on connect (EdDSA JWT against the relay's published keys),
+  and every record of every update opened and its Ed25519 signature verified before the update is
+  applied. Its clients send the same signed booking updates as QuickSlot's; it acknowledges (echoes)
+  before storing. Fan-out and many documents only.
 
 A subject that cannot run here (no Node, pycrdt-websocket not installable) is *unavailable*: the
 suite reports it as such and goes on with the others. QuickSlot itself must always run.
@@ -47,6 +53,7 @@ from benchmarks.relay_bench.node import (
     HOCUSPOCUS_PACKAGES,
     NodeUnavailable,
     ensure_hocuspocus,
+    ensure_hocuspocus_locked,
     ensure_y_websocket,
     installed_versions,
 )
@@ -57,6 +64,7 @@ __all__ = [
     "BASELINE",
     "SUBJECTS",
     "Hocuspocus",
+    "HocuspocusSameWork",
     "PycrdtWebsocket",
     "QuickSlotAsgi",
     "QuickSlotCluster",
@@ -75,9 +83,11 @@ NODE_CACHE = REPO / "bench-results" / ".node"
 QUICKSLOT, DIRECT, BATCHED = "quickslot", "quickslot direct", "quickslot direct batched"
 QUICKSLOT_PG = "quickslot postgresql"
 Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS = "y-websocket", "pycrdt-websocket", "hocuspocus"
+HOCUSPOCUS_SAME = "hocuspocus same-work"
 QUICKSLOT_CLUSTER = "quickslot 3 nodes"  # QuickSlotCluster, at the end of this module
 SUBJECTS = (
-    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS
+    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS,
+    HOCUSPOCUS_SAME,
 )  # fmt: skip
 BASELINE = Y_WEBSOCKET
 
@@ -165,6 +175,11 @@ class Subject(ABC):
     def device_key(self, client: int) -> bytes | None:
         """The raw Ed25519 private key ``token(client)`` is bound to (the proof of possession)."""
         return None
+
+    @property
+    def signed_records(self) -> bool:
+        """Whether its clients send QuickSlot's signed booking updates (else plain map inserts)."""
+        return self.dialect == "quickslot"
 
 
 # --- QuickSlot ------------------------------------------------------------------------------------
@@ -415,18 +430,7 @@ class YWebsocket(Subject):
             modules = ensure_y_websocket(NODE_CACHE)
         except NodeUnavailable as exc:
             raise Unavailable(str(exc)) from exc
-        self.port = free_port()
-        argv = [
-            "node",
-            str(BASELINES / "y_websocket_server.mjs"),
-            "--modules",
-            str(modules),
-            "--port",
-            str(self.port),
-        ]
-        self.process = ServerProcess(
-            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / "y-websocket.log"
-        ).start()
+        self.process = _start_node(self, "y_websocket_server.mjs", modules, [], "y-websocket.log")
 
     def url(self, doc: str) -> str:
         return f"ws://127.0.0.1:{self.port}/{doc}"
@@ -435,6 +439,15 @@ class YWebsocket(Subject):
         v = installed_versions(NODE_CACHE)
         server = v.get("@y/websocket-server", "?")
         return f"@y/websocket-server {server}, yjs {v.get('yjs', '?')}, ws {v.get('ws', '?')}"
+
+
+def _start_node(subject: Subject, script: str, modules: Path, extra: list[str], log: str) -> ServerProcess:
+    """Start ``node benchmarks/baselines/SCRIPT --modules M --port P EXTRA...`` on a free port."""
+    subject.port = free_port()
+    argv = ["node", str(BASELINES / script), "--modules", str(modules), "--port", str(subject.port), *extra]
+    return ServerProcess(
+        subject.name, argv, port=subject.port, cwd=REPO, env=_env(), log_path=subject.workdir / log
+    ).start()
 
 
 class Hocuspocus(Subject):
@@ -446,18 +459,7 @@ class Hocuspocus(Subject):
             modules = ensure_hocuspocus(NODE_CACHE)
         except NodeUnavailable as exc:
             raise Unavailable(str(exc)) from exc
-        self.port = free_port()
-        argv = [
-            "node",
-            str(BASELINES / "hocuspocus_server.mjs"),
-            "--modules",
-            str(modules),
-            "--port",
-            str(self.port),
-        ]
-        self.process = ServerProcess(
-            self.name, argv, port=self.port, cwd=REPO, env=_env(), log_path=self.workdir / "hocuspocus.log"
-        ).start()
+        self.process = _start_node(self, "hocuspocus_server.mjs", modules, [], "hocuspocus.log")
 
     def url(self, doc: str) -> str:
         return f"ws://127.0.0.1:{self.port}/{doc}"
@@ -465,6 +467,46 @@ class Hocuspocus(Subject):
     def version(self) -> str:
         v = installed_versions(NODE_CACHE / "hocuspocus", HOCUSPOCUS_PACKAGES)
         return f"@hocuspocus/server {v.get('@hocuspocus/server', '?')}, yjs {v.get('yjs', '?')}"
+
+
+class HocuspocusSameWork(Subject):
+    """Hocuspocus doing QuickSlot's work per booking; accounts, tokens and keys are the relay's."""
+
+    name = HOCUSPOCUS_SAME
+    dialect: Dialect = "hocuspocus"
+
+    def __init__(self, workdir: Path, relay: QuickSlotAsgi) -> None:
+        super().__init__(workdir)
+        self.relay = relay
+
+    @property
+    def signed_records(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        if not (REPO / "web" / "sdk" / "node_modules" / "yjs").is_dir():
+            raise Unavailable("web/sdk's npm packages are not installed (cd web/sdk && npm ci)")
+        try:
+            modules = ensure_hocuspocus_locked(NODE_CACHE)
+        except NodeUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+        extra = [
+            "--database", str(self.workdir / "hocuspocus-samework.sqlite"),
+            "--jwks", f"{self.relay.base}/.well-known/jwks.json",
+        ]  # fmt: skip
+        script = "hocuspocus_samework_server.mjs"
+        self.process = _start_node(self, script, modules, extra, "hocuspocus-samework.log")
+
+    def url(self, doc: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/{doc}"
+
+    def token(self, client: int) -> str | None:
+        return self.relay.identities[client].access
+
+    def version(self) -> str:
+        packages = {"@hocuspocus/server": "", "@hocuspocus/extension-sqlite": "", "sqlite3": "", "yjs": ""}
+        v = installed_versions(NODE_CACHE / "hocuspocus-locked", packages)
+        return ", ".join(f"{name} {v.get(name, '?')}" for name in packages) + ", JWT + Ed25519 per record"
 
 
 class PycrdtWebsocket(Subject):
@@ -540,6 +582,8 @@ class Fleet:
                     subject = PycrdtWebsocket(self.workdir)
                 elif name == HOCUSPOCUS:
                     subject = Hocuspocus(self.workdir)
+                elif name == HOCUSPOCUS_SAME:
+                    subject = HocuspocusSameWork(self.workdir, relay)
                 elif name == QUICKSLOT_PG:
                     subject = QuickSlotPostgres(self.workdir)
                 elif name == QUICKSLOT_CLUSTER:

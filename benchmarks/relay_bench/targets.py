@@ -7,9 +7,13 @@ servers and the floor, measured in the same run and interleaved round by round:
 
 * target 1: many documents (``--docs`` x ``--per-doc``), QuickSlot's CPU per durably acknowledged
   booking against y-websocket's CPU per update plus one verification (``floor``);
-* target 5: RSS per idle connection at ``--idle-conns`` connections.
+* target 5: RSS per idle connection at ``--idle-conns`` connections;
+* targets 2 and 4 with ``--fanout 50,200`` (``fanout_targets``): fan-out CPU per delivery at the
+  suite's offered rates and at saturation, and the p99 against y-websocket's plus the relay's own
+  commit-latency p99 (``--same-work`` adds the same-work Hocuspocus lane).
 
     python -m benchmarks.relay_bench.targets [--docs 500] [--per-doc 20] [--rounds 3] [--idle-conns 1000]
+    python -m benchmarks.relay_bench.targets --docs 0 --idle-conns 0 --fanout 50,200
 
 Prints one JSON object (every round's raw figures and the ratios); ``--out FILE`` writes it too.
 """
@@ -23,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.relay_bench import experiments as ex, floor as cost_floor
+from benchmarks.relay_bench import experiments as ex, fanout_targets, floor as cost_floor
 from benchmarks.relay_bench.payloads import bookings_doc, yjs_value_size_for
 from benchmarks.relay_bench.servers import QUICKSLOT, Y_WEBSOCKET, Fleet
 from benchmarks.suites.common import scratch_dir
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(0)
     if args.docs:
         _docs_phase(args, out, rng)
+    if args.fanout:
+        fanout_targets.run_fanout(args, out)
     if args.idle_conns:
         # Fresh servers: after the documents phase their heaps hold freed memory that new
         # connections would reuse, hiding what a connection costs.
@@ -113,19 +119,26 @@ def _summarise(out: dict[str, Any]) -> dict[str, Any]:
     for name, idle in out["idle"].items():
         grown = (idle["rss_connected"] or 0) - (idle["rss_before"] or 0)
         summary.setdefault("idle_rss_per_conn_kib", {})[name] = grown / max(1, idle["connected"]) / 1024
+    if out.get("fanout"):
+        summary["fanout"] = fanout_targets.summarise_fanout(out)
     out["summary"] = summary
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=500)
     p.add_argument("--per-doc", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--idle-conns", type=int, default=1_000, help="0: skip the idle-connection phase")
     p.add_argument("--idle-seconds", type=float, default=5.0)
+    fanout_targets.add_arguments(p)
     p.add_argument("--out", type=Path)
-    res = run(p.parse_args())
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    res = run(parser().parse_args(argv))
     text = json.dumps(res, indent=1, default=str)
     if res.get("args", {}).get("out"):
         Path(res["args"]["out"]).write_text(text)

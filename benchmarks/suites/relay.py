@@ -41,6 +41,7 @@ declines it by default; the pycrdt-websocket script turns it off in uvicorn like
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from benchmarks.relay_bench.servers import (
     BATCHED,
     DIRECT,
     HOCUSPOCUS,
+    HOCUSPOCUS_SAME,
     PYCRDT_WEBSOCKET,
     QUICKSLOT,
     QUICKSLOT_CLUSTER,
@@ -86,11 +88,28 @@ suite_description = (
 )
 
 FANOUT_LANES = (
-    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS
+    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, BATCHED, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS,
+    HOCUSPOCUS_SAME,
 )  # fmt: skip
-DOCS_LANES = (QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
+DOCS_LANES = (
+    QUICKSLOT, QUICKSLOT_PG, QUICKSLOT_CLUSTER, DIRECT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS,
+    HOCUSPOCUS_SAME,
+)  # fmt: skip
 MEMORY_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET)
 IDLE_CONN_LANES = (QUICKSLOT, Y_WEBSOCKET, PYCRDT_WEBSOCKET, HOCUSPOCUS)
+#: Restricts the fan-out and many-documents lanes to these (comma-separated names; QuickSlot always
+#: runs), for a run that compares two or three servers without starting them all.
+LANES_ENV = "QUICKSLOT_BENCH_LANES"
+
+
+def _chosen(lanes: tuple[str, ...]) -> tuple[str, ...]:
+    wanted = os.environ.get(LANES_ENV, "").strip()
+    if not wanted:
+        return lanes
+    names = {x.strip() for x in wanted.split(",")} | {QUICKSLOT}
+    return tuple(x for x in lanes if x in names)
+
+
 #: Rounds per subject are capped: each round is seconds of live traffic with thousands of samples.
 MAX_ROUNDS = 3
 
@@ -221,6 +240,14 @@ def _store_note(name: str, medians: dict[str, float], rounds: list[dict[str, Any
     return bits
 
 
+def _same_work_note(name: str, medians: dict[str, float]) -> list[str]:
+    """Target 3 on QuickSlot's row: its figure over the same-work Hocuspocus's, same run (every
+    figure here is a time or a latency: below 1 is QuickSlot ahead)."""
+    if name != QUICKSLOT or HOCUSPOCUS_SAME not in medians:
+        return []
+    return [f"{_vs(medians[QUICKSLOT], medians[HOCUSPOCUS_SAME])} hocuspocus same-work (target 3: <= 1.00x)"]
+
+
 # --- fan-out ----------------------------------------------------------------------------------------
 
 
@@ -254,12 +281,12 @@ def _fanout_run(size: int, config: RunConfig, progress: Progress) -> FanoutRun:
     run = FanoutRun(shape)
     rng = random.Random(size)
     workers = 2 if shape.clients >= 100 else 1
-    with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, FANOUT_LANES) as fleet:
+    with scratch_dir("quickslot-relay-bench-") as workdir, Fleet(workdir, _chosen(FANOUT_LANES)) as fleet:
         assert fleet.relay is not None
         run.unavailable = dict(fleet.unavailable)
         run.versions = fleet.versions()
         ids = fleet.relay.ensure_identities(shape.clients)
-        lanes = [n for n in FANOUT_LANES if n in fleet.lanes]
+        lanes = [n for n in _chosen(FANOUT_LANES) if n in fleet.lanes]
         total = _warmup(config) + _rounds(config)
         value_size: int | None = None
         for round_no in range(total):
@@ -271,7 +298,7 @@ def _fanout_run(size: int, config: RunConfig, progress: Progress) -> FanoutRun:
                     continue
                 lane = fleet.lanes[name]
                 doc = bookings_doc(f"fan{size}r{round_no}{lane.name.replace(' ', '').replace('-', '')}")
-                if lane.subject.dialect == "quickslot":
+                if lane.subject.signed_records:
                     lane_ids = _lane_ids(fleet, lane, shape.clients)
                     pool = ex.UpdatePool(
                         ex.quickslot_pool(lane_ids, doc, range(shape.clients), r_shape.per_client), {}
@@ -346,7 +373,7 @@ class _FanoutWorkload:
 
         out: list[Result] = []
         medians: dict[str, float] = {}
-        for name in FANOUT_LANES:
+        for name in _chosen(FANOUT_LANES):
             if name in fr.unavailable:
                 r = row(name)
                 r.status, r.note = UNSUPPORTED, f"unavailable: {fr.unavailable[name]}"
@@ -401,6 +428,7 @@ class _FanoutWorkload:
             if r.subject != PYCRDT_WEBSOCKET and PYCRDT_WEBSOCKET in medians:
                 bits.append(f"{_vs(medians[r.subject], medians[PYCRDT_WEBSOCKET])} pycrdt-websocket")
             bits += _store_note(r.subject, medians, rounds)
+            bits += _same_work_note(r.subject, medians)
             r.note = "; ".join(bits)
         for r in out:
             progress.result(r)
@@ -492,8 +520,8 @@ def _docs_lanes(config: RunConfig) -> tuple[str, ...]:
     """The tiny scale (the harness test in make test) starts the three-node deployment once, for
     fan-out: starting PostgreSQL, Redis, HAProxy and three relays again costs more than it checks."""
     if config.scale == "tiny":
-        return tuple(x for x in DOCS_LANES if x != QUICKSLOT_CLUSTER)
-    return DOCS_LANES
+        return tuple(x for x in _chosen(DOCS_LANES) if x != QUICKSLOT_CLUSTER)
+    return _chosen(DOCS_LANES)
 
 
 def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
@@ -510,7 +538,7 @@ def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
         run.unavailable = dict(fleet.unavailable)
         run.versions = fleet.versions()
         ids = fleet.relay.ensure_identities(2 * DOCS_ACCOUNTS)
-        lanes = [n for n in DOCS_LANES if n in fleet.lanes]
+        lanes = [n for n in _docs_lanes(config) if n in fleet.lanes]
         value_size: int | None = None
         for round_no in range(_rounds(config)):
             for name in _rotate(lanes, round_no):
@@ -519,7 +547,7 @@ def _docs_run(size: int, config: RunConfig, progress: Progress) -> DocsRun:
                     continue
                 tag = lane.name.replace(" ", "").replace("-", "")
                 docs = [bookings_doc(f"d{size}r{round_no}{tag}k{k}") for k in range(size)]
-                if lane.subject.dialect == "quickslot":
+                if lane.subject.signed_records:
                     lane_ids = _lane_ids(fleet, lane, 2 * DOCS_ACCOUNTS)
                     pool = ex.many_docs_pool("quickslot", docs, per_doc, ids=lane_ids, accounts=DOCS_ACCOUNTS)
                     if value_size is None:
@@ -625,6 +653,7 @@ class _DocsWorkload:
             if r.subject != PYCRDT_WEBSOCKET and PYCRDT_WEBSOCKET in medians:
                 bits.append(f"{_vs(medians[r.subject], medians[PYCRDT_WEBSOCKET])} pycrdt-websocket")
             bits += _store_note(r.subject, medians, rounds)
+            bits += _same_work_note(r.subject, medians)
             bits += self._floor_note(r.subject, dr)
             r.note = "; ".join(bits)
         for r in out:
