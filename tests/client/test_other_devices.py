@@ -152,8 +152,8 @@ async def test_a_new_device_shows_the_bookings_made_on_another_one(
     assert [e.entity_type for e in await laptop.pending_entries()] == ["reservation"]
     assert (await service(laptop, relay).sync_once()).pending == 0
     await sync_until_final(phone, relay)
-    row = await phone.reservation(more.reservation_id)
-    assert row is not None and row.state is ClaimState.CONFIRMED and row.final
+    seen = await phone.reservation(more.reservation_id)
+    assert seen is not None and seen.state is ClaimState.CONFIRMED and seen.final
 
     # Bounded: once the days are two days past and settled, neither they nor their shop are
     # followed for the bookings any more.
