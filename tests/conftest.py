@@ -34,6 +34,7 @@ pytest_plugins = ["tests.support.servers.pytest_plugin"]
 #: first, the short modules fill in around them (longest-first scheduling).
 HEAVY_MODULES = (
     "tests/test_bench_relay_harness.py",
+    "tests/test_bench_relay_harness_docs.py",
     "tests/client/test_cli.py",
     "tests/relay/sync/test_sync_sessions.py",
     "tests/client/test_newcomer.py",

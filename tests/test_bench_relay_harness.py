@@ -48,14 +48,28 @@ QUICKSLOT_LANES = (servers.QUICKSLOT, servers.DIRECT)
 FANOUT_ONLY = (servers.BATCHED,)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+#: The tiny run is split in two modules, this one (the floor and fan-out, whose fleet has every
+#: lane) and ``test_bench_relay_harness_docs.py`` (the rest), so ``make test`` runs the halves on
+#: two workers at once; together they run every workload of the suite (checked there).
+WORKLOADS = ("cost_floor", "fanout_cpu", "fanout_throughput", "fanout_p50", "fanout_p99")
+
+
+def run_tiny(
+    tmp_path_factory: pytest.TempPathFactory, workloads: tuple[str, ...]
+) -> tuple[Path, dict[str, Any], str]:
     assert "relay" in SUITES
     out = tmp_path_factory.mktemp("relay-bench")
     stream = io.StringIO()
-    config = RunConfig(suites=("relay",), scale="tiny", repeat=1, command="test relay tiny")
+    config = RunConfig(
+        suites=("relay",), scale="tiny", repeat=1, workloads=workloads, command="test relay tiny"
+    )
     data = run(config, out, Progress(stream=stream))
     return out, data, stream.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    return run_tiny(tmp_path_factory, WORKLOADS)
 
 
 def _rows(data: dict[str, Any], subject: str) -> list[dict[str, Any]]:
@@ -64,8 +78,9 @@ def _rows(data: dict[str, Any], subject: str) -> list[dict[str, Any]]:
 
 def test_every_workload_ran_quickslot_and_its_lanes(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
     _, data, _ = tiny_run
-    names = [w.name for w in relay_suite.workloads({})]
-    assert list(data["workloads"]) == names
+    selected = data["config"]["workloads"]
+    names = [w.name for w in relay_suite.workloads({}) if w.name in selected]
+    assert list(data["workloads"]) == names == list(selected)
     for r in data["results"]:
         assert r["status"] != "error", (r["workload"], r["subject"], r["note"])
     for name in names:
@@ -103,15 +118,6 @@ def test_fanout_rounds_delivered_everything_and_measured_the_server(
         r for r in data["results"] if r["workload"] == "fanout_p50" and r["subject"] == servers.QUICKSLOT
     ]
     assert 0 < len(p50["extra"]["latency_samples"]) <= ex.LATENCY_SAMPLES_KEPT
-    # QuickSlot's updates really were validated and stamped: the catch-up answer held every record.
-    (catch,) = [
-        r for r in data["results"] if r["workload"] == "catch_up" and r["subject"] == servers.QUICKSLOT
-    ]
-    assert catch["extra"]["records"] == catch["size"] and catch["extra"]["sync_bytes"] > 0
-    (idle,) = [
-        r for r in data["results"] if r["workload"] == "idle_memory" and r["subject"] == servers.QUICKSLOT
-    ]
-    assert idle["extra"]["loaded_documents"] is None or idle["extra"]["loaded_documents"] >= idle["size"]
 
 
 def test_json_markdown_plots_and_headline_table(tiny_run: tuple[Path, dict[str, Any], str]) -> None:
@@ -126,9 +132,14 @@ def test_json_markdown_plots_and_headline_table(tiny_run: tuple[Path, dict[str, 
         assert meta["title"] in summary
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
         assert f"relay/{name} n=" in progress
-    assert "fan-out n=" in progress and "round 1/1" in progress
+    assert "round 1/1" in progress
+    if "fanout_cpu" in data["workloads"]:
+        assert "fan-out n=" in progress
     table = headline(load_run(out))
-    assert "### Fan-out" in table and "### Memory per idle loaded document" in table
+    if "fanout_cpu" in data["workloads"]:
+        assert "### Fan-out" in table
+    if "idle_memory" in data["workloads"]:
+        assert "### Memory per idle loaded document" in table
     assert servers.QUICKSLOT in table and servers.DIRECT in table
 
 
@@ -252,7 +263,8 @@ def test_postgresql_lane_ran_beside_sqlite_with_a_ratio(tiny_run: tuple[Path, di
 
     _, data, _ = tiny_run
     rows = {r["workload"]: r for r in _rows(data, servers.QUICKSLOT_PG)}
-    assert {"fanout_cpu", "fanout_throughput", "docs_throughput", "docs_cpu"} <= set(rows)
+    lanes_workloads = {"fanout_cpu", "fanout_throughput", "docs_throughput", "docs_cpu"}
+    assert lanes_workloads & set(data["workloads"]) <= set(rows)
     reason = unavailable_reason()
     for name, row in rows.items():
         if reason is not None:
