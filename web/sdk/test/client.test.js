@@ -11,6 +11,7 @@ import {
   MemoryStore,
   QuickSlotClient,
   backoffDelay,
+  bookedDays,
   decodeMessage,
   ed25519PublicKey,
   encodeMessage,
@@ -355,4 +356,80 @@ test("refreshCookie: refresh and logout ask for the cookie, a stored token moves
   } finally {
     globalThis.fetch = realFetch;
   }
+});
+
+/**
+ * A relay in memory for `scriptedSocket`: it keeps every document, answers `sub` with what the
+ * client lacks and acknowledges every `upd` after applying it (sequence numbers per document).
+ */
+function memoryRelay() {
+  /** @type {Map<string, Y.Doc>} */
+  const docs = new Map();
+  /** @type {Map<string, number>} */
+  const seqs = new Map();
+  /** @type {string[]} every document a client subscribed, in order */
+  const subscribed = [];
+  /** @param {string} docId */
+  const doc = (docId) => docs.get(docId) ?? docs.set(docId, new Y.Doc()).get(/** @type {string} */ (docId)) ?? new Y.Doc();
+  /** @param {any} socket @param {any} m */
+  const onMessage = (socket, m) => {
+    const f = m.fields;
+    if (m.t === "auth") socket.reply("welcome", { user: "alice", epoch: "e1", server: "fake", limits: { max_message: 1 << 20 } });
+    else if (m.t === "sub") {
+      subscribed.push(f.doc);
+      const d = doc(f.doc);
+      socket.reply("sync", { doc: f.doc, update: Y.encodeStateAsUpdate(d, f.sv), sv: Y.encodeStateVector(d), seq: seqs.get(f.doc) ?? 0 });
+    } else if (m.t === "upd") {
+      Y.applyUpdate(doc(f.doc), f.update);
+      seqs.set(f.doc, (seqs.get(f.doc) ?? 0) + 1);
+      socket.reply("ack", { doc: f.doc, uid: f.uid, seq: seqs.get(f.doc) });
+    }
+  };
+  return { docs, subscribed, onMessage };
+}
+
+test("booked days: the first booking in a (shop, day) lists it once; another device of the user follows the listed days after one sync", async () => {
+  const relay = memoryRelay();
+  const WebSocketImpl = /** @type {any} */ (scriptedSocket(relay.onMessage, []));
+  const open = async () => {
+    const store = new MemoryStore();
+    await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+    return QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl, backoff: { baseMs: 5, maxMs: 20 } });
+  };
+  const OLD = "2027-01-10"; // settled when the laptop syncs (its clock says 2027-01-13): listed, not fetched there
+  const phone = await open();
+  const first = await phone.book({ shop: "s1", day: DAY, slot: "s-9" });
+  const second = await phone.book({ shop: "s1", day: DAY, slot: "s-10" }); // the day is listed already
+  const other = await phone.book({ shop: "s2", day: DAY, slot: "x" });
+  const old = await phone.book({ shop: "s1", day: OLD, slot: "s-9" });
+  const listings = phone.pendingUpdates().filter((u) => u.docId === "user:alice");
+  assert.equal(listings.length, 3, "one listing per (shop, day): s1 and s2 on DAY, s1 on OLD");
+  assert.deepEqual(bookedDays(/** @type {Y.Doc} */ (phone.docs.get("user:alice")?.doc), "alice"), [
+    { shop: "s1", day: OLD }, { shop: "s1", day: DAY }, { shop: "s2", day: DAY },
+  ]);  // prettier-ignore
+  // the listing is bookkeeping: the outbox and the counts show the user's four bookings
+  assert.deepEqual(phone.outbox().map((e) => e.action), ["book", "book", "book", "book"]);
+  assert.equal(phone.status.pending, 4);
+  await phone.syncNow({ timeoutMs: 5000 });
+  assert.equal(phone.pendingUpdates().length, 0);
+  await phone.close();
+
+  const laptop = await open();
+  assert.deepEqual(laptop.reservations(), []);
+  const realNow = Date.now;
+  Date.now = () => new Date(2027, 0, 13, 12).getTime(); // the fake relay checks no times
+  try {
+    await laptop.syncNow({ timeoutMs: 5000 });
+  } finally {
+    Date.now = realNow;
+  }
+  const shown = laptop.reservations().map((r) => r.reservationId).sort();
+  assert.deepEqual(shown, [first, second, other].map((r) => r?.reservationId).sort());
+  assert.ok(!shown.includes(/** @type {string} */ (old?.reservationId)));
+  assert.ok(relay.subscribed.includes("shop:s2"), "a listed day's shop is followed (its slots make the verdict)");
+  assert.ok(!laptop.docs.has(`bookings:s1:${OLD}`));
+  // the day lists on the laptop now too: its first booking there writes no second listing
+  await laptop.book({ shop: "s2", day: DAY, slot: "x" });
+  assert.deepEqual(laptop.pendingUpdates().map((u) => u.docId), [`bookings:s2:${DAY}`]);
+  await laptop.close();
 });
