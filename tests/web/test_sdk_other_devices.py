@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.client.test_cli import Cli
 from tests.support.relay_process import PASSWORD, FixedPortRelay, unique_email
-from tests.web.test_sdk_books_at_relay import _node_command
+from tests.web import test_sdk_client
 from tests.web.test_sdk_client import Driver, open_shop
 
+relay = test_sdk_client.relay  # a relay process for this module, as there
+
 DAY = (_dt.date.today() + _dt.timedelta(days=20)).isoformat()
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    _node_command()  # skips without node or the SDK's dependencies
-    process = FixedPortRelay(tmp_path_factory.mktemp("daysrelay") / "data")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def _login(cli: Cli, relay: FixedPortRelay, email: str) -> None:
