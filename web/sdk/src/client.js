@@ -599,10 +599,12 @@ export class QuickSlotClient {
    * (store-and-forward, docs/web.md): any replica validates them as it would from this device, and
    * a carrier that reaches the relay gets them stamped. They stay in this outbox until the relay
    * acknowledges them to this device too (a re-send of what it holds is acknowledged as such).
+   * Day listings (`booked_day`, in the user's own document) are not handed over: only the user's
+   * devices hold that document; they go to the relay from this device.
    * @returns {Array<{docId: string, update: Uint8Array}>}
    */
   pendingUpdates() {
-    return [...this.entries.values()].filter((e) => e.state === "pending").map((e) => ({ docId: e.docId, update: e.update }));
+    return [...this.entries.values()].filter((e) => e.state === "pending" && e.action !== LIST_DAY).map((e) => ({ docId: e.docId, update: e.update }));
   }
 
   /** Forget the refused entries (after showing them). */
