@@ -1111,8 +1111,7 @@ export class QuickSlotClient {
         if (state) state.rebuild = true;
         await this.store.batch([{ table: "outbox", key: entry.id, value: entry }, ...(state ? [this.docOp(entry.docId)] : [])]);
         this.updateStatus({});
-        const reservation = parseDocId(entry.docId).kind === "bookings" ? this.view(entry.docId, entry.reservationId) : null;
-        this.emit("refused", { entry, reason: f.reason, reservation });
+        this.emit("refused", { entry, reason: f.reason, reservation: this.view(entry.docId, entry.reservationId) });
       } else if (entry && (f.code === "not_subscribed" || f.code === "missing_deps")) {
         if (sub && sub.pending === 0) this.subscribe(f.doc); // resync, then the entry goes again
       } else if (entry) {

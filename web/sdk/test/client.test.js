@@ -362,7 +362,7 @@ test("refreshCookie: refresh and logout ask for the cookie, a stored token moves
  * A relay in memory for `scriptedSocket`: it keeps every document, answers `sub` with what the
  * client lacks and acknowledges every `upd` after applying it (sequence numbers per document).
  */
-function memoryRelay() {
+function memoryRelay(refuse = (/** @type {string} */ _docId) => false) {
   /** @type {Map<string, Y.Doc>} */
   const docs = new Map();
   /** @type {Map<string, number>} */
@@ -379,6 +379,8 @@ function memoryRelay() {
       subscribed.push(f.doc);
       const d = doc(f.doc);
       socket.reply("sync", { doc: f.doc, update: Y.encodeStateAsUpdate(d, f.sv), sv: Y.encodeStateVector(d), seq: seqs.get(f.doc) ?? 0 });
+    } else if (m.t === "upd" && refuse(f.doc)) {
+      socket.reply("err", { doc: f.doc, uid: f.uid, code: "forbidden", reason: "forbidden: refused by the test", retry: false });
     } else if (m.t === "upd") {
       Y.applyUpdate(doc(f.doc), f.update);
       seqs.set(f.doc, (seqs.get(f.doc) ?? 0) + 1);
@@ -434,4 +436,27 @@ test("booked days: the first booking in a (shop, day) lists it once; another dev
   await laptop.book({ shop: "s2", day: DAY, slot: "x" });
   assert.deepEqual([...laptop.entries.values()].map((e) => e.docId), [`bookings:s2:${DAY}`]);
   await laptop.close();
+});
+
+test("booked days: a listing the relay refuses is dropped, not shown; the next booking that day lists the day again", async () => {
+  let refusing = true;
+  const relay = memoryRelay((docId) => refusing && docId === "user:alice");
+  const store = new MemoryStore();
+  await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+  const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (scriptedSocket(relay.onMessage, [])), backoff: { baseMs: 5, maxMs: 20 } });
+  /** @type {string[]} */
+  const errors = [];
+  client.on("error", (e) => errors.push(`${e.docId} ${e.code}`));
+  await client.book({ shop: "s1", day: DAY, slot: "s-9" });
+  const result = await client.syncNow({ timeoutMs: 5000 });
+  assert.deepEqual([result.pending, result.refused], [0, []]);
+  assert.deepEqual([client.status.refused, client.entries.size, client.outbox()], [0, 0, []]);
+  assert.deepEqual(errors, ["user:alice forbidden"]);
+  assert.deepEqual(bookedDays(/** @type {Y.Doc} */ (client.docs.get("user:alice")?.doc), "alice"), [], "rebuilt from the relay's copy");
+  refusing = false;
+  await client.book({ shop: "s1", day: DAY, slot: "s-10" });
+  assert.deepEqual([...client.entries.values()].map((e) => e.action), ["book", "booked_day"]);
+  await client.syncNow({ timeoutMs: 5000 });
+  assert.equal(bookedDays(/** @type {Y.Doc} */ (relay.docs.get("user:alice")), "alice").length, 1);
+  await client.close();
 });
