@@ -19,7 +19,7 @@ const client = await QuickSlotClient.open({ relay, store, backoff: { baseMs: 100
 /** @param {unknown} value */
 const out = (value) => process.stdout.write(JSON.stringify(value, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString("hex") : typeof v === "bigint" ? Number(v) : v)) + "\n");
 for (const type of ["online", "offline", "acked", "refused", "confirmed", "waitlisted", "promoted", "demoted", "final", "cancelled", "declined", "stopped", "rebuilt", "error", "refreshed"]) {
-  client.on(type, (detail) => out({ event: type, reservation: detail.reservation?.reservationId ?? detail.entry?.reservationId ?? null, position: detail.position ?? null, reason: detail.reason ?? null, code: detail.code ?? null, doc: detail.docId ?? null, generation: detail.generation ?? null }));
+  client.on(type, (detail) => out({ event: type, reservation: detail.reservation?.reservationId ?? detail.entry?.reservationId ?? null, position: detail.position ?? null, reason: detail.reason ?? null, code: detail.code ?? null, doc: detail.docId ?? null, generation: detail.generation ?? null, action: detail.entry?.action ?? null }));
 }
 
 const ops = {

@@ -4,6 +4,8 @@ process that serves it at /app/, with shops made by a ``quickslot`` CLI profile:
 * a new user signs up (the device key in IndexedDB is a non-extractable WebCrypto key), finds a
   shop by search, books, and sees "confirmed, final" (screenshots of the main screens at phone and
   desktop width);
+* a booking made in one browser shows in a new browser profile of the same user after it logs in
+  (the day is listed in the user's document), and counts as one unsynced change, not two;
 * wrong password, party 0 and a party above the slot get a clear message on screen;
 * a shop named ``<img src=x onerror=alert(1)>``: the name shows as text and no script runs;
 * two browser profiles go offline, both book the last seat, come back: one is confirmed, the
@@ -265,6 +267,27 @@ def test_new_user_signs_up_finds_a_shop_books_and_sees_confirmed_final(
         assert app.errors == [] and app.dialogs == []
     finally:
         app.close()
+
+
+def test_a_booking_shows_in_a_new_browser_of_the_same_user(browser: Any, relay: FixedPortRelay) -> None:
+    phone, laptop = App(browser, relay), App(browser, relay)
+    try:
+        phone.sign_up()
+        phone.open_day("noodlebar")
+        phone.page.context.set_offline(True)
+        phone.book("12:00 lunch table")
+        # the first booking of the day also lists the day for the other devices: not a change of the user's
+        phone.page.locator("[data-test=unsynced]", has_text="1 unsynced change").wait_for()
+        phone.page.context.set_offline(False)
+        phone.wait_state("confirmed, final")
+        phone.page.locator("[data-test=unsynced]").wait_for(state="detached")
+        laptop.log_in(phone.email, PASSWORD)
+        laptop.wait_state("confirmed, final")
+        assert laptop.booking_states() == ["confirmed, final"]
+        assert phone.errors == laptop.errors == [] and phone.dialogs == laptop.dialogs == []
+    finally:
+        phone.close()
+        laptop.close()
 
 
 def test_bad_input_gets_a_clear_message(browser: Any, relay: FixedPortRelay) -> None:

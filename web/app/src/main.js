@@ -342,7 +342,7 @@ async function bookingsView() {
     fill(
       list,
       mine.length === 0
-        ? h("li", { class: "empty" }, "No bookings on this device. Bookings made on another device appear once you open their shop's day.")
+        ? h("li", { class: "empty" }, "No bookings yet. Bookings made on your other devices appear here once this device has synced.")
         : mine.map((/** @type {any} */ r) =>
             h(
               "li",

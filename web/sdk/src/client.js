@@ -16,7 +16,7 @@ import { ValidationError } from "./errors.js";
 import { HybridClock } from "./hlc.js";
 import { DEFAULT_MAX_DOWNLOAD, closeAction, decodeMessage, encodeMessage } from "./messages.js";
 import { authProof, fromBase64Url, restProofHeaders, toBase64Url } from "./pop.js";
-import { readBookings, readMap, shopStaff, slotTemplates } from "./reader.js";
+import { bookedDays, readBookings, readMap, shopStaff, slotTemplates } from "./reader.js";
 import { REFRESH_COOKIE_HEADER, RelayError, post, login as relayLogin, register as relayRegister } from "./relay-api.js";
 import { capacityOn, neededVersion, parseDocId } from "./schema.js";
 import { signRecord } from "./records.js";
@@ -41,8 +41,9 @@ import { newId } from "./booking.js";
  * @property {Array<{root: string, key: string, raw: Uint8Array}>} records
  * @property {"pending" | "refused"} state
  * @property {string | null} reason why the relay refused it (`schema: ...`, `forbidden: ...`)
- * @property {string} action book, cancel, confirm, decline or no_show
- * @property {string} reservationId
+ * @property {string} action book, cancel, confirm, decline or no_show; `booked_day` for the
+ *   listing of a (shop, day) in the user's document that came with the first booking there
+ * @property {string} reservationId (for `booked_day`: the booking that listed the day)
  * @property {number} createdMs
  * @property {string} [signer] the id of the certificate that signed its records (absent in entries
  *   stored before it was kept: read from the records)
@@ -52,8 +53,9 @@ import { newId } from "./booking.js";
  * @typedef {object} Status
  * @property {"idle" | "connecting" | "online" | "offline" | "stopped"} phase idle: not started; offline: waiting to reconnect; stopped: needs the user (see `stoppedBy`)
  * @property {boolean} online
- * @property {number} pending outbox entries waiting for an ack
- * @property {number} refused outbox entries the relay refused
+ * @property {number} pending the user's changes (bookings, cancels, staff actions) waiting for an ack; the
+ *   day listings (`booked_day` entries) that go with first bookings are not counted
+ * @property {number} refused the user's changes the relay refused (day listings not counted)
  * @property {number | null} lastSyncMs when every document was last caught up and the outbox empty
  * @property {string | null} stoppedBy login (log in again) or stop (policy, too big, account disabled), with the close code
  */
@@ -77,6 +79,23 @@ function signerOf(entry) {
 
 /** A bookings document id. @param {string} shop @param {string} day */
 export const bookingsDoc = (shop, day) => `bookings:${shop}:${day}`;
+
+/** The action of the outbox entry that lists a (shop, day) in the user's document. */
+const LIST_DAY = "booked_day";
+
+/** A date as YYYY-MM-DD on the device's calendar. @param {Date} d */
+const localDay = (d) => `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+
+/**
+ * The first day still followed when the user's document lists it: days at least two days before
+ * `now` (the device's calendar) are settled and not fetched on a device that never held them.
+ * @param {number} nowMs
+ */
+export function followedFrom(nowMs) {
+  const d = new Date(nowMs);
+  d.setDate(d.getDate() - 1);
+  return localDay(d);
+}
 
 /**
  * Sign nothing new: write already-signed records (with the certificate if the document lacks it)
@@ -174,6 +193,7 @@ export class QuickSlotClient {
       this.entries.set(key, entry);
       this.nextEntry = Math.max(this.nextEntry, Number(key) + 1);
     }
+    if (this.session) await this.followBookedDays();
     this.updateStatus({});
   }
 
@@ -215,6 +235,7 @@ export class QuickSlotClient {
     };
     await this.store.batch([{ table: "profile", key: "device", value: profile }]);
     await this.adopt(profile);
+    await this.followBookedDays();
     this.updateStatus({ stoppedBy: null });
     return this.user;
   }
@@ -337,7 +358,7 @@ export class QuickSlotClient {
 
   /** @param {Partial<Status>} change */
   updateStatus(change) {
-    const entries = [...this.entries.values()];
+    const entries = [...this.entries.values()].filter((e) => e.action !== LIST_DAY);
     const next = {
       ...this.statusValue,
       ...change,
@@ -357,15 +378,46 @@ export class QuickSlotClient {
    * @param {string} docId
    */
   async watch(docId) {
-    parseDocId(docId);
-    let state = this.docs.get(docId);
-    if (!state) {
-      state = { doc: new Y.Doc(), generation: 0, rebuild: false };
-      this.docs.set(docId, state);
-      await this.store.batch([this.docOp(docId)]);
-      if (this.conn?.welcomed) this.subscribe(docId);
+    await this.hold([docId]);
+    return /** @type {{doc: Y.Doc}} */ (this.docs.get(docId)).doc;
+  }
+
+  /**
+   * Take the documents this device lacks into `docs` at once (before any await, so a sync loop
+   * waiting for every document sees them), then store and subscribe them.
+   * @param {string[]} docIds
+   */
+  async hold(docIds) {
+    const fresh = [...new Set(docIds)].filter((docId) => (parseDocId(docId), !this.docs.has(docId)));
+    if (fresh.length === 0) return;
+    for (const docId of fresh) this.docs.set(docId, { doc: new Y.Doc(), generation: 0, rebuild: false });
+    await this.store.batch(fresh.map((docId) => this.docOp(docId)));
+    if (this.conn?.welcomed) for (const docId of fresh) this.subscribe(docId);
+  }
+
+  /**
+   * Follow the user's own document and the days it lists (`booked_day`, written with the first
+   * booking in a (shop, day) by whichever device made it), with their shops: the bookings the
+   * user made on other devices show in `reservations()` after a sync, without opening each day.
+   * A listed day at least two days past (`followedFrom`) is not fetched unless this device holds
+   * it already. Runs on login and load, and whenever the user's document changes.
+   * @param {number} [nowMs]
+   */
+  followBookedDays(nowMs = Date.now()) {
+    const s = this.session;
+    if (!s) return Promise.resolve();
+    const userDoc = `user:${s.userId}`;
+    const docs = [userDoc];
+    const held = this.docs.get(userDoc);
+    if (held) {
+      const from = followedFrom(nowMs);
+      for (const { shop, day } of bookedDays(held.doc, s.userId)) {
+        const docId = bookingsDoc(shop, day);
+        if (day < from && !this.docs.has(docId)) continue;
+        docs.push(`shop:${shop}`, docId);
+      }
     }
-    return state.doc;
+    return this.hold(docs);
   }
 
   /** @param {string} docId @returns {StoreOp} */
@@ -401,6 +453,9 @@ export class QuickSlotClient {
   changed(docId) {
     this.emit("change", { docId });
     const ref = parseDocId(docId);
+    if (ref.kind === "user" && docId === `user:${this.session?.userId}`) {
+      this.followBookedDays().catch((err) => this.emit("error", { docId, code: "client", reason: String(err?.message ?? err) }));
+    }
     const days = ref.kind === "bookings" ? [docId] : ref.kind === "shop" ? [...this.docs.keys()].filter((d) => d.startsWith(`bookings:${ref.shopId}:`)) : [];
     for (const day of days) {
       const next = this.verdictOf(day);
@@ -530,9 +585,13 @@ export class QuickSlotClient {
     return out;
   }
 
-  /** The outbox, oldest first: pending writes and the ones the relay refused (with the reason). */
+  /**
+   * The user's changes in the outbox, oldest first: pending writes and the ones the relay refused
+   * (with the reason). The day listings that go with first bookings (`booked_day`) are bookkeeping
+   * and not listed; one the relay refuses is dropped (the next booking that day lists it again).
+   */
   outbox() {
-    return [...this.entries.values()].map((e) => ({ id: e.id, docId: e.docId, action: e.action, reservationId: e.reservationId, state: e.state, reason: e.reason }));
+    return [...this.entries.values()].filter((e) => e.action !== LIST_DAY).map((e) => ({ id: e.id, docId: e.docId, action: e.action, reservationId: e.reservationId, state: e.state, reason: e.reason }));
   }
 
   /**
@@ -540,10 +599,12 @@ export class QuickSlotClient {
    * (store-and-forward, docs/web.md): any replica validates them as it would from this device, and
    * a carrier that reaches the relay gets them stamped. They stay in this outbox until the relay
    * acknowledges them to this device too (a re-send of what it holds is acknowledged as such).
+   * Day listings (`booked_day`, in the user's own document) are not handed over: only the user's
+   * devices hold that document; they go to the relay from this device.
    * @returns {Array<{docId: string, update: Uint8Array}>}
    */
   pendingUpdates() {
-    return [...this.entries.values()].filter((e) => e.state === "pending").map((e) => ({ docId: e.docId, update: e.update }));
+    return [...this.entries.values()].filter((e) => e.state === "pending" && e.action !== LIST_DAY).map((e) => ({ docId: e.docId, update: e.update }));
   }
 
   /** Forget the refused entries (after showing them). */
@@ -564,13 +625,12 @@ export class QuickSlotClient {
   async book({ shop, day, slot, party = 1, note }) {
     const s = this.requireSession();
     const docId = bookingsDoc(shop, day);
-    await this.watch(`shop:${shop}`);
-    await this.watch(docId);
+    await this.hold([`shop:${shop}`, docId, `user:${s.userId}`]);
     const id = newId();
     /** @type {Record<string, unknown>} */
     const fields = { id, slot, party, customer: s.userId, hlc: this.now() };
     if (note !== undefined) fields.note = note;
-    await this.write(docId, "book", id, [{ root: "reservations", key: id, kind: "reservation", fields }]);
+    await this.write(docId, "book", id, [{ root: "reservations", key: id, kind: "reservation", fields }], { shop, day, hlc: String(fields.hlc) });
     return this.view(docId, id);
   }
 
@@ -614,28 +674,46 @@ export class QuickSlotClient {
 
   /**
    * Sign records, write them under the document's client id, and store the document with the new
-   * outbox entry in one batch.
+   * outbox entry in one batch. `listDay`: a booking, which also lists its (shop, day) in the user's
+   * document (a `booked_day` record with the booking's `hlc`, its own outbox entry, the same batch)
+   * unless that document lists the day already.
    * @param {string} docId @param {string} action @param {string} reservationId
    * @param {Array<{root: string, key: string, kind: string, fields: Record<string, unknown>}>} records
+   * @param {{shop: string, day: string, hlc: string}} [listDay]
    */
-  write(docId, action, reservationId, records) {
+  write(docId, action, reservationId, records, listDay) {
     return this.serial(async () => {
       const s = this.requireSession();
-      const state = /** @type {{doc: Y.Doc, generation: number, rebuild: boolean}} */ (this.docs.get(docId));
-      if (state.generation >= GENERATIONS) throw new Error("this device used every client id of this document: log in again");
-      const signed = [];
-      for (const r of records) {
-        signed.push({ root: r.root, key: r.key, raw: await signRecord(docId, r.key, r.kind, r.fields, { signer: s.certId, seed: s.seed }, neededVersion(r.kind, r.fields)) });
+      const writes = [{ docId, action, records }];
+      const userDoc = `user:${s.userId}`;
+      const listed = listDay && bookedDays(/** @type {{doc: Y.Doc}} */ (this.docs.get(userDoc)).doc, s.userId).some((d) => d.shop === listDay.shop && d.day === listDay.day);
+      if (listDay && !listed) {
+        const key = newId();
+        writes.push({ docId: userDoc, action: LIST_DAY, records: [{ root: "days", key, kind: "booked_day", fields: { shop: listDay.shop, day: listDay.day, hlc: listDay.hlc } }] });
       }
-      const update = /** @type {Uint8Array} */ (await writeSigned(state.doc, docId, s, signed, state.generation, s, this.staffFor(docId)));
-      /** @type {OutboxEntry} */
-      const entry = { id: outboxKey(this.nextEntry++), docId, update, records: signed, state: "pending", reason: null, action, reservationId, createdMs: Date.now(), signer: s.certId };
-      this.entries.set(entry.id, entry);
-      await this.store.batch([this.docOp(docId), { table: "outbox", key: entry.id, value: entry }]);
+      // sign everything first; each update is validated before it touches its document
+      const prepared = [];
+      for (const w of writes) {
+        const state = /** @type {{doc: Y.Doc, generation: number, rebuild: boolean}} */ (this.docs.get(w.docId));
+        if (state.generation >= GENERATIONS) throw new Error("this device used every client id of this document: log in again");
+        const signed = [];
+        for (const r of w.records) {
+          signed.push({ root: r.root, key: r.key, raw: await signRecord(w.docId, r.key, r.kind, r.fields, { signer: s.certId, seed: s.seed }, neededVersion(r.kind, r.fields)) });
+        }
+        prepared.push({ ...w, state, signed });
+      }
+      /** @type {OutboxEntry[]} */
+      const entries = [];
+      for (const w of prepared) {
+        const update = /** @type {Uint8Array} */ (await writeSigned(w.state.doc, w.docId, s, w.signed, w.state.generation, s, this.staffFor(w.docId)));
+        entries.push({ id: outboxKey(this.nextEntry++), docId: w.docId, update, records: w.signed, state: "pending", reason: null, action: w.action, reservationId, createdMs: Date.now(), signer: s.certId });
+      }
+      for (const entry of entries) this.entries.set(entry.id, entry);
+      await this.store.batch([...entries.map((e) => this.docOp(e.docId)), ...entries.map((e) => ({ table: /** @type {const} */ ("outbox"), key: e.id, value: e }))]);
       this.updateStatus({});
-      this.changed(docId);
+      for (const entry of entries) this.changed(entry.docId);
       this.flush();
-      return entry;
+      return entries[0];
     });
   }
 
@@ -709,7 +787,7 @@ export class QuickSlotClient {
 
   idle() {
     const c = this.conn;
-    if (!c?.welcomed || this.statusValue.pending > 0) return false;
+    if (!c?.welcomed || [...this.entries.values()].some((e) => e.state === "pending")) return false;
     for (const docId of this.docs.keys()) {
       const sub = c.subs.get(docId);
       if (sub?.refused) continue;
@@ -1017,6 +1095,13 @@ export class QuickSlotClient {
         const state = this.docs.get(f.doc);
         if (state) state.rebuild = true;
         if (state) await this.store.batch([this.docOp(f.doc)]);
+        this.emit("error", { docId: f.doc, code: f.code, reason: f.reason });
+      } else if (entry && !f.retry && entry.action === LIST_DAY) {
+        // a day listing refused for good: nothing for the user to do; drop it and rebuild without it
+        this.entries.delete(entry.id);
+        const state = this.docs.get(entry.docId);
+        if (state) state.rebuild = true;
+        await this.store.batch([{ table: "outbox", key: entry.id }, ...(state ? [this.docOp(entry.docId)] : [])]);
         this.emit("error", { docId: f.doc, code: f.code, reason: f.reason });
       } else if (entry && !f.retry) {
         // refused for good: keep it, listed with its reason; rebuild the document without it (5.10)

@@ -47,4 +47,4 @@ export { SyncConnection, SyncError } from "./connection.js";
 export { authProof, fromBase64Url, popStatement, restProofHeaders, toBase64Url, tokenClaims } from "./pop.js";
 export { REFRESH_COOKIE_HEADER, RelayError, fetchRelayKeys, login, register } from "./relay-api.js";
 export { IndexedDBStore, MemoryStore, TABLES } from "./store.js";
-export { QuickSlotClient, backoffDelay, bookingsDoc } from "./client.js";
+export { QuickSlotClient, backoffDelay, bookingsDoc, followedFrom } from "./client.js";

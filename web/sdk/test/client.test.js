@@ -11,6 +11,7 @@ import {
   MemoryStore,
   QuickSlotClient,
   backoffDelay,
+  bookedDays,
   decodeMessage,
   ed25519PublicKey,
   encodeMessage,
@@ -231,8 +232,9 @@ test("4001 refreshes the token and reconnects at once; a sequence gap resyncs th
       if (m.fields.token === "a.b.c") socket.close(4001);
       else socket.reply("welcome", { user: "alice", epoch: "e2", server: "fake", limits: { max_message: 1 << 20 } });
     } else if (m.t === "sub") {
-      subs += 1;
       answerSub(socket, m, 5);
+      if (m.fields.doc !== "catalog") return; // the user's own document, followed too
+      subs += 1;
       // seq 6 is missing: the client must ask again
       if (subs === 1) socket.reply("upd", { doc: m.fields.doc, update: Y.encodeStateAsUpdate(new Y.Doc()), seq: 7 });
     }
@@ -266,23 +268,23 @@ test("4001 refreshes the token and reconnects at once; a sequence gap resyncs th
 test("a relay that lost acknowledged updates (a new epoch) gets them back in the catch-up diff", async () => {
   /** @type {any[]} */
   const sockets = [];
-  /** @type {Array<[number, number]>} connection and uid of every upd */
+  /** @type {Array<[number, number]>} connection and uid of every upd of the bookings day */
   const upds = [];
   const WebSocketImpl = scriptedSocket((socket, m) => {
     if (m.t === "auth") socket.reply("welcome", { user: "alice", epoch: `e${sockets.length}`, server: "fake", limits: { max_message: 1 << 20 } });
     else if (m.t === "sub") answerSub(socket, m, 0); // the relay holds nothing of it (restored from an old backup)
     else if (m.t === "upd") {
-      upds.push([sockets.length, m.fields.uid]);
-      socket.seq = (socket.seq ?? 0) + 1;
-      socket.reply("ack", { doc: m.fields.doc, uid: m.fields.uid, seq: socket.seq });
+      if (m.fields.doc.startsWith("bookings:")) upds.push([sockets.length, m.fields.uid]);
+      socket.seqs ??= new Map(); // sequence numbers are per document
+      socket.seqs.set(m.fields.doc, (socket.seqs.get(m.fields.doc) ?? 0) + 1);
+      socket.reply("ack", { doc: m.fields.doc, uid: m.fields.uid, seq: socket.seqs.get(m.fields.doc) });
     }
   }, sockets);
   const store = new MemoryStore();
   await store.batch([{ table: "profile", key: "device", value: await profile() }]);
   const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (WebSocketImpl), backoff: { baseMs: 5, maxMs: 20 } });
   await client.book({ shop: "s1", day: DAY, slot: "s-9" });
-  client.start();
-  await new Promise((resolve) => client.on("acked", resolve));
+  await client.syncNow({ timeoutMs: 5000 }); // the booking, and its day listing (entry 2, in the user's document)
   assert.deepEqual(upds, [[1, 1]], "the outbox entry, and no catch-up diff duplicating it");
   assert.equal(client.status.pending, 0);
   sockets[0].close(1001);
@@ -354,4 +356,107 @@ test("refreshCookie: refresh and logout ask for the cookie, a stored token moves
   } finally {
     globalThis.fetch = realFetch;
   }
+});
+
+/**
+ * A relay in memory for `scriptedSocket`: it keeps every document, answers `sub` with what the
+ * client lacks and acknowledges every `upd` after applying it (sequence numbers per document).
+ */
+function memoryRelay(refuse = (/** @type {string} */ _docId) => false) {
+  /** @type {Map<string, Y.Doc>} */
+  const docs = new Map();
+  /** @type {Map<string, number>} */
+  const seqs = new Map();
+  /** @type {string[]} every document a client subscribed, in order */
+  const subscribed = [];
+  /** @param {string} docId */
+  const doc = (docId) => docs.get(docId) ?? docs.set(docId, new Y.Doc()).get(/** @type {string} */ (docId)) ?? new Y.Doc();
+  /** @param {any} socket @param {any} m */
+  const onMessage = (socket, m) => {
+    const f = m.fields;
+    if (m.t === "auth") socket.reply("welcome", { user: "alice", epoch: "e1", server: "fake", limits: { max_message: 1 << 20 } });
+    else if (m.t === "sub") {
+      subscribed.push(f.doc);
+      const d = doc(f.doc);
+      socket.reply("sync", { doc: f.doc, update: Y.encodeStateAsUpdate(d, f.sv), sv: Y.encodeStateVector(d), seq: seqs.get(f.doc) ?? 0 });
+    } else if (m.t === "upd" && refuse(f.doc)) {
+      socket.reply("err", { doc: f.doc, uid: f.uid, code: "forbidden", reason: "forbidden: refused by the test", retry: false });
+    } else if (m.t === "upd") {
+      Y.applyUpdate(doc(f.doc), f.update);
+      seqs.set(f.doc, (seqs.get(f.doc) ?? 0) + 1);
+      socket.reply("ack", { doc: f.doc, uid: f.uid, seq: seqs.get(f.doc) });
+    }
+  };
+  return { docs, subscribed, onMessage };
+}
+
+test("booked days: the first booking in a (shop, day) lists it once; another device of the user follows the listed days after one sync", async () => {
+  const relay = memoryRelay();
+  const WebSocketImpl = /** @type {any} */ (scriptedSocket(relay.onMessage, []));
+  const open = async () => {
+    const store = new MemoryStore();
+    await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+    return QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl, backoff: { baseMs: 5, maxMs: 20 } });
+  };
+  const OLD = "2027-01-10"; // settled when the laptop syncs (its clock says 2027-01-13): listed, not fetched there
+  const phone = await open();
+  const first = await phone.book({ shop: "s1", day: DAY, slot: "s-9" });
+  const second = await phone.book({ shop: "s1", day: DAY, slot: "s-10" }); // the day is listed already
+  const other = await phone.book({ shop: "s2", day: DAY, slot: "x" });
+  const old = await phone.book({ shop: "s1", day: OLD, slot: "s-9" });
+  const listings = [...phone.entries.values()].filter((e) => e.docId === "user:alice");
+  assert.deepEqual(listings.map((e) => e.action), ["booked_day", "booked_day", "booked_day"], "one listing per (shop, day): s1 and s2 on DAY, s1 on OLD");
+  // only the user's devices hold the user's document: the listings are not handed to carriers
+  assert.deepEqual(phone.pendingUpdates().map((u) => u.docId), [`bookings:s1:${DAY}`, `bookings:s1:${DAY}`, `bookings:s2:${DAY}`, `bookings:s1:${OLD}`]);
+  assert.deepEqual(bookedDays(/** @type {Y.Doc} */ (phone.docs.get("user:alice")?.doc), "alice"), [
+    { shop: "s1", day: OLD }, { shop: "s1", day: DAY }, { shop: "s2", day: DAY },
+  ]);  // prettier-ignore
+  // the listing is bookkeeping: the outbox and the counts show the user's four bookings
+  assert.deepEqual(phone.outbox().map((e) => e.action), ["book", "book", "book", "book"]);
+  assert.equal(phone.status.pending, 4);
+  await phone.syncNow({ timeoutMs: 5000 });
+  assert.equal(phone.entries.size, 0);
+  await phone.close();
+
+  const laptop = await open();
+  assert.deepEqual(laptop.reservations(), []);
+  const realNow = Date.now;
+  Date.now = () => new Date(2027, 0, 13, 12).getTime(); // the fake relay checks no times
+  try {
+    await laptop.syncNow({ timeoutMs: 5000 });
+  } finally {
+    Date.now = realNow;
+  }
+  const shown = laptop.reservations().map((r) => r.reservationId).sort();
+  assert.deepEqual(shown, [first, second, other].map((r) => r?.reservationId).sort());
+  assert.ok(!shown.includes(/** @type {string} */ (old?.reservationId)));
+  assert.ok(relay.subscribed.includes("shop:s2"), "a listed day's shop is followed (its slots make the verdict)");
+  assert.ok(!laptop.docs.has(`bookings:s1:${OLD}`));
+  // the day lists on the laptop now too: its first booking there writes no second listing
+  await laptop.book({ shop: "s2", day: DAY, slot: "x" });
+  assert.deepEqual([...laptop.entries.values()].map((e) => e.docId), [`bookings:s2:${DAY}`]);
+  await laptop.close();
+});
+
+test("booked days: a listing the relay refuses is dropped, not shown; the next booking that day lists the day again", async () => {
+  let refusing = true;
+  const relay = memoryRelay((docId) => refusing && docId === "user:alice");
+  const store = new MemoryStore();
+  await store.batch([{ table: "profile", key: "device", value: await profile() }]);
+  const client = await QuickSlotClient.open({ relay: "http://relay.invalid", store, WebSocketImpl: /** @type {any} */ (scriptedSocket(relay.onMessage, [])), backoff: { baseMs: 5, maxMs: 20 } });
+  /** @type {string[]} */
+  const errors = [];
+  client.on("error", (e) => errors.push(`${e.docId} ${e.code}`));
+  await client.book({ shop: "s1", day: DAY, slot: "s-9" });
+  const result = await client.syncNow({ timeoutMs: 5000 });
+  assert.deepEqual([result.pending, result.refused], [0, []]);
+  assert.deepEqual([client.status.refused, client.entries.size, client.outbox()], [0, 0, []]);
+  assert.deepEqual(errors, ["user:alice forbidden"]);
+  assert.deepEqual(bookedDays(/** @type {Y.Doc} */ (client.docs.get("user:alice")?.doc), "alice"), [], "rebuilt from the relay's copy");
+  refusing = false;
+  await client.book({ shop: "s1", day: DAY, slot: "s-10" });
+  assert.deepEqual([...client.entries.values()].map((e) => e.action), ["book", "booked_day"]);
+  await client.syncNow({ timeoutMs: 5000 });
+  assert.equal(bookedDays(/** @type {Y.Doc} */ (relay.docs.get("user:alice")), "alice").length, 1);
+  await client.close();
 });
