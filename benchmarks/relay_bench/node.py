@@ -25,10 +25,12 @@ module built or fetched by its install script. Its packages are pinned by a comm
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -109,14 +111,32 @@ def ensure_hocuspocus_locked(cache: Path, timeout: float = 900.0) -> Path:
     target = cache / "hocuspocus-locked"
     lock = (LOCKED_DIR / "package-lock.json").read_bytes()
     stamp = target / "node_modules" / ".installed-lock.json"
-    if stamp.exists() and stamp.read_bytes() == lock:
+    with _installing(target):
+        if stamp.exists() and stamp.read_bytes() == lock:
+            return _module_dir(target)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(LOCKED_DIR / name, target / name)
+        _npm([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], target, timeout, lambda: True)
+        stamp.write_bytes(lock)
         return _module_dir(target)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(LOCKED_DIR / name, target / name)
-    _npm([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], target, timeout, lambda: True)
-    stamp.write_bytes(lock)
-    return _module_dir(target)
+
+
+@contextmanager
+def _installing(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on installing into ``target`` (a file lock beside it).
+
+    Why: the test suite's workers and parallel benchmark runs share ``bench-results/.node``; two
+    ``npm ci`` runs in one directory at once fail each other (each removes ``node_modules``
+    first), so the second waits and then finds the install done.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.install-lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _ensure(cache: Path, packages: dict[str, str], timeout: float) -> Path:
@@ -124,19 +144,20 @@ def _ensure(cache: Path, packages: dict[str, str], timeout: float) -> Path:
     if node is None or npm is None:
         raise NodeUnavailable("node and npm are not both on PATH")
     cache.mkdir(parents=True, exist_ok=True)
-    if set(installed_versions(cache, packages)) == set(packages):
+    with _installing(cache):
+        if set(installed_versions(cache, packages)) == set(packages):
+            return _module_dir(cache)
+        manifest = cache / "package.json"
+        if not manifest.exists():
+            manifest.write_text(json.dumps({"name": "quickslot-bench-node", "private": True}) + "\n")
+        specs = [f"{name}@{version}" for name, version in packages.items()]
+        _npm(
+            [npm, "install", "--no-audit", "--no-fund", "--no-save", "--ignore-scripts", *specs],
+            cache,
+            timeout,
+            lambda: set(installed_versions(cache, packages)) == set(packages),
+        )
         return _module_dir(cache)
-    manifest = cache / "package.json"
-    if not manifest.exists():
-        manifest.write_text(json.dumps({"name": "quickslot-bench-node", "private": True}) + "\n")
-    specs = [f"{name}@{version}" for name, version in packages.items()]
-    _npm(
-        [npm, "install", "--no-audit", "--no-fund", "--no-save", "--ignore-scripts", *specs],
-        cache,
-        timeout,
-        lambda: set(installed_versions(cache, packages)) == set(packages),
-    )
-    return _module_dir(cache)
 
 
 def _npm(argv: list[str], cwd: Path, timeout: float, installed: Callable[[], bool]) -> None:
