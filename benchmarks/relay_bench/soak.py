@@ -531,6 +531,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         cwd=REPO,
         env=child_env("QUICKSLOT_RELAY_DATA"),
         log_path=opts.out / "relay.log",
+        ready_timeout=600.0 if opts.tracemalloc else 60.0,  # tracing every import is slow
     )
     soak = Soak(opts)
     base = f"http://127.0.0.1:{port}"
