@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Most tests wait on real relay processes, sockets and fsyncs (two workers kept 1.2 cores busy),
-# so three workers fit two cores; a module stays on one worker (its module-scoped relay starts once).
-PYTEST_PARALLEL ?= -n 3 --dist loadfile
+# so four workers fit two cores (the whole suite also passed at -n 4 on a machine at load average
+# 10); a module stays on one worker (its module-scoped relay starts once), and the heaviest modules
+# start first (tests/conftest.py).
+PYTEST_PARALLEL ?= -n 4 --dist loadfile
 
 .PHONY: demo demo-offline app bench-web test test-web lint typecheck fmt clean thorough bench bench-quick load soak fuzz chaos schemathesis
 

@@ -16,7 +16,8 @@ serves whom is HAProxy's round robin. What each test shows:
 
 One deployment serves the whole module (``--dist loadfile`` keeps a module on one worker): a
 relay node starts in 1-2 s on an idle machine but several times that on a busy one, and the
-module's budget in ``make test`` is 90 s. Each test uses its own shop and people; the tests that
+module's budget in ``make test`` is 90 s. Convergence waits allow 90 s too, for a loaded
+machine, and say on failure who lags and how. Each test uses its own shop and people; the tests that
 break something run last (Redis restart, then the node kill).
 """
 
@@ -57,11 +58,18 @@ async def _close_profiles() -> AsyncIterator[None]:
     await close_all()
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+async def until(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float,
+    what: str,
+    explain: Callable[[], Awaitable[str]] | None = None,
+) -> None:
+    """Wait for ``predicate``; on timeout fail with ``explain()``'s account of what is missing."""
     deadline = time.monotonic() + timeout
     while not await predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
+            detail = await explain() if explain is not None else ""
+            raise AssertionError(f"not within {timeout}s: {what}; {detail}")
         await asyncio.sleep(0.1)
 
 
@@ -106,6 +114,20 @@ async def _converged(everyone: list[Person], shop: str, expected: int) -> bool:
     return True
 
 
+async def _lagging(everyone: list[Person], shop: str, expected: int) -> str:
+    """Who has not converged and how (for a failure message): outbox, rows, unstamped rows."""
+    lines = []
+    for person in everyone:
+        pending = (await person.local.outbox_counts()).pending
+        rows = await person.local.day_reservations(shop, DAY)
+        unstamped = sum(1 for r in rows if r.stamp is None)
+        if pending or len(rows) != expected or unstamped:
+            lines.append(
+                f"{person.name}: {pending} pending, {len(rows)}/{expected} rows, {unstamped} unstamped"
+            )
+    return "; ".join(lines)
+
+
 async def _same_everywhere(everyone: list[Person], shop: str) -> None:
     doc = bookings_doc(shop)
     first = everyone[0].local
@@ -130,7 +152,12 @@ async def test_clients_on_three_nodes_converge_and_last_seat_stamps_are_unique(
         assert all(n >= 1 for n in per_node), f"HAProxy did not spread the clients: {per_node}"
         # Everyone books the one seat at once, three times each, from all three nodes.
         await asyncio.gather(*(p.local.book(shop, DAY, SLOT) for p in bookers for _ in range(3)))
-        await until(lambda: _converged(everyone, shop, 18), 30, "clients converge")
+        await until(
+            lambda: _converged(everyone, shop, 18),
+            90,
+            "clients converge",
+            lambda: _lagging(everyone, shop, 18),
+        )
     rows = await everyone[0].local.day_reservations(shop, DAY)
     _stamps_unique_and_gap_free(rows)
     assert sum(1 for r in rows if r.state.name == "CONFIRMED") == 1
@@ -161,7 +188,12 @@ async def test_redis_restarted_under_load_fan_out_resumes_and_clients_catch_up(
         await asyncio.sleep(0.3)
         await asyncio.to_thread(cluster.redis.restart, keep_data=False, down_for=0.5)  # streams lost
         await load
-        await until(lambda: _converged(everyone, shop, rounds * len(bookers)), 40, "clients converge")
+        await until(
+            lambda: _converged(everyone, shop, rounds * len(bookers)),
+            90,
+            "clients converge",
+            lambda: _lagging(everyone, shop, rounds * len(bookers)),
+        )
         resets = [cluster.metric(i, "quickslot_fanout_resets_total") for i in range(3)]
         assert all(r >= 1 for r in resets), f"every node noticed the lost streams: {resets}"
 
@@ -197,7 +229,12 @@ async def test_a_node_killed_under_load_loses_no_acknowledged_update(
         await asyncio.sleep(0.4)
         cluster.kill(0)  # SIGKILL: no goodbye, commits in flight die with it
         await load
-        await until(lambda: _converged(everyone, shop, rounds * len(bookers)), 40, "clients converge")
+        await until(
+            lambda: _converged(everyone, shop, rounds * len(bookers)),
+            90,
+            "clients converge",
+            lambda: _lagging(everyone, shop, rounds * len(bookers)),
+        )
         survivors = [cluster.metric(i, "quickslot_connections") for i in (1, 2)]
         assert sum(survivors) >= len(everyone), f"everyone reconnected to the survivors: {survivors}"
     rows = await everyone[0].local.day_reservations(shop, DAY)
