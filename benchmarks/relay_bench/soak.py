@@ -249,12 +249,17 @@ class Writer:
             self.bookings.pop(doc, None)
 
 
-def read_rss(pid: int) -> int:
+def read_rss(pid: int) -> dict[str, int]:
+    """``rss`` and its parts ``rss_anon`` (heap: what a leak grows) and ``rss_file`` (mapped files:
+    code, libraries), in bytes, from ``/proc/PID/status``."""
+    names = {"VmRSS:": "rss", "RssAnon:": "rss_anon", "RssFile:": "rss_file"}
+    out = {}
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            name = names.get(line.split(":", 1)[0] + ":")
+            if name is not None:
+                out[name] = int(line.split()[1]) * 1024
+    return out
 
 
 def read_metrics(base: str) -> dict[str, float]:
@@ -367,13 +372,14 @@ class Soak:
         log("day", day=day, docs=" ".join(d.rsplit(":", 1)[1] for d in new[:2]))
 
     def _sample(self, relay: ServerProcess, base: str, elapsed: float) -> None:
-        rss = read_rss(relay.pid)
+        memory = read_rss(relay.pid)
+        rss = memory.get("rss", 0)
         metrics = read_metrics(base)
         acks = self.c.ack_ms
         acks_sorted = sorted(acks)
         s = {
             "t": round(elapsed, 1),
-            "rss": rss,
+            **memory,
             "day": self.day,
             "sent": self.c.sent,
             "acked": self.c.acked,
@@ -445,6 +451,9 @@ def plot(samples: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> 
     hours = [s["t"] / 3600 for s in samples]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(hours, [s["rss"] / MIB for s in samples], color="tab:blue", label="relay RSS")
+    if all("rss_anon" in s for s in samples):
+        anon = [s["rss_anon"] / MIB for s in samples]
+        ax.plot(hours, anon, color="tab:blue", linestyle=":", label="of it anonymous (heap)")
     warm = summary["warmup_seconds"] / 3600
     slope, icpt = summary["slope_mib_per_hour"], summary["intercept_mib"]
     if slope == slope:  # not NaN
@@ -531,6 +540,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         cwd=REPO,
         env=child_env("QUICKSLOT_RELAY_DATA"),
         log_path=opts.out / "relay.log",
+        ready_timeout=600.0 if opts.tracemalloc else 60.0,  # tracing every import is slow
     )
     soak = Soak(opts)
     base = f"http://127.0.0.1:{port}"
