@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import urllib.request
+from collections.abc import Collection
 
 COMMIT_LATENCY = "quickslot_commit_latency_seconds"
 
@@ -22,6 +23,16 @@ Buckets = list[tuple[float, float]]
 def scrape(base_url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=timeout) as r:  # noqa: S310 (loopback)
         return str(r.read().decode())
+
+
+def values(text: str, names: Collection[str]) -> dict[str, float]:
+    """The unlabelled samples named in ``names`` (those present)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if name in names and rest:
+            out[name] = float(rest.split()[0])
+    return out
 
 
 def buckets(text: str, name: str) -> Buckets:

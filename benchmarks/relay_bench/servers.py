@@ -48,6 +48,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from benchmarks.relay_bench import promhist
 from benchmarks.relay_bench.loadgen import Dialect
 from benchmarks.relay_bench.node import (
     HOCUSPOCUS_PACKAGES,
@@ -295,14 +296,10 @@ class QuickSlotAsgi(Subject):
     def metric(self, name: str) -> float | None:
         """One unlabelled value from ``/metrics`` (e.g. ``quickslot_loaded_documents``)."""
         try:
-            with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as r:  # noqa: S310
-                text = r.read().decode()
+            text = promhist.scrape(self.base)
         except (OSError, urllib.error.URLError):
             return None
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return None
+        return promhist.values(text, (name,)).get(name)
 
 
 class QuickSlotPostgres(QuickSlotAsgi):

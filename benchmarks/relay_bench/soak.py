@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 
 from benchmarks.load.accounts import Device, create_devices
+from benchmarks.relay_bench import promhist
 from benchmarks.relay_bench.payloads import EMPTY_SV
 from benchmarks.relay_bench.procs import ServerProcess, child_env, free_port
 from benchmarks.relay_bench.servers import AUTH_LIMIT_ARGS, FAST_HASH_ARGS
@@ -263,14 +264,11 @@ def read_rss(pid: int) -> dict[str, int]:
 
 
 def read_metrics(base: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    with contextlib.suppress(OSError, urllib.error.URLError):
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:  # noqa: S310
-            for line in r.read().decode().splitlines():
-                name, _, value = line.partition(" ")
-                if name in METRICS:
-                    out[name] = float(value.split()[0])
-    return out
+    """The relay's own figures the soak samples (empty while it does not answer)."""
+    try:
+        return promhist.values(promhist.scrape(base), METRICS)
+    except (OSError, urllib.error.URLError):
+        return {}
 
 
 def rss_slope_mib_per_hour(samples: list[dict[str, Any]], warmup_s: float) -> tuple[float, int]:
