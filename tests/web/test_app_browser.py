@@ -544,8 +544,8 @@ def test_two_tabs_opened_at_once_both_start_at_once(browser: Any, relay: FixedPo
             page.goto(f"{relay.base_url}/app/", wait_until="commit")
         # the followers' first calls reach the leader while it is still opening its client
         for page in pages:
-            page.wait_for_selector("body[data-ready]", timeout=8000)
-            page.get_by_role("heading", name="Log in").wait_for(timeout=2000)
+            page.wait_for_selector("body[data-ready]", timeout=30_000)
+            page.get_by_role("heading", name="Log in").wait_for(timeout=10_000)
     finally:
         context.close()
 
